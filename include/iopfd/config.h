@@ -1,0 +1,150 @@
+// iopfd's configuration model and its TOML loader.
+//
+// A global file (default /etc/iopfd/iopfd.toml) and one file per device in a directory
+// (default /etc/iopfd/devices.d/, files ending in .toml, read in name order). The schema, with
+// every key, type and default, is documented in docs/CONFIG.md and config/ examples.
+#ifndef IOPFD_CONFIG_H_
+#define IOPFD_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace iopfd {
+
+// Where a value came from, for error messages ("file:line:col: message").
+struct SourceLocation {
+  std::string file;
+  int line = 0;
+  int column = 0;
+};
+
+// One problem found while loading or validating configuration.
+struct ConfigError {
+  SourceLocation where;
+  std::string message;
+  // Returns "file:line:col: message" (or "file: message" when line is 0).
+  std::string ToString() const;
+};
+
+enum class AttachMode { kAdopt, kVfio };
+
+enum class BackingKind {
+  kFile,         // a shared file: /dev/shm/..., /dev/hugepages/..., any shmem or hugetlbfs file
+  kAnonymous,    // daemon-owned, zero-filled memory (a memfd iopfd creates)
+  kInheritedFd,  // a memfd or shmem fd handed over by LISTEN_FDS, named by LISTEN_FDNAMES
+};
+
+// One IOVA range of an address space and the memory behind it.
+struct RegionConfig {
+  uint64_t iova = 0;      // first IOVA; aligned to the region's page size
+  uint64_t size = 0;      // bytes; a multiple of the page size, > 0
+  BackingKind backing = BackingKind::kAnonymous;
+  std::string path;       // kFile: the backing file
+  std::string fd_name;    // kInheritedFd: the LISTEN_FDNAMES name of the fd
+  uint64_t offset = 0;    // byte offset into the backing; aligned to the page size
+  uint32_t access = 0;    // uapi::PgfaultPerm bits a request may ask for (READ|WRITE|EXEC|PRIV)
+  uint64_t prefetch = 0;  // bytes mapped ahead of a faulting page (0 = only what is asked)
+  // The page size mappings are made in: 4 KiB, or the huge page size of a hugetlbfs backing.
+  // Filled in by validation (it stats the backing); 0 until then.
+  uint64_t page_size = 0;
+  SourceLocation where;
+};
+
+// The IO virtual address space of one PASID (or of requests without a PASID).
+struct SpaceConfig {
+  std::optional<uint32_t> pasid;  // nullopt: the no-PASID space
+  uint32_t ioas_id = 0;           // adopt mode: the IOAS the owner allocated; vfio mode: unused
+  std::vector<RegionConfig> regions;  // sorted by iova, non-overlapping after validation
+  SourceLocation where;
+};
+
+struct AdoptConfig {
+  std::string iommufd_fd;  // LISTEN_FDNAMES name of the inherited iommufd
+  std::string fault_fd;    // LISTEN_FDNAMES name of the inherited fault queue fd
+  uint32_t device_id = 0;  // the iommufd device object id the fault records carry
+};
+
+struct VfioConfig {
+  std::string cdev;  // /dev/vfio/devices/vfioN, or empty when pci is given
+  std::string pci;   // PCI address DDDD:BB:DD.F, resolved through sysfs to the cdev
+};
+
+struct DeviceLimits {
+  // Groups with more records than this are answered INVALID without resolving them.
+  uint32_t max_group_records = 512;
+  // Upper bound on what one fault may map through prefetch and the length hint.
+  uint64_t max_fault_map_bytes = 2ull << 20;
+};
+
+struct DeviceConfig {
+  std::string name;  // unique across devices; [A-Za-z0-9_.-]{1,64}
+  std::string file;  // the file it was read from
+  AttachMode mode = AttachMode::kAdopt;
+  AdoptConfig adopt;
+  VfioConfig vfio;
+  std::vector<SpaceConfig> spaces;  // at most one per PASID and one without
+  DeviceLimits limits;
+};
+
+enum class LogLevel { kError, kWarning, kInfo, kDebug };
+
+struct GlobalConfig {
+  LogLevel log_level = LogLevel::kInfo;
+  std::string devices_dir = "/etc/iopfd/devices.d";
+  uint32_t ring_entries = 256;      // io_uring submission queue size, power of two 8..32768
+  uint32_t read_records = 256;      // records per fault fd read buffer at start
+  uint32_t max_read_records = 65536;  // the buffer grows (doubling) up to this on EINVAL
+};
+
+struct Config {
+  GlobalConfig global;
+  std::vector<DeviceConfig> devices;
+};
+
+struct LoadOptions {
+  std::string global_path = "/etc/iopfd/iopfd.toml";
+  // Overrides global.devices_dir when set (--devices-dir).
+  std::optional<std::string> devices_dir;
+  // When true, a missing global file is not an error (defaults apply).
+  bool global_optional = true;
+  // When true, check that file backings exist, are readable/writable as their access needs, are
+  // shmem or hugetlbfs files, and are large enough for offset + size.
+  bool check_backings = true;
+};
+
+struct LoadResult {
+  Config config;
+  std::vector<ConfigError> errors;  // empty when the configuration is valid
+  bool ok() const { return errors.empty(); }
+};
+
+// Loads and validates the global file and every device file. Never throws; every problem is
+// reported as a ConfigError naming file, line and column (unknown keys, wrong types, bad
+// sizes, misaligned or out-of-range values, overlapping regions, duplicate device names or
+// PASIDs, unreadable backings). On errors, config holds what could be parsed.
+LoadResult LoadConfig(const LoadOptions& options);
+
+// Parses one device file's text (for tests and Reload); `file` names it in errors.
+LoadResult ParseDeviceText(std::string_view text, const std::string& file, bool check_backings);
+
+// Parses a size: a plain integer (bytes) or an integer with a unit suffix B, KiB, MiB, GiB, TiB
+// (also K, M, G, T meaning the same binary multiples). Returns InvalidArgument naming the
+// problem for anything else, including overflow of 64 bits.
+absl::StatusOr<uint64_t> ParseSize(std::string_view text);
+
+// Parses an access string made of the letters r, w, x, p (read, write, exec, privileged) into
+// uapi::PgfaultPerm bits. Returns InvalidArgument for an empty string, a repeated or unknown
+// letter.
+absl::StatusOr<uint32_t> ParseAccess(std::string_view text);
+
+// Returns "error", "warning", "info" or "debug".
+std::string_view LogLevelName(LogLevel level);
+
+}  // namespace iopfd
+
+#endif  // IOPFD_CONFIG_H_

@@ -1,0 +1,107 @@
+// Responses owed to one fault fd, batched into writes, with the kernel's partial-write rules.
+#ifndef IOPFD_RESPONSE_QUEUE_H_
+#define IOPFD_RESPONSE_QUEUE_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "iopfd/stats.h"
+#include "iopfd/uapi.h"
+
+namespace iopfd {
+
+// Collects the responses of one loop turn so they go out in one write() per fault fd, and
+// accounts for every response exactly once: accepted, rejected by the kernel, or abandoned
+// because the fd failed.
+//
+// The kernel's write (drivers/iommu/iommufd/eventq.c) consumes responses in order and stops at
+// the first cookie it does not know: it returns the bytes consumed so far, or EINVAL when the
+// very first one was unknown. The responses after the rejected one were not looked at and must be
+// written again; this class re-sends them before anything newer.
+class ResponseQueue {
+ public:
+  // stats must outlive the queue.
+  explicit ResponseQueue(DeviceStats* stats) : stats_(stats) {}
+
+  // Queues a response for cookie, read at read_ns (for the latency histogram). A cookie that is
+  // already outstanding is counted in stats.duplicate_cookies (the kernel reuses a cookie only
+  // after its group was answered, so this means a bookkeeping bug) and queued all the same, so
+  // that each read group still gets its one answer.
+  void Add(uint32_t cookie, uint32_t code, uint64_t read_ns);
+
+  // Returns true when responses wait to be written (new ones or ones to re-send).
+  bool HasUnwritten() const { return inflight_pos_ < inflight_.size() || !pending_.empty(); }
+  bool write_in_flight() const { return writing_; }
+
+  // Starts a write and returns the responses to pass to write(2). The span stays valid and
+  // unchanged until CompleteWrite. Must not be called while a write is in flight; returns an
+  // empty span when nothing is unwritten.
+  std::span<const uapi::PageResponse> BeginWrite();
+
+  // Finishes the write begun last with write(2)'s result: bytes written, or -errno. Returns
+  // true when the fd is still usable; false when the error means the fd is dead (the responses
+  // of that write and all queued ones are then abandoned and counted).
+  bool CompleteWrite(ssize_t result, uint64_t now_ns);
+
+  // Abandons every unwritten response (the fault fd is gone; the kernel answers its groups
+  // itself when the fault object or the HWPT attachment goes away).
+  void AbandonAll();
+
+  // Returns the number of responses queued or in flight that are not yet accounted for.
+  size_t outstanding() const { return outstanding_.size() + untracked_; }
+
+ private:
+  void Settle(size_t index, bool accepted, uint64_t now_ns);
+
+  DeviceStats* stats_;
+  std::vector<uapi::PageResponse> pending_;
+  std::vector<uint64_t> pending_ts_;
+  std::vector<uapi::PageResponse> inflight_;
+  std::vector<uint64_t> inflight_ts_;
+  size_t inflight_pos_ = 0;  // first response of inflight_ not yet settled
+  bool writing_ = false;
+  absl::flat_hash_set<uint32_t> outstanding_;
+  size_t untracked_ = 0;  // duplicates queued while their cookie was outstanding
+};
+
+// The promise to answer one group exactly once. Created when a group is read; Answer() queues
+// its response. If an obligation is destroyed unanswered (an early return, a bug), it answers
+// INVALID itself and counts stats.guard_answered, so a read group can never be left hanging.
+// Move-only.
+class ResponseObligation {
+ public:
+  ResponseObligation() = default;
+  ResponseObligation(ResponseQueue* queue, DeviceStats* stats, uint32_t cookie, uint64_t read_ns)
+      : queue_(queue), stats_(stats), cookie_(cookie), read_ns_(read_ns) {}
+  ResponseObligation(ResponseObligation&& o) noexcept
+      : queue_(std::exchange(o.queue_, nullptr)),
+        stats_(o.stats_),
+        cookie_(o.cookie_),
+        read_ns_(o.read_ns_) {}
+  ResponseObligation& operator=(ResponseObligation&& o) noexcept;
+  ResponseObligation(const ResponseObligation&) = delete;
+  ResponseObligation& operator=(const ResponseObligation&) = delete;
+  ~ResponseObligation();
+
+  uint32_t cookie() const { return cookie_; }
+  bool pending() const { return queue_ != nullptr; }
+  // Queues the response; a second call does nothing (and returns false).
+  bool Answer(uint32_t code);
+
+ private:
+  void GuardAnswer();
+
+  ResponseQueue* queue_ = nullptr;
+  DeviceStats* stats_ = nullptr;
+  uint32_t cookie_ = 0;
+  uint64_t read_ns_ = 0;
+};
+
+}  // namespace iopfd
+
+#endif  // IOPFD_RESPONSE_QUEUE_H_

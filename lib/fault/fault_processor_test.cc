@@ -1,0 +1,380 @@
+#include "iopfd/fault_processor.h"
+
+#include <cerrno>
+#include <optional>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "iopfd/errors.h"
+
+namespace iopfd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::Field;
+
+constexpr uint64_t kPage = 4096;
+constexpr uint32_t kDev = 7;
+constexpr uint32_t kRW = uapi::kPermRead | uapi::kPermWrite;
+
+// Records every map call; fails calls that touch a page in fail_pages with fail_errno.
+class FakeMapper : public Mapper {
+ public:
+  absl::Status Map(const MapRequest& req) override {
+    calls.push_back(req);
+    for (uint64_t iova : fail_iovas) {
+      if (iova >= req.iova && iova < req.iova + req.length) {
+        return ErrnoStatus(fail_errno, "fake", "IOMMU_IOAS_MAP");
+      }
+    }
+    return absl::OkStatus();
+  }
+  std::vector<MapRequest> calls;
+  std::vector<uint64_t> fail_iovas;
+  int fail_errno = ENOMEM;
+};
+
+uapi::PageFault Rec(uint32_t cookie, uint64_t addr, uint32_t perm = uapi::kPermRead,
+                    std::optional<uint32_t> pasid = std::nullopt, uint32_t length = 0) {
+  uapi::PageFault r{};
+  r.flags = uapi::kPgfaultLastPage | (pasid ? uint32_t{uapi::kPgfaultPasidValid} : 0u);
+  r.dev_id = kDev;
+  r.pasid = pasid.value_or(0);
+  r.grpid = cookie & 0x1ff;
+  r.perm = perm;
+  r.addr = addr;
+  r.length = length;
+  r.cookie = cookie;
+  return r;
+}
+
+class FaultProcessorTest : public ::testing::Test {
+ protected:
+  // Space without PASID: [1 MiB, 1 MiB + 64 KiB) rw, [2 MiB, 2 MiB + 64 KiB) read-only with a
+  // 16 KiB prefetch window. Space of PASID 5: [1 MiB, 1 MiB + 64 KiB) rw, IOAS 9.
+  void SetUp() override { Build(); }
+
+  void Build(FaultProcessorOptions opts = {.device_id = kDev}) {
+    std::vector<Region> none;
+    none.emplace_back(1 << 20, 16 * kPage, kPage, kRW, 0, 100, 0, nullptr);
+    none.emplace_back(2 << 20, 16 * kPage, kPage, uapi::kPermRead, 4 * kPage, 101, 8192, nullptr);
+    std::vector<Region> p5;
+    p5.emplace_back(1 << 20, 16 * kPage, kPage, kRW, 0, 102, 0, nullptr);
+    std::vector<AddressSpace> spaces;
+    spaces.emplace_back(std::nullopt, IoasId(3), std::move(none));
+    spaces.emplace_back(5u, IoasId(9), std::move(p5));
+    table_.emplace(std::move(spaces));
+    queue_.emplace(&stats_);
+    proc_.emplace(opts, &*table_, &mapper_, &*queue_, &stats_);
+  }
+
+  // Returns the responses the processor queued, settling them as accepted.
+  std::vector<uapi::PageResponse> Flush() {
+    auto span = queue_->BeginWrite();
+    std::vector<uapi::PageResponse> out(span.begin(), span.end());
+    queue_->CompleteWrite(static_cast<ssize_t>(span.size_bytes()), 0);
+    return out;
+  }
+
+  DeviceStats stats_;
+  FakeMapper mapper_;
+  std::optional<SpaceTable> table_;
+  std::optional<ResponseQueue> queue_;
+  std::optional<FaultProcessor> proc_;
+};
+
+MATCHER_P2(Resp, cookie, code, "") { return arg.cookie == cookie && arg.code == code; }
+
+TEST_F(FaultProcessorTest, ReadAndWriteFaultsInRangeAreMappedAndSucceed) {
+  std::vector<uapi::PageFault> recs = {Rec(1, (1 << 20) + 10, uapi::kPermRead),
+                                       Rec(2, (1 << 20) + 5 * kPage, uapi::kPermWrite)};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespSuccess), Resp(2u, uapi::kRespSuccess)));
+  ASSERT_EQ(mapper_.calls.size(), 2u);
+  EXPECT_EQ(mapper_.calls[0].iova, 1u << 20);
+  EXPECT_EQ(mapper_.calls[0].length, kPage);
+  EXPECT_EQ(mapper_.calls[0].ioas, IoasId(3));
+  EXPECT_EQ(mapper_.calls[0].fd, 100);
+  EXPECT_EQ(mapper_.calls[0].flags, uapi::kIoasMapReadable | uapi::kIoasMapWriteable);
+  EXPECT_EQ(mapper_.calls[1].iova, (1u << 20) + 5 * kPage);
+  EXPECT_EQ(mapper_.calls[1].file_offset, 5 * kPage);
+  EXPECT_EQ(stats_.responses_success, 2u);
+  EXPECT_EQ(stats_.outstanding(), 0u);
+}
+
+TEST_F(FaultProcessorTest, OutOfEveryRegionIsInvalidAndMapsNothing) {
+  std::vector<uapi::PageFault> recs = {Rec(1, 0x10), Rec(2, (1 << 20) + 16 * kPage)};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespInvalid), Resp(2u, uapi::kRespInvalid)));
+  EXPECT_TRUE(mapper_.calls.empty());
+  EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kNoRegion)], 2u);
+}
+
+TEST_F(FaultProcessorTest, WriteToReadOnlyRegionIsInvalid) {
+  std::vector<uapi::PageFault> recs = {Rec(1, 2 << 20, uapi::kPermWrite),
+                                       Rec(2, 2 << 20, uapi::kPermRead | uapi::kPermExec),
+                                       Rec(3, 1 << 20, uapi::kPermRead | uapi::kPermPriv)};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespInvalid), Resp(2u, uapi::kRespInvalid),
+                                   Resp(3u, uapi::kRespInvalid)));
+  EXPECT_TRUE(mapper_.calls.empty());
+  EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kPermission)], 3u);
+}
+
+TEST_F(FaultProcessorTest, PasidRoutesToItsSpaceAndUnknownPasidIsInvalid) {
+  std::vector<uapi::PageFault> recs = {Rec(1, (1 << 20) + kPage, uapi::kPermRead, 5u),
+                                       Rec(2, (1 << 20) + kPage, uapi::kPermRead, 6u)};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespSuccess), Resp(2u, uapi::kRespInvalid)));
+  ASSERT_EQ(mapper_.calls.size(), 1u);
+  EXPECT_EQ(mapper_.calls[0].ioas, IoasId(9));
+  EXPECT_EQ(mapper_.calls[0].fd, 102);
+  EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kNoSpace)], 1u);
+}
+
+TEST_F(FaultProcessorTest, ManyFaultsToOnePageMapOnce) {
+  std::vector<uapi::PageFault> recs;
+  for (uint32_t c = 1; c <= 50; ++c) recs.push_back(Rec(c, (1 << 20) + 3 * kPage + c));
+  proc_->Process(recs, 0);
+  auto resp = Flush();
+  ASSERT_EQ(resp.size(), 50u);
+  for (const auto& r : resp) EXPECT_EQ(r.code, uapi::kRespSuccess);
+  EXPECT_EQ(mapper_.calls.size(), 1u);
+  EXPECT_EQ(stats_.pages_deduped, 49u);
+  // A later batch for the same page is answered without a map.
+  std::vector<uapi::PageFault> again = {Rec(60, (1 << 20) + 3 * kPage)};
+  proc_->Process(again, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(60u, uapi::kRespSuccess)));
+  EXPECT_EQ(mapper_.calls.size(), 1u);
+  EXPECT_EQ(stats_.pages_already_mapped, 1u);
+}
+
+TEST_F(FaultProcessorTest, AdjacentPagesCoalesceIntoOneCall) {
+  std::vector<uapi::PageFault> recs = {Rec(1, (1 << 20) + 2 * kPage), Rec(2, (1 << 20) + 0),
+                                       Rec(3, (1 << 20) + kPage), Rec(4, (1 << 20) + 8 * kPage)};
+  proc_->Process(recs, 0);
+  EXPECT_EQ(Flush().size(), 4u);
+  ASSERT_EQ(mapper_.calls.size(), 2u);
+  EXPECT_EQ(mapper_.calls[0].iova, 1u << 20);
+  EXPECT_EQ(mapper_.calls[0].length, 3 * kPage);
+  EXPECT_EQ(mapper_.calls[1].iova, (1u << 20) + 8 * kPage);
+  EXPECT_EQ(mapper_.calls[1].length, kPage);
+}
+
+TEST_F(FaultProcessorTest, CoalescingSkipsPagesAlreadyMapped) {
+  std::vector<uapi::PageFault> first = {Rec(1, (1 << 20) + kPage)};
+  proc_->Process(first, 0);
+  Flush();
+  std::vector<uapi::PageFault> recs = {Rec(2, 1 << 20), Rec(3, (1 << 20) + kPage),
+                                       Rec(4, (1 << 20) + 2 * kPage)};
+  proc_->Process(recs, 0);
+  EXPECT_EQ(Flush().size(), 3u);
+  ASSERT_EQ(mapper_.calls.size(), 3u);
+  EXPECT_EQ(mapper_.calls[1].iova, 1u << 20);
+  EXPECT_EQ(mapper_.calls[1].length, kPage);
+  EXPECT_EQ(mapper_.calls[2].iova, (1u << 20) + 2 * kPage);
+}
+
+TEST_F(FaultProcessorTest, PrefetchWindowMapsAheadClippedAtRegionEnd) {
+  // Read-only region at 2 MiB has a 4-page prefetch window and file offset 8192.
+  std::vector<uapi::PageFault> recs = {Rec(1, (2 << 20) + kPage)};
+  proc_->Process(recs, 0);
+  Flush();
+  ASSERT_EQ(mapper_.calls.size(), 1u);
+  EXPECT_EQ(mapper_.calls[0].iova, (2u << 20) + kPage);
+  EXPECT_EQ(mapper_.calls[0].length, 5 * kPage);
+  EXPECT_EQ(mapper_.calls[0].file_offset, 8192 + kPage);
+  EXPECT_EQ(mapper_.calls[0].flags, uapi::kIoasMapReadable);
+  EXPECT_EQ(stats_.pages_prefetched, 4u);
+  std::vector<uapi::PageFault> tail = {Rec(2, (2 << 20) + 14 * kPage)};
+  proc_->Process(tail, 0);
+  Flush();
+  ASSERT_EQ(mapper_.calls.size(), 2u);
+  EXPECT_EQ(mapper_.calls[1].length, 2 * kPage);  // clipped at the region's 16th page
+}
+
+TEST_F(FaultProcessorTest, LengthHintMapsAheadCappedPerFault) {
+  Build({.device_id = kDev, .max_fault_map_bytes = 4 * kPage});
+  std::vector<uapi::PageFault> recs = {
+      Rec(1, 1 << 20, uapi::kPermRead, std::nullopt, static_cast<uint32_t>(10 * kPage))};
+  proc_->Process(recs, 0);
+  Flush();
+  ASSERT_EQ(mapper_.calls.size(), 1u);
+  EXPECT_EQ(mapper_.calls[0].length, 4 * kPage);
+}
+
+TEST_F(FaultProcessorTest, MultiRecordGroupGetsOneResponseAndFailsAsAWhole) {
+  uapi::PageFault a = Rec(1, 1 << 20);
+  a.flags &= ~uapi::kPgfaultLastPage;
+  uapi::PageFault b = Rec(1, (1 << 20) + kPage);
+  uapi::PageFault c = Rec(2, (1 << 20) + 2 * kPage);
+  c.flags &= ~uapi::kPgfaultLastPage;
+  uapi::PageFault d = Rec(2, 0x42);  // outside every region: sinks group 2
+  std::vector<uapi::PageFault> recs = {a, b, c, d};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespSuccess), Resp(2u, uapi::kRespInvalid)));
+  EXPECT_EQ(stats_.groups, 2u);
+  EXPECT_EQ(stats_.records, 4u);
+}
+
+TEST_F(FaultProcessorTest, CookieReappearingLaterStaysOneGroup) {
+  std::vector<uapi::PageFault> recs = {Rec(1, 1 << 20), Rec(2, (1 << 20) + kPage),
+                                       Rec(1, (1 << 20) + 2 * kPage)};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespSuccess), Resp(2u, uapi::kRespSuccess)));
+}
+
+TEST_F(FaultProcessorTest, OversizedGroupIsInvalid) {
+  Build({.device_id = kDev, .max_group_records = 2});
+  std::vector<uapi::PageFault> recs = {Rec(1, 1 << 20), Rec(1, 1 << 20), Rec(1, 1 << 20)};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespInvalid)));
+  EXPECT_TRUE(mapper_.calls.empty());
+  EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kOversizedGroup)], 1u);
+}
+
+TEST_F(FaultProcessorTest, ForeignDeviceAndMixedGroupsAreInvalid) {
+  uapi::PageFault foreign = Rec(1, 1 << 20);
+  foreign.dev_id = kDev + 1;
+  uapi::PageFault m1 = Rec(2, 1 << 20, uapi::kPermRead, 5u);
+  uapi::PageFault m2 = Rec(2, 1 << 20);  // same cookie, no PASID
+  std::vector<uapi::PageFault> recs = {foreign, m1, m2};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespInvalid), Resp(2u, uapi::kRespInvalid)));
+  EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kForeignDevice)], 1u);
+  EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kMalformed)], 1u);
+}
+
+TEST_F(FaultProcessorTest, MapFailureFailsOnlyTheGroupsThatNeedTheBadPage) {
+  mapper_.fail_iovas = {(1 << 20) + 2 * kPage};
+  std::vector<uapi::PageFault> recs = {Rec(1, 1 << 20), Rec(2, (1 << 20) + kPage),
+                                       Rec(3, (1 << 20) + 2 * kPage)};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespSuccess), Resp(2u, uapi::kRespSuccess),
+                                   Resp(3u, uapi::kRespInvalid)));
+  // One coalesced call failed, then each needed page was tried alone.
+  EXPECT_EQ(mapper_.calls.size(), 4u);
+  EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kMapFailed)], 1u);
+  EXPECT_EQ(stats_.map_failures, 2u);
+}
+
+TEST_F(FaultProcessorTest, PrefetchFailureDoesNotFailTheFaultingPage) {
+  mapper_.fail_iovas = {(2 << 20) + 3 * kPage};
+  std::vector<uapi::PageFault> recs = {Rec(1, 2 << 20)};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespSuccess)));
+}
+
+TEST_F(FaultProcessorTest, PageMappedBySomeoneElseCountsAsPresent) {
+  mapper_.fail_iovas = {1 << 20};
+  mapper_.fail_errno = EEXIST;
+  std::vector<uapi::PageFault> recs = {Rec(1, 1 << 20)};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespSuccess)));
+}
+
+TEST(ResponseQueueTest, PartialWriteRejectsOneAndResendsTheRest) {
+  DeviceStats stats;
+  ResponseQueue q(&stats);
+  for (uint32_t c = 1; c <= 4; ++c) q.Add(c, uapi::kRespSuccess, 100);
+  auto first = q.BeginWrite();
+  ASSERT_EQ(first.size(), 4u);
+  // The kernel took cookie 1, stopped at cookie 2 (unknown).
+  EXPECT_TRUE(q.CompleteWrite(8, 150));
+  EXPECT_TRUE(q.HasUnwritten());
+  q.Add(5, uapi::kRespInvalid, 200);  // arrives while re-sends are owed
+  auto second = q.BeginWrite();
+  ASSERT_EQ(second.size(), 2u);
+  EXPECT_EQ(second[0].cookie, 3u);
+  EXPECT_EQ(second[1].cookie, 4u);
+  EXPECT_TRUE(q.CompleteWrite(-EINVAL, 160));  // cookie 3 unknown as well
+  auto third = q.BeginWrite();
+  ASSERT_EQ(third.size(), 1u);
+  EXPECT_EQ(third[0].cookie, 4u);
+  EXPECT_TRUE(q.CompleteWrite(8, 170));
+  auto fourth = q.BeginWrite();
+  ASSERT_EQ(fourth.size(), 1u);
+  EXPECT_EQ(fourth[0].cookie, 5u);
+  EXPECT_TRUE(q.CompleteWrite(8, 300));
+  EXPECT_FALSE(q.HasUnwritten());
+  EXPECT_EQ(stats.responses_written, 3u);
+  EXPECT_EQ(stats.responses_rejected, 2u);
+  EXPECT_EQ(q.outstanding(), 0u);
+  EXPECT_EQ(stats.latency_ns.count(), 3u);
+  EXPECT_EQ(stats.latency_ns.max(), 100u);
+}
+
+TEST(ResponseQueueTest, InterruptedWriteIsRetriedWhole) {
+  DeviceStats stats;
+  ResponseQueue q(&stats);
+  q.Add(1, uapi::kRespSuccess, 0);
+  q.BeginWrite();
+  EXPECT_TRUE(q.CompleteWrite(-EINTR, 0));
+  EXPECT_EQ(q.BeginWrite().size(), 1u);
+  EXPECT_TRUE(q.CompleteWrite(8, 0));
+  EXPECT_EQ(stats.responses_written, 1u);
+}
+
+TEST(ResponseQueueTest, DeadFdAbandonsEverythingAndSaysSo) {
+  DeviceStats stats;
+  ResponseQueue q(&stats);
+  q.Add(1, uapi::kRespSuccess, 0);
+  q.Add(2, uapi::kRespSuccess, 0);
+  q.BeginWrite();
+  q.Add(3, uapi::kRespSuccess, 0);
+  EXPECT_FALSE(q.CompleteWrite(-EBADF, 0));
+  EXPECT_EQ(stats.responses_abandoned, 3u);
+  EXPECT_EQ(q.outstanding(), 0u);
+  EXPECT_FALSE(q.HasUnwritten());
+}
+
+TEST(ResponseQueueTest, DuplicateOutstandingCookieIsCountedAndStillAnswered) {
+  DeviceStats stats;
+  ResponseQueue q(&stats);
+  q.Add(9, uapi::kRespSuccess, 0);
+  q.Add(9, uapi::kRespSuccess, 0);
+  EXPECT_EQ(stats.duplicate_cookies, 1u);
+  EXPECT_EQ(q.outstanding(), 2u);
+  auto w = q.BeginWrite();
+  EXPECT_EQ(w.size(), 2u);
+  q.CompleteWrite(16, 0);
+  EXPECT_EQ(q.outstanding(), 0u);
+}
+
+TEST(ResponseObligationTest, UnansweredObligationAnswersInvalidOnce) {
+  DeviceStats stats;
+  ResponseQueue q(&stats);
+  {
+    ResponseObligation a(&q, &stats, 11, 0);
+    ResponseObligation b(&q, &stats, 12, 0);
+    EXPECT_TRUE(b.Answer(uapi::kRespSuccess));
+    EXPECT_FALSE(b.Answer(uapi::kRespSuccess));
+    ResponseObligation moved(std::move(a));
+    EXPECT_FALSE(a.pending());  // NOLINT(bugprone-use-after-move): checks the moved-from state
+  }
+  auto w = q.BeginWrite();
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_EQ(w[0].cookie, 12u);
+  EXPECT_EQ(w[1].cookie, 11u);
+  EXPECT_EQ(w[1].code, uapi::kRespInvalid);
+  EXPECT_EQ(stats.guard_answered, 1u);
+}
+
+TEST(HistogramTest, PercentilesWithinBucketPrecision) {
+  Histogram h;
+  for (uint64_t v = 1; v <= 1000; ++v) h.Record(v * 1000);
+  EXPECT_EQ(h.count(), 1000u);
+  EXPECT_EQ(h.max(), 1000000u);
+  uint64_t p50 = h.Percentile(0.5);
+  EXPECT_GE(p50, 500000u);
+  EXPECT_LE(p50, 500000u * 1125 / 1000);
+  EXPECT_EQ(h.Percentile(1.0), 1000000u);
+  Histogram small;
+  for (uint64_t v = 0; v < 16; ++v) small.Record(v);
+  EXPECT_EQ(small.Percentile(0.5), 7u);
+  EXPECT_EQ(Histogram().Percentile(0.5), 0u);
+}
+
+}  // namespace
+}  // namespace iopfd

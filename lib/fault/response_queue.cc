@@ -1,0 +1,116 @@
+#include "iopfd/response_queue.h"
+
+#include <cerrno>
+
+namespace iopfd {
+
+void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns) {
+  if (!outstanding_.insert(cookie).second) {
+    ++stats_->duplicate_cookies;
+    ++untracked_;
+  }
+  if (code == uapi::kRespSuccess) {
+    ++stats_->responses_success;
+  } else {
+    ++stats_->responses_invalid;
+  }
+  pending_.push_back({cookie, code});
+  pending_ts_.push_back(read_ns);
+}
+
+std::span<const uapi::PageResponse> ResponseQueue::BeginWrite() {
+  if (inflight_pos_ >= inflight_.size()) {
+    // Everything written before is settled: the pending batch becomes the next write.
+    inflight_.clear();
+    inflight_ts_.clear();
+    inflight_pos_ = 0;
+    inflight_.swap(pending_);
+    inflight_ts_.swap(pending_ts_);
+  }
+  writing_ = inflight_pos_ < inflight_.size();
+  return std::span<const uapi::PageResponse>(inflight_).subspan(inflight_pos_);
+}
+
+void ResponseQueue::Settle(size_t index, bool accepted, uint64_t now_ns) {
+  uint32_t cookie = inflight_[index].cookie;
+  if (outstanding_.erase(cookie) == 0 && untracked_ > 0) --untracked_;
+  if (accepted) {
+    ++stats_->responses_written;
+    uint64_t t = inflight_ts_[index];
+    stats_->latency_ns.Record(now_ns > t ? now_ns - t : 0);
+  } else {
+    ++stats_->responses_rejected;
+  }
+}
+
+bool ResponseQueue::CompleteWrite(ssize_t result, uint64_t now_ns) {
+  writing_ = false;
+  ++stats_->writes;
+  const size_t unsent = inflight_.size() - inflight_pos_;
+  if (result >= 0) {
+    size_t done = static_cast<size_t>(result) / sizeof(uapi::PageResponse);
+    if (done > unsent) done = unsent;
+    for (size_t i = 0; i < done; ++i) Settle(inflight_pos_ + i, true, now_ns);
+    inflight_pos_ += done;
+    if (inflight_pos_ < inflight_.size()) {
+      // A short write: the kernel stopped at an unknown cookie. That one is rejected for good;
+      // the ones behind it stay in flight and are written again next.
+      Settle(inflight_pos_, false, now_ns);
+      ++inflight_pos_;
+    }
+    return true;
+  }
+  const int err = static_cast<int>(-result);
+  if (err == EINVAL) {
+    // The first response's cookie is unknown to the kernel (already answered, or answered by
+    // the kernel itself on detach). Drop it; the rest are re-sent.
+    Settle(inflight_pos_, false, now_ns);
+    ++inflight_pos_;
+    return true;
+  }
+  if (err == EINTR || err == EAGAIN) return true;  // nothing consumed; write the same again
+  AbandonAll();
+  return false;
+}
+
+void ResponseQueue::AbandonAll() {
+  stats_->responses_abandoned += (inflight_.size() - inflight_pos_) + pending_.size();
+  inflight_.clear();
+  inflight_ts_.clear();
+  inflight_pos_ = 0;
+  pending_.clear();
+  pending_ts_.clear();
+  outstanding_.clear();
+  untracked_ = 0;
+  writing_ = false;
+}
+
+ResponseObligation& ResponseObligation::operator=(ResponseObligation&& o) noexcept {
+  if (this != &o) {
+    GuardAnswer();
+    queue_ = std::exchange(o.queue_, nullptr);
+    stats_ = o.stats_;
+    cookie_ = o.cookie_;
+    read_ns_ = o.read_ns_;
+  }
+  return *this;
+}
+
+ResponseObligation::~ResponseObligation() { GuardAnswer(); }
+
+void ResponseObligation::GuardAnswer() {
+  if (queue_ == nullptr) return;
+  ++stats_->guard_answered;
+  ++stats_->invalid_by_reason[static_cast<int>(InvalidReason::kUnresolved)];
+  queue_->Add(cookie_, uapi::kRespInvalid, read_ns_);
+  queue_ = nullptr;
+}
+
+bool ResponseObligation::Answer(uint32_t code) {
+  if (queue_ == nullptr) return false;
+  queue_->Add(cookie_, code, read_ns_);
+  queue_ = nullptr;
+  return true;
+}
+
+}  // namespace iopfd

@@ -1,0 +1,161 @@
+#include "iopfd/stats.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace iopfd {
+
+int Histogram::BucketOf(uint64_t value) {
+  if (value < 16) return static_cast<int>(value);
+  // Highest set bit h >= 4; the next kSubBits bits pick the linear sub-bucket.
+  int h = 63 - std::countl_zero(value);
+  int sub = static_cast<int>((value >> (h - kSubBits)) & ((1 << kSubBits) - 1));
+  return 16 + (h - 4) * (1 << kSubBits) + sub;
+}
+
+uint64_t Histogram::BucketUpper(int bucket) {
+  if (bucket < 16) return static_cast<uint64_t>(bucket);
+  int h = (bucket - 16) / (1 << kSubBits) + 4;
+  int sub = (bucket - 16) % (1 << kSubBits);
+  uint64_t base = uint64_t{1} << h;
+  uint64_t step = uint64_t{1} << (h - kSubBits);
+  return base + step * static_cast<uint64_t>(sub + 1) - 1;
+}
+
+void Histogram::Record(uint64_t value, uint64_t count) {
+  if (count == 0) return;
+  buckets_[BucketOf(value)] += count;
+  count_ += count;
+  sum_ += value * count;
+  max_ = std::max(max_, value);
+  min_ = std::min(min_, value);
+}
+
+uint64_t Histogram::Percentile(double q) const {
+  if (count_ == 0) return 0;
+  q = std::clamp(q, 0.0, 1.0);
+  auto rank = static_cast<uint64_t>(std::ceil(q * static_cast<double>(count_)));
+  rank = std::max<uint64_t>(rank, 1);
+  uint64_t seen = 0;
+  for (int b = 0; b < kBuckets; ++b) {
+    seen += buckets_[b];
+    if (seen >= rank) return std::min(BucketUpper(b), max_);
+  }
+  return max_;
+}
+
+void Histogram::Merge(const Histogram& other) {
+  for (int b = 0; b < kBuckets; ++b) buckets_[b] += other.buckets_[b];
+  count_ += other.count_;
+  sum_ += other.sum_;
+  max_ = std::max(max_, other.max_);
+  min_ = std::min(min_, other.min_);
+}
+
+std::string_view InvalidReasonName(InvalidReason reason) {
+  switch (reason) {
+    case InvalidReason::kNoSpace:
+      return "no_space";
+    case InvalidReason::kNoRegion:
+      return "no_region";
+    case InvalidReason::kPermission:
+      return "permission";
+    case InvalidReason::kMapFailed:
+      return "map_failed";
+    case InvalidReason::kForeignDevice:
+      return "foreign_device";
+    case InvalidReason::kOversizedGroup:
+      return "oversized_group";
+    case InvalidReason::kMalformed:
+      return "malformed";
+    case InvalidReason::kUnresolved:
+      return "unresolved";
+    case InvalidReason::kCount:
+      break;
+  }
+  return "unknown";
+}
+
+namespace {
+
+std::string Micros(uint64_t ns) { return absl::StrFormat("%.1fus", static_cast<double>(ns) / 1e3); }
+
+}  // namespace
+
+std::string FormatStatsText(std::string_view device, const DeviceStats& s) {
+  std::string out = absl::StrCat(absl::string_view(device.data(), device.size()), ": ", s.records, " records in ", s.groups, " groups over ",
+                                 s.reads, " reads; answered ", s.responses_success, " success, ",
+                                 s.responses_invalid, " invalid; outstanding ", s.outstanding(),
+                                 "\n");
+  if (s.responses_invalid > 0) {
+    absl::StrAppend(&out, "  invalid by reason:");
+    for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
+      if (s.invalid_by_reason[r] == 0) continue;
+      absl::StrAppend(&out, " ", std::string(InvalidReasonName(static_cast<InvalidReason>(r))), "=",
+                      s.invalid_by_reason[r]);
+    }
+    absl::StrAppend(&out, "\n");
+  }
+  absl::StrAppend(&out, "  maps: ", s.map_calls, " calls, ", s.bytes_mapped, " bytes, ",
+                  s.map_failures, " failed; pages already mapped ", s.pages_already_mapped,
+                  ", deduped ", s.pages_deduped, ", prefetched ", s.pages_prefetched, "\n");
+  absl::StrAppend(&out, "  writes: ", s.writes, " (", s.responses_written, " accepted, ",
+                  s.responses_rejected, " rejected, ", s.responses_abandoned, " abandoned)",
+                  "; empty reads ", s.empty_reads, ", buffer grows ", s.read_grows, "\n");
+  absl::StrAppend(&out, "  batch records: p50 ", s.batch_records.Percentile(0.5), " p99 ",
+                  s.batch_records.Percentile(0.99), " max ", s.batch_records.max(), "\n");
+  absl::StrAppend(&out, "  latency: p50 ", Micros(s.latency_ns.Percentile(0.5)), " p99 ",
+                  Micros(s.latency_ns.Percentile(0.99)), " max ", Micros(s.latency_ns.max()),
+                  "\n");
+  if (s.guard_answered || s.duplicate_cookies) {
+    absl::StrAppend(&out, "  INVARIANT: guard answered ", s.guard_answered,
+                    ", duplicate cookies ", s.duplicate_cookies, "\n");
+  }
+  return out;
+}
+
+std::string FormatStatsJson(std::string_view device, const DeviceStats& s) {
+  std::string out = absl::StrCat("{\"device\":\"", absl::string_view(device.data(), device.size()), "\"");
+  auto field = [&out](const std::string& key, uint64_t v) {
+    absl::StrAppend(&out, ",\"", key, "\":", v);
+  };
+  field("reads", s.reads);
+  field("empty_reads", s.empty_reads);
+  field("read_grows", s.read_grows);
+  field("records", s.records);
+  field("groups", s.groups);
+  field("responses_success", s.responses_success);
+  field("responses_invalid", s.responses_invalid);
+  for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
+    field("invalid_" + std::string(InvalidReasonName(static_cast<InvalidReason>(r))),
+          s.invalid_by_reason[r]);
+  }
+  field("map_calls", s.map_calls);
+  field("map_failures", s.map_failures);
+  field("bytes_mapped", s.bytes_mapped);
+  field("pages_already_mapped", s.pages_already_mapped);
+  field("pages_deduped", s.pages_deduped);
+  field("pages_prefetched", s.pages_prefetched);
+  field("writes", s.writes);
+  field("responses_written", s.responses_written);
+  field("responses_rejected", s.responses_rejected);
+  field("responses_abandoned", s.responses_abandoned);
+  field("guard_answered", s.guard_answered);
+  field("duplicate_cookies", s.duplicate_cookies);
+  field("outstanding", s.outstanding());
+  field("batch_p50", s.batch_records.Percentile(0.5));
+  field("batch_p99", s.batch_records.Percentile(0.99));
+  field("batch_max", s.batch_records.max());
+  field("latency_count", s.latency_ns.count());
+  field("latency_p50_ns", s.latency_ns.Percentile(0.5));
+  field("latency_p99_ns", s.latency_ns.Percentile(0.99));
+  field("latency_max_ns", s.latency_ns.max());
+  out += "}";
+  return out;
+}
+
+}  // namespace iopfd

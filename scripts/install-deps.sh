@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages iopfd needs to build, test and run its VM tier.
+# Idempotent: packages already present are left alone, and apt is only touched when
+# something is missing. Run as root.
+set -euo pipefail
+
+pkgs=(
+  # build
+  build-essential cmake pkg-config ninja-build git
+  # libraries (found by CMake through pkg-config / CMake config files)
+  liburing-dev libabsl-dev libnl-3-dev libnl-genl-3-dev libsystemd-dev libtomlplusplus-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # lint
+  clang-format clang-tidy
+  # VM tier: kernel build and guest boot
+  flex bison bc libelf-dev libssl-dev cpio xz-utils qemu-system-x86 busybox-static
+  debian-archive-keyring
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: all ${#pkgs[@]} packages present"
+fi
