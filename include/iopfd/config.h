@@ -41,8 +41,8 @@ enum class BackingKind {
 
 // One IOVA range of an address space and the memory behind it.
 struct RegionConfig {
-  uint64_t iova = 0;      // first IOVA; aligned to the region's page size
-  uint64_t size = 0;      // bytes; a multiple of the page size, > 0
+  uint64_t iova = 0;  // first IOVA; aligned to the region's page size
+  uint64_t size = 0;  // bytes; a multiple of the page size, > 0
   BackingKind backing = BackingKind::kAnonymous;
   std::string path;       // kFile: the backing file
   std::string fd_name;    // kInheritedFd: the LISTEN_FDNAMES name of the fd
@@ -57,8 +57,8 @@ struct RegionConfig {
 
 // The IO virtual address space of one PASID (or of requests without a PASID).
 struct SpaceConfig {
-  std::optional<uint32_t> pasid;  // nullopt: the no-PASID space
-  uint32_t ioas_id = 0;           // adopt mode: the IOAS the owner allocated; vfio mode: unused
+  std::optional<uint32_t> pasid;      // nullopt: the no-PASID space
+  uint32_t ioas_id = 0;               // adopt mode: the IOAS the owner allocated; vfio mode: unused
   std::vector<RegionConfig> regions;  // sorted by iova, non-overlapping after validation
   SourceLocation where;
 };
@@ -96,8 +96,8 @@ enum class LogLevel { kError, kWarning, kInfo, kDebug };
 struct GlobalConfig {
   LogLevel log_level = LogLevel::kInfo;
   std::string devices_dir = "/etc/iopfd/devices.d";
-  uint32_t ring_entries = 256;      // io_uring submission queue size, power of two 8..32768
-  uint32_t read_records = 256;      // records per fault fd read buffer at start
+  uint32_t ring_entries = 256;        // io_uring submission queue size, power of two 8..32768
+  uint32_t read_records = 256;        // records per fault fd read buffer at start
   uint32_t max_read_records = 65536;  // the buffer grows (doubling) up to this on EINVAL
 };
 

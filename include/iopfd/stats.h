@@ -39,14 +39,14 @@ class Histogram {
 
 // Why a group was answered INVALID.
 enum class InvalidReason : int {
-  kNoSpace = 0,        // no address space for the request's PASID (or for no PASID)
-  kNoRegion,           // the address is outside every region of the space
-  kPermission,         // the request asks for access the region does not grant
-  kMapFailed,          // the IOMMU map call failed
-  kForeignDevice,      // the record names a device this fault queue does not serve here
-  kOversizedGroup,     // more records than limits.max_group_records
-  kMalformed,          // inconsistent records (mixed PASIDs or devices in one group)
-  kUnresolved,         // answered by the exactly-once guard: resolution never finished
+  kNoSpace = 0,     // no address space for the request's PASID (or for no PASID)
+  kNoRegion,        // the address is outside every region of the space
+  kPermission,      // the request asks for access the region does not grant
+  kMapFailed,       // the IOMMU map call failed
+  kForeignDevice,   // the record names a device this fault queue does not serve here
+  kOversizedGroup,  // more records than limits.max_group_records
+  kMalformed,       // inconsistent records (mixed PASIDs or devices in one group)
+  kUnresolved,      // answered by the exactly-once guard: resolution never finished
   kCount,
 };
 
@@ -54,28 +54,28 @@ enum class InvalidReason : int {
 std::string_view InvalidReasonName(InvalidReason reason);
 
 struct DeviceStats {
-  uint64_t reads = 0;            // fault fd reads that returned records
-  uint64_t empty_reads = 0;      // reads that returned 0 (nothing queued)
-  uint64_t read_grows = 0;       // EINVAL reads that grew the buffer
-  uint64_t records = 0;          // page request records read
-  uint64_t groups = 0;           // groups (distinct cookies) read
+  uint64_t reads = 0;        // fault fd reads that returned records
+  uint64_t empty_reads = 0;  // reads that returned 0 (nothing queued)
+  uint64_t read_grows = 0;   // EINVAL reads that grew the buffer
+  uint64_t records = 0;      // page request records read
+  uint64_t groups = 0;       // groups (distinct cookies) read
   uint64_t responses_success = 0;
   uint64_t responses_invalid = 0;
   std::array<uint64_t, static_cast<int>(InvalidReason::kCount)> invalid_by_reason{};
-  uint64_t map_calls = 0;        // IOAS map ioctls issued
-  uint64_t map_failures = 0;     // map ioctls that failed
+  uint64_t map_calls = 0;     // IOAS map ioctls issued
+  uint64_t map_failures = 0;  // map ioctls that failed
   uint64_t bytes_mapped = 0;
   uint64_t pages_already_mapped = 0;  // requested pages found mapped (answered without a map)
-  uint64_t pages_deduped = 0;    // requests for a page another request of the batch asked for
-  uint64_t pages_prefetched = 0; // pages mapped ahead of a request (prefetch window, length hint)
-  uint64_t writes = 0;           // response writes issued
+  uint64_t pages_deduped = 0;         // requests for a page another request of the batch asked for
+  uint64_t pages_prefetched = 0;   // pages mapped ahead of a request (prefetch window, length hint)
+  uint64_t writes = 0;             // response writes issued
   uint64_t responses_written = 0;  // responses the kernel accepted
-  uint64_t responses_rejected = 0; // responses the kernel refused (unknown cookie)
+  uint64_t responses_rejected = 0;   // responses the kernel refused (unknown cookie)
   uint64_t responses_abandoned = 0;  // responses dropped because the fault fd failed
-  uint64_t guard_answered = 0;   // groups answered INVALID by the exactly-once guard (a bug)
-  uint64_t duplicate_cookies = 0;  // a cookie read again while still outstanding (kernel bug)
-  Histogram batch_records;       // records per read
-  Histogram latency_ns;          // read completion -> response write completion
+  uint64_t guard_answered = 0;       // groups answered INVALID by the exactly-once guard (a bug)
+  uint64_t duplicate_cookies = 0;    // a cookie read again while still outstanding (kernel bug)
+  Histogram batch_records;           // records per read
+  Histogram latency_ns;              // read completion -> response write completion
 
   // Returns groups read minus responses resolved: the groups still owed an answer.
   uint64_t outstanding() const {

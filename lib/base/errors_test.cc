@@ -14,7 +14,8 @@ namespace {
 TEST(ErrnoStatusTest, NamesObjectOperationAndErrno) {
   absl::Status s = ErrnoStatus(EOPNOTSUPP, "dsa0", "IOMMU_HWPT_ALLOC", "kernel too old");
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_EQ(s.message(), "dsa0: IOMMU_HWPT_ALLOC: EOPNOTSUPP (Operation not supported): kernel too old");
+  EXPECT_EQ(s.message(),
+            "dsa0: IOMMU_HWPT_ALLOC: EOPNOTSUPP (Operation not supported): kernel too old");
   EXPECT_EQ(ErrnoOf(s), EOPNOTSUPP);
 }
 

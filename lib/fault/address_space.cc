@@ -6,8 +6,8 @@
 
 namespace iopfd {
 
-Region::Region(uint64_t iova, uint64_t size, uint64_t page_size, uint32_t access,
-               uint64_t prefetch, int backing_fd, uint64_t backing_offset, void* backing_va)
+Region::Region(uint64_t iova, uint64_t size, uint64_t page_size, uint32_t access, uint64_t prefetch,
+               int backing_fd, uint64_t backing_offset, void* backing_va)
     : iova_(iova),
       size_(size),
       page_size_(page_size),

@@ -165,8 +165,7 @@ void FaultProcessor::MapRun(AddressSpace* space, Region* region, uint64_t first,
   }
 }
 
-bool FaultProcessor::MapPages(AddressSpace* space, Region* region, uint64_t first,
-                              uint64_t count) {
+bool FaultProcessor::MapPages(AddressSpace* space, Region* region, uint64_t first, uint64_t count) {
   MapRequest req = region->MakeRequest(space->ioas(), first, count);
   ++stats_->map_calls;
   absl::Status st = mapper_->Map(req);

@@ -87,10 +87,10 @@ std::string Micros(uint64_t ns) { return absl::StrFormat("%.1fus", static_cast<d
 }  // namespace
 
 std::string FormatStatsText(std::string_view device, const DeviceStats& s) {
-  std::string out = absl::StrCat(absl::string_view(device.data(), device.size()), ": ", s.records, " records in ", s.groups, " groups over ",
-                                 s.reads, " reads; answered ", s.responses_success, " success, ",
-                                 s.responses_invalid, " invalid; outstanding ", s.outstanding(),
-                                 "\n");
+  std::string out = absl::StrCat(
+      absl::string_view(device.data(), device.size()), ": ", s.records, " records in ", s.groups,
+      " groups over ", s.reads, " reads; answered ", s.responses_success, " success, ",
+      s.responses_invalid, " invalid; outstanding ", s.outstanding(), "\n");
   if (s.responses_invalid > 0) {
     absl::StrAppend(&out, "  invalid by reason:");
     for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
@@ -109,17 +109,17 @@ std::string FormatStatsText(std::string_view device, const DeviceStats& s) {
   absl::StrAppend(&out, "  batch records: p50 ", s.batch_records.Percentile(0.5), " p99 ",
                   s.batch_records.Percentile(0.99), " max ", s.batch_records.max(), "\n");
   absl::StrAppend(&out, "  latency: p50 ", Micros(s.latency_ns.Percentile(0.5)), " p99 ",
-                  Micros(s.latency_ns.Percentile(0.99)), " max ", Micros(s.latency_ns.max()),
-                  "\n");
+                  Micros(s.latency_ns.Percentile(0.99)), " max ", Micros(s.latency_ns.max()), "\n");
   if (s.guard_answered || s.duplicate_cookies) {
-    absl::StrAppend(&out, "  INVARIANT: guard answered ", s.guard_answered,
-                    ", duplicate cookies ", s.duplicate_cookies, "\n");
+    absl::StrAppend(&out, "  INVARIANT: guard answered ", s.guard_answered, ", duplicate cookies ",
+                    s.duplicate_cookies, "\n");
   }
   return out;
 }
 
 std::string FormatStatsJson(std::string_view device, const DeviceStats& s) {
-  std::string out = absl::StrCat("{\"device\":\"", absl::string_view(device.data(), device.size()), "\"");
+  std::string out =
+      absl::StrCat("{\"device\":\"", absl::string_view(device.data(), device.size()), "\"");
   auto field = [&out](const std::string& key, uint64_t v) {
     absl::StrAppend(&out, ",\"", key, "\":", v);
   };

@@ -1,0 +1,161 @@
+// iopfd: user-space IOMMU page-fault service. main() only parses flags and wires the pieces.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "iopfd/config.h"
+#include "iopfd/device.h"
+#include "iopfd/fault_loop.h"
+#include "iopfd/log.h"
+#include "iopfd/syscalls.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: iopfd [--config FILE] [--devices-dir DIR] [--check-config] [--stats-json FILE]\n"
+    "             [--version] [--help]\n"
+    "\n"
+    "Resolves IOMMU page requests (PCIe PRI) from iommufd fault queues.\n"
+    "  --config FILE       global configuration (default /etc/iopfd/iopfd.toml)\n"
+    "  --devices-dir DIR   per-device files (default from the global file, else\n"
+    "                      /etc/iopfd/devices.d)\n"
+    "  --check-config      validate the configuration, print each error as\n"
+    "                      file:line:col: message, and exit (0 valid, 1 invalid)\n"
+    "  --stats-json FILE   write per-device statistics as JSON lines at exit\n"
+    "Signals: SIGTERM/SIGINT answer everything outstanding and exit; SIGUSR1 prints stats.\n";
+
+struct Flags {
+  iopfd::LoadOptions load;
+  bool check_config = false;
+  std::string stats_json;
+};
+
+// Returns -1 to continue, or an exit code.
+int ParseFlags(int argc, char** argv, Flags* flags) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&](const char* name) -> const std::string* {
+      if (i + 1 >= args.size()) {
+        std::fprintf(stderr, "iopfd: %s needs a value\n%s", name, kUsage);
+        return nullptr;
+      }
+      return &args[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "--version") {
+      std::printf("iopfd %s\n", IOPFD_VERSION);
+      return 0;
+    } else if (a == "--check-config") {
+      flags->check_config = true;
+    } else if (a == "--config") {
+      const std::string* v = value("--config");
+      if (v == nullptr) return 2;
+      flags->load.global_path = *v;
+      flags->load.global_optional = false;
+    } else if (a == "--devices-dir") {
+      const std::string* v = value("--devices-dir");
+      if (v == nullptr) return 2;
+      flags->load.devices_dir = *v;
+    } else if (a == "--stats-json") {
+      const std::string* v = value("--stats-json");
+      if (v == nullptr) return 2;
+      flags->stats_json = *v;
+    } else {
+      std::fprintf(stderr, "iopfd: unknown argument '%s'\n%s", a.c_str(), kUsage);
+      return 2;
+    }
+  }
+  return -1;
+}
+
+void PrintStats(const std::vector<std::unique_ptr<iopfd::Device>>& devices) {
+  for (const auto& d : devices) {
+    std::string text = iopfd::FormatStatsText(d->name(), d->stats());
+    (void)!::write(STDERR_FILENO, text.data(), text.size());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags;
+  if (int rc = ParseFlags(argc, argv, &flags); rc >= 0) return rc;
+
+  iopfd::LoadResult loaded = iopfd::LoadConfig(flags.load);
+  if (flags.check_config) {
+    for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.ToString().c_str());
+    if (!loaded.ok()) return 1;
+    std::printf("configuration OK: %zu device(s)\n", loaded.config.devices.size());
+    return 0;
+  }
+  if (!loaded.ok()) {
+    for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.ToString().c_str());
+    std::fprintf(stderr, "iopfd: invalid configuration, not starting\n");
+    return 1;
+  }
+  const iopfd::Config& config = loaded.config;
+  iopfd::SetLogLevel(config.global.log_level);
+
+  // Signals are consumed through a signalfd on the ring; block them before anything else runs.
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGHUP}) sigaddset(&set, sig);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto fds = iopfd::ListenFds::FromEnvironment();
+  if (!fds.ok()) {
+    iopfd::Log(iopfd::LogLevel::kError, std::string(fds.status().message()));
+    return 1;
+  }
+  auto loop = iopfd::FaultLoop::Create(config.global);
+  if (!loop.ok()) {
+    iopfd::Log(iopfd::LogLevel::kError, std::string(loop.status().message()));
+    return 1;
+  }
+
+  std::vector<std::unique_ptr<iopfd::Device>> devices;
+  for (const iopfd::DeviceConfig& dc : config.devices) {
+    auto dev = iopfd::Device::Attach(dc, &*fds, &iopfd::RealSyscalls(), config.global.read_records);
+    if (!dev.ok()) {
+      // One device failing to attach does not stop the others.
+      iopfd::Log(iopfd::LogLevel::kError, std::string(dev.status().message()));
+      continue;
+    }
+    iopfd::Log(iopfd::LogLevel::kInfo,
+               absl::StrCat(dc.name, ": attached (",
+                            dc.mode == iopfd::AttachMode::kAdopt ? "adopt" : "vfio", ", ",
+                            dc.spaces.size(), " address space(s))"));
+    (*loop)->Add(dev->get());
+    devices.push_back(*std::move(dev));
+  }
+  for (const std::string& name : fds->Untaken()) {
+    iopfd::Log(iopfd::LogLevel::kWarning,
+               absl::StrCat("inherited fd '", name, "' is not named by any device; closing it"));
+  }
+  iopfd::Log(iopfd::LogLevel::kInfo,
+             absl::StrCat("serving ", devices.size(), " of ", config.devices.size(), " device(s)"));
+
+  (*loop)->on_stats = [&devices] { PrintStats(devices); };
+  int rc = (*loop)->Run();
+  PrintStats(devices);
+  if (!flags.stats_json.empty()) {
+    std::ofstream out(flags.stats_json, std::ios::trunc);
+    for (const auto& d : devices) out << iopfd::FormatStatsJson(d->name(), d->stats()) << "\n";
+    if (!out) {
+      iopfd::Log(iopfd::LogLevel::kError, "cannot write --stats-json " + flags.stats_json);
+      rc = 1;
+    }
+  }
+  return rc;
+}

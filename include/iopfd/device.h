@@ -1,0 +1,121 @@
+// A device iopfd serves: its fault queue, address spaces, backings and fault-path state.
+#ifndef IOPFD_DEVICE_H_
+#define IOPFD_DEVICE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "iopfd/address_space.h"
+#include "iopfd/config.h"
+#include "iopfd/fault_processor.h"
+#include "iopfd/fd.h"
+#include "iopfd/iommufd.h"
+#include "iopfd/response_queue.h"
+#include "iopfd/stats.h"
+#include "iopfd/syscalls.h"
+
+namespace iopfd {
+
+// File descriptors handed to iopfd by its parent or by systemd (LISTEN_PID, LISTEN_FDS,
+// LISTEN_FDNAMES: fds 3.. named in order, names separated by ':').
+class ListenFds {
+ public:
+  ListenFds() = default;
+  // Reads and unsets the environment variables. Returns InvalidArgument when they are malformed
+  // (count not a number, names not matching the count); no variables means no fds. LISTEN_PID
+  // must name this process, else the fds are not for it and are ignored (systemd's rule).
+  static absl::StatusOr<ListenFds> FromEnvironment();
+  // For tests and the runtime adopt path: adds an owned fd under a name.
+  void Add(std::string name, UniqueFd fd) { fds_.emplace_back(std::move(name), std::move(fd)); }
+  // Takes the fd named `name`. NotFound when there is none or it was taken already.
+  absl::StatusOr<UniqueFd> Take(const std::string& name);
+  // Returns the names of fds nobody took (they are closed with this object).
+  std::vector<std::string> Untaken() const;
+
+ private:
+  std::vector<std::pair<std::string, UniqueFd>> fds_;
+};
+
+// Memory behind one region: a shmem/hugetlbfs fd and a shared mapping of the region's part of
+// it (for kernels without IOMMU_IOAS_MAP_FILE).
+class Backing {
+ public:
+  Backing(UniqueFd fd, void* va, uint64_t length, Syscalls* sys)
+      : fd_(std::move(fd)), va_(va), length_(length), sys_(sys) {}
+  Backing(Backing&& o) noexcept
+      : fd_(std::move(o.fd_)),
+        va_(std::exchange(o.va_, nullptr)),
+        length_(o.length_),
+        sys_(o.sys_) {}
+  Backing& operator=(Backing&&) = delete;
+  Backing(const Backing&) = delete;
+  ~Backing() {
+    if (va_ != nullptr) sys_->Unmap(va_, length_);
+  }
+  int fd() const { return fd_.get(); }
+  void* va() const { return va_; }
+
+ private:
+  UniqueFd fd_;
+  void* va_;
+  uint64_t length_;
+  Syscalls* sys_;
+};
+
+class Device {
+ public:
+  // Attaches a configured device. Adopt mode takes the iommufd and fault fd named in the config
+  // from `fds`; vfio mode opens /dev/iommu, binds the cdev, allocates an IOAS, a fault queue and
+  // an IOPF-capable HWPT per address space, and attaches them (per PASID where configured).
+  // Errors name the device, the step and the errno. read_records is the initial read buffer in
+  // records.
+  static absl::StatusOr<std::unique_ptr<Device>> Attach(const DeviceConfig& config, ListenFds* fds,
+                                                        Syscalls* sys, uint32_t read_records);
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+
+  const std::string& name() const { return name_; }
+  int fault_fd() const { return fault_fd_.get(); }
+  FaultProcessor& processor() { return *processor_; }
+  ResponseQueue& responses() { return *responses_; }
+  DeviceStats& stats() { return *stats_; }
+  SpaceTable& spaces() { return *spaces_; }
+
+  // The buffer reads land in: a whole number of records.
+  std::span<uapi::PageFault> read_buffer() { return read_buffer_; }
+  // Doubles the read buffer after a read failed with EINVAL (the first pending group is larger
+  // than the buffer). Returns false when it is already at max_records.
+  bool GrowReadBuffer(uint32_t max_records);
+
+  // Set when the fault fd failed for good; the loop stops using it.
+  bool failed() const { return failed_; }
+  void MarkFailed() { failed_ = true; }
+
+ private:
+  explicit Device(std::string name) : name_(std::move(name)) {}
+
+  std::string name_;
+  // Declaration order is teardown order reversed: the processor goes first, the iommufd last,
+  // so nothing refers to an fd or mapping that is already gone.
+  std::optional<Iommufd> iommufd_;
+  std::optional<VfioDevice> vfio_;
+  UniqueFd fault_fd_;
+  std::vector<Backing> backings_;
+  std::unique_ptr<SpaceTable> spaces_;
+  std::unique_ptr<DeviceStats> stats_;
+  std::unique_ptr<ResponseQueue> responses_;
+  std::unique_ptr<IommufdMapper> mapper_;
+  std::unique_ptr<FaultProcessor> processor_;
+  std::vector<uapi::PageFault> read_buffer_;
+  bool failed_ = false;
+};
+
+}  // namespace iopfd
+
+#endif  // IOPFD_DEVICE_H_

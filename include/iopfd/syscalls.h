@@ -1,0 +1,32 @@
+// The narrow syscall seam: every ioctl, open and memory mapping iopfd makes against the kernel
+// goes through this interface, so device setup is testable without /dev/iommu.
+#ifndef IOPFD_SYSCALLS_H_
+#define IOPFD_SYSCALLS_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace iopfd {
+
+class Syscalls {
+ public:
+  virtual ~Syscalls() = default;
+  // ioctl(2). Returns the (non-negative) result, or -errno.
+  virtual int Ioctl(int fd, unsigned long request, void* arg) = 0;
+  // open(2) with O_CLOEXEC added. Returns the fd, or -errno.
+  virtual int Open(const char* path, int flags) = 0;
+  // memfd_create(2) with MFD_CLOEXEC added, then ftruncate to size. Returns the fd, or -errno.
+  virtual int MemfdCreate(const char* name, uint64_t size) = 0;
+  // mmap(2) of a whole shared file range. Returns the address, or nullptr with errno set.
+  virtual void* MapShared(int fd, uint64_t offset, uint64_t length, bool writable) = 0;
+  virtual void Unmap(void* addr, uint64_t length) = 0;
+};
+
+// Returns the process-wide implementation that calls the kernel.
+Syscalls& RealSyscalls();
+
+}  // namespace iopfd
+
+#endif  // IOPFD_SYSCALLS_H_

@@ -1,0 +1,160 @@
+#include "iopfd/device.h"
+
+#include <fcntl.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "iopfd/errors.h"
+#include "iopfd/uapi.h"
+
+namespace iopfd {
+namespace {
+
+// io_uring serves the fault fd through its ->read/->write fallback, which refuses IOCB_NOWAIT
+// on a file without O_NONBLOCK (io_uring/rw.c loop_rw_iter) and would then bounce between poll
+// and retry. The fault fd's read and write never block, so the flag changes nothing else; in
+// adopt mode the open file is shared with the owner, who is affected by that only.
+absl::Status MakeNonBlocking(int fd, const std::string& name) {
+  int flags = fcntl(fd, F_GETFL);  // NOLINT(cppcoreguidelines-pro-type-vararg)
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {  // NOLINT
+    return ErrnoStatus(errno, name, "fcntl(fault fd, O_NONBLOCK)");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Backing> OpenBacking(const DeviceConfig& dev, const RegionConfig& r, size_t index,
+                                    ListenFds* fds, Syscalls* sys) {
+  const bool writable = (r.access & uapi::kPermWrite) != 0;
+  UniqueFd fd;
+  switch (r.backing) {
+    case BackingKind::kFile: {
+      int rc = sys->Open(r.path.c_str(), writable ? O_RDWR : O_RDONLY);
+      if (rc < 0) return ErrnoStatus(-rc, dev.name, "open backing " + r.path);
+      fd.Reset(rc);
+      break;
+    }
+    case BackingKind::kAnonymous: {
+      std::string memfd_name = absl::StrCat("iopfd:", dev.name, ":", index);
+      int rc = sys->MemfdCreate(memfd_name.c_str(), r.size);
+      if (rc < 0) return ErrnoStatus(-rc, dev.name, "memfd_create for an anonymous region");
+      fd.Reset(rc);
+      break;
+    }
+    case BackingKind::kInheritedFd: {
+      auto taken = fds->Take(r.fd_name);
+      if (!taken.ok()) {
+        return absl::NotFoundError(absl::StrCat(dev.name, ": backing fd:", r.fd_name, ": ",
+                                                std::string(taken.status().message())));
+      }
+      fd = *std::move(taken);
+      break;
+    }
+  }
+  // The shared view is only used by IOMMU_IOAS_MAP on kernels without IOMMU_IOAS_MAP_FILE;
+  // mmap reserves address space and touches no page.
+  void* va = sys->MapShared(fd.get(), r.offset, r.size, writable);
+  if (va == nullptr) {
+    return ErrnoStatus(errno, dev.name,
+                       absl::StrCat("mmap backing of region at 0x", absl::Hex(r.iova)));
+  }
+  return Backing(std::move(fd), va, r.size, sys);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Device>> Device::Attach(const DeviceConfig& config, ListenFds* fds,
+                                                       Syscalls* sys, uint32_t read_records) {
+  std::unique_ptr<Device> d(new Device(config.name));
+  const std::string& name = config.name;
+  DeviceId dev_id;
+  std::vector<IoasId> ioas(config.spaces.size());
+
+  if (config.mode == AttachMode::kAdopt) {
+    auto iommufd = fds->Take(config.adopt.iommufd_fd);
+    if (!iommufd.ok())
+      return absl::NotFoundError(
+          absl::StrCat(name, ": iommufd_fd: ", std::string(iommufd.status().message())));
+    auto fault = fds->Take(config.adopt.fault_fd);
+    if (!fault.ok())
+      return absl::NotFoundError(
+          absl::StrCat(name, ": fault_fd: ", std::string(fault.status().message())));
+    d->iommufd_.emplace(*std::move(iommufd), sys, name);
+    d->fault_fd_ = *std::move(fault);
+    dev_id = DeviceId(config.adopt.device_id);
+    for (size_t i = 0; i < config.spaces.size(); ++i) ioas[i] = IoasId(config.spaces[i].ioas_id);
+  } else {
+    std::string cdev = config.vfio.cdev;
+    if (cdev.empty()) {
+      auto resolved = VfioCdevForPci(config.vfio.pci);
+      if (!resolved.ok())
+        return absl::NotFoundError(
+            absl::StrCat(name, ": ", std::string(resolved.status().message())));
+      cdev = *resolved;
+    }
+    auto iommufd = Iommufd::Open(sys, name);
+    if (!iommufd.ok()) return iommufd.status();
+    d->iommufd_.emplace(*std::move(iommufd));
+    auto vfio = VfioDevice::Bind(sys, name, cdev, *d->iommufd_);
+    if (!vfio.ok()) return vfio.status();
+    d->vfio_.emplace(*std::move(vfio));
+    dev_id = d->vfio_->id();
+    auto fault = d->iommufd_->FaultQueueAlloc();
+    if (!fault.ok()) return fault.status();
+    d->fault_fd_ = std::move(fault->second);
+    // include/uapi/linux/iommufd.h: once any PASID is attached, every domain of the device,
+    // the non-PASID one included, must have been allocated with IOMMU_HWPT_ALLOC_PASID.
+    bool uses_pasid = false;
+    for (const SpaceConfig& s : config.spaces) uses_pasid |= s.pasid.has_value();
+    for (size_t i = 0; i < config.spaces.size(); ++i) {
+      const SpaceConfig& s = config.spaces[i];
+      auto id = d->iommufd_->IoasAlloc();
+      if (!id.ok()) return id.status();
+      ioas[i] = *id;
+      auto hwpt = d->iommufd_->HwptAlloc(dev_id, *id, fault->first, uses_pasid);
+      if (!hwpt.ok()) return hwpt.status();
+      absl::Status st = d->vfio_->Attach(*hwpt, s.pasid);
+      if (!st.ok()) return st;
+    }
+  }
+  absl::Status nb = MakeNonBlocking(d->fault_fd_.get(), name);
+  if (!nb.ok()) return nb;
+
+  std::vector<AddressSpace> spaces;
+  size_t region_index = 0;
+  for (size_t i = 0; i < config.spaces.size(); ++i) {
+    const SpaceConfig& s = config.spaces[i];
+    std::vector<Region> regions;
+    for (const RegionConfig& r : s.regions) {
+      auto backing = OpenBacking(config, r, region_index++, fds, sys);
+      if (!backing.ok()) return backing.status();
+      d->backings_.push_back(*std::move(backing));
+      const Backing& b = d->backings_.back();
+      regions.emplace_back(r.iova, r.size, r.page_size ? r.page_size : 4096, r.access, r.prefetch,
+                           b.fd(), r.offset, b.va());
+    }
+    spaces.emplace_back(s.pasid, ioas[i], std::move(regions));
+  }
+  d->spaces_ = std::make_unique<SpaceTable>(std::move(spaces));
+  d->stats_ = std::make_unique<DeviceStats>();
+  d->responses_ = std::make_unique<ResponseQueue>(d->stats_.get());
+  d->mapper_ = std::make_unique<IommufdMapper>(&*d->iommufd_);
+  FaultProcessorOptions opts;
+  opts.device_id = dev_id.value();
+  opts.max_group_records = config.limits.max_group_records;
+  opts.max_fault_map_bytes = config.limits.max_fault_map_bytes;
+  d->processor_ = std::make_unique<FaultProcessor>(opts, d->spaces_.get(), d->mapper_.get(),
+                                                   d->responses_.get(), d->stats_.get());
+  d->read_buffer_.resize(read_records > 0 ? read_records : 1);
+  return d;
+}
+
+bool Device::GrowReadBuffer(uint32_t max_records) {
+  if (read_buffer_.size() >= max_records) return false;
+  size_t next = std::min<size_t>(read_buffer_.size() * 2, max_records);
+  read_buffer_.resize(next);
+  ++stats_->read_grows;
+  return true;
+}
+
+}  // namespace iopfd

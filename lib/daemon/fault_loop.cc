@@ -1,0 +1,304 @@
+#include "iopfd/fault_loop.h"
+
+#include <poll.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+
+#include "absl/strings/str_cat.h"
+#include "iopfd/errors.h"
+#include "iopfd/log.h"
+
+namespace iopfd {
+
+uint64_t MonotonicNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+absl::StatusOr<std::unique_ptr<FaultLoop>> FaultLoop::Create(const GlobalConfig& config) {
+  std::unique_ptr<FaultLoop> loop(new FaultLoop(config));
+  // One thread owns the ring: SINGLE_ISSUER and COOP_TASKRUN spare the kernel the cross-thread
+  // wakeups (Linux >= 6.0). Older kernels refuse the flags with EINVAL; retry without them.
+  io_uring_params params{};
+  params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
+  int rc = io_uring_queue_init_params(config.ring_entries, &loop->ring_, &params);
+  if (rc == -EINVAL) rc = io_uring_queue_init(config.ring_entries, &loop->ring_, 0);
+  if (rc < 0) return ErrnoStatus(-rc, "", "io_uring_queue_init");
+  loop->ring_ready_ = true;
+
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGHUP}) sigaddset(&set, sig);
+  int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "", "signalfd");
+  loop->signal_fd_.Reset(fd);
+  return loop;
+}
+
+FaultLoop::~FaultLoop() {
+  if (ring_ready_) io_uring_queue_exit(&ring_);
+}
+
+void FaultLoop::Add(Device* device) {
+  auto slot = std::make_unique<Slot>();
+  slot->device = device;
+  slot->poll = {OpKind::kPoll, slot.get()};
+  slot->read = {OpKind::kRead, slot.get()};
+  slot->write = {OpKind::kWrite, slot.get()};
+  slots_.push_back(std::move(slot));
+}
+
+io_uring_sqe* FaultLoop::GetSqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) {
+    // The submission queue is full: hand it to the kernel and take a fresh entry.
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+void FaultLoop::ArmRead(Slot& slot) {
+  Device* d = slot.device;
+  if (d->failed() || slot.read.in_flight) return;
+  // The fault fd has ->read but not ->read_iter and no FMODE_NOWAIT. io_uring serves it through
+  // loop_rw_iter (io_uring/rw.c), which refuses IOCB_NOWAIT unless the file is O_NONBLOCK; and
+  // on an O_NONBLOCK file without FMODE_NOWAIT io_uring sets REQ_F_NOWAIT and hands EAGAIN back
+  // instead of waiting (io_rw_init_file). So readiness is made explicit: a one-shot POLL_ADD
+  // linked to the READ. The read is issued only once groups are queued and then runs inline;
+  // the poll's own completion is skipped on success.
+  if (io_uring_sq_space_left(&ring_) < 2) io_uring_submit(&ring_);
+  io_uring_sqe* poll = GetSqe();
+  io_uring_prep_poll_add(poll, d->fault_fd(), POLLIN);
+  io_uring_sqe_set_data(poll, &slot.poll);
+  poll->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+  io_uring_sqe* sqe = GetSqe();
+  auto buf = d->read_buffer();
+  // Offset 0: the fault fd's read insists on *ppos == 0 and never advances it.
+  io_uring_prep_read(sqe, d->fault_fd(), buf.data(), static_cast<unsigned>(buf.size_bytes()), 0);
+  io_uring_sqe_set_data(sqe, &slot.read);
+  slot.read.in_flight = true;
+}
+
+void FaultLoop::ArmSignal() {
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_read(sqe, signal_fd_.get(), siginfo_, sizeof(signalfd_siginfo), 0);
+  io_uring_sqe_set_data(sqe, &signal_op_);
+  signal_op_.in_flight = true;
+}
+
+void FaultLoop::SubmitWrites() {
+  for (auto& slot : slots_) {
+    ResponseQueue& q = slot->device->responses();
+    if (slot->write.in_flight || !q.HasUnwritten()) continue;
+    if (slot->device->failed()) {
+      q.AbandonAll();
+      continue;
+    }
+    auto span = q.BeginWrite();
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_write(sqe, slot->device->fault_fd(), span.data(),
+                        static_cast<unsigned>(span.size_bytes()), 0);
+    io_uring_sqe_set_data(sqe, &slot->write);
+    slot->write.in_flight = true;
+  }
+}
+
+void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
+  slot.read.in_flight = false;
+  Device* d = slot.device;
+  DeviceStats& st = d->stats();
+  if (res > 0) {
+    ++st.reads;
+    size_t n = static_cast<size_t>(res) / sizeof(uapi::PageFault);
+    d->processor().Process(d->read_buffer().first(n), now);
+  } else if (res == 0 || res == -EAGAIN) {
+    ++st.empty_reads;  // another reader emptied the queue between poll and read
+  } else if (res == -EINVAL) {
+    // The first queued group has more records than the buffer holds (eventq.c returns EINVAL
+    // only then, when nothing was copied).
+    if (!d->GrowReadBuffer(config_.max_read_records)) {
+      Log(LogLevel::kError,
+          absl::StrCat(d->name(), ": a page request group exceeds ", config_.max_read_records,
+                       " records (max_read_records); fault queue abandoned"));
+      d->MarkFailed();
+    }
+  } else if (res == -ECANCELED) {
+    return;
+  } else if (res != -EINTR) {
+    Log(LogLevel::kError, std::string(ErrnoStatus(-res, d->name(), "read fault fd").message()));
+    d->MarkFailed();
+  }
+  if (!stopping_) ArmRead(slot);
+}
+
+void FaultLoop::HandlePollFailure(Slot& slot, int res) {
+  // Only a failed poll posts a completion (its success is skipped). When the head of a link
+  // marked IOSQE_CQE_SKIP_SUCCESS fails, io_uring suppresses the completions of the requests
+  // linked to it as well (req_set_fail, io_fail_links), so the read behind this poll is over
+  // too and no completion will come for it.
+  slot.read.in_flight = false;
+  if (res != -ECANCELED) {
+    Log(LogLevel::kError,
+        std::string(ErrnoStatus(-res, slot.device->name(), "poll fault fd").message()));
+    slot.device->MarkFailed();
+    return;
+  }
+  if (!stopping_) ArmRead(slot);
+}
+
+void FaultLoop::HandleWrite(Slot& slot, int res, uint64_t now) {
+  slot.write.in_flight = false;
+  if (!slot.device->responses().CompleteWrite(res, now)) {
+    Log(LogLevel::kError,
+        std::string(ErrnoStatus(-res, slot.device->name(), "write fault responses").message()));
+    slot.device->MarkFailed();
+  }
+}
+
+void FaultLoop::HandleSignal(int res) {
+  signal_op_.in_flight = false;
+  if (res == static_cast<int>(sizeof(signalfd_siginfo))) {
+    const auto* info = reinterpret_cast<const signalfd_siginfo*>(siginfo_);
+    switch (info->ssi_signo) {
+      case SIGTERM:
+      case SIGINT:
+        Log(LogLevel::kInfo, absl::StrCat("signal ", info->ssi_signo, ": stopping"));
+        stopping_ = true;
+        break;
+      case SIGUSR1:
+        if (on_stats) on_stats();
+        break;
+      case SIGHUP:
+        Log(LogLevel::kWarning, "SIGHUP: configuration reload is not implemented yet");
+        break;
+      default:
+        break;
+    }
+  }
+  if (!stopping_) ArmSignal();
+}
+
+int FaultLoop::ProcessCompletions() {
+  io_uring_cqe* cqe;
+  unsigned head;
+  int seen = 0;
+  const uint64_t now = MonotonicNs();
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    ++seen;
+    auto* op = static_cast<Op*>(io_uring_cqe_get_data(cqe));
+    if (op == nullptr) continue;
+    if (GetLogLevel() >= LogLevel::kDebug) {
+      Log(LogLevel::kDebug, absl::StrCat("cqe kind=", static_cast<int>(op->kind), " res=", cqe->res,
+                                         op->slot ? " dev=" + op->slot->device->name() : ""));
+    }
+    switch (op->kind) {
+      case OpKind::kRead:
+        HandleRead(*op->slot, cqe->res, now);
+        break;
+      case OpKind::kWrite:
+        HandleWrite(*op->slot, cqe->res, now);
+        break;
+      case OpKind::kSignal:
+        HandleSignal(cqe->res);
+        break;
+      case OpKind::kPoll:
+        HandlePollFailure(*op->slot, cqe->res);
+        break;
+      case OpKind::kCancel:
+        break;
+    }
+  }
+  io_uring_cq_advance(&ring_, seen);
+  return seen;
+}
+
+int FaultLoop::Run() {
+  for (auto& slot : slots_) ArmRead(*slot);
+  ArmSignal();
+  while (!stopping_) {
+    SubmitWrites();
+    int rc = io_uring_submit_and_wait(&ring_, 1);
+    if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
+      Log(LogLevel::kError,
+          std::string(ErrnoStatus(-rc, "", "io_uring_submit_and_wait").message()));
+      break;
+    }
+    ProcessCompletions();
+  }
+  Drain();
+  uint64_t owed = 0;
+  for (auto& slot : slots_) owed += slot->device->stats().outstanding();
+  if (owed != 0) {
+    Log(LogLevel::kError, absl::StrCat(owed, " page request groups left unanswered at exit"));
+    return 1;
+  }
+  return 0;
+}
+
+void FaultLoop::Drain() {
+  // 1. Cancel the armed reads (and the signal read) and collect every completion still owed by
+  //    the ring: a read that raced the cancel and returned records is processed like any other.
+  for (auto& slot : slots_) {
+    if (!slot->read.in_flight) continue;
+    io_uring_sqe* sqe = GetSqe();
+    // Cancelling the poll fails the linked read with -ECANCELED; a read already past its poll
+    // completes normally and is processed.
+    io_uring_prep_cancel(sqe, &slot->poll, 0);
+    io_uring_sqe_set_data(sqe, &cancel_op_);
+  }
+  if (signal_op_.in_flight) {
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_cancel(sqe, &signal_op_, 0);
+    io_uring_sqe_set_data(sqe, &cancel_op_);
+  }
+  auto busy = [this] {
+    if (signal_op_.in_flight) return true;
+    for (auto& slot : slots_) {
+      if (slot->read.in_flight || slot->write.in_flight) return true;
+    }
+    return false;
+  };
+  while (busy()) {
+    int rc = io_uring_submit_and_wait(&ring_, 1);
+    if (rc < 0 && rc != -EINTR && rc != -EBUSY) break;
+    ProcessCompletions();
+  }
+
+  // 2. Read what is still queued and answer everything, synchronously: the fault fd's read and
+  //    write never block. Bounded so that a device faulting without pause cannot hold up exit.
+  const uint64_t deadline = MonotonicNs() + 1000000000ull;
+  for (auto& slot : slots_) {
+    Device* d = slot->device;
+    while (!d->failed() && MonotonicNs() < deadline) {
+      auto buf = d->read_buffer();
+      ssize_t n = ::read(d->fault_fd(), buf.data(), buf.size_bytes());
+      if (n > 0) {
+        ++d->stats().reads;
+        d->processor().Process(buf.first(static_cast<size_t>(n) / sizeof(uapi::PageFault)),
+                               MonotonicNs());
+      } else if (n < 0 && errno == EINVAL && d->GrowReadBuffer(config_.max_read_records)) {
+        continue;
+      } else {
+        break;  // 0: the queue is empty
+      }
+    }
+    ResponseQueue& q = d->responses();
+    while (q.HasUnwritten()) {
+      if (d->failed()) {
+        q.AbandonAll();
+        break;
+      }
+      auto span = q.BeginWrite();
+      ssize_t w = ::write(d->fault_fd(), span.data(), span.size_bytes());
+      if (!q.CompleteWrite(w < 0 ? -errno : w, MonotonicNs())) d->MarkFailed();
+    }
+  }
+}
+
+}  // namespace iopfd

@@ -1,0 +1,48 @@
+#include "iopfd/syscalls.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace iopfd {
+namespace {
+
+class Real final : public Syscalls {
+ public:
+  int Ioctl(int fd, unsigned long request, void* arg) override {
+    int rc = ::ioctl(fd, request, arg);
+    return rc < 0 ? -errno : rc;
+  }
+  int Open(const char* path, int flags) override {
+    int fd = ::open(path, flags | O_CLOEXEC);  // NOLINT(cppcoreguidelines-pro-type-vararg)
+    return fd < 0 ? -errno : fd;
+  }
+  int MemfdCreate(const char* name, uint64_t size) override {
+    int fd = ::memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (::ftruncate(fd, static_cast<off_t>(size)) < 0) {
+      int err = errno;
+      ::close(fd);
+      return -err;
+    }
+    return fd;
+  }
+  void* MapShared(int fd, uint64_t offset, uint64_t length, bool writable) override {
+    void* p = ::mmap(nullptr, length, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd,
+                     static_cast<off_t>(offset));
+    return p == MAP_FAILED ? nullptr : p;
+  }
+  void Unmap(void* addr, uint64_t length) override { ::munmap(addr, length); }
+};
+
+}  // namespace
+
+Syscalls& RealSyscalls() {
+  static Real real;
+  return real;
+}
+
+}  // namespace iopfd

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Boots the test kernel under qemu (TCG) with an initramfs holding iopfd, the guest driver and
+# busybox, and collects what the guest reports.
+#
+# usage: run-vm.sh --iopfd PATH --out DIR [--mode test|demo] [--args a,b,c]
+# Writes DIR/console.log (everything the guest printed) and DIR/results.txt (IOPF-RESULT lines
+# plus a kernel_log_clean verdict). Exits non-zero when the guest did not finish or reported a
+# failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+iopfd="" out="" mode=test args=""
+while (($#)); do
+  case "$1" in
+    --iopfd) iopfd=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --mode) mode=$2; shift 2 ;;
+    --args) args=$2; shift 2 ;;
+    *) echo "run-vm: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -x "$iopfd" ] || { echo "run-vm: --iopfd must name the built iopfd binary" >&2; exit 2; }
+[ -n "$out" ] || { echo "run-vm: --out DIR is required" >&2; exit 2; }
+mkdir -p "$out"
+log() { echo "run-vm: $*" >&2; }
+
+for tool in qemu-system-x86_64 cpio gzip; do
+  command -v "$tool" >/dev/null || { log "$tool is missing: run scripts/install-deps.sh"; exit 1; }
+done
+# busybox-static installs a static /bin/busybox: the initramfs has no libc for a dynamic one.
+busybox=/bin/busybox
+[ -x "$busybox" ] || { log "busybox-static is missing: run scripts/install-deps.sh"; exit 1; }
+
+eval "$("$here/build-kernel.sh")"   # KERNEL_IMAGE, KERNEL_SRC
+uapi=$("$top/scripts/kernel-headers.sh")
+test_header="$KERNEL_SRC/drivers/iommu/iommufd/iommufd_test.h"
+[ -f "$test_header" ] || { log "no $test_header in the kernel source"; exit 1; }
+
+# The guest driver, built against the booted kernel's own UAPI and test-command header.
+guest="$out/iopf-guest"
+log "compiling the guest driver against $test_header"
+g++ -std=c++20 -O2 -Wall -Wextra -Werror -static -pthread \
+  -I"$uapi" -I"$uapi/x86_64-linux-gnu" -I"$KERNEL_SRC/drivers/iommu/iommufd" \
+  "$here/guest/iopf_guest.cc" -o "$guest"
+
+# The initramfs: busybox, iopfd with the shared libraries it links, the guest driver, /init.
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,proc,sys,dev,tmp,lib,lib64,etc}
+cp "$busybox" "$root/bin/busybox"
+cp "$iopfd" "$root/bin/iopfd"
+cp "$guest" "$root/bin/iopf-guest"
+cp "$here/init.sh" "$root/init"
+chmod +x "$root/init"
+# Every absolute path ldd names: the libraries (after "=>") and the dynamic loader itself.
+ldd "$iopfd" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i}' | while read -r lib; do
+  mkdir -p "$root$(dirname "$lib")"
+  cp -L "$lib" "$root$lib"
+done
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initramfs.gz"
+
+log "booting $KERNEL_IMAGE (TCG, 2 vCPUs) in mode $mode"
+append="console=ttyS0 panic=-1 loglevel=4 iopf_mode=$mode"
+[ -n "$args" ] && append="$append iopf_args=$args"
+start=$(date +%s.%N)
+set +e
+timeout "${IOPFD_VM_TIMEOUT:-1500}" qemu-system-x86_64 -accel tcg -smp 2 -m 1024 -nographic \
+  -no-reboot -kernel "$KERNEL_IMAGE" -initrd "$out/initramfs.gz" -append "$append" \
+  </dev/null 2>&1 | sed -u 's/\r$//' | tee "$out/console.log" | \
+  { if [ "$mode" = demo ]; then grep --line-buffered -vE '^IOPF-(RESULT|SUMMARY)'; else cat >/dev/null; fi; }
+qemu_rc=${PIPESTATUS[0]}
+set -e
+end=$(date +%s.%N)
+log "guest ran $(echo "$end - $start" | bc) s (qemu exit $qemu_rc)"
+
+grep '^IOPF-RESULT ' "$out/console.log" > "$out/results.txt" || true
+# The kernel must not have warned: a WARN/BUG/oops, or the IOPF core aborting a request
+# (which it does when a handler fails), fails the run.
+bad=$(grep -nE 'WARNING:|BUG:|Oops|Call Trace|general protection|iopf with pasid .* aborted' \
+  "$out/console.log" | head -5 || true)
+if [ -z "$bad" ]; then
+  echo "IOPF-RESULT kernel_log_clean PASS" >> "$out/results.txt"
+else
+  echo "IOPF-RESULT kernel_log_clean FAIL $(echo "$bad" | tr '\n' ' ')" >> "$out/results.txt"
+fi
+if ! grep -q '^IOPF-EXIT 0' "$out/console.log"; then
+  log "the guest did not finish cleanly (see $out/console.log)"
+  grep -E '^IOPF-EXIT|iopf-guest:' "$out/console.log" >&2 || true
+  exit 1
+fi
+if grep -q ' FAIL' "$out/results.txt"; then
+  grep ' FAIL' "$out/results.txt" >&2
+  exit 1
+fi
