@@ -36,12 +36,15 @@ uapi=$("$top/scripts/kernel-headers.sh")
 test_header="$KERNEL_SRC/drivers/iommu/iommufd/iommufd_test.h"
 [ -f "$test_header" ] || { log "no $test_header in the kernel source"; exit 1; }
 
-# The guest driver, built against the booted kernel's own UAPI and test-command header.
+# The guest driver and the benchmark, built against the booted kernel's own UAPI and
+# test-command header (kernel headers first, as system headers, ahead of bookworm's 6.1 ones).
 guest="$out/iopf-guest"
-log "compiling the guest driver against $test_header"
-g++ -std=c++20 -O2 -Wall -Wextra -Werror -static -pthread \
-  -I"$uapi" -I"$uapi/x86_64-linux-gnu" -I"$KERNEL_SRC/drivers/iommu/iommufd" \
-  "$here/guest/iopf_guest.cc" -o "$guest"
+log "compiling the guest programs against $test_header"
+cflags=(-std=c++20 -O2 -Wall -Wextra -Werror -static -pthread -isystem "$uapi"
+        -isystem "$uapi/x86_64-linux-gnu" -isystem "$KERNEL_SRC/drivers/iommu/iommufd"
+        -I"$here/guest")
+g++ "${cflags[@]}" "$here/guest/iopf_guest.cc" -o "$guest"
+g++ "${cflags[@]}" "$top/bench/iopf_bench.cc" -o "$out/iopf-bench"
 
 # The initramfs: busybox, iopfd with the shared libraries it links, the guest driver, /init.
 root=$(mktemp -d)
@@ -50,6 +53,7 @@ mkdir -p "$root"/{bin,proc,sys,dev,tmp,lib,lib64,etc}
 cp "$busybox" "$root/bin/busybox"
 cp "$iopfd" "$root/bin/iopfd"
 cp "$guest" "$root/bin/iopf-guest"
+cp "$out/iopf-bench" "$root/bin/iopf-bench"
 cp "$here/init.sh" "$root/init"
 chmod +x "$root/init"
 # Every absolute path ldd names: the libraries (after "=>") and the dynamic loader itself.

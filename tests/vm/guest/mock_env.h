@@ -1,0 +1,305 @@
+// The mock-device environment shared by the VM tier's guest driver (tests/vm/guest) and the
+// benchmark (bench/): a VMM-like owner of a mock PRI device that hands its fault queue to iopfd.
+// Compiled at test time against the booted kernel's drivers/iommu/iommufd/iommufd_test.h.
+#ifndef IOPFD_TESTS_VM_GUEST_MOCK_ENV_H_
+#define IOPFD_TESTS_VM_GUEST_MOCK_ENV_H_
+
+#include <fcntl.h>
+#include <linux/iommufd.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "iommufd_test.h"
+
+namespace mockenv {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint32_t kPasid = 5;
+// Regions, inside the mock aperture [MOCK_APERTURE_START, MOCK_APERTURE_LAST].
+constexpr uint64_t kR0 = 0x1000000;  // no PASID, rw, 1 MiB, file /dev/shm/iopf-ram0
+constexpr uint64_t kR0Size = 1 << 20;
+constexpr uint64_t kR1 = 0x2000000;  // no PASID, read-only, 256 KiB, inherited memfd "ram1"
+constexpr uint64_t kR1Size = 256 << 10;
+constexpr uint64_t kR2 = 0x1000000;  // PASID 5, rw, 256 KiB, file /dev/shm/iopf-ram2
+constexpr uint64_t kR2Size = 256 << 10;
+constexpr uint64_t kHole = 0x1800000;  // between regions: no region
+
+[[noreturn]] inline void Die(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  std::fprintf(stderr, "iopf-guest: ");
+  std::vfprintf(stderr, fmt, ap);
+  std::fprintf(stderr, "\n");
+  va_end(ap);
+  std::exit(2);
+}
+
+inline std::string Format(const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  return buf;
+}
+
+inline int TestCmd(int iommufd, iommu_test_cmd* cmd) {
+  cmd->size = sizeof(*cmd);
+  return ioctl(iommufd, IOMMU_TEST_CMD, cmd) < 0 ? -errno : 0;
+}
+
+// A mock device set up the way a VMM would before handing the fault queue to iopfd.
+struct Env {
+  int iommufd = -1;
+  uint32_t ioas = 0, ioas_pasid = 0;
+  uint32_t stdev = 0, idev = 0;
+  uint32_t fault_id = 0;
+  int fault_fd = -1;
+  uint32_t hwpt = 0, hwpt_pasid = 0;
+  int ram0 = -1, ram1 = -1, ram2 = -1;
+  char* va0 = nullptr;
+  char* va1 = nullptr;
+  char* va2 = nullptr;
+  std::string dir;  // config directory
+
+  ~Env() {
+    if (va0) munmap(va0, kR0Size);
+    if (va1) munmap(va1, kR1Size);
+    if (va2) munmap(va2, kR2Size);
+    for (int fd : {ram0, ram1, ram2, fault_fd, iommufd}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+};
+
+inline uint32_t IoasAlloc(int iommufd) {
+  iommu_ioas_alloc cmd = {};
+  cmd.size = sizeof(cmd);
+  if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &cmd)) Die("IOMMU_IOAS_ALLOC: %s", strerror(errno));
+  return cmd.out_ioas_id;
+}
+
+inline uint32_t HwptAlloc(const Env& e, uint32_t ioas) {
+  iommu_hwpt_alloc cmd = {};
+  cmd.size = sizeof(cmd);
+  cmd.flags = IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID;
+  cmd.dev_id = e.idev;
+  cmd.pt_id = ioas;
+  cmd.fault_id = e.fault_id;
+  if (ioctl(e.iommufd, IOMMU_HWPT_ALLOC, &cmd)) Die("IOMMU_HWPT_ALLOC: %s", strerror(errno));
+  return cmd.out_hwpt_id;
+}
+
+inline int ShmFile(const char* path, uint64_t size) {
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || ftruncate(fd, static_cast<off_t>(size))) Die("%s: %s", path, strerror(errno));
+  return fd;
+}
+
+inline char* MapFile(int fd, uint64_t size) {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) Die("mmap: %s", strerror(errno));
+  return static_cast<char*>(p);
+}
+
+inline void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+  if (!f) Die("write %s", path.c_str());
+}
+
+// Builds the whole environment: IOAS per space, mock device with PASID support, fault queue,
+// IOPF-capable HWPTs attached to the device and to PASID 5, backings, iopfd's configuration.
+inline void Setup(Env& e, const std::string& name, const std::string& log_level = "info") {
+  e.iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
+  if (e.iommufd < 0) Die("/dev/iommu: %s", strerror(errno));
+  e.ioas = IoasAlloc(e.iommufd);
+  e.ioas_pasid = IoasAlloc(e.iommufd);
+
+  iommu_test_cmd mock = {};
+  mock.op = IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS;
+  mock.id = e.ioas;
+  mock.mock_domain_flags.dev_flags = MOCK_FLAGS_DEVICE_PASID;
+  if (int rc = TestCmd(e.iommufd, &mock)) Die("MOCK_DOMAIN_FLAGS: %s", strerror(-rc));
+  e.stdev = mock.mock_domain_flags.out_stdev_id;
+  e.idev = mock.mock_domain_flags.out_idev_id;
+
+  iommu_fault_alloc fa = {};
+  fa.size = sizeof(fa);
+  if (ioctl(e.iommufd, IOMMU_FAULT_QUEUE_ALLOC, &fa)) Die("FAULT_QUEUE_ALLOC: %s", strerror(errno));
+  e.fault_id = fa.out_fault_id;
+  e.fault_fd = static_cast<int>(fa.out_fault_fd);
+
+  e.hwpt = HwptAlloc(e, e.ioas);
+  iommu_test_cmd replace = {};
+  replace.op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE;
+  replace.id = e.stdev;
+  replace.mock_domain_replace.pt_id = e.hwpt;
+  if (int rc = TestCmd(e.iommufd, &replace)) Die("MOCK_DOMAIN_REPLACE: %s", strerror(-rc));
+
+  e.hwpt_pasid = HwptAlloc(e, e.ioas_pasid);
+  iommu_test_cmd attach = {};
+  attach.op = IOMMU_TEST_OP_PASID_ATTACH;
+  attach.id = e.stdev;
+  attach.pasid_attach.pasid = kPasid;
+  attach.pasid_attach.pt_id = e.hwpt_pasid;
+  if (int rc = TestCmd(e.iommufd, &attach)) Die("PASID_ATTACH: %s", strerror(-rc));
+
+  e.ram0 = ShmFile("/dev/shm/iopf-ram0", kR0Size);
+  e.ram2 = ShmFile("/dev/shm/iopf-ram2", kR2Size);
+  e.ram1 = memfd_create("iopf-ram1", MFD_CLOEXEC);
+  if (e.ram1 < 0 || ftruncate(e.ram1, kR1Size)) Die("memfd: %s", strerror(errno));
+  e.va0 = MapFile(e.ram0, kR0Size);
+  e.va1 = MapFile(e.ram1, kR1Size);
+  e.va2 = MapFile(e.ram2, kR2Size);
+
+  e.dir = "/tmp/iopfd-" + name;
+  mkdir(e.dir.c_str(), 0755);
+  mkdir((e.dir + "/devices.d").c_str(), 0755);
+  WriteFile(e.dir + "/iopfd.toml", "[daemon]\nlog_level = \"" + log_level + "\"\n");
+  WriteFile(e.dir + "/devices.d/mock0.toml",
+            Format("name = \"mock0\"\nattach = \"adopt\"\n\n"
+                   "[adopt]\niommufd_fd = \"iommufd\"\nfault_fd = \"fault\"\ndevice_id = %u\n\n"
+                   "[[space]]\nioas_id = %u\n"
+                   "  [[space.region]]\n  iova = 0x%llx\n  size = \"1MiB\"\n"
+                   "  backing = \"file:/dev/shm/iopf-ram0\"\n  access = \"rw\"\n"
+                   "  [[space.region]]\n  iova = 0x%llx\n  size = \"256KiB\"\n"
+                   "  backing = \"fd:ram1\"\n  access = \"r\"\n\n"
+                   "[[space]]\npasid = %u\nioas_id = %u\n"
+                   "  [[space.region]]\n  iova = 0x%llx\n  size = \"256KiB\"\n"
+                   "  backing = \"file:/dev/shm/iopf-ram2\"\n  access = \"rw\"\n",
+                   e.idev, e.ioas, static_cast<unsigned long long>(kR0),
+                   static_cast<unsigned long long>(kR1), kPasid, e.ioas_pasid,
+                   static_cast<unsigned long long>(kR2)));
+}
+
+inline int Trigger(const Env& e, uint64_t addr, uint32_t perm, bool with_pasid = false,
+            uint32_t grpid = 1) {
+  iommu_test_cmd cmd = {};
+  cmd.op = IOMMU_TEST_OP_TRIGGER_IOPF;
+  cmd.trigger_iopf.dev_id = e.idev;
+  cmd.trigger_iopf.pasid = with_pasid ? kPasid : 0;
+  cmd.trigger_iopf.grpid = grpid;
+  cmd.trigger_iopf.perm = perm;
+  cmd.trigger_iopf.addr = addr;
+  return TestCmd(e.iommufd, &cmd);
+}
+
+// MD_CHECK_MAP: does [iova, iova+len) of hwpt translate to exactly the pages behind uptr?
+inline bool CheckMap(const Env& e, uint32_t hwpt, uint64_t iova, uint64_t len, const void* uptr) {
+  iommu_test_cmd cmd = {};
+  cmd.op = IOMMU_TEST_OP_MD_CHECK_MAP;
+  cmd.id = hwpt;
+  cmd.check_map.iova = iova;
+  cmd.check_map.length = len;
+  cmd.check_map.uptr = reinterpret_cast<uintptr_t>(uptr);
+  return TestCmd(e.iommufd, &cmd) == 0;
+}
+
+inline bool WaitFor(const std::function<bool()>& pred, int timeout_ms = 10000) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return pred();
+}
+
+// True when no group waits unread in the fault queue.
+inline bool QueueEmpty(const Env& e) {
+  pollfd p = {e.fault_fd, POLLIN, 0};
+  return poll(&p, 1, 0) == 0;
+}
+
+struct Daemon {
+  pid_t pid = -1;
+  std::string stats_path;
+};
+
+inline Daemon Start(const Env& e) {
+  Daemon d;
+  d.stats_path = e.dir + "/stats.json";
+  unlink(d.stats_path.c_str());
+  pid_t pid = fork();
+  if (pid < 0) Die("fork: %s", strerror(errno));
+  if (pid == 0) {
+    // Move the handed-over fds to 3, 4, 5 (LISTEN_FDS numbering) without clobbering each other.
+    int a = fcntl(e.iommufd, F_DUPFD, 100), b = fcntl(e.fault_fd, F_DUPFD, 100),
+        c = fcntl(e.ram1, F_DUPFD, 100);
+    if (a < 0 || b < 0 || c < 0 || dup2(a, 3) < 0 || dup2(b, 4) < 0 || dup2(c, 5) < 0) _exit(120);
+    setenv("LISTEN_FDS", "3", 1);
+    setenv("LISTEN_FDNAMES", "iommufd:fault:ram1", 1);
+    setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    execl("/bin/iopfd", "iopfd", "--config", (e.dir + "/iopfd.toml").c_str(), "--devices-dir",
+          (e.dir + "/devices.d").c_str(), "--stats-json", d.stats_path.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  d.pid = pid;
+  return d;
+}
+
+// SIGTERM, wait up to 30 s, and return iopfd's exit status; -1 when it did not exit normally,
+// -2 when it had to be killed.
+inline int Stop(Daemon& d) {
+  kill(d.pid, SIGTERM);
+  int status = 0;
+  for (int i = 0; i < 3000; ++i) {
+    pid_t r = waitpid(d.pid, &status, WNOHANG);
+    if (r == d.pid) {
+      d.pid = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::printf("iopf-guest: iopfd did not exit within 30 s of SIGTERM; killing it\n");
+  kill(d.pid, SIGKILL);
+  waitpid(d.pid, &status, 0);
+  d.pid = -1;
+  return -2;
+}
+
+// The counters of iopfd's --stats-json line for mock0.
+inline std::map<std::string, uint64_t> ReadStats(const Daemon& d) {
+  std::map<std::string, uint64_t> out;
+  std::ifstream f(d.stats_path);
+  std::string line;
+  std::getline(f, line);
+  size_t pos = 0;
+  while ((pos = line.find('"', pos)) != std::string::npos) {
+    size_t end = line.find('"', pos + 1);
+    if (end == std::string::npos) break;
+    std::string key = line.substr(pos + 1, end - pos - 1);
+    if (end + 1 < line.size() && line[end + 1] == ':' && end + 2 < line.size() &&
+        std::isdigit(static_cast<unsigned char>(line[end + 2]))) {
+      out[key] = std::strtoull(line.c_str() + end + 2, nullptr, 10);
+    }
+    pos = end + 1;
+  }
+  return out;
+}
+
+}  // namespace mockenv
+
+#endif  // IOPFD_TESTS_VM_GUEST_MOCK_ENV_H_
