@@ -249,6 +249,35 @@ bool CaseStopWithOutstanding() {
   return v.Report();
 }
 
+bool CaseBadDeviceDoesNotStopOthers() {
+  Verdict v("bad_device_does_not_stop_others");
+  Env e;
+  Setup(e, v.name);
+  // A second device whose fault queue was never handed over: it fails to attach, loudly, and
+  // mock0 is served all the same.
+  WriteFile(e.dir + "/devices.d/broken.toml",
+            "name = \"broken\"\nattach = \"adopt\"\n[adopt]\niommufd_fd = \"iommufd2\"\n"
+            "fault_fd = \"nope\"\ndevice_id = 9\n[[space]]\nioas_id = 1\n"
+            "  [[space.region]]\n  iova = 0x1000000\n  size = \"64KiB\"\n"
+            "  backing = \"anonymous\"\n  access = \"r\"\n");
+  Daemon d = Start(e);
+  v.Expect(Trigger(e, kR0 + 5 * kPage, IOMMU_PGFAULT_PERM_READ) == 0, "trigger");
+  v.Expect(WaitFor([&] { return CheckMap(e, e.hwpt, kR0 + 5 * kPage, kPage, e.va0 + 5 * kPage); }),
+           "mock0 still resolves faults");
+  // SIGUSR1 prints the per-device statistics without disturbing anything.
+  kill(d.pid, SIGUSR1);
+  v.Expect(WaitFor([&] { return ReadLog(d).find("mock0: 1 records in 1 groups") != std::string::npos; }),
+           "SIGUSR1 printed mock0's statistics");
+  int rc = Stop(d);
+  std::string log = ReadLog(d);
+  v.Expect(log.find("broken: iommufd_fd: no inherited fd named 'iommufd2'") != std::string::npos,
+           "the failed device is named with the key and fd at fault");
+  v.Expect(log.find("serving 1 of 2 device(s)") != std::string::npos, "1 of 2 devices served");
+  auto s = ReadStats(d);
+  ExpectClean(v, rc, s, 1);
+  return v.Report();
+}
+
 int RunTests(const std::vector<std::string>& only) {
   struct Case {
     const char* name;
@@ -263,6 +292,7 @@ int RunTests(const std::vector<std::string>& only) {
       {"coalesce_adjacent_pages", CaseCoalesceAdjacent},
       {"burst_100k", [] { return CaseBurst(100000); }},
       {"stop_with_faults_outstanding", CaseStopWithOutstanding},
+      {"bad_device_does_not_stop_others", CaseBadDeviceDoesNotStopOthers},
   };
   int failed = 0, passed = 0;
   for (const Case& c : cases) {

@@ -235,11 +235,13 @@ inline bool QueueEmpty(const Env& e) {
 struct Daemon {
   pid_t pid = -1;
   std::string stats_path;
+  std::string log_path;  // iopfd's stderr
 };
 
 inline Daemon Start(const Env& e) {
   Daemon d;
   d.stats_path = e.dir + "/stats.json";
+  d.log_path = e.dir + "/iopfd.log";
   unlink(d.stats_path.c_str());
   pid_t pid = fork();
   if (pid < 0) Die("fork: %s", strerror(errno));
@@ -248,6 +250,8 @@ inline Daemon Start(const Env& e) {
     int a = fcntl(e.iommufd, F_DUPFD, 100), b = fcntl(e.fault_fd, F_DUPFD, 100),
         c = fcntl(e.ram1, F_DUPFD, 100);
     if (a < 0 || b < 0 || c < 0 || dup2(a, 3) < 0 || dup2(b, 4) < 0 || dup2(c, 5) < 0) _exit(120);
+    int log = open(d.log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+    if (log < 0 || dup2(log, 2) < 0) _exit(121);
     setenv("LISTEN_FDS", "3", 1);
     setenv("LISTEN_FDNAMES", "iommufd:fault:ram1", 1);
     setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
@@ -260,6 +264,19 @@ inline Daemon Start(const Env& e) {
   return d;
 }
 
+inline std::string ReadLog(const Daemon& d) {
+  std::ifstream f(d.log_path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Copies iopfd's stderr to the console, each line prefixed, for whoever reads the VM log.
+inline void EchoLog(const Daemon& d) {
+  std::istringstream in(ReadLog(d));
+  for (std::string line; std::getline(in, line);) std::printf("  iopfd| %s\n", line.c_str());
+}
+
 // SIGTERM, wait up to 30 s, and return iopfd's exit status; -1 when it did not exit normally,
 // -2 when it had to be killed.
 inline int Stop(Daemon& d) {
@@ -269,6 +286,7 @@ inline int Stop(Daemon& d) {
     pid_t r = waitpid(d.pid, &status, WNOHANG);
     if (r == d.pid) {
       d.pid = -1;
+      EchoLog(d);
       return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -277,6 +295,7 @@ inline int Stop(Daemon& d) {
   kill(d.pid, SIGKILL);
   waitpid(d.pid, &status, 0);
   d.pid = -1;
+  EchoLog(d);
   return -2;
 }
 

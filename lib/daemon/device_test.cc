@@ -1,0 +1,324 @@
+#include "iopfd/device.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <algorithm>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "iopfd/errors.h"
+#include "iopfd/uapi.h"
+
+namespace iopfd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// A kernel stand-in: hands out fds from real pipes (so UniqueFd can close them), answers the
+// iommufd and VFIO ioctls with fresh ids, records every call, and fails the ioctls named in
+// `fail` with their errno.
+class FakeSyscalls : public Syscalls {
+ public:
+  ~FakeSyscalls() override {
+    for (int fd : spare_) ::close(fd);
+  }
+  int Ioctl(int fd, unsigned long request, void* arg) override {
+    calls.push_back(request);
+    if (auto it = fail.find(request); it != fail.end()) return -it->second;
+    switch (request) {
+      case uapi::kIommuIoasAlloc:
+        static_cast<uapi::IommuIoasAlloc*>(arg)->out_ioas_id = next_id_++;
+        break;
+      case uapi::kIommuFaultQueueAlloc: {
+        auto* c = static_cast<uapi::IommuFaultAlloc*>(arg);
+        c->out_fault_id = next_id_++;
+        c->out_fault_fd = static_cast<uint32_t>(NewFd());
+        break;
+      }
+      case uapi::kIommuHwptAlloc: {
+        auto* c = static_cast<uapi::IommuHwptAlloc*>(arg);
+        hwpt_allocs.push_back(*c);
+        c->out_hwpt_id = next_id_++;
+        break;
+      }
+      case uapi::kVfioDeviceBindIommufd:
+        static_cast<uapi::VfioDeviceBindIommufd*>(arg)->out_devid = 77;
+        break;
+      case uapi::kVfioDeviceAttachIommufdPt:
+        attaches.push_back(*static_cast<uapi::VfioDeviceAttachIommufdPt*>(arg));
+        break;
+      case uapi::kIommuIoasMapFile:
+        map_files.push_back(*static_cast<uapi::IommuIoasMapFile*>(arg));
+        break;
+      case uapi::kIommuIoasMap:
+        maps.push_back(*static_cast<uapi::IommuIoasMap*>(arg));
+        break;
+      default:
+        break;
+    }
+    (void)fd;
+    return 0;
+  }
+  int Open(const char* path, int /*flags*/) override {
+    opened.emplace_back(path);
+    if (auto it = open_fail.find(path); it != open_fail.end()) return -it->second;
+    return NewFd();
+  }
+  int MemfdCreate(const char* /*name*/, uint64_t /*size*/) override { return NewFd(); }
+  void* MapShared(int /*fd*/, uint64_t /*offset*/, uint64_t length, bool /*writable*/) override {
+    void* p = ::mmap(nullptr, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+  void Unmap(void* addr, uint64_t length) override { ::munmap(addr, length); }
+
+  int NewFd() {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return -errno;
+    spare_.push_back(p[1]);
+    return p[0];
+  }
+
+  std::vector<unsigned long> calls;
+  std::vector<std::string> opened;
+  std::vector<uapi::IommuHwptAlloc> hwpt_allocs;
+  std::vector<uapi::VfioDeviceAttachIommufdPt> attaches;
+  std::vector<uapi::IommuIoasMapFile> map_files;
+  std::vector<uapi::IommuIoasMap> maps;
+  std::map<unsigned long, int> fail;
+  std::map<std::string, int> open_fail;
+
+ private:
+  uint32_t next_id_ = 10;
+  std::vector<int> spare_;
+};
+
+DeviceConfig VfioDevice(bool with_pasid) {
+  DeviceConfig d;
+  d.name = "dsa0";
+  d.mode = AttachMode::kVfio;
+  d.vfio.cdev = "/dev/vfio/devices/vfio3";
+  SpaceConfig s;
+  RegionConfig r;
+  r.iova = 1 << 20;
+  r.size = 64 << 10;
+  r.page_size = 4096;
+  r.access = uapi::kPermRead | uapi::kPermWrite;
+  r.backing = BackingKind::kAnonymous;
+  s.regions.push_back(r);
+  d.spaces.push_back(s);
+  if (with_pasid) {
+    s.pasid = 7;
+    d.spaces.push_back(s);
+  }
+  return d;
+}
+
+TEST(DeviceAttachTest, VfioModeBindsAllocatesAndAttachesPerPasid) {
+  FakeSyscalls sys;
+  ListenFds fds;
+  auto dev = Device::Attach(VfioDevice(true), &fds, &sys, 64);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  EXPECT_THAT(sys.opened, ElementsAre("/dev/iommu", "/dev/vfio/devices/vfio3"));
+  ASSERT_EQ(sys.hwpt_allocs.size(), 2u);
+  for (const auto& h : sys.hwpt_allocs) {
+    EXPECT_EQ(h.dev_id, 77u);
+    // Every HWPT of a device that uses PASIDs carries ALLOC_PASID, the no-PASID one included.
+    EXPECT_EQ(h.flags, uapi::kHwptFaultIdValid | uapi::kHwptAllocPasid);
+    EXPECT_NE(h.fault_id, 0u);
+  }
+  EXPECT_NE(sys.hwpt_allocs[0].pt_id, sys.hwpt_allocs[1].pt_id);  // one IOAS per space
+  ASSERT_EQ(sys.attaches.size(), 2u);
+  EXPECT_EQ(sys.attaches[0].flags, 0u);
+  EXPECT_EQ(sys.attaches[1].flags, uapi::kVfioDeviceAttachPasid);
+  EXPECT_EQ(sys.attaches[1].pasid, 7u);
+  EXPECT_EQ((*dev)->read_buffer().size(), 64u);
+  EXPECT_GE(fcntl((*dev)->fault_fd(), F_GETFL) & O_NONBLOCK, 1);
+}
+
+TEST(DeviceAttachTest, VfioWithoutPasidsDoesNotAskForPasidCapableHwpts) {
+  FakeSyscalls sys;
+  ListenFds fds;
+  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 64);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  ASSERT_EQ(sys.hwpt_allocs.size(), 1u);
+  EXPECT_EQ(sys.hwpt_allocs[0].flags, uapi::kHwptFaultIdValid);
+}
+
+TEST(DeviceAttachTest, OldKernelErrorNamesDeviceStepErrnoAndWhy) {
+  FakeSyscalls sys;
+  sys.fail[uapi::kIommuHwptAlloc] = EOPNOTSUPP;
+  ListenFds fds;
+  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 64);
+  ASSERT_FALSE(dev.ok());
+  EXPECT_EQ(dev.status().message(),
+            "dsa0: IOMMU_HWPT_ALLOC: EOPNOTSUPP (Operation not supported): kernel lacks "
+            "fault-capable paging HWPTs (need >= 7.x)");
+}
+
+TEST(DeviceAttachTest, EachVfioStepNamesItselfOnFailure) {
+  struct Step {
+    unsigned long ioctl;
+    const char* name;
+  };
+  for (Step step : {Step{uapi::kVfioDeviceBindIommufd, "VFIO_DEVICE_BIND_IOMMUFD"},
+                    Step{uapi::kIommuFaultQueueAlloc, "IOMMU_FAULT_QUEUE_ALLOC"},
+                    Step{uapi::kIommuIoasAlloc, "IOMMU_IOAS_ALLOC"},
+                    Step{uapi::kVfioDeviceAttachIommufdPt, "VFIO_DEVICE_ATTACH_IOMMUFD_PT"}}) {
+    FakeSyscalls sys;
+    sys.fail[step.ioctl] = EBUSY;
+    ListenFds fds;
+    auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 64);
+    ASSERT_FALSE(dev.ok()) << step.name;
+    EXPECT_THAT(std::string(dev.status().message()),
+                HasSubstr(std::string("dsa0: ") + step.name + ": EBUSY"));
+  }
+  FakeSyscalls sys;
+  sys.open_fail["/dev/iommu"] = ENOENT;
+  ListenFds fds;
+  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 64);
+  ASSERT_FALSE(dev.ok());
+  EXPECT_THAT(std::string(dev.status().message()),
+              HasSubstr("dsa0: open /dev/iommu: ENOENT (No such file or directory): kernel without "
+                        "CONFIG_IOMMUFD"));
+}
+
+DeviceConfig AdoptDevice() {
+  DeviceConfig d = VfioDevice(false);
+  d.mode = AttachMode::kAdopt;
+  d.adopt = {"vmm-iommufd", "vmm-fault", 5};
+  d.spaces[0].ioas_id = 2;
+  d.spaces[0].regions[0].backing = BackingKind::kInheritedFd;
+  d.spaces[0].regions[0].fd_name = "guest-ram";
+  return d;
+}
+
+TEST(DeviceAttachTest, AdoptModeTakesNamedFdsAndAllocatesNothing) {
+  FakeSyscalls sys;
+  ListenFds fds;
+  fds.Add("vmm-iommufd", UniqueFd(sys.NewFd()));
+  fds.Add("vmm-fault", UniqueFd(sys.NewFd()));
+  fds.Add("guest-ram", UniqueFd(sys.NewFd()));
+  fds.Add("stray", UniqueFd(sys.NewFd()));
+  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, 16);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  EXPECT_TRUE(sys.calls.empty());  // no ioctl: the owner made every object
+  EXPECT_THAT(fds.Untaken(), ElementsAre("stray"));
+  EXPECT_EQ((*dev)->spaces().Find(false, 0)->ioas(), IoasId(2));
+}
+
+TEST(DeviceAttachTest, AdoptModeMissingFdNamesDeviceKeyAndName) {
+  FakeSyscalls sys;
+  ListenFds fds;
+  fds.Add("vmm-iommufd", UniqueFd(sys.NewFd()));
+  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, 16);
+  ASSERT_FALSE(dev.ok());
+  EXPECT_THAT(std::string(dev.status().message()),
+              HasSubstr("dsa0: fault_fd: no inherited fd named 'vmm-fault'"));
+}
+
+TEST(IommufdMapTest, FallsBackToUserAddressMapOnKernelsWithoutMapFile) {
+  FakeSyscalls sys;
+  sys.fail[uapi::kIommuIoasMapFile] = ENOTTY;
+  Iommufd iommufd(UniqueFd(sys.NewFd()), &sys, "dsa0");
+  char page[4096];
+  MapRequest req{IoasId(3), 0x100000, 4096, 9, 0x2000, page,
+                 uapi::kIoasMapReadable | uapi::kIoasMapWriteable};
+  ASSERT_TRUE(iommufd.Map(req).ok());
+  ASSERT_TRUE(iommufd.Map(req).ok());
+  // MAP_FILE was tried once; after ENOTTY every map goes by user address.
+  EXPECT_EQ(std::count(sys.calls.begin(), sys.calls.end(), uapi::kIommuIoasMapFile), 1);
+  ASSERT_EQ(sys.maps.size(), 2u);
+  EXPECT_EQ(sys.maps[0].user_va, reinterpret_cast<uintptr_t>(page));
+  EXPECT_EQ(sys.maps[0].iova, 0x100000u);
+  EXPECT_EQ(sys.maps[0].flags,
+            uapi::kIoasMapFixedIova | uapi::kIoasMapReadable | uapi::kIoasMapWriteable);
+}
+
+TEST(IommufdMapTest, MapFileCarriesFdOffsetAndFixedIova) {
+  FakeSyscalls sys;
+  Iommufd iommufd(UniqueFd(sys.NewFd()), &sys, "dsa0");
+  MapRequest req{IoasId(3), 0x200000, 8192, 9, 0x4000, nullptr, uapi::kIoasMapReadable};
+  ASSERT_TRUE(iommufd.Map(req).ok());
+  ASSERT_EQ(sys.map_files.size(), 1u);
+  EXPECT_EQ(sys.map_files[0].fd, 9);
+  EXPECT_EQ(sys.map_files[0].start, 0x4000u);
+  EXPECT_EQ(sys.map_files[0].length, 8192u);
+  EXPECT_EQ(sys.map_files[0].ioas_id, 3u);
+  EXPECT_EQ(sys.map_files[0].flags, uapi::kIoasMapFixedIova | uapi::kIoasMapReadable);
+  sys.fail[uapi::kIommuIoasMapFile] = EEXIST;
+  absl::Status st = iommufd.Map(req);
+  EXPECT_EQ(ErrnoOf(st), EEXIST);
+  EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists);
+}
+
+TEST(ReadBufferTest, GrowsByDoublingUpToTheLimit) {
+  FakeSyscalls sys;
+  ListenFds fds;
+  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 3);
+  ASSERT_TRUE(dev.ok());
+  EXPECT_TRUE((*dev)->GrowReadBuffer(10));
+  EXPECT_EQ((*dev)->read_buffer().size(), 6u);
+  EXPECT_TRUE((*dev)->GrowReadBuffer(10));
+  EXPECT_EQ((*dev)->read_buffer().size(), 10u);
+  EXPECT_FALSE((*dev)->GrowReadBuffer(10));
+  EXPECT_EQ((*dev)->stats().read_grows, 2u);
+}
+
+TEST(VfioCdevForPciTest, ResolvesThroughSysfsAndExplainsFailure) {
+  auto root = std::filesystem::temp_directory_path() / ("iopfd-sysfs-" + std::to_string(getpid()));
+  std::filesystem::create_directories(root / "bus/pci/devices/0000:00:04.0/vfio-dev/vfio5");
+  auto cdev = VfioCdevForPci("0000:00:04.0", root.string());
+  ASSERT_TRUE(cdev.ok()) << cdev.status();
+  EXPECT_EQ(*cdev, "/dev/vfio/devices/vfio5");
+  auto missing = VfioCdevForPci("0000:00:05.0", root.string());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("0000:00:05.0: no VFIO cdev"));
+  std::filesystem::remove_all(root);
+}
+
+// LISTEN_FDS parsing runs in a child: it adopts fds 3.. of the process and unsets the variables.
+TEST(ListenFdsTest, ParsesNamesForThisProcessOnly) {
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int p[2];
+    if (pipe(p) != 0 || dup2(p[0], 3) < 0 || dup2(p[1], 4) < 0) _exit(10);
+    setenv("LISTEN_FDS", "2", 1);
+    setenv("LISTEN_FDNAMES", "iommufd:fault", 1);
+    setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    auto fds = ListenFds::FromEnvironment();
+    if (!fds.ok()) _exit(11);
+    if (getenv("LISTEN_FDS") != nullptr) _exit(12);  // unset for children
+    auto fault = fds->Take("fault");
+    if (!fault.ok() || fault->get() != 4) _exit(13);
+    if (fds->Take("fault").ok()) _exit(14);  // taken once only
+    if (fds->Untaken() != std::vector<std::string>{"iommufd"}) _exit(15);
+    setenv("LISTEN_FDS", "1", 1);
+    setenv("LISTEN_PID", "1", 1);  // someone else's
+    auto other = ListenFds::FromEnvironment();
+    if (!other.ok() || !other->Untaken().empty()) _exit(16);
+    setenv("LISTEN_FDS", "2", 1);
+    setenv("LISTEN_FDNAMES", "only-one", 1);
+    setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    if (ListenFds::FromEnvironment().ok()) _exit(17);  // names do not match the count
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "failed check number " << WEXITSTATUS(status);
+}
+
+}  // namespace
+}  // namespace iopfd
