@@ -94,7 +94,8 @@ Result Generate(const Env& e, int n, int k) {
   // Warm-up: the handler must be up and serving (iopfd's exec and attach take ~100 ms under
   // TCG) before the clock starts. Page n is never used by the timed requests.
   Trigger(e, page_iova(n), IOMMU_PGFAULT_PERM_READ, false, 0);
-  if (!WaitFor([&] { return CheckMap(e, e.hwpt, page_iova(n), kPage, e.va1 + n * kPage); }, 30000)) {
+  if (!WaitFor([&] { return CheckMap(e, e.hwpt, page_iova(n), kPage, e.va1 + n * kPage); },
+               30000)) {
     Die("the handler never answered the warm-up request");
   }
   auto t0 = std::chrono::steady_clock::now();
@@ -110,8 +111,8 @@ Result Generate(const Env& e, int n, int k) {
       ++next;
     }
     // Completions are observed oldest first; every newer one already present is collected too.
-    while (done < next &&
-           CheckMap(e, e.hwpt, page_iova(done), kPage, e.va1 + static_cast<uint64_t>(done) * kPage)) {
+    while (done < next && CheckMap(e, e.hwpt, page_iova(done), kPage,
+                                   e.va1 + static_cast<uint64_t>(done) * kPage)) {
       lat_us.push_back(
           std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - sent[done])
               .count());
@@ -125,7 +126,9 @@ Result Generate(const Env& e, int n, int k) {
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::sort(lat_us.begin(), lat_us.end());
   auto pct = [&](double q) {
-    return lat_us.empty() ? 0.0 : lat_us[std::min(lat_us.size() - 1, static_cast<size_t>(q * lat_us.size()))];
+    return lat_us.empty()
+               ? 0.0
+               : lat_us[std::min(lat_us.size() - 1, static_cast<size_t>(q * lat_us.size()))];
   };
   return {done / secs, pct(0.5), pct(0.99), lat_us.empty() ? 0.0 : lat_us.back(), 0, ok};
 }
@@ -160,10 +163,11 @@ Result RunNaive(int n, int k) {
 }
 
 void Print(const char* who, int k, const Result& r) {
-  std::printf("IOPF-BENCH %-6s K=%-4d %10.0f faults/s   p50 %8.1f us   p99 %8.1f us   max %8.1f us"
-              "   map calls %-6llu %s\n",
-              who, k, r.faults_per_s, r.p50_us, r.p99_us, r.max_us,
-              static_cast<unsigned long long>(r.map_calls), r.ok ? "" : "(INCOMPLETE)");
+  std::printf(
+      "IOPF-BENCH %-6s K=%-4d %10.0f faults/s   p50 %8.1f us   p99 %8.1f us   max %8.1f us"
+      "   map calls %-6llu %s\n",
+      who, k, r.faults_per_s, r.p50_us, r.p99_us, r.max_us,
+      static_cast<unsigned long long>(r.map_calls), r.ok ? "" : "(INCOMPLETE)");
   std::fflush(stdout);
 }
 
@@ -175,7 +179,8 @@ int main(int argc, char** argv) {
   std::vector<int> ks;
   for (int i = 2; i < argc; ++i) ks.push_back(std::atoi(argv[i]));
   if (ks.empty()) ks = {1, 8, 64};
-  std::printf("IOPF-BENCH %d page requests per run, each to a fresh page; K = requests outstanding\n", n);
+  std::printf(
+      "IOPF-BENCH %d page requests per run, each to a fresh page; K = requests outstanding\n", n);
   bool ok = true;
   for (int k : ks) {
     Result naive = RunNaive(n, k);

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 build=${IOPFD_BUILD_DIR:-build}
 
 scripts/install-deps.sh
-scripts/lint.sh
 cmake -S . -B "$build" -G Ninja -DIOPFD_WERROR=ON
 cmake --build "$build" -j"$(nproc)"
+scripts/lint.sh "$build"
 # The VM tier runs serially (vm_boot is RUN_SERIAL); unit tests run two at a time.
 ctest --test-dir "$build" --output-on-failure -j2 "$@"

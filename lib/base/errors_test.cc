@@ -36,7 +36,8 @@ TEST(UniqueFdTest, ClosesOnDestructionAndMoves) {
   {
     UniqueFd a(fds[0]);
     UniqueFd b(std::move(a));
-    EXPECT_FALSE(a.valid());  // NOLINT(bugprone-use-after-move): checking the moved-from state
+    EXPECT_FALSE(a.valid());  // NOLINT(bugprone-use-after-move,clang-analyzer-cplusplus.Move):
+                              // checks moved-from state
     EXPECT_EQ(b.get(), fds[0]);
   }
   // The read end is closed, so writing to the pipe fails with EPIPE (SIGPIPE ignored here).

@@ -993,13 +993,13 @@ class TempDir {
   const std::string& path() const { return path_; }
   // Creates (once) and returns an empty subdirectory "devices".
   std::string Devices() const {
-    const std::string devices = path_ + "/devices";
+    std::string devices = path_ + "/devices";
     std::filesystem::create_directory(devices);
     return devices;
   }
   // Writes a file; a relative name is taken relative to the directory.
   std::string Write(const std::string& name, std::string_view text) const {
-    const std::string file = name.starts_with('/') ? name : path_ + "/" + name;
+    std::string file = name.starts_with('/') ? name : path_ + "/" + name;
     std::ofstream out(file);
     out << text;
     return file;

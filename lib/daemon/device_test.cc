@@ -5,11 +5,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -77,7 +77,8 @@ class FakeSyscalls : public Syscalls {
   }
   int MemfdCreate(const char* /*name*/, uint64_t /*size*/) override { return NewFd(); }
   void* MapShared(int /*fd*/, uint64_t /*offset*/, uint64_t length, bool /*writable*/) override {
-    void* p = ::mmap(nullptr, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* p =
+        ::mmap(nullptr, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     return p == MAP_FAILED ? nullptr : p;
   }
   void Unmap(void* addr, uint64_t length) override { ::munmap(addr, length); }
@@ -232,8 +233,8 @@ TEST(IommufdMapTest, FallsBackToUserAddressMapOnKernelsWithoutMapFile) {
   sys.fail[uapi::kIommuIoasMapFile] = ENOTTY;
   Iommufd iommufd(UniqueFd(sys.NewFd()), &sys, "dsa0");
   char page[4096];
-  MapRequest req{IoasId(3), 0x100000, 4096, 9, 0x2000, page,
-                 uapi::kIoasMapReadable | uapi::kIoasMapWriteable};
+  MapRequest req{
+      IoasId(3), 0x100000, 4096, 9, 0x2000, page, uapi::kIoasMapReadable | uapi::kIoasMapWriteable};
   ASSERT_TRUE(iommufd.Map(req).ok());
   ASSERT_TRUE(iommufd.Map(req).ok());
   // MAP_FILE was tried once; after ENOTTY every map goes by user address.

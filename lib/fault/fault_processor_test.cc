@@ -12,7 +12,6 @@ namespace iopfd {
 namespace {
 
 using ::testing::ElementsAre;
-using ::testing::Field;
 
 constexpr uint64_t kPage = 4096;
 constexpr uint32_t kDev = 7;
@@ -351,7 +350,8 @@ TEST(ResponseObligationTest, UnansweredObligationAnswersInvalidOnce) {
     EXPECT_TRUE(b.Answer(uapi::kRespSuccess));
     EXPECT_FALSE(b.Answer(uapi::kRespSuccess));
     ResponseObligation moved(std::move(a));
-    EXPECT_FALSE(a.pending());  // NOLINT(bugprone-use-after-move): checks the moved-from state
+    EXPECT_FALSE(a.pending());  // NOLINT(bugprone-use-after-move,clang-analyzer-cplusplus.Move):
+                                // checks moved-from state
   }
   auto w = q.BeginWrite();
   ASSERT_EQ(w.size(), 2u);

@@ -266,8 +266,9 @@ bool CaseBadDeviceDoesNotStopOthers() {
            "mock0 still resolves faults");
   // SIGUSR1 prints the per-device statistics without disturbing anything.
   kill(d.pid, SIGUSR1);
-  v.Expect(WaitFor([&] { return ReadLog(d).find("mock0: 1 records in 1 groups") != std::string::npos; }),
-           "SIGUSR1 printed mock0's statistics");
+  v.Expect(
+      WaitFor([&] { return ReadLog(d).find("mock0: 1 records in 1 groups") != std::string::npos; }),
+      "SIGUSR1 printed mock0's statistics");
   int rc = Stop(d);
   std::string log = ReadLog(d);
   v.Expect(log.find("broken: iommufd_fd: no inherited fd named 'iommufd2'") != std::string::npos,

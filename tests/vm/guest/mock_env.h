@@ -195,7 +195,7 @@ inline void Setup(Env& e, const std::string& name, const std::string& log_level 
 }
 
 inline int Trigger(const Env& e, uint64_t addr, uint32_t perm, bool with_pasid = false,
-            uint32_t grpid = 1) {
+                   uint32_t grpid = 1) {
   iommu_test_cmd cmd = {};
   cmd.op = IOMMU_TEST_OP_TRIGGER_IOPF;
   cmd.trigger_iopf.dev_id = e.idev;
