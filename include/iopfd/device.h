@@ -93,9 +93,16 @@ class Device {
   // than the buffer). Returns false when it is already at max_records.
   bool GrowReadBuffer(uint32_t max_records);
 
-  // Set when the fault fd failed for good; the loop stops using it.
-  bool failed() const { return failed_; }
-  void MarkFailed() { failed_ = true; }
+  // Reading stops when the fault fd's read fails for good (a group larger than the biggest
+  // buffer, or persistent errors); responses already owed are still written.
+  bool read_failed() const { return read_failed_; }
+  void MarkReadFailed() { read_failed_ = true; }
+  // Writing stops when write() fails in a way that means the fd is dead; what is owed is then
+  // abandoned (and counted), and reading stops too: nothing read could be answered.
+  bool write_failed() const { return write_failed_; }
+  void MarkWriteFailed() { write_failed_ = read_failed_ = true; }
+  // Consecutive read errors, for the loop's retry limit.
+  int read_errors = 0;
 
  private:
   explicit Device(std::string name) : name_(std::move(name)) {}
@@ -113,7 +120,8 @@ class Device {
   std::unique_ptr<IommufdMapper> mapper_;
   std::unique_ptr<FaultProcessor> processor_;
   std::vector<uapi::PageFault> read_buffer_;
-  bool failed_ = false;
+  bool read_failed_ = false;
+  bool write_failed_ = false;
 };
 
 }  // namespace iopfd

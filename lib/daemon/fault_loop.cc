@@ -13,6 +13,10 @@
 #include "iopfd/log.h"
 
 namespace iopfd {
+namespace {
+// Consecutive failed reads of one fault fd before iopfd stops reading it.
+constexpr int kMaxReadErrors = 100;
+}  // namespace
 
 uint64_t MonotonicNs() {
   timespec ts{};
@@ -65,7 +69,7 @@ io_uring_sqe* FaultLoop::GetSqe() {
 
 void FaultLoop::ArmRead(Slot& slot) {
   Device* d = slot.device;
-  if (d->failed() || slot.read.in_flight) return;
+  if (d->read_failed() || slot.read.in_flight) return;
   // The fault fd has ->read but not ->read_iter and no FMODE_NOWAIT. io_uring serves it through
   // loop_rw_iter (io_uring/rw.c), which refuses IOCB_NOWAIT unless the file is O_NONBLOCK; and
   // on an O_NONBLOCK file without FMODE_NOWAIT io_uring sets REQ_F_NOWAIT and hands EAGAIN back
@@ -96,7 +100,7 @@ void FaultLoop::SubmitWrites() {
   for (auto& slot : slots_) {
     ResponseQueue& q = slot->device->responses();
     if (slot->write.in_flight || !q.HasUnwritten()) continue;
-    if (slot->device->failed()) {
+    if (slot->device->write_failed()) {
       q.AbandonAll();
       continue;
     }
@@ -114,6 +118,7 @@ void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
   Device* d = slot.device;
   DeviceStats& st = d->stats();
   if (res > 0) {
+    d->read_errors = 0;
     ++st.reads;
     size_t n = static_cast<size_t>(res) / sizeof(uapi::PageFault);
     d->processor().Process(d->read_buffer().first(n), now);
@@ -125,14 +130,20 @@ void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
     if (!d->GrowReadBuffer(config_.max_read_records)) {
       Log(LogLevel::kError,
           absl::StrCat(d->name(), ": a page request group exceeds ", config_.max_read_records,
-                       " records (max_read_records); fault queue abandoned"));
-      d->MarkFailed();
+                       " records (max_read_records); no longer reading"));
+      d->MarkReadFailed();
     }
   } else if (res == -ECANCELED) {
     return;
   } else if (res != -EINTR) {
+    // EFAULT, ENOMEM (the cookie allocation) and the like: the group stays queued in the kernel,
+    // so retry; give up reading after a run of failures. Responses owed still go out.
     Log(LogLevel::kError, std::string(ErrnoStatus(-res, d->name(), "read fault fd").message()));
-    d->MarkFailed();
+    if (++d->read_errors >= kMaxReadErrors) {
+      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", kMaxReadErrors,
+                                         " read errors in a row; no longer reading"));
+      d->MarkReadFailed();
+    }
   }
   if (!stopping_) ArmRead(slot);
 }
@@ -146,7 +157,7 @@ void FaultLoop::HandlePollFailure(Slot& slot, int res) {
   if (res != -ECANCELED) {
     Log(LogLevel::kError,
         std::string(ErrnoStatus(-res, slot.device->name(), "poll fault fd").message()));
-    slot.device->MarkFailed();
+    slot.device->MarkReadFailed();
     return;
   }
   if (!stopping_) ArmRead(slot);
@@ -157,7 +168,7 @@ void FaultLoop::HandleWrite(Slot& slot, int res, uint64_t now) {
   if (!slot.device->responses().CompleteWrite(res, now)) {
     Log(LogLevel::kError,
         std::string(ErrnoStatus(-res, slot.device->name(), "write fault responses").message()));
-    slot.device->MarkFailed();
+    slot.device->MarkWriteFailed();
   }
 }
 
@@ -275,7 +286,7 @@ void FaultLoop::Drain() {
   const uint64_t deadline = MonotonicNs() + 1000000000ull;
   for (auto& slot : slots_) {
     Device* d = slot->device;
-    while (!d->failed() && MonotonicNs() < deadline) {
+    while (!d->read_failed() && MonotonicNs() < deadline) {
       auto buf = d->read_buffer();
       ssize_t n = ::read(d->fault_fd(), buf.data(), buf.size_bytes());
       if (n > 0) {
@@ -290,13 +301,13 @@ void FaultLoop::Drain() {
     }
     ResponseQueue& q = d->responses();
     while (q.HasUnwritten()) {
-      if (d->failed()) {
+      if (d->write_failed()) {
         q.AbandonAll();
         break;
       }
       auto span = q.BeginWrite();
       ssize_t w = ::write(d->fault_fd(), span.data(), span.size_bytes());
-      if (!q.CompleteWrite(w < 0 ? -errno : w, MonotonicNs())) d->MarkFailed();
+      if (!q.CompleteWrite(w < 0 ? -errno : w, MonotonicNs())) d->MarkWriteFailed();
     }
   }
 }
