@@ -249,6 +249,48 @@ bool CaseStopWithOutstanding() {
   return v.Report();
 }
 
+bool CaseHugetlbfsBacking() {
+  Verdict v("hugetlbfs_maps_huge_pages");
+  Env e;
+  Setup(e, v.name);
+  // A region on hugetlbfs maps in units of the huge page: one fault maps its whole 2 MiB page.
+  constexpr uint64_t kHuge = 2 << 20;
+  constexpr uint64_t kR3 = 0x4000000;
+  int fd = open("/dev/hugepages/iopf-huge", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || ftruncate(fd, 2 * kHuge)) {
+    v.Expect(false, Format("hugetlbfs file: %s", strerror(errno)));
+    return v.Report();
+  }
+  char* va =
+      static_cast<char*>(mmap(nullptr, 2 * kHuge, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  v.Expect(va != MAP_FAILED, "mmap hugetlbfs file");
+  // Add the region to the no-PASID space, after R1 and before the PASID space.
+  std::ifstream in(e.dir + "/devices.d/mock0.toml");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string cfg = text.str();
+  size_t pasid_space = cfg.find("[[space]]\npasid");
+  cfg.insert(pasid_space, Format("  [[space.region]]\n  iova = 0x%llx\n  size = \"4MiB\"\n"
+                                 "  backing = \"file:/dev/hugepages/iopf-huge\"\n"
+                                 "  access = \"rw\"\n\n",
+                                 static_cast<unsigned long long>(kR3)));
+  WriteFile(e.dir + "/devices.d/mock0.toml", cfg);
+  Daemon d = Start(e);
+  v.Expect(Trigger(e, kR3 + 3 * kPage + 64, IOMMU_PGFAULT_PERM_WRITE) == 0, "trigger");
+  v.Expect(WaitFor([&] { return CheckMap(e, e.hwpt, kR3, kHuge, va); }),
+           "the whole first huge page is mapped to its backing");
+  v.Expect(!CheckMap(e, e.hwpt, kR3 + kHuge, kPage, va + kHuge), "the second huge page is not");
+  int rc = Stop(d);
+  auto s = ReadStats(d);
+  ExpectClean(v, rc, s, 1);
+  v.ExpectEq(s, "map_calls", 1);
+  v.ExpectEq(s, "bytes_mapped", kHuge);
+  if (va != MAP_FAILED) munmap(va, 2 * kHuge);
+  close(fd);
+  unlink("/dev/hugepages/iopf-huge");
+  return v.Report();
+}
+
 bool CaseBadDeviceDoesNotStopOthers() {
   Verdict v("bad_device_does_not_stop_others");
   Env e;
@@ -293,6 +335,7 @@ int RunTests(const std::vector<std::string>& only) {
       {"coalesce_adjacent_pages", CaseCoalesceAdjacent},
       {"burst_100k", [] { return CaseBurst(100000); }},
       {"stop_with_faults_outstanding", CaseStopWithOutstanding},
+      {"hugetlbfs_maps_huge_pages", CaseHugetlbfsBacking},
       {"bad_device_does_not_stop_others", CaseBadDeviceDoesNotStopOthers},
   };
   int failed = 0, passed = 0;
