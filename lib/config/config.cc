@@ -741,6 +741,23 @@ void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backing
     }
     device.spaces.push_back(std::move(space));
   }
+
+  // A region's inherited fd must be memory: naming the device's own iommufd or fault queue there
+  // would hand that file to the map call.
+  if (device.mode == AttachMode::kAdopt) {
+    for (const SpaceConfig& space : device.spaces) {
+      for (const RegionConfig& r : space.regions) {
+        if (r.backing != BackingKind::kInheritedFd) continue;
+        const char* clash = r.fd_name == device.adopt.iommufd_fd ? "adopt.iommufd_fd"
+                            : r.fd_name == device.adopt.fault_fd ? "adopt.fault_fd"
+                                                                 : nullptr;
+        if (clash != nullptr) {
+          rep.At(r.where,
+                 Cat("region backing: fd ", Quote(r.fd_name), " is ", clash, ", not memory"));
+        }
+      }
+    }
+  }
 }
 
 // Parses TOML text; reports a syntax error and returns nullopt on failure.

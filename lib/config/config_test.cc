@@ -29,9 +29,11 @@
 namespace iopfd {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::StartsWith;
 
 std::vector<std::string> ErrorStrings(const LoadResult& result) {
   std::vector<std::string> out;
@@ -714,6 +716,19 @@ TEST(DeviceErrorTest, DeviceIdRange) {
               ElementsAre("dev.toml:6:13: adopt.device_id: must be in 1..4294967295 (got "
                           "4294967296)"));
   EXPECT_THAT(with_id("4294967295"), IsEmpty());
+}
+
+TEST(DeviceErrorTest, RegionFdMustNotBeTheDevicesOwnFds) {
+  EXPECT_THAT(
+      Errors(WithRegion("iova = 0x1000\nsize = 4096\nbacking = \"fd:f\"\naccess = \"r\"\n")),
+      ElementsAre(AllOf(StartsWith("dev.toml:9:"),
+                        HasSubstr("region backing: fd \"f\" is adopt.fault_fd, not memory"))));
+  EXPECT_THAT(
+      Errors(WithRegion("iova = 0x1000\nsize = 4096\nbacking = \"fd:i\"\naccess = \"r\"\n")),
+      ElementsAre(HasSubstr("is adopt.iommufd_fd, not memory")));
+  EXPECT_THAT(
+      Errors(WithRegion("iova = 0x1000\nsize = 4096\nbacking = \"fd:ram\"\naccess = \"r\"\n")),
+      IsEmpty());
 }
 
 TEST(DeviceErrorTest, PasidRange) {

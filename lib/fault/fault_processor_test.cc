@@ -378,3 +378,50 @@ TEST(HistogramTest, PercentilesWithinBucketPrecision) {
 
 }  // namespace
 }  // namespace iopfd
+
+namespace iopfd {
+namespace {
+
+TEST(AddressSpaceTest, FindsRegionsAtTheirEdgesAndNothingInGaps) {
+  std::vector<Region> regions;
+  // Given out of order: 64 regions of 8 KiB with 8 KiB gaps, starting at 1 MiB.
+  for (int i = 63; i >= 0; --i) {
+    regions.emplace_back((1 << 20) + i * 16384ull, 8192, 4096, uapi::kPermRead, 0, -1, 0, nullptr);
+  }
+  AddressSpace space(std::nullopt, IoasId(1), std::move(regions));
+  for (int i = 0; i < 64; ++i) {
+    uint64_t start = (1 << 20) + i * 16384ull;
+    ASSERT_NE(space.Find(start), nullptr) << i;
+    EXPECT_EQ(space.Find(start)->iova(), start);
+    EXPECT_EQ(space.Find(start + 8191)->iova(), start);
+    EXPECT_EQ(space.Find(start + 8192), nullptr) << "gap after region " << i;
+    EXPECT_EQ(space.Find(start + 16383), nullptr);
+  }
+  EXPECT_EQ(space.Find(0), nullptr);
+  EXPECT_EQ(space.Find((1 << 20) - 1), nullptr);
+  EXPECT_EQ(space.Find(~uint64_t{0}), nullptr);
+}
+
+TEST(AddressSpaceTest, RegionReachingTheTopOfTheAddressSpace) {
+  std::vector<Region> regions;
+  const uint64_t top = ~uint64_t{0} - 4095;  // last page
+  regions.emplace_back(top, 4096, 4096, uapi::kPermRead, 0, -1, 0, nullptr);
+  AddressSpace space(5u, IoasId(1), std::move(regions));
+  EXPECT_NE(space.Find(~uint64_t{0}), nullptr);
+  EXPECT_EQ(space.Find(top - 1), nullptr);
+}
+
+TEST(SpaceTableTest, RoutesByPasidAndWithoutOne) {
+  std::vector<AddressSpace> spaces;
+  spaces.emplace_back(7u, IoasId(70), std::vector<Region>{});
+  spaces.emplace_back(std::nullopt, IoasId(10), std::vector<Region>{});
+  SpaceTable table(std::move(spaces));
+  EXPECT_EQ(table.Find(false, 7)->ioas(), IoasId(10));  // PASID field ignored without the flag
+  EXPECT_EQ(table.Find(true, 7)->ioas(), IoasId(70));
+  EXPECT_EQ(table.Find(true, 8), nullptr);
+  SpaceTable pasid_only(std::vector<AddressSpace>{});
+  EXPECT_EQ(pasid_only.Find(false, 0), nullptr);
+}
+
+}  // namespace
+}  // namespace iopfd
