@@ -11,6 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "iopfd/config.h"
+#include "iopfd/control_methods.h"
+#include "iopfd/control_server.h"
 #include "iopfd/device.h"
 #include "iopfd/fault_loop.h"
 #include "iopfd/log.h"
@@ -19,13 +21,16 @@
 namespace {
 
 constexpr char kUsage[] =
-    "usage: iopfd [--config FILE] [--devices-dir DIR] [--check-config] [--stats-json FILE]\n"
-    "             [--version] [--help]\n"
+    "usage: iopfd [--config FILE] [--devices-dir DIR] [--control-socket PATH]\n"
+    "             [--check-config] [--stats-json FILE] [--version] [--help]\n"
     "\n"
     "Resolves IOMMU page requests (PCIe PRI) from iommufd fault queues.\n"
     "  --config FILE       global configuration (default /etc/iopfd/iopfd.toml)\n"
     "  --devices-dir DIR   per-device files (default from the global file, else\n"
     "                      /etc/iopfd/devices.d)\n"
+    "  --control-socket PATH  the Varlink control socket (default from the global\n"
+    "                      file, else /run/iopfd/io.iopfd); a socket passed by systemd\n"
+    "                      as LISTEN_FDNAMES \"control\" is used instead when present\n"
     "  --check-config      validate the configuration, print each error as\n"
     "                      file:line:col: message, and exit (0 valid, 1 invalid)\n"
     "  --stats-json FILE   write per-device statistics as JSON lines at exit\n"
@@ -35,6 +40,7 @@ struct Flags {
   iopfd::LoadOptions load;
   bool check_config = false;
   std::string stats_json;
+  std::string control_socket;
 };
 
 // Returns -1 to continue, or an exit code.
@@ -66,6 +72,10 @@ int ParseFlags(int argc, char** argv, Flags* flags) {
       const std::string* v = value("--devices-dir");
       if (v == nullptr) return 2;
       flags->load.devices_dir = *v;
+    } else if (a == "--control-socket") {
+      const std::string* v = value("--control-socket");
+      if (v == nullptr) return 2;
+      flags->control_socket = *v;
     } else if (a == "--stats-json") {
       const std::string* v = value("--stats-json");
       if (v == nullptr) return 2;
@@ -146,8 +156,34 @@ int main(int argc, char** argv) {
   iopfd::Log(iopfd::LogLevel::kInfo,
              absl::StrCat("serving ", devices.size(), " of ", config.devices.size(), " device(s)"));
 
+  // The control socket: systemd's (socket activation) when it passed one, else our own.
+  iopfd::DaemonState state{IOPFD_VERSION, iopfd::MonotonicNs(), config.devices.size(), &devices};
+  iopfd::VarlinkService service("iopfd", "iopfd", IOPFD_VERSION, "man:iopfd(8)");
+  iopfd::RegisterIopfdMethods(&service, &state);
+  const iopfd::ControlConfig& cc = config.global.control;
+  service.set_policy({cc.group_gid, cc.admin_group_gid});
+  std::string socket_path = flags.control_socket.empty() ? cc.socket : flags.control_socket;
+  bool own_socket = false;
+  auto listener = fds->Take("control");
+  if (!listener.ok()) {
+    listener = iopfd::ListenControlSocket(socket_path, cc.group_gid);
+    if (!listener.ok()) {
+      iopfd::Log(iopfd::LogLevel::kError, std::string(listener.status().message()));
+      return 1;
+    }
+    own_socket = true;
+  }
+  iopfd::ControlServer control(*std::move(listener), &service,
+                               {.max_message = cc.max_message_bytes,
+                                .max_connections = cc.max_connections,
+                                .max_connections_per_uid = cc.max_connections_per_uid});
+  (*loop)->AddClient(&control);
+  iopfd::Log(iopfd::LogLevel::kInfo,
+             "control socket " + (own_socket ? socket_path : std::string("from systemd")));
+
   (*loop)->on_stats = [&devices] { PrintStats(devices); };
   int rc = (*loop)->Run();
+  if (own_socket) unlink(socket_path.c_str());
   PrintStats(devices);
   if (!flags.stats_json.empty()) {
     std::ofstream out(flags.stats_json, std::ios::trunc);

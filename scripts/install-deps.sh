@@ -9,6 +9,7 @@ pkgs=(
   build-essential cmake pkg-config ninja-build git
   # libraries (found by CMake through pkg-config / CMake config files)
   liburing-dev libabsl-dev libnl-3-dev libnl-genl-3-dev libsystemd-dev libtomlplusplus-dev
+  nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # lint
   clang-format clang-tidy

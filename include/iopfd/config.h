@@ -93,12 +93,27 @@ struct DeviceConfig {
 
 enum class LogLevel { kError, kWarning, kInfo, kDebug };
 
+// The control socket ([control] in the global file).
+struct ControlConfig {
+  std::string socket = "/run/iopfd/io.iopfd";
+  // Group that owns the socket and may call read-only methods; nullopt: root only.
+  std::optional<std::string> group;
+  std::optional<uint32_t> group_gid;  // resolved from group at load
+  // Group that may also call the methods that change state; nullopt: root only.
+  std::optional<std::string> admin_group;
+  std::optional<uint32_t> admin_group_gid;
+  uint32_t max_connections = 64;
+  uint32_t max_connections_per_uid = 16;
+  uint64_t max_message_bytes = 1 << 20;  // a larger message closes the connection
+};
+
 struct GlobalConfig {
   LogLevel log_level = LogLevel::kInfo;
   std::string devices_dir = "/etc/iopfd/devices.d";
   uint32_t ring_entries = 256;        // io_uring submission queue size, power of two 8..32768
   uint32_t read_records = 256;        // records per fault fd read buffer at start
   uint32_t max_read_records = 65536;  // the buffer grows (doubling) up to this on EINVAL
+  ControlConfig control;
 };
 
 struct Config {

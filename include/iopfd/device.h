@@ -81,6 +81,7 @@ class Device {
   Device& operator=(const Device&) = delete;
 
   const std::string& name() const { return name_; }
+  AttachMode mode() const { return mode_; }
   int fault_fd() const { return fault_fd_.get(); }
   FaultProcessor& processor() { return *processor_; }
   ResponseQueue& responses() { return *responses_; }
@@ -105,9 +106,10 @@ class Device {
   int read_errors = 0;
 
  private:
-  explicit Device(std::string name) : name_(std::move(name)) {}
+  Device(std::string name, AttachMode mode) : name_(std::move(name)), mode_(mode) {}
 
   std::string name_;
+  AttachMode mode_;
   // Declaration order is teardown order reversed: the processor goes first, the iommufd last,
   // so nothing refers to an fd or mapping that is already gone.
   std::optional<Iommufd> iommufd_;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -15,6 +16,34 @@
 #include "iopfd/fd.h"
 
 namespace iopfd {
+
+class FaultLoop;
+class RingClient;
+
+// One operation in flight on the loop's ring; its address is the SQE's user_data. Components
+// other than the fault path (the control server) embed these and get their completions.
+struct RingOp {
+  RingClient* client = nullptr;  // null for the loop's own operations
+  int kind = 0;                  // the owner's own tag
+  void* owner = nullptr;         // the owner's own context
+  bool in_flight = false;
+};
+
+// A component that shares the loop's ring and thread. All calls come from the loop's thread,
+// so a client needs no locking to read daemon state.
+class RingClient {
+ public:
+  virtual ~RingClient() = default;
+  // Arms the client's first operations; called once before the loop starts waiting.
+  virtual void Start(FaultLoop& loop) = 0;
+  // Handles a completion of one of the client's operations (op.in_flight is already false).
+  virtual void OnCompletion(FaultLoop& loop, RingOp& op, int res) = 0;
+  // Submits what became ready during this turn (replies); called before every wait.
+  virtual void Flush(FaultLoop& loop) = 0;
+  // Cancels everything on shutdown; the loop keeps collecting completions while Busy().
+  virtual void Stop(FaultLoop& loop) = 0;
+  virtual bool Busy() const = 0;
+};
 
 // One ring for all fault fds. Each device has one poll-linked read in flight (the read runs
 // inline once groups are queued, so no worker thread is involved; see ArmRead); all
@@ -33,6 +62,15 @@ class FaultLoop {
 
   // Adds a device before Run. The device must outlive the loop.
   void Add(Device* device);
+  // Adds a client before Run. The client must outlive the loop.
+  void AddClient(RingClient* client) { clients_.push_back(client); }
+  // Returns a submission entry, submitting the queue first when it is full. For clients.
+  io_uring_sqe* GetSqe();
+  // Queues op on sqe (sets user_data and marks it in flight).
+  void Bind(io_uring_sqe* sqe, RingOp* op) {
+    io_uring_sqe_set_data(sqe, op);
+    op->in_flight = true;
+  }
   // Runs until a stop signal, then drains. Returns the process exit code: 0 when every read
   // group was answered, 1 otherwise.
   int Run();
@@ -43,10 +81,11 @@ class FaultLoop {
   enum class OpKind : uint8_t { kPoll, kRead, kWrite, kSignal, kCancel };
   struct Slot;
   // What a submission is for; its address is the SQE's user_data.
-  struct Op {
-    OpKind kind;
+  struct Op : RingOp {
+    Op() = default;
+    Op(OpKind k, Slot* s) : op_kind(k), slot(s) {}
+    OpKind op_kind = OpKind::kCancel;
     Slot* slot = nullptr;
-    bool in_flight = false;
   };
   struct Slot {
     Device* device;
@@ -56,7 +95,6 @@ class FaultLoop {
   };
 
   explicit FaultLoop(const GlobalConfig& config) : config_(config) {}
-  io_uring_sqe* GetSqe();
   void ArmRead(Slot& slot);
   void ArmSignal();
   void SubmitWrites();
@@ -64,6 +102,8 @@ class FaultLoop {
   void HandlePollFailure(Slot& slot, int res);
   void HandleWrite(Slot& slot, int res, uint64_t now);
   void HandleSignal(int res);
+  // Handles every completion now in the queue; clients' are deferred. Returns how many.
+  int DrainCq();
   int ProcessCompletions();
   void Drain();
 
@@ -75,6 +115,8 @@ class FaultLoop {
   Op cancel_op_{OpKind::kCancel, nullptr};
   alignas(8) unsigned char siginfo_[128]{};
   std::vector<std::unique_ptr<Slot>> slots_;
+  std::vector<RingClient*> clients_;
+  std::vector<std::pair<RingOp*, int>> deferred_;  // client completions of the current turn
   bool stopping_ = false;
 };
 

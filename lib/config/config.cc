@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -789,13 +790,65 @@ std::optional<DeviceParse> ParseDevice(std::string_view text, const std::string&
 
 // ---- The global file.
 
+// Resolves a group name to its gid; reports an unknown group at the key.
+std::optional<uint32_t> ResolveGroup(Reporter& rep, const Field<std::string>& field,
+                                     std::string_view key) {
+  std::vector<char> buf(16384);
+  struct group grp {};
+  struct group* found = nullptr;
+  int rc = ::getgrnam_r(field.value.c_str(), &grp, buf.data(), buf.size(), &found);
+  if (rc != 0 || found == nullptr) {
+    rep.At(*field.node, Cat(key, ": no such group ", Quote(field.value),
+                            rc != 0 ? Cat(" (", ErrnoName(rc), ")") : std::string()));
+    return std::nullopt;
+  }
+  return static_cast<uint32_t>(found->gr_gid);
+}
+
+void ParseControl(Reporter& rep, const toml::table& table, ControlConfig* control) {
+  const std::string_view p = "control";
+  CheckKeys(rep, table, p,
+            {"socket", "group", "admin_group", "max_connections", "max_connections_per_uid",
+             "max_message_bytes"});
+  if (auto socket = GetString(rep, table, p, "socket", /*required=*/false)) {
+    // sun_path holds 108 bytes including the NUL.
+    if (socket->value.empty() || socket->value[0] != '/' || socket->value.size() > 107) {
+      rep.At(*socket->node, Cat("control.socket: must be an absolute path of at most 107 bytes "
+                                "(got ",
+                                Quote(socket->value), ")"));
+    } else {
+      control->socket = socket->value;
+    }
+  }
+  if (auto group = GetString(rep, table, p, "group", /*required=*/false)) {
+    control->group = group->value;
+    control->group_gid = ResolveGroup(rep, *group, "control.group");
+  }
+  if (auto group = GetString(rep, table, p, "admin_group", /*required=*/false)) {
+    control->admin_group = group->value;
+    control->admin_group_gid = ResolveGroup(rep, *group, "control.admin_group");
+  }
+  if (auto n = GetInt(rep, table, p, "max_connections", /*required=*/false, 1, 4096)) {
+    control->max_connections = static_cast<uint32_t>(n->value);
+  }
+  if (auto n = GetInt(rep, table, p, "max_connections_per_uid", /*required=*/false, 1, 4096)) {
+    control->max_connections_per_uid = static_cast<uint32_t>(n->value);
+  }
+  if (auto n = GetInt(rep, table, p, "max_message_bytes", /*required=*/false, 1024, 64 << 20)) {
+    control->max_message_bytes = static_cast<uint64_t>(n->value);
+  }
+}
+
 void ParseGlobal(std::string_view text, const std::string& file, GlobalConfig* global,
                  std::vector<ConfigError>* errors) {
   const size_t first_error = errors->size();
   std::optional<toml::table> root = ParseToml(text, file, errors);
   if (!root) return;
   Reporter rep(file, &*root, errors);
-  CheckKeys(rep, *root, "", {"daemon"});
+  CheckKeys(rep, *root, "", {"daemon", "control"});
+  if (const toml::table* control = GetTable(rep, *root, "", "control")) {
+    ParseControl(rep, *control, &global->control);
+  }
   const toml::table* daemon = GetTable(rep, *root, "", "daemon");
   if (daemon != nullptr) {
     const std::string_view p = "daemon";

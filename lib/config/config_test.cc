@@ -1151,7 +1151,7 @@ TEST(GlobalConfigTest, Errors) {
   EXPECT_THAT(GlobalErrors("[daemon]\nlog_lvl = \"info\"\n[server]\n"),
               ElementsAre("iopfd.toml:2:1: daemon.log_lvl: unknown key (expected one of "
                           "log_level, devices_dir, ring_entries, read_records, max_read_records)",
-                          "iopfd.toml:3:2: server: unknown key (expected one of daemon)"));
+                          "iopfd.toml:3:2: server: unknown key (expected one of daemon, control)"));
   EXPECT_THAT(GlobalErrors("daemon = 1\n"),
               ElementsAre("iopfd.toml:1:10: daemon: expected a table, got an integer"));
   EXPECT_THAT(GlobalErrors("[daemon\n"), ElementsAre(HasSubstr("iopfd.toml:1:8: invalid TOML: ")));
@@ -1163,6 +1163,24 @@ TEST(GlobalConfigTest, ValidBoundaries) {
   EXPECT_THAT(GlobalErrors("[daemon]\nring_entries = 32768\nread_records = 1048576\n"
                            "max_read_records = 1048576\n"),
               IsEmpty());
+}
+
+TEST(GlobalConfigTest, ControlTable) {
+  EXPECT_THAT(GlobalErrors("[control]\nsocket = \"/run/x/io.iopfd\"\ngroup = \"root\"\n"
+                           "admin_group = \"root\"\nmax_connections = 8\n"
+                           "max_connections_per_uid = 2\nmax_message_bytes = 4096\n"),
+              IsEmpty());
+  EXPECT_THAT(GlobalErrors("[control]\nsocket = \"io.iopfd\"\n"),
+              ElementsAre("iopfd.toml:2:10: control.socket: must be an absolute path of at most "
+                          "107 bytes (got \"io.iopfd\")"));
+  EXPECT_THAT(GlobalErrors("[control]\ngroup = \"no-such-group-iopfd\"\n"),
+              ElementsAre("iopfd.toml:2:9: control.group: no such group "
+                          "\"no-such-group-iopfd\""));
+  EXPECT_THAT(GlobalErrors("[control]\nmax_connections = 0\nmax_message_bytes = 10\nport = 1\n"),
+              ElementsAre("iopfd.toml:2:19: control.max_connections: must be in 1..4096 (got 0)",
+                          "iopfd.toml:3:21: control.max_message_bytes: must be in 1024..67108864 "
+                          "(got 10)",
+                          HasSubstr("iopfd.toml:4:1: control.port: unknown key")));
 }
 
 TEST(LoadConfigTest, ReadsDeviceFilesInNameOrder) {

@@ -65,7 +65,7 @@ absl::StatusOr<Backing> OpenBacking(const DeviceConfig& dev, const RegionConfig&
 
 absl::StatusOr<std::unique_ptr<Device>> Device::Attach(const DeviceConfig& config, ListenFds* fds,
                                                        Syscalls* sys, uint32_t read_records) {
-  std::unique_ptr<Device> d(new Device(config.name));
+  std::unique_ptr<Device> d(new Device(config.name, config.mode));
   const std::string& name = config.name;
   DeviceId dev_id;
   std::vector<IoasId> ioas(config.spaces.size());

@@ -10,6 +10,8 @@
 // boots (drivers/iommu/iommufd/iommufd_test.h), which is kernel-internal and changes between
 // versions; it is never copied into the repository.
 
+#include <atomic>
+
 #include "mock_env.h"
 
 namespace {
@@ -321,6 +323,57 @@ bool CaseBadDeviceDoesNotStopOthers() {
   return v.Report();
 }
 
+bool CaseControlSocketUnderLoad() {
+  Verdict v("control_socket_under_load");
+  Env e;
+  Setup(e, v.name);
+  Daemon d = Start(e);
+  v.Expect(Trigger(e, kR0, IOMMU_PGFAULT_PERM_READ) == 0, "trigger");
+  v.Expect(WaitFor([&] { return CheckMap(e, e.hwpt, kR0, kPage, e.va0); }), "iopfd running");
+  // 200 clients call GetStats as fast as they can while a stream of page requests flows.
+  constexpr int kClients = 200;
+  constexpr int kFaults = 20000;
+  std::atomic<bool> stop{false};
+  std::atomic<int> connected{0}, replies{0}, bad{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&] {
+      ControlClient c(e.dir + "/ctl.sock");
+      if (!c.ok()) {
+        ++bad;
+        return;
+      }
+      ++connected;
+      do {
+        std::string r = c.Call(R"({"method":"io.iopfd.GetStats","parameters":{"device":"mock0"}})");
+        if (r.find("\"responses_written\"") == std::string::npos) {
+          ++bad;
+          return;
+        }
+        ++replies;
+      } while (!stop.load());
+    });
+  }
+  for (int i = 0; i < kFaults; ++i) {
+    Trigger(e, kR0 + (i % 256) * kPage, IOMMU_PGFAULT_PERM_READ, false, i % 512);
+  }
+  v.Expect(WaitFor([&] { return QueueEmpty(e); }, 60000), "iopfd read the queue under load");
+  stop = true;
+  for (auto& t : clients) t.join();
+  v.Expect(connected == kClients, Format("%d of %d clients connected", connected.load(), kClients));
+  v.Expect(bad == 0, Format("%d clients got a bad reply or lost the connection", bad.load()));
+  v.Expect(replies >= kClients, Format("only %d GetStats replies", replies.load()));
+  int rc = Stop(d);
+  auto s = ReadStats(d);
+  ExpectClean(v, rc, s, kFaults + 1);
+  std::printf(
+      "IOPF-INFO control load: %d clients, %d GetStats replies during %d faults; fault "
+      "latency p50 %lluns p99 %lluns\n",
+      kClients, replies.load(), kFaults, static_cast<unsigned long long>(s["latency_p50_ns"]),
+      static_cast<unsigned long long>(s["latency_p99_ns"]));
+  return v.Report();
+}
+
 int RunTests(const std::vector<std::string>& only) {
   struct Case {
     const char* name;
@@ -337,6 +390,7 @@ int RunTests(const std::vector<std::string>& only) {
       {"stop_with_faults_outstanding", CaseStopWithOutstanding},
       {"hugetlbfs_maps_huge_pages", CaseHugetlbfsBacking},
       {"bad_device_does_not_stop_others", CaseBadDeviceDoesNotStopOthers},
+      {"control_socket_under_load", CaseControlSocketUnderLoad},
   };
   int failed = 0, passed = 0;
   for (const Case& c : cases) {

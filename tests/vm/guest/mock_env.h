@@ -10,7 +10,9 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -177,7 +179,10 @@ inline void Setup(Env& e, const std::string& name, const std::string& log_level 
   e.dir = "/tmp/iopfd-" + name;
   mkdir(e.dir.c_str(), 0755);
   mkdir((e.dir + "/devices.d").c_str(), 0755);
-  WriteFile(e.dir + "/iopfd.toml", "[daemon]\nlog_level = \"" + log_level + "\"\n");
+  WriteFile(e.dir + "/iopfd.toml", "[daemon]\nlog_level = \"" + log_level +
+                                       "\"\n[control]\nsocket = \"" + e.dir +
+                                       "/ctl.sock\"\nmax_connections = 512\n"
+                                       "max_connections_per_uid = 512\n");
   WriteFile(e.dir + "/devices.d/mock0.toml",
             Format("name = \"mock0\"\nattach = \"adopt\"\n\n"
                    "[adopt]\niommufd_fd = \"iommufd\"\nfault_fd = \"fault\"\ndevice_id = %u\n\n"
@@ -231,6 +236,45 @@ inline bool QueueEmpty(const Env& e) {
   pollfd p = {e.fault_fd, POLLIN, 0};
   return poll(&p, 1, 0) == 0;
 }
+
+// A raw Varlink connection to iopfd's control socket (no JSON library in the guest: replies are
+// returned as text).
+class ControlClient {
+ public:
+  explicit ControlClient(const std::string& path) {
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+    ok_ = fd_ >= 0 && connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~ControlClient() {
+    if (fd_ >= 0) close(fd_);
+  }
+  ControlClient(const ControlClient&) = delete;
+  ControlClient& operator=(const ControlClient&) = delete;
+  bool ok() const { return ok_; }
+  // Sends one call (JSON text) and returns the reply text, or "" when the connection failed.
+  std::string Call(const std::string& json) {
+    std::string msg = json + std::string(1, '\0');
+    if (send(fd_, msg.data(), msg.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(msg.size())) {
+      return "";
+    }
+    std::string reply;
+    char buf[8192];
+    while (reply.empty() || reply.back() != '\0') {
+      ssize_t n = recv(fd_, buf, sizeof(buf), 0);
+      if (n <= 0) return "";
+      reply.append(buf, static_cast<size_t>(n));
+    }
+    reply.pop_back();
+    return reply;
+  }
+
+ private:
+  int fd_ = -1;
+  bool ok_ = false;
+};
 
 struct Daemon {
   pid_t pid = -1;

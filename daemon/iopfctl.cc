@@ -1,0 +1,261 @@
+// iopfctl: command-line client of iopfd's Varlink control socket.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "iopfd/ctl_format.h"
+#include "iopfd/errors.h"
+#include "iopfd/varlink_client.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: iopfctl [--control-socket PATH] [--json] COMMAND [ARG...]\n"
+    "       iopfctl --help | --version\n"
+    "\n"
+    "Queries and controls iopfd, the user-space IOMMU page-fault service.\n"
+    "Commands:\n"
+    "  status                 version, uptime and health of the daemon\n"
+    "  devices                the devices served, with their fault counters\n"
+    "  stats [DEV] [--prometheus]\n"
+    "                         detailed statistics of one device or of all; --prometheus\n"
+    "                         prints the Prometheus text exposition format\n"
+    "  drain DEV              drain the page-request flow of a device\n"
+    "  reset DEV              reset the page-request flow of a device\n"
+    "  halt DEV               halt the page-request flow of a device\n"
+    "  resume DEV             resume a halted device\n"
+    "  reload                 re-read the configuration\n"
+    "  monitor                print events as they happen, until the daemon ends the\n"
+    "                         stream or Ctrl-C\n"
+    "  log-level LEVEL        set the log level: error, warning, info or debug\n"
+    "Options:\n"
+    "  --control-socket PATH  the daemon's socket (default /run/iopfd/io.iopfd)\n"
+    "  --json                 print each reply's parameters as JSON\n"
+    "Exit status: 0 success, 1 the daemon answered with an error (or an unreadable reply),\n"
+    "2 usage error, 3 the daemon cannot be reached or closed the connection.\n";
+
+constexpr char kDefaultSocket[] = "/run/iopfd/io.iopfd";
+
+enum ExitCode : int { kOk = 0, kErrorReply = 1, kUsageError = 2, kUnreachable = 3 };
+
+enum class Output { kNone, kStatus, kDevices, kStats, kReload, kMonitor };
+
+struct Command {
+  const char* name;
+  const char* method;  // without the interface prefix
+  size_t min_args;
+  size_t max_args;
+  Output output;
+};
+
+constexpr Command kCommands[] = {
+    {"status", "GetStatus", 0, 0, Output::kStatus},
+    {"devices", "ListDevices", 0, 0, Output::kDevices},
+    {"stats", "GetStats", 0, 1, Output::kStats},
+    {"drain", "Drain", 1, 1, Output::kNone},
+    {"reset", "Reset", 1, 1, Output::kNone},
+    {"halt", "Halt", 1, 1, Output::kNone},
+    {"resume", "Resume", 1, 1, Output::kNone},
+    {"reload", "Reload", 0, 0, Output::kReload},
+    {"monitor", "Monitor", 0, 0, Output::kMonitor},
+    {"log-level", "SetLogLevel", 1, 1, Output::kNone},
+};
+
+struct Invocation {
+  std::string socket = kDefaultSocket;
+  bool json = false;
+  bool prometheus = false;
+  const Command* command = nullptr;
+  std::vector<std::string> args;
+};
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "iopfctl: %s\n%s", message.c_str(), kUsage);
+  return kUsageError;
+}
+
+// Returns -1 to go on, or the exit code.
+int Parse(int argc, char** argv, Invocation* inv) {
+  std::vector<std::string> positional;
+  bool options_done = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (options_done || a.empty() || a[0] != '-' || a == "-") {
+      positional.push_back(a);
+    } else if (a == "--") {
+      options_done = true;
+    } else if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return kOk;
+    } else if (a == "--version") {
+      std::printf("iopfctl %s\n", IOPFD_VERSION);
+      return kOk;
+    } else if (a == "--json") {
+      inv->json = true;
+    } else if (a == "--prometheus") {
+      inv->prometheus = true;
+    } else if (a == "--control-socket") {
+      if (i + 1 >= argc) return UsageError("--control-socket needs a value");
+      inv->socket = argv[++i];
+    } else if (a.rfind("--control-socket=", 0) == 0) {
+      inv->socket = a.substr(std::strlen("--control-socket="));
+    } else {
+      return UsageError(absl::StrCat("unknown option '", a, "'"));
+    }
+  }
+  if (inv->socket.empty()) return UsageError("--control-socket needs a non-empty path");
+  if (positional.empty()) return UsageError("no command given");
+  for (const Command& c : kCommands) {
+    if (positional[0] == c.name) inv->command = &c;
+  }
+  if (inv->command == nullptr) {
+    return UsageError(absl::StrCat("unknown command '", positional[0], "'"));
+  }
+  inv->args.assign(positional.begin() + 1, positional.end());
+  const Command& c = *inv->command;
+  if (inv->args.size() < c.min_args || inv->args.size() > c.max_args) {
+    return UsageError(absl::StrCat(c.name, ": wrong number of arguments"));
+  }
+  if (inv->prometheus && c.output != Output::kStats) {
+    return UsageError("--prometheus goes with the stats command only");
+  }
+  if (std::string_view(c.name) == "log-level") {
+    const std::string& level = inv->args[0];
+    if (level != "error" && level != "warning" && level != "info" && level != "debug") {
+      return UsageError(
+          absl::StrCat("log-level: '", level, "' is not one of error, warning, info, debug"));
+    }
+  }
+  return -1;
+}
+
+nlohmann::json Parameters(const Invocation& inv) {
+  nlohmann::json p = nlohmann::json::object();
+  std::string_view name = inv.command->name;
+  if (name == "stats") {
+    if (!inv.args.empty()) p["device"] = inv.args[0];
+    if (inv.prometheus) p["format"] = "prometheus";
+  } else if (name == "log-level") {
+    p["level"] = inv.args[0];
+  } else if (!inv.args.empty()) {
+    p["device"] = inv.args[0];
+  }
+  return p;
+}
+
+// Prints one successful reply; returns the exit code.
+int Print(const Invocation& inv, const nlohmann::json& p) {
+  if (inv.json) {
+    std::string doc = p.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+    std::printf("%s\n", doc.c_str());
+    return kOk;
+  }
+  std::string out;
+  switch (inv.command->output) {
+    case Output::kNone:
+      return kOk;
+    case Output::kStatus:
+      out = iopfd::FormatStatus(p);
+      break;
+    case Output::kDevices:
+      out = iopfd::FormatDevices(p);
+      break;
+    case Output::kStats:
+      if (inv.prometheus) {
+        auto text = p.find("text");
+        if (text == p.end() || !text->is_string()) {
+          std::fprintf(stderr, "iopfctl: GetStats: the reply carries no Prometheus text\n");
+          return kErrorReply;
+        }
+        out = text->get<std::string>();
+        if (!out.empty() && out.back() != '\n') out.push_back('\n');
+      } else {
+        out = iopfd::FormatStats(p);
+      }
+      break;
+    case Output::kReload:
+      out = iopfd::FormatReload(p);
+      break;
+    case Output::kMonitor:
+      out = iopfd::FormatMonitorEvent(p) + "\n";
+      break;
+  }
+  std::fputs(out.c_str(), stdout);
+  return kOk;
+}
+
+void EndMonitor(int) {
+  // Ctrl-C is the ordinary way to stop watching, not a failure; every event line was already
+  // flushed, so nothing is lost by leaving without running exit handlers.
+  _exit(kOk);
+}
+
+int Run(const Invocation& inv) {
+  const std::string method = inv.command->method;
+  absl::StatusOr<iopfd::VarlinkClient> client = iopfd::VarlinkClient::Connect(inv.socket);
+  if (!client.ok()) {
+    int err = iopfd::ErrnoOf(client.status());
+    std::string why =
+        err != 0 ? absl::StrCat(std::string(iopfd::ErrnoName(err)), " (", strerrordesc_np(err), ")")
+                 : std::string(client.status().message());
+    std::fprintf(stderr, "iopfctl: cannot connect to %s: %s\n", inv.socket.c_str(), why.c_str());
+    return kUnreachable;
+  }
+  bool monitor = inv.command->output == Output::kMonitor;
+  if (monitor) {
+    struct sigaction sa = {};
+    sa.sa_handler = EndMonitor;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+  }
+  absl::Status sent = client->Call(absl::StrCat("io.iopfd.", method), Parameters(inv), monitor);
+  if (!sent.ok()) {
+    std::fprintf(stderr, "iopfctl: %s: %s\n", method.c_str(), std::string(sent.message()).c_str());
+    return kUnreachable;
+  }
+  while (true) {
+    absl::StatusOr<iopfd::VarlinkReply> reply = client->Next();
+    if (!reply.ok()) {
+      std::fprintf(stderr, "iopfctl: %s: %s\n", method.c_str(),
+                   std::string(reply.status().message()).c_str());
+      // A reply that arrived but cannot be read is the daemon answering badly, not being away.
+      return reply.status().code() == absl::StatusCode::kDataLoss ? kErrorReply : kUnreachable;
+    }
+    if (!reply->error.empty()) {
+      std::fflush(stdout);
+      std::fprintf(stderr, "%s\n",
+                   iopfd::FormatError(method, reply->error, reply->parameters).c_str());
+      return kErrorReply;
+    }
+    int rc = Print(inv, reply->parameters);
+    if (rc != kOk) return rc;
+    // Someone watching through a pipe wants each event as it happens.
+    std::fflush(stdout);
+    if (!monitor || !reply->continues) return kOk;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Nothing below is expected to throw; if something does (out of memory, a JSON type error in
+  // a reply we did not foresee), report it as an error instead of aborting.
+  try {
+    Invocation inv;
+    int rc = Parse(argc, argv, &inv);
+    if (rc >= 0) return rc;
+    return Run(inv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "iopfctl: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,92 @@
+// iopfd's control socket: a Varlink service on a Unix stream socket, driven on the fault loop's
+// ring so that no client can stall fault handling.
+#ifndef IOPFD_CONTROL_SERVER_H_
+#define IOPFD_CONTROL_SERVER_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "iopfd/fault_loop.h"
+#include "iopfd/fd.h"
+#include "iopfd/varlink.h"
+
+namespace iopfd {
+
+// Creates the listening socket at path: makes the parent directory (0755) if missing, replaces a
+// stale socket left by an earlier run (never another kind of file), binds, sets mode 0660 and
+// group `gid` (when given; the owner stays root), and listens. Errors name the path, the step
+// and the errno.
+absl::StatusOr<UniqueFd> ListenControlSocket(const std::string& path, std::optional<gid_t> gid);
+
+struct ControlServerOptions {
+  size_t max_message = 1 << 20;  // a longer message closes its connection
+  size_t max_output = 8 << 20;   // replies a client leaves unread before it is dropped
+  uint32_t max_connections = 64;
+  uint32_t max_connections_per_uid = 16;
+};
+
+// Accepts connections, frames their messages, dispatches them to a VarlinkService and sends the
+// replies, all through non-blocking operations on the loop's ring. A client that stops reading,
+// floods or holds half a message costs a bounded buffer and never delays fault responses: the
+// loop never waits on a client. Connections over the total or per-uid cap are closed at accept.
+class ControlServer : public RingClient {
+ public:
+  // Takes a listening socket; service must outlive the server.
+  ControlServer(UniqueFd listener, VarlinkService* service, ControlServerOptions options);
+  ~ControlServer() override;
+
+  void Start(FaultLoop& loop) override;
+  void OnCompletion(FaultLoop& loop, RingOp& op, int res) override;
+  void Flush(FaultLoop& loop) override;
+  void Stop(FaultLoop& loop) override;
+  bool Busy() const override;
+
+  // Returns the number of open connections.
+  size_t connections() const { return conns_.size(); }
+
+ private:
+  enum Kind { kAccept = 1, kRecv, kSend, kCancel };
+  struct Conn {
+    UniqueFd fd;
+    Peer peer;
+    MessageFramer in;
+    std::string out;
+    size_t out_sent = 0;
+    bool closing = false;  // no more input is read; close once the output is sent
+    bool dead = false;     // close as soon as nothing is in flight
+    RingOp recv_op, send_op, cancel_op;
+    char buf[16384];
+    explicit Conn(size_t max_message) : in(max_message) {}
+  };
+  using ConnList = std::list<std::unique_ptr<Conn>>;
+
+  void ArmAccept(FaultLoop& loop);
+  void ArmRecv(FaultLoop& loop, Conn& c);
+  void OnAccept(FaultLoop& loop, int res);
+  void OnRecv(FaultLoop& loop, Conn& c, int res);
+  void OnSend(FaultLoop& loop, Conn& c, int res);
+  // Marks c dead, cancels what it has in flight, and frees it once nothing is.
+  void Kill(FaultLoop& loop, Conn& c);
+  void Reap(Conn& c);
+
+  UniqueFd listener_;
+  VarlinkService* service_;
+  ControlServerOptions options_;
+  RingOp accept_op_;
+  RingOp accept_cancel_op_;
+  ConnList conns_;
+  std::map<uid_t, uint32_t> per_uid_;
+  bool stopping_ = false;
+};
+
+}  // namespace iopfd
+
+#endif  // IOPFD_CONTROL_SERVER_H_

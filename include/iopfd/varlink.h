@@ -1,0 +1,139 @@
+// The Varlink protocol (varlink.org) as iopfd's control socket speaks it: NUL-terminated JSON
+// messages on a Unix stream socket, calls dispatched to registered methods, the standard
+// org.varlink.service interface, and per-method authorization.
+#ifndef IOPFD_VARLINK_H_
+#define IOPFD_VARLINK_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace iopfd {
+
+// Splits a byte stream into messages at NUL bytes, holding at most max_message bytes of one
+// unfinished message.
+class MessageFramer {
+ public:
+  explicit MessageFramer(size_t max_message) : max_message_(max_message) {}
+  // Appends received bytes. Returns false when a message grew past max_message without its NUL:
+  // the stream can no longer be trusted and the connection must be closed.
+  bool Append(std::string_view bytes);
+  // Returns the next complete message without its NUL, or nullopt when none is complete.
+  std::optional<std::string> Next();
+  // Returns the bytes held for unfinished or unread messages.
+  size_t buffered() const { return buffer_.size() - start_; }
+
+ private:
+  size_t max_message_;
+  std::string buffer_;
+  size_t start_ = 0;  // first byte not yet returned by Next()
+};
+
+struct VarlinkCall {
+  std::string method;  // "interface.Method"
+  nlohmann::json parameters = nlohmann::json::object();
+  bool oneway = false;
+  bool more = false;
+  bool upgrade = false;
+};
+
+// Parses one message as a call. InvalidArgument when it is not JSON (including invalid UTF-8),
+// not an object, has no string "method", or has fields of the wrong type; the message names
+// the problem.
+absl::StatusOr<VarlinkCall> ParseCall(std::string_view message);
+
+// A method's answer: parameters, or an error name with its parameters.
+struct VarlinkReply {
+  nlohmann::json parameters = nlohmann::json::object();
+  std::string error;  // empty for success
+  // Returns a successful reply carrying params (a JSON object).
+  static VarlinkReply Ok(nlohmann::json params = nlohmann::json::object()) {
+    VarlinkReply r;
+    r.parameters = std::move(params);
+    return r;
+  }
+  // Returns the error `name` ("interface.Error") with its parameters.
+  static VarlinkReply Error(std::string name, nlohmann::json params = nlohmann::json::object()) {
+    VarlinkReply r;
+    r.parameters = std::move(params);
+    r.error = std::move(name);
+    return r;
+  }
+};
+
+// Returns the wire form of a reply, with its terminating NUL. `continues` marks a reply of a
+// "more" call that will be followed by others.
+std::string EncodeReply(const VarlinkReply& reply, bool continues = false);
+
+// Who is calling, from SO_PEERCRED and SO_PEERGROUPS.
+struct Peer {
+  pid_t pid = 0;
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+  std::vector<gid_t> groups;  // supplementary groups
+  // Returns true when the peer is root or has gid as its primary or a supplementary group.
+  bool RootOrIn(std::optional<gid_t> gid) const;
+};
+
+// Which peers may call what: read-only methods are for root and the control group (and the
+// admin group); mutating methods for root and the admin group. An unset group admits nobody but
+// root.
+struct AccessPolicy {
+  std::optional<gid_t> control_group;
+  std::optional<gid_t> admin_group;
+  bool MayRead(const Peer& p) const { return p.RootOrIn(control_group) || p.RootOrIn(admin_group); }
+  bool MayMutate(const Peer& p) const { return p.RootOrIn(admin_group); }
+};
+
+// A set of interfaces and their methods. Dispatch is synchronous: a handler returns its reply.
+class VarlinkService {
+ public:
+  using Handler = std::function<VarlinkReply(const VarlinkCall&, const Peer&)>;
+
+  // vendor, product, version and url are what org.varlink.service.GetInfo returns.
+  VarlinkService(std::string vendor, std::string product, std::string version, std::string url);
+
+  // Registers an interface and its description (the .varlink text GetInterfaceDescription
+  // returns). Its methods are added with AddMethod.
+  void AddInterface(const std::string& name, std::string description);
+  // Registers "interface.Method". `mutating` methods need AccessPolicy::MayMutate, the others
+  // MayRead. `params` lists the parameter names the method accepts: any other is refused with
+  // org.varlink.service.InvalidParameter before the handler runs.
+  void AddMethod(const std::string& qualified, bool mutating, std::vector<std::string> params,
+                 Handler handler);
+  void set_policy(AccessPolicy policy) { policy_ = policy; }
+
+  // Handles one message and returns the bytes to send back (empty for "oneway" calls). Sets
+  // *close when the message was not a valid call at all (not JSON, not an object): the
+  // connection is then closed after the returned error, if any, is sent.
+  std::string Handle(std::string_view message, const Peer& peer, bool* close);
+
+ private:
+  struct Method {
+    bool mutating;
+    std::vector<std::string> params;
+    Handler handler;
+  };
+  VarlinkReply Dispatch(const VarlinkCall& call, const Peer& peer);
+
+  std::string vendor_, product_, version_, url_;
+  std::map<std::string, std::string> interfaces_;  // name -> description
+  std::map<std::string, Method> methods_;          // "interface.Method" -> method
+  AccessPolicy policy_;
+};
+
+// The description of org.varlink.service, served by GetInterfaceDescription.
+extern const char kVarlinkServiceDescription[];
+
+}  // namespace iopfd
+
+#endif  // IOPFD_VARLINK_H_

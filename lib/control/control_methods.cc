@@ -1,0 +1,259 @@
+#include "iopfd/control_methods.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "iopfd/fault_loop.h"
+#include "iopfd/log.h"
+
+namespace iopfd {
+namespace {
+
+using nlohmann::json;
+
+json PercentilesJson(const Histogram& h) {
+  return {{"count", h.count()},
+          {"p50", h.Percentile(0.5)},
+          {"p99", h.Percentile(0.99)},
+          {"max", h.max()}};
+}
+
+json StatsJson(const Device& d) {
+  const DeviceStats& s = const_cast<Device&>(d).stats();
+  json by_reason = json::object();
+  for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
+    by_reason[std::string(InvalidReasonName(static_cast<InvalidReason>(r)))] =
+        s.invalid_by_reason[r];
+  }
+  return {{"name", d.name()},
+          {"reads", s.reads},
+          {"empty_reads", s.empty_reads},
+          {"read_grows", s.read_grows},
+          {"records", s.records},
+          {"groups", s.groups},
+          {"responses_success", s.responses_success},
+          {"responses_invalid", s.responses_invalid},
+          {"invalid_by_reason", by_reason},
+          {"map_calls", s.map_calls},
+          {"map_failures", s.map_failures},
+          {"bytes_mapped", s.bytes_mapped},
+          {"pages_already_mapped", s.pages_already_mapped},
+          {"pages_deduped", s.pages_deduped},
+          {"pages_prefetched", s.pages_prefetched},
+          {"writes", s.writes},
+          {"responses_written", s.responses_written},
+          {"responses_rejected", s.responses_rejected},
+          {"responses_abandoned", s.responses_abandoned},
+          {"guard_answered", s.guard_answered},
+          {"duplicate_cookies", s.duplicate_cookies},
+          {"outstanding", s.outstanding()},
+          {"batch", PercentilesJson(s.batch_records)},
+          {"latency_ns", PercentilesJson(s.latency_ns)}};
+}
+
+const char* StateOf(const Device& d) {
+  return d.read_failed() || d.write_failed() ? "failed" : "running";
+}
+
+Device* FindDevice(DaemonState* state, const std::string& name) {
+  for (auto& d : *state->devices) {
+    if (d->name() == name) return d.get();
+  }
+  return nullptr;
+}
+
+// Returns the string parameter `key`, or an InvalidParameter reply in *error.
+std::optional<std::string> StringParam(const VarlinkCall& call, const char* key, bool required,
+                                       VarlinkReply* error) {
+  auto it = call.parameters.find(key);
+  if (it == call.parameters.end() || it->is_null()) {
+    if (required)
+      *error = VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", key}});
+    return std::nullopt;
+  }
+  if (!it->is_string()) {
+    *error = VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", key}});
+    return std::nullopt;
+  }
+  return it->get<std::string>();
+}
+
+VarlinkReply NotYet(const std::string& method, const char* reason) {
+  return VarlinkReply::Error("io.iopfd.NotSupported", {{"method", method}, {"reason", reason}});
+}
+
+}  // namespace
+
+std::string PrometheusText(const std::vector<const Device*>& devices) {
+  std::string out;
+  auto family = [&](const char* name, const char* type, const char* help, auto value_of) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+    for (const Device* d : devices) value_of(*d, name);
+  };
+  auto sample = [&out](const char* name, const Device& d, const std::string& extra_labels,
+                       uint64_t v) {
+    absl::StrAppend(&out, name, "{device=\"", d.name(), "\"", extra_labels, "} ", v, "\n");
+  };
+  auto counter = [&](const char* name, const char* help, uint64_t DeviceStats::*field) {
+    family(name, "counter", help, [&](const Device& d, const char* n) {
+      sample(n, d, "", const_cast<Device&>(d).stats().*field);
+    });
+  };
+  counter("iopfd_page_requests_total", "Page request records read from the fault queue.",
+          &DeviceStats::records);
+  counter("iopfd_groups_total", "Page request groups read.", &DeviceStats::groups);
+  family("iopfd_responses_total", "counter", "Responses by code and, for INVALID, reason.",
+         [&](const Device& d, const char* n) {
+           const DeviceStats& s = const_cast<Device&>(d).stats();
+           sample(n, d, ",code=\"success\"", s.responses_success);
+           for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
+             sample(
+                 n, d,
+                 absl::StrCat(",code=\"invalid\",reason=\"",
+                              std::string(InvalidReasonName(static_cast<InvalidReason>(r))), "\""),
+                 s.invalid_by_reason[r]);
+           }
+         });
+  counter("iopfd_map_calls_total", "IOMMU map calls issued.", &DeviceStats::map_calls);
+  counter("iopfd_map_failures_total", "IOMMU map calls that failed.", &DeviceStats::map_failures);
+  counter("iopfd_mapped_bytes_total", "Bytes mapped into IO page tables.",
+          &DeviceStats::bytes_mapped);
+  counter("iopfd_responses_rejected_total", "Responses the kernel refused (unknown cookie).",
+          &DeviceStats::responses_rejected);
+  counter("iopfd_responses_abandoned_total", "Responses dropped because the fault fd failed.",
+          &DeviceStats::responses_abandoned);
+  family("iopfd_outstanding_groups", "gauge", "Groups read and not yet answered.",
+         [&](const Device& d, const char* n) {
+           sample(n, d, "", const_cast<Device&>(d).stats().outstanding());
+         });
+  family("iopfd_response_latency_seconds", "summary",
+         "Read completion to response write completion.", [&](const Device& d, const char* n) {
+           const Histogram& h = const_cast<Device&>(d).stats().latency_ns;
+           for (double q : {0.5, 0.99}) {
+             absl::StrAppend(&out, n, "{device=\"", d.name(), "\",quantile=\"", q, "\"} ",
+                             static_cast<double>(h.Percentile(q)) / 1e9, "\n");
+           }
+           absl::StrAppend(&out, n, "_sum{device=\"", d.name(), "\"} ",
+                           static_cast<double>(h.sum()) / 1e9, "\n");
+           absl::StrAppend(&out, n, "_count{device=\"", d.name(), "\"} ", h.count(), "\n");
+         });
+  return out;
+}
+
+void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
+  service->AddInterface("io.iopfd", kIopfdInterfaceDescription);
+
+  service->AddMethod("io.iopfd.GetStatus", false, {}, [state](const VarlinkCall&, const Peer&) {
+    size_t running = 0;
+    for (auto& d : *state->devices) running += std::string(StateOf(*d)) == "running";
+    return VarlinkReply::Ok({{"version", state->version},
+                             {"uptime_usec", (MonotonicNs() - state->start_ns) / 1000},
+                             {"devices_configured", state->devices_configured},
+                             {"devices_running", running},
+                             {"health", running == state->devices_configured ? "ok" : "degraded"}});
+  });
+
+  service->AddMethod("io.iopfd.ListDevices", false, {}, [state](const VarlinkCall&, const Peer&) {
+    json list = json::array();
+    for (auto& d : *state->devices) {
+      json pasids = json::array();
+      bool no_pasid = false;
+      for (AddressSpace& s : d->spaces().spaces()) {
+        if (s.pasid()) {
+          pasids.push_back(*s.pasid());
+        } else {
+          no_pasid = true;
+        }
+      }
+      const DeviceStats& st = d->stats();
+      list.push_back({{"name", d->name()},
+                      {"attach", d->mode() == AttachMode::kAdopt ? "adopt" : "vfio"},
+                      {"state", StateOf(*d)},
+                      {"pasids", pasids},
+                      {"no_pasid_space", no_pasid},
+                      {"counters",
+                       {{"records", st.records},
+                        {"groups", st.groups},
+                        {"success", st.responses_success},
+                        {"invalid", st.responses_invalid},
+                        {"outstanding", st.outstanding()}}}});
+    }
+    return VarlinkReply::Ok({{"devices", list}});
+  });
+
+  service->AddMethod(
+      "io.iopfd.GetStats", false, {"device", "format"},
+      [state](const VarlinkCall& call, const Peer&) {
+        VarlinkReply error;
+        auto device = StringParam(call, "device", false, &error);
+        auto format = StringParam(call, "format", false, &error);
+        if (!error.error.empty()) return error;
+        if (format && *format != "json" && *format != "prometheus") {
+          return VarlinkReply::Error("org.varlink.service.InvalidParameter",
+                                     {{"parameter", "format"}});
+        }
+        std::vector<const Device*> chosen;
+        if (device) {
+          Device* d = FindDevice(state, *device);
+          if (d == nullptr)
+            return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
+          chosen.push_back(d);
+        } else {
+          for (auto& d : *state->devices) chosen.push_back(d.get());
+        }
+        json list = json::array();
+        for (const Device* d : chosen) list.push_back(StatsJson(*d));
+        json params = {{"devices", list}};
+        if (format && *format == "prometheus") params["text"] = PrometheusText(chosen);
+        return VarlinkReply::Ok(params);
+      });
+
+  service->AddMethod(
+      "io.iopfd.SetLogLevel", true, {"level"}, [](const VarlinkCall& call, const Peer& peer) {
+        VarlinkReply error;
+        auto level = StringParam(call, "level", true, &error);
+        if (!level) return error;
+        for (LogLevel l :
+             {LogLevel::kError, LogLevel::kWarning, LogLevel::kInfo, LogLevel::kDebug}) {
+          if (LogLevelName(l) == *level) {
+            SetLogLevel(l);
+            Log(LogLevel::kInfo, absl::StrCat("log level set to ", *level, " by uid ", peer.uid));
+            return VarlinkReply::Ok();
+          }
+        }
+        return VarlinkReply::Error("org.varlink.service.InvalidParameter",
+                                   {{"parameter", "level"}});
+      });
+
+  // Drain and its relatives act on a device: an unknown one is NoSuchDevice; a known one is
+  // refused as not supported until the drain state machine exists.
+  for (const char* name : {"Drain", "Reset", "Halt", "Resume"}) {
+    std::string method = absl::StrCat("io.iopfd.", name);
+    std::vector<std::string> params = {"device"};
+    if (std::string(name) == "Drain") params.push_back("pasid");
+    service->AddMethod(method, true, params, [state, method](const VarlinkCall& call, const Peer&) {
+      VarlinkReply error;
+      auto device = StringParam(call, "device", true, &error);
+      if (!device) return error;
+      if (FindDevice(state, *device) == nullptr) {
+        return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
+      }
+      return NotYet(method, "the drain state machine is not implemented yet");
+    });
+  }
+  service->AddMethod("io.iopfd.Reload", true, {}, [](const VarlinkCall& call, const Peer&) {
+    return NotYet(call.method, "reload is not implemented yet");
+  });
+  service->AddMethod("io.iopfd.Adopt", true, {"config"}, [](const VarlinkCall& call, const Peer&) {
+    return NotYet(call.method, "run-time adoption is not implemented yet");
+  });
+  service->AddMethod("io.iopfd.Detach", true, {"device"}, [](const VarlinkCall& call, const Peer&) {
+    return NotYet(call.method, "detach is not implemented yet");
+  });
+  service->AddMethod("io.iopfd.Monitor", false, {}, [](const VarlinkCall& call, const Peer&) {
+    if (!call.more) return VarlinkReply::Error("org.varlink.service.ExpectedMore");
+    return NotYet(call.method, "monitor is not implemented yet");
+  });
+}
+
+}  // namespace iopfd

@@ -1,0 +1,252 @@
+#include "iopfd/control_server.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "iopfd/errors.h"
+#include "iopfd/log.h"
+
+namespace iopfd {
+
+absl::StatusOr<UniqueFd> ListenControlSocket(const std::string& path, std::optional<gid_t> gid) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat("control socket path too long: ", path));
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  std::error_code ec;
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (!dir.empty() && !std::filesystem::exists(dir, ec)) {
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return ErrnoStatus(ec.value(), path, "create directory " + dir.string());
+    chmod(dir.c_str(), 0755);
+  }
+  // A socket file left by an earlier run is replaced; anything else at the path is an error, so
+  // a typo never deletes a file.
+  struct stat st {};
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return ErrnoStatus(EEXIST, path, "bind control socket", "exists and is not a socket");
+    }
+    unlink(path.c_str());
+  }
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd.valid()) return ErrnoStatus(errno, path, "socket");
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return ErrnoStatus(errno, path, "bind control socket");
+  }
+  // Root owns it; the control group may connect. Permission checks per method come on top.
+  if (chmod(path.c_str(), 0660) != 0) return ErrnoStatus(errno, path, "chmod 0660");
+  if (gid.has_value() && chown(path.c_str(), 0, *gid) != 0) {
+    return ErrnoStatus(errno, path, absl::StrCat("chown root:", *gid));
+  }
+  if (listen(fd.get(), 64) != 0) return ErrnoStatus(errno, path, "listen");
+  return fd;
+}
+
+namespace {
+
+// Reads who is on the other end: SO_PEERCRED for pid/uid/gid, SO_PEERGROUPS (Linux >= 4.13)
+// for the supplementary groups the group-based permissions need.
+Peer PeerOf(int fd) {
+  Peer p;
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    p.pid = cred.pid;
+    p.uid = cred.uid;
+    p.gid = cred.gid;
+  }
+  std::vector<gid_t> groups(64);
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen) == 0) {
+      groups.resize(glen / sizeof(gid_t));
+      p.groups = std::move(groups);
+      break;
+    }
+    if (errno != ERANGE) break;
+    groups.resize(glen / sizeof(gid_t) + 1);
+  }
+  return p;
+}
+
+}  // namespace
+
+ControlServer::ControlServer(UniqueFd listener, VarlinkService* service,
+                             ControlServerOptions options)
+    : listener_(std::move(listener)), service_(service), options_(options) {
+  accept_op_ = {this, kAccept, nullptr, false};
+  accept_cancel_op_ = {this, kCancel, nullptr, false};
+}
+
+ControlServer::~ControlServer() = default;
+
+void ControlServer::Start(FaultLoop& loop) { ArmAccept(loop); }
+
+void ControlServer::ArmAccept(FaultLoop& loop) {
+  if (stopping_ || accept_op_.in_flight) return;
+  io_uring_sqe* sqe = loop.GetSqe();
+  io_uring_prep_accept(sqe, listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  loop.Bind(sqe, &accept_op_);
+}
+
+void ControlServer::ArmRecv(FaultLoop& loop, Conn& c) {
+  if (c.recv_op.in_flight || c.closing || c.dead || stopping_) return;
+  io_uring_sqe* sqe = loop.GetSqe();
+  io_uring_prep_recv(sqe, c.fd.get(), c.buf, sizeof(c.buf), 0);
+  loop.Bind(sqe, &c.recv_op);
+}
+
+void ControlServer::OnAccept(FaultLoop& loop, int res) {
+  if (res < 0) {
+    if (res != -ECANCELED) {
+      Log(LogLevel::kWarning, std::string(ErrnoStatus(-res, "control socket", "accept").message()));
+    }
+    // EMFILE and the like pass; keep accepting (the loop is not hurt by a failed accept).
+    if (res != -ECANCELED) ArmAccept(loop);
+    return;
+  }
+  UniqueFd fd(res);
+  Peer peer = PeerOf(fd.get());
+  uint32_t& mine = per_uid_[peer.uid];
+  if (conns_.size() >= options_.max_connections || mine >= options_.max_connections_per_uid) {
+    Log(LogLevel::kWarning,
+        absl::StrCat("control socket: refusing a connection from uid ", peer.uid, " (pid ",
+                     peer.pid, "): ", conns_.size(), " open, ", mine, " of them this uid's"));
+    ArmAccept(loop);
+    return;  // closing fd is the refusal
+  }
+  ++mine;
+  auto c = std::make_unique<Conn>(options_.max_message);
+  c->fd = std::move(fd);
+  c->peer = std::move(peer);
+  c->recv_op = {this, kRecv, c.get(), false};
+  c->send_op = {this, kSend, c.get(), false};
+  c->cancel_op = {this, kCancel, c.get(), false};
+  Conn& ref = *c;
+  conns_.push_back(std::move(c));
+  ArmRecv(loop, ref);
+  ArmAccept(loop);
+}
+
+void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
+  if (c.dead) return Reap(c);
+  if (res <= 0) {
+    if (res != 0 && res != -ECANCELED && res != -ECONNRESET) {
+      Log(LogLevel::kDebug, std::string(ErrnoStatus(-res, "control socket", "recv").message()));
+    }
+    // The client is gone (or closed its writing side): nothing more to answer.
+    c.closing = true;
+    if (c.out_sent >= c.out.size()) Kill(loop, c);
+    return;
+  }
+  if (!c.in.Append(std::string_view(c.buf, static_cast<size_t>(res)))) {
+    Log(LogLevel::kWarning,
+        absl::StrCat("control socket: uid ", c.peer.uid, " sent a message over ",
+                     options_.max_message, " bytes; closing"));
+    return Kill(loop, c);
+  }
+  while (auto msg = c.in.Next()) {
+    bool close = false;
+    c.out += service_->Handle(*msg, c.peer, &close);
+    if (close) {
+      c.closing = true;
+      break;
+    }
+  }
+  if (c.out.size() - c.out_sent > options_.max_output) {
+    Log(LogLevel::kWarning,
+        absl::StrCat("control socket: uid ", c.peer.uid, " is not reading its replies; closing"));
+    return Kill(loop, c);
+  }
+  ArmRecv(loop, c);
+}
+
+void ControlServer::OnSend(FaultLoop& loop, Conn& c, int res) {
+  if (c.dead) return Reap(c);
+  if (res < 0) return Kill(loop, c);  // EPIPE, ECONNRESET: the client left
+  c.out_sent += static_cast<size_t>(res);
+  if (c.out_sent >= c.out.size()) {
+    c.out.clear();
+    c.out_sent = 0;
+    if (c.closing) Kill(loop, c);
+  }
+}
+
+void ControlServer::Flush(FaultLoop& loop) {
+  for (auto& c : conns_) {
+    if (c->dead || c->send_op.in_flight || c->out_sent >= c->out.size()) continue;
+    io_uring_sqe* sqe = loop.GetSqe();
+    io_uring_prep_send(sqe, c->fd.get(), c->out.data() + c->out_sent, c->out.size() - c->out_sent,
+                       MSG_NOSIGNAL);
+    loop.Bind(sqe, &c->send_op);
+  }
+}
+
+void ControlServer::OnCompletion(FaultLoop& loop, RingOp& op, int res) {
+  switch (op.kind) {
+    case kAccept:
+      OnAccept(loop, res);
+      break;
+    case kRecv:
+      OnRecv(loop, *static_cast<Conn*>(op.owner), res);
+      break;
+    case kSend:
+      OnSend(loop, *static_cast<Conn*>(op.owner), res);
+      break;
+    case kCancel:
+      if (op.owner != nullptr) Reap(*static_cast<Conn*>(op.owner));
+      break;
+    default:
+      break;
+  }
+}
+
+void ControlServer::Kill(FaultLoop& loop, Conn& c) {
+  if (!c.dead) {
+    c.dead = true;
+    // Buffers of operations in flight belong to the kernel until they complete: cancel them
+    // and free the connection only when the last completion is in.
+    if (c.recv_op.in_flight || c.send_op.in_flight) {
+      io_uring_sqe* sqe = loop.GetSqe();
+      io_uring_prep_cancel_fd(sqe, c.fd.get(), IORING_ASYNC_CANCEL_ALL);
+      loop.Bind(sqe, &c.cancel_op);
+    }
+  }
+  Reap(c);
+}
+
+void ControlServer::Reap(Conn& c) {
+  if (!c.dead || c.recv_op.in_flight || c.send_op.in_flight || c.cancel_op.in_flight) return;
+  auto it = per_uid_.find(c.peer.uid);
+  if (it != per_uid_.end() && --it->second == 0) per_uid_.erase(it);
+  conns_.remove_if([&c](const std::unique_ptr<Conn>& p) { return p.get() == &c; });
+}
+
+void ControlServer::Stop(FaultLoop& loop) {
+  stopping_ = true;
+  if (accept_op_.in_flight) {
+    io_uring_sqe* sqe = loop.GetSqe();
+    io_uring_prep_cancel(sqe, &accept_op_, 0);
+    loop.Bind(sqe, &accept_cancel_op_);
+  }
+  // Copy: Kill may erase from the list.
+  std::vector<Conn*> all;
+  for (auto& c : conns_) all.push_back(c.get());
+  for (Conn* c : all) Kill(loop, *c);
+}
+
+bool ControlServer::Busy() const {
+  return accept_op_.in_flight || accept_cancel_op_.in_flight || !conns_.empty();
+}
+
+}  // namespace iopfd

@@ -1,0 +1,373 @@
+#include "iopfd/ctl_format.h"
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <optional>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace iopfd {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr char kMissing[] = "-";
+
+// Returns the member `key` of obj, or nullptr when obj is not an object or lacks it. nlohmann's
+// const operator[] on a missing key is undefined behaviour, hence every lookup goes through here.
+const Json* Member(const Json& obj, const char* key) {
+  if (!obj.is_object()) return nullptr;
+  auto it = obj.find(key);
+  return it == obj.end() ? nullptr : &*it;
+}
+
+std::optional<uint64_t> Unsigned(const Json* value) {
+  if (value == nullptr) return std::nullopt;
+  if (value->is_number_unsigned()) return value->get<uint64_t>();
+  if (value->is_number_integer() && value->get<int64_t>() >= 0) {
+    return static_cast<uint64_t>(value->get<int64_t>());
+  }
+  return std::nullopt;
+}
+
+std::optional<uint64_t> UnsignedField(const Json& obj, const char* key) {
+  return Unsigned(Member(obj, key));
+}
+
+std::string StringField(const Json& obj, const char* key) {
+  const Json* v = Member(obj, key);
+  return v != nullptr && v->is_string() ? v->get<std::string>() : std::string(kMissing);
+}
+
+// Varlink ints are signed, so a negative value is shown as such rather than hidden.
+std::string CountOf(const Json* value) {
+  if (auto u = Unsigned(value)) return FormatCount(*u);
+  if (value != nullptr && value->is_number_integer()) {
+    return absl::StrCat("-", FormatCount(0 - static_cast<uint64_t>(value->get<int64_t>())));
+  }
+  return kMissing;
+}
+
+std::string CountField(const Json& obj, const char* key) { return CountOf(Member(obj, key)); }
+
+std::string BytesField(const Json& obj, const char* key) {
+  auto u = UnsignedField(obj, key);
+  return u ? FormatBytes(*u) : std::string(kMissing);
+}
+
+// Renders value in the largest of units it reaches (each `base` times the one before), with one
+// decimal above the first unit.
+std::string Scaled(uint64_t value, uint64_t base, const char* const* units, size_t n_units) {
+  if (value < base) return absl::StrCat(value, " ", units[0]);
+  size_t unit = 1;
+  uint64_t divisor = base;
+  while (unit + 1 < n_units && value / divisor >= base) {
+    divisor *= base;
+    ++unit;
+  }
+  uint64_t whole = value / divisor;
+  // The remainder is below divisor (at most 2^60), so ten times it still fits in 64 bits.
+  uint64_t tenths = (value % divisor * 10 + divisor / 2) / divisor;
+  if (tenths == 10) {
+    ++whole;
+    tenths = 0;
+  }
+  if (whole == base && unit + 1 < n_units) {
+    whole = 1;
+    ++unit;
+  }
+  return absl::StrCat(whole, ".", tenths, " ", units[unit]);
+}
+
+// Terminal columns taken by s: UTF-8 continuation bytes take none.
+size_t DisplayWidth(const std::string& s) {
+  return static_cast<size_t>(std::count_if(
+      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+// A table of text cells rendered with columns two spaces apart; numbers are right-aligned.
+class Table {
+ public:
+  explicit Table(std::vector<bool> right_aligned) : right_(std::move(right_aligned)) {}
+
+  void Add(std::vector<std::string> row) {
+    row.resize(right_.size());
+    rows_.push_back(std::move(row));
+  }
+
+  // Returns every row prefixed by indent, without trailing blanks, each ending in '\n'.
+  std::string Render(std::string_view indent = {}) const {
+    std::vector<size_t> width(right_.size(), 0);
+    for (const auto& row : rows_) {
+      for (size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], DisplayWidth(row[c]));
+    }
+    std::string out;
+    for (const auto& row : rows_) {
+      std::string line(indent);
+      for (size_t c = 0; c < row.size(); ++c) {
+        if (c > 0) line.append("  ");
+        std::string pad(width[c] - DisplayWidth(row[c]), ' ');
+        line.append(right_[c] ? pad + row[c] : row[c] + pad);
+      }
+      line.erase(line.find_last_not_of(' ') + 1);
+      out.append(line).append("\n");
+    }
+    return out;
+  }
+
+ private:
+  std::vector<bool> right_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+// Returns the elements of a JSON array, or an empty list when it is missing or not an array.
+std::vector<const Json*> Elements(const Json& obj, const char* key) {
+  std::vector<const Json*> out;
+  const Json* array = Member(obj, key);
+  if (array == nullptr || !array->is_array()) return out;
+  for (const Json& e : *array) out.push_back(&e);
+  return out;
+}
+
+// The PASIDs of a device, shortened so that a device with hundreds keeps the table readable.
+std::string PasidCell(const Json& device) {
+  constexpr size_t kShown = 4;
+  std::vector<std::string> parts;
+  const Json* no_pasid = Member(device, "no_pasid_space");
+  if (no_pasid != nullptr && no_pasid->is_boolean() && no_pasid->get<bool>()) {
+    parts.push_back("no-pasid");
+  }
+  std::vector<const Json*> pasids = Elements(device, "pasids");
+  for (size_t i = 0; i < pasids.size() && i < kShown; ++i) parts.push_back(CountOf(pasids[i]));
+  std::string cell;
+  for (const std::string& p : parts) absl::StrAppend(&cell, cell.empty() ? "" : ",", p);
+  if (pasids.size() > kShown) absl::StrAppend(&cell, " +", pasids.size() - kShown);
+  return cell.empty() ? std::string(kMissing) : cell;
+}
+
+// The reasons in the order the daemon defines them, so output is stable and grouped sensibly.
+constexpr std::array<const char*, 8> kInvalidReasons = {
+    "no_space",       "no_region",       "permission", "map_failed",
+    "foreign_device", "oversized_group", "malformed",  "unresolved"};
+
+struct CounterRow {
+  const char* key;
+  const char* label;
+  bool bytes;
+};
+
+constexpr CounterRow kCounterRows[] = {
+    {"reads", "reads", false},
+    {"empty_reads", "empty reads", false},
+    {"read_grows", "read grows", false},
+    {"records", "records", false},
+    {"groups", "groups", false},
+    {"responses_success", "success", false},
+    {"responses_invalid", "invalid", false},
+    {"map_calls", "map calls", false},
+    {"map_failures", "map failures", false},
+    {"bytes_mapped", "bytes mapped", true},
+    {"pages_already_mapped", "pages already mapped", false},
+    {"pages_deduped", "pages deduped", false},
+    {"pages_prefetched", "pages prefetched", false},
+    {"writes", "writes", false},
+    {"responses_written", "responses written", false},
+    {"responses_rejected", "responses rejected", false},
+    {"responses_abandoned", "responses abandoned", false},
+    {"guard_answered", "guard answered", false},
+    {"duplicate_cookies", "duplicate cookies", false},
+    {"outstanding", "outstanding", false},
+};
+
+std::string StatsBlock(const Json& device) {
+  Table counters({false, true});
+  for (const CounterRow& row : kCounterRows) {
+    counters.Add(
+        {row.label, row.bytes ? BytesField(device, row.key) : CountField(device, row.key)});
+  }
+  const Json* reasons = Member(device, "invalid_by_reason");
+  std::vector<std::vector<std::string>> reason_rows;
+  if (reasons != nullptr && reasons->is_object()) {
+    auto add = [&reason_rows](const std::string& name, const Json& value) {
+      auto n = Unsigned(&value);
+      if (n && *n == 0) return;
+      reason_rows.push_back({absl::StrCat("  ", name), CountOf(&value)});
+    };
+    for (const char* name : kInvalidReasons) {
+      if (const Json* v = Member(*reasons, name)) add(name, *v);
+    }
+    // Reasons a newer daemon added, after the known ones (nlohmann keeps keys sorted).
+    for (const auto& item : reasons->items()) {
+      const std::string& name = item.key();
+      if (std::find_if(kInvalidReasons.begin(), kInvalidReasons.end(),
+                       [&](const char* known) { return name == known; }) == kInvalidReasons.end()) {
+        add(name, item.value());
+      }
+    }
+  }
+  // "none" only when the daemon said so; a daemon that sent no breakdown gets "-".
+  bool have_reasons = reasons != nullptr && reasons->is_object();
+  counters.Add({"invalid by reason", !have_reasons ? kMissing : reason_rows.empty() ? "none" : ""});
+  for (auto& row : reason_rows) counters.Add(std::move(row));
+
+  Table percentiles({false, true, true, true, true});
+  percentiles.Add({"percentiles", "COUNT", "P50", "P99", "MAX"});
+  auto add_percentiles = [&](const char* label, const char* key, bool nanos) {
+    const Json* p = Member(device, key);
+    std::vector<std::string> row = {label, kMissing, kMissing, kMissing, kMissing};
+    if (p != nullptr) {
+      auto count = UnsignedField(*p, "count");
+      row[1] = CountField(*p, "count");
+      // With nothing recorded the percentiles are 0 by construction, not a measured 0.
+      if (count && *count > 0) {
+        const char* fields[] = {"p50", "p99", "max"};
+        for (size_t i = 0; i < 3; ++i) {
+          auto v = UnsignedField(*p, fields[i]);
+          row[i + 2] = !v ? std::string(kMissing) : nanos ? FormatNanos(*v) : FormatCount(*v);
+        }
+      }
+    }
+    percentiles.Add(std::move(row));
+  };
+  add_percentiles("batch", "batch", false);
+  add_percentiles("latency", "latency_ns", true);
+
+  return absl::StrCat(StringField(device, "name"), "\n", counters.Render("  "),
+                      percentiles.Render("  "));
+}
+
+std::string NameList(const Json& obj, const char* key) {
+  std::string out;
+  for (const Json* name : Elements(obj, key)) {
+    absl::StrAppend(&out, out.empty() ? "" : ", ",
+                    name->is_string() ? name->get<std::string>() : std::string(kMissing));
+  }
+  return out.empty() ? std::string(kMissing) : out;
+}
+
+// Strings that read unambiguously without quotes in a key=value line.
+bool IsBare(const std::string& s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u == 0x7F || c == '"' || c == '\'' || c == '=' || c == '\\') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string FormatCount(uint64_t n) {
+  std::string digits = absl::StrCat(n);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out.push_back(',');
+    out.push_back(digits[i]);
+  }
+  return out;
+}
+
+std::string FormatBytes(uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  return Scaled(bytes, 1024, kUnits, std::size(kUnits));
+}
+
+std::string FormatNanos(uint64_t ns) {
+  static constexpr const char* kUnits[] = {"ns", "us", "ms", "s"};
+  return Scaled(ns, 1000, kUnits, std::size(kUnits));
+}
+
+std::string FormatUptime(uint64_t usec) {
+  uint64_t s = usec / 1000000;
+  const uint64_t parts[] = {s / 86400, s / 3600 % 24, s / 60 % 60, s % 60};
+  const char* units[] = {"d", "h", "m", "s"};
+  std::string out;
+  for (size_t i = 0; i < 4; ++i) {
+    if (out.empty() && parts[i] == 0 && i < 3) continue;
+    absl::StrAppend(&out, out.empty() ? "" : " ", parts[i], units[i]);
+  }
+  return out;
+}
+
+std::string ShortVarlinkName(std::string_view name) {
+  size_t dot = name.rfind('.');
+  return std::string(dot == std::string_view::npos ? name : name.substr(dot + 1));
+}
+
+std::string FormatStatus(const Json& p) {
+  Table table({false, false});
+  table.Add({"version", StringField(p, "version")});
+  auto uptime = UnsignedField(p, "uptime_usec");
+  table.Add({"uptime", uptime ? FormatUptime(*uptime) : std::string(kMissing)});
+  table.Add({"devices", absl::StrCat(CountField(p, "devices_configured"), " configured, ",
+                                     CountField(p, "devices_running"), " running")});
+  table.Add({"health", StringField(p, "health")});
+  return table.Render();
+}
+
+std::string FormatDevices(const Json& p) {
+  std::vector<const Json*> devices = Elements(p, "devices");
+  if (devices.empty()) return "no devices\n";
+  Table table({false, false, false, false, true, true, true, true});
+  table.Add({"NAME", "ATTACH", "STATE", "PASIDS", "GROUPS", "SUCCESS", "INVALID", "OUTSTANDING"});
+  for (const Json* d : devices) {
+    static const Json kNone;
+    const Json* c = Member(*d, "counters");
+    const Json& counters = c != nullptr ? *c : kNone;
+    table.Add({StringField(*d, "name"), StringField(*d, "attach"), StringField(*d, "state"),
+               PasidCell(*d), CountField(counters, "groups"), CountField(counters, "success"),
+               CountField(counters, "invalid"), CountField(counters, "outstanding")});
+  }
+  return table.Render();
+}
+
+std::string FormatStats(const Json& p) {
+  std::vector<const Json*> devices = Elements(p, "devices");
+  if (devices.empty()) return "no devices\n";
+  std::string out;
+  for (const Json* d : devices) absl::StrAppend(&out, out.empty() ? "" : "\n", StatsBlock(*d));
+  return out;
+}
+
+std::string FormatReload(const Json& p) {
+  Table table({false, false});
+  table.Add({"added", NameList(p, "added")});
+  table.Add({"removed", NameList(p, "removed")});
+  table.Add({"kept", NameList(p, "kept")});
+  return table.Render();
+}
+
+std::string FormatMonitorEvent(const Json& p) {
+  std::string out = StringField(p, "event");
+  const Json* device = Member(p, "device");
+  if (device != nullptr && device->is_string())
+    absl::StrAppend(&out, " ", device->get<std::string>());
+  const Json* detail = Member(p, "detail");
+  if (detail != nullptr && detail->is_string())
+    absl::StrAppend(&out, ": ", detail->get<std::string>());
+  // A detail with a newline would break the one-event-per-line promise to scripts.
+  std::replace_if(
+      out.begin(), out.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+  return out;
+}
+
+std::string FormatError(std::string_view method, std::string_view error, const Json& p) {
+  std::string out =
+      absl::StrCat("iopfctl: ", ShortVarlinkName(method), ": ", ShortVarlinkName(error));
+  if (!p.is_object() || p.empty()) return out;
+  out.append(":");
+  for (const auto& [key, value] : p.items()) {
+    std::string text;
+    if (value.is_string() && IsBare(value.get<std::string>())) {
+      text = value.get<std::string>();
+    } else {
+      text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
+    }
+    absl::StrAppend(&out, " ", key, "=", text);
+  }
+  return out;
+}
+
+}  // namespace iopfd

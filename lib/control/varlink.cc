@@ -1,0 +1,197 @@
+#include "iopfd/varlink.h"
+
+#include <algorithm>
+
+namespace iopfd {
+
+const char kVarlinkServiceDescription[] =
+    "# The Varlink Service Interface is provided by every varlink service. It\n"
+    "# describes the service and the interfaces it implements.\n"
+    "interface org.varlink.service\n"
+    "\n"
+    "# Get a list of all the interfaces a service provides and information\n"
+    "# about the implementation.\n"
+    "method GetInfo() -> (\n"
+    "  vendor: string,\n"
+    "  product: string,\n"
+    "  version: string,\n"
+    "  url: string,\n"
+    "  interfaces: []string\n"
+    ")\n"
+    "\n"
+    "# Get the description of an interface that is implemented by this service.\n"
+    "method GetInterfaceDescription(interface: string) -> (description: string)\n"
+    "\n"
+    "# The requested interface was not found.\n"
+    "error InterfaceNotFound (interface: string)\n"
+    "\n"
+    "# The requested method was not found\n"
+    "error MethodNotFound (method: string)\n"
+    "\n"
+    "# The interface defines the requested method, but the service does not\n"
+    "# implement it.\n"
+    "error MethodNotImplemented (method: string)\n"
+    "\n"
+    "# One of the passed parameters is invalid.\n"
+    "error InvalidParameter (parameter: string)\n"
+    "\n"
+    "# Client is denied access\n"
+    "error PermissionDenied ()\n"
+    "\n"
+    "# Method is expected to be called with 'more' set to true, but wasn't\n"
+    "error ExpectedMore ()\n";
+
+bool MessageFramer::Append(std::string_view bytes) {
+  // Compact once the consumed prefix dominates, so a long-lived connection does not grow.
+  if (start_ > 0 && start_ >= buffer_.size() / 2) {
+    buffer_.erase(0, start_);
+    start_ = 0;
+  }
+  buffer_.append(bytes);
+  // Only the unfinished tail counts against the limit: complete messages are consumed next.
+  size_t last_nul = buffer_.rfind('\0');
+  size_t tail = last_nul == std::string::npos || last_nul < start_ ? buffer_.size() - start_
+                                                                   : buffer_.size() - last_nul - 1;
+  return tail <= max_message_;
+}
+
+std::optional<std::string> MessageFramer::Next() {
+  size_t nul = buffer_.find('\0', start_);
+  if (nul == std::string::npos) return std::nullopt;
+  std::string msg = buffer_.substr(start_, nul - start_);
+  start_ = nul + 1;
+  if (start_ == buffer_.size()) {
+    buffer_.clear();
+    start_ = 0;
+  }
+  return msg;
+}
+
+absl::StatusOr<VarlinkCall> ParseCall(std::string_view message) {
+  // nlohmann::json rejects invalid UTF-8 in strings as a parse error, which is what the
+  // protocol wants: such a message is not a call.
+  nlohmann::json j = nlohmann::json::parse(message, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("message is not valid JSON");
+  if (!j.is_object()) return absl::InvalidArgumentError("message is not a JSON object");
+  VarlinkCall call;
+  auto method = j.find("method");
+  if (method == j.end() || !method->is_string()) {
+    return absl::InvalidArgumentError("message has no string \"method\"");
+  }
+  call.method = method->get<std::string>();
+  if (auto p = j.find("parameters"); p != j.end() && !p->is_null()) {
+    if (!p->is_object()) return absl::InvalidArgumentError("\"parameters\" is not an object");
+    call.parameters = *p;
+  }
+  for (auto [key, field] : {std::pair{"oneway", &call.oneway}, std::pair{"more", &call.more},
+                            std::pair{"upgrade", &call.upgrade}}) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) continue;
+    if (!it->is_boolean())
+      return absl::InvalidArgumentError(std::string("\"") + key + "\" is not a boolean");
+    *field = it->get<bool>();
+  }
+  return call;
+}
+
+std::string EncodeReply(const VarlinkReply& reply, bool continues) {
+  nlohmann::json j = nlohmann::json::object();
+  if (!reply.error.empty()) j["error"] = reply.error;
+  // Parameters are left out when empty, the canonical encoding (receivers accept either).
+  if (!reply.parameters.empty()) j["parameters"] = reply.parameters;
+  if (continues) j["continues"] = true;
+  std::string out =
+      j.dump(-1, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace);
+  out.push_back('\0');
+  return out;
+}
+
+bool Peer::RootOrIn(std::optional<gid_t> group) const {
+  if (uid == 0) return true;
+  if (!group.has_value()) return false;
+  return gid == *group || std::find(groups.begin(), groups.end(), *group) != groups.end();
+}
+
+VarlinkService::VarlinkService(std::string vendor, std::string product, std::string version,
+                               std::string url)
+    : vendor_(std::move(vendor)),
+      product_(std::move(product)),
+      version_(std::move(version)),
+      url_(std::move(url)) {
+  AddInterface("org.varlink.service", kVarlinkServiceDescription);
+  AddMethod("org.varlink.service.GetInfo", false, {}, [this](const VarlinkCall&, const Peer&) {
+    nlohmann::json names = nlohmann::json::array();
+    for (const auto& [name, desc] : interfaces_) names.push_back(name);
+    return VarlinkReply::Ok({{"vendor", vendor_},
+                             {"product", product_},
+                             {"version", version_},
+                             {"url", url_},
+                             {"interfaces", names}});
+  });
+  AddMethod(
+      "org.varlink.service.GetInterfaceDescription", false, {"interface"},
+      [this](const VarlinkCall& call, const Peer&) {
+        auto it = call.parameters.find("interface");
+        if (it == call.parameters.end() || !it->is_string()) {
+          return VarlinkReply::Error("org.varlink.service.InvalidParameter",
+                                     {{"parameter", "interface"}});
+        }
+        auto found = interfaces_.find(it->get<std::string>());
+        if (found == interfaces_.end()) {
+          return VarlinkReply::Error("org.varlink.service.InterfaceNotFound", {{"interface", *it}});
+        }
+        return VarlinkReply::Ok({{"description", found->second}});
+      });
+}
+
+void VarlinkService::AddInterface(const std::string& name, std::string description) {
+  interfaces_[name] = std::move(description);
+}
+
+void VarlinkService::AddMethod(const std::string& qualified, bool mutating,
+                               std::vector<std::string> params, Handler handler) {
+  methods_[qualified] = Method{mutating, std::move(params), std::move(handler)};
+}
+
+VarlinkReply VarlinkService::Dispatch(const VarlinkCall& call, const Peer& peer) {
+  auto it = methods_.find(call.method);
+  if (it == methods_.end()) {
+    size_t dot = call.method.rfind('.');
+    std::string iface = dot == std::string::npos ? std::string() : call.method.substr(0, dot);
+    if (interfaces_.count(iface) == 0) {
+      return VarlinkReply::Error("org.varlink.service.InterfaceNotFound", {{"interface", iface}});
+    }
+    return VarlinkReply::Error("org.varlink.service.MethodNotFound", {{"method", call.method}});
+  }
+  const Method& m = it->second;
+  if (m.mutating ? !policy_.MayMutate(peer) : !policy_.MayRead(peer)) {
+    return VarlinkReply::Error("io.iopfd.PermissionDenied", {{"method", call.method}});
+  }
+  for (const auto& [key, value] : call.parameters.items()) {
+    if (std::find(m.params.begin(), m.params.end(), key) == m.params.end()) {
+      return VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", key}});
+    }
+  }
+  return m.handler(call, peer);
+}
+
+std::string VarlinkService::Handle(std::string_view message, const Peer& peer, bool* close) {
+  *close = false;
+  auto call = ParseCall(message);
+  if (!call.ok()) {
+    // Not a call at all: nothing in it can be trusted, not even "oneway". Say why, then close.
+    *close = true;
+    return EncodeReply(VarlinkReply::Error("org.varlink.service.InvalidParameter",
+                                           {{"parameter", std::string(call.status().message())}}));
+  }
+  if (call->upgrade) {
+    // iopfd speaks nothing but Varlink on this socket.
+    return EncodeReply(
+        VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", "upgrade"}}));
+  }
+  VarlinkReply reply = Dispatch(*call, peer);
+  if (call->oneway) return {};
+  return EncodeReply(reply);
+}
+
+}  // namespace iopfd

@@ -1,0 +1,288 @@
+// The control socket of a real iopfd process: protocol conformance, limits, and who may call
+// what. iopfd runs with no devices (it still serves the socket); the test talks raw Varlink.
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using nlohmann::json;
+
+// Debian's base system has these groups; they stand in for the control and admin groups.
+constexpr gid_t kDaemonGid = 1;  // "daemon": the control group (read-only methods)
+constexpr gid_t kBinGid = 2;     // "bin": the admin group (all methods)
+constexpr uid_t kNobody = 65534;
+
+class Iopfd {
+ public:
+  Iopfd() {
+    dir_ = std::filesystem::temp_directory_path() / ("iopfd-ctl-" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir_ / "devices.d");
+    std::ofstream(dir_ / "iopfd.toml") << "[control]\ngroup = \"daemon\"\nadmin_group = \"bin\"\n"
+                                          "max_connections = 8\nmax_connections_per_uid = 6\n"
+                                          "max_message_bytes = 4096\n";
+    socket_ = (dir_ / "run/io.iopfd").string();
+    pid_ = fork();
+    if (pid_ == 0) {
+      int null = open("/dev/null", O_WRONLY);
+      dup2(null, 2);
+      execl(IOPFD_PATH, "iopfd", "--config", (dir_ / "iopfd.toml").c_str(), "--devices-dir",
+            (dir_ / "devices.d").c_str(), "--control-socket", socket_.c_str(),
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    for (int i = 0; i < 500 && !std::filesystem::exists(socket_); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  ~Iopfd() {
+    if (pid_ > 0) Stop();
+    std::filesystem::remove_all(dir_);
+  }
+  // SIGTERM; returns the exit status (-1 when it did not exit normally).
+  int Stop() {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  const std::string& socket() const { return socket_; }
+
+ private:
+  std::filesystem::path dir_;
+  std::string socket_;
+  pid_t pid_ = -1;
+};
+
+class Client {
+ public:
+  explicit Client(const std::string& path) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+    connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~Client() { close(fd_); }
+  bool connected() const { return connected_; }
+  bool Send(const std::string& bytes) {
+    return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  }
+  bool Call(const json& call) { return Send(call.dump() + std::string(1, '\0')); }
+  // The next reply, or nullopt when the server closed the connection (or 5 s passed).
+  std::optional<json> Next() {
+    while (true) {
+      size_t nul = buf_.find('\0');
+      if (nul != std::string::npos) {
+        json j = json::parse(buf_.substr(0, nul));
+        buf_.erase(0, nul + 1);
+        return j;
+      }
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 5000) <= 0) return std::nullopt;
+      char tmp[65536];
+      ssize_t n = recv(fd_, tmp, sizeof(tmp), 0);
+      if (n <= 0) return std::nullopt;
+      buf_.append(tmp, static_cast<size_t>(n));
+    }
+  }
+  json CallOne(const json& call) {
+    Call(call);
+    auto r = Next();
+    return r ? *r : json(nullptr);
+  }
+  int fd() const { return fd_; }
+
+ private:
+  int fd_;
+  bool connected_ = false;
+  std::string buf_;
+};
+
+class ControlSocketTest : public ::testing::Test {
+ protected:
+  Iopfd iopfd_;
+};
+
+TEST_F(ControlSocketTest, ServesStatusInfoAndDescriptionWithNoDevices) {
+  Client c(iopfd_.socket());
+  ASSERT_TRUE(c.connected());
+  json info = c.CallOne({{"method", "org.varlink.service.GetInfo"}});
+  EXPECT_EQ(info["parameters"]["product"], "iopfd");
+  EXPECT_THAT(info["parameters"]["interfaces"], ::testing::Contains("io.iopfd"));
+  json status = c.CallOne({{"method", "io.iopfd.GetStatus"}});
+  EXPECT_EQ(status["parameters"]["devices_configured"], 0);
+  EXPECT_EQ(status["parameters"]["health"], "ok");
+  json desc = c.CallOne({{"method", "org.varlink.service.GetInterfaceDescription"},
+                         {"parameters", {{"interface", "io.iopfd"}}}});
+  std::string text = desc["parameters"]["description"];
+  EXPECT_THAT(text, ::testing::HasSubstr("interface io.iopfd"));
+  EXPECT_THAT(text, ::testing::HasSubstr("method GetStats(device: ?string, format: ?string)"));
+  EXPECT_EQ(c.CallOne({{"method", "io.iopfd.ListDevices"}})["parameters"]["devices"],
+            json::array());
+  json stats = c.CallOne({{"method", "io.iopfd.GetStats"}, {"parameters", {{"device", "nope"}}}});
+  EXPECT_EQ(stats["error"], "io.iopfd.NoSuchDevice");
+  EXPECT_EQ(iopfd_.Stop(), 0);
+}
+
+TEST_F(ControlSocketTest, SplitPipelinedOnewayAndMore) {
+  Client c(iopfd_.socket());
+  // Three calls, one of them oneway, sent one byte at a time.
+  std::string wire = json({{"method", "io.iopfd.GetStatus"}}).dump() + '\0' +
+                     json({{"method", "io.iopfd.GetStatus"}, {"oneway", true}}).dump() + '\0' +
+                     json({{"method", "io.iopfd.ListDevices"}, {"more", true}}).dump() + '\0';
+  for (char ch : wire) ASSERT_TRUE(c.Send(std::string(1, ch)));
+  auto a = c.Next();
+  auto b = c.Next();
+  ASSERT_TRUE(a && b);
+  EXPECT_TRUE((*a)["parameters"].contains("version"));
+  EXPECT_TRUE((*b)["parameters"].contains("devices"));  // the oneway call had no reply
+  EXPECT_FALSE(b->contains("continues"));  // a method that does not stream replies once
+  json mon = c.CallOne({{"method", "io.iopfd.Monitor"}});
+  EXPECT_EQ(mon["error"], "org.varlink.service.ExpectedMore");
+  json up = c.CallOne({{"method", "io.iopfd.GetStatus"}, {"upgrade", true}});
+  EXPECT_EQ(up["error"], "org.varlink.service.InvalidParameter");
+}
+
+TEST_F(ControlSocketTest, BadInputGetsAnErrorOrAClosedConnectionNeverACrash) {
+  {
+    Client c(iopfd_.socket());
+    c.Send(std::string("{\"method\": \"io.iopfd.GetStatus\", \"parameters\": [1]}") + '\0');
+    EXPECT_EQ(c.Next().value()["error"], "org.varlink.service.InvalidParameter");
+    EXPECT_EQ(c.Next(), std::nullopt);  // closed after a message that is not a call
+  }
+  {
+    Client c(iopfd_.socket());
+    c.Send(std::string("{\"method\":\"io.iopfd.GetStatus\",\"x\":\"\xc3\x28\"}") +
+           '\0');  // bad UTF-8
+    EXPECT_EQ(c.Next().value()["error"], "org.varlink.service.InvalidParameter");
+  }
+  {
+    Client c(iopfd_.socket());
+    c.Send(std::string(8192, ' '));  // over max_message_bytes (4096) without a NUL
+    EXPECT_EQ(c.Next(), std::nullopt);
+  }
+  {
+    Client c(iopfd_.socket());
+    json r = c.CallOne({{"method", "io.iopfd.SetLogLevel"}, {"parameters", {{"level", 3}}}});
+    EXPECT_EQ(r["error"], "org.varlink.service.InvalidParameter");
+    EXPECT_EQ(r["parameters"]["parameter"], "level");
+  }
+  Client after(iopfd_.socket());
+  EXPECT_EQ(after.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
+  EXPECT_EQ(iopfd_.Stop(), 0);
+}
+
+TEST_F(ControlSocketTest, AClientThatNeverReadsIsDroppedAndOthersAreServed) {
+  Client hog(iopfd_.socket());
+  int small = 4096;
+  setsockopt(hog.fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  std::string call = json({{"method", "org.varlink.service.GetInterfaceDescription"},
+                           {"parameters", {{"interface", "io.iopfd"}}}})
+                         .dump() +
+                     '\0';
+  // Ask for far more than the server buffers for one client (8 MiB), never reading.
+  bool closed = false;
+  for (int i = 0; i < 20000 && !closed; ++i) {
+    closed = !hog.Send(call);
+    if (i % 100 == 0) {
+      Client other(iopfd_.socket());
+      ASSERT_EQ(other.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok")
+          << "served while the hog floods, round " << i;
+    }
+  }
+  EXPECT_TRUE(closed) << "the server should drop a client that never reads";
+}
+
+TEST_F(ControlSocketTest, ConnectionsAreCapped) {
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int i = 0; i < 6; ++i) {
+    clients.push_back(std::make_unique<Client>(iopfd_.socket()));
+    ASSERT_EQ(clients.back()->CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"],
+              "ok");
+  }
+  Client seventh(iopfd_.socket());  // over max_connections_per_uid = 6: closed at accept
+  seventh.Call({{"method", "io.iopfd.GetStatus"}});
+  EXPECT_EQ(seventh.Next(), std::nullopt);
+  clients.pop_back();  // a slot frees up once one leaves
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  Client again(iopfd_.socket());
+  EXPECT_EQ(again.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
+}
+
+// Runs fn in a child that has dropped to uid/gid/groups; returns fn's exit status.
+int AsUser(uid_t uid, gid_t gid, std::vector<gid_t> groups, const std::function<int()>& fn) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (setgroups(groups.size(), groups.data()) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+      _exit(100);
+    }
+    _exit(fn());
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 101;
+}
+
+TEST_F(ControlSocketTest, AuthorizationByUidAndGroup) {
+  ASSERT_EQ(geteuid(), 0u) << "this test forks children that drop to other users: run as root";
+  // The socket is root:daemon 0660, so "nobody" without the group cannot even connect; with it,
+  // or with the admin group (which the server checks, not the file mode), it can.
+  struct Case {
+    const char* who;
+    gid_t gid;
+    std::vector<gid_t> groups;
+    int expect;  // bit 0: may connect, bit 1: may read, bit 2: may mutate
+  };
+  const Case cases[] = {
+      {"nobody", kNobody, {}, 0},
+      {"nobody+daemon (control)", kNobody, {kDaemonGid}, 1 | 2},
+      {"daemon as primary group", kDaemonGid, {}, 1 | 2},
+      {"nobody+daemon+bin (admin)", kNobody, {kDaemonGid, kBinGid}, 1 | 2 | 4},
+  };
+  const std::string path = iopfd_.socket();
+  for (const Case& c : cases) {
+    int got = AsUser(kNobody, c.gid, c.groups, [&path] {
+      Client cl(path);
+      if (!cl.connected()) return 0;
+      int bits = 1;
+      if (!cl.CallOne({{"method", "io.iopfd.GetStatus"}}).contains("error")) bits |= 2;
+      json m =
+          cl.CallOne({{"method", "io.iopfd.SetLogLevel"}, {"parameters", {{"level", "info"}}}});
+      if (!m.contains("error"))
+        bits |= 4;
+      else if (m["error"] != "io.iopfd.PermissionDenied")
+        bits |= 64;
+      return bits;
+    });
+    EXPECT_EQ(got, c.expect) << c.who;
+  }
+  Client root(path);
+  EXPECT_FALSE(
+      root.CallOne({{"method", "io.iopfd.SetLogLevel"}, {"parameters", {{"level", "info"}}}})
+          .contains("error"));
+}
+
+}  // namespace
