@@ -157,7 +157,9 @@ int main(int argc, char** argv) {
              absl::StrCat("serving ", devices.size(), " of ", config.devices.size(), " device(s)"));
 
   // The control socket: systemd's (socket activation) when it passed one, else our own.
-  iopfd::DaemonState state{IOPFD_VERSION, iopfd::MonotonicNs(), config.devices.size(), &devices};
+  iopfd::EventBus events;
+  iopfd::DaemonState state{IOPFD_VERSION, iopfd::MonotonicNs(), config.devices.size(), &devices,
+                           &events};
   iopfd::VarlinkService service("iopfd", "iopfd", IOPFD_VERSION, "man:iopfd(8)");
   iopfd::RegisterIopfdMethods(&service, &state);
   const iopfd::ControlConfig& cc = config.global.control;
@@ -182,6 +184,10 @@ int main(int argc, char** argv) {
              "control socket " + (own_socket ? socket_path : std::string("from systemd")));
 
   (*loop)->on_stats = [&devices] { PrintStats(devices); };
+  (*loop)->on_stopping = [&events] { events.Close("stopping"); };
+  (*loop)->on_device_failed = [&events](const iopfd::Device& d, const std::string& why) {
+    events.Publish("device_failed", d.name(), why);
+  };
   int rc = (*loop)->Run();
   if (own_socket) unlink(socket_path.c_str());
   PrintStats(devices);

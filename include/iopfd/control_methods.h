@@ -18,6 +18,7 @@ struct DaemonState {
   uint64_t start_ns = 0;  // CLOCK_MONOTONIC at start
   size_t devices_configured = 0;
   std::vector<std::unique_ptr<Device>>* devices = nullptr;
+  EventBus* events = nullptr;  // Monitor's subscribers
 };
 
 // The text of lib/control/io.iopfd.varlink, compiled in.

@@ -54,6 +54,7 @@ class ControlServer : public RingClient {
 
  private:
   enum Kind { kAccept = 1, kRecv, kSend, kCancel };
+  class Channel;  // a connection's ReplyChannel, for streaming replies
   struct Conn {
     UniqueFd fd;
     Peer peer;
@@ -63,6 +64,7 @@ class ControlServer : public RingClient {
     bool closing = false;  // no more input is read; close once the output is sent
     bool dead = false;     // close as soon as nothing is in flight
     RingOp recv_op, send_op, cancel_op;
+    std::shared_ptr<Channel> channel;
     char buf[16384];
     explicit Conn(size_t max_message) : in(max_message) {}
   };

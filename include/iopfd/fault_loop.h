@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -75,7 +76,10 @@ class FaultLoop {
   // group was answered, 1 otherwise.
   int Run();
 
-  std::function<void()> on_stats;  // SIGUSR1
+  std::function<void()> on_stats;     // SIGUSR1
+  std::function<void()> on_stopping;  // a stop signal arrived; the loop drains next
+  // A device's fault queue failed for reading or writing (why says which and how).
+  std::function<void(const Device&, const std::string& why)> on_device_failed;
 
  private:
   enum class OpKind : uint8_t { kPoll, kRead, kWrite, kSignal, kCancel };

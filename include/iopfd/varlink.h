@@ -9,9 +9,11 @@
 #include <cstddef>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -74,6 +76,34 @@ struct VarlinkReply {
 // "more" call that will be followed by others.
 std::string EncodeReply(const VarlinkReply& reply, bool continues = false);
 
+// Where the later replies of a streaming call ("more") go once its handler has returned. The
+// connection owns the other end; once it is gone, Send does nothing and open() is false.
+class ReplyChannel {
+ public:
+  virtual ~ReplyChannel() = default;
+  // Queues reply; `continues` keeps the call open for more.
+  virtual void Send(const VarlinkReply& reply, bool continues) = 0;
+  virtual bool open() const = 0;
+};
+
+// The subscribers of a stream of events (io.iopfd.Monitor). Not thread-safe: used from the
+// loop's thread only.
+class EventBus {
+ public:
+  // Adds a subscriber; it is dropped once its channel closes.
+  void Subscribe(std::shared_ptr<ReplyChannel> channel);
+  // Sends {"event", "device"?, "detail"?} to every open subscriber, keeping the stream open.
+  void Publish(const std::string& event, const std::string& device = {},
+               const std::string& detail = {});
+  // Ends every stream with a last reply carrying `event`.
+  void Close(const std::string& event);
+  // Returns the number of open subscribers.
+  size_t subscribers();
+
+ private:
+  std::vector<std::shared_ptr<ReplyChannel>> subscribers_;
+};
+
 // Who is calling, from SO_PEERCRED and SO_PEERGROUPS.
 struct Peer {
   pid_t pid = 0;
@@ -98,6 +128,11 @@ struct AccessPolicy {
 class VarlinkService {
  public:
   using Handler = std::function<VarlinkReply(const VarlinkCall&, const Peer&)>;
+  // A method whose replies may come later, through the channel. It runs only for calls with
+  // "more" (others get org.varlink.service.ExpectedMore); its return value is sent at once with
+  // "continues" set.
+  using StreamHandler =
+      std::function<VarlinkReply(const VarlinkCall&, const Peer&, std::shared_ptr<ReplyChannel>)>;
 
   // vendor, product, version and url are what org.varlink.service.GetInfo returns.
   VarlinkService(std::string vendor, std::string product, std::string version, std::string url);
@@ -110,20 +145,28 @@ class VarlinkService {
   // org.varlink.service.InvalidParameter before the handler runs.
   void AddMethod(const std::string& qualified, bool mutating, std::vector<std::string> params,
                  Handler handler);
+  // Registers a streaming method (see StreamHandler); otherwise like AddMethod.
+  void AddStreamingMethod(const std::string& qualified, bool mutating,
+                          std::vector<std::string> params, StreamHandler handler);
   void set_policy(AccessPolicy policy) { policy_ = policy; }
 
   // Handles one message and returns the bytes to send back (empty for "oneway" calls). Sets
   // *close when the message was not a valid call at all (not JSON, not an object): the
-  // connection is then closed after the returned error, if any, is sent.
-  std::string Handle(std::string_view message, const Peer& peer, bool* close);
+  // connection is then closed after the returned error, if any, is sent. `channel` is the
+  // connection's, for streaming methods (without one they answer MethodNotImplemented).
+  std::string Handle(std::string_view message, const Peer& peer, bool* close,
+                     const std::shared_ptr<ReplyChannel>& channel = nullptr);
 
  private:
   struct Method {
     bool mutating;
     std::vector<std::string> params;
     Handler handler;
+    StreamHandler stream;
   };
-  VarlinkReply Dispatch(const VarlinkCall& call, const Peer& peer);
+  // Returns the reply and whether it continues (a stream's first reply).
+  std::pair<VarlinkReply, bool> Dispatch(const VarlinkCall& call, const Peer& peer,
+                                         const std::shared_ptr<ReplyChannel>& channel);
 
   std::string vendor_, product_, version_, url_;
   std::map<std::string, std::string> interfaces_;  // name -> description

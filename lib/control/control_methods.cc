@@ -209,7 +209,7 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
       });
 
   service->AddMethod(
-      "io.iopfd.SetLogLevel", true, {"level"}, [](const VarlinkCall& call, const Peer& peer) {
+      "io.iopfd.SetLogLevel", true, {"level"}, [state](const VarlinkCall& call, const Peer& peer) {
         VarlinkReply error;
         auto level = StringParam(call, "level", true, &error);
         if (!level) return error;
@@ -218,6 +218,7 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
           if (LogLevelName(l) == *level) {
             SetLogLevel(l);
             Log(LogLevel::kInfo, absl::StrCat("log level set to ", *level, " by uid ", peer.uid));
+            state->events->Publish("log_level", {}, absl::StrCat(*level, " (uid ", peer.uid, ")"));
             return VarlinkReply::Ok();
           }
         }
@@ -250,10 +251,12 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
   service->AddMethod("io.iopfd.Detach", true, {"device"}, [](const VarlinkCall& call, const Peer&) {
     return NotYet(call.method, "detach is not implemented yet");
   });
-  service->AddMethod("io.iopfd.Monitor", false, {}, [](const VarlinkCall& call, const Peer&) {
-    if (!call.more) return VarlinkReply::Error("org.varlink.service.ExpectedMore");
-    return NotYet(call.method, "monitor is not implemented yet");
-  });
+  service->AddStreamingMethod(
+      "io.iopfd.Monitor", false, {},
+      [state](const VarlinkCall&, const Peer&, std::shared_ptr<ReplyChannel> channel) {
+        state->events->Subscribe(std::move(channel));
+        return VarlinkReply::Ok({{"event", "subscribed"}});
+      });
 }
 
 }  // namespace iopfd

@@ -81,6 +81,21 @@ Peer PeerOf(int fd) {
 
 }  // namespace
 
+// Streaming replies (Monitor) go into the connection's output like any reply; the loop sends
+// them at its next flush. Detached when the connection dies, after which Send does nothing.
+class ControlServer::Channel : public ReplyChannel {
+ public:
+  explicit Channel(Conn* conn) : conn_(conn) {}
+  void Send(const VarlinkReply& reply, bool continues) override {
+    if (conn_ != nullptr) conn_->out += EncodeReply(reply, continues);
+  }
+  bool open() const override { return conn_ != nullptr; }
+  void Detach() { conn_ = nullptr; }
+
+ private:
+  Conn* conn_;
+};
+
 ControlServer::ControlServer(UniqueFd listener, VarlinkService* service,
                              ControlServerOptions options)
     : listener_(std::move(listener)), service_(service), options_(options) {
@@ -132,6 +147,7 @@ void ControlServer::OnAccept(FaultLoop& loop, int res) {
   c->recv_op = {this, kRecv, c.get(), false};
   c->send_op = {this, kSend, c.get(), false};
   c->cancel_op = {this, kCancel, c.get(), false};
+  c->channel = std::make_shared<Channel>(c.get());
   Conn& ref = *c;
   conns_.push_back(std::move(c));
   ArmRecv(loop, ref);
@@ -157,7 +173,7 @@ void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
   }
   while (auto msg = c.in.Next()) {
     bool close = false;
-    c.out += service_->Handle(*msg, c.peer, &close);
+    c.out += service_->Handle(*msg, c.peer, &close, c.channel);
     if (close) {
       c.closing = true;
       break;
@@ -183,12 +199,23 @@ void ControlServer::OnSend(FaultLoop& loop, Conn& c, int res) {
 }
 
 void ControlServer::Flush(FaultLoop& loop) {
+  std::vector<Conn*> overflowing;
   for (auto& c : conns_) {
+    // Streamed events can pile up for a subscriber that stopped reading, too.
+    if (!c->dead && c->out.size() - c->out_sent > options_.max_output) {
+      overflowing.push_back(c.get());
+      continue;
+    }
     if (c->dead || c->send_op.in_flight || c->out_sent >= c->out.size()) continue;
     io_uring_sqe* sqe = loop.GetSqe();
     io_uring_prep_send(sqe, c->fd.get(), c->out.data() + c->out_sent, c->out.size() - c->out_sent,
                        MSG_NOSIGNAL);
     loop.Bind(sqe, &c->send_op);
+  }
+  for (Conn* c : overflowing) {
+    Log(LogLevel::kWarning,
+        absl::StrCat("control socket: uid ", c->peer.uid, " is not reading its replies; closing"));
+    Kill(loop, *c);
   }
 }
 
@@ -214,6 +241,7 @@ void ControlServer::OnCompletion(FaultLoop& loop, RingOp& op, int res) {
 void ControlServer::Kill(FaultLoop& loop, Conn& c) {
   if (!c.dead) {
     c.dead = true;
+    c.channel->Detach();
     // Buffers of operations in flight belong to the kernel until they complete: cancel them
     // and free the connection only when the last completion is in.
     if (c.recv_op.in_flight || c.send_op.in_flight) {
@@ -242,7 +270,15 @@ void ControlServer::Stop(FaultLoop& loop) {
   // Copy: Kill may erase from the list.
   std::vector<Conn*> all;
   for (auto& c : conns_) all.push_back(c.get());
-  for (Conn* c : all) Kill(loop, *c);
+  for (Conn* c : all) {
+    // Last words (the end of a Monitor stream), best effort and without waiting: whatever the
+    // socket buffer takes now. Not while a ring send of the same bytes is in flight.
+    if (!c->dead && !c->send_op.in_flight && c->out_sent < c->out.size()) {
+      (void)!send(c->fd.get(), c->out.data() + c->out_sent, c->out.size() - c->out_sent,
+                  MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    Kill(loop, *c);
+  }
 }
 
 bool ControlServer::Busy() const {

@@ -150,32 +150,82 @@ void VarlinkService::AddInterface(const std::string& name, std::string descripti
 
 void VarlinkService::AddMethod(const std::string& qualified, bool mutating,
                                std::vector<std::string> params, Handler handler) {
-  methods_[qualified] = Method{mutating, std::move(params), std::move(handler)};
+  methods_[qualified] = Method{mutating, std::move(params), std::move(handler), nullptr};
 }
 
-VarlinkReply VarlinkService::Dispatch(const VarlinkCall& call, const Peer& peer) {
+void VarlinkService::AddStreamingMethod(const std::string& qualified, bool mutating,
+                                        std::vector<std::string> params, StreamHandler handler) {
+  methods_[qualified] = Method{mutating, std::move(params), nullptr, std::move(handler)};
+}
+
+void EventBus::Subscribe(std::shared_ptr<ReplyChannel> channel) {
+  subscribers_.push_back(std::move(channel));
+}
+
+void EventBus::Publish(const std::string& event, const std::string& device,
+                       const std::string& detail) {
+  nlohmann::json params = {{"event", event}};
+  if (!device.empty()) params["device"] = device;
+  if (!detail.empty()) params["detail"] = detail;
+  VarlinkReply reply = VarlinkReply::Ok(params);
+  std::erase_if(subscribers_, [](const auto& c) { return !c->open(); });
+  for (auto& c : subscribers_) c->Send(reply, /*continues=*/true);
+}
+
+void EventBus::Close(const std::string& event) {
+  VarlinkReply reply = VarlinkReply::Ok({{"event", event}});
+  for (auto& c : subscribers_) {
+    if (c->open()) c->Send(reply, /*continues=*/false);
+  }
+  subscribers_.clear();
+}
+
+size_t EventBus::subscribers() {
+  std::erase_if(subscribers_, [](const auto& c) { return !c->open(); });
+  return subscribers_.size();
+}
+
+std::pair<VarlinkReply, bool> VarlinkService::Dispatch(
+    const VarlinkCall& call, const Peer& peer, const std::shared_ptr<ReplyChannel>& channel) {
   auto it = methods_.find(call.method);
   if (it == methods_.end()) {
     size_t dot = call.method.rfind('.');
     std::string iface = dot == std::string::npos ? std::string() : call.method.substr(0, dot);
     if (interfaces_.count(iface) == 0) {
-      return VarlinkReply::Error("org.varlink.service.InterfaceNotFound", {{"interface", iface}});
+      return {VarlinkReply::Error("org.varlink.service.InterfaceNotFound", {{"interface", iface}}),
+              false};
     }
-    return VarlinkReply::Error("org.varlink.service.MethodNotFound", {{"method", call.method}});
+    return {VarlinkReply::Error("org.varlink.service.MethodNotFound", {{"method", call.method}}),
+            false};
   }
   const Method& m = it->second;
   if (m.mutating ? !policy_.MayMutate(peer) : !policy_.MayRead(peer)) {
-    return VarlinkReply::Error("io.iopfd.PermissionDenied", {{"method", call.method}});
+    return {VarlinkReply::Error("io.iopfd.PermissionDenied", {{"method", call.method}}), false};
   }
-  for (const auto& [key, value] : call.parameters.items()) {
-    if (std::find(m.params.begin(), m.params.end(), key) == m.params.end()) {
-      return VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", key}});
+  for (const auto& item : call.parameters.items()) {
+    if (std::find(m.params.begin(), m.params.end(), item.key()) == m.params.end()) {
+      return {
+          VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", item.key()}}),
+          false};
     }
   }
-  return m.handler(call, peer);
+  if (m.stream) {
+    if (!call.more || call.oneway) {
+      return {VarlinkReply::Error("org.varlink.service.ExpectedMore"), false};
+    }
+    if (channel == nullptr) {
+      return {VarlinkReply::Error("org.varlink.service.MethodNotImplemented",
+                                  {{"method", call.method}}),
+              false};
+    }
+    VarlinkReply first = m.stream(call, peer, channel);
+    return {first, first.error.empty()};
+  }
+  return {m.handler(call, peer), false};
 }
 
-std::string VarlinkService::Handle(std::string_view message, const Peer& peer, bool* close) {
+std::string VarlinkService::Handle(std::string_view message, const Peer& peer, bool* close,
+                                   const std::shared_ptr<ReplyChannel>& channel) {
   *close = false;
   auto call = ParseCall(message);
   if (!call.ok()) {
@@ -189,9 +239,9 @@ std::string VarlinkService::Handle(std::string_view message, const Peer& peer, b
     return EncodeReply(
         VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", "upgrade"}}));
   }
-  VarlinkReply reply = Dispatch(*call, peer);
+  auto [reply, continues] = Dispatch(*call, peer, channel);
   if (call->oneway) return {};
-  return EncodeReply(reply);
+  return EncodeReply(reply, continues);
 }
 
 }  // namespace iopfd

@@ -179,3 +179,57 @@ TEST(EncodeReplyTest, CanonicalForm) {
 
 }  // namespace
 }  // namespace iopfd
+
+namespace iopfd {
+namespace {
+
+class FakeChannel : public ReplyChannel {
+ public:
+  void Send(const VarlinkReply& reply, bool continues) override {
+    sent.push_back(EncodeReply(reply, continues));
+  }
+  bool open() const override { return is_open; }
+  std::vector<std::string> sent;
+  bool is_open = true;
+};
+
+TEST(StreamingTest, NeedsMoreAndContinuesThroughTheChannel) {
+  VarlinkService service("v", "p", "1", "u");
+  EventBus bus;
+  service.AddInterface("io.test", "interface io.test\n");
+  service.AddStreamingMethod(
+      "io.test.Watch", false, {},
+      [&bus](const VarlinkCall&, const Peer&, std::shared_ptr<ReplyChannel> ch) {
+        bus.Subscribe(std::move(ch));
+        return VarlinkReply::Ok({{"event", "subscribed"}});
+      });
+  Peer root{.pid = 1, .uid = 0, .gid = 0, .groups = {}};
+  auto ch = std::make_shared<FakeChannel>();
+  bool close = false;
+  EXPECT_EQ(service.Handle(R"({"method":"io.test.Watch"})", root, &close, ch),
+            std::string("{\"error\":\"org.varlink.service.ExpectedMore\"}") + '\0');
+  EXPECT_EQ(service.Handle(R"({"method":"io.test.Watch","more":true})", root, &close, nullptr),
+            std::string("{\"error\":\"org.varlink.service.MethodNotImplemented\","
+                        "\"parameters\":{\"method\":\"io.test.Watch\"}}") +
+                '\0');
+  EXPECT_EQ(service.Handle(R"({"method":"io.test.Watch","more":true})", root, &close, ch),
+            std::string("{\"continues\":true,\"parameters\":{\"event\":\"subscribed\"}}") + '\0');
+  auto gone = std::make_shared<FakeChannel>();
+  bus.Subscribe(gone);
+  gone->is_open = false;
+  bus.Publish("device_failed", "dsa0", "poll fault fd: EBADF");
+  EXPECT_EQ(bus.subscribers(), 1u);
+  ASSERT_EQ(ch->sent.size(), 1u);
+  EXPECT_EQ(ch->sent[0], std::string("{\"continues\":true,\"parameters\":{\"detail\":\"poll "
+                                     "fault fd: EBADF\",\"device\":\"dsa0\",\"event\":"
+                                     "\"device_failed\"}}") +
+                             '\0');
+  EXPECT_TRUE(gone->sent.empty());
+  bus.Close("stopping");
+  ASSERT_EQ(ch->sent.size(), 2u);
+  EXPECT_EQ(ch->sent[1], std::string("{\"parameters\":{\"event\":\"stopping\"}}") + '\0');
+  EXPECT_EQ(bus.subscribers(), 0u);
+}
+
+}  // namespace
+}  // namespace iopfd

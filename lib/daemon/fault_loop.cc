@@ -128,10 +128,11 @@ void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
     // The first queued group has more records than the buffer holds (eventq.c returns EINVAL
     // only then, when nothing was copied).
     if (!d->GrowReadBuffer(config_.max_read_records)) {
-      Log(LogLevel::kError,
-          absl::StrCat(d->name(), ": a page request group exceeds ", config_.max_read_records,
-                       " records (max_read_records); no longer reading"));
+      std::string why = absl::StrCat("a page request group exceeds ", config_.max_read_records,
+                                     " records (max_read_records); no longer reading");
+      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why));
       d->MarkReadFailed();
+      if (on_device_failed) on_device_failed(*d, why);
     }
   } else if (res == -ECANCELED) {
     return;
@@ -140,9 +141,10 @@ void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
     // so retry; give up reading after a run of failures. Responses owed still go out.
     Log(LogLevel::kError, std::string(ErrnoStatus(-res, d->name(), "read fault fd").message()));
     if (++d->read_errors >= kMaxReadErrors) {
-      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", kMaxReadErrors,
-                                         " read errors in a row; no longer reading"));
+      std::string why = absl::StrCat(kMaxReadErrors, " read errors in a row; no longer reading");
+      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why));
       d->MarkReadFailed();
+      if (on_device_failed) on_device_failed(*d, why);
     }
   }
   if (!stopping_) ArmRead(slot);
@@ -155,9 +157,10 @@ void FaultLoop::HandlePollFailure(Slot& slot, int res) {
   // too and no completion will come for it.
   slot.read.in_flight = false;
   if (res != -ECANCELED) {
-    Log(LogLevel::kError,
-        std::string(ErrnoStatus(-res, slot.device->name(), "poll fault fd").message()));
+    std::string why(ErrnoStatus(-res, slot.device->name(), "poll fault fd").message());
+    Log(LogLevel::kError, why);
     slot.device->MarkReadFailed();
+    if (on_device_failed) on_device_failed(*slot.device, why);
     return;
   }
   if (!stopping_) ArmRead(slot);
@@ -166,9 +169,10 @@ void FaultLoop::HandlePollFailure(Slot& slot, int res) {
 void FaultLoop::HandleWrite(Slot& slot, int res, uint64_t now) {
   slot.write.in_flight = false;
   if (!slot.device->responses().CompleteWrite(res, now)) {
-    Log(LogLevel::kError,
-        std::string(ErrnoStatus(-res, slot.device->name(), "write fault responses").message()));
+    std::string why(ErrnoStatus(-res, slot.device->name(), "write fault responses").message());
+    Log(LogLevel::kError, why);
     slot.device->MarkWriteFailed();
+    if (on_device_failed) on_device_failed(*slot.device, why);
   }
 }
 
@@ -181,6 +185,7 @@ void FaultLoop::HandleSignal(int res) {
       case SIGINT:
         Log(LogLevel::kInfo, absl::StrCat("signal ", info->ssi_signo, ": stopping"));
         stopping_ = true;
+        if (on_stopping) on_stopping();
         break;
       case SIGUSR1:
         if (on_stats) on_stats();
@@ -205,8 +210,9 @@ int FaultLoop::DrainCq() {
     auto* ring_op = static_cast<RingOp*>(io_uring_cqe_get_data(cqe));
     if (ring_op == nullptr) continue;
     if (ring_op->client != nullptr) {
-      // Deferred: control work runs after this turn's fault responses are on their way.
-      ring_op->in_flight = false;
+      // Deferred: control work runs after this turn's fault responses are on their way. The op
+      // stays "in flight" until it is delivered, so that a client freeing its owner on an
+      // earlier completion of this batch cannot free one that still has a completion to come.
       deferred_.emplace_back(ring_op, cqe->res);
       continue;
     }
@@ -248,7 +254,10 @@ int FaultLoop::ProcessCompletions() {
     seen += DrainCq();
     std::vector<std::pair<RingOp*, int>> batch;
     batch.swap(deferred_);
-    for (auto& [op, res] : batch) op->client->OnCompletion(*this, *op, res);
+    for (auto& [op, res] : batch) {
+      op->in_flight = false;
+      op->client->OnCompletion(*this, *op, res);
+    }
   }
   return seen;
 }

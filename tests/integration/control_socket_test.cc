@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,8 +45,8 @@ class Iopfd {
     socket_ = (dir_ / "run/io.iopfd").string();
     pid_ = fork();
     if (pid_ == 0) {
-      int null = open("/dev/null", O_WRONLY);
-      dup2(null, 2);
+      int log = open((dir_ / "iopfd.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(log, 2);
       execl(IOPFD_PATH, "iopfd", "--config", (dir_ / "iopfd.toml").c_str(), "--devices-dir",
             (dir_ / "devices.d").c_str(), "--control-socket", socket_.c_str(),
             static_cast<char*>(nullptr));
@@ -65,7 +66,13 @@ class Iopfd {
     int status = 0;
     waitpid(pid_, &status, 0);
     pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    if (rc != 0) {
+      // Whatever went wrong (a sanitizer report, an error) is in iopfd's stderr.
+      std::ifstream log(dir_ / "iopfd.log");
+      std::cerr << "iopfd exited " << rc << "; its stderr:\n" << log.rdbuf();
+    }
+    return rc;
   }
   const std::string& socket() const { return socket_; }
 
@@ -230,6 +237,30 @@ TEST_F(ControlSocketTest, ConnectionsAreCapped) {
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   Client again(iopfd_.socket());
   EXPECT_EQ(again.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
+}
+
+TEST_F(ControlSocketTest, MonitorStreamsEventsUntilTheDaemonStops) {
+  Client monitor(iopfd_.socket());
+  monitor.Call({{"method", "io.iopfd.Monitor"}, {"more", true}});
+  auto first = monitor.Next();
+  ASSERT_TRUE(first);
+  EXPECT_EQ((*first)["parameters"]["event"], "subscribed");
+  EXPECT_EQ((*first)["continues"], true);
+  Client admin(iopfd_.socket());
+  ASSERT_FALSE(
+      admin.CallOne({{"method", "io.iopfd.SetLogLevel"}, {"parameters", {{"level", "warning"}}}})
+          .contains("error"));
+  auto event = monitor.Next();
+  ASSERT_TRUE(event);
+  EXPECT_EQ((*event)["parameters"]["event"], "log_level");
+  EXPECT_THAT((*event)["parameters"]["detail"].get<std::string>(),
+              ::testing::HasSubstr("warning (uid 0)"));
+  EXPECT_EQ((*event)["continues"], true);
+  EXPECT_EQ(iopfd_.Stop(), 0);
+  auto last = monitor.Next();
+  ASSERT_TRUE(last) << "the stream ends with a last reply";
+  EXPECT_EQ((*last)["parameters"]["event"], "stopping");
+  EXPECT_FALSE(last->contains("continues"));
 }
 
 // Runs fn in a child that has dropped to uid/gid/groups; returns fn's exit status.
