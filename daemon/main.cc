@@ -149,10 +149,6 @@ int main(int argc, char** argv) {
     (*loop)->Add(dev->get());
     devices.push_back(*std::move(dev));
   }
-  for (const std::string& name : fds->Untaken()) {
-    iopfd::Log(iopfd::LogLevel::kWarning,
-               absl::StrCat("inherited fd '", name, "' is not named by any device; closing it"));
-  }
   iopfd::Log(iopfd::LogLevel::kInfo,
              absl::StrCat("serving ", devices.size(), " of ", config.devices.size(), " device(s)"));
 
@@ -180,6 +176,10 @@ int main(int argc, char** argv) {
                                 .max_connections = cc.max_connections,
                                 .max_connections_per_uid = cc.max_connections_per_uid});
   (*loop)->AddClient(&control);
+  for (const std::string& name : fds->Untaken()) {
+    iopfd::Log(iopfd::LogLevel::kWarning,
+               absl::StrCat("inherited fd '", name, "' is not named by any device; closing it"));
+  }
   iopfd::Log(iopfd::LogLevel::kInfo,
              "control socket " + (own_socket ? socket_path : std::string("from systemd")));
 
