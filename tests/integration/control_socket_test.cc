@@ -15,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -261,6 +262,63 @@ TEST_F(ControlSocketTest, MonitorStreamsEventsUntilTheDaemonStops) {
   ASSERT_TRUE(last) << "the stream ends with a last reply";
   EXPECT_EQ((*last)["parameters"]["event"], "stopping");
   EXPECT_FALSE(last->contains("continues"));
+}
+
+// Socket activation: systemd binds the socket and passes it as fd 3 named "control"; iopfd
+// serves that one and creates none of its own.
+TEST(SocketActivationTest, ServesTheSocketSystemdPassed) {
+  auto dir = std::filesystem::temp_directory_path() / ("iopfd-act-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir / "devices.d");
+  std::ofstream(dir / "iopfd.toml") << "";
+  const std::string passed = (dir / "passed.sock").string();
+  const std::string own = (dir / "own.sock").string();
+  int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", passed.c_str());
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(lfd, 8), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    // dup2 onto itself (lfd may already be 3) keeps close-on-exec: clear it explicitly.
+    if (dup2(lfd, 3) < 0 || fcntl(3, F_SETFD, 0) < 0) _exit(120);
+    setenv("LISTEN_FDS", "1", 1);
+    setenv("LISTEN_FDNAMES", "control", 1);
+    setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    int log = open((dir / "iopfd.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(log, 2);
+    execl(IOPFD_PATH, "iopfd", "--config", (dir / "iopfd.toml").c_str(), "--devices-dir",
+          (dir / "devices.d").c_str(), "--control-socket", own.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(lfd);
+  std::optional<json> status;
+  for (int i = 0; i < 100 && !status; ++i) {
+    Client c(passed);
+    status = c.CallOne({{"method", "io.iopfd.GetStatus"}});
+    if (status->is_null()) {
+      status.reset();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  if (!status) {
+    std::ifstream log(dir / "iopfd.log");
+    std::cerr << log.rdbuf();
+  }
+  ASSERT_TRUE(status) << "no reply on the passed socket";
+  EXPECT_EQ((*status)["parameters"]["health"], "ok");
+  EXPECT_FALSE(std::filesystem::exists(own)) << "iopfd made its own socket as well";
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  std::ifstream log(dir / "iopfd.log");
+  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, ::testing::HasSubstr("control socket from systemd"));
+  EXPECT_THAT(text, ::testing::Not(::testing::HasSubstr("closing it")));
+  EXPECT_TRUE(std::filesystem::exists(passed)) << "a passed socket is systemd's to remove";
+  std::filesystem::remove_all(dir);
 }
 
 // Runs fn in a child that has dropped to uid/gid/groups; returns fn's exit status.
