@@ -86,6 +86,7 @@ class Device {
   FaultProcessor& processor() { return *processor_; }
   ResponseQueue& responses() { return *responses_; }
   DeviceStats& stats() { return *stats_; }
+  const DeviceStats& stats() const { return *stats_; }
   SpaceTable& spaces() { return *spaces_; }
 
   // The buffer reads land in: a whole number of records.

@@ -19,7 +19,7 @@ json PercentilesJson(const Histogram& h) {
 }
 
 json StatsJson(const Device& d) {
-  const DeviceStats& s = const_cast<Device&>(d).stats();
+  const DeviceStats& s = d.stats();
   json by_reason = json::object();
   for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
     by_reason[std::string(InvalidReasonName(static_cast<InvalidReason>(r)))] =
@@ -95,16 +95,15 @@ std::string PrometheusText(const std::vector<const Device*>& devices) {
     absl::StrAppend(&out, name, "{device=\"", d.name(), "\"", extra_labels, "} ", v, "\n");
   };
   auto counter = [&](const char* name, const char* help, uint64_t DeviceStats::*field) {
-    family(name, "counter", help, [&](const Device& d, const char* n) {
-      sample(n, d, "", const_cast<Device&>(d).stats().*field);
-    });
+    family(name, "counter", help,
+           [&](const Device& d, const char* n) { sample(n, d, "", d.stats().*field); });
   };
   counter("iopfd_page_requests_total", "Page request records read from the fault queue.",
           &DeviceStats::records);
   counter("iopfd_groups_total", "Page request groups read.", &DeviceStats::groups);
   family("iopfd_responses_total", "counter", "Responses by code and, for INVALID, reason.",
          [&](const Device& d, const char* n) {
-           const DeviceStats& s = const_cast<Device&>(d).stats();
+           const DeviceStats& s = d.stats();
            sample(n, d, ",code=\"success\"", s.responses_success);
            for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
              sample(
@@ -123,12 +122,10 @@ std::string PrometheusText(const std::vector<const Device*>& devices) {
   counter("iopfd_responses_abandoned_total", "Responses dropped because the fault fd failed.",
           &DeviceStats::responses_abandoned);
   family("iopfd_outstanding_groups", "gauge", "Groups read and not yet answered.",
-         [&](const Device& d, const char* n) {
-           sample(n, d, "", const_cast<Device&>(d).stats().outstanding());
-         });
+         [&](const Device& d, const char* n) { sample(n, d, "", d.stats().outstanding()); });
   family("iopfd_response_latency_seconds", "summary",
          "Read completion to response write completion.", [&](const Device& d, const char* n) {
-           const Histogram& h = const_cast<Device&>(d).stats().latency_ns;
+           const Histogram& h = d.stats().latency_ns;
            for (double q : {0.5, 0.99}) {
              absl::StrAppend(&out, n, "{device=\"", d.name(), "\",quantile=\"", q, "\"} ",
                              static_cast<double>(h.Percentile(q)) / 1e9, "\n");
