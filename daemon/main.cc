@@ -10,10 +10,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "iopfd/config.h"
 #include "iopfd/control_methods.h"
 #include "iopfd/control_server.h"
 #include "iopfd/device.h"
+#include "iopfd/device_manager.h"
 #include "iopfd/fault_loop.h"
 #include "iopfd/log.h"
 #include "iopfd/syscalls.h"
@@ -34,7 +36,8 @@ constexpr char kUsage[] =
     "  --check-config      validate the configuration, print each error as\n"
     "                      file:line:col: message, and exit (0 valid, 1 invalid)\n"
     "  --stats-json FILE   write per-device statistics as JSON lines at exit\n"
-    "Signals: SIGTERM/SIGINT answer everything outstanding and exit; SIGUSR1 prints stats.\n";
+    "Signals: SIGTERM/SIGINT answer everything outstanding and exit; SIGUSR1 prints stats;\n"
+    "SIGHUP reloads the configuration (as iopfctl reload does).\n";
 
 struct Flags {
   iopfd::LoadOptions load;
@@ -133,36 +136,58 @@ int main(int argc, char** argv) {
     iopfd::Log(iopfd::LogLevel::kError, std::string(loop.status().message()));
     return 1;
   }
+  // The settings in force: Reload updates those that apply at run time.
+  iopfd::GlobalConfig global = config.global;
 
-  std::vector<std::unique_ptr<iopfd::Device>> devices;
-  for (const iopfd::DeviceConfig& dc : config.devices) {
-    auto dev = iopfd::Device::Attach(dc, &*fds, &iopfd::RealSyscalls(), config.global.read_records);
-    if (!dev.ok()) {
-      // One device failing to attach does not stop the others.
-      iopfd::Log(iopfd::LogLevel::kError, std::string(dev.status().message()));
-      continue;
-    }
-    iopfd::Log(iopfd::LogLevel::kInfo,
-               absl::StrCat(dc.name, ": attached (",
-                            dc.mode == iopfd::AttachMode::kAdopt ? "adopt" : "vfio", ", ",
-                            dc.spaces.size(), " address space(s))"));
-    (*loop)->Add(dev->get());
-    devices.push_back(*std::move(dev));
-  }
-  iopfd::Log(iopfd::LogLevel::kInfo,
-             absl::StrCat("serving ", devices.size(), " of ", config.devices.size(), " device(s)"));
-
-  // The control socket: systemd's (socket activation) when it passed one, else our own.
-  iopfd::EventBus events;
-  iopfd::DaemonState state{IOPFD_VERSION, iopfd::MonotonicNs(), config.devices.size(), &devices,
-                           &events};
-  iopfd::VarlinkService service("iopfd", "iopfd", IOPFD_VERSION, "man:iopfd(8)");
-  iopfd::RegisterIopfdMethods(&service, &state);
+  // The control socket: systemd's (socket activation) when it passed one, else our own. Taken
+  // out of the inherited fds first: the rest are the devices' pool.
   const iopfd::ControlConfig& cc = config.global.control;
-  service.set_policy({cc.group_gid, cc.admin_group_gid});
   std::string socket_path = flags.control_socket.empty() ? cc.socket : flags.control_socket;
   bool own_socket = false;
   auto listener = fds->Take("control");
+
+  iopfd::DeviceManager manager(loop->get(), &iopfd::RealSyscalls(), *std::move(fds),
+                               config.global.read_records);
+  iopfd::EventBus events;
+  manager.on_event = [&events](const std::string& event, const std::string& device,
+                               const std::string& detail) {
+    events.Publish(event, device, detail);
+  };
+  // One device failing to attach does not stop the others.
+  iopfd::ReloadReport started = manager.Apply(config.devices);
+  iopfd::Log(iopfd::LogLevel::kInfo, absl::StrCat("serving ", started.added.size(), " of ",
+                                                  config.devices.size(), " device(s)"));
+
+  iopfd::VarlinkService service("iopfd", "iopfd", IOPFD_VERSION, "man:iopfd(8)");
+  service.set_policy({cc.group_gid, cc.admin_group_gid});
+  auto reload = [&]() {
+    iopfd::ReloadOutcome out = iopfd::ReloadFromFiles(flags.load, &global, &manager);
+    if (!out.errors.empty()) {
+      for (const auto& e : out.errors) {
+        iopfd::Log(iopfd::LogLevel::kError, "reload: " + e.ToString());
+      }
+      iopfd::Log(iopfd::LogLevel::kError, "reload: invalid configuration; nothing changed");
+      events.Publish("reload_failed", {},
+                     absl::StrCat(out.errors.size(), " configuration error(s)"));
+      return out;
+    }
+    service.set_policy({global.control.group_gid, global.control.admin_group_gid});
+    const iopfd::ReloadReport& r = out.report;
+    std::string summary =
+        absl::StrCat(r.added.size(), " added, ", r.removed.size(), " removed, ",
+                     r.restarted.size(), " restarted, ", r.kept.size(), " kept, ",
+                     r.failed.size(), " failed");
+    for (const std::string& key : out.restart_required) {
+      iopfd::Log(iopfd::LogLevel::kWarning,
+                 "reload: " + key + " changed; it takes effect at the next start");
+    }
+    iopfd::Log(iopfd::LogLevel::kInfo, "reload: " + summary);
+    events.Publish("reload", {}, summary);
+    return out;
+  };
+  iopfd::DaemonState state{IOPFD_VERSION, iopfd::MonotonicNs(), &manager, &events, reload,
+                           [&loop] { return (*loop)->stopping(); }};
+  iopfd::RegisterIopfdMethods(&service, &state);
   if (!listener.ok()) {
     listener = iopfd::ListenControlSocket(socket_path, cc.group_gid);
     if (!listener.ok()) {
@@ -176,24 +201,28 @@ int main(int argc, char** argv) {
                                 .max_connections = cc.max_connections,
                                 .max_connections_per_uid = cc.max_connections_per_uid});
   (*loop)->AddClient(&control);
-  for (const std::string& name : fds->Untaken()) {
-    iopfd::Log(iopfd::LogLevel::kWarning,
-               absl::StrCat("inherited fd '", name, "' is not named by any device; closing it"));
+  std::vector<std::string> unclaimed = manager.UnclaimedFds();
+  if (!unclaimed.empty()) {
+    // Kept, not closed: a device added by a later Reload may name them.
+    iopfd::Log(iopfd::LogLevel::kInfo,
+               absl::StrCat("inherited fd(s) not used by any device, held for a later reload: ",
+                            absl::StrJoin(unclaimed, ", ")));
   }
   iopfd::Log(iopfd::LogLevel::kInfo,
              "control socket " + (own_socket ? socket_path : std::string("from systemd")));
 
-  (*loop)->on_stats = [&devices] { PrintStats(devices); };
+  (*loop)->on_stats = [&manager] { PrintStats(manager.devices()); };
   (*loop)->on_stopping = [&events] { events.Close("stopping"); };
+  (*loop)->on_reload = [&reload] { reload(); };
   (*loop)->on_device_failed = [&events](const iopfd::Device& d, const std::string& why) {
     events.Publish("device_failed", d.name(), why);
   };
   int rc = (*loop)->Run();
   if (own_socket) unlink(socket_path.c_str());
-  PrintStats(devices);
+  PrintStats(manager.devices());
   if (!flags.stats_json.empty()) {
     std::ofstream out(flags.stats_json, std::ios::trunc);
-    for (const auto& d : devices) out << iopfd::FormatStatsJson(d->name(), d->stats()) << "\n";
+    for (const auto& d : manager.devices()) out << iopfd::FormatStatsJson(d->name(), d->stats()) << "\n";
     if (!out) {
       iopfd::Log(iopfd::LogLevel::kError, "cannot write --stats-json " + flags.stats_json);
       rc = 1;

@@ -147,6 +147,10 @@ LoadResult LoadConfig(const LoadOptions& options);
 // Parses one device file's text (for tests and Reload); `file` names it in errors.
 LoadResult ParseDeviceText(std::string_view text, const std::string& file, bool check_backings);
 
+// Returns true when a and b configure the same device the same way, whatever file, line and
+// column they were written at (a reload restarts a device only when this is false).
+bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b);
+
 // Parses a size: a plain integer (bytes) or an integer with a unit suffix B, KiB, MiB, GiB, TiB
 // (also K, M, G, T meaning the same binary multiples). Returns InvalidArgument naming the
 // problem for anything else, including overflow of 64 bits.

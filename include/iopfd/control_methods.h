@@ -3,11 +3,13 @@
 #define IOPFD_CONTROL_METHODS_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "iopfd/device.h"
+#include "iopfd/device_manager.h"
 #include "iopfd/varlink.h"
 
 namespace iopfd {
@@ -16,9 +18,12 @@ namespace iopfd {
 struct DaemonState {
   std::string version;
   uint64_t start_ns = 0;  // CLOCK_MONOTONIC at start
-  size_t devices_configured = 0;
-  std::vector<std::unique_ptr<Device>>* devices = nullptr;
+  DeviceManager* manager = nullptr;
   EventBus* events = nullptr;  // Monitor's subscribers
+  // Re-reads the configuration files and applies them (Reload).
+  std::function<ReloadOutcome()> reload;
+  // True once the daemon is stopping: Reload, Adopt and Detach then answer io.iopfd.Busy.
+  std::function<bool()> stopping;
 };
 
 // The text of lib/control/io.iopfd.varlink, compiled in.

@@ -3,7 +3,9 @@
 #ifndef IOPFD_CONTROL_SERVER_H_
 #define IOPFD_CONTROL_SERVER_H_
 
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "iopfd/fault_loop.h"
@@ -37,6 +40,9 @@ struct ControlServerOptions {
 // replies, all through non-blocking operations on the loop's ring. A client that stops reading,
 // floods or holds half a message costs a bounded buffer and never delays fault responses: the
 // loop never waits on a client. Connections over the total or per-uid cap are closed at accept.
+// File descriptors may come with a message (SCM_RIGHTS, at most 16 per message); they belong to
+// the message being received when they arrive and are closed after its call unless the method
+// takes them (io.iopfd.Adopt).
 class ControlServer : public RingClient {
  public:
   // Takes a listening socket; service must outlive the server.
@@ -54,6 +60,8 @@ class ControlServer : public RingClient {
 
  private:
   enum Kind { kAccept = 1, kRecv, kSend, kCancel };
+  // Descriptors one message may carry.
+  static constexpr size_t kMaxFds = 16;
   class Channel;  // a connection's ReplyChannel, for streaming replies
   struct Conn {
     UniqueFd fd;
@@ -65,6 +73,11 @@ class ControlServer : public RingClient {
     bool dead = false;     // close as soon as nothing is in flight
     RingOp recv_op, send_op, cancel_op;
     std::shared_ptr<Channel> channel;
+    // Descriptors received while a message was still incomplete: they belong to it.
+    std::vector<UniqueFd> fds_next;
+    msghdr msg{};
+    iovec iov{};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
     char buf[16384];
     explicit Conn(size_t max_message) : in(max_message) {}
   };

@@ -37,6 +37,8 @@ class ListenFds {
   absl::StatusOr<UniqueFd> Take(const std::string& name);
   // Returns the names of fds nobody took (they are closed with this object).
   std::vector<std::string> Untaken() const;
+  // Returns the number of fds held.
+  size_t size() const { return fds_.size(); }
 
  private:
   std::vector<std::pair<std::string, UniqueFd>> fds_;
@@ -60,6 +62,9 @@ class Backing {
   }
   int fd() const { return fd_.get(); }
   void* va() const { return va_; }
+  // Gives up the fd (the mapping stays until destruction). Regions keep the number, so only
+  // for a device that will process no more faults.
+  UniqueFd ReleaseFd() { return std::move(fd_); }
 
  private:
   UniqueFd fd_;
@@ -74,7 +79,7 @@ class Device {
   // from `fds`; vfio mode opens /dev/iommu, binds the cdev, allocates an IOAS, a fault queue and
   // an IOPF-capable HWPT per address space, and attaches them (per PASID where configured).
   // Errors name the device, the step and the errno. read_records is the initial read buffer in
-  // records.
+  // records. On failure, the fds taken from `fds` are put back.
   static absl::StatusOr<std::unique_ptr<Device>> Attach(const DeviceConfig& config, ListenFds* fds,
                                                         Syscalls* sys, uint32_t read_records);
   Device(const Device&) = delete;
@@ -82,6 +87,8 @@ class Device {
 
   const std::string& name() const { return name_; }
   AttachMode mode() const { return mode_; }
+  // The configuration it was attached with.
+  const DeviceConfig& config() const { return config_; }
   int fault_fd() const { return fault_fd_.get(); }
   FaultProcessor& processor() { return *processor_; }
   ResponseQueue& responses() { return *responses_; }
@@ -106,11 +113,20 @@ class Device {
   // Consecutive read errors, for the loop's retry limit.
   int read_errors = 0;
 
+  // Adopt mode: hands the inherited fds (iommufd, fault queue, fd: backings) back into `pool`
+  // under the names the configuration gave them, so that a later attach can take them again.
+  // Only for a device no loop serves any more: the device cannot process faults afterwards.
+  // Does nothing in vfio mode (those fds are iopfd's own and close with the device).
+  void ReleaseFds(ListenFds* pool);
+
  private:
-  Device(std::string name, AttachMode mode) : name_(std::move(name)), mode_(mode) {}
+  absl::Status Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records);
+  explicit Device(const DeviceConfig& config)
+      : name_(config.name), mode_(config.mode), config_(config) {}
 
   std::string name_;
   AttachMode mode_;
+  DeviceConfig config_;
   // Declaration order is teardown order reversed: the processor goes first, the iommufd last,
   // so nothing refers to an fd or mapping that is already gone.
   std::optional<Iommufd> iommufd_;

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "iopfd/config.h"
 #include "iopfd/device.h"
+#include "iopfd/device_manager.h"
 #include "iopfd/fd.h"
 
 namespace iopfd {
@@ -51,18 +52,33 @@ class RingClient {
 // responses of one loop turn go out in one write per fault fd, submitted together with the next
 // wait. SIGTERM/SIGINT stop the loop after answering everything read and everything still
 // queued; SIGUSR1 calls on_stats.
-class FaultLoop {
+class FaultLoop : public DeviceHost {
  public:
   // Creates the ring (ring_entries SQEs) and a signalfd for SIGTERM, SIGINT, SIGUSR1, SIGHUP,
   // which the caller must have blocked in every thread. Errors name io_uring_queue_init or
   // signalfd and the errno.
   static absl::StatusOr<std::unique_ptr<FaultLoop>> Create(const GlobalConfig& config);
-  ~FaultLoop();
+  ~FaultLoop() override;
   FaultLoop(const FaultLoop&) = delete;
   FaultLoop& operator=(const FaultLoop&) = delete;
 
-  // Adds a device before Run. The device must outlive the loop.
+  // Adds a device. Before Run its first read is armed when Run starts; while running (from a
+  // client's completion or a hook), at once. The device must stay alive until Remove returns
+  // or the loop is destroyed.
   void Add(Device* device);
+  // Stops serving a device while the loop runs: cancels its read, waits for its operations in
+  // flight (handling other devices' completions meanwhile; clients' are deferred to the next
+  // turn), then reads what is still queued and answers everything it read, synchronously and
+  // bounded by 100 ms of reading. Afterwards the loop no longer refers to the device. Returns
+  // the number of groups read from it and left unanswered (0 unless its fd failed). Call it
+  // from a client's completion handler or a hook, never from inside the fault path. Returns
+  // 0 and does nothing for a device the loop does not serve.
+  uint64_t Remove(Device* device);
+  // DeviceHost: the same as Add and Remove.
+  void AddDevice(Device* device) override { Add(device); }
+  uint64_t RemoveDevice(Device* device) override { return Remove(device); }
+  // Returns true once a stop signal arrived (the loop is draining or about to).
+  bool stopping() const { return stopping_; }
   // Adds a client before Run. The client must outlive the loop.
   void AddClient(RingClient* client) { clients_.push_back(client); }
   // Returns a submission entry, submitting the queue first when it is full. For clients.
@@ -78,6 +94,9 @@ class FaultLoop {
 
   std::function<void()> on_stats;     // SIGUSR1
   std::function<void()> on_stopping;  // a stop signal arrived; the loop drains next
+  // SIGHUP: run at the start of the next turn (not inside completion handling), so that it may
+  // Add and Remove devices.
+  std::function<void()> on_reload;
   // A device's fault queue failed for reading or writing (why says which and how).
   std::function<void(const Device&, const std::string& why)> on_device_failed;
 
@@ -96,6 +115,7 @@ class FaultLoop {
     Op poll;  // linked ahead of read; see ArmRead
     Op read;
     Op write;
+    bool removing = false;  // Remove is waiting for its operations; never re-arm
   };
 
   explicit FaultLoop(const GlobalConfig& config) : config_(config) {}
@@ -110,6 +130,10 @@ class FaultLoop {
   int DrainCq();
   int ProcessCompletions();
   void Drain();
+  // Reads the device's queue empty (until deadline) and processes what it read, synchronously.
+  void ReadRemaining(Device* d, uint64_t deadline);
+  // Writes every queued response of the device synchronously.
+  void WriteAll(Device* d);
 
   GlobalConfig config_;
   io_uring ring_{};
@@ -122,6 +146,8 @@ class FaultLoop {
   std::vector<RingClient*> clients_;
   std::vector<std::pair<RingOp*, int>> deferred_;  // client completions of the current turn
   bool stopping_ = false;
+  bool running_ = false;
+  bool reload_requested_ = false;
 };
 
 // Returns CLOCK_MONOTONIC in nanoseconds.

@@ -28,6 +28,8 @@ class Iommufd {
 
   int fd() const { return fd_.get(); }
   const std::string& name() const { return name_; }
+  // Gives the fd back (adopt mode hands it on); this object is unusable afterwards.
+  UniqueFd ReleaseFd() { return std::move(fd_); }
 
   // IOMMU_IOAS_ALLOC: returns the new IOAS.
   absl::StatusOr<IoasId> IoasAlloc();

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "iopfd/fd.h"
 #include "nlohmann/json.hpp"
 
 namespace iopfd {
@@ -46,6 +47,10 @@ struct VarlinkCall {
   bool oneway = false;
   bool more = false;
   bool upgrade = false;
+  // File descriptors that came with the message (SCM_RIGHTS), in order; a handler that uses
+  // them moves them out. Whatever is left is closed once the call is answered. Never null
+  // inside a handler.
+  std::vector<UniqueFd>* fds = nullptr;
 };
 
 // Parses one message as a call. InvalidArgument when it is not JSON (including invalid UTF-8),
@@ -153,9 +158,11 @@ class VarlinkService {
   // Handles one message and returns the bytes to send back (empty for "oneway" calls). Sets
   // *close when the message was not a valid call at all (not JSON, not an object): the
   // connection is then closed after the returned error, if any, is sent. `channel` is the
-  // connection's, for streaming methods (without one they answer MethodNotImplemented).
+  // connection's, for streaming methods (without one they answer MethodNotImplemented). `fds`
+  // are the descriptors that came with the message (may be null); the method may take them.
   std::string Handle(std::string_view message, const Peer& peer, bool* close,
-                     const std::shared_ptr<ReplyChannel>& channel = nullptr);
+                     const std::shared_ptr<ReplyChannel>& channel = nullptr,
+                     std::vector<UniqueFd>* fds = nullptr);
 
  private:
   struct Method {

@@ -1106,4 +1106,25 @@ LoadResult LoadConfig(const LoadOptions& options) {
   return result;
 }
 
+
+bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b) {
+  auto same_region = [](const RegionConfig& x, const RegionConfig& y) {
+    return x.iova == y.iova && x.size == y.size && x.backing == y.backing && x.path == y.path &&
+           x.fd_name == y.fd_name && x.offset == y.offset && x.access == y.access &&
+           x.prefetch == y.prefetch && x.page_size == y.page_size;
+  };
+  auto same_space = [&](const SpaceConfig& x, const SpaceConfig& y) {
+    return x.pasid == y.pasid && x.ioas_id == y.ioas_id &&
+           std::equal(x.regions.begin(), x.regions.end(), y.regions.begin(), y.regions.end(),
+                      same_region);
+  };
+  return a.name == b.name && a.mode == b.mode && a.adopt.iommufd_fd == b.adopt.iommufd_fd &&
+         a.adopt.fault_fd == b.adopt.fault_fd && a.adopt.device_id == b.adopt.device_id &&
+         a.vfio.cdev == b.vfio.cdev && a.vfio.pci == b.vfio.pci &&
+         a.limits.max_group_records == b.limits.max_group_records &&
+         a.limits.max_fault_map_bytes == b.limits.max_fault_map_bytes &&
+         std::equal(a.spaces.begin(), a.spaces.end(), b.spaces.begin(), b.spaces.end(),
+                    same_space);
+}
+
 }  // namespace iopfd

@@ -18,14 +18,13 @@ json PercentilesJson(const Histogram& h) {
           {"max", h.max()}};
 }
 
-json StatsJson(const Device& d) {
-  const DeviceStats& s = d.stats();
+json StatsJson(const std::string& name, const DeviceStats& s) {
   json by_reason = json::object();
   for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
     by_reason[std::string(InvalidReasonName(static_cast<InvalidReason>(r)))] =
         s.invalid_by_reason[r];
   }
-  return {{"name", d.name()},
+  return {{"name", name},
           {"reads", s.reads},
           {"empty_reads", s.empty_reads},
           {"read_grows", s.read_grows},
@@ -56,10 +55,7 @@ const char* StateOf(const Device& d) {
 }
 
 Device* FindDevice(DaemonState* state, const std::string& name) {
-  for (auto& d : *state->devices) {
-    if (d->name() == name) return d.get();
-  }
-  return nullptr;
+  return state->manager->Find(name);
 }
 
 // Returns the string parameter `key`, or an InvalidParameter reply in *error.
@@ -80,6 +76,99 @@ std::optional<std::string> StringParam(const VarlinkCall& call, const char* key,
 
 VarlinkReply NotYet(const std::string& method, const char* reason) {
   return VarlinkReply::Error("io.iopfd.NotSupported", {{"method", method}, {"reason", reason}});
+}
+
+json Strings(const std::vector<std::string>& v) {
+  json a = json::array();
+  for (const std::string& s : v) a.push_back(s);
+  return a;
+}
+
+VarlinkReply Stopping() {
+  return VarlinkReply::Error("io.iopfd.Busy", {{"device", ""}, {"reason", "iopfd is stopping"}});
+}
+
+VarlinkReply InvalidParameter(const char* name) {
+  return VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", name}});
+}
+
+VarlinkReply Reload(DaemonState* state, const Peer& peer) {
+  if (state->stopping && state->stopping()) return Stopping();
+  Log(LogLevel::kInfo, absl::StrCat("reload requested by uid ", peer.uid));
+  ReloadOutcome out = state->reload();
+  if (!out.errors.empty()) {
+    json errors = json::array();
+    for (const ConfigError& e : out.errors) errors.push_back(e.ToString());
+    return VarlinkReply::Error("io.iopfd.InvalidConfig", {{"errors", errors}});
+  }
+  const ReloadReport& r = out.report;
+  json failed = json::array();
+  for (const DeviceProblem& p : r.failed) failed.push_back({{"device", p.device}, {"error", p.error}});
+  return VarlinkReply::Ok({{"added", Strings(r.added)},
+                           {"removed", Strings(r.removed)},
+                           {"restarted", Strings(r.restarted)},
+                           {"kept", Strings(r.kept)},
+                           {"detached", Strings(r.detached)},
+                           {"failed", failed},
+                           {"restart_required", Strings(out.restart_required)}});
+}
+
+VarlinkReply Adopt(DaemonState* state, const VarlinkCall& call, const Peer& peer) {
+  if (state->stopping && state->stopping()) return Stopping();
+  VarlinkReply error;
+  auto text = StringParam(call, "config", true, &error);
+  if (!text) return error;
+  std::vector<std::string> names;
+  if (auto it = call.parameters.find("fds"); it != call.parameters.end() && !it->is_null()) {
+    if (!it->is_array()) return InvalidParameter("fds");
+    for (const json& n : *it) {
+      if (!n.is_string()) return InvalidParameter("fds");
+      std::string name = n.get<std::string>();
+      if (name.empty() || std::find(names.begin(), names.end(), name) != names.end()) {
+        return InvalidParameter("fds");
+      }
+      names.push_back(std::move(name));
+    }
+  }
+  // Every passed descriptor needs a name and every name a descriptor.
+  if (names.size() != call.fds->size()) return InvalidParameter("fds");
+  LoadResult parsed = ParseDeviceText(*text, "<Adopt config>", /*check_backings=*/true);
+  if (!parsed.ok() || parsed.config.devices.size() != 1) {
+    json errors = json::array();
+    for (const ConfigError& e : parsed.errors) errors.push_back(e.ToString());
+    if (errors.empty()) errors.push_back("<Adopt config>: no device");
+    return VarlinkReply::Error("io.iopfd.InvalidConfig", {{"errors", errors}});
+  }
+  const DeviceConfig& config = parsed.config.devices.front();
+  ListenFds fds;
+  for (size_t i = 0; i < names.size(); ++i) fds.Add(names[i], std::move((*call.fds)[i]));
+  absl::Status st = state->manager->Adopt(config, std::move(fds));
+  if (st.code() == absl::StatusCode::kAlreadyExists) {
+    return VarlinkReply::Error("io.iopfd.Busy",
+                               {{"device", config.name}, {"reason", std::string(st.message())}});
+  }
+  if (st.code() == absl::StatusCode::kInvalidArgument) {
+    return VarlinkReply::Error("io.iopfd.InvalidConfig",
+                               {{"errors", json::array({std::string(st.message())})}});
+  }
+  if (!st.ok()) {
+    return VarlinkReply::Error("io.iopfd.AttachFailed",
+                               {{"device", config.name}, {"error", std::string(st.message())}});
+  }
+  Log(LogLevel::kInfo, absl::StrCat(config.name, ": adopted at run time from uid ", peer.uid,
+                                    " (pid ", peer.pid, ")"));
+  return VarlinkReply::Ok({{"name", config.name}});
+}
+
+VarlinkReply Detach(DaemonState* state, const VarlinkCall& call, const Peer& peer) {
+  if (state->stopping && state->stopping()) return Stopping();
+  VarlinkReply error;
+  auto device = StringParam(call, "device", true, &error);
+  if (!device) return error;
+  Log(LogLevel::kInfo, absl::StrCat(*device, ": detach requested by uid ", peer.uid));
+  auto stats = state->manager->Detach(*device);
+  if (!stats.ok()) return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
+  return VarlinkReply::Ok({{"stats", StatsJson(*device, *stats)}});
 }
 
 }  // namespace
@@ -141,18 +230,31 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
   service->AddInterface("io.iopfd", kIopfdInterfaceDescription);
 
   service->AddMethod("io.iopfd.GetStatus", false, {}, [state](const VarlinkCall&, const Peer&) {
-    size_t running = 0;
-    for (auto& d : *state->devices) running += std::string(StateOf(*d)) == "running";
+    const DeviceManager& m = *state->manager;
+    size_t running = 0, adopted = 0;
+    bool failed = false;
+    for (const auto& d : m.devices()) {
+      if (m.IsAdoptedAtRunTime(d->name())) {
+        ++adopted;
+      } else if (std::string(StateOf(*d)) == "running") {
+        ++running;
+      }
+      failed |= std::string(StateOf(*d)) != "running";
+    }
+    // Detached devices are out by request, not by failure.
+    bool ok = !failed && running + m.detached() == m.configured();
     return VarlinkReply::Ok({{"version", state->version},
                              {"uptime_usec", (MonotonicNs() - state->start_ns) / 1000},
-                             {"devices_configured", state->devices_configured},
+                             {"devices_configured", m.configured()},
                              {"devices_running", running},
-                             {"health", running == state->devices_configured ? "ok" : "degraded"}});
+                             {"devices_detached", m.detached()},
+                             {"devices_adopted", adopted},
+                             {"health", ok ? "ok" : "degraded"}});
   });
 
   service->AddMethod("io.iopfd.ListDevices", false, {}, [state](const VarlinkCall&, const Peer&) {
     json list = json::array();
-    for (auto& d : *state->devices) {
+    for (const auto& d : state->manager->devices()) {
       json pasids = json::array();
       bool no_pasid = false;
       for (AddressSpace& s : d->spaces().spaces()) {
@@ -165,6 +267,8 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
       const DeviceStats& st = d->stats();
       list.push_back({{"name", d->name()},
                       {"attach", d->mode() == AttachMode::kAdopt ? "adopt" : "vfio"},
+                      {"origin", state->manager->IsAdoptedAtRunTime(d->name()) ? "adopted"
+                                                                               : "config"},
                       {"state", StateOf(*d)},
                       {"pasids", pasids},
                       {"no_pasid_space", no_pasid},
@@ -196,10 +300,10 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
             return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
           chosen.push_back(d);
         } else {
-          for (auto& d : *state->devices) chosen.push_back(d.get());
+          for (const auto& d : state->manager->devices()) chosen.push_back(d.get());
         }
         json list = json::array();
-        for (const Device* d : chosen) list.push_back(StatsJson(*d));
+        for (const Device* d : chosen) list.push_back(StatsJson(d->name(), d->stats()));
         json params = {{"devices", list}};
         if (format && *format == "prometheus") params["text"] = PrometheusText(chosen);
         return VarlinkReply::Ok(params);
@@ -239,15 +343,15 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
       return NotYet(method, "the drain state machine is not implemented yet");
     });
   }
-  service->AddMethod("io.iopfd.Reload", true, {}, [](const VarlinkCall& call, const Peer&) {
-    return NotYet(call.method, "reload is not implemented yet");
+  service->AddMethod("io.iopfd.Reload", true, {}, [state](const VarlinkCall&, const Peer& peer) {
+    return Reload(state, peer);
   });
-  service->AddMethod("io.iopfd.Adopt", true, {"config"}, [](const VarlinkCall& call, const Peer&) {
-    return NotYet(call.method, "run-time adoption is not implemented yet");
-  });
-  service->AddMethod("io.iopfd.Detach", true, {"device"}, [](const VarlinkCall& call, const Peer&) {
-    return NotYet(call.method, "detach is not implemented yet");
-  });
+  service->AddMethod(
+      "io.iopfd.Adopt", true, {"config", "fds"},
+      [state](const VarlinkCall& call, const Peer& peer) { return Adopt(state, call, peer); });
+  service->AddMethod(
+      "io.iopfd.Detach", true, {"device"},
+      [state](const VarlinkCall& call, const Peer& peer) { return Detach(state, call, peer); });
   service->AddStreamingMethod(
       "io.iopfd.Monitor", false, {},
       [state](const VarlinkCall&, const Peer&, std::shared_ptr<ReplyChannel> channel) {

@@ -79,6 +79,24 @@ Peer PeerOf(int fd) {
   return p;
 }
 
+// Takes the descriptors of SCM_RIGHTS control messages out of msg.
+std::vector<UniqueFd> ReceivedFds(const msghdr& msg) {
+  std::vector<UniqueFd> fds;
+  if (msg.msg_controllen == 0) return fds;
+  for (const cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr;
+       cm = CMSG_NXTHDR(const_cast<msghdr*>(&msg), const_cast<cmsghdr*>(cm))) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    const unsigned char* data = CMSG_DATA(cm);
+    for (size_t i = 0; i < n; ++i) {
+      int fd;
+      std::memcpy(&fd, data + i * sizeof(int), sizeof(int));
+      fds.emplace_back(fd);
+    }
+  }
+  return fds;
+}
+
 }  // namespace
 
 // Streaming replies (Monitor) go into the connection's output like any reply; the loop sends
@@ -117,7 +135,14 @@ void ControlServer::ArmAccept(FaultLoop& loop) {
 void ControlServer::ArmRecv(FaultLoop& loop, Conn& c) {
   if (c.recv_op.in_flight || c.closing || c.dead || stopping_) return;
   io_uring_sqe* sqe = loop.GetSqe();
-  io_uring_prep_recv(sqe, c.fd.get(), c.buf, sizeof(c.buf), 0);
+  // recvmsg rather than recv: a client may pass descriptors with a call (Adopt).
+  c.iov = {c.buf, sizeof(c.buf)};
+  c.msg = {};
+  c.msg.msg_iov = &c.iov;
+  c.msg.msg_iovlen = 1;
+  c.msg.msg_control = c.control;
+  c.msg.msg_controllen = sizeof(c.control);
+  io_uring_prep_recvmsg(sqe, c.fd.get(), &c.msg, MSG_CMSG_CLOEXEC);
   loop.Bind(sqe, &c.recv_op);
 }
 
@@ -165,20 +190,42 @@ void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
     if (c.out_sent >= c.out.size()) Kill(loop, c);
     return;
   }
+  std::vector<UniqueFd> arrived = ReceivedFds(c.msg);
+  if ((c.msg.msg_flags & MSG_CTRUNC) != 0 || c.fds_next.size() + arrived.size() > kMaxFds) {
+    // Descriptors were lost (the kernel closed what did not fit): the call they came with can
+    // no longer be served correctly.
+    Log(LogLevel::kWarning, absl::StrCat("control socket: uid ", c.peer.uid, " passed more than ",
+                                         kMaxFds, " file descriptors with one message; closing"));
+    return Kill(loop, c);
+  }
   if (!c.in.Append(std::string_view(c.buf, static_cast<size_t>(res)))) {
     Log(LogLevel::kWarning,
         absl::StrCat("control socket: uid ", c.peer.uid, " sent a message over ",
                      options_.max_message, " bytes; closing"));
     return Kill(loop, c);
   }
-  while (auto msg = c.in.Next()) {
+  std::vector<std::string> messages;
+  while (auto msg = c.in.Next()) messages.push_back(*std::move(msg));
+  // AF_UNIX stream sockets end a read right after the data that carried descriptors
+  // (unix_stream_read_generic), so they came with the message this read ends in: the last one
+  // completed now, or the one still incomplete. Descriptors held from an earlier read belong to
+  // the first message completed now.
+  const bool ends_on_boundary = c.in.buffered() == 0;
+  for (size_t k = 0; k < messages.size(); ++k) {
+    std::vector<UniqueFd> fds;
+    if (k == 0) fds.swap(c.fds_next);
+    if (k + 1 == messages.size() && ends_on_boundary) {
+      for (UniqueFd& fd : arrived) fds.push_back(std::move(fd));
+      arrived.clear();
+    }
     bool close = false;
-    c.out += service_->Handle(*msg, c.peer, &close, c.channel);
+    c.out += service_->Handle(messages[k], c.peer, &close, c.channel, &fds);
     if (close) {
       c.closing = true;
       break;
     }
   }
+  for (UniqueFd& fd : arrived) c.fds_next.push_back(std::move(fd));
   if (c.out.size() - c.out_sent > options_.max_output) {
     Log(LogLevel::kWarning,
         absl::StrCat("control socket: uid ", c.peer.uid, " is not reading its replies; closing"));

@@ -225,9 +225,12 @@ std::pair<VarlinkReply, bool> VarlinkService::Dispatch(
 }
 
 std::string VarlinkService::Handle(std::string_view message, const Peer& peer, bool* close,
-                                   const std::shared_ptr<ReplyChannel>& channel) {
+                                   const std::shared_ptr<ReplyChannel>& channel,
+                                   std::vector<UniqueFd>* fds) {
   *close = false;
   auto call = ParseCall(message);
+  std::vector<UniqueFd> none;
+  if (call.ok()) call->fds = fds != nullptr ? fds : &none;
   if (!call.ok()) {
     // Not a call at all: nothing in it can be trusted, not even "oneway". Say why, then close.
     *close = true;

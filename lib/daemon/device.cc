@@ -55,7 +55,9 @@ absl::StatusOr<Backing> OpenBacking(const DeviceConfig& dev, const RegionConfig&
   // mmap reserves address space and touches no page.
   void* va = sys->MapShared(fd.get(), r.offset, r.size, writable);
   if (va == nullptr) {
-    return ErrnoStatus(errno, dev.name,
+    int err = errno;
+    if (r.backing == BackingKind::kInheritedFd) fds->Add(r.fd_name, std::move(fd));
+    return ErrnoStatus(err, dev.name,
                        absl::StrCat("mmap backing of region at 0x", absl::Hex(r.iova)));
   }
   return Backing(std::move(fd), va, r.size, sys);
@@ -65,7 +67,19 @@ absl::StatusOr<Backing> OpenBacking(const DeviceConfig& dev, const RegionConfig&
 
 absl::StatusOr<std::unique_ptr<Device>> Device::Attach(const DeviceConfig& config, ListenFds* fds,
                                                        Syscalls* sys, uint32_t read_records) {
-  std::unique_ptr<Device> d(new Device(config.name, config.mode));
+  std::unique_ptr<Device> d(new Device(config));
+  absl::Status st = d->Setup(fds, sys, read_records);
+  if (!st.ok()) {
+    // Inherited fds taken so far go back, so that a corrected configuration can use them.
+    d->ReleaseFds(fds);
+    return st;
+  }
+  return d;
+}
+
+absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records) {
+  const DeviceConfig& config = config_;
+  Device* d = this;
   const std::string& name = config.name;
   DeviceId dev_id;
   std::vector<IoasId> ioas(config.spaces.size());
@@ -75,11 +89,11 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Attach(const DeviceConfig& confi
     if (!iommufd.ok())
       return absl::NotFoundError(
           absl::StrCat(name, ": iommufd_fd: ", std::string(iommufd.status().message())));
+    d->iommufd_.emplace(*std::move(iommufd), sys, name);
     auto fault = fds->Take(config.adopt.fault_fd);
     if (!fault.ok())
       return absl::NotFoundError(
           absl::StrCat(name, ": fault_fd: ", std::string(fault.status().message())));
-    d->iommufd_.emplace(*std::move(iommufd), sys, name);
     d->fault_fd_ = *std::move(fault);
     dev_id = DeviceId(config.adopt.device_id);
     for (size_t i = 0; i < config.spaces.size(); ++i) ioas[i] = IoasId(config.spaces[i].ioas_id);
@@ -146,7 +160,22 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Attach(const DeviceConfig& confi
   d->processor_ = std::make_unique<FaultProcessor>(opts, d->spaces_.get(), d->mapper_.get(),
                                                    d->responses_.get(), d->stats_.get());
   d->read_buffer_.resize(read_records > 0 ? read_records : 1);
-  return d;
+  return absl::OkStatus();
+}
+
+void Device::ReleaseFds(ListenFds* pool) {
+  if (mode_ != AttachMode::kAdopt) return;
+  if (iommufd_) pool->Add(config_.adopt.iommufd_fd, iommufd_->ReleaseFd());
+  if (fault_fd_.valid()) pool->Add(config_.adopt.fault_fd, std::move(fault_fd_));
+  // backings_ holds one entry per region, in configuration order.
+  size_t i = 0;
+  for (const SpaceConfig& s : config_.spaces) {
+    for (const RegionConfig& r : s.regions) {
+      if (i >= backings_.size()) return;
+      Backing& b = backings_[i++];
+      if (r.backing == BackingKind::kInheritedFd) pool->Add(r.fd_name, b.ReleaseFd());
+    }
+  }
 }
 
 bool Device::GrowReadBuffer(uint32_t max_records) {

@@ -5,6 +5,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 
@@ -54,7 +55,50 @@ void FaultLoop::Add(Device* device) {
   slot->poll = {OpKind::kPoll, slot.get()};
   slot->read = {OpKind::kRead, slot.get()};
   slot->write = {OpKind::kWrite, slot.get()};
+  Slot& ref = *slot;
   slots_.push_back(std::move(slot));
+  if (running_ && !stopping_) ArmRead(ref);
+}
+
+uint64_t FaultLoop::Remove(Device* device) {
+  auto it = std::find_if(slots_.begin(), slots_.end(),
+                         [device](const std::unique_ptr<Slot>& s) { return s->device == device; });
+  if (it == slots_.end()) return 0;
+  Slot& slot = **it;
+  slot.removing = true;
+  if (slot.read.in_flight) {
+    // Cancelling the poll fails the linked read (no completion of its own); a read already past
+    // its poll completes normally and its records are processed below like any others.
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_cancel(sqe, &slot.poll, 0);
+    io_uring_sqe_set_data(sqe, &cancel_op_);
+  }
+  // Wait for this device's operations only. Other devices' completions are handled as usual;
+  // clients' are deferred (DrainCq) and served at the next turn, so no client handler runs
+  // inside the one that called Remove.
+  while (slot.read.in_flight || slot.write.in_flight) {
+    int rc = io_uring_submit_and_wait(&ring_, 1);
+    if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
+      Log(LogLevel::kError, std::string(ErrnoStatus(-rc, device->name(),
+                                                    "io_uring_submit_and_wait (remove)")
+                                            .message()));
+      break;
+    }
+    DrainCq();
+  }
+  ReadRemaining(device, MonotonicNs() + 100000000ull);
+  WriteAll(device);
+  uint64_t owed = device->stats().outstanding();
+  if (slot.read.in_flight || slot.write.in_flight) {
+    // The ring failed under us: the buffers may still be the kernel's. Keep the slot (and let
+    // the caller keep the device) rather than free memory the kernel may write.
+    Log(LogLevel::kError, absl::StrCat(device->name(), ": operations still in flight at removal"));
+    return owed == 0 ? 1 : owed;
+  }
+  slots_.erase(std::find_if(slots_.begin(), slots_.end(), [device](const std::unique_ptr<Slot>& s) {
+    return s->device == device;
+  }));
+  return owed;
 }
 
 io_uring_sqe* FaultLoop::GetSqe() {
@@ -69,7 +113,7 @@ io_uring_sqe* FaultLoop::GetSqe() {
 
 void FaultLoop::ArmRead(Slot& slot) {
   Device* d = slot.device;
-  if (d->read_failed() || slot.read.in_flight) return;
+  if (d->read_failed() || slot.read.in_flight || slot.removing) return;
   // The fault fd has ->read but not ->read_iter and no FMODE_NOWAIT. io_uring serves it through
   // loop_rw_iter (io_uring/rw.c), which refuses IOCB_NOWAIT unless the file is O_NONBLOCK; and
   // on an O_NONBLOCK file without FMODE_NOWAIT io_uring sets REQ_F_NOWAIT and hands EAGAIN back
@@ -191,7 +235,9 @@ void FaultLoop::HandleSignal(int res) {
         if (on_stats) on_stats();
         break;
       case SIGHUP:
-        Log(LogLevel::kWarning, "SIGHUP: configuration reload is not implemented yet");
+        // Not here: a reload adds and removes devices, which must not happen while this
+        // batch of completions is being walked.
+        reload_requested_ = true;
         break;
       default:
         break;
@@ -266,10 +312,20 @@ int FaultLoop::Run() {
   for (auto& slot : slots_) ArmRead(*slot);
   ArmSignal();
   for (RingClient* c : clients_) c->Start(*this);
+  running_ = true;
   while (!stopping_) {
+    if (reload_requested_) {
+      reload_requested_ = false;
+      if (on_reload) {
+        on_reload();
+      } else {
+        Log(LogLevel::kWarning, "SIGHUP: nothing to reload");
+      }
+    }
     SubmitWrites();
     for (RingClient* c : clients_) c->Flush(*this);
-    int rc = io_uring_submit_and_wait(&ring_, 1);
+    // Completions deferred by a Remove are waiting: do not sleep on the ring before serving them.
+    int rc = deferred_.empty() ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit(&ring_);
     if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
       Log(LogLevel::kError,
           std::string(ErrnoStatus(-rc, "", "io_uring_submit_and_wait").message()));
@@ -324,30 +380,37 @@ void FaultLoop::Drain() {
   //    write never block. Bounded so that a device faulting without pause cannot hold up exit.
   const uint64_t deadline = MonotonicNs() + 1000000000ull;
   for (auto& slot : slots_) {
-    Device* d = slot->device;
-    while (!d->read_failed() && MonotonicNs() < deadline) {
-      auto buf = d->read_buffer();
-      ssize_t n = ::read(d->fault_fd(), buf.data(), buf.size_bytes());
-      if (n > 0) {
-        ++d->stats().reads;
-        d->processor().Process(buf.first(static_cast<size_t>(n) / sizeof(uapi::PageFault)),
-                               MonotonicNs());
-      } else if (n < 0 && errno == EINVAL && d->GrowReadBuffer(config_.max_read_records)) {
-        continue;
-      } else {
-        break;  // 0: the queue is empty
-      }
+    ReadRemaining(slot->device, deadline);
+    WriteAll(slot->device);
+  }
+}
+
+void FaultLoop::ReadRemaining(Device* d, uint64_t deadline) {
+  while (!d->read_failed() && MonotonicNs() < deadline) {
+    auto buf = d->read_buffer();
+    ssize_t n = ::read(d->fault_fd(), buf.data(), buf.size_bytes());
+    if (n > 0) {
+      ++d->stats().reads;
+      d->processor().Process(buf.first(static_cast<size_t>(n) / sizeof(uapi::PageFault)),
+                             MonotonicNs());
+    } else if (n < 0 && errno == EINVAL && d->GrowReadBuffer(config_.max_read_records)) {
+      continue;
+    } else {
+      break;  // 0 or EAGAIN: the queue is empty
     }
-    ResponseQueue& q = d->responses();
-    while (q.HasUnwritten()) {
-      if (d->write_failed()) {
-        q.AbandonAll();
-        break;
-      }
-      auto span = q.BeginWrite();
-      ssize_t w = ::write(d->fault_fd(), span.data(), span.size_bytes());
-      if (!q.CompleteWrite(w < 0 ? -errno : w, MonotonicNs())) d->MarkWriteFailed();
+  }
+}
+
+void FaultLoop::WriteAll(Device* d) {
+  ResponseQueue& q = d->responses();
+  while (q.HasUnwritten()) {
+    if (d->write_failed()) {
+      q.AbandonAll();
+      break;
     }
+    auto span = q.BeginWrite();
+    ssize_t w = ::write(d->fault_fd(), span.data(), span.size_bytes());
+    if (!q.CompleteWrite(w < 0 ? -errno : w, MonotonicNs())) d->MarkWriteFailed();
   }
 }
 

@@ -56,8 +56,12 @@ absl::StatusOr<ListenFds> ListenFds::FromEnvironment() {
 }
 
 absl::StatusOr<UniqueFd> ListenFds::Take(const std::string& name) {
-  for (auto& [n, fd] : fds_) {
-    if (n == name && fd.valid()) return std::move(fd);
+  for (auto it = fds_.begin(); it != fds_.end(); ++it) {
+    if (it->first == name && it->second.valid()) {
+      UniqueFd fd = std::move(it->second);
+      fds_.erase(it);
+      return fd;
+    }
   }
   return absl::NotFoundError(
       absl::StrCat("no inherited fd named '", name, "' (LISTEN_FDNAMES), or it was taken already"));

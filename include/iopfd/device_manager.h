@@ -1,0 +1,139 @@
+// The set of devices iopfd serves, and how it changes at run time: configuration reloads,
+// devices handed over over the control socket (Adopt) and handed back (Detach).
+#ifndef IOPFD_DEVICE_MANAGER_H_
+#define IOPFD_DEVICE_MANAGER_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "iopfd/config.h"
+#include "iopfd/device.h"
+#include "iopfd/stats.h"
+#include "iopfd/syscalls.h"
+
+namespace iopfd {
+
+// What the manager needs from whoever drives the fault queues (the FaultLoop; a fake in
+// tests).
+class DeviceHost {
+ public:
+  virtual ~DeviceHost() = default;
+  // Starts serving d; d stays alive until RemoveDevice(d) returned.
+  virtual void AddDevice(Device* d) = 0;
+  // Stops serving d after answering everything read from it. Returns the number of groups
+  // read and left unanswered (0 unless its fault fd failed).
+  virtual uint64_t RemoveDevice(Device* d) = 0;
+};
+
+// A device a reload or an adoption could not attach, and why.
+struct DeviceProblem {
+  std::string device;
+  std::string error;
+};
+
+// What a reload did, device by device.
+struct ReloadReport {
+  std::vector<std::string> added;      // newly configured, now served
+  std::vector<std::string> removed;    // no longer configured, no longer served
+  std::vector<std::string> restarted;  // configuration changed: removed and attached again
+  std::vector<std::string> kept;       // unchanged, not disturbed
+  std::vector<std::string> detached;   // detached by Detach and unchanged since: left alone
+  std::vector<DeviceProblem> failed;   // configured but not attached (removed ones included)
+  uint64_t unanswered = 0;             // groups removals left unanswered (fd failures only)
+};
+
+// Owns the served devices. A device is either configured (a file in devices.d; reloads manage
+// it) or adopted at run time (Adopt; only Detach removes it, reloads leave it alone).
+//
+// Inherited fds (LISTEN_FDS at start) live in a pool: attaching an adopt-mode device takes the
+// fds its configuration names; removing it by a reload puts them back, so a later reload can
+// attach it again. Detach closes them instead: the owner asked for the device back.
+//
+// Not thread-safe: used from the fault loop's thread only.
+class DeviceManager {
+ public:
+  // host and sys must outlive the manager. `pool` holds the inherited fds; read_records is
+  // each device's initial read buffer (records).
+  DeviceManager(DeviceHost* host, Syscalls* sys, ListenFds pool, uint32_t read_records);
+  ~DeviceManager();
+  DeviceManager(const DeviceManager&) = delete;
+  DeviceManager& operator=(const DeviceManager&) = delete;
+
+  // Makes the configured devices those of `devices` (a validated configuration): removes those
+  // no longer configured, restarts those whose configuration changed (anything but source
+  // positions), attaches the new ones and retries those that failed before. Devices whose
+  // configuration is unchanged are not touched. A name taken by a device adopted at run time is
+  // reported in `failed`. Attach errors name the device, the step and the errno.
+  ReloadReport Apply(const std::vector<DeviceConfig>& devices);
+
+  // Attaches an adopt-mode device at run time with the fds passed along (named as its
+  // configuration refers to them). Errors: AlreadyExists when a device of that name is served
+  // or configured; InvalidArgument when the configuration is not adopt mode or a passed fd is
+  // not named by it; the attach errors otherwise. On error every passed fd is closed.
+  absl::Status Adopt(const DeviceConfig& config, ListenFds fds);
+
+  // Stops serving a device after answering everything read from it, and closes its fds; a
+  // configured device stays detached across reloads until its configuration changes. Returns
+  // the device's final statistics (outstanding() is what was left unanswered: 0 unless its fd
+  // failed). NotFound when no such device is served.
+  absl::StatusOr<DeviceStats> Detach(const std::string& name);
+
+  // Returns the device of that name, or nullptr.
+  Device* Find(const std::string& name);
+  // The served devices, in the order they were attached.
+  const std::vector<std::unique_ptr<Device>>& devices() const { return devices_; }
+  // Returns true for a device adopted at run time (not from the configuration).
+  bool IsAdoptedAtRunTime(const std::string& name) const { return runtime_.count(name) != 0; }
+  // Returns the number of configured devices (served or not).
+  size_t configured() const { return configured_.size(); }
+  // Returns the number of configured devices taken away by Detach.
+  size_t detached() const { return detached_.size(); }
+  // Returns the names of inherited fds no device has taken.
+  std::vector<std::string> UnclaimedFds() const { return pool_.Untaken(); }
+
+  // Called for every change: event ("device_added", "device_removed", "device_restarted",
+  // "device_attach_failed", "device_adopted", "device_detached"), device, detail.
+  std::function<void(const std::string&, const std::string&, const std::string&)> on_event;
+
+ private:
+  // Attaches config; on success serves it. Returns the attach error otherwise.
+  absl::Status AttachAndServe(const DeviceConfig& config, ListenFds* fds);
+  // Stops serving the device at index i and destroys it; its adopt fds go to the pool when
+  // keep_fds, else they are closed. Returns groups left unanswered.
+  uint64_t RemoveAt(size_t i, bool keep_fds);
+  void Emit(const std::string& event, const std::string& device, const std::string& detail);
+
+  DeviceHost* host_;
+  Syscalls* sys_;
+  ListenFds pool_;
+  uint32_t read_records_;
+  std::vector<std::unique_ptr<Device>> devices_;
+  std::map<std::string, DeviceConfig> configured_;  // the configuration last applied
+  std::map<std::string, DeviceConfig> detached_;    // configured devices Detach took away
+  std::set<std::string> runtime_;                   // names adopted at run time
+};
+
+// The outcome of re-reading the configuration files.
+struct ReloadOutcome {
+  std::vector<ConfigError> errors;  // not empty: the configuration is invalid, nothing changed
+  ReloadReport report;
+  // Global settings that changed but take effect only at the next start (their key names).
+  std::vector<std::string> restart_required;
+};
+
+// Loads the configuration as `options` say. When it is valid, applies its devices to manager,
+// sets the log level, and updates *global with the settings that apply at run time (log_level,
+// control.group, control.admin_group); the others keep their values and are listed in
+// restart_required when they changed. When it is invalid, changes nothing.
+ReloadOutcome ReloadFromFiles(const LoadOptions& options, GlobalConfig* global,
+                              DeviceManager* manager);
+
+}  // namespace iopfd
+
+#endif  // IOPFD_DEVICE_MANAGER_H_

@@ -1,0 +1,228 @@
+#include "iopfd/device_manager.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "iopfd/log.h"
+
+namespace iopfd {
+namespace {
+
+// The fd names a device's configuration refers to (adopt mode), in no particular order.
+std::vector<std::string> FdNamesOf(const DeviceConfig& c) {
+  std::vector<std::string> names;
+  if (c.mode != AttachMode::kAdopt) return names;
+  names.push_back(c.adopt.iommufd_fd);
+  names.push_back(c.adopt.fault_fd);
+  for (const SpaceConfig& s : c.spaces) {
+    for (const RegionConfig& r : s.regions) {
+      if (r.backing == BackingKind::kInheritedFd) names.push_back(r.fd_name);
+    }
+  }
+  return names;
+}
+
+}  // namespace
+
+DeviceManager::DeviceManager(DeviceHost* host, Syscalls* sys, ListenFds pool,
+                             uint32_t read_records)
+    : host_(host), sys_(sys), pool_(std::move(pool)), read_records_(read_records) {}
+
+DeviceManager::~DeviceManager() = default;
+
+Device* DeviceManager::Find(const std::string& name) {
+  for (auto& d : devices_) {
+    if (d->name() == name) return d.get();
+  }
+  return nullptr;
+}
+
+void DeviceManager::Emit(const std::string& event, const std::string& device,
+                         const std::string& detail) {
+  if (on_event) on_event(event, device, detail);
+}
+
+absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds* fds) {
+  auto dev = Device::Attach(config, fds, sys_, read_records_);
+  if (!dev.ok()) return dev.status();
+  Log(LogLevel::kInfo,
+      absl::StrCat(config.name, ": attached (",
+                   config.mode == AttachMode::kAdopt ? "adopt" : "vfio", ", ",
+                   config.spaces.size(), " address space(s))"));
+  devices_.push_back(*std::move(dev));
+  host_->AddDevice(devices_.back().get());
+  return absl::OkStatus();
+}
+
+uint64_t DeviceManager::RemoveAt(size_t i, bool keep_fds) {
+  Device* d = devices_[i].get();
+  uint64_t owed = host_->RemoveDevice(d);
+  if (owed != 0) {
+    Log(LogLevel::kError,
+        absl::StrCat(d->name(), ": ", owed, " page request group(s) left unanswered at removal"));
+  }
+  if (keep_fds) d->ReleaseFds(&pool_);
+  devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
+  return owed;
+}
+
+ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
+  ReloadReport report;
+  std::map<std::string, const DeviceConfig*> wanted;
+  for (const DeviceConfig& c : devices) wanted[c.name] = &c;
+
+  // Removals first: they free names and return fds to the pool for what is attached next.
+  std::vector<const DeviceConfig*> to_attach;
+  for (size_t i = 0; i < devices_.size();) {
+    const std::string name = devices_[i]->name();
+    if (runtime_.count(name) != 0) {
+      ++i;
+      continue;
+    }
+    auto it = wanted.find(name);
+    if (it == wanted.end()) {
+      report.unanswered += RemoveAt(i, /*keep_fds=*/true);
+      report.removed.push_back(name);
+      Log(LogLevel::kInfo, name + ": removed (no longer configured)");
+      Emit("device_removed", name, "no longer configured");
+      continue;
+    }
+    if (!SameDeviceSettings(devices_[i]->config(), *it->second)) {
+      report.unanswered += RemoveAt(i, /*keep_fds=*/true);
+      report.restarted.push_back(name);
+      to_attach.push_back(it->second);
+      continue;
+    }
+    report.kept.push_back(name);
+    ++i;
+  }
+  for (const DeviceConfig& c : devices) {
+    if (runtime_.count(c.name) != 0) {
+      std::string why = c.name + ": the name is taken by a device adopted at run time";
+      Log(LogLevel::kError, why);
+      report.failed.push_back({c.name, why});
+      continue;
+    }
+    if (Find(c.name) != nullptr) continue;  // kept
+    if (std::find(report.restarted.begin(), report.restarted.end(), c.name) !=
+        report.restarted.end()) {
+      continue;  // already queued
+    }
+    auto det = detached_.find(c.name);
+    if (det != detached_.end()) {
+      if (SameDeviceSettings(det->second, c)) {
+        report.detached.push_back(c.name);
+        continue;
+      }
+      detached_.erase(det);  // changed since it was detached: serve it again
+    }
+    to_attach.push_back(&c);
+  }
+  for (const DeviceConfig* c : to_attach) {
+    bool restart = std::find(report.restarted.begin(), report.restarted.end(), c->name) !=
+                   report.restarted.end();
+    absl::Status st = AttachAndServe(*c, &pool_);
+    if (!st.ok()) {
+      Log(LogLevel::kError, std::string(st.message()));
+      report.failed.push_back({c->name, std::string(st.message())});
+      Emit("device_attach_failed", c->name, std::string(st.message()));
+      if (restart) {
+        report.restarted.erase(
+            std::find(report.restarted.begin(), report.restarted.end(), c->name));
+        report.removed.push_back(c->name);
+        Emit("device_removed", c->name, "configuration changed; attaching it again failed");
+      }
+      continue;
+    }
+    if (restart) {
+      Log(LogLevel::kInfo, c->name + ": restarted (configuration changed)");
+      Emit("device_restarted", c->name, "configuration changed");
+    } else {
+      report.added.push_back(c->name);
+      Emit("device_added", c->name, c->file);
+    }
+  }
+  configured_.clear();
+  for (const DeviceConfig& c : devices) configured_.emplace(c.name, c);
+  // A detached device no longer configured is forgotten.
+  for (auto it = detached_.begin(); it != detached_.end();) {
+    it = wanted.count(it->first) != 0 ? std::next(it) : detached_.erase(it);
+  }
+  return report;
+}
+
+absl::Status DeviceManager::Adopt(const DeviceConfig& config, ListenFds fds) {
+  if (config.mode != AttachMode::kAdopt) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(config.name, ": Adopt takes attach = \"adopt\" devices; a vfio device is "
+                                  "configured in devices.d and attached by Reload"));
+  }
+  if (Find(config.name) != nullptr || configured_.count(config.name) != 0) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        config.name, ": a device of this name is ",
+        Find(config.name) != nullptr ? "already served" : "in the configuration"));
+  }
+  std::vector<std::string> referenced = FdNamesOf(config);
+  for (const std::string& passed : fds.Untaken()) {
+    if (std::find(referenced.begin(), referenced.end(), passed) == referenced.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          config.name, ": a passed fd is named '", passed, "' but the configuration never uses it"));
+    }
+  }
+  absl::Status st = AttachAndServe(config, &fds);
+  if (!st.ok()) return st;
+  runtime_.insert(config.name);
+  Emit("device_adopted", config.name, "handed over at run time");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DeviceStats> DeviceManager::Detach(const std::string& name) {
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    if (devices_[i]->name() != name) continue;
+    if (runtime_.erase(name) == 0) detached_[name] = devices_[i]->config();
+    Device* d = devices_[i].get();
+    uint64_t owed = host_->RemoveDevice(d);
+    DeviceStats final_stats = d->stats();
+    devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
+    Log(LogLevel::kInfo, name + ": detached");
+    Emit("device_detached", name, owed == 0 ? "" : absl::StrCat(owed, " group(s) unanswered"));
+    return final_stats;
+  }
+  return absl::NotFoundError(absl::StrCat("no device named '", name, "' is served"));
+}
+
+ReloadOutcome ReloadFromFiles(const LoadOptions& options, GlobalConfig* global,
+                              DeviceManager* manager) {
+  ReloadOutcome out;
+  LoadResult loaded = LoadConfig(options);
+  if (!loaded.ok()) {
+    out.errors = std::move(loaded.errors);
+    return out;
+  }
+  const GlobalConfig& next = loaded.config.global;
+  auto changed = [&](bool differs, const char* key) {
+    if (differs) out.restart_required.emplace_back(key);
+  };
+  changed(next.ring_entries != global->ring_entries, "daemon.ring_entries");
+  changed(next.read_records != global->read_records, "daemon.read_records");
+  changed(next.max_read_records != global->max_read_records, "daemon.max_read_records");
+  changed(next.control.socket != global->control.socket, "control.socket");
+  changed(next.control.max_connections != global->control.max_connections,
+          "control.max_connections");
+  changed(next.control.max_connections_per_uid != global->control.max_connections_per_uid,
+          "control.max_connections_per_uid");
+  changed(next.control.max_message_bytes != global->control.max_message_bytes,
+          "control.max_message_bytes");
+  global->log_level = next.log_level;
+  global->devices_dir = next.devices_dir;
+  global->control.group = next.control.group;
+  global->control.group_gid = next.control.group_gid;
+  global->control.admin_group = next.control.admin_group;
+  global->control.admin_group_gid = next.control.admin_group_gid;
+  SetLogLevel(next.log_level);
+  out.report = manager->Apply(loaded.config.devices);
+  return out;
+}
+
+}  // namespace iopfd
