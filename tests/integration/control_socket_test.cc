@@ -24,110 +24,19 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "harness.h"
 #include "nlohmann/json.hpp"
 
 namespace {
 
+using iopfd_test::Client;
+using iopfd_test::Iopfd;
 using nlohmann::json;
 
 // Debian's base system has these groups; they stand in for the control and admin groups.
 constexpr gid_t kDaemonGid = 1;  // "daemon": the control group (read-only methods)
 constexpr gid_t kBinGid = 2;     // "bin": the admin group (all methods)
 constexpr uid_t kNobody = 65534;
-
-class Iopfd {
- public:
-  Iopfd() {
-    dir_ = std::filesystem::temp_directory_path() / ("iopfd-ctl-" + std::to_string(getpid()));
-    std::filesystem::create_directories(dir_ / "devices.d");
-    std::ofstream(dir_ / "iopfd.toml") << "[control]\ngroup = \"daemon\"\nadmin_group = \"bin\"\n"
-                                          "max_connections = 8\nmax_connections_per_uid = 6\n"
-                                          "max_message_bytes = 4096\n";
-    socket_ = (dir_ / "run/io.iopfd").string();
-    pid_ = fork();
-    if (pid_ == 0) {
-      int log = open((dir_ / "iopfd.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(log, 2);
-      execl(IOPFD_PATH, "iopfd", "--config", (dir_ / "iopfd.toml").c_str(), "--devices-dir",
-            (dir_ / "devices.d").c_str(), "--control-socket", socket_.c_str(),
-            static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    for (int i = 0; i < 500 && !std::filesystem::exists(socket_); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-  }
-  ~Iopfd() {
-    if (pid_ > 0) Stop();
-    std::filesystem::remove_all(dir_);
-  }
-  // SIGTERM; returns the exit status (-1 when it did not exit normally).
-  int Stop() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    if (rc != 0) {
-      // Whatever went wrong (a sanitizer report, an error) is in iopfd's stderr.
-      std::ifstream log(dir_ / "iopfd.log");
-      std::cerr << "iopfd exited " << rc << "; its stderr:\n" << log.rdbuf();
-    }
-    return rc;
-  }
-  const std::string& socket() const { return socket_; }
-
- private:
-  std::filesystem::path dir_;
-  std::string socket_;
-  pid_t pid_ = -1;
-};
-
-class Client {
- public:
-  explicit Client(const std::string& path) {
-    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
-    connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  }
-  ~Client() { close(fd_); }
-  bool connected() const { return connected_; }
-  bool Send(const std::string& bytes) {
-    return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
-           static_cast<ssize_t>(bytes.size());
-  }
-  bool Call(const json& call) { return Send(call.dump() + std::string(1, '\0')); }
-  // The next reply, or nullopt when the server closed the connection (or 5 s passed).
-  std::optional<json> Next() {
-    while (true) {
-      size_t nul = buf_.find('\0');
-      if (nul != std::string::npos) {
-        json j = json::parse(buf_.substr(0, nul));
-        buf_.erase(0, nul + 1);
-        return j;
-      }
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, 5000) <= 0) return std::nullopt;
-      char tmp[65536];
-      ssize_t n = recv(fd_, tmp, sizeof(tmp), 0);
-      if (n <= 0) return std::nullopt;
-      buf_.append(tmp, static_cast<size_t>(n));
-    }
-  }
-  json CallOne(const json& call) {
-    Call(call);
-    auto r = Next();
-    return r ? *r : json(nullptr);
-  }
-  int fd() const { return fd_; }
-
- private:
-  int fd_;
-  bool connected_ = false;
-  std::string buf_;
-};
 
 class ControlSocketTest : public ::testing::Test {
  protected:

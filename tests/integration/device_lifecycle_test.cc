@@ -1,0 +1,337 @@
+// Devices coming and going while iopfd runs: Reload (and SIGHUP), Adopt with descriptors passed
+// over the control socket, Detach. No IOMMU here, so each adopt-mode device gets a stand-in
+// fault queue: one end of a SOCK_SEQPACKET socketpair, whose other end the test keeps to inject
+// page-request groups and read iopfd's responses. Its "iommufd" is /dev/null, so every map
+// fails (ENOTTY) and every group is answered INVALID (map_failed): what is checked is that each
+// group gets exactly one answer whatever happens to the devices around it.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "harness.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using iopfd_test::Client;
+using iopfd_test::Iopfd;
+using iopfd_test::IopfdOptions;
+using nlohmann::json;
+using ::testing::AllOf;
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+
+// struct iommu_hwpt_pgfault and struct iommu_hwpt_page_response, as the kernel lays them out.
+struct Record {
+  uint32_t flags, dev_id, pasid, grpid, perm, reserved;
+  uint64_t addr;
+  uint32_t length, cookie;
+};
+static_assert(sizeof(Record) == 40);
+struct Response {
+  uint32_t cookie, code;
+};
+constexpr uint32_t kLastPage = 1u << 1;
+constexpr uint32_t kRead = 1u << 0;
+constexpr uint32_t kDevId = 7;
+
+// A stand-in fault queue and iommufd for one adopt-mode device.
+struct FakeQueue {
+  int ours = -1;    // the test's end: inject records, read responses
+  int theirs = -1;  // iopfd's fault fd
+  int iommufd = -1;
+  uint32_t next_cookie = 1;
+  FakeQueue() {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0) {
+      ours = sv[0];
+      theirs = sv[1];
+    }
+    iommufd = open("/dev/null", O_RDWR | O_CLOEXEC);
+  }
+  ~FakeQueue() {
+    for (int fd : {ours, theirs, iommufd}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+  FakeQueue(const FakeQueue&) = delete;
+  FakeQueue& operator=(const FakeQueue&) = delete;
+  // Queues one single-page group; returns its cookie.
+  uint32_t Fault(uint64_t addr) {
+    Record r{kLastPage, kDevId, 0, 1, kRead, 0, addr, 0, next_cookie++};
+    EXPECT_EQ(send(ours, &r, sizeof(r), MSG_NOSIGNAL), static_cast<ssize_t>(sizeof(r)));
+    return r.cookie;
+  }
+  // Collects responses until `want` arrived or 10 s passed; returns cookie -> count.
+  std::map<uint32_t, int> Responses(size_t want) {
+    std::map<uint32_t, int> seen;
+    size_t total = 0;
+    auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (total < want && std::chrono::steady_clock::now() < end) {
+      pollfd p{ours, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      Response buf[4096];
+      ssize_t n = recv(ours, buf, sizeof(buf), MSG_DONTWAIT);
+      for (ssize_t i = 0; i < n / static_cast<ssize_t>(sizeof(Response)); ++i) {
+        ++seen[buf[i].cookie];
+        ++total;
+      }
+    }
+    return seen;
+  }
+  // True when nothing more arrives within ms.
+  bool Quiet(int ms) {
+    pollfd p{ours, POLLIN, 0};
+    return poll(&p, 1, ms) == 0;
+  }
+};
+
+std::string DeviceText(const std::string& name, const std::string& extra = "") {
+  return "name = \"" + name +
+         "\"\nattach = \"adopt\"\n\n[adopt]\niommufd_fd = \"" + name +
+         ".iommufd\"\nfault_fd = \"" + name + ".fault\"\ndevice_id = 7\n" + extra +
+         "\n[[space]]\nioas_id = 1\n  [[space.region]]\n  iova = 0x100000\n"
+         "  size = \"64KiB\"\n  backing = \"anonymous\"\n  access = \"rw\"\n";
+}
+
+// Expects every cookie in [first, first + n) answered exactly once.
+void ExpectEachOnce(const std::map<uint32_t, int>& seen, uint32_t first, uint32_t n,
+                    const std::string& what) {
+  EXPECT_EQ(seen.size(), n) << what;
+  for (uint32_t c = first; c < first + n; ++c) {
+    auto it = seen.find(c);
+    EXPECT_TRUE(it != seen.end() && it->second == 1) << what << ": cookie " << c;
+  }
+}
+
+json Names(const json& reply, const char* key) { return reply["parameters"][key]; }
+
+class DeviceLifecycleTest : public ::testing::Test {
+ protected:
+  // Devices a and b configured; c's descriptors inherited but c not configured yet.
+  DeviceLifecycleTest() {
+    IopfdOptions o;
+    o.devices = {{"a.toml", DeviceText("a")}, {"b.toml", DeviceText("b")}};
+    for (auto [name, q] : {std::pair{"a", &a_}, std::pair{"b", &b_}, std::pair{"c", &c_}}) {
+      o.fds.emplace_back(std::string(name) + ".iommufd", q->iommufd);
+      o.fds.emplace_back(std::string(name) + ".fault", q->theirs);
+    }
+    iopfd_ = std::make_unique<Iopfd>(o);
+  }
+  FakeQueue a_, b_, c_;
+  std::unique_ptr<Iopfd> iopfd_;
+};
+
+TEST_F(DeviceLifecycleTest, ReloadAddsRemovesAndRestartsWithoutDisturbingTheOthers) {
+  Client admin(iopfd_->socket());
+  ASSERT_TRUE(admin.connected());
+  // Faults flow on a and b.
+  for (int i = 0; i < 50; ++i) a_.Fault(0x100000);
+  for (int i = 0; i < 20; ++i) b_.Fault(0x100000);
+  ExpectEachOnce(a_.Responses(50), 1, 50, "a before reload");
+  ExpectEachOnce(b_.Responses(20), 1, 20, "b before reload");
+  // The held inherited fds were announced, not closed.
+  EXPECT_THAT(iopfd_->Log(), HasSubstr("held for a later reload: c.iommufd, c.fault"));
+
+  // b goes, c comes, a stays. Faults queued on b before the reload are answered by its removal;
+  // faults on a keep flowing throughout.
+  for (int i = 0; i < 30; ++i) b_.Fault(0x100000);
+  iopfd_->WriteDevice("b.toml", "");
+  iopfd_->WriteDevice("c.toml", DeviceText("c"));
+  std::thread flow([this] {
+    for (int i = 0; i < 200; ++i) a_.Fault(0x100000);
+  });
+  json r = admin.CallOne({{"method", "io.iopfd.Reload"}});
+  flow.join();
+  ASSERT_FALSE(r.contains("error")) << r.dump();
+  EXPECT_THAT(Names(r, "added"), ElementsAre("c"));
+  EXPECT_THAT(Names(r, "removed"), ElementsAre("b"));
+  EXPECT_THAT(Names(r, "kept"), ElementsAre("a"));
+  EXPECT_THAT(Names(r, "restarted"), IsEmpty());
+  EXPECT_THAT(Names(r, "failed"), IsEmpty());
+  ExpectEachOnce(b_.Responses(30), 21, 30, "b's last faults, answered at removal");
+  ExpectEachOnce(a_.Responses(200), 51, 200, "a during reload");
+  for (int i = 0; i < 10; ++i) c_.Fault(0x100000);
+  ExpectEachOnce(c_.Responses(10), 1, 10, "c after reload");
+  // b is no longer read: a fault on it stays unanswered.
+  b_.Fault(0x100000);
+  EXPECT_TRUE(b_.Quiet(200));
+
+  json devices = admin.CallOne({{"method", "io.iopfd.ListDevices"}});
+  std::vector<std::string> names;
+  for (const json& d : devices["parameters"]["devices"]) names.push_back(d["name"]);
+  EXPECT_THAT(names, UnorderedElementsAre("a", "c"));
+
+  // Changing a's settings restarts it (its descriptors are reused); c is left alone.
+  iopfd_->WriteDevice("a.toml", DeviceText("a", "\n[limits]\nmax_group_records = 64\n"));
+  r = admin.CallOne({{"method", "io.iopfd.Reload"}});
+  ASSERT_FALSE(r.contains("error")) << r.dump();
+  EXPECT_THAT(Names(r, "restarted"), ElementsAre("a"));
+  EXPECT_THAT(Names(r, "kept"), ElementsAre("c"));
+  for (int i = 0; i < 5; ++i) a_.Fault(0x100000);
+  ExpectEachOnce(a_.Responses(5), 251, 5, "a after its restart");
+
+  // b comes back: its descriptors went back to the pool when it was removed. The fault that
+  // waited while b was not served is answered now.
+  iopfd_->WriteDevice("b.toml", DeviceText("b"));
+  r = admin.CallOne({{"method", "io.iopfd.Reload"}});
+  EXPECT_THAT(Names(r, "added"), ElementsAre("b"));
+  ExpectEachOnce(b_.Responses(1), 51, 1, "b's waiting fault after it came back");
+  EXPECT_EQ(iopfd_->Stop(), 0);
+}
+
+TEST_F(DeviceLifecycleTest, AnInvalidConfigurationChangesNothingAndNamesEachError) {
+  Client admin(iopfd_->socket());
+  iopfd_->WriteDevice("b.toml", DeviceText("b") + "  prefetch = \"lots\"\n");
+  iopfd_->WriteDevice("c.toml", "name = \"c\"\nattach = \"sideways\"\n");
+  json r = admin.CallOne({{"method", "io.iopfd.Reload"}});
+  ASSERT_EQ(r.value("error", ""), "io.iopfd.InvalidConfig") << r.dump();
+  std::vector<std::string> errors = r["parameters"]["errors"];
+  const std::string dir = (iopfd_->dir() / "devices.d").string();
+  EXPECT_THAT(errors, Contains(AllOf(HasSubstr(dir + "/b.toml:16:"), HasSubstr("prefetch"))))
+      << r.dump();
+  EXPECT_THAT(errors, Contains(HasSubstr(dir + "/c.toml:2:"))) << r.dump();
+  // Nothing changed: both devices still answer.
+  a_.Fault(0x100000);
+  b_.Fault(0x100000);
+  ExpectEachOnce(a_.Responses(1), 1, 1, "a");
+  ExpectEachOnce(b_.Responses(1), 1, 1, "b");
+  EXPECT_EQ(iopfd_->Stop(), 0);
+  EXPECT_THAT(iopfd_->Log(), HasSubstr("reload: invalid configuration; nothing changed"));
+}
+
+TEST_F(DeviceLifecycleTest, SighupReloadsAndMonitorSeesIt) {
+  Client monitor(iopfd_->socket());
+  monitor.Call({{"method", "io.iopfd.Monitor"}, {"more", true}});
+  ASSERT_EQ(monitor.Next().value()["parameters"]["event"], "subscribed");
+  iopfd_->WriteDevice("a.toml", "");
+  iopfd_->Signal(SIGHUP);
+  std::vector<std::string> events;
+  while (events.size() < 2) {
+    auto e = monitor.Next();
+    ASSERT_TRUE(e.has_value());
+    events.push_back((*e)["parameters"]["event"].get<std::string>() + ":" +
+                     (*e)["parameters"].value("device", ""));
+  }
+  EXPECT_THAT(events, ElementsAre("device_removed:a", "reload:"));
+  a_.Fault(0x100000);
+  EXPECT_TRUE(a_.Quiet(200));
+  EXPECT_EQ(iopfd_->Stop(), 0);
+}
+
+TEST_F(DeviceLifecycleTest, AdoptTakesDescriptorsOverTheSocketAndDetachHandsThemBack) {
+  FakeQueue d;
+  Client admin(iopfd_->socket());
+  json call = {{"method", "io.iopfd.Adopt"},
+               {"parameters", {{"config", DeviceText("d")}, {"fds", {"d.iommufd", "d.fault"}}}}};
+  json r = admin.CallWithFds(call, {d.iommufd, d.theirs});
+  ASSERT_FALSE(r.contains("error")) << r.dump();
+  EXPECT_EQ(r["parameters"]["name"], "d");
+  for (int i = 0; i < 40; ++i) d.Fault(0x100000);
+  ExpectEachOnce(d.Responses(40), 1, 40, "d after Adopt");
+
+  json devices = admin.CallOne({{"method", "io.iopfd.ListDevices"}});
+  std::map<std::string, std::string> origin;
+  for (const json& dev : devices["parameters"]["devices"]) origin[dev["name"]] = dev["origin"];
+  EXPECT_EQ(origin["d"], "adopted");
+  EXPECT_EQ(origin["a"], "config");
+
+  // A reload leaves an adopted device alone, and a second Adopt of the name is refused.
+  EXPECT_THAT(Names(admin.CallOne({{"method", "io.iopfd.Reload"}}), "kept"),
+              UnorderedElementsAre("a", "b"));
+  FakeQueue d2;
+  r = admin.CallWithFds(call, {d2.iommufd, d2.theirs});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.Busy") << r.dump();
+
+  // Faults queued before Detach are answered by it; its final counters come back.
+  for (int i = 0; i < 25; ++i) d.Fault(0x100000);
+  r = admin.CallOne({{"method", "io.iopfd.Detach"}, {"parameters", {{"device", "d"}}}});
+  ASSERT_FALSE(r.contains("error")) << r.dump();
+  EXPECT_EQ(r["parameters"]["stats"]["groups"], 65);
+  EXPECT_EQ(r["parameters"]["stats"]["responses_written"], 65);
+  EXPECT_EQ(r["parameters"]["stats"]["outstanding"], 0);
+  ExpectEachOnce(d.Responses(25), 41, 25, "d's faults answered by Detach");
+  d.Fault(0x100000);
+  EXPECT_TRUE(d.Quiet(200)) << "iopfd still reads a detached device";
+  r = admin.CallOne({{"method", "io.iopfd.Detach"}, {"parameters", {{"device", "d"}}}});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.NoSuchDevice");
+  EXPECT_EQ(iopfd_->Stop(), 0);
+}
+
+TEST_F(DeviceLifecycleTest, AdoptRefusesWhatDoesNotAddUp) {
+  FakeQueue d;
+  Client admin(iopfd_->socket());
+  auto adopt = [&](const json& params, const std::vector<int>& fds) {
+    return admin.CallWithFds({{"method", "io.iopfd.Adopt"}, {"parameters", params}}, fds);
+  };
+  // Fewer names than descriptors.
+  json r = adopt({{"config", DeviceText("d")}, {"fds", {"d.iommufd"}}}, {d.iommufd, d.theirs});
+  EXPECT_EQ(r.value("error", ""), "org.varlink.service.InvalidParameter") << r.dump();
+  EXPECT_EQ(r["parameters"]["parameter"], "fds");
+  // A descriptor the configuration never names.
+  r = adopt({{"config", DeviceText("d")}, {"fds", {"d.iommufd", "d.fault", "extra"}}},
+            {d.iommufd, d.theirs, d.iommufd});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.InvalidConfig") << r.dump();
+  // The configuration names a descriptor that did not come.
+  r = adopt({{"config", DeviceText("d")}, {"fds", {"d.iommufd"}}}, {d.iommufd});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.AttachFailed") << r.dump();
+  EXPECT_THAT(r["parameters"]["error"].get<std::string>(), HasSubstr("fault_fd"));
+  // Bad TOML, with its position.
+  r = adopt({{"config", "name = \"d\"\nattach = \n"}}, {});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.InvalidConfig") << r.dump();
+  EXPECT_THAT(r["parameters"]["errors"][0].get<std::string>(), HasSubstr("<Adopt config>:2:"));
+  // A vfio device is configured in devices.d, not adopted.
+  r = adopt({{"config", "name = \"v\"\nattach = \"vfio\"\n[vfio]\ncdev = \"/dev/vfio/devices/"
+                        "vfio0\"\n[[space]]\n  [[space.region]]\n  iova = 0x100000\n  size = "
+                        "\"64KiB\"\n  backing = \"anonymous\"\n  access = \"rw\"\n"}},
+            {});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.InvalidConfig") << r.dump();
+  // The name of a configured device.
+  r = adopt({{"config", DeviceText("a")}, {"fds", {"a.iommufd", "a.fault"}}},
+            {d.iommufd, d.theirs});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.Busy") << r.dump();
+  // None of it disturbed the configured devices, and the connection still works.
+  a_.Fault(0x100000);
+  ExpectEachOnce(a_.Responses(1), 1, 1, "a");
+  EXPECT_EQ(admin.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
+  EXPECT_EQ(iopfd_->Stop(), 0);
+}
+
+TEST_F(DeviceLifecycleTest, DetachOfAConfiguredDeviceHoldsAcrossReloadsUntilItChanges) {
+  Client admin(iopfd_->socket());
+  json r = admin.CallOne({{"method", "io.iopfd.Detach"}, {"parameters", {{"device", "b"}}}});
+  ASSERT_FALSE(r.contains("error")) << r.dump();
+  json status = admin.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"];
+  EXPECT_EQ(status["devices_detached"], 1);
+  EXPECT_EQ(status["health"], "ok");
+  r = admin.CallOne({{"method", "io.iopfd.Reload"}});
+  EXPECT_THAT(Names(r, "detached"), ElementsAre("b"));
+  EXPECT_THAT(Names(r, "added"), IsEmpty());
+  // Changed settings mean the operator wants it back; but Detach closed its descriptors, so the
+  // attach fails, loudly, and health says so.
+  iopfd_->WriteDevice("b.toml", DeviceText("b", "\n[limits]\nmax_group_records = 64\n"));
+  r = admin.CallOne({{"method", "io.iopfd.Reload"}});
+  ASSERT_EQ(Names(r, "failed").size(), 1u) << r.dump();
+  EXPECT_EQ(Names(r, "failed")[0]["device"], "b");
+  EXPECT_THAT(Names(r, "failed")[0]["error"].get<std::string>(), HasSubstr("b.iommufd"));
+  EXPECT_EQ(admin.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"],
+            "degraded");
+  EXPECT_EQ(iopfd_->Stop(), 0);
+}
+
+}  // namespace
