@@ -174,9 +174,8 @@ int main(int argc, char** argv) {
     service.set_policy({global.control.group_gid, global.control.admin_group_gid});
     const iopfd::ReloadReport& r = out.report;
     std::string summary =
-        absl::StrCat(r.added.size(), " added, ", r.removed.size(), " removed, ",
-                     r.restarted.size(), " restarted, ", r.kept.size(), " kept, ",
-                     r.failed.size(), " failed");
+        absl::StrCat(r.added.size(), " added, ", r.removed.size(), " removed, ", r.restarted.size(),
+                     " restarted, ", r.kept.size(), " kept, ", r.failed.size(), " failed");
     for (const std::string& key : out.restart_required) {
       iopfd::Log(iopfd::LogLevel::kWarning,
                  "reload: " + key + " changed; it takes effect at the next start");
@@ -185,8 +184,9 @@ int main(int argc, char** argv) {
     events.Publish("reload", {}, summary);
     return out;
   };
-  iopfd::DaemonState state{IOPFD_VERSION, iopfd::MonotonicNs(), &manager, &events, reload,
-                           [&loop] { return (*loop)->stopping(); }};
+  iopfd::DaemonState state{IOPFD_VERSION, iopfd::MonotonicNs(),
+                           &manager,      &events,
+                           reload,        [&loop] { return (*loop)->stopping(); }};
   iopfd::RegisterIopfdMethods(&service, &state);
   if (!listener.ok()) {
     listener = iopfd::ListenControlSocket(socket_path, cc.group_gid);
@@ -222,7 +222,8 @@ int main(int argc, char** argv) {
   PrintStats(manager.devices());
   if (!flags.stats_json.empty()) {
     std::ofstream out(flags.stats_json, std::ios::trunc);
-    for (const auto& d : manager.devices()) out << iopfd::FormatStatsJson(d->name(), d->stats()) << "\n";
+    for (const auto& d : manager.devices())
+      out << iopfd::FormatStatsJson(d->name(), d->stats()) << "\n";
     if (!out) {
       iopfd::Log(iopfd::LogLevel::kError, "cannot write --stats-json " + flags.stats_json);
       rc = 1;

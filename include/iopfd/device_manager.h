@@ -105,8 +105,8 @@ class DeviceManager {
   // Attaches config; on success serves it. Returns the attach error otherwise.
   absl::Status AttachAndServe(const DeviceConfig& config, ListenFds* fds);
   // Stops serving the device at index i and destroys it; its adopt fds go to the pool when
-  // keep_fds, else they are closed. Returns groups left unanswered.
-  uint64_t RemoveAt(size_t i, bool keep_fds);
+  // keep_fds, else they are closed. Returns its final statistics.
+  DeviceStats RemoveAt(size_t i, bool keep_fds);
   void Emit(const std::string& event, const std::string& device, const std::string& detail);
 
   DeviceHost* host_;

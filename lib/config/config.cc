@@ -1106,7 +1106,6 @@ LoadResult LoadConfig(const LoadOptions& options) {
   return result;
 }
 
-
 bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b) {
   auto same_region = [](const RegionConfig& x, const RegionConfig& y) {
     return x.iova == y.iova && x.size == y.size && x.backing == y.backing && x.path == y.path &&
@@ -1123,8 +1122,7 @@ bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b) {
          a.vfio.cdev == b.vfio.cdev && a.vfio.pci == b.vfio.pci &&
          a.limits.max_group_records == b.limits.max_group_records &&
          a.limits.max_fault_map_bytes == b.limits.max_fault_map_bytes &&
-         std::equal(a.spaces.begin(), a.spaces.end(), b.spaces.begin(), b.spaces.end(),
-                    same_space);
+         std::equal(a.spaces.begin(), a.spaces.end(), b.spaces.begin(), b.spaces.end(), same_space);
 }
 
 }  // namespace iopfd

@@ -103,7 +103,8 @@ VarlinkReply Reload(DaemonState* state, const Peer& peer) {
   }
   const ReloadReport& r = out.report;
   json failed = json::array();
-  for (const DeviceProblem& p : r.failed) failed.push_back({{"device", p.device}, {"error", p.error}});
+  for (const DeviceProblem& p : r.failed)
+    failed.push_back({{"device", p.device}, {"error", p.error}});
   return VarlinkReply::Ok({{"added", Strings(r.added)},
                            {"removed", Strings(r.removed)},
                            {"restarted", Strings(r.restarted)},
@@ -265,19 +266,19 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
         }
       }
       const DeviceStats& st = d->stats();
-      list.push_back({{"name", d->name()},
-                      {"attach", d->mode() == AttachMode::kAdopt ? "adopt" : "vfio"},
-                      {"origin", state->manager->IsAdoptedAtRunTime(d->name()) ? "adopted"
-                                                                               : "config"},
-                      {"state", StateOf(*d)},
-                      {"pasids", pasids},
-                      {"no_pasid_space", no_pasid},
-                      {"counters",
-                       {{"records", st.records},
-                        {"groups", st.groups},
-                        {"success", st.responses_success},
-                        {"invalid", st.responses_invalid},
-                        {"outstanding", st.outstanding()}}}});
+      list.push_back(
+          {{"name", d->name()},
+           {"attach", d->mode() == AttachMode::kAdopt ? "adopt" : "vfio"},
+           {"origin", state->manager->IsAdoptedAtRunTime(d->name()) ? "adopted" : "config"},
+           {"state", StateOf(*d)},
+           {"pasids", pasids},
+           {"no_pasid_space", no_pasid},
+           {"counters",
+            {{"records", st.records},
+             {"groups", st.groups},
+             {"success", st.responses_success},
+             {"invalid", st.responses_invalid},
+             {"outstanding", st.outstanding()}}}});
     }
     return VarlinkReply::Ok({{"devices", list}});
   });
@@ -343,9 +344,8 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
       return NotYet(method, "the drain state machine is not implemented yet");
     });
   }
-  service->AddMethod("io.iopfd.Reload", true, {}, [state](const VarlinkCall&, const Peer& peer) {
-    return Reload(state, peer);
-  });
+  service->AddMethod("io.iopfd.Reload", true, {},
+                     [state](const VarlinkCall&, const Peer& peer) { return Reload(state, peer); });
   service->AddMethod(
       "io.iopfd.Adopt", true, {"config", "fds"},
       [state](const VarlinkCall& call, const Peer& peer) { return Adopt(state, call, peer); });

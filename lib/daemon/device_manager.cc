@@ -25,8 +25,7 @@ std::vector<std::string> FdNamesOf(const DeviceConfig& c) {
 
 }  // namespace
 
-DeviceManager::DeviceManager(DeviceHost* host, Syscalls* sys, ListenFds pool,
-                             uint32_t read_records)
+DeviceManager::DeviceManager(DeviceHost* host, Syscalls* sys, ListenFds pool, uint32_t read_records)
     : host_(host), sys_(sys), pool_(std::move(pool)), read_records_(read_records) {}
 
 DeviceManager::~DeviceManager() = default;
@@ -46,25 +45,28 @@ void DeviceManager::Emit(const std::string& event, const std::string& device,
 absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds* fds) {
   auto dev = Device::Attach(config, fds, sys_, read_records_);
   if (!dev.ok()) return dev.status();
-  Log(LogLevel::kInfo,
-      absl::StrCat(config.name, ": attached (",
-                   config.mode == AttachMode::kAdopt ? "adopt" : "vfio", ", ",
-                   config.spaces.size(), " address space(s))"));
+  Log(LogLevel::kInfo, absl::StrCat(config.name, ": attached (",
+                                    config.mode == AttachMode::kAdopt ? "adopt" : "vfio", ", ",
+                                    config.spaces.size(), " address space(s))"));
   devices_.push_back(*std::move(dev));
   host_->AddDevice(devices_.back().get());
   return absl::OkStatus();
 }
 
-uint64_t DeviceManager::RemoveAt(size_t i, bool keep_fds) {
+DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
   Device* d = devices_[i].get();
   uint64_t owed = host_->RemoveDevice(d);
   if (owed != 0) {
     Log(LogLevel::kError,
         absl::StrCat(d->name(), ": ", owed, " page request group(s) left unanswered at removal"));
   }
+  DeviceStats final_stats = d->stats();
+  // Its counters leave with it: say what they were, for whoever accounts for every fault.
+  Log(LogLevel::kInfo,
+      absl::StrCat(d->name(), ": final counters ", FormatStatsJson(d->name(), final_stats)));
   if (keep_fds) d->ReleaseFds(&pool_);
   devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
-  return owed;
+  return final_stats;
 }
 
 ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
@@ -82,14 +84,14 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
     }
     auto it = wanted.find(name);
     if (it == wanted.end()) {
-      report.unanswered += RemoveAt(i, /*keep_fds=*/true);
+      report.unanswered += RemoveAt(i, /*keep_fds=*/true).outstanding();
       report.removed.push_back(name);
       Log(LogLevel::kInfo, name + ": removed (no longer configured)");
       Emit("device_removed", name, "no longer configured");
       continue;
     }
     if (!SameDeviceSettings(devices_[i]->config(), *it->second)) {
-      report.unanswered += RemoveAt(i, /*keep_fds=*/true);
+      report.unanswered += RemoveAt(i, /*keep_fds=*/true).outstanding();
       report.restarted.push_back(name);
       to_attach.push_back(it->second);
       continue;
@@ -155,19 +157,21 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
 absl::Status DeviceManager::Adopt(const DeviceConfig& config, ListenFds fds) {
   if (config.mode != AttachMode::kAdopt) {
     return absl::InvalidArgumentError(
-        absl::StrCat(config.name, ": Adopt takes attach = \"adopt\" devices; a vfio device is "
-                                  "configured in devices.d and attached by Reload"));
+        absl::StrCat(config.name,
+                     ": Adopt takes attach = \"adopt\" devices; a vfio device is "
+                     "configured in devices.d and attached by Reload"));
   }
   if (Find(config.name) != nullptr || configured_.count(config.name) != 0) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        config.name, ": a device of this name is ",
-        Find(config.name) != nullptr ? "already served" : "in the configuration"));
+    return absl::AlreadyExistsError(
+        absl::StrCat(config.name, ": a device of this name is ",
+                     Find(config.name) != nullptr ? "already served" : "in the configuration"));
   }
   std::vector<std::string> referenced = FdNamesOf(config);
   for (const std::string& passed : fds.Untaken()) {
     if (std::find(referenced.begin(), referenced.end(), passed) == referenced.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          config.name, ": a passed fd is named '", passed, "' but the configuration never uses it"));
+      return absl::InvalidArgumentError(absl::StrCat(config.name, ": a passed fd is named '",
+                                                     passed,
+                                                     "' but the configuration never uses it"));
     }
   }
   absl::Status st = AttachAndServe(config, &fds);
@@ -181,10 +185,8 @@ absl::StatusOr<DeviceStats> DeviceManager::Detach(const std::string& name) {
   for (size_t i = 0; i < devices_.size(); ++i) {
     if (devices_[i]->name() != name) continue;
     if (runtime_.erase(name) == 0) detached_[name] = devices_[i]->config();
-    Device* d = devices_[i].get();
-    uint64_t owed = host_->RemoveDevice(d);
-    DeviceStats final_stats = d->stats();
-    devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
+    DeviceStats final_stats = RemoveAt(i, /*keep_fds=*/false);
+    uint64_t owed = final_stats.outstanding();
     Log(LogLevel::kInfo, name + ": detached");
     Emit("device_detached", name, owed == 0 ? "" : absl::StrCat(owed, " group(s) unanswered"));
     return final_stats;

@@ -79,9 +79,9 @@ uint64_t FaultLoop::Remove(Device* device) {
   while (slot.read.in_flight || slot.write.in_flight) {
     int rc = io_uring_submit_and_wait(&ring_, 1);
     if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
-      Log(LogLevel::kError, std::string(ErrnoStatus(-rc, device->name(),
-                                                    "io_uring_submit_and_wait (remove)")
-                                            .message()));
+      Log(LogLevel::kError,
+          std::string(
+              ErrnoStatus(-rc, device->name(), "io_uring_submit_and_wait (remove)").message()));
       break;
     }
     DrainCq();

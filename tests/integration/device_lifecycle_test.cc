@@ -102,8 +102,7 @@ struct FakeQueue {
 };
 
 std::string DeviceText(const std::string& name, const std::string& extra = "") {
-  return "name = \"" + name +
-         "\"\nattach = \"adopt\"\n\n[adopt]\niommufd_fd = \"" + name +
+  return "name = \"" + name + "\"\nattach = \"adopt\"\n\n[adopt]\niommufd_fd = \"" + name +
          ".iommufd\"\nfault_fd = \"" + name + ".fault\"\ndevice_id = 7\n" + extra +
          "\n[[space]]\nioas_id = 1\n  [[space.region]]\n  iova = 0x100000\n"
          "  size = \"64KiB\"\n  backing = \"anonymous\"\n  access = \"rw\"\n";
@@ -296,9 +295,10 @@ TEST_F(DeviceLifecycleTest, AdoptRefusesWhatDoesNotAddUp) {
   EXPECT_EQ(r.value("error", ""), "io.iopfd.InvalidConfig") << r.dump();
   EXPECT_THAT(r["parameters"]["errors"][0].get<std::string>(), HasSubstr("<Adopt config>:2:"));
   // A vfio device is configured in devices.d, not adopted.
-  r = adopt({{"config", "name = \"v\"\nattach = \"vfio\"\n[vfio]\ncdev = \"/dev/vfio/devices/"
-                        "vfio0\"\n[[space]]\n  [[space.region]]\n  iova = 0x100000\n  size = "
-                        "\"64KiB\"\n  backing = \"anonymous\"\n  access = \"rw\"\n"}},
+  r = adopt({{"config",
+              "name = \"v\"\nattach = \"vfio\"\n[vfio]\ncdev = \"/dev/vfio/devices/"
+              "vfio0\"\n[[space]]\n  [[space.region]]\n  iova = 0x100000\n  size = "
+              "\"64KiB\"\n  backing = \"anonymous\"\n  access = \"rw\"\n"}},
             {});
   EXPECT_EQ(r.value("error", ""), "io.iopfd.InvalidConfig") << r.dump();
   // The name of a configured device.
@@ -329,8 +329,7 @@ TEST_F(DeviceLifecycleTest, DetachOfAConfiguredDeviceHoldsAcrossReloadsUntilItCh
   ASSERT_EQ(Names(r, "failed").size(), 1u) << r.dump();
   EXPECT_EQ(Names(r, "failed")[0]["device"], "b");
   EXPECT_THAT(Names(r, "failed")[0]["error"].get<std::string>(), HasSubstr("b.iommufd"));
-  EXPECT_EQ(admin.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"],
-            "degraded");
+  EXPECT_EQ(admin.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "degraded");
   EXPECT_EQ(iopfd_->Stop(), 0);
 }
 

@@ -32,9 +32,10 @@ using nlohmann::json;
 
 struct IopfdOptions {
   // The global file's text.
-  std::string global = "[control]\ngroup = \"daemon\"\nadmin_group = \"bin\"\n"
-                       "max_connections = 8\nmax_connections_per_uid = 6\n"
-                       "max_message_bytes = 4096\n";
+  std::string global =
+      "[control]\ngroup = \"daemon\"\nadmin_group = \"bin\"\n"
+      "max_connections = 8\nmax_connections_per_uid = 6\n"
+      "max_message_bytes = 4096\n";
   // Device files written to devices.d before start: file name -> text.
   std::vector<std::pair<std::string, std::string>> devices;
   // Descriptors handed over as LISTEN_FDS, with their LISTEN_FDNAMES names.

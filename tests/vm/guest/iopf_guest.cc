@@ -374,6 +374,141 @@ bool CaseControlSocketUnderLoad() {
   return v.Report();
 }
 
+// Reload while page requests flow: mockA stays (faults flow on it throughout), mockB is removed
+// (what it had queued is read and answered by its removal), mockC is added (its descriptors
+// were handed over at start and held until a device file named them).
+bool CaseReloadWhileFaultsFlow() {
+  Verdict v("reload_adds_and_removes_while_faults_flow");
+  Env a, b, c;
+  Setup(a, v.name, "info", "mockA");
+  Setup(b, v.name + "-b", "info", "mockB");
+  Setup(c, v.name + "-c", "info", "mockC");
+  WriteFile(a.dir + "/devices.d/mockB.toml", DeviceFile(b));
+  auto fds = a.Fds();
+  for (const Env* x : {&b, &c}) {
+    for (const auto& f : x->Fds()) fds.push_back(f);
+  }
+  Daemon d = StartWith(a.dir, fds);
+  v.Expect(Trigger(a, kR0, IOMMU_PGFAULT_PERM_READ) == 0 &&
+               Trigger(b, kR0, IOMMU_PGFAULT_PERM_READ) == 0,
+           "trigger");
+  v.Expect(WaitFor([&] { return CheckMap(a, a.hwpt, kR0, kPage, a.va0); }), "mockA served");
+  v.Expect(WaitFor([&] { return CheckMap(b, b.hwpt, kR0, kPage, b.va0); }), "mockB served");
+
+  // mockB: a burst queued right before the reload.
+  constexpr int kB = 2000;
+  for (int i = 0; i < kB; ++i) {
+    Trigger(b, kR0 + (i % 256) * kPage, IOMMU_PGFAULT_PERM_READ, false, i % 512);
+  }
+  // mockA: faults flow before, during and after the reload.
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> a_sent{1};
+  std::thread flow([&] {
+    for (int i = 0; !stop.load(); ++i) {
+      if (Trigger(a, kR0 + (i % 256) * kPage, IOMMU_PGFAULT_PERM_READ, (i % 4) == 3, i % 512) ==
+          0) {
+        ++a_sent;
+      }
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  unlink((a.dir + "/devices.d/mockB.toml").c_str());
+  WriteFile(a.dir + "/devices.d/mockC.toml", DeviceFile(c));
+  std::string reply;
+  {
+    ControlClient ctl(a.dir + "/ctl.sock");
+    reply = ctl.Call(R"({"method":"io.iopfd.Reload"})");
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  stop = true;
+  flow.join();
+  v.Expect(reply.find(R"("added":["mockC"])") != std::string::npos &&
+               reply.find(R"("removed":["mockB"])") != std::string::npos &&
+               reply.find(R"("kept":["mockA"])") != std::string::npos,
+           "Reload reply: " + reply);
+  // Nothing of mockB's was left behind in its queue.
+  v.Expect(QueueEmpty(b), "mockB's queue emptied by its removal");
+  // mockC is served; mockB no longer is.
+  v.Expect(Trigger(c, kR0 + 5 * kPage, IOMMU_PGFAULT_PERM_READ | IOMMU_PGFAULT_PERM_WRITE) == 0,
+           "trigger mockC");
+  v.Expect(WaitFor([&] { return CheckMap(c, c.hwpt, kR0 + 5 * kPage, kPage, c.va0 + 5 * kPage); }),
+           "mockC mapped after the reload");
+  v.Expect(Trigger(b, kR0 + kPage, IOMMU_PGFAULT_PERM_READ) == 0, "trigger mockB");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  v.Expect(!QueueEmpty(b), "mockB no longer read after its removal");
+  v.Expect(WaitFor([&] { return QueueEmpty(a); }, 60000), "mockA's queue read");
+  int rc = Stop(d);
+  ExpectClean(v, rc, ReadStats(d, "mockA"), a_sent.load());
+  ExpectClean(v, rc, ReadStats(d, "mockC"), 1);
+  // mockB's counters left with it; iopfd logged them at its removal.
+  auto sb = FinalCounters(d, "mockB");
+  ExpectClean(v, rc, sb, kB + 1);
+  std::printf(
+      "IOPF-INFO reload: mockA %llu faults during the reload, mockB %d answered at or "
+      "before removal\n",
+      static_cast<unsigned long long>(a_sent.load()), kB + 1);
+  return v.Report();
+}
+
+// A VMM hands a device over at run time (io.iopfd.Adopt with the iommufd, the fault queue and a
+// memfd as SCM_RIGHTS), then takes it back (Detach) and answers its page requests itself.
+bool CaseAdoptAndDetach() {
+  Verdict v("adopt_and_detach_at_run_time");
+  Env e;
+  Setup(e, v.name, "info", "mockD");
+  unlink((e.dir + "/devices.d/mockD.toml").c_str());
+  Daemon d = StartWith(e.dir, {});
+  const std::string sock = e.dir + "/ctl.sock";
+  v.Expect(WaitFor([&] { return ControlClient(sock).ok(); }), "control socket up");
+  ControlClient ctl(sock);
+  std::string reply =
+      ctl.Call(R"({"method":"io.iopfd.Adopt","parameters":{"config":)" + JsonString(DeviceFile(e)) +
+                   R"(,"fds":["mockD.iommufd","mockD.fault","mockD.ram1"]}})",
+               {e.iommufd, e.fault_fd, e.ram1});
+  v.Expect(reply.find(R"("name":"mockD")") != std::string::npos, "Adopt reply: " + reply);
+  constexpr int kN = 100;
+  for (int i = 0; i < kN; ++i) {
+    bool pasid = (i % 2) == 1;
+    Trigger(e, (pasid ? kR2 : kR0) + ((i / 2) % 32) * kPage, IOMMU_PGFAULT_PERM_READ, pasid,
+            i % 512);
+  }
+  v.Expect(WaitFor([&] { return CheckMap(e, e.hwpt, kR0, 32 * kPage, e.va0); }),
+           "no-PASID pages mapped after Adopt");
+  v.Expect(WaitFor([&] { return CheckMap(e, e.hwpt_pasid, kR2, 32 * kPage, e.va2); }),
+           "PASID pages mapped after Adopt");
+  std::string list = ctl.Call(R"({"method":"io.iopfd.ListDevices"})");
+  v.Expect(list.find(R"("origin":"adopted")") != std::string::npos, "ListDevices: " + list);
+  // Requests queued right before Detach are answered by it.
+  for (int i = 0; i < kN; ++i) {
+    Trigger(e, kR0 + (i % 64) * kPage, IOMMU_PGFAULT_PERM_READ, false, i % 512);
+  }
+  reply = ctl.Call(R"({"method":"io.iopfd.Detach","parameters":{"device":"mockD"}})");
+  auto s = ParseCounters(reply);
+  v.ExpectEq(s, "groups", 2 * kN);
+  v.ExpectEq(s, "responses_written", 2 * kN);
+  v.ExpectEq(s, "responses_rejected", 0);
+  v.ExpectEq(s, "outstanding", 0);
+  v.Expect(QueueEmpty(e), "queue empty after Detach");
+  // The owner answers from now on: iopfd leaves the next request to it.
+  v.Expect(Trigger(e, kR0, IOMMU_PGFAULT_PERM_READ, false, 7) == 0, "trigger after Detach");
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  iommu_hwpt_pgfault rec[4];
+  ssize_t n = read(e.fault_fd, rec, sizeof(rec));
+  v.Expect(n == static_cast<ssize_t>(sizeof(rec[0])),
+           Format("the owner read the request after Detach (read returned %zd)", n));
+  if (n == static_cast<ssize_t>(sizeof(rec[0]))) {
+    iommu_hwpt_page_response resp = {};
+    resp.cookie = rec[0].cookie;
+    resp.code = IOMMUFD_PAGE_RESP_SUCCESS;
+    v.Expect(write(e.fault_fd, &resp, sizeof(resp)) == static_cast<ssize_t>(sizeof(resp)),
+             "the owner's response accepted");
+  }
+  int rc = Stop(d);
+  v.Expect(rc == 0, Format("iopfd exit %d", rc));
+  v.Expect(ReadStats(d, "mockD").empty(), "mockD not served at exit");
+  return v.Report();
+}
+
 int RunTests(const std::vector<std::string>& only) {
   struct Case {
     const char* name;
@@ -391,6 +526,8 @@ int RunTests(const std::vector<std::string>& only) {
       {"hugetlbfs_maps_huge_pages", CaseHugetlbfsBacking},
       {"bad_device_does_not_stop_others", CaseBadDeviceDoesNotStopOthers},
       {"control_socket_under_load", CaseControlSocketUnderLoad},
+      {"reload_adds_and_removes_while_faults_flow", CaseReloadWhileFaultsFlow},
+      {"adopt_and_detach_at_run_time", CaseAdoptAndDetach},
   };
   int failed = 0, passed = 0;
   for (const Case& c : cases) {

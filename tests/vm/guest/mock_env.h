@@ -83,7 +83,13 @@ struct Env {
   char* va0 = nullptr;
   char* va1 = nullptr;
   char* va2 = nullptr;
-  std::string dir;  // config directory
+  std::string dir;     // config directory
+  std::string dev;     // the device's name in iopfd's configuration
+  std::string prefix;  // of its fd names: "" for mock0 ("iommufd", "fault", "ram1"), else "dev."
+  // The descriptors iopfd inherits for this device, with their LISTEN_FDNAMES names.
+  std::vector<std::pair<std::string, int>> Fds() const {
+    return {{prefix + "iommufd", iommufd}, {prefix + "fault", fault_fd}, {prefix + "ram1", ram1}};
+  }
 
   ~Env() {
     if (va0) munmap(va0, kR0Size);
@@ -131,9 +137,33 @@ inline void WriteFile(const std::string& path, const std::string& text) {
   if (!f) Die("write %s", path.c_str());
 }
 
+// The device file iopfd reads for e's device.
+inline std::string DeviceFile(const Env& e) {
+  const std::string shm = "/dev/shm/iopf-" + (e.dev == "mock0" ? std::string() : e.dev + "-");
+  return Format(
+      "name = \"%s\"\nattach = \"adopt\"\n\n"
+      "[adopt]\niommufd_fd = \"%siommufd\"\nfault_fd = \"%sfault\"\ndevice_id = %u\n\n"
+      "[[space]]\nioas_id = %u\n"
+      "  [[space.region]]\n  iova = 0x%llx\n  size = \"1MiB\"\n"
+      "  backing = \"file:%sram0\"\n  access = \"rw\"\n"
+      "  [[space.region]]\n  iova = 0x%llx\n  size = \"256KiB\"\n"
+      "  backing = \"fd:%sram1\"\n  access = \"r\"\n\n"
+      "[[space]]\npasid = %u\nioas_id = %u\n"
+      "  [[space.region]]\n  iova = 0x%llx\n  size = \"256KiB\"\n"
+      "  backing = \"file:%sram2\"\n  access = \"rw\"\n",
+      e.dev.c_str(), e.prefix.c_str(), e.prefix.c_str(), e.idev, e.ioas,
+      static_cast<unsigned long long>(kR0), shm.c_str(), static_cast<unsigned long long>(kR1),
+      e.prefix.c_str(), kPasid, e.ioas_pasid, static_cast<unsigned long long>(kR2), shm.c_str());
+}
+
 // Builds the whole environment: IOAS per space, mock device with PASID support, fault queue,
-// IOPF-capable HWPTs attached to the device and to PASID 5, backings, iopfd's configuration.
-inline void Setup(Env& e, const std::string& name, const std::string& log_level = "info") {
+// IOPF-capable HWPTs attached to the device and to PASID 5, backings, iopfd's configuration
+// (in /tmp/iopfd-<name>, the device named `dev`; its file is devices.d/<dev>.toml).
+inline void Setup(Env& e, const std::string& name, const std::string& log_level = "info",
+                  const std::string& dev = "mock0") {
+  e.dev = dev;
+  e.prefix = dev == "mock0" ? "" : dev + ".";
+  const std::string shm = "/dev/shm/iopf-" + (dev == "mock0" ? std::string() : dev + "-");
   e.iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
   if (e.iommufd < 0) Die("/dev/iommu: %s", strerror(errno));
   e.ioas = IoasAlloc(e.iommufd);
@@ -168,8 +198,8 @@ inline void Setup(Env& e, const std::string& name, const std::string& log_level 
   attach.pasid_attach.pt_id = e.hwpt_pasid;
   if (int rc = TestCmd(e.iommufd, &attach)) Die("PASID_ATTACH: %s", strerror(-rc));
 
-  e.ram0 = ShmFile("/dev/shm/iopf-ram0", kR0Size);
-  e.ram2 = ShmFile("/dev/shm/iopf-ram2", kR2Size);
+  e.ram0 = ShmFile((shm + "ram0").c_str(), kR0Size);
+  e.ram2 = ShmFile((shm + "ram2").c_str(), kR2Size);
   e.ram1 = memfd_create("iopf-ram1", MFD_CLOEXEC);
   if (e.ram1 < 0 || ftruncate(e.ram1, kR1Size)) Die("memfd: %s", strerror(errno));
   e.va0 = MapFile(e.ram0, kR0Size);
@@ -183,20 +213,22 @@ inline void Setup(Env& e, const std::string& name, const std::string& log_level 
                                        "\"\n[control]\nsocket = \"" + e.dir +
                                        "/ctl.sock\"\nmax_connections = 512\n"
                                        "max_connections_per_uid = 512\n");
-  WriteFile(e.dir + "/devices.d/mock0.toml",
-            Format("name = \"mock0\"\nattach = \"adopt\"\n\n"
-                   "[adopt]\niommufd_fd = \"iommufd\"\nfault_fd = \"fault\"\ndevice_id = %u\n\n"
-                   "[[space]]\nioas_id = %u\n"
-                   "  [[space.region]]\n  iova = 0x%llx\n  size = \"1MiB\"\n"
-                   "  backing = \"file:/dev/shm/iopf-ram0\"\n  access = \"rw\"\n"
-                   "  [[space.region]]\n  iova = 0x%llx\n  size = \"256KiB\"\n"
-                   "  backing = \"fd:ram1\"\n  access = \"r\"\n\n"
-                   "[[space]]\npasid = %u\nioas_id = %u\n"
-                   "  [[space.region]]\n  iova = 0x%llx\n  size = \"256KiB\"\n"
-                   "  backing = \"file:/dev/shm/iopf-ram2\"\n  access = \"rw\"\n",
-                   e.idev, e.ioas, static_cast<unsigned long long>(kR0),
-                   static_cast<unsigned long long>(kR1), kPasid, e.ioas_pasid,
-                   static_cast<unsigned long long>(kR2)));
+  WriteFile(e.dir + "/devices.d/" + dev + ".toml", DeviceFile(e));
+}
+// s as a JSON string literal (quotes included).
+inline std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
 }
 
 inline int Trigger(const Env& e, uint64_t addr, uint32_t perm, bool with_pasid = false,
@@ -255,11 +287,24 @@ class ControlClient {
   ControlClient& operator=(const ControlClient&) = delete;
   bool ok() const { return ok_; }
   // Sends one call (JSON text) and returns the reply text, or "" when the connection failed.
-  std::string Call(const std::string& json) {
+  // `fds` travel with it (SCM_RIGHTS), as a VMM hands a device over with io.iopfd.Adopt.
+  std::string Call(const std::string& json, const std::vector<int>& fds = {}) {
     std::string msg = json + std::string(1, '\0');
-    if (send(fd_, msg.data(), msg.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(msg.size())) {
-      return "";
+    iovec iov{msg.data(), msg.size()};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+    if (!fds.empty()) {
+      mh.msg_control = control.data();
+      mh.msg_controllen = control.size();
+      cmsghdr* cm = CMSG_FIRSTHDR(&mh);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+      std::memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
     }
+    if (sendmsg(fd_, &mh, MSG_NOSIGNAL) != static_cast<ssize_t>(msg.size())) return "";
     std::string reply;
     char buf[8192];
     while (reply.empty() || reply.back() != '\0') {
@@ -282,31 +327,43 @@ struct Daemon {
   std::string log_path;  // iopfd's stderr
 };
 
-inline Daemon Start(const Env& e) {
+// Starts iopfd on the configuration in dir, handing it `fds` (LISTEN_FDS, in order, with their
+// names).
+inline Daemon StartWith(const std::string& dir,
+                        const std::vector<std::pair<std::string, int>>& fds) {
   Daemon d;
-  d.stats_path = e.dir + "/stats.json";
-  d.log_path = e.dir + "/iopfd.log";
+  d.stats_path = dir + "/stats.json";
+  d.log_path = dir + "/iopfd.log";
   unlink(d.stats_path.c_str());
   pid_t pid = fork();
   if (pid < 0) Die("fork: %s", strerror(errno));
   if (pid == 0) {
-    // Move the handed-over fds to 3, 4, 5 (LISTEN_FDS numbering) without clobbering each other.
-    int a = fcntl(e.iommufd, F_DUPFD, 100), b = fcntl(e.fault_fd, F_DUPFD, 100),
-        c = fcntl(e.ram1, F_DUPFD, 100);
-    if (a < 0 || b < 0 || c < 0 || dup2(a, 3) < 0 || dup2(b, 4) < 0 || dup2(c, 5) < 0) _exit(120);
+    // Move the handed-over fds to 3, 4, ... (LISTEN_FDS numbering) without clobbering each
+    // other: first out of the way, then down.
+    std::vector<int> high;
+    std::string names;
+    for (const auto& [name, fd] : fds) {
+      high.push_back(fcntl(fd, F_DUPFD, 100));
+      names += (names.empty() ? "" : ":") + name;
+    }
+    for (size_t i = 0; i < high.size(); ++i) {
+      if (high[i] < 0 || dup2(high[i], static_cast<int>(3 + i)) < 0) _exit(120);
+    }
     int log = open(d.log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
     if (log < 0 || dup2(log, 2) < 0) _exit(121);
-    setenv("LISTEN_FDS", "3", 1);
-    setenv("LISTEN_FDNAMES", "iommufd:fault:ram1", 1);
+    setenv("LISTEN_FDS", std::to_string(high.size()).c_str(), 1);
+    setenv("LISTEN_FDNAMES", names.c_str(), 1);
     setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
-    execl("/bin/iopfd", "iopfd", "--config", (e.dir + "/iopfd.toml").c_str(), "--devices-dir",
-          (e.dir + "/devices.d").c_str(), "--stats-json", d.stats_path.c_str(),
+    execl("/bin/iopfd", "iopfd", "--config", (dir + "/iopfd.toml").c_str(), "--devices-dir",
+          (dir + "/devices.d").c_str(), "--stats-json", d.stats_path.c_str(),
           static_cast<char*>(nullptr));
     _exit(127);
   }
   d.pid = pid;
   return d;
 }
+
+inline Daemon Start(const Env& e) { return StartWith(e.dir, e.Fds()); }
 
 inline std::string ReadLog(const Daemon& d) {
   std::ifstream f(d.log_path);
@@ -343,12 +400,9 @@ inline int Stop(Daemon& d) {
   return -2;
 }
 
-// The counters of iopfd's --stats-json line for mock0.
-inline std::map<std::string, uint64_t> ReadStats(const Daemon& d) {
+// The numeric fields of one flat JSON object (iopfd's FormatStatsJson lines).
+inline std::map<std::string, uint64_t> ParseCounters(const std::string& line) {
   std::map<std::string, uint64_t> out;
-  std::ifstream f(d.stats_path);
-  std::string line;
-  std::getline(f, line);
   size_t pos = 0;
   while ((pos = line.find('"', pos)) != std::string::npos) {
     size_t end = line.find('"', pos + 1);
@@ -361,6 +415,28 @@ inline std::map<std::string, uint64_t> ReadStats(const Daemon& d) {
     pos = end + 1;
   }
   return out;
+}
+
+// The counters of iopfd's --stats-json line for `device` (empty when it has none).
+inline std::map<std::string, uint64_t> ReadStats(const Daemon& d,
+                                                 const std::string& device = "mock0") {
+  std::ifstream f(d.stats_path);
+  const std::string tag = "{\"device\":\"" + device + "\"";
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind(tag, 0) == 0) return ParseCounters(line);
+  }
+  return {};
+}
+
+// The final counters iopfd logged when it stopped serving `device` (empty when it did not).
+inline std::map<std::string, uint64_t> FinalCounters(const Daemon& d, const std::string& device) {
+  std::istringstream in(ReadLog(d));
+  const std::string tag = device + ": final counters {";
+  for (std::string line; std::getline(in, line);) {
+    size_t at = line.find(tag);
+    if (at != std::string::npos) return ParseCounters(line.substr(at + tag.size() - 1));
+  }
+  return {};
 }
 
 }  // namespace mockenv
