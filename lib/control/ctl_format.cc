@@ -335,7 +335,19 @@ std::string FormatReload(const Json& p) {
   Table table({false, false});
   table.Add({"added", NameList(p, "added")});
   table.Add({"removed", NameList(p, "removed")});
+  table.Add({"restarted", NameList(p, "restarted")});
   table.Add({"kept", NameList(p, "kept")});
+  // The rows below appear only when there is something to say.
+  if (!Elements(p, "detached").empty()) table.Add({"detached", NameList(p, "detached")});
+  for (const Json* f : Elements(p, "failed")) {
+    std::string line = absl::StrCat(StringField(*f, "device"), ": ", StringField(*f, "error"));
+    std::replace_if(
+        line.begin(), line.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+    table.Add({"failed", line});
+  }
+  if (!Elements(p, "restart_required").empty()) {
+    table.Add({"needs restart", NameList(p, "restart_required")});
+  }
   return table.Render();
 }
 

@@ -252,9 +252,28 @@ TEST(FormatStatsTest, NoDevices) {
 TEST(FormatReloadTest, Lists) {
   Json p = {{"added", {"gpu1"}}, {"removed", Json::array()}, {"kept", {"gpu0", "nic1"}}};
   EXPECT_EQ(FormatReload(p),
-            "added    gpu1\n"
-            "removed  -\n"
-            "kept     gpu0, nic1\n");
+            "added      gpu1\n"
+            "removed    -\n"
+            "restarted  -\n"
+            "kept       gpu0, nic1\n");
+}
+
+TEST(FormatReloadTest, FailuresDetachedAndRestartNeeds) {
+  Json p = {{"added", Json::array()},
+            {"removed", {"b"}},
+            {"restarted", {"a"}},
+            {"kept", Json::array()},
+            {"detached", {"d"}},
+            {"failed", {{{"device", "c"}, {"error", "c: open /dev/iommu:\nENOENT"}}}},
+            {"restart_required", {"daemon.ring_entries"}}};
+  EXPECT_EQ(FormatReload(p),
+            "added          -\n"
+            "removed        b\n"
+            "restarted      a\n"
+            "kept           -\n"
+            "detached       d\n"
+            "failed         c: c: open /dev/iommu: ENOENT\n"
+            "needs restart  daemon.ring_entries\n");
 }
 
 TEST(FormatMonitorEventTest, OneLine) {
@@ -300,7 +319,7 @@ TEST(FormatTest, NonObjectRepliesDoNotThrow) {
     EXPECT_EQ(FormatDevices(p), "no devices\n");
     EXPECT_EQ(FormatStats(p), "no devices\n");
     EXPECT_THAT(FormatStatus(p), HasSubstr("version  -\n"));
-    EXPECT_THAT(FormatReload(p), HasSubstr("added    -\n"));
+    EXPECT_THAT(FormatReload(p), HasSubstr("added      -\n"));
     EXPECT_EQ(FormatMonitorEvent(p), "-");
   }
   // A devices array holding non-objects renders dashes rather than throwing.

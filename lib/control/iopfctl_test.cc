@@ -286,7 +286,7 @@ TEST_F(IopfctlTest, ActionCommandsAreQuietReloadIsNot) {
   ProcessResult reload = Run({"--control-socket", socket_, "reload"});
   server->Join();
   EXPECT_EQ(reload.exit_code, 0);
-  EXPECT_EQ(reload.out, "added    gpu1\nremoved  -\nkept     gpu0\n");
+  EXPECT_EQ(reload.out, "added      gpu1\nremoved    -\nrestarted  -\nkept       gpu0\n");
 }
 
 class CompletionTest : public IopfctlTest {

@@ -333,4 +333,34 @@ TEST_F(DeviceLifecycleTest, DetachOfAConfiguredDeviceHoldsAcrossReloadsUntilItCh
   EXPECT_EQ(iopfd_->Stop(), 0);
 }
 
+TEST_F(DeviceLifecycleTest, DescriptorsNoCallTakesAreClosed) {
+  Client c(iopfd_->socket());
+  ASSERT_EQ(c.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
+  const size_t before = iopfd_->OpenFds();
+  FakeQueue d;
+  // Descriptors sent with calls that take none, with a refused Adopt, and split from their
+  // message (the message completes in a later write) are all closed once the call is answered.
+  for (int i = 0; i < 20; ++i) {
+    json r = c.CallWithFds({{"method", "io.iopfd.GetStatus"}}, {d.iommufd, d.theirs});
+    ASSERT_TRUE(r.contains("parameters")) << r.dump();
+  }
+  json r = c.CallWithFds({{"method", "io.iopfd.Adopt"},
+                          {"parameters", {{"config", DeviceText("d")}, {"fds", {"x"}}}}},
+                         {d.iommufd, d.theirs});
+  EXPECT_EQ(r.value("error", ""), "org.varlink.service.InvalidParameter");
+  std::string call = json({{"method", "io.iopfd.GetStatus"}}).dump();
+  ASSERT_TRUE(c.SendWithFds(call.substr(0, 5), {d.iommufd}));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(c.Send(call.substr(5) + std::string(1, '\0')));
+  ASSERT_TRUE(c.Next().has_value());
+  EXPECT_EQ(iopfd_->OpenFds(), before);
+  // More descriptors than one message may carry: the connection is closed, nothing leaks.
+  std::vector<int> many(17, d.iommufd);
+  EXPECT_EQ(c.CallWithFds({{"method", "io.iopfd.GetStatus"}}, many), json(nullptr));
+  Client other(iopfd_->socket());
+  EXPECT_EQ(other.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
+  EXPECT_EQ(iopfd_->OpenFds(), before);  // c's connection closed, other's open
+  EXPECT_EQ(iopfd_->Stop(), 0);
+}
+
 }  // namespace

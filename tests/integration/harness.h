@@ -123,6 +123,16 @@ class Iopfd {
   }
   const std::string& socket() const { return socket_; }
   const std::filesystem::path& dir() const { return dir_; }
+  pid_t pid() const { return pid_; }
+  // The number of descriptors iopfd has open.
+  size_t OpenFds() const {
+    size_t n = 0;
+    for ([[maybe_unused]] const auto& e :
+         std::filesystem::directory_iterator("/proc/" + std::to_string(pid_) + "/fd")) {
+      ++n;
+    }
+    return n;
+  }
 
  private:
   std::filesystem::path dir_;
