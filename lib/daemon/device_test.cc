@@ -226,6 +226,40 @@ TEST(DeviceAttachTest, AdoptModeMissingFdNamesDeviceKeyAndName) {
   ASSERT_FALSE(dev.ok());
   EXPECT_THAT(std::string(dev.status().message()),
               HasSubstr("dsa0: fault_fd: no inherited fd named 'vmm-fault'"));
+  // What it took is put back, so that a corrected configuration can use it.
+  EXPECT_THAT(fds.Untaken(), ElementsAre("vmm-iommufd"));
+}
+
+TEST(DeviceAttachTest, AdoptModeReleaseHandsEveryInheritedFdBackUnderItsName) {
+  FakeSyscalls sys;
+  ListenFds fds;
+  std::map<std::string, int> numbers;
+  for (const char* name : {"vmm-iommufd", "vmm-fault", "guest-ram"}) {
+    numbers[name] = sys.NewFd();
+    fds.Add(name, UniqueFd(numbers[name]));
+  }
+  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, 16);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  EXPECT_EQ(fds.size(), 0u);
+  ListenFds pool;
+  (*dev)->ReleaseFds(&pool);
+  dev->reset();  // the device's teardown must not close what it handed back
+  for (const auto& [name, number] : numbers) {
+    auto fd = pool.Take(name);
+    ASSERT_TRUE(fd.ok()) << name;
+    EXPECT_EQ(fd->get(), number) << name;
+    EXPECT_EQ(fcntl(fd->get(), F_GETFD), FD_CLOEXEC) << name << " is still open";
+  }
+}
+
+TEST(DeviceAttachTest, VfioModeReleasesNothing) {
+  FakeSyscalls sys;
+  ListenFds fds;
+  auto dev = Device::Attach(VfioDevice(true), &fds, &sys, 16);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  ListenFds pool;
+  (*dev)->ReleaseFds(&pool);
+  EXPECT_EQ(pool.size(), 0u);
 }
 
 TEST(IommufdMapTest, FallsBackToUserAddressMapOnKernelsWithoutMapFile) {
