@@ -129,6 +129,9 @@ class FaultLoop : public DeviceHost {
   // Handles every completion now in the queue; clients' are deferred. Returns how many.
   int DrainCq();
   int ProcessCompletions();
+  // Between client completions: collects fault completions that arrived, processes them and
+  // writes the responses. Returns the completions handled.
+  int ServeFaultsNow();
   void Drain();
   // Reads the device's queue empty (until deadline) and processes what it read, synchronously.
   void ReadRemaining(Device* d, uint64_t deadline);
