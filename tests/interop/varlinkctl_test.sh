@@ -52,6 +52,14 @@ check "Monitor without --more is ExpectedMore" \
   errors_as io.iopfd.Monitor '{}' org.varlink.service.ExpectedMore
 check "Drain of an unknown device is NoSuchDevice" \
   errors_as io.iopfd.Drain '{"device":"nope"}' io.iopfd.NoSuchDevice
+check "call Reload with nothing configured" \
+  sh -c "'$vctl' call '$sock' io.iopfd.Reload '{}' | grep -q '\"restart_required\"'"
+printf 'name = "bad"\nattach = "sideways"\n' > "$dir/devices.d/bad.toml"
+check "Reload of an invalid file is io.iopfd.InvalidConfig naming file and line" \
+  errors_as io.iopfd.Reload '{}' "bad.toml:2:"
+rm "$dir/devices.d/bad.toml"
+check "Detach of an unknown device is NoSuchDevice" \
+  errors_as io.iopfd.Detach '{"device":"nope"}' io.iopfd.NoSuchDevice
 check "iopfd is still running" kill -0 $pid
 kill -TERM $pid
 wait $pid
