@@ -33,7 +33,10 @@ constexpr char kUsage[] =
     "  reset DEV              reset the page-request flow of a device\n"
     "  halt DEV               halt the page-request flow of a device\n"
     "  resume DEV             resume a halted device\n"
-    "  reload                 re-read the configuration\n"
+    "  reload                 re-read the configuration; prints what was added, removed,\n"
+    "                         restarted and kept, and devices that failed to attach\n"
+    "  detach DEV             stop serving a device after answering what was read from it;\n"
+    "                         prints its final statistics\n"
     "  monitor                print events as they happen, until the daemon ends the\n"
     "                         stream or Ctrl-C\n"
     "  log-level LEVEL        set the log level: error, warning, info or debug\n"
@@ -47,7 +50,7 @@ constexpr char kDefaultSocket[] = "/run/iopfd/io.iopfd";
 
 enum ExitCode : int { kOk = 0, kErrorReply = 1, kUsageError = 2, kUnreachable = 3 };
 
-enum class Output { kNone, kStatus, kDevices, kStats, kReload, kMonitor };
+enum class Output { kNone, kStatus, kDevices, kStats, kReload, kDetach, kMonitor };
 
 struct Command {
   const char* name;
@@ -66,6 +69,7 @@ constexpr Command kCommands[] = {
     {"halt", "Halt", 1, 1, Output::kNone},
     {"resume", "Resume", 1, 1, Output::kNone},
     {"reload", "Reload", 0, 0, Output::kReload},
+    {"detach", "Detach", 1, 1, Output::kDetach},
     {"monitor", "Monitor", 0, 0, Output::kMonitor},
     {"log-level", "SetLogLevel", 1, 1, Output::kNone},
 };
@@ -185,6 +189,13 @@ int Print(const Invocation& inv, const nlohmann::json& p) {
     case Output::kReload:
       out = iopfd::FormatReload(p);
       break;
+    case Output::kDetach: {
+      // The final statistics, shown like `stats DEV`.
+      nlohmann::json devices = nlohmann::json::array();
+      if (p.is_object() && p.contains("stats")) devices.push_back(p["stats"]);
+      out = iopfd::FormatStats(nlohmann::json{{"devices", devices}});
+      break;
+    }
     case Output::kMonitor:
       out = iopfd::FormatMonitorEvent(p) + "\n";
       break;

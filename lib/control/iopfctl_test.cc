@@ -256,6 +256,7 @@ TEST_F(IopfctlTest, CommandsSendTheirParameters) {
       {{"halt", "gpu0"}, R"({"method":"io.iopfd.Halt","parameters":{"device":"gpu0"}})"},
       {{"resume", "gpu0"}, R"({"method":"io.iopfd.Resume","parameters":{"device":"gpu0"}})"},
       {{"reload"}, R"({"method":"io.iopfd.Reload","parameters":{}})"},
+      {{"detach", "gpu0"}, R"({"method":"io.iopfd.Detach","parameters":{"device":"gpu0"}})"},
       {{"log-level", "debug"},
        R"({"method":"io.iopfd.SetLogLevel","parameters":{"level":"debug"}})"},
       {{"--", "drain", "-odd-name"},
@@ -311,7 +312,8 @@ class CompletionTest : public IopfctlTest {
 
 TEST_F(CompletionTest, Commands) {
   EXPECT_EQ(Complete({""}).out,
-            "status\ndevices\nstats\ndrain\nreset\nhalt\nresume\nreload\nmonitor\nlog-level\n");
+            "status\ndevices\nstats\ndrain\nreset\nhalt\nresume\nreload\ndetach\nmonitor\n"
+            "log-level\n");
   EXPECT_EQ(Complete({"re"}).out, "reset\nresume\nreload\n");
   EXPECT_EQ(Complete({"--json", "dev"}).out, "devices\n");
 }
@@ -364,6 +366,18 @@ TEST_F(CompletionTest, OnlyTheFirstArgumentIsADevice) {
   std::stringstream calls;
   calls << in.rdbuf();
   EXPECT_EQ(calls.str(), "--json devices\n--control-socket /x/y --json devices\n");
+}
+
+TEST_F(IopfctlTest, DetachPrintsTheFinalStatistics) {
+  auto server = Serve({Json{
+      {"parameters",
+       {{"stats",
+         {{"name", "gpu0"}, {"groups", 65}, {"responses_written", 65}, {"outstanding", 0}}}}}}});
+  ProcessResult r = Run({"--control-socket", socket_, "detach", "gpu0"});
+  server->Join();
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("gpu0\n"));
+  EXPECT_THAT(r.out, HasSubstr("65"));
 }
 
 TEST_F(CompletionTest, NoDaemonCompletesNothingQuietly) {

@@ -344,9 +344,9 @@ TEST_F(DeviceLifecycleTest, DescriptorsNoCallTakesAreClosed) {
     json r = c.CallWithFds({{"method", "io.iopfd.GetStatus"}}, {d.iommufd, d.theirs});
     ASSERT_TRUE(r.contains("parameters")) << r.dump();
   }
-  json r = c.CallWithFds({{"method", "io.iopfd.Adopt"},
-                          {"parameters", {{"config", DeviceText("d")}, {"fds", {"x"}}}}},
-                         {d.iommufd, d.theirs});
+  json r = c.CallWithFds(
+      {{"method", "io.iopfd.Adopt"}, {"parameters", {{"config", DeviceText("d")}, {"fds", {"x"}}}}},
+      {d.iommufd, d.theirs});
   EXPECT_EQ(r.value("error", ""), "org.varlink.service.InvalidParameter");
   std::string call = json({{"method", "io.iopfd.GetStatus"}}).dump();
   ASSERT_TRUE(c.SendWithFds(call.substr(0, 5), {d.iommufd}));
