@@ -110,8 +110,9 @@ class Device {
   // abandoned (and counted), and reading stops too: nothing read could be answered.
   bool write_failed() const { return write_failed_; }
   void MarkWriteFailed() { write_failed_ = read_failed_ = true; }
-  // Consecutive read errors, for the loop's retry limit.
+  // Consecutive read errors and empty reads, for the loop's limits.
   int read_errors = 0;
+  int empty_reads_in_a_row = 0;
 
   // Adopt mode: hands the inherited fds (iommufd, fault queue, fd: backings) back into `pool`
   // under the names the configuration gave them, so that a later attach can take them again.

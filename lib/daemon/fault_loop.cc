@@ -17,6 +17,8 @@ namespace iopfd {
 namespace {
 // Consecutive failed reads of one fault fd before iopfd stops reading it.
 constexpr int kMaxReadErrors = 100;
+// Consecutive empty reads after a poll said readable before iopfd stops reading a fault fd.
+constexpr int kMaxEmptyReads = 1000;
 // Control work done between two looks at the fault queues (ProcessCompletions).
 constexpr uint64_t kClientSliceNs = 50000;
 }  // namespace
@@ -165,11 +167,23 @@ void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
   DeviceStats& st = d->stats();
   if (res > 0) {
     d->read_errors = 0;
+    d->empty_reads_in_a_row = 0;
     ++st.reads;
     size_t n = static_cast<size_t>(res) / sizeof(uapi::PageFault);
     d->processor().Process(d->read_buffer().first(n), now);
   } else if (res == 0 || res == -EAGAIN) {
-    ++st.empty_reads;  // another reader emptied the queue between poll and read
+    // Another reader emptied the queue between poll and read (adopt mode shares the file). A
+    // fault fd does that rarely; one that polls readable and reads nothing every time is not a
+    // fault queue (a wrong descriptor handed over, a peer gone) and would spin the loop.
+    ++st.empty_reads;
+    if (++d->empty_reads_in_a_row >= kMaxEmptyReads) {
+      std::string why = absl::StrCat(kMaxEmptyReads,
+                                     " reads in a row found nothing although the fd polled "
+                                     "readable: not a working fault queue; no longer reading");
+      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why));
+      d->MarkReadFailed();
+      if (on_device_failed) on_device_failed(*d, why);
+    }
   } else if (res == -EINVAL) {
     // The first queued group has more records than the buffer holds (eventq.c returns EINVAL
     // only then, when nothing was copied).

@@ -363,4 +363,24 @@ TEST_F(DeviceLifecycleTest, DescriptorsNoCallTakesAreClosed) {
   EXPECT_EQ(iopfd_->Stop(), 0);
 }
 
+TEST_F(DeviceLifecycleTest, AFaultQueueThatFailsIsReportedAndTheOthersGoOn) {
+  Client monitor(iopfd_->socket());
+  monitor.Call({{"method", "io.iopfd.Monitor"}, {"more", true}});
+  ASSERT_EQ(monitor.Next().value()["parameters"]["event"], "subscribed");
+  // b's peer goes away: its fd polls readable (hang-up) and reads nothing, for ever.
+  close(b_.ours);
+  b_.ours = -1;
+  auto e = monitor.Next();
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ((*e)["parameters"]["event"], "device_failed");
+  EXPECT_EQ((*e)["parameters"]["device"], "b");
+  EXPECT_THAT((*e)["parameters"]["detail"].get<std::string>(), HasSubstr("reads in a row"));
+  Client c(iopfd_->socket());
+  json status = c.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"];
+  EXPECT_EQ(status["health"], "degraded");
+  a_.Fault(0x100000);
+  ExpectEachOnce(a_.Responses(1), 1, 1, "a after b failed");
+  EXPECT_EQ(iopfd_->Stop(), 0);
+}
+
 }  // namespace
