@@ -149,6 +149,35 @@ TEST_F(ControlSocketTest, ConnectionsAreCapped) {
   EXPECT_EQ(again.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
 }
 
+TEST_F(ControlSocketTest, AMonitorThatNeverReadsIsDroppedNotBuffered) {
+  Client lazy(iopfd_.socket());
+  lazy.Call({{"method", "io.iopfd.Monitor"}, {"more", true}});
+  ASSERT_EQ(lazy.Next().value()["parameters"]["event"], "subscribed");
+  // ~100 bytes of event per call: 120,000 calls queue ~12 MB for a subscriber that reads none
+  // of it, past the 8 MiB a client may leave unread. Sent oneway and pipelined, in chunks.
+  Client admin(iopfd_.socket());
+  std::string chunk;
+  for (int i = 0; i < 1000; ++i) {
+    chunk += json({{"method", "io.iopfd.SetLogLevel"},
+                   {"oneway", true},
+                   {"parameters", {{"level", i % 2 ? "warning" : "error"}}}})
+                 .dump() +
+             std::string(1, '\0');
+  }
+  for (int i = 0; i < 120; ++i) ASSERT_TRUE(admin.Send(chunk));
+  // The admin connection is served in order: this reply comes after every one of those calls.
+  EXPECT_EQ(admin.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
+  // The lazy subscriber was cut off: what it can still read ends in a closed connection well
+  // before 120,000 events.
+  size_t events = 0;
+  while (lazy.Next().has_value()) ++events;
+  EXPECT_LT(events, 100000u);
+  EXPECT_GT(events, 0u);
+  Client fresh(iopfd_.socket());
+  EXPECT_EQ(fresh.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
+  EXPECT_EQ(iopfd_.Stop(), 0);
+}
+
 TEST_F(ControlSocketTest, MonitorStreamsEventsUntilTheDaemonStops) {
   Client monitor(iopfd_.socket());
   monitor.Call({{"method", "io.iopfd.Monitor"}, {"more", true}});
