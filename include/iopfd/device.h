@@ -114,10 +114,10 @@ class Device {
   int read_errors = 0;
   int empty_reads_in_a_row = 0;
 
-  // Adopt mode: hands the inherited fds (iommufd, fault queue, fd: backings) back into `pool`
-  // under the names the configuration gave them, so that a later attach can take them again.
-  // Only for a device no loop serves any more: the device cannot process faults afterwards.
-  // Does nothing in vfio mode (those fds are iopfd's own and close with the device).
+  // Hands the inherited fds back into `pool` under the names the configuration gave them, so
+  // that a later attach can take them again: the iommufd and fault queue in adopt mode, fd:
+  // backings in either mode (vfio mode's own fds close with the device). Only for a device no
+  // loop serves any more: it cannot process faults afterwards.
   void ReleaseFds(ListenFds* pool);
 
  private:

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <set>
 #include <string>
@@ -27,8 +28,9 @@ class DeviceHost {
   // Starts serving d; d stays alive until RemoveDevice(d) returned.
   virtual void AddDevice(Device* d) = 0;
   // Stops serving d after answering everything read from it. Returns the number of groups
-  // read and left unanswered (0 unless its fault fd failed).
-  virtual uint64_t RemoveDevice(Device* d) = 0;
+  // read and never answered (0 unless its fault fd failed), or nullopt when d could not be
+  // released (it must then be kept alive: the host still refers to it).
+  virtual std::optional<uint64_t> RemoveDevice(Device* d) = 0;
 };
 
 // A device a reload or an adoption could not attach, and why.
@@ -51,9 +53,12 @@ struct ReloadReport {
 // Owns the served devices. A device is either configured (a file in devices.d; reloads manage
 // it) or adopted at run time (Adopt; only Detach removes it, reloads leave it alone).
 //
-// Inherited fds (LISTEN_FDS at start) live in a pool: attaching an adopt-mode device takes the
-// fds its configuration names; removing it by a reload puts them back, so a later reload can
-// attach it again. Detach closes them instead: the owner asked for the device back.
+// Inherited fds (LISTEN_FDS at start) live in a pool: attaching a device takes the fds its
+// configuration names, and those no device names stay held for a later reload. A device
+// restarted by a reload (its settings changed) gives its fds back to the pool and takes them
+// again. A device removed from the configuration, or detached, is handed back: its fds are
+// closed, so that when iopfd held the last reference the kernel can tear the objects down and
+// answer what is still queued. So is a device whose fault fd failed.
 //
 // Not thread-safe: used from the fault loop's thread only.
 class DeviceManager {
@@ -117,6 +122,8 @@ class DeviceManager {
   std::map<std::string, DeviceConfig> configured_;  // the configuration last applied
   std::map<std::string, DeviceConfig> detached_;    // configured devices Detach took away
   std::set<std::string> runtime_;                   // names adopted at run time
+  // Devices the host could not release (its ring failed): kept alive, never served again.
+  std::vector<std::unique_ptr<Device>> unreleased_;
 };
 
 // The outcome of re-reading the configuration files.

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -70,13 +71,15 @@ class FaultLoop : public DeviceHost {
   // flight (handling other devices' completions meanwhile; clients' are deferred to the next
   // turn), then reads what is still queued and answers everything it read, synchronously and
   // bounded by 100 ms of reading. Afterwards the loop no longer refers to the device. Returns
-  // the number of groups read from it and left unanswered (0 unless its fd failed). Call it
-  // from a client's completion handler or a hook, never from inside the fault path. Returns
-  // 0 and does nothing for a device the loop does not serve.
-  uint64_t Remove(Device* device);
+  // the number of groups read from it that were never answered (left owed, or abandoned when
+  // its fd failed; 0 normally). Returns nullopt when the ring failed while operations of the
+  // device were in flight: the loop then still refers to the device, which must be kept
+  // alive. Call it from a client's completion handler or a hook, never from inside the fault
+  // path. Returns 0 and does nothing for a device the loop does not serve.
+  std::optional<uint64_t> Remove(Device* device);
   // DeviceHost: the same as Add and Remove.
   void AddDevice(Device* device) override { Add(device); }
-  uint64_t RemoveDevice(Device* device) override { return Remove(device); }
+  std::optional<uint64_t> RemoveDevice(Device* device) override { return Remove(device); }
   // Returns true once a stop signal arrived (the loop is draining or about to).
   bool stopping() const { return stopping_; }
   // Adds a client before Run. The client must outlive the loop.
@@ -151,6 +154,7 @@ class FaultLoop : public DeviceHost {
   bool stopping_ = false;
   bool running_ = false;
   bool reload_requested_ = false;
+  uint64_t removed_owed_ = 0;  // groups removed devices left owed, for the exit code
 };
 
 // Returns CLOCK_MONOTONIC in nanoseconds.

@@ -132,8 +132,14 @@ VarlinkReply Adopt(DaemonState* state, const VarlinkCall& call, const Peer& peer
     }
   }
   // Every passed descriptor needs a name and every name a descriptor.
-  if (names.size() != call.fds->size()) return InvalidParameter("fds");
-  LoadResult parsed = ParseDeviceText(*text, "<Adopt config>", /*check_backings=*/true);
+  if (names.size() != call.fds->size()) {
+    Log(LogLevel::kWarning,
+        absl::StrCat("Adopt from uid ", peer.uid, " (pid ", peer.pid, "): ", names.size(),
+                     " fd name(s) for ", call.fds->size(), " descriptor(s) passed"));
+    return InvalidParameter("fds");
+  }
+  // Backings are not checked on disk: file: ones are refused below, before anything is opened.
+  LoadResult parsed = ParseDeviceText(*text, "<Adopt config>", /*check_backings=*/false);
   if (!parsed.ok() || parsed.config.devices.size() != 1) {
     json errors = json::array();
     for (const ConfigError& e : parsed.errors) errors.push_back(e.ToString());
@@ -141,6 +147,20 @@ VarlinkReply Adopt(DaemonState* state, const VarlinkCall& call, const Peer& peer
     return VarlinkReply::Error("io.iopfd.InvalidConfig", {{"errors", errors}});
   }
   const DeviceConfig& config = parsed.config.devices.front();
+  // Memory comes with the call or is iopfd's own: a path would let the caller map any tmpfs or
+  // hugetlbfs file iopfd (root) can open, another guest's memory included, into an IOAS.
+  for (const SpaceConfig& s : config.spaces) {
+    for (const RegionConfig& r : s.regions) {
+      if (r.backing == BackingKind::kFile) {
+        return VarlinkReply::Error(
+            "io.iopfd.InvalidConfig",
+            {{"errors", json::array({ConfigError{r.where, "file: backings are not accepted "
+                                                          "over Adopt; pass the memory as an "
+                                                          "fd: backing"}
+                                         .ToString()})}});
+      }
+    }
+  }
   ListenFds fds;
   for (size_t i = 0; i < names.size(); ++i) fds.Add(names[i], std::move((*call.fds)[i]));
   absl::Status st = state->manager->Adopt(config, std::move(fds));

@@ -180,7 +180,12 @@ void ControlServer::OnAccept(FaultLoop& loop, int res) {
 }
 
 void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
-  if (c.dead) return Reap(c);
+  if (c.dead) {
+    // The connection died while this read was completing: descriptors it carried were
+    // installed in our table all the same, and are closed here.
+    if (res > 0) (void)ReceivedFds(c.msg);
+    return Reap(c);
+  }
   if (res <= 0) {
     if (res != 0 && res != -ECANCELED && res != -ECONNRESET) {
       Log(LogLevel::kDebug, std::string(ErrnoStatus(-res, "control socket", "recv").message()));
@@ -192,10 +197,14 @@ void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
   }
   std::vector<UniqueFd> arrived = ReceivedFds(c.msg);
   if ((c.msg.msg_flags & MSG_CTRUNC) != 0 || c.fds_next.size() + arrived.size() > kMaxFds) {
-    // Descriptors were lost (the kernel closed what did not fit): the call they came with can
-    // no longer be served correctly.
-    Log(LogLevel::kWarning, absl::StrCat("control socket: uid ", c.peer.uid, " passed more than ",
-                                         kMaxFds, " file descriptors with one message; closing"));
+    // Descriptors were lost (the kernel closed what did not fit in the control buffer) or are
+    // too many: the call they came with cannot be served correctly.
+    Log(LogLevel::kWarning,
+        absl::StrCat("control socket: uid ", c.peer.uid, " (pid ", c.peer.pid, ") passed ",
+                     (c.msg.msg_flags & MSG_CTRUNC) != 0
+                         ? "file descriptors that did not fit (control data truncated)"
+                         : absl::StrCat("more than ", kMaxFds, " file descriptors"),
+                     " with one message; closing"));
     return Kill(loop, c);
   }
   if (!c.in.Append(std::string_view(c.buf, static_cast<size_t>(res)))) {

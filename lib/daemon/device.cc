@@ -164,16 +164,18 @@ absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records)
 }
 
 void Device::ReleaseFds(ListenFds* pool) {
-  if (mode_ != AttachMode::kAdopt) return;
-  if (iommufd_) pool->Add(config_.adopt.iommufd_fd, iommufd_->ReleaseFd());
-  if (fault_fd_.valid()) pool->Add(config_.adopt.fault_fd, std::move(fault_fd_));
+  // The iommufd and fault fd are inherited in adopt mode only; fd: backings in either mode.
+  if (mode_ == AttachMode::kAdopt) {
+    if (iommufd_ && iommufd_->fd() >= 0) pool->Add(config_.adopt.iommufd_fd, iommufd_->ReleaseFd());
+    if (fault_fd_.valid()) pool->Add(config_.adopt.fault_fd, std::move(fault_fd_));
+  }
   // backings_ holds one entry per region, in configuration order.
   size_t i = 0;
   for (const SpaceConfig& s : config_.spaces) {
     for (const RegionConfig& r : s.regions) {
       if (i >= backings_.size()) return;
       Backing& b = backings_[i++];
-      if (r.backing == BackingKind::kInheritedFd) pool->Add(r.fd_name, b.ReleaseFd());
+      if (r.backing == BackingKind::kInheritedFd && b.fd() >= 0) pool->Add(r.fd_name, b.ReleaseFd());
     }
   }
 }

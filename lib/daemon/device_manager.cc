@@ -55,16 +55,24 @@ absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds
 
 DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
   Device* d = devices_[i].get();
-  uint64_t owed = host_->RemoveDevice(d);
-  if (owed != 0) {
-    Log(LogLevel::kError,
-        absl::StrCat(d->name(), ": ", owed, " page request group(s) left unanswered at removal"));
-  }
+  std::optional<uint64_t> unanswered = host_->RemoveDevice(d);
   DeviceStats final_stats = d->stats();
+  if (!unanswered) {
+    // The host still refers to it: keep it alive, out of service, until exit.
+    Log(LogLevel::kError, d->name() + ": could not be released; kept out of service until exit");
+    unreleased_.push_back(std::move(devices_[i]));
+    devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
+    return final_stats;
+  }
+  if (*unanswered != 0) {
+    Log(LogLevel::kError, absl::StrCat(d->name(), ": ", *unanswered,
+                                       " page request group(s) read and never answered"));
+  }
   // Its counters leave with it: say what they were, for whoever accounts for every fault.
-  Log(LogLevel::kInfo,
-      absl::StrCat(d->name(), ": final counters ", FormatStatsJson(d->name(), final_stats)));
-  if (keep_fds) d->ReleaseFds(&pool_);
+  Log(LogLevel::kInfo, absl::StrCat(d->name(), ": final counters ",
+                                    FormatStatsJson(d->name(), final_stats)));
+  // A failed fault fd is not worth keeping: closing it lets the kernel clean up.
+  if (keep_fds && !d->write_failed()) d->ReleaseFds(&pool_);
   devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
   return final_stats;
 }
@@ -84,14 +92,17 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
     }
     auto it = wanted.find(name);
     if (it == wanted.end()) {
-      report.unanswered += RemoveAt(i, /*keep_fds=*/true).outstanding();
+      // Handed back: its fds are closed (see the class comment).
+      const DeviceStats st = RemoveAt(i, /*keep_fds=*/false);
+      report.unanswered += st.outstanding() + st.responses_abandoned;
       report.removed.push_back(name);
       Log(LogLevel::kInfo, name + ": removed (no longer configured)");
       Emit("device_removed", name, "no longer configured");
       continue;
     }
     if (!SameDeviceSettings(devices_[i]->config(), *it->second)) {
-      report.unanswered += RemoveAt(i, /*keep_fds=*/true).outstanding();
+      const DeviceStats st = RemoveAt(i, /*keep_fds=*/true);
+      report.unanswered += st.outstanding() + st.responses_abandoned;
       report.restarted.push_back(name);
       to_attach.push_back(it->second);
       continue;

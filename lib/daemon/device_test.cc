@@ -225,7 +225,7 @@ TEST(DeviceAttachTest, AdoptModeMissingFdNamesDeviceKeyAndName) {
   auto dev = Device::Attach(AdoptDevice(), &fds, &sys, 16);
   ASSERT_FALSE(dev.ok());
   EXPECT_THAT(std::string(dev.status().message()),
-              HasSubstr("dsa0: fault_fd: no inherited fd named 'vmm-fault'"));
+              HasSubstr("dsa0: fault_fd: no fd named 'vmm-fault' was handed over"));
   // What it took is put back, so that a corrected configuration can use it.
   EXPECT_THAT(fds.Untaken(), ElementsAre("vmm-iommufd"));
 }

@@ -64,7 +64,7 @@ void FaultLoop::Add(Device* device) {
   if (running_ && !stopping_) ArmRead(ref);
 }
 
-uint64_t FaultLoop::Remove(Device* device) {
+std::optional<uint64_t> FaultLoop::Remove(Device* device) {
   auto it = std::find_if(slots_.begin(), slots_.end(),
                          [device](const std::unique_ptr<Slot>& s) { return s->device == device; });
   if (it == slots_.end()) return 0;
@@ -77,10 +77,11 @@ uint64_t FaultLoop::Remove(Device* device) {
     io_uring_prep_cancel(sqe, &slot.poll, 0);
     io_uring_sqe_set_data(sqe, &cancel_op_);
   }
-  // Wait for this device's operations only. Other devices' completions are handled as usual;
-  // clients' are deferred (DrainCq) and served at the next turn, so no client handler runs
-  // inside the one that called Remove.
+  // Wait for this device's operations only. Other devices' completions are handled and their
+  // responses written as usual; clients' are deferred (DrainCq) and served at the next turn,
+  // so no client handler runs inside the one that called Remove.
   while (slot.read.in_flight || slot.write.in_flight) {
+    SubmitWrites();
     int rc = io_uring_submit_and_wait(&ring_, 1);
     if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
       Log(LogLevel::kError,
@@ -90,19 +91,22 @@ uint64_t FaultLoop::Remove(Device* device) {
     }
     DrainCq();
   }
+  if (slot.read.in_flight || slot.write.in_flight) {
+    // The ring failed under us: the read buffer and the responses may still be the kernel's.
+    // Keep the slot, and the caller keeps the device, rather than free memory the kernel may
+    // write or answer a group a second time.
+    Log(LogLevel::kError,
+        absl::StrCat(device->name(), ": operations still in flight; cannot release it"));
+    return std::nullopt;
+  }
   ReadRemaining(device, MonotonicNs() + 100000000ull);
   WriteAll(device);
-  uint64_t owed = device->stats().outstanding();
-  if (slot.read.in_flight || slot.write.in_flight) {
-    // The ring failed under us: the buffers may still be the kernel's. Keep the slot (and let
-    // the caller keep the device) rather than free memory the kernel may write.
-    Log(LogLevel::kError, absl::StrCat(device->name(), ": operations still in flight at removal"));
-    return owed == 0 ? 1 : owed;
-  }
+  const DeviceStats& st = device->stats();
+  removed_owed_ += st.outstanding();
   slots_.erase(std::find_if(slots_.begin(), slots_.end(), [device](const std::unique_ptr<Slot>& s) {
     return s->device == device;
   }));
-  return owed;
+  return st.outstanding() + st.responses_abandoned;
 }
 
 io_uring_sqe* FaultLoop::GetSqe() {
@@ -359,6 +363,9 @@ int FaultLoop::Run() {
     }
     SubmitWrites();
     for (RingClient* c : clients_) c->Flush(*this);
+    // A stop signal handled inside a reload's removal (the signal read is not re-armed once
+    // stopping): drain now rather than wait for a completion that may never come.
+    if (stopping_) break;
     // Completions deferred by a Remove are waiting: do not sleep on the ring before serving them.
     int rc = deferred_.empty() ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit(&ring_);
     if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
@@ -369,7 +376,7 @@ int FaultLoop::Run() {
     ProcessCompletions();
   }
   Drain();
-  uint64_t owed = 0;
+  uint64_t owed = removed_owed_;
   for (auto& slot : slots_) owed += slot->device->stats().outstanding();
   if (owed != 0) {
     Log(LogLevel::kError, absl::StrCat(owed, " page request groups left unanswered at exit"));
@@ -431,6 +438,10 @@ void FaultLoop::ReadRemaining(Device* d, uint64_t deadline) {
     } else if (n < 0 && errno == EINVAL && d->GrowReadBuffer(config_.max_read_records)) {
       continue;
     } else {
+      if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        Log(LogLevel::kError,
+            std::string(ErrnoStatus(errno, d->name(), "read fault fd (final)").message()));
+      }
       break;  // 0 or EAGAIN: the queue is empty
     }
   }
@@ -445,7 +456,13 @@ void FaultLoop::WriteAll(Device* d) {
     }
     auto span = q.BeginWrite();
     ssize_t w = ::write(d->fault_fd(), span.data(), span.size_bytes());
-    if (!q.CompleteWrite(w < 0 ? -errno : w, MonotonicNs())) d->MarkWriteFailed();
+    int res = w < 0 ? -errno : static_cast<int>(w);
+    if (!q.CompleteWrite(res, MonotonicNs())) {
+      std::string why(ErrnoStatus(-res, d->name(), "write fault responses (final)").message());
+      Log(LogLevel::kError, why);
+      d->MarkWriteFailed();
+      if (on_device_failed) on_device_failed(*d, why);
+    }
   }
 }
 

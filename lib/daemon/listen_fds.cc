@@ -64,7 +64,9 @@ absl::StatusOr<UniqueFd> ListenFds::Take(const std::string& name) {
     }
   }
   return absl::NotFoundError(
-      absl::StrCat("no inherited fd named '", name, "' (LISTEN_FDNAMES), or it was taken already"));
+      absl::StrCat("no fd named '", name,
+                   "' was handed over (LISTEN_FDNAMES at start, or with the Adopt call), or "
+                   "another device holds it"));
 }
 
 std::vector<std::string> ListenFds::Untaken() const {

@@ -99,6 +99,23 @@ class Iopfd {
     return rc;
   }
   void Signal(int sig) const { kill(pid_, sig); }
+  // Waits up to timeout_ms for iopfd to exit by itself; returns its exit status, or -2 after
+  // killing it when it did not.
+  int WaitExit(int timeout_ms) {
+    int status = 0;
+    for (int waited = 0; waited < timeout_ms; waited += 10) {
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    kill(pid_, SIGKILL);
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    std::cerr << "iopfd did not exit within " << timeout_ms << " ms; its stderr:\n" << Log();
+    return -2;
+  }
   // Writes (or replaces) a device file; an empty text removes it.
   void WriteDevice(const std::string& file, const std::string& text) const {
     if (text.empty()) {

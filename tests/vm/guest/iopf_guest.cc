@@ -315,7 +315,7 @@ bool CaseBadDeviceDoesNotStopOthers() {
       "SIGUSR1 printed mock0's statistics");
   int rc = Stop(d);
   std::string log = ReadLog(d);
-  v.Expect(log.find("broken: iommufd_fd: no inherited fd named 'iommufd2'") != std::string::npos,
+  v.Expect(log.find("broken: iommufd_fd: no fd named 'iommufd2' was handed over") != std::string::npos,
            "the failed device is named with the key and fd at fault");
   v.Expect(log.find("serving 1 of 2 device(s)") != std::string::npos, "1 of 2 devices served");
   auto s = ReadStats(d);
