@@ -315,8 +315,9 @@ bool CaseBadDeviceDoesNotStopOthers() {
       "SIGUSR1 printed mock0's statistics");
   int rc = Stop(d);
   std::string log = ReadLog(d);
-  v.Expect(log.find("broken: iommufd_fd: no fd named 'iommufd2' was handed over") != std::string::npos,
-           "the failed device is named with the key and fd at fault");
+  v.Expect(
+      log.find("broken: iommufd_fd: no fd named 'iommufd2' was handed over") != std::string::npos,
+      "the failed device is named with the key and fd at fault");
   v.Expect(log.find("serving 1 of 2 device(s)") != std::string::npos, "1 of 2 devices served");
   auto s = ReadStats(d);
   ExpectClean(v, rc, s, 1);
@@ -454,8 +455,9 @@ bool CaseReloadWhileFaultsFlow() {
   return v.Report();
 }
 
-// A VMM hands a device over at run time (io.iopfd.Adopt with the iommufd, the fault queue and a
-// memfd as SCM_RIGHTS), then takes it back (Detach) and answers its page requests itself.
+// A VMM hands a device over at run time (io.iopfd.Adopt with the iommufd, the fault queue and
+// the guest memory as SCM_RIGHTS), then takes it back (Detach) and answers its page requests
+// itself.
 bool CaseAdoptAndDetach() {
   Verdict v("adopt_and_detach_at_run_time");
   Env e;
@@ -466,9 +468,11 @@ bool CaseAdoptAndDetach() {
   v.Expect(WaitFor([&] { return ControlClient(sock).ok(); }), "control socket up");
   ControlClient ctl(sock);
   std::string reply =
-      ctl.Call(R"({"method":"io.iopfd.Adopt","parameters":{"config":)" + JsonString(DeviceFile(e)) +
-                   R"(,"fds":["mockD.iommufd","mockD.fault","mockD.ram1"]}})",
-               {e.iommufd, e.fault_fd, e.ram1});
+      ctl.Call(R"({"method":"io.iopfd.Adopt","parameters":{"config":)" +
+                   JsonString(DeviceFile(e, /*fd_backings=*/true)) +
+                   R"(,"fds":["mockD.iommufd","mockD.fault","mockD.ram0","mockD.ram1",)"
+                   R"("mockD.ram2"]}})",
+               {e.iommufd, e.fault_fd, e.ram0, e.ram1, e.ram2});
   v.Expect(reply.find(R"("name":"mockD")") != std::string::npos, "Adopt reply: " + reply);
   constexpr int kN = 100;
   for (int i = 0; i < kN; ++i) {

@@ -137,20 +137,23 @@ inline void WriteFile(const std::string& path, const std::string& text) {
   if (!f) Die("write %s", path.c_str());
 }
 
-// The device file iopfd reads for e's device.
-inline std::string DeviceFile(const Env& e) {
-  const std::string shm = "/dev/shm/iopf-" + (e.dev == "mock0" ? std::string() : e.dev + "-");
+// The device file iopfd reads for e's device. With fd_backings, every region's memory is an fd
+// named <prefix>ram0/1/2 (as io.iopfd.Adopt requires) instead of a /dev/shm path.
+inline std::string DeviceFile(const Env& e, bool fd_backings = false) {
+  const std::string shm =
+      fd_backings ? "fd:" + e.prefix
+                  : "file:/dev/shm/iopf-" + (e.dev == "mock0" ? std::string() : e.dev + "-");
   return Format(
       "name = \"%s\"\nattach = \"adopt\"\n\n"
       "[adopt]\niommufd_fd = \"%siommufd\"\nfault_fd = \"%sfault\"\ndevice_id = %u\n\n"
       "[[space]]\nioas_id = %u\n"
       "  [[space.region]]\n  iova = 0x%llx\n  size = \"1MiB\"\n"
-      "  backing = \"file:%sram0\"\n  access = \"rw\"\n"
+      "  backing = \"%sram0\"\n  access = \"rw\"\n"
       "  [[space.region]]\n  iova = 0x%llx\n  size = \"256KiB\"\n"
       "  backing = \"fd:%sram1\"\n  access = \"r\"\n\n"
       "[[space]]\npasid = %u\nioas_id = %u\n"
       "  [[space.region]]\n  iova = 0x%llx\n  size = \"256KiB\"\n"
-      "  backing = \"file:%sram2\"\n  access = \"rw\"\n",
+      "  backing = \"%sram2\"\n  access = \"rw\"\n",
       e.dev.c_str(), e.prefix.c_str(), e.prefix.c_str(), e.idev, e.ioas,
       static_cast<unsigned long long>(kR0), shm.c_str(), static_cast<unsigned long long>(kR1),
       e.prefix.c_str(), kPasid, e.ioas_pasid, static_cast<unsigned long long>(kR2), shm.c_str());
