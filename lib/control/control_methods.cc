@@ -154,9 +154,10 @@ VarlinkReply Adopt(DaemonState* state, const VarlinkCall& call, const Peer& peer
       if (r.backing == BackingKind::kFile) {
         return VarlinkReply::Error(
             "io.iopfd.InvalidConfig",
-            {{"errors", json::array({ConfigError{r.where, "file: backings are not accepted "
-                                                          "over Adopt; pass the memory as an "
-                                                          "fd: backing"}
+            {{"errors", json::array({ConfigError{r.where,
+                                                 "file: backings are not accepted "
+                                                 "over Adopt; pass the memory as an "
+                                                 "fd: backing"}
                                          .ToString()})}});
       }
     }

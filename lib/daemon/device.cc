@@ -175,7 +175,8 @@ void Device::ReleaseFds(ListenFds* pool) {
     for (const RegionConfig& r : s.regions) {
       if (i >= backings_.size()) return;
       Backing& b = backings_[i++];
-      if (r.backing == BackingKind::kInheritedFd && b.fd() >= 0) pool->Add(r.fd_name, b.ReleaseFd());
+      if (r.backing == BackingKind::kInheritedFd && b.fd() >= 0)
+        pool->Add(r.fd_name, b.ReleaseFd());
     }
   }
 }

@@ -69,8 +69,8 @@ DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
                                        " page request group(s) read and never answered"));
   }
   // Its counters leave with it: say what they were, for whoever accounts for every fault.
-  Log(LogLevel::kInfo, absl::StrCat(d->name(), ": final counters ",
-                                    FormatStatsJson(d->name(), final_stats)));
+  Log(LogLevel::kInfo,
+      absl::StrCat(d->name(), ": final counters ", FormatStatsJson(d->name(), final_stats)));
   // A failed fault fd is not worth keeping: closing it lets the kernel clean up.
   if (keep_fds && !d->write_failed()) d->ReleaseFds(&pool_);
   devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
