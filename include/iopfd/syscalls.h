@@ -22,6 +22,10 @@ class Syscalls {
   // mmap(2) of a whole shared file range. Returns the address, or nullptr with errno set.
   virtual void* MapShared(int fd, uint64_t offset, uint64_t length, bool writable) = 0;
   virtual void Unmap(void* addr, uint64_t length) = 0;
+  // read(2) and write(2), for the synchronous reads and writes of a fault fd (the loop's own
+  // go through io_uring). Return the byte count, or -errno.
+  virtual ssize_t Read(int fd, void* buf, size_t len) = 0;
+  virtual ssize_t Write(int fd, const void* buf, size_t len) = 0;
 };
 
 // Returns the process-wide implementation that calls the kernel.

@@ -170,6 +170,8 @@ inline constexpr unsigned long kIommuIoasMapFile = _IO(kIommufdType, kIommufdCmd
 inline constexpr unsigned long kVfioDeviceBindIommufd = _IO(kIommufdType, kVfioBase + 18);
 inline constexpr unsigned long kVfioDeviceAttachIommufdPt = _IO(kIommufdType, kVfioBase + 19);
 inline constexpr unsigned long kVfioDeviceDetachIommufdPt = _IO(kIommufdType, kVfioBase + 20);
+// VFIO_DEVICE_RESET: a function level (or other device-specific) reset; no argument.
+inline constexpr unsigned long kVfioDeviceReset = _IO(kIommufdType, kVfioBase + 11);
 
 static_assert(sizeof(IommuDestroy) == 8);
 static_assert(sizeof(IommuIoasAlloc) == 12);

@@ -59,6 +59,7 @@ TEST(UapiAbiTest, IoctlNumbersAndFlagsMatchTheKernelHeader) {
   EXPECT_EQ(uapi::kIommuFaultQueueAlloc, IOMMU_FAULT_QUEUE_ALLOC);
   EXPECT_EQ(uapi::kVfioDeviceBindIommufd, VFIO_DEVICE_BIND_IOMMUFD);
   EXPECT_EQ(uapi::kVfioDeviceAttachIommufdPt, VFIO_DEVICE_ATTACH_IOMMUFD_PT);
+  EXPECT_EQ(uapi::kVfioDeviceReset, VFIO_DEVICE_RESET);
   EXPECT_EQ(uapi::kVfioDeviceDetachIommufdPt, VFIO_DEVICE_DETACH_IOMMUFD_PT);
   EXPECT_EQ(uapi::kIoasMapFixedIova, IOMMU_IOAS_MAP_FIXED_IOVA);
   EXPECT_EQ(uapi::kIoasMapWriteable, IOMMU_IOAS_MAP_WRITEABLE);

@@ -36,6 +36,14 @@ class Real final : public Syscalls {
     return p == MAP_FAILED ? nullptr : p;
   }
   void Unmap(void* addr, uint64_t length) override { ::munmap(addr, length); }
+  ssize_t Read(int fd, void* buf, size_t len) override {
+    ssize_t n = ::read(fd, buf, len);
+    return n < 0 ? -errno : n;
+  }
+  ssize_t Write(int fd, const void* buf, size_t len) override {
+    ssize_t n = ::write(fd, buf, len);
+    return n < 0 ? -errno : n;
+  }
 };
 
 }  // namespace

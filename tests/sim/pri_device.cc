@@ -1,5 +1,6 @@
 #include "pri_device.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace iopfd::sim {
@@ -45,11 +46,12 @@ std::vector<PageRequest> PriDevice::IssueGroup(std::optional<uint32_t> pasid, ui
   }
   // The lowest free index at or after next_index_, wrapping: indices are reused as soon as they
   // are free, which is what makes a stale answer dangerous.
-  uint32_t index = next_index_;
-  for (uint32_t tries = 0; tries < options_.prg_indices && groups_.count(index) != 0; ++tries) {
-    index = (index + 1) % options_.prg_indices;
+  const uint32_t space = std::max<uint32_t>(options_.prg_indices, 1);
+  uint32_t index = next_index_ % space;
+  for (uint32_t tries = 0; tries < space && groups_.count(index) != 0; ++tries) {
+    index = (index + 1) % space;
   }
-  next_index_ = (index + 1) % options_.prg_indices;
+  next_index_ = (index + 1) % space;
   if (auto old = groups_.find(index); old != groups_.end()) {
     Flag(ViolationKind::kIndexInUse,
          "no free PRG index: reused " + std::to_string(index) + " while outstanding");

@@ -58,7 +58,11 @@ class PriDevice {
     uint32_t prg_indices = 512;  // PRG index is 9 bits
   };
   PriDevice() : PriDevice(Options{}) {}
-  explicit PriDevice(Options options) : options_(options) {}
+  // A zero allocation or index space is taken as one.
+  explicit PriDevice(Options options) : options_(options) {
+    if (options_.allocation == 0) options_.allocation = 1;
+    if (options_.prg_indices == 0) options_.prg_indices = 1;
+  }
 
   // --- PRI capability, as the kernel drives it.
   // Sets PRI Enable. Clearing it makes the function stop issuing requests; what is outstanding

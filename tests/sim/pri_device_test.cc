@@ -106,6 +106,7 @@ TEST(PriDeviceTest, GroupsLeftOutstandingWhenQuietAreLost) {
 TEST(PriDeviceTest, IndicesAreReusedAsSoonAsFreeButNeverWhileOutstanding) {
   PriDevice d({.allocation = 64, .prg_indices = 4});
   std::vector<uint32_t> seen;
+  seen.reserve(4);
   for (int i = 0; i < 4; ++i) seen.push_back(d.IssueGroup(std::nullopt, 0, 1, 1)[0].prg_index);
   EXPECT_THAT(seen, ElementsAre(0u, 1u, 2u, 3u));
   EXPECT_FALSE(d.CanIssue(1));          // every index is outstanding

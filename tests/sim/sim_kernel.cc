@@ -1,0 +1,328 @@
+#include "sim_kernel.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+namespace iopfd::sim {
+
+SimKernel::SimKernel(PriDevice* device) : device_(device) {
+  // PRI is off until an IOPF-capable HWPT is attached.
+  device_->SetEnabled(false);
+}
+
+SimKernel::~SimKernel() {
+  for (int fd : spare_) ::close(fd);
+}
+
+int SimKernel::NewFd() {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return -errno;
+  spare_.push_back(p[1]);
+  fds_.insert(p[0]);
+  return p[0];
+}
+
+int SimKernel::Open(const char* path, int /*flags*/) {
+  std::string p(path);
+  if (p == "/dev/iommu") {
+    iommufd_ = NewFd();
+    return iommufd_;
+  }
+  if (p == kCdev) {
+    vfio_fd_ = NewFd();
+    return vfio_fd_;
+  }
+  return -ENOENT;
+}
+
+int SimKernel::MemfdCreate(const char* /*name*/, uint64_t /*size*/) { return NewFd(); }
+
+void* SimKernel::MapShared(int /*fd*/, uint64_t /*offset*/, uint64_t length, bool /*writable*/) {
+  void* p = ::mmap(nullptr, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+void SimKernel::Unmap(void* addr, uint64_t length) { ::munmap(addr, length); }
+
+SimKernel::FaultQueue* SimKernel::QueueByFd(int fd) {
+  for (auto& [id, q] : faults_) {
+    if (q.fd == fd) return &q;
+  }
+  return nullptr;
+}
+
+SimKernel::FaultQueue* SimKernel::QueueById(uint32_t id) {
+  auto it = faults_.find(id);
+  return it == faults_.end() ? nullptr : &it->second;
+}
+
+void SimKernel::Answer(const Group& g, ResponseCode code) {
+  device_->Respond(g.requests.front().prg_index, g.requests.front().generation, code);
+}
+
+void SimKernel::UpdatePriEnable() {
+  bool any = false;
+  for (const auto& [pasid, hwpt] : attached_) {
+    auto it = hwpts_.find(hwpt);
+    any |= it != hwpts_.end() && it->second.fault != 0;
+  }
+  device_->SetEnabled(any);
+}
+
+void SimKernel::Reattach(std::optional<uint32_t> pasid, uint32_t hwpt) {
+  auto cur = attached_.find(pasid);
+  if (cur != attached_.end()) {
+    const Hwpt& old = hwpts_[cur->second];
+    if (old.fault != 0) {
+      // iommufd_auto_response_faults: every group of this attachment, queued or read, is
+      // answered INVALID; the cookies user space holds for them become unknown. Partial groups
+      // of the attachment are dropped (their requests were never a complete group).
+      FaultQueue* q = QueueById(old.fault);
+      if (q != nullptr) {
+        for (auto it = q->queued.begin(); it != q->queued.end();) {
+          if (it->pasid == pasid) {
+            Answer(*it, ResponseCode::kInvalid);
+            ++auto_responses_;
+            it = q->queued.erase(it);
+          } else {
+            ++it;
+          }
+        }
+        for (auto it = q->read.begin(); it != q->read.end();) {
+          if (it->second.pasid == pasid) {
+            Answer(it->second, ResponseCode::kInvalid);
+            ++auto_responses_;
+            it = q->read.erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
+      for (auto it = partial_.begin(); it != partial_.end();) {
+        it = it->second.front().pasid == pasid ? partial_.erase(it) : std::next(it);
+      }
+    }
+  }
+  if (hwpt == 0) {
+    attached_.erase(pasid);
+  } else {
+    attached_[pasid] = hwpt;
+  }
+  UpdatePriEnable();
+}
+
+int SimKernel::Ioctl(int fd, unsigned long request, void* arg) {
+  switch (request) {
+    case uapi::kIommuIoasAlloc: {
+      if (fd != iommufd_) return -ENOTTY;
+      auto* c = static_cast<uapi::IommuIoasAlloc*>(arg);
+      c->out_ioas_id = next_id_++;
+      ioas_.insert(c->out_ioas_id);
+      return 0;
+    }
+    case uapi::kIommuFaultQueueAlloc: {
+      if (fd != iommufd_) return -ENOTTY;
+      auto* c = static_cast<uapi::IommuFaultAlloc*>(arg);
+      uint32_t id = next_id_++;
+      int qfd = NewFd();
+      if (qfd < 0) return qfd;
+      faults_[id].fd = qfd;
+      c->out_fault_id = id;
+      c->out_fault_fd = static_cast<uint32_t>(qfd);
+      return 0;
+    }
+    case uapi::kIommuHwptAlloc: {
+      if (fd != iommufd_) return -ENOTTY;
+      auto* c = static_cast<uapi::IommuHwptAlloc*>(arg);
+      if (ioas_.count(c->pt_id) == 0 || c->dev_id != dev_id_ || !bound_) return -ENOENT;
+      Hwpt h{c->pt_id, 0};
+      if ((c->flags & uapi::kHwptFaultIdValid) != 0) {
+        if (QueueById(c->fault_id) == nullptr) return -ENOENT;
+        h.fault = c->fault_id;
+      }
+      c->out_hwpt_id = next_id_++;
+      hwpts_[c->out_hwpt_id] = h;
+      return 0;
+    }
+    case uapi::kIommuDestroy: {
+      auto* c = static_cast<uapi::IommuDestroy*>(arg);
+      for (const auto& [pasid, hwpt] : attached_) {
+        if (hwpt == c->id) return -EBUSY;
+      }
+      if (hwpts_.erase(c->id) != 0 || ioas_.erase(c->id) != 0) return 0;
+      return -ENOENT;
+    }
+    case uapi::kIommuIoasMap:
+    case uapi::kIommuIoasMapFile: {
+      uint32_t ioas;
+      uint64_t iova, length;
+      if (request == uapi::kIommuIoasMap) {
+        auto* c = static_cast<uapi::IommuIoasMap*>(arg);
+        ioas = c->ioas_id;
+        iova = c->iova;
+        length = c->length;
+      } else {
+        auto* c = static_cast<uapi::IommuIoasMapFile*>(arg);
+        ioas = c->ioas_id;
+        iova = c->iova;
+        length = c->length;
+      }
+      if (ioas_.count(ioas) == 0) return -ENOENT;
+      for (const auto& [key, len] : mappings_) {
+        if (key.first == ioas && key.second < iova + length && iova < key.second + len) {
+          return -EEXIST;
+        }
+      }
+      mappings_[{ioas, iova}] = length;
+      return 0;
+    }
+    case uapi::kVfioDeviceBindIommufd: {
+      if (fd != vfio_fd_) return -ENOTTY;
+      auto* c = static_cast<uapi::VfioDeviceBindIommufd*>(arg);
+      if (c->iommufd != iommufd_) return -EBADF;
+      if (bound_) return -EBUSY;
+      bound_ = true;
+      dev_id_ = next_id_++;
+      c->out_devid = dev_id_;
+      return 0;
+    }
+    case uapi::kVfioDeviceAttachIommufdPt: {
+      if (fd != vfio_fd_ || !bound_) return -EINVAL;
+      auto* c = static_cast<uapi::VfioDeviceAttachIommufdPt*>(arg);
+      std::optional<uint32_t> pasid;
+      if ((c->flags & uapi::kVfioDeviceAttachPasid) != 0) pasid = c->pasid;
+      if (hwpts_.count(c->pt_id) == 0) return -ENOENT;
+      Reattach(pasid, c->pt_id);  // attaching over an attachment replaces it
+      return 0;
+    }
+    case uapi::kVfioDeviceDetachIommufdPt: {
+      if (fd != vfio_fd_ || !bound_) return -EINVAL;
+      auto* c = static_cast<uapi::VfioDeviceDetachIommufdPt*>(arg);
+      std::optional<uint32_t> pasid;
+      if ((c->flags & uapi::kVfioDeviceAttachPasid) != 0) pasid = c->pasid;
+      Reattach(pasid, 0);
+      return 0;
+    }
+    case uapi::kVfioDeviceReset: {
+      if (fd != vfio_fd_) return -ENOTTY;
+      // pci_reset_function: save state, FLR, restore state. The function forgets its tags and
+      // clears PRI Enable; the restore sets Enable again only if it was set when saved.
+      const bool was_enabled = device_->enabled();
+      device_->Flr();
+      device_->SetEnabled(was_enabled);
+      partial_.clear();
+      return 0;
+    }
+    default:
+      return -ENOTTY;
+  }
+}
+
+void SimKernel::DeliverRequests(const std::vector<PageRequest>& requests) {
+  for (const PageRequest& r : requests) {
+    std::vector<PageRequest>& part = partial_[r.prg_index];
+    part.push_back(r);
+    if (!r.last) continue;
+    Group g;
+    g.requests = std::move(part);
+    partial_.erase(r.prg_index);
+    g.pasid = r.pasid;
+    auto at = attached_.find(r.pasid);
+    const Hwpt* h = nullptr;
+    if (at != attached_.end()) {
+      auto it = hwpts_.find(at->second);
+      if (it != hwpts_.end()) h = &it->second;
+    }
+    FaultQueue* q = h != nullptr && h->fault != 0 ? QueueById(h->fault) : nullptr;
+    if (q == nullptr) {
+      // No handler for this attachment (io-pgfault.c answers the group itself).
+      Answer(g, ResponseCode::kInvalid);
+      ++auto_responses_;
+      continue;
+    }
+    g.hwpt = at->second;
+    q->queued.push_back(std::move(g));
+  }
+}
+
+ssize_t SimKernel::Read(int fd, void* buf, size_t len) {
+  FaultQueue* q = QueueByFd(fd);
+  if (q == nullptr) return -EBADF;
+  constexpr size_t kRec = sizeof(uapi::PageFault);
+  if (len % kRec != 0) return -ESPIPE;
+  size_t done = 0;
+  auto* out = static_cast<unsigned char*>(buf);
+  while (!q->queued.empty()) {
+    Group& g = q->queued.front();
+    size_t need = g.requests.size() * kRec;
+    if (done + need > len) {
+      if (done == 0) return -EINVAL;
+      break;
+    }
+    uint32_t cookie = q->next_cookie++;
+    for (const PageRequest& r : g.requests) {
+      uapi::PageFault f{};
+      f.flags = (r.pasid ? uint32_t{uapi::kPgfaultPasidValid} : 0u) |
+                (r.last ? uint32_t{uapi::kPgfaultLastPage} : 0u);
+      f.dev_id = dev_id_;
+      f.pasid = r.pasid.value_or(0);
+      f.grpid = r.prg_index;
+      f.perm = r.perm;
+      f.addr = r.addr;
+      f.cookie = cookie;
+      std::memcpy(out + done, &f, kRec);
+      done += kRec;
+    }
+    q->read[cookie] = std::move(g);
+    q->queued.pop_front();
+  }
+  return static_cast<ssize_t>(done);
+}
+
+ssize_t SimKernel::Write(int fd, const void* buf, size_t len) {
+  FaultQueue* q = QueueByFd(fd);
+  if (q == nullptr) return -EBADF;
+  constexpr size_t kResp = sizeof(uapi::PageResponse);
+  if (len % kResp != 0) return -EINVAL;
+  size_t done = 0;
+  const auto* in = static_cast<const unsigned char*>(buf);
+  while (done < len) {
+    uapi::PageResponse r{};
+    std::memcpy(&r, in + done, kResp);
+    auto it = q->read.find(r.cookie);
+    if (it == q->read.end() || r.code > uapi::kRespInvalid) {
+      ++refused_responses_;
+      return done == 0 ? -EINVAL : static_cast<ssize_t>(done);
+    }
+    Answer(it->second,
+           r.code == uapi::kRespSuccess ? ResponseCode::kSuccess : ResponseCode::kInvalid);
+    q->read.erase(it);
+    done += kResp;
+  }
+  return static_cast<ssize_t>(done);
+}
+
+size_t SimKernel::Queued(int fault_fd) const {
+  for (const auto& [id, q] : faults_) {
+    if (q.fd == fault_fd) return q.queued.size();
+  }
+  return 0;
+}
+
+size_t SimKernel::ReadAndUnanswered() const {
+  size_t n = 0;
+  for (const auto& [id, q] : faults_) n += q.read.size();
+  return n;
+}
+
+uint32_t SimKernel::AttachedHwpt(std::optional<uint32_t> pasid) const {
+  auto it = attached_.find(pasid);
+  return it == attached_.end() ? 0 : it->second;
+}
+
+}  // namespace iopfd::sim

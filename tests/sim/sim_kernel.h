@@ -1,0 +1,124 @@
+// A simulated kernel behind iopfd's syscall seam: /dev/iommu with IOAS, HWPT and fault-queue
+// objects, one VFIO device cdev bound to it, and the simulated PRI function (PriDevice) behind
+// that device. It follows the Linux 7.3 rules iopfd depends on (drivers/iommu/iommufd/eventq.c,
+// drivers/iommu/io-pgfault.c, shared/BRIEF.md):
+//   - page requests assemble per PRG index until the last one, then the group is queued to the
+//     fault queue of the HWPT attached to the device (and PASID); with no IOPF-capable HWPT
+//     there, the group is answered INVALID at once;
+//   - read() returns whole groups (EINVAL when the first does not fit), giving each a cookie;
+//   - write() takes {cookie, code} responses and stops at the first unknown cookie (bytes done,
+//     or EINVAL when it was the first);
+//   - replacing or detaching an IOPF-capable HWPT answers INVALID to every group of that
+//     attachment, queued or read, and drops partial ones; PRI is enabled while at least one
+//     attachment of the device has an IOPF-capable HWPT;
+//   - VFIO_DEVICE_RESET resets the function (it forgets its tags) and restores PRI Enable as
+//     the kernel had it.
+// Descriptors are real (pipes), so the code under test can own and close them; reads and writes
+// of the fault fd go through Read and Write.
+#ifndef IOPFD_TESTS_SIM_SIM_KERNEL_H_
+#define IOPFD_TESTS_SIM_SIM_KERNEL_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "iopfd/syscalls.h"
+#include "iopfd/uapi.h"
+#include "pri_device.h"
+
+namespace iopfd::sim {
+
+class SimKernel : public Syscalls {
+ public:
+  // The VFIO cdev of the simulated function.
+  static constexpr const char* kCdev = "/dev/vfio/devices/vfio0";
+
+  explicit SimKernel(PriDevice* device);
+  ~SimKernel() override;
+  SimKernel(const SimKernel&) = delete;
+  SimKernel& operator=(const SimKernel&) = delete;
+
+  // Syscalls.
+  int Ioctl(int fd, unsigned long request, void* arg) override;
+  int Open(const char* path, int flags) override;
+  int MemfdCreate(const char* name, uint64_t size) override;
+  void* MapShared(int fd, uint64_t offset, uint64_t length, bool writable) override;
+  void Unmap(void* addr, uint64_t length) override;
+  ssize_t Read(int fd, void* buf, size_t len) override;
+  ssize_t Write(int fd, const void* buf, size_t len) override;
+
+  // The function sends its requests (from PriDevice::IssueGroup) to the IOMMU.
+  void DeliverRequests(const std::vector<PageRequest>& requests);
+
+  // Returns the number of groups queued (not yet read) on the fault queue of fault_fd.
+  size_t Queued(int fault_fd) const;
+  // Returns the number of groups read and not yet answered, over all fault queues.
+  size_t ReadAndUnanswered() const;
+  // Counters: responses the kernel itself gave (no handler, replace, detach), and responses
+  // written by user space that it refused (unknown cookie).
+  uint64_t auto_responses() const { return auto_responses_; }
+  uint64_t refused_responses() const { return refused_responses_; }
+  // The handles and ids a test needs to act as the daemon would.
+  int iommufd() const { return iommufd_; }
+  int vfio_fd() const { return vfio_fd_; }
+  uint32_t dev_id() const { return dev_id_; }
+  // The IOAS of a HWPT, 0 when there is no such HWPT.
+  uint32_t IoasOf(uint32_t hwpt) const {
+    auto it = hwpts_.find(hwpt);
+    return it == hwpts_.end() ? 0 : it->second.ioas;
+  }
+  // The HWPT attached for pasid (nullopt: the no-PASID attachment), 0 when none.
+  uint32_t AttachedHwpt(std::optional<uint32_t> pasid) const;
+  // Mappings made through IOMMU_IOAS_MAP(_FILE), as (ioas, iova) -> length.
+  const std::map<std::pair<uint32_t, uint64_t>, uint64_t>& mappings() const { return mappings_; }
+
+ private:
+  struct Group {
+    std::vector<PageRequest> requests;
+    std::optional<uint32_t> pasid;  // the attachment it belongs to
+    uint32_t hwpt = 0;
+  };
+  struct FaultQueue {
+    int fd = -1;
+    std::deque<Group> queued;
+    std::map<uint32_t, Group> read;  // cookie -> group
+    uint32_t next_cookie = 1;
+  };
+  struct Hwpt {
+    uint32_t ioas = 0;
+    uint32_t fault = 0;  // fault object id; 0: no page requests (a "park" HWPT)
+  };
+
+  int NewFd();
+  FaultQueue* QueueByFd(int fd);
+  FaultQueue* QueueById(uint32_t id);
+  // Answers a group to the function.
+  void Answer(const Group& g, ResponseCode code);
+  // The attachment of pasid changes from its current HWPT to `hwpt` (0: detached).
+  void Reattach(std::optional<uint32_t> pasid, uint32_t hwpt);
+  void UpdatePriEnable();
+
+  PriDevice* device_;
+  std::set<int> fds_;       // every fd handed out (the read ends of pipes)
+  std::vector<int> spare_;  // the write ends, closed at destruction
+  int iommufd_ = -1, vfio_fd_ = -1;
+  bool bound_ = false;
+  uint32_t next_id_ = 1;
+  uint32_t dev_id_ = 0;
+  std::set<uint32_t> ioas_;
+  std::map<uint32_t, Hwpt> hwpts_;
+  std::map<uint32_t, FaultQueue> faults_;                 // fault object id -> queue
+  std::map<std::optional<uint32_t>, uint32_t> attached_;  // pasid -> HWPT
+  // Requests of unfinished groups, by PRG index (io-pgfault.c keeps a partial list).
+  std::map<uint32_t, std::vector<PageRequest>> partial_;
+  std::map<std::pair<uint32_t, uint64_t>, uint64_t> mappings_;
+  uint64_t auto_responses_ = 0, refused_responses_ = 0;
+};
+
+}  // namespace iopfd::sim
+
+#endif  // IOPFD_TESTS_SIM_SIM_KERNEL_H_

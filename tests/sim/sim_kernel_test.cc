@@ -1,0 +1,166 @@
+// The simulated kernel with iopfd's real device setup and fault path on top: what the drain
+// must prevent (a stale answer meeting a reused tag after FLR) happens here without a drain,
+// and parking the attachment first prevents it.
+#include "sim_kernel.h"
+
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "iopfd/device.h"
+
+namespace iopfd::sim {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+
+DeviceConfig VfioConfig() {
+  DeviceConfig c;
+  c.name = "sim0";
+  c.mode = AttachMode::kVfio;
+  c.vfio.cdev = SimKernel::kCdev;
+  SpaceConfig s;
+  RegionConfig r;
+  r.iova = 0x100000;
+  r.size = 1 << 20;
+  r.backing = BackingKind::kAnonymous;
+  r.access = uapi::kPermRead | uapi::kPermWrite;
+  r.page_size = 4096;
+  s.regions.push_back(r);
+  c.spaces.push_back(s);
+  return c;
+}
+
+std::vector<ViolationKind> Kinds(const PriDevice& d) {
+  std::vector<ViolationKind> out;
+  for (const Violation& v : d.violations()) out.push_back(v.kind);
+  return out;
+}
+
+class SimKernelTest : public ::testing::Test {
+ protected:
+  SimKernelTest() : kernel_(&function_) {
+    ListenFds none;
+    auto d = Device::Attach(VfioConfig(), &none, &kernel_, 64);
+    EXPECT_TRUE(d.ok()) << d.status();
+    if (d.ok()) device_ = *std::move(d);
+  }
+  // The function issues a one-page group and the IOMMU queues it.
+  PageRequest Fault(uint64_t page) {
+    auto g = function_.IssueGroup(std::nullopt, 0x100000 + page * 4096, uapi::kPermRead, 1);
+    kernel_.DeliverRequests(g);
+    return g[0];
+  }
+  // What the daemon's loop does in one turn, through the seam: read, resolve, queue responses.
+  size_t ReadAndResolve() {
+    auto buf = device_->read_buffer();
+    ssize_t n = kernel_.Read(device_->fault_fd(), buf.data(), buf.size_bytes());
+    if (n <= 0) return 0;
+    size_t records = static_cast<size_t>(n) / sizeof(uapi::PageFault);
+    device_->processor().Process(buf.first(records), 0);
+    return records;
+  }
+  void WriteResponses() {
+    ResponseQueue& q = device_->responses();
+    while (q.HasUnwritten()) {
+      auto span = q.BeginWrite();
+      ssize_t w = kernel_.Write(device_->fault_fd(), span.data(), span.size_bytes());
+      if (!q.CompleteWrite(static_cast<int>(w), 0)) break;
+    }
+  }
+
+  PriDevice function_;
+  SimKernel kernel_;
+  std::unique_ptr<Device> device_;
+};
+
+TEST_F(SimKernelTest, AttachingAnIopfHwptEnablesPriAndFaultsFlow) {
+  ASSERT_NE(device_, nullptr);
+  EXPECT_TRUE(function_.enabled());
+  for (int i = 0; i < 10; ++i) Fault(static_cast<uint64_t>(i));
+  EXPECT_EQ(ReadAndResolve(), 10u);
+  WriteResponses();
+  EXPECT_EQ(function_.completed(), 10u);
+  EXPECT_EQ(kernel_.mappings().size(), 1u);  // ten adjacent pages, one coalesced map
+  function_.CheckNothingLost();
+  EXPECT_THAT(function_.violations(), IsEmpty());
+}
+
+TEST_F(SimKernelTest, WithoutADrainAStaleAnswerMeetsAReusedTagAfterFlr) {
+  ASSERT_NE(device_, nullptr);
+  Fault(0);
+  ASSERT_EQ(ReadAndResolve(), 1u);  // read and resolved, its answer not yet written
+  // A reset with the IOPF HWPT still attached: the function forgets its tag, PRI comes back on
+  // (it was on when the state was saved), and the index is reused at once.
+  ASSERT_EQ(kernel_.Ioctl(kernel_.vfio_fd(), uapi::kVfioDeviceReset, nullptr), 0);
+  EXPECT_TRUE(function_.enabled());
+  function_.ResumeDma();
+  Fault(0);
+  WriteResponses();  // the old cookie is still valid in the kernel: the answer goes through
+  EXPECT_THAT(Kinds(function_), ElementsAre(ViolationKind::kStaleResponse));
+}
+
+TEST_F(SimKernelTest, ParkingBeforeTheResetFlushesEveryTagSoNothingStaleSurvives) {
+  ASSERT_NE(device_, nullptr);
+  Fault(0);
+  Fault(1);
+  ASSERT_EQ(ReadAndResolve(), 2u);  // both read, answers not yet written
+  Fault(2);                         // one more queued, not read
+  // Park: a fault-less HWPT over the same IOAS replaces the IOPF one (by hand here; the drain
+  // state machine will do it).
+  const uint32_t iopf = kernel_.AttachedHwpt(std::nullopt);
+  uapi::IommuHwptAlloc park{};
+  park.size = sizeof(park);
+  park.dev_id = kernel_.dev_id();
+  park.pt_id = kernel_.IoasOf(iopf);
+  ASSERT_EQ(kernel_.Ioctl(kernel_.iommufd(), uapi::kIommuHwptAlloc, &park), 0);
+  uapi::VfioDeviceAttachIommufdPt at{sizeof(at), 0, park.out_hwpt_id, 0};
+  ASSERT_EQ(kernel_.Ioctl(kernel_.vfio_fd(), uapi::kVfioDeviceAttachIommufdPt, &at), 0);
+  // The kernel answered all three groups of the attachment; PRI is off, the function stopped.
+  EXPECT_EQ(kernel_.auto_responses(), 3u);
+  EXPECT_EQ(kernel_.Queued(device_->fault_fd()), 0u);
+  EXPECT_TRUE(function_.stopped());
+  // The answers iopfd still holds are stale: the kernel refuses their cookies, the function
+  // never sees them.
+  WriteResponses();
+  EXPECT_EQ(kernel_.refused_responses(), 2u);
+  EXPECT_EQ(device_->stats().responses_rejected, 2u);
+  // Reset now: PRI stays off (it was off when the state was saved).
+  ASSERT_EQ(kernel_.Ioctl(kernel_.vfio_fd(), uapi::kVfioDeviceReset, nullptr), 0);
+  EXPECT_FALSE(function_.enabled());
+  // Resume: the IOPF HWPT goes back; new requests flow with fresh tags.
+  at.pt_id = iopf;
+  ASSERT_EQ(kernel_.Ioctl(kernel_.vfio_fd(), uapi::kVfioDeviceAttachIommufdPt, &at), 0);
+  EXPECT_TRUE(function_.enabled());
+  function_.ResumeDma();
+  Fault(0);
+  EXPECT_EQ(ReadAndResolve(), 1u);
+  WriteResponses();
+  function_.CheckNothingLost();
+  EXPECT_THAT(function_.violations(), IsEmpty());
+}
+
+TEST_F(SimKernelTest, ReadFollowsTheFaultFdRules) {
+  ASSERT_NE(device_, nullptr);
+  auto g = function_.IssueGroup(std::nullopt, 0x100000, uapi::kPermRead, 3);
+  kernel_.DeliverRequests({g[0], g[1]});
+  EXPECT_EQ(kernel_.Queued(device_->fault_fd()), 0u);  // partial: not delivered yet
+  kernel_.DeliverRequests({g[2]});
+  EXPECT_EQ(kernel_.Queued(device_->fault_fd()), 1u);
+  uapi::PageFault buf[3];
+  EXPECT_EQ(kernel_.Read(device_->fault_fd(), buf, 10), -ESPIPE);
+  EXPECT_EQ(kernel_.Read(device_->fault_fd(), buf, 2 * sizeof(buf[0])), -EINVAL);
+  ASSERT_EQ(kernel_.Read(device_->fault_fd(), buf, sizeof(buf)), static_cast<ssize_t>(sizeof(buf)));
+  EXPECT_EQ(buf[0].cookie, buf[2].cookie);
+  EXPECT_EQ(buf[2].flags & uapi::kPgfaultLastPage, uapi::kPgfaultLastPage);
+  EXPECT_EQ(kernel_.Read(device_->fault_fd(), buf, sizeof(buf)), 0);
+  uapi::PageResponse two[2] = {{buf[0].cookie, uapi::kRespSuccess}, {999, uapi::kRespSuccess}};
+  EXPECT_EQ(kernel_.Write(device_->fault_fd(), two, sizeof(two)),
+            static_cast<ssize_t>(sizeof(two[0])));  // stops at the unknown cookie
+  EXPECT_EQ(kernel_.Write(device_->fault_fd(), two, sizeof(two[0])), -EINVAL);  // answered
+  EXPECT_EQ(function_.completed(), 1u);
+}
+
+}  // namespace
+}  // namespace iopfd::sim
