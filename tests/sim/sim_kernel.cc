@@ -8,11 +8,14 @@
 #include <cstring>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace iopfd::sim {
 
-SimKernel::SimKernel(PriDevice* device) : device_(device) {
-  // PRI is off until an IOPF-capable HWPT is attached.
-  device_->SetEnabled(false);
+SimKernel::SimKernel(PriDevice* device, PriPolicy policy) : device_(device), policy_(policy) {
+  // Intel enables PRI when the device is probed (intel_iommu_probe_finalize) and leaves it on;
+  // AMD enables it when an SVA-capable domain is attached to the RID.
+  device_->SetEnabled(policy_ == PriPolicy::kIntel);
 }
 
 SimKernel::~SimKernel() {
@@ -62,16 +65,34 @@ SimKernel::FaultQueue* SimKernel::QueueById(uint32_t id) {
 }
 
 void SimKernel::Answer(const Group& g, ResponseCode code) {
+  if (code == ResponseCode::kSuccess) {
+    // Success tells the function to retry the translation: every page it asked for should now
+    // be present in the IOAS of the attachment the group came from.
+    auto h = hwpts_.find(g.hwpt);
+    const uint32_t ioas = h == hwpts_.end() ? 0 : h->second.ioas;
+    for (const PageRequest& r : g.requests) {
+      bool mapped = false;
+      for (const auto& [key, len] : mappings_) {
+        mapped |= key.first == ioas && key.second <= r.addr && r.addr < key.second + len;
+      }
+      if (!mapped) {
+        violations_.push_back(absl::StrCat("SUCCESS for PRG index ", r.prg_index, " at 0x",
+                                           absl::Hex(r.addr), ", not mapped in IOAS ", ioas));
+      }
+    }
+  }
   device_->Respond(g.requests.front().prg_index, g.requests.front().generation, code);
 }
 
 void SimKernel::UpdatePriEnable() {
-  bool any = false;
-  for (const auto& [pasid, hwpt] : attached_) {
-    auto it = hwpts_.find(hwpt);
-    any |= it != hwpts_.end() && it->second.fault != 0;
+  if (policy_ == PriPolicy::kIntel) return;  // on from probe to release
+  auto rid = attached_.find(std::nullopt);
+  bool iopf = false;
+  if (rid != attached_.end()) {
+    auto it = hwpts_.find(rid->second);
+    iopf = it != hwpts_.end() && it->second.fault != 0;
   }
-  device_->SetEnabled(any);
+  device_->SetEnabled(iopf);
 }
 
 void SimKernel::Reattach(std::optional<uint32_t> pasid, uint32_t hwpt) {
@@ -103,9 +124,7 @@ void SimKernel::Reattach(std::optional<uint32_t> pasid, uint32_t hwpt) {
           }
         }
       }
-      for (auto it = partial_.begin(); it != partial_.end();) {
-        it = it->second.front().pasid == pasid ? partial_.erase(it) : std::next(it);
-      }
+      // Partial groups are left alone: io-pgfault keeps them per device, by PRG index.
     }
   }
   if (hwpt == 0) {
@@ -215,7 +234,6 @@ int SimKernel::Ioctl(int fd, unsigned long request, void* arg) {
       const bool was_enabled = device_->enabled();
       device_->Flr();
       device_->SetEnabled(was_enabled);
-      partial_.clear();
       return 0;
     }
     default:
@@ -264,7 +282,9 @@ ssize_t SimKernel::Read(int fd, void* buf, size_t len) {
       if (done == 0) return -EINVAL;
       break;
     }
-    uint32_t cookie = q->next_cookie++;
+    // xa_alloc: the lowest free cookie, so one answered (or auto-answered) is reused at once.
+    uint32_t cookie = 1;
+    while (q->read.count(cookie) != 0) ++cookie;
     for (const PageRequest& r : g.requests) {
       uapi::PageFault f{};
       f.flags = (r.pasid ? uint32_t{uapi::kPgfaultPasidValid} : 0u) |

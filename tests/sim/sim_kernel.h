@@ -8,11 +8,17 @@
 //   - read() returns whole groups (EINVAL when the first does not fit), giving each a cookie;
 //   - write() takes {cookie, code} responses and stops at the first unknown cookie (bytes done,
 //     or EINVAL when it was the first);
+//   - cookies are allocated lowest-free-first (xa_alloc), so a freed cookie names the next
+//     group read;
 //   - replacing or detaching an IOPF-capable HWPT answers INVALID to every group of that
-//     attachment, queued or read, and drops partial ones; PRI is enabled while at least one
-//     attachment of the device has an IOPF-capable HWPT;
-//   - VFIO_DEVICE_RESET resets the function (it forgets its tags) and restores PRI Enable as
-//     the kernel had it.
+//     attachment, queued or read; partial groups are kept (per device, matched by PRG index);
+//   - PRI Enable follows the platform: on Intel it is set when the device is probed and stays
+//     set; on AMD it follows whether the RID's domain takes page requests;
+//   - VFIO_DEVICE_RESET resets the function (it forgets its tags), answers nothing, and restores
+//     PRI Enable as the kernel had it.
+// See docs/KERNEL_FACTS.md for where each rule is in the 7.3 source. The simulation also checks
+// what the kernel cannot: a SUCCESS answer for a page that is not mapped (a misdirected answer,
+// for example a stale cookie that now names another group).
 // Descriptors are real (pipes), so the code under test can own and close them; reads and writes
 // of the fault fd go through Read and Write.
 #ifndef IOPFD_TESTS_SIM_SIM_KERNEL_H_
@@ -37,7 +43,10 @@ class SimKernel : public Syscalls {
   // The VFIO cdev of the simulated function.
   static constexpr const char* kCdev = "/dev/vfio/devices/vfio0";
 
-  explicit SimKernel(PriDevice* device);
+  // How the IOMMU driver handles PRI Enable (docs/KERNEL_FACTS.md section 3).
+  enum class PriPolicy { kIntel, kAmd };
+
+  explicit SimKernel(PriDevice* device, PriPolicy policy = PriPolicy::kIntel);
   ~SimKernel() override;
   SimKernel(const SimKernel&) = delete;
   SimKernel& operator=(const SimKernel&) = delete;
@@ -62,6 +71,8 @@ class SimKernel : public Syscalls {
   // written by user space that it refused (unknown cookie).
   uint64_t auto_responses() const { return auto_responses_; }
   uint64_t refused_responses() const { return refused_responses_; }
+  // SUCCESS answers for a request whose page was not mapped in its attachment's IOAS.
+  const std::vector<std::string>& violations() const { return violations_; }
   // The handles and ids a test needs to act as the daemon would.
   int iommufd() const { return iommufd_; }
   int vfio_fd() const { return vfio_fd_; }
@@ -86,7 +97,6 @@ class SimKernel : public Syscalls {
     int fd = -1;
     std::deque<Group> queued;
     std::map<uint32_t, Group> read;  // cookie -> group
-    uint32_t next_cookie = 1;
   };
   struct Hwpt {
     uint32_t ioas = 0;
@@ -103,6 +113,8 @@ class SimKernel : public Syscalls {
   void UpdatePriEnable();
 
   PriDevice* device_;
+  PriPolicy policy_;
+  std::vector<std::string> violations_;
   std::set<int> fds_;       // every fd handed out (the read ends of pipes)
   std::vector<int> spare_;  // the write ends, closed at destruction
   int iommufd_ = -1, vfio_fd_ = -1;

@@ -40,7 +40,8 @@ std::vector<ViolationKind> Kinds(const PriDevice& d) {
 
 class SimKernelTest : public ::testing::Test {
  protected:
-  SimKernelTest() : kernel_(&function_) {
+  explicit SimKernelTest(SimKernel::PriPolicy policy = SimKernel::PriPolicy::kIntel)
+      : kernel_(&function_, policy) {
     ListenFds none;
     auto d = Device::Attach(VfioConfig(), &none, &kernel_, 64);
     EXPECT_TRUE(d.ok()) << d.status();
@@ -75,7 +76,7 @@ class SimKernelTest : public ::testing::Test {
   std::unique_ptr<Device> device_;
 };
 
-TEST_F(SimKernelTest, AttachingAnIopfHwptEnablesPriAndFaultsFlow) {
+TEST_F(SimKernelTest, FaultsFlowAndEverySuccessIsMapped) {
   ASSERT_NE(device_, nullptr);
   EXPECT_TRUE(function_.enabled());
   for (int i = 0; i < 10; ++i) Fault(static_cast<uint64_t>(i));
@@ -85,6 +86,7 @@ TEST_F(SimKernelTest, AttachingAnIopfHwptEnablesPriAndFaultsFlow) {
   EXPECT_EQ(kernel_.mappings().size(), 1u);  // ten adjacent pages, one coalesced map
   function_.CheckNothingLost();
   EXPECT_THAT(function_.violations(), IsEmpty());
+  EXPECT_THAT(kernel_.violations(), IsEmpty());
 }
 
 TEST_F(SimKernelTest, WithoutADrainAStaleAnswerMeetsAReusedTagAfterFlr) {
@@ -101,44 +103,86 @@ TEST_F(SimKernelTest, WithoutADrainAStaleAnswerMeetsAReusedTagAfterFlr) {
   EXPECT_THAT(Kinds(function_), ElementsAre(ViolationKind::kStaleResponse));
 }
 
+// Parks the no-PASID attachment: a fault-less HWPT over the same IOAS replaces the IOPF one
+// (by hand here; the drain state machine will do it). Returns the IOPF HWPT.
+uint32_t Park(SimKernel& k) {
+  const uint32_t iopf = k.AttachedHwpt(std::nullopt);
+  uapi::IommuHwptAlloc park{};
+  park.size = sizeof(park);
+  park.dev_id = k.dev_id();
+  park.pt_id = k.IoasOf(iopf);
+  EXPECT_EQ(k.Ioctl(k.iommufd(), uapi::kIommuHwptAlloc, &park), 0);
+  uapi::VfioDeviceAttachIommufdPt at{sizeof(at), 0, park.out_hwpt_id, 0};
+  EXPECT_EQ(k.Ioctl(k.vfio_fd(), uapi::kVfioDeviceAttachIommufdPt, &at), 0);
+  return iopf;
+}
+
+void Unpark(SimKernel& k, uint32_t iopf) {
+  uapi::VfioDeviceAttachIommufdPt at{sizeof(at), 0, iopf, 0};
+  EXPECT_EQ(k.Ioctl(k.vfio_fd(), uapi::kVfioDeviceAttachIommufdPt, &at), 0);
+}
+
 TEST_F(SimKernelTest, ParkingBeforeTheResetFlushesEveryTagSoNothingStaleSurvives) {
   ASSERT_NE(device_, nullptr);
   Fault(0);
   Fault(1);
   ASSERT_EQ(ReadAndResolve(), 2u);  // both read, answers not yet written
   Fault(2);                         // one more queued, not read
-  // Park: a fault-less HWPT over the same IOAS replaces the IOPF one (by hand here; the drain
-  // state machine will do it).
-  const uint32_t iopf = kernel_.AttachedHwpt(std::nullopt);
-  uapi::IommuHwptAlloc park{};
-  park.size = sizeof(park);
-  park.dev_id = kernel_.dev_id();
-  park.pt_id = kernel_.IoasOf(iopf);
-  ASSERT_EQ(kernel_.Ioctl(kernel_.iommufd(), uapi::kIommuHwptAlloc, &park), 0);
-  uapi::VfioDeviceAttachIommufdPt at{sizeof(at), 0, park.out_hwpt_id, 0};
-  ASSERT_EQ(kernel_.Ioctl(kernel_.vfio_fd(), uapi::kVfioDeviceAttachIommufdPt, &at), 0);
-  // The kernel answered all three groups of the attachment; PRI is off, the function stopped.
+  const uint32_t iopf = Park(kernel_);
+  // The kernel answered all three groups of the attachment. On Intel PRI stays enabled.
   EXPECT_EQ(kernel_.auto_responses(), 3u);
   EXPECT_EQ(kernel_.Queued(device_->fault_fd()), 0u);
-  EXPECT_TRUE(function_.stopped());
-  // The answers iopfd still holds are stale: the kernel refuses their cookies, the function
-  // never sees them.
+  EXPECT_EQ(function_.outstanding_groups(), 0u);
+  EXPECT_TRUE(function_.enabled());
+  // The answers iopfd still holds are stale; nothing else was read since, so the kernel refuses
+  // their cookies and the function never sees them.
   WriteResponses();
   EXPECT_EQ(kernel_.refused_responses(), 2u);
   EXPECT_EQ(device_->stats().responses_rejected, 2u);
-  // Reset now: PRI stays off (it was off when the state was saved).
   ASSERT_EQ(kernel_.Ioctl(kernel_.vfio_fd(), uapi::kVfioDeviceReset, nullptr), 0);
-  EXPECT_FALSE(function_.enabled());
-  // Resume: the IOPF HWPT goes back; new requests flow with fresh tags.
-  at.pt_id = iopf;
-  ASSERT_EQ(kernel_.Ioctl(kernel_.vfio_fd(), uapi::kVfioDeviceAttachIommufdPt, &at), 0);
-  EXPECT_TRUE(function_.enabled());
+  Unpark(kernel_, iopf);
   function_.ResumeDma();
   Fault(0);
   EXPECT_EQ(ReadAndResolve(), 1u);
   WriteResponses();
   function_.CheckNothingLost();
   EXPECT_THAT(function_.violations(), IsEmpty());
+  EXPECT_THAT(kernel_.violations(), IsEmpty());
+}
+
+TEST_F(SimKernelTest, AHeldCookieWrittenAfterAParkCanAnswerAnotherGroup) {
+  ASSERT_NE(device_, nullptr);
+  Fault(0);
+  ASSERT_EQ(ReadAndResolve(), 1u);  // cookie 1, answer SUCCESS held
+  const uint32_t iopf = Park(kernel_);
+  Unpark(kernel_, iopf);
+  Fault(40);  // a page nobody mapped
+  uapi::PageFault rec[1];
+  ASSERT_EQ(kernel_.Read(device_->fault_fd(), rec, sizeof(rec)), static_cast<ssize_t>(sizeof(rec)));
+  EXPECT_EQ(rec[0].cookie, 1u);  // the freed cookie, reused
+  // Writing what was held across the park is not refused: it answers the new group.
+  WriteResponses();
+  EXPECT_EQ(kernel_.refused_responses(), 0u);
+  EXPECT_EQ(kernel_.violations().size(), 1u);      // SUCCESS for a page that is not mapped
+  EXPECT_THAT(function_.violations(), IsEmpty());  // the function cannot tell
+}
+
+class AmdSimKernelTest : public SimKernelTest {
+ protected:
+  AmdSimKernelTest() : SimKernelTest(SimKernel::PriPolicy::kAmd) {}
+};
+
+TEST_F(AmdSimKernelTest, PriFollowsTheRidDomain) {
+  ASSERT_NE(device_, nullptr);
+  EXPECT_TRUE(function_.enabled());
+  Fault(0);
+  const uint32_t iopf = Park(kernel_);
+  EXPECT_TRUE(function_.stopped());
+  // PRI was off when the reset saved the state: it stays off.
+  ASSERT_EQ(kernel_.Ioctl(kernel_.vfio_fd(), uapi::kVfioDeviceReset, nullptr), 0);
+  EXPECT_FALSE(function_.enabled());
+  Unpark(kernel_, iopf);
+  EXPECT_TRUE(function_.enabled());
 }
 
 TEST_F(SimKernelTest, ReadFollowsTheFaultFdRules) {
