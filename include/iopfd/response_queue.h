@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <utility>
 #include <vector>
@@ -14,6 +15,15 @@
 #include "iopfd/uapi.h"
 
 namespace iopfd {
+
+// Which attachment of a device a group came from: its PASID, or kNoPasidAttachment for requests
+// without one. A drain parks attachments one by one (or all of a device).
+using AttachmentKey = uint32_t;
+inline constexpr AttachmentKey kNoPasidAttachment = 0xffffffffu;  // PASIDs are 20 bits
+// Returns the attachment of a record with the given PASID_VALID flag and PASID.
+inline AttachmentKey AttachmentOf(bool pasid_valid, uint32_t pasid) {
+  return pasid_valid ? pasid : kNoPasidAttachment;
+}
 
 // Collects the responses of one loop turn so they go out in one write() per fault fd, and
 // accounts for every response exactly once: accepted, rejected by the kernel, or abandoned
@@ -31,8 +41,9 @@ class ResponseQueue {
   // Queues a response for cookie, read at read_ns (for the latency histogram). A cookie that is
   // already outstanding is counted in stats.duplicate_cookies (the kernel reuses a cookie only
   // after its group was answered, so this means a bookkeeping bug) and queued all the same, so
-  // that each read group still gets its one answer.
-  void Add(uint32_t cookie, uint32_t code, uint64_t read_ns);
+  // that each read group still gets its one answer. `attachment` is where the group came from.
+  void Add(uint32_t cookie, uint32_t code, uint64_t read_ns,
+           AttachmentKey attachment = kNoPasidAttachment);
 
   // Returns true when responses wait to be written (new ones or ones to re-send).
   bool HasUnwritten() const { return inflight_pos_ < inflight_.size() || !pending_.empty(); }
@@ -52,6 +63,13 @@ class ResponseQueue {
   // itself when the fault object or the HWPT attachment goes away).
   void AbandonAll();
 
+  // Drops, unwritten, every response not yet accepted that belongs to `attachment` (all of
+  // them when nullopt), counting each in stats.responses_stale_dropped, and returns how many.
+  // For a parked attachment: the kernel answered its groups itself, and a cookie written now
+  // could name a newer group (cookies are reused lowest-first). Must not be called while a
+  // write is in flight (returns 0 and drops nothing then).
+  size_t DropAttachment(std::optional<AttachmentKey> attachment);
+
   // Returns the number of responses queued or in flight that are not yet accounted for.
   size_t outstanding() const { return outstanding_.size() + untracked_; }
 
@@ -61,8 +79,10 @@ class ResponseQueue {
   DeviceStats* stats_;
   std::vector<uapi::PageResponse> pending_;
   std::vector<uint64_t> pending_ts_;
+  std::vector<AttachmentKey> pending_att_;
   std::vector<uapi::PageResponse> inflight_;
   std::vector<uint64_t> inflight_ts_;
+  std::vector<AttachmentKey> inflight_att_;
   size_t inflight_pos_ = 0;  // first response of inflight_ not yet settled
   bool writing_ = false;
   absl::flat_hash_set<uint32_t> outstanding_;
@@ -76,13 +96,15 @@ class ResponseQueue {
 class ResponseObligation {
  public:
   ResponseObligation() = default;
-  ResponseObligation(ResponseQueue* queue, DeviceStats* stats, uint32_t cookie, uint64_t read_ns)
-      : queue_(queue), stats_(stats), cookie_(cookie), read_ns_(read_ns) {}
+  ResponseObligation(ResponseQueue* queue, DeviceStats* stats, uint32_t cookie, uint64_t read_ns,
+                     AttachmentKey attachment = kNoPasidAttachment)
+      : queue_(queue), stats_(stats), cookie_(cookie), read_ns_(read_ns), attachment_(attachment) {}
   ResponseObligation(ResponseObligation&& o) noexcept
       : queue_(std::exchange(o.queue_, nullptr)),
         stats_(o.stats_),
         cookie_(o.cookie_),
-        read_ns_(o.read_ns_) {}
+        read_ns_(o.read_ns_),
+        attachment_(o.attachment_) {}
   ResponseObligation& operator=(ResponseObligation&& o) noexcept;
   ResponseObligation(const ResponseObligation&) = delete;
   ResponseObligation& operator=(const ResponseObligation&) = delete;
@@ -100,6 +122,7 @@ class ResponseObligation {
   DeviceStats* stats_ = nullptr;
   uint32_t cookie_ = 0;
   uint64_t read_ns_ = 0;
+  AttachmentKey attachment_ = kNoPasidAttachment;
 };
 
 }  // namespace iopfd

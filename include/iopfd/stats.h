@@ -72,14 +72,18 @@ struct DeviceStats {
   uint64_t responses_written = 0;  // responses the kernel accepted
   uint64_t responses_rejected = 0;   // responses the kernel refused (unknown cookie)
   uint64_t responses_abandoned = 0;  // responses dropped because the fault fd failed
-  uint64_t guard_answered = 0;       // groups answered INVALID by the exactly-once guard (a bug)
-  uint64_t duplicate_cookies = 0;    // a cookie read again while still outstanding (kernel bug)
-  Histogram batch_records;           // records per read
-  Histogram latency_ns;              // read completion -> response write completion
+  // Responses dropped unwritten because their attachment was parked (drained): the kernel
+  // answered those groups itself, and their cookies may already name new groups.
+  uint64_t responses_stale_dropped = 0;
+  uint64_t guard_answered = 0;     // groups answered INVALID by the exactly-once guard (a bug)
+  uint64_t duplicate_cookies = 0;  // a cookie read again while still outstanding (kernel bug)
+  Histogram batch_records;         // records per read
+  Histogram latency_ns;            // read completion -> response write completion
 
   // Returns groups read minus responses resolved: the groups still owed an answer.
   uint64_t outstanding() const {
-    return groups - (responses_written + responses_rejected + responses_abandoned);
+    return groups -
+           (responses_written + responses_rejected + responses_abandoned + responses_stale_dropped);
   }
 };
 

@@ -43,6 +43,7 @@ json StatsJson(const std::string& name, const DeviceStats& s) {
           {"responses_written", s.responses_written},
           {"responses_rejected", s.responses_rejected},
           {"responses_abandoned", s.responses_abandoned},
+          {"responses_stale_dropped", s.responses_stale_dropped},
           {"guard_answered", s.guard_answered},
           {"duplicate_cookies", s.duplicate_cookies},
           {"outstanding", s.outstanding()},

@@ -176,6 +176,7 @@ constexpr CounterRow kCounterRows[] = {
     {"responses_written", "responses written", false},
     {"responses_rejected", "responses rejected", false},
     {"responses_abandoned", "responses abandoned", false},
+    {"responses_stale_dropped", "stale dropped", false},
     {"guard_answered", "guard answered", false},
     {"duplicate_cookies", "duplicate cookies", false},
     {"outstanding", "outstanding", false},

@@ -38,7 +38,9 @@ void FaultProcessor::Process(std::span<const uapi::PageFault> records, uint64_t 
       index = it->second;
       if (inserted) {
         Group& g = groups_.emplace_back();
-        g.obligation = ResponseObligation(queue_, stats_, rec.cookie, read_ns);
+        g.obligation = ResponseObligation(
+            queue_, stats_, rec.cookie, read_ns,
+            AttachmentOf((rec.flags & uapi::kPgfaultPasidValid) != 0, rec.pasid));
         g.dev_id = rec.dev_id;
         g.pasid = rec.pasid;
         g.pasid_valid = (rec.flags & uapi::kPgfaultPasidValid) != 0;

@@ -341,6 +341,49 @@ TEST(ResponseQueueTest, DuplicateOutstandingCookieIsCountedAndStillAnswered) {
   EXPECT_EQ(q.outstanding(), 0u);
 }
 
+TEST(ResponseQueueTest, DroppingAParkedAttachmentLeavesTheOthersAndAccountsForEachOnce) {
+  DeviceStats stats;
+  stats.groups = 6;
+  ResponseQueue q(&stats);
+  q.Add(1, uapi::kRespSuccess, 0, kNoPasidAttachment);
+  q.Add(2, uapi::kRespSuccess, 0, 5);
+  q.Add(3, uapi::kRespSuccess, 0, kNoPasidAttachment);
+  auto w = q.BeginWrite();
+  ASSERT_EQ(w.size(), 3u);
+  EXPECT_EQ(q.DropAttachment(5), 0u);  // a write is in flight: nothing may change under it
+  ASSERT_TRUE(q.CompleteWrite(8, 0));  // cookie 1 taken, 2 rejected; 3 owed again
+  q.Add(4, uapi::kRespInvalid, 0, 5);
+  q.Add(5, uapi::kRespSuccess, 0, 7);
+  q.Add(6, uapi::kRespSuccess, 0, kNoPasidAttachment);
+  // Parking the no-PASID attachment: 3 (to re-send) and 6 (new) are dropped, unwritten.
+  EXPECT_EQ(q.DropAttachment(kNoPasidAttachment), 2u);
+  auto rest = q.BeginWrite();
+  ASSERT_EQ(rest.size(), 2u);
+  EXPECT_EQ(rest[0].cookie, 4u);
+  EXPECT_EQ(rest[1].cookie, 5u);
+  ASSERT_TRUE(q.CompleteWrite(16, 0));
+  EXPECT_EQ(stats.responses_stale_dropped, 2u);
+  EXPECT_EQ(stats.responses_written, 3u);
+  EXPECT_EQ(stats.responses_rejected, 1u);
+  EXPECT_EQ(stats.outstanding(), 0u);  // every group accounted for exactly once
+  EXPECT_EQ(q.outstanding(), 0u);
+  // nullopt drops every attachment's.
+  q.Add(7, uapi::kRespSuccess, 0, 9);
+  q.Add(8, uapi::kRespSuccess, 0, kNoPasidAttachment);
+  EXPECT_EQ(q.DropAttachment(std::nullopt), 2u);
+  EXPECT_FALSE(q.HasUnwritten());
+}
+
+TEST_F(FaultProcessorTest, ResponsesCarryTheAttachmentTheirGroupCameFrom) {
+  // One group without PASID, one with PASID 5: parking PASID 5 drops only its answer.
+  std::vector<uapi::PageFault> recs = {Rec(1, (1 << 20) + kPage), Rec(2, (1 << 20), kRW, 5u)};
+  proc_->Process(recs, 0);
+  EXPECT_EQ(queue_->DropAttachment(5), 1u);
+  auto w = queue_->BeginWrite();
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].cookie, 1u);
+}
+
 TEST(ResponseObligationTest, UnansweredObligationAnswersInvalidOnce) {
   DeviceStats stats;
   ResponseQueue q(&stats);

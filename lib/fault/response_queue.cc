@@ -4,7 +4,8 @@
 
 namespace iopfd {
 
-void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns) {
+void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns,
+                        AttachmentKey attachment) {
   if (!outstanding_.insert(cookie).second) {
     ++stats_->duplicate_cookies;
     ++untracked_;
@@ -16,6 +17,35 @@ void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns) {
   }
   pending_.push_back({cookie, code});
   pending_ts_.push_back(read_ns);
+  pending_att_.push_back(attachment);
+}
+
+size_t ResponseQueue::DropAttachment(std::optional<AttachmentKey> attachment) {
+  if (writing_) return 0;
+  size_t dropped = 0;
+  auto drop = [&](std::vector<uapi::PageResponse>& resp, std::vector<uint64_t>& ts,
+                  std::vector<AttachmentKey>& att, size_t from) {
+    size_t out = from;
+    for (size_t i = from; i < resp.size(); ++i) {
+      if (!attachment || att[i] == *attachment) {
+        if (outstanding_.erase(resp[i].cookie) == 0 && untracked_ > 0) --untracked_;
+        ++stats_->responses_stale_dropped;
+        ++dropped;
+        continue;
+      }
+      resp[out] = resp[i];
+      ts[out] = ts[i];
+      att[out] = att[i];
+      ++out;
+    }
+    resp.resize(out);
+    ts.resize(out);
+    att.resize(out);
+  };
+  // Only the unsettled part of the last write: what is before inflight_pos_ is accounted for.
+  drop(inflight_, inflight_ts_, inflight_att_, inflight_pos_);
+  drop(pending_, pending_ts_, pending_att_, 0);
+  return dropped;
 }
 
 std::span<const uapi::PageResponse> ResponseQueue::BeginWrite() {
@@ -23,9 +53,11 @@ std::span<const uapi::PageResponse> ResponseQueue::BeginWrite() {
     // Everything written before is settled: the pending batch becomes the next write.
     inflight_.clear();
     inflight_ts_.clear();
+    inflight_att_.clear();
     inflight_pos_ = 0;
     inflight_.swap(pending_);
     inflight_ts_.swap(pending_ts_);
+    inflight_att_.swap(pending_att_);
   }
   writing_ = inflight_pos_ < inflight_.size();
   return std::span<const uapi::PageResponse>(inflight_).subspan(inflight_pos_);
@@ -77,9 +109,11 @@ void ResponseQueue::AbandonAll() {
   stats_->responses_abandoned += (inflight_.size() - inflight_pos_) + pending_.size();
   inflight_.clear();
   inflight_ts_.clear();
+  inflight_att_.clear();
   inflight_pos_ = 0;
   pending_.clear();
   pending_ts_.clear();
+  pending_att_.clear();
   outstanding_.clear();
   untracked_ = 0;
   writing_ = false;
@@ -92,6 +126,7 @@ ResponseObligation& ResponseObligation::operator=(ResponseObligation&& o) noexce
     stats_ = o.stats_;
     cookie_ = o.cookie_;
     read_ns_ = o.read_ns_;
+    attachment_ = o.attachment_;
   }
   return *this;
 }
@@ -102,13 +137,13 @@ void ResponseObligation::GuardAnswer() {
   if (queue_ == nullptr) return;
   ++stats_->guard_answered;
   ++stats_->invalid_by_reason[static_cast<int>(InvalidReason::kUnresolved)];
-  queue_->Add(cookie_, uapi::kRespInvalid, read_ns_);
+  queue_->Add(cookie_, uapi::kRespInvalid, read_ns_, attachment_);
   queue_ = nullptr;
 }
 
 bool ResponseObligation::Answer(uint32_t code) {
   if (queue_ == nullptr) return false;
-  queue_->Add(cookie_, code, read_ns_);
+  queue_->Add(cookie_, code, read_ns_, attachment_);
   queue_ = nullptr;
   return true;
 }

@@ -104,8 +104,9 @@ std::string FormatStatsText(std::string_view device, const DeviceStats& s) {
                   s.map_failures, " failed; pages already mapped ", s.pages_already_mapped,
                   ", deduped ", s.pages_deduped, ", prefetched ", s.pages_prefetched, "\n");
   absl::StrAppend(&out, "  writes: ", s.writes, " (", s.responses_written, " accepted, ",
-                  s.responses_rejected, " rejected, ", s.responses_abandoned, " abandoned)",
-                  "; empty reads ", s.empty_reads, ", buffer grows ", s.read_grows, "\n");
+                  s.responses_rejected, " rejected, ", s.responses_abandoned, " abandoned, ",
+                  s.responses_stale_dropped, " dropped as stale)", "; empty reads ", s.empty_reads,
+                  ", buffer grows ", s.read_grows, "\n");
   absl::StrAppend(&out, "  batch records: p50 ", s.batch_records.Percentile(0.5), " p99 ",
                   s.batch_records.Percentile(0.99), " max ", s.batch_records.max(), "\n");
   absl::StrAppend(&out, "  latency: p50 ", Micros(s.latency_ns.Percentile(0.5)), " p99 ",
@@ -144,6 +145,7 @@ std::string FormatStatsJson(std::string_view device, const DeviceStats& s) {
   field("responses_written", s.responses_written);
   field("responses_rejected", s.responses_rejected);
   field("responses_abandoned", s.responses_abandoned);
+  field("responses_stale_dropped", s.responses_stale_dropped);
   field("guard_answered", s.guard_answered);
   field("duplicate_cookies", s.duplicate_cookies);
   field("outstanding", s.outstanding());
