@@ -75,13 +75,9 @@ class FakeSyscalls : public Syscalls {
     if (auto it = open_fail.find(path); it != open_fail.end()) return -it->second;
     return NewFd();
   }
-  ssize_t Read(int fd, void* buf, size_t len) override {
-    ssize_t n = ::read(fd, buf, len);
-    return n < 0 ? -errno : n;
-  }
+  ssize_t Read(int fd, void* buf, size_t len) override { return RealSyscalls().Read(fd, buf, len); }
   ssize_t Write(int fd, const void* buf, size_t len) override {
-    ssize_t n = ::write(fd, buf, len);
-    return n < 0 ? -errno : n;
+    return RealSyscalls().Write(fd, buf, len);
   }
   int MemfdCreate(const char* /*name*/, uint64_t /*size*/) override { return NewFd(); }
   void* MapShared(int /*fd*/, uint64_t /*offset*/, uint64_t length, bool /*writable*/) override {
