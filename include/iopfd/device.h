@@ -110,6 +110,25 @@ class Device {
   // abandoned (and counted), and reading stops too: nothing read could be answered.
   bool write_failed() const { return write_failed_; }
   void MarkWriteFailed() { write_failed_ = read_failed_ = true; }
+  // --- Draining (vfio mode: iopfd owns the attachments).
+  // Returns true when the device can be parked: vfio mode, where each attachment has a
+  // fault-less "park" HWPT over the same IOAS next to its IOPF-capable one.
+  bool can_park() const { return vfio_.has_value(); }
+  // Parks `which` attachment (every one when nullopt): replaces its IOPF-capable HWPT by its
+  // park HWPT. The kernel then answers INVALID to every group of it, queued or read
+  // (docs/KERNEL_FACTS.md section 2), so the answers iopfd still holds for it are dropped
+  // unwritten (stats.responses_stale_dropped): their cookies may name new groups. Must not be
+  // called with a response write in flight. Errors: FailedPrecondition (adopt mode, or a write
+  // in flight), NotFound (no such attachment), the ioctl's error naming device, PASID and
+  // errno; attachments parked before the error stay parked.
+  absl::Status Park(std::optional<AttachmentKey> which);
+  // Puts the IOPF-capable HWPT back on `which` (every parked one when nullopt).
+  absl::Status Unpark(std::optional<AttachmentKey> which);
+  // Returns true when the attachment (or, for nullopt, any) is parked.
+  bool parked(std::optional<AttachmentKey> which) const;
+  // VFIO_DEVICE_RESET. FailedPrecondition in adopt mode.
+  absl::Status ResetFunction();
+
   // Consecutive read errors and empty reads, for the loop's limits.
   int read_errors = 0;
   int empty_reads_in_a_row = 0;
@@ -140,6 +159,15 @@ class Device {
   std::unique_ptr<IommufdMapper> mapper_;
   std::unique_ptr<FaultProcessor> processor_;
   std::vector<uapi::PageFault> read_buffer_;
+  // vfio mode: each attachment's two HWPTs and whether it is parked.
+  struct Attachment {
+    AttachmentKey key;
+    std::optional<uint32_t> pasid;
+    HwptId iopf;
+    HwptId park;
+    bool parked = false;
+  };
+  std::vector<Attachment> attachments_;
   bool read_failed_ = false;
   bool write_failed_ = false;
 };

@@ -71,7 +71,12 @@ class VfioDevice {
   static absl::StatusOr<VfioDevice> Bind(Syscalls* sys, const std::string& name,
                                          const std::string& cdev, const Iommufd& iommufd);
   // VFIO_DEVICE_ATTACH_IOMMUFD_PT of hwpt, on `pasid` when given (VFIO_DEVICE_ATTACH_PASID).
+  // On an attached device or PASID this replaces the HWPT (a different one: attaching the same
+  // HWPT again does nothing at all, docs/KERNEL_FACTS.md section 1).
   absl::Status Attach(HwptId hwpt, std::optional<uint32_t> pasid);
+  // VFIO_DEVICE_RESET: a function level reset (or the device's own). The function forgets the
+  // page request tags it issued; the kernel answers nothing on its behalf (park first).
+  absl::Status Reset();
   DeviceId id() const { return id_; }
 
  private:

@@ -127,8 +127,14 @@ absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records)
       ioas[i] = *id;
       auto hwpt = d->iommufd_->HwptAlloc(dev_id, *id, fault->first, uses_pasid);
       if (!hwpt.ok()) return hwpt.status();
+      // The park HWPT: same IOAS, so the same mappings, but no fault queue. Switching to it
+      // makes the kernel flush the attachment's page requests (a drain), and back resumes.
+      auto park = d->iommufd_->HwptAlloc(dev_id, *id, FaultId(), uses_pasid);
+      if (!park.ok()) return park.status();
       absl::Status st = d->vfio_->Attach(*hwpt, s.pasid);
       if (!st.ok()) return st;
+      d->attachments_.push_back(
+          {s.pasid ? *s.pasid : kNoPasidAttachment, s.pasid, *hwpt, *park, false});
     }
   }
   absl::Status nb = MakeNonBlocking(d->fault_fd_.get(), name);
@@ -179,6 +185,66 @@ void Device::ReleaseFds(ListenFds* pool) {
         pool->Add(r.fd_name, b.ReleaseFd());
     }
   }
+}
+
+absl::Status Device::Park(std::optional<AttachmentKey> which) {
+  if (!vfio_) {
+    return absl::FailedPreconditionError(
+        name_ + ": cannot park: the attachments belong to the owner (adopt mode)");
+  }
+  if (responses_->write_in_flight()) {
+    return absl::FailedPreconditionError(name_ + ": cannot park with a response write in flight");
+  }
+  bool found = false;
+  for (Attachment& a : attachments_) {
+    if (which && a.key != *which) continue;
+    found = true;
+    if (a.parked) continue;
+    absl::Status st = vfio_->Attach(a.park, a.pasid);
+    if (!st.ok()) return st;
+    a.parked = true;
+    // From here the kernel has answered this attachment's groups: what iopfd holds is stale.
+    responses_->DropAttachment(a.key);
+  }
+  if (!found) {
+    return absl::NotFoundError(absl::StrCat(name_, ": no attachment for PASID ", *which));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Device::Unpark(std::optional<AttachmentKey> which) {
+  if (!vfio_) {
+    return absl::FailedPreconditionError(
+        name_ + ": cannot unpark: the attachments belong to the owner (adopt mode)");
+  }
+  bool found = false;
+  for (Attachment& a : attachments_) {
+    if (which && a.key != *which) continue;
+    found = true;
+    if (!a.parked) continue;
+    absl::Status st = vfio_->Attach(a.iopf, a.pasid);
+    if (!st.ok()) return st;
+    a.parked = false;
+  }
+  if (!found) {
+    return absl::NotFoundError(absl::StrCat(name_, ": no attachment for PASID ", *which));
+  }
+  return absl::OkStatus();
+}
+
+bool Device::parked(std::optional<AttachmentKey> which) const {
+  for (const Attachment& a : attachments_) {
+    if ((!which || a.key == *which) && a.parked) return true;
+  }
+  return false;
+}
+
+absl::Status Device::ResetFunction() {
+  if (!vfio_) {
+    return absl::FailedPreconditionError(
+        name_ + ": cannot reset: the device belongs to the owner (adopt mode)");
+  }
+  return vfio_->Reset();
 }
 
 bool Device::GrowReadBuffer(uint32_t max_records) {

@@ -135,14 +135,21 @@ TEST(DeviceAttachTest, VfioModeBindsAllocatesAndAttachesPerPasid) {
   auto dev = Device::Attach(VfioDevice(true), &fds, &sys, 64);
   ASSERT_TRUE(dev.ok()) << dev.status();
   EXPECT_THAT(sys.opened, ElementsAre("/dev/iommu", "/dev/vfio/devices/vfio3"));
-  ASSERT_EQ(sys.hwpt_allocs.size(), 2u);
-  for (const auto& h : sys.hwpt_allocs) {
+  // Per space: the IOPF-capable HWPT, then its park HWPT over the same IOAS without a fault.
+  ASSERT_EQ(sys.hwpt_allocs.size(), 4u);
+  for (size_t i = 0; i < sys.hwpt_allocs.size(); ++i) {
+    const auto& h = sys.hwpt_allocs[i];
     EXPECT_EQ(h.dev_id, 77u);
     // Every HWPT of a device that uses PASIDs carries ALLOC_PASID, the no-PASID one included.
-    EXPECT_EQ(h.flags, uapi::kHwptFaultIdValid | uapi::kHwptAllocPasid);
-    EXPECT_NE(h.fault_id, 0u);
+    if (i % 2 == 0) {
+      EXPECT_EQ(h.flags, uapi::kHwptFaultIdValid | uapi::kHwptAllocPasid);
+      EXPECT_NE(h.fault_id, 0u);
+    } else {
+      EXPECT_EQ(h.flags, uapi::kHwptAllocPasid);
+      EXPECT_EQ(h.pt_id, sys.hwpt_allocs[i - 1].pt_id);
+    }
   }
-  EXPECT_NE(sys.hwpt_allocs[0].pt_id, sys.hwpt_allocs[1].pt_id);  // one IOAS per space
+  EXPECT_NE(sys.hwpt_allocs[0].pt_id, sys.hwpt_allocs[2].pt_id);  // one IOAS per space
   ASSERT_EQ(sys.attaches.size(), 2u);
   EXPECT_EQ(sys.attaches[0].flags, 0u);
   EXPECT_EQ(sys.attaches[1].flags, uapi::kVfioDeviceAttachPasid);
@@ -156,8 +163,59 @@ TEST(DeviceAttachTest, VfioWithoutPasidsDoesNotAskForPasidCapableHwpts) {
   ListenFds fds;
   auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 64);
   ASSERT_TRUE(dev.ok()) << dev.status();
-  ASSERT_EQ(sys.hwpt_allocs.size(), 1u);
+  ASSERT_EQ(sys.hwpt_allocs.size(), 2u);
   EXPECT_EQ(sys.hwpt_allocs[0].flags, uapi::kHwptFaultIdValid);
+  EXPECT_EQ(sys.hwpt_allocs[1].flags, 0u);  // the park HWPT
+}
+
+DeviceConfig AdoptDevice();
+
+TEST(DeviceParkTest, ParkAndUnparkSwitchHwptsPerAttachment) {
+  FakeSyscalls sys;
+  ListenFds fds;
+  auto dev = Device::Attach(VfioDevice(true), &fds, &sys, 64);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  Device& d = **dev;
+  ASSERT_TRUE(d.can_park());
+  ASSERT_EQ(sys.attaches.size(), 2u);
+  const uint32_t iopf7 = sys.attaches[1].pt_id;  // PASID 7's IOPF-capable HWPT
+  sys.attaches.clear();
+  ASSERT_TRUE(d.Park(7u).ok());
+  EXPECT_TRUE(d.parked(7u));
+  EXPECT_FALSE(d.parked(kNoPasidAttachment));
+  ASSERT_EQ(sys.attaches.size(), 1u);
+  EXPECT_EQ(sys.attaches[0].pasid, 7u);
+  EXPECT_EQ(sys.attaches[0].flags, uapi::kVfioDeviceAttachPasid);
+  EXPECT_NE(sys.attaches[0].pt_id, iopf7);  // a real replace, to the park HWPT
+  ASSERT_TRUE(d.Park(7u).ok());             // already parked: nothing to do
+  EXPECT_EQ(sys.attaches.size(), 1u);
+  ASSERT_TRUE(d.Park(std::nullopt).ok());
+  EXPECT_EQ(sys.attaches.size(), 2u);
+  ASSERT_TRUE(d.Unpark(std::nullopt).ok());
+  ASSERT_EQ(sys.attaches.size(), 4u);
+  EXPECT_EQ(sys.attaches[3].pt_id, iopf7);  // back to the IOPF-capable HWPT
+  EXPECT_FALSE(d.parked(std::nullopt));
+  EXPECT_EQ(d.Park(9u).code(), absl::StatusCode::kNotFound);
+  sys.fail[uapi::kVfioDeviceAttachIommufdPt] = EBUSY;  // a PCI reset under way
+  absl::Status st = d.Park(std::nullopt);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("dsa0: VFIO_DEVICE_ATTACH_IOMMUFD_PT: EBUSY"));
+  EXPECT_FALSE(d.parked(std::nullopt));
+  EXPECT_TRUE(d.ResetFunction().ok());
+  sys.fail[uapi::kVfioDeviceReset] = EIO;
+  EXPECT_THAT(std::string(d.ResetFunction().message()), HasSubstr("dsa0: VFIO_DEVICE_RESET: EIO"));
+}
+
+TEST(DeviceParkTest, AdoptModeCannotPark) {
+  FakeSyscalls sys;
+  ListenFds fds;
+  fds.Add("vmm-iommufd", UniqueFd(sys.NewFd()));
+  fds.Add("vmm-fault", UniqueFd(sys.NewFd()));
+  fds.Add("guest-ram", UniqueFd(sys.NewFd()));
+  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, 16);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  EXPECT_FALSE((*dev)->can_park());
+  EXPECT_EQ((*dev)->Park(std::nullopt).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*dev)->ResetFunction().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(DeviceAttachTest, OldKernelErrorNamesDeviceStepErrnoAndWhy) {

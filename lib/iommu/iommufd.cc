@@ -135,6 +135,12 @@ absl::Status VfioDevice::Attach(HwptId hwpt, std::optional<uint32_t> pasid) {
   return absl::OkStatus();
 }
 
+absl::Status VfioDevice::Reset() {
+  int rc = sys_->Ioctl(fd_.get(), uapi::kVfioDeviceReset, nullptr);
+  if (rc < 0) return ErrnoStatus(-rc, name_, "VFIO_DEVICE_RESET");
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> VfioCdevForPci(const std::string& pci, const std::string& sysfs_root) {
   namespace fs = std::filesystem;
   fs::path dir = fs::path(sysfs_root) / "bus/pci/devices" / pci / "vfio-dev";

@@ -167,6 +167,25 @@ TEST_F(SimKernelTest, AHeldCookieWrittenAfterAParkCanAnswerAnotherGroup) {
   EXPECT_THAT(function_.violations(), IsEmpty());  // the function cannot tell
 }
 
+TEST_F(SimKernelTest, DeviceParkDropsWhatItHeldSoNoAnswerIsMisdirected) {
+  ASSERT_NE(device_, nullptr);
+  ASSERT_TRUE(device_->can_park());
+  Fault(0);
+  ASSERT_EQ(ReadAndResolve(), 1u);  // cookie 1, answer SUCCESS held
+  ASSERT_TRUE(device_->Park(std::nullopt).ok());
+  EXPECT_EQ(kernel_.auto_responses(), 1u);
+  EXPECT_EQ(device_->stats().responses_stale_dropped, 1u);
+  EXPECT_FALSE(device_->responses().HasUnwritten());
+  ASSERT_TRUE(device_->Unpark(std::nullopt).ok());
+  Fault(40);
+  ASSERT_EQ(ReadAndResolve(), 1u);  // reuses cookie 1, and is answered for itself
+  WriteResponses();
+  EXPECT_EQ(device_->stats().outstanding(), 0u);
+  function_.CheckNothingLost();
+  EXPECT_THAT(function_.violations(), IsEmpty());
+  EXPECT_THAT(kernel_.violations(), IsEmpty());
+}
+
 class AmdSimKernelTest : public SimKernelTest {
  protected:
   AmdSimKernelTest() : SimKernelTest(SimKernel::PriPolicy::kAmd) {}
