@@ -102,6 +102,16 @@ class Device {
   // than the buffer). Returns false when it is already at max_records.
   bool GrowReadBuffer(uint32_t max_records);
 
+  // Reads the fault queue until it is empty (or deadline_ns passes) and processes what it
+  // reads, synchronously through the syscall seam (a drain, a removal, the exit); the read
+  // buffer grows up to max_records when a group does not fit. Returns an error naming the
+  // device and errno when a read fails otherwise (nothing is lost: the group stays queued).
+  absl::Status ReadAvailable(uint64_t deadline_ns, uint32_t max_records);
+  // Writes every queued response synchronously. When the fd fails for good the responses are
+  // abandoned (counted), the device is marked write-failed and the error is returned, naming
+  // device and errno; a device already write-failed abandons what is queued and returns OK.
+  absl::Status WriteQueued();
+
   // Reading stops when the fault fd's read fails for good (a group larger than the biggest
   // buffer, or persistent errors); responses already owed are still written.
   bool read_failed() const { return read_failed_; }
@@ -147,6 +157,7 @@ class Device {
   std::string name_;
   AttachMode mode_;
   DeviceConfig config_;
+  Syscalls* sys_ = nullptr;
   // Declaration order is teardown order reversed: the processor goes first, the iommufd last,
   // so nothing refers to an fd or mapping that is already gone.
   std::optional<Iommufd> iommufd_;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "iopfd/clock.h"
 #include "iopfd/config.h"
 #include "iopfd/device.h"
 #include "iopfd/device_manager.h"
@@ -77,6 +78,15 @@ class FaultLoop : public DeviceHost {
   // alive. Call it from a client's completion handler or a hook, never from inside the fault
   // path. Returns 0 and does nothing for a device the loop does not serve.
   std::optional<uint64_t> Remove(Device* device);
+  // Stops the ring's reading of a device the loop serves: cancels its read and waits for its
+  // operations in flight, handling other devices' completions meanwhile (clients' are deferred),
+  // so that the caller may then read and write its fault fd synchronously (a drain). Returns
+  // false when the ring failed with operations of the device still in flight (nothing may then
+  // touch its buffers) or the loop does not serve it. Same calling rules as Remove.
+  bool Quiesce(Device* device);
+  // Resumes reading a device Quiesce stopped.
+  void Rearm(Device* device);
+
   // DeviceHost: the same as Add and Remove.
   void AddDevice(Device* device) override { Add(device); }
   std::optional<uint64_t> RemoveDevice(Device* device) override { return Remove(device); }
@@ -118,13 +128,16 @@ class FaultLoop : public DeviceHost {
     Op poll;  // linked ahead of read; see ArmRead
     Op read;
     Op write;
-    bool removing = false;  // Remove is waiting for its operations; never re-arm
+    bool quiesced = false;  // the ring does not read it (Quiesce, Remove); never re-arm
   };
 
   explicit FaultLoop(const GlobalConfig& config) : config_(config) {}
   void ArmRead(Slot& slot);
   void ArmSignal();
   void SubmitWrites();
+  Slot* SlotOf(const Device* device);
+  // Quiesce's work on a slot; false when the ring failed with operations in flight.
+  bool QuiesceSlot(Slot& slot);
   void HandleRead(Slot& slot, int res, uint64_t now);
   void HandlePollFailure(Slot& slot, int res);
   void HandleWrite(Slot& slot, int res, uint64_t now);
@@ -156,9 +169,6 @@ class FaultLoop : public DeviceHost {
   bool reload_requested_ = false;
   uint64_t removed_owed_ = 0;  // groups removed devices left owed, for the exit code
 };
-
-// Returns CLOCK_MONOTONIC in nanoseconds.
-uint64_t MonotonicNs();
 
 }  // namespace iopfd
 

@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
+#include "iopfd/clock.h"
 #include "iopfd/errors.h"
 #include "iopfd/uapi.h"
 
@@ -80,6 +81,7 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Attach(const DeviceConfig& confi
 absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records) {
   const DeviceConfig& config = config_;
   Device* d = this;
+  sys_ = sys;
   const std::string& name = config.name;
   DeviceId dev_id;
   std::vector<IoasId> ioas(config.spaces.size());
@@ -245,6 +247,42 @@ absl::Status Device::ResetFunction() {
         name_ + ": cannot reset: the device belongs to the owner (adopt mode)");
   }
   return vfio_->Reset();
+}
+
+absl::Status Device::ReadAvailable(uint64_t deadline_ns, uint32_t max_records) {
+  while (!read_failed_ && MonotonicNs() < deadline_ns) {
+    auto buf = read_buffer();
+    ssize_t n = sys_->Read(fault_fd(), buf.data(), buf.size_bytes());
+    if (n > 0) {
+      ++stats_->reads;
+      processor_->Process(buf.first(static_cast<size_t>(n) / sizeof(uapi::PageFault)),
+                          MonotonicNs());
+    } else if (n == -EINVAL && GrowReadBuffer(max_records)) {
+      continue;
+    } else if (n == 0 || n == -EAGAIN || n == -EINTR) {
+      return absl::OkStatus();  // the queue is empty
+    } else {
+      return ErrnoStatus(static_cast<int>(-n), name_, "read fault fd (synchronous)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Device::WriteQueued() {
+  ResponseQueue& q = *responses_;
+  while (q.HasUnwritten()) {
+    if (write_failed_) {
+      q.AbandonAll();
+      return absl::OkStatus();
+    }
+    auto span = q.BeginWrite();
+    ssize_t w = sys_->Write(fault_fd(), span.data(), span.size_bytes());
+    if (!q.CompleteWrite(w, MonotonicNs())) {
+      MarkWriteFailed();
+      return ErrnoStatus(static_cast<int>(-w), name_, "write fault responses (synchronous)");
+    }
+  }
+  return absl::OkStatus();
 }
 
 bool Device::GrowReadBuffer(uint32_t max_records) {

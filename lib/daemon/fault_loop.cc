@@ -23,12 +23,6 @@ constexpr int kMaxEmptyReads = 1000;
 constexpr uint64_t kClientSliceNs = 50000;
 }  // namespace
 
-uint64_t MonotonicNs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 absl::StatusOr<std::unique_ptr<FaultLoop>> FaultLoop::Create(const GlobalConfig& config) {
   std::unique_ptr<FaultLoop> loop(new FaultLoop(config));
   // One thread owns the ring: SINGLE_ISSUER and COOP_TASKRUN spare the kernel the cross-thread
@@ -64,34 +58,56 @@ void FaultLoop::Add(Device* device) {
   if (running_ && !stopping_) ArmRead(ref);
 }
 
-std::optional<uint64_t> FaultLoop::Remove(Device* device) {
-  auto it = std::find_if(slots_.begin(), slots_.end(),
-                         [device](const std::unique_ptr<Slot>& s) { return s->device == device; });
-  if (it == slots_.end()) return 0;
-  Slot& slot = **it;
-  slot.removing = true;
+FaultLoop::Slot* FaultLoop::SlotOf(const Device* device) {
+  for (auto& s : slots_) {
+    if (s->device == device) return s.get();
+  }
+  return nullptr;
+}
+
+bool FaultLoop::QuiesceSlot(Slot& slot) {
+  slot.quiesced = true;
   if (slot.read.in_flight) {
     // Cancelling the poll fails the linked read (no completion of its own); a read already past
-    // its poll completes normally and its records are processed below like any others.
+    // its poll completes normally and its records are processed like any others.
     io_uring_sqe* sqe = GetSqe();
     io_uring_prep_cancel(sqe, &slot.poll, 0);
     io_uring_sqe_set_data(sqe, &cancel_op_);
   }
   // Wait for this device's operations only. Other devices' completions are handled and their
   // responses written as usual; clients' are deferred (DrainCq) and served at the next turn,
-  // so no client handler runs inside the one that called Remove.
+  // so no client handler runs inside the one that called us.
   while (slot.read.in_flight || slot.write.in_flight) {
     SubmitWrites();
     int rc = io_uring_submit_and_wait(&ring_, 1);
     if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
       Log(LogLevel::kError,
-          std::string(
-              ErrnoStatus(-rc, device->name(), "io_uring_submit_and_wait (remove)").message()));
+          std::string(ErrnoStatus(-rc, slot.device->name(), "io_uring_submit_and_wait (quiesce)")
+                          .message()));
       break;
     }
     DrainCq();
   }
-  if (slot.read.in_flight || slot.write.in_flight) {
+  return !slot.read.in_flight && !slot.write.in_flight;
+}
+
+bool FaultLoop::Quiesce(Device* device) {
+  Slot* slot = SlotOf(device);
+  return slot != nullptr && QuiesceSlot(*slot);
+}
+
+void FaultLoop::Rearm(Device* device) {
+  Slot* slot = SlotOf(device);
+  if (slot == nullptr) return;
+  slot->quiesced = false;
+  if (running_ && !stopping_) ArmRead(*slot);
+}
+
+std::optional<uint64_t> FaultLoop::Remove(Device* device) {
+  Slot* found = SlotOf(device);
+  if (found == nullptr) return 0;
+  Slot& slot = *found;
+  if (!QuiesceSlot(slot)) {
     // The ring failed under us: the read buffer and the responses may still be the kernel's.
     // Keep the slot, and the caller keeps the device, rather than free memory the kernel may
     // write or answer a group a second time.
@@ -121,7 +137,7 @@ io_uring_sqe* FaultLoop::GetSqe() {
 
 void FaultLoop::ArmRead(Slot& slot) {
   Device* d = slot.device;
-  if (d->read_failed() || slot.read.in_flight || slot.removing) return;
+  if (d->read_failed() || slot.read.in_flight || slot.quiesced) return;
   // The fault fd has ->read but not ->read_iter and no FMODE_NOWAIT. io_uring serves it through
   // loop_rw_iter (io_uring/rw.c), which refuses IOCB_NOWAIT unless the file is O_NONBLOCK; and
   // on an O_NONBLOCK file without FMODE_NOWAIT io_uring sets REQ_F_NOWAIT and hands EAGAIN back
@@ -428,41 +444,17 @@ void FaultLoop::Drain() {
 }
 
 void FaultLoop::ReadRemaining(Device* d, uint64_t deadline) {
-  while (!d->read_failed() && MonotonicNs() < deadline) {
-    auto buf = d->read_buffer();
-    ssize_t n = ::read(d->fault_fd(), buf.data(), buf.size_bytes());
-    if (n > 0) {
-      ++d->stats().reads;
-      d->processor().Process(buf.first(static_cast<size_t>(n) / sizeof(uapi::PageFault)),
-                             MonotonicNs());
-    } else if (n < 0 && errno == EINVAL && d->GrowReadBuffer(config_.max_read_records)) {
-      continue;
-    } else {
-      if (n < 0 && errno != EAGAIN && errno != EINTR) {
-        Log(LogLevel::kError,
-            std::string(ErrnoStatus(errno, d->name(), "read fault fd (final)").message()));
-      }
-      break;  // 0 or EAGAIN: the queue is empty
-    }
-  }
+  absl::Status st = d->ReadAvailable(deadline, config_.max_read_records);
+  if (!st.ok()) Log(LogLevel::kError, std::string(st.message()));
 }
 
 void FaultLoop::WriteAll(Device* d) {
-  ResponseQueue& q = d->responses();
-  while (q.HasUnwritten()) {
-    if (d->write_failed()) {
-      q.AbandonAll();
-      break;
-    }
-    auto span = q.BeginWrite();
-    ssize_t w = ::write(d->fault_fd(), span.data(), span.size_bytes());
-    int res = w < 0 ? -errno : static_cast<int>(w);
-    if (!q.CompleteWrite(res, MonotonicNs())) {
-      std::string why(ErrnoStatus(-res, d->name(), "write fault responses (final)").message());
-      Log(LogLevel::kError, why);
-      d->MarkWriteFailed();
-      if (on_device_failed) on_device_failed(*d, why);
-    }
+  const bool failed_before = d->write_failed();
+  absl::Status st = d->WriteQueued();
+  if (!st.ok() && !failed_before) {
+    std::string why(st.message());
+    Log(LogLevel::kError, why);
+    if (on_device_failed) on_device_failed(*d, why);
   }
 }
 
