@@ -84,10 +84,15 @@ class AddressSpace {
   // Returns the region containing iova, or nullptr. O(log regions).
   Region* Find(uint64_t iova);
   std::vector<Region>& regions() { return regions_; }
+  // While set (its attachment is parked, or the device quarantined), requests for this space
+  // are answered INVALID without mapping anything.
+  bool refusing() const { return refusing_; }
+  void set_refusing(bool refusing) { refusing_ = refusing; }
 
  private:
   std::optional<uint32_t> pasid_;
   IoasId ioas_;
+  bool refusing_ = false;
   std::vector<Region> regions_;
 };
 

@@ -138,6 +138,16 @@ class Device {
   bool parked(std::optional<AttachmentKey> which) const;
   // VFIO_DEVICE_RESET. FailedPrecondition in adopt mode.
   absl::Status ResetFunction();
+  // While quarantined, every request is answered INVALID (reason refused) and nothing is
+  // mapped; parked spaces refuse requests too (InvalidReason::kRefused).
+  void SetQuarantined(bool quarantined);
+  bool quarantined() const { return quarantined_; }
+  // The attachments' keys (vfio mode), in configuration order.
+  std::vector<AttachmentKey> attachment_keys() const {
+    std::vector<AttachmentKey> keys;
+    for (const Attachment& a : attachments_) keys.push_back(a.key);
+    return keys;
+  }
 
   // Consecutive read errors and empty reads, for the loop's limits.
   int read_errors = 0;
@@ -179,6 +189,8 @@ class Device {
     bool parked = false;
   };
   std::vector<Attachment> attachments_;
+  void SetRefusing(std::optional<uint32_t> pasid, bool refusing);
+  bool quarantined_ = false;
   bool read_failed_ = false;
   bool write_failed_ = false;
 };

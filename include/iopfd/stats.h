@@ -47,6 +47,7 @@ enum class InvalidReason : int {
   kOversizedGroup,  // more records than limits.max_group_records
   kMalformed,       // inconsistent records (mixed PASIDs or devices in one group)
   kUnresolved,      // answered by the exactly-once guard: resolution never finished
+  kRefused,         // the space is parked or quarantined (a drain): nothing is mapped for it
   kCount,
 };
 

@@ -148,9 +148,9 @@ std::string PasidCell(const Json& device) {
 }
 
 // The reasons in the order the daemon defines them, so output is stable and grouped sensibly.
-constexpr std::array<const char*, 8> kInvalidReasons = {
-    "no_space",       "no_region",       "permission", "map_failed",
-    "foreign_device", "oversized_group", "malformed",  "unresolved"};
+constexpr std::array<const char*, 9> kInvalidReasons = {
+    "no_space",        "no_region", "permission", "map_failed", "foreign_device",
+    "oversized_group", "malformed", "refused",    "unresolved"};
 
 struct CounterRow {
   const char* key;

@@ -205,6 +205,7 @@ absl::Status Device::Park(std::optional<AttachmentKey> which) {
     absl::Status st = vfio_->Attach(a.park, a.pasid);
     if (!st.ok()) return st;
     a.parked = true;
+    SetRefusing(a.pasid, true);
     // From here the kernel has answered this attachment's groups: what iopfd holds is stale.
     responses_->DropAttachment(a.key);
   }
@@ -227,11 +228,27 @@ absl::Status Device::Unpark(std::optional<AttachmentKey> which) {
     absl::Status st = vfio_->Attach(a.iopf, a.pasid);
     if (!st.ok()) return st;
     a.parked = false;
+    if (!quarantined_) SetRefusing(a.pasid, false);
   }
   if (!found) {
     return absl::NotFoundError(absl::StrCat(name_, ": no attachment for PASID ", *which));
   }
   return absl::OkStatus();
+}
+
+void Device::SetRefusing(std::optional<uint32_t> pasid, bool refusing) {
+  for (AddressSpace& s : spaces_->spaces()) {
+    if (s.pasid() == pasid) s.set_refusing(refusing);
+  }
+}
+
+void Device::SetQuarantined(bool quarantined) {
+  quarantined_ = quarantined;
+  for (AddressSpace& s : spaces_->spaces()) {
+    bool parked_space = false;
+    for (const Attachment& a : attachments_) parked_space |= a.parked && a.pasid == s.pasid();
+    s.set_refusing(quarantined || parked_space);
+  }
 }
 
 bool Device::parked(std::optional<AttachmentKey> which) const {

@@ -86,6 +86,9 @@ void FaultProcessor::Resolve(const uapi::PageFault& rec, uint32_t group_index) {
   }
   AddressSpace* space = spaces_->Find(pasid_valid, rec.pasid);
   if (space == nullptr) return Fail(g, InvalidReason::kNoSpace);
+  // A drain parked this space (or the device is quarantined): its tags are being flushed and
+  // nothing may be mapped for it until it resumes.
+  if (space->refusing()) return Fail(g, InvalidReason::kRefused);
   Region* region = space->Find(rec.addr);
   if (region == nullptr) return Fail(g, InvalidReason::kNoRegion);
   constexpr uint32_t kPermMask =

@@ -72,6 +72,8 @@ std::string_view InvalidReasonName(InvalidReason reason) {
       return "oversized_group";
     case InvalidReason::kMalformed:
       return "malformed";
+    case InvalidReason::kRefused:
+      return "refused";
     case InvalidReason::kUnresolved:
       return "unresolved";
     case InvalidReason::kCount:

@@ -136,6 +136,7 @@ void SimKernel::Reattach(std::optional<uint32_t> pasid, uint32_t hwpt) {
 }
 
 int SimKernel::Ioctl(int fd, unsigned long request, void* arg) {
+  if (before_ioctl) before_ioctl(request);
   switch (request) {
     case uapi::kIommuIoasAlloc: {
       if (fd != iommufd_) return -ENOTTY;

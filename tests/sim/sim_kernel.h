@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -59,6 +60,10 @@ class SimKernel : public Syscalls {
   void Unmap(void* addr, uint64_t length) override;
   ssize_t Read(int fd, void* buf, size_t len) override;
   ssize_t Write(int fd, const void* buf, size_t len) override;
+
+  // Runs before every ioctl with its request number: lets a test make the function act between
+  // the steps of the code under test (a device whose DMA is still running, say).
+  std::function<void(unsigned long request)> before_ioctl;
 
   // The function sends its requests (from PriDevice::IssueGroup) to the IOMMU.
   void DeliverRequests(const std::vector<PageRequest>& requests);

@@ -1,0 +1,198 @@
+#include "iopfd/drain.h"
+
+#include "absl/strings/str_cat.h"
+#include "iopfd/clock.h"
+#include "iopfd/log.h"
+
+namespace iopfd {
+namespace {
+// How long one synchronous flush may read: a device that never stops faulting cannot hold the
+// loop (its requests go on being answered by the ring once it is re-armed).
+constexpr uint64_t kFlushReadNs = 100'000'000;
+// The read buffer's limit during a flush (records).
+constexpr uint32_t kFlushMaxRecords = 65536;
+}  // namespace
+
+const char* DrainStateName(DrainState state) {
+  switch (state) {
+    case DrainState::kRunning:
+      return "running";
+    case DrainState::kHalting:
+      return "halting";
+    case DrainState::kFlushing:
+      return "flushing";
+    case DrainState::kResetting:
+      return "resetting";
+    case DrainState::kResuming:
+      return "resuming";
+    case DrainState::kHalted:
+      return "halted";
+    case DrainState::kQuarantined:
+      return "quarantined";
+    case DrainState::kDetached:
+      return "detached";
+  }
+  return "unknown";
+}
+
+DrainController::DrainController(Device* device, DrainIo* io, DrainOptions options)
+    : device_(device), io_(io), options_(options) {}
+
+void DrainController::Enter(DrainState next, const std::string& cause) {
+  DrainTransition t{state_, next, cause, epoch_};
+  state_ = next;
+  ++counters_.transitions;
+  Log(next == DrainState::kQuarantined ? LogLevel::kError : LogLevel::kInfo,
+      absl::StrCat(device_->name(), ": ", DrainStateName(t.from), " -> ", DrainStateName(next),
+                   " (", cause, ")"));
+  if (on_transition) on_transition(t);
+}
+
+absl::Status DrainController::Refuse(const char* request) const {
+  return absl::FailedPreconditionError(
+      absl::StrCat(device_->name(), ": cannot ", request, " while ", DrainStateName(state_)));
+}
+
+absl::Status DrainController::Drain(std::optional<AttachmentKey> attachment,
+                                    const std::string& cause, uint64_t now_ns) {
+  return Start(Goal::kDrain, attachment, cause, now_ns);
+}
+
+absl::Status DrainController::Reset(const std::string& cause, uint64_t now_ns) {
+  return Start(Goal::kReset, std::nullopt, cause, now_ns);
+}
+
+absl::Status DrainController::Start(Goal goal, std::optional<AttachmentKey> scope,
+                                    const std::string& cause, uint64_t now_ns) {
+  if (!device_->can_park()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(device_->name(),
+                     ": drains need the device's attachments (vfio mode); in adopt mode "
+                     "the owner holds them"));
+  }
+  if (state_ != DrainState::kRunning) return Refuse(goal == Goal::kReset ? "reset" : "drain");
+  if (scope) {
+    bool known = false;
+    for (AttachmentKey k : device_->attachment_keys()) known |= k == *scope;
+    if (!known) {
+      return absl::NotFoundError(
+          absl::StrCat(device_->name(), ": no address space for PASID ", *scope));
+    }
+  }
+  // A reset concerns the whole function; a drain with the reset method is a reset.
+  if (goal == Goal::kDrain && options_.halt == HaltMethod::kReset) {
+    goal = Goal::kReset;
+    scope.reset();
+  }
+  goal_ = goal;
+  scope_ = scope;
+  Enter(DrainState::kHalting, cause);
+  if (goal == Goal::kHold || options_.halt == HaltMethod::kReset) return Continue(cause);
+  halt_deadline_ns_ = now_ns + options_.halt_timeout_ns;
+  return absl::OkStatus();  // the owner's Halt continues
+}
+
+absl::Status DrainController::Halt(const std::string& cause, uint64_t now_ns) {
+  if (state_ == DrainState::kHalting) return Continue(cause);
+  if (state_ != DrainState::kRunning) return Refuse("halt");
+  return Start(Goal::kHold, std::nullopt, cause, now_ns);
+}
+
+void DrainController::Tick(uint64_t now_ns) {
+  if (state_ == DrainState::kHalting && options_.halt == HaltMethod::kOwner &&
+      now_ns >= halt_deadline_ns_) {
+    (void)Quarantine("the owner did not confirm its halt in time");
+  }
+}
+
+bool DrainController::FlushQueue(const std::string& when) {
+  absl::Status st = device_->ReadAvailable(MonotonicNs() + kFlushReadNs, kFlushMaxRecords);
+  if (st.ok()) st = device_->WriteQueued();
+  if (!st.ok()) {
+    (void)Quarantine(absl::StrCat("flush ", when, ": ", st.message()));
+    return false;
+  }
+  return true;
+}
+
+absl::Status DrainController::Continue(const std::string& cause) {
+  Enter(DrainState::kFlushing, cause);
+  if (!io_->Quiesce(*device_)) {
+    return Quarantine("the fault queue's reader could not be stopped");
+  }
+  quiesced_ = true;
+  // Answers already read are written first: their groups are still the function's, and the
+  // park below would make them stale.
+  if (absl::Status st = device_->WriteQueued(); !st.ok())
+    return Quarantine(std::string(st.message()));
+  if (absl::Status st = device_->Park(scope_); !st.ok()) {
+    return Quarantine(absl::StrCat("park: ", st.message()));
+  }
+  if (!FlushQueue("after the park")) return absl::InternalError("flush failed");
+  if (goal_ == Goal::kReset) {
+    Enter(DrainState::kResetting, cause);
+    ++counters_.resets;
+    if (absl::Status st = device_->ResetFunction(); !st.ok()) {
+      return Quarantine(absl::StrCat("reset: ", st.message()));
+    }
+    Enter(DrainState::kFlushing, "after the reset");
+    if (!FlushQueue("after the reset")) return absl::InternalError("flush failed");
+  }
+  // Nothing of the parked attachments may be left owed: the kernel answered their groups and
+  // what iopfd held was dropped.
+  if (goal_ == Goal::kHold) {
+    io_->Rearm(*device_);  // other requests (none expected) are answered INVALID, refused
+    quiesced_ = false;
+    Enter(DrainState::kHalted, cause);
+    goal_ = Goal::kNone;
+    return absl::OkStatus();
+  }
+  return Resume(cause, 0);
+}
+
+absl::Status DrainController::Resume(const std::string& cause, uint64_t /*now_ns*/) {
+  const bool mid_drain = state_ == DrainState::kFlushing && goal_ != Goal::kNone;
+  if (!mid_drain && state_ != DrainState::kHalted && state_ != DrainState::kQuarantined) {
+    return Refuse("resume");
+  }
+  Enter(DrainState::kResuming, cause);
+  const bool whole = !mid_drain || !scope_.has_value();
+  if (absl::Status st = device_->Unpark(whole ? std::nullopt : scope_); !st.ok()) {
+    (void)Quarantine(absl::StrCat("unpark: ", st.message()));
+    return st;
+  }
+  device_->SetQuarantined(false);
+  ++epoch_;
+  if (mid_drain) ++counters_.drains;
+  goal_ = Goal::kNone;
+  scope_.reset();
+  io_->Rearm(*device_);
+  quiesced_ = false;
+  Enter(DrainState::kRunning, cause);
+  return absl::OkStatus();
+}
+
+absl::Status DrainController::Quarantine(const std::string& why) {
+  // Page requests stay off as far as iopfd can make them: every attachment parked (best
+  // effort: the park may be what failed), everything answered INVALID, no mapping made.
+  absl::Status park = device_->Park(std::nullopt);
+  device_->SetQuarantined(true);
+  (void)device_->WriteQueued();
+  if (quiesced_) {
+    io_->Rearm(*device_);  // what still arrives is answered INVALID (refused)
+    quiesced_ = false;
+  }
+  goal_ = Goal::kNone;
+  scope_.reset();
+  ++counters_.quarantines;
+  Enter(DrainState::kQuarantined, park.ok() ? why : absl::StrCat(why, "; park: ", park.message()));
+  return absl::AbortedError(absl::StrCat(device_->name(), ": quarantined: ", why));
+}
+
+void DrainController::Detach(const std::string& cause) {
+  if (device_->can_park()) (void)device_->Park(std::nullopt);
+  goal_ = Goal::kNone;
+  Enter(DrainState::kDetached, cause);
+}
+
+}  // namespace iopfd
