@@ -24,26 +24,6 @@ namespace {
 
 constexpr uint32_t kPasid = 5;
 
-DeviceConfig TwoSpaces() {
-  DeviceConfig c;
-  c.name = "prop0";
-  c.mode = AttachMode::kVfio;
-  c.vfio.cdev = SimKernel::kCdev;
-  for (std::optional<uint32_t> pasid : {std::optional<uint32_t>(), std::optional(kPasid)}) {
-    SpaceConfig s;
-    s.pasid = pasid;
-    RegionConfig r;
-    r.iova = 0x100000;
-    r.size = 256 * 4096;
-    r.backing = BackingKind::kAnonymous;
-    r.access = uapi::kPermRead | uapi::kPermWrite;
-    r.page_size = 4096;
-    s.regions.push_back(r);
-    c.spaces.push_back(s);
-  }
-  return c;
-}
-
 struct NoRing : DrainIo {
   bool Quiesce(Device&) override { return true; }
   void Rearm(Device&) override {}
@@ -57,7 +37,8 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
   PriDevice function({.allocation = 16, .prg_indices = 8});
   SimKernel kernel(&function, policy);
   ListenFds none;
-  auto attached = Device::Attach(TwoSpaces(), &none, &kernel, 4);
+  auto attached =
+      Device::Attach(SimVfioDevice("prop0", {std::nullopt, kPasid}, 256 * 4096), &none, &kernel, 4);
   if (!attached.ok()) return "attach: " + std::string(attached.status().message());
   Device& device = **attached;
   NoRing io;

@@ -19,26 +19,6 @@ using ::testing::IsEmpty;
 
 constexpr uint32_t kPasid = 5;
 
-DeviceConfig TwoSpaces() {
-  DeviceConfig c;
-  c.name = "sim0";
-  c.mode = AttachMode::kVfio;
-  c.vfio.cdev = SimKernel::kCdev;
-  for (std::optional<uint32_t> pasid : {std::optional<uint32_t>(), std::optional(kPasid)}) {
-    SpaceConfig s;
-    s.pasid = pasid;
-    RegionConfig r;
-    r.iova = 0x100000;
-    r.size = 1 << 20;
-    r.backing = BackingKind::kAnonymous;
-    r.access = uapi::kPermRead | uapi::kPermWrite;
-    r.page_size = 4096;
-    s.regions.push_back(r);
-    c.spaces.push_back(s);
-  }
-  return c;
-}
-
 // Stands in for the fault loop: no ring, so stopping and restarting the reader is bookkeeping.
 class FakeIo : public DrainIo {
  public:
@@ -56,7 +36,8 @@ class DrainTest : public ::testing::Test {
  protected:
   void Build(DrainOptions options) {
     ListenFds none;
-    auto d = Device::Attach(TwoSpaces(), &none, &kernel_, 64);
+    auto d =
+        Device::Attach(SimVfioDevice("sim0", {std::nullopt, kPasid}, 1 << 20), &none, &kernel_, 64);
     ASSERT_TRUE(d.ok()) << d.status();
     device_ = *std::move(d);
     drain_.emplace(device_.get(), &io_, options);

@@ -346,4 +346,25 @@ uint32_t SimKernel::AttachedHwpt(std::optional<uint32_t> pasid) const {
   return it == attached_.end() ? 0 : it->second;
 }
 
+DeviceConfig SimVfioDevice(const std::string& name,
+                           const std::vector<std::optional<uint32_t>>& pasids, uint64_t size) {
+  DeviceConfig c;
+  c.name = name;
+  c.mode = AttachMode::kVfio;
+  c.vfio.cdev = SimKernel::kCdev;
+  for (const std::optional<uint32_t>& pasid : pasids) {
+    SpaceConfig s;
+    s.pasid = pasid;
+    RegionConfig r;
+    r.iova = 0x100000;
+    r.size = size;
+    r.backing = BackingKind::kAnonymous;
+    r.access = uapi::kPermRead | uapi::kPermWrite;
+    r.page_size = 4096;
+    s.regions.push_back(r);
+    c.spaces.push_back(s);
+  }
+  return c;
+}
+
 }  // namespace iopfd::sim

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "iopfd/config.h"
 #include "iopfd/syscalls.h"
 #include "iopfd/uapi.h"
 #include "pri_device.h"
@@ -135,6 +136,12 @@ class SimKernel : public Syscalls {
   std::map<std::pair<uint32_t, uint64_t>, uint64_t> mappings_;
   uint64_t auto_responses_ = 0, refused_responses_ = 0;
 };
+
+// Returns the configuration of a vfio-mode device on SimKernel's cdev: one rw anonymous region
+// of `size` bytes at IOVA 1 MiB in each address space, one space per entry of `pasids`
+// (nullopt: the space without a PASID).
+DeviceConfig SimVfioDevice(const std::string& name,
+                           const std::vector<std::optional<uint32_t>>& pasids, uint64_t size);
 
 }  // namespace iopfd::sim
 

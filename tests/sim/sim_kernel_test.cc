@@ -15,23 +15,6 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
 
-DeviceConfig VfioConfig() {
-  DeviceConfig c;
-  c.name = "sim0";
-  c.mode = AttachMode::kVfio;
-  c.vfio.cdev = SimKernel::kCdev;
-  SpaceConfig s;
-  RegionConfig r;
-  r.iova = 0x100000;
-  r.size = 1 << 20;
-  r.backing = BackingKind::kAnonymous;
-  r.access = uapi::kPermRead | uapi::kPermWrite;
-  r.page_size = 4096;
-  s.regions.push_back(r);
-  c.spaces.push_back(s);
-  return c;
-}
-
 std::vector<ViolationKind> Kinds(const PriDevice& d) {
   std::vector<ViolationKind> out;
   for (const Violation& v : d.violations()) out.push_back(v.kind);
@@ -43,7 +26,7 @@ class SimKernelTest : public ::testing::Test {
   explicit SimKernelTest(SimKernel::PriPolicy policy = SimKernel::PriPolicy::kIntel)
       : kernel_(&function_, policy) {
     ListenFds none;
-    auto d = Device::Attach(VfioConfig(), &none, &kernel_, 64);
+    auto d = Device::Attach(SimVfioDevice("sim0", {std::nullopt}, 1 << 20), &none, &kernel_, 64);
     EXPECT_TRUE(d.ok()) << d.status();
     if (d.ok()) device_ = *std::move(d);
   }
