@@ -2,9 +2,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <charconv>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,10 +32,13 @@ constexpr char kUsage[] =
     "  stats [DEV] [--prometheus]\n"
     "                         detailed statistics of one device or of all; --prometheus\n"
     "                         prints the Prometheus text exposition format\n"
-    "  drain DEV              drain the page-request flow of a device\n"
-    "  reset DEV              reset the page-request flow of a device\n"
-    "  halt DEV               halt the page-request flow of a device\n"
-    "  resume DEV             resume a halted device\n"
+    "  drain DEV [PASID]      halt the page requests of a device (or of one PASID), flush\n"
+    "                         every outstanding tag and resume; with halt = \"owner\" it\n"
+    "                         waits in halting for the owner's `halt DEV`\n"
+    "  reset DEV              halt, flush, function level reset, flush again and resume\n"
+    "  halt DEV               confirm a drain's DMA stop (halting), or hold a running\n"
+    "                         device's page requests halted until resume\n"
+    "  resume DEV             resume a halted or quarantined device\n"
     "  reload                 re-read the configuration; prints what was added, removed,\n"
     "                         restarted and kept, and devices that failed to attach\n"
     "  detach DEV             stop serving a device after answering what was read from it;\n"
@@ -50,7 +56,7 @@ constexpr char kDefaultSocket[] = "/run/iopfd/io.iopfd";
 
 enum ExitCode : int { kOk = 0, kErrorReply = 1, kUsageError = 2, kUnreachable = 3 };
 
-enum class Output { kNone, kStatus, kDevices, kStats, kReload, kDetach, kMonitor };
+enum class Output { kNone, kStatus, kDevices, kStats, kReload, kDetach, kMonitor, kDrain };
 
 struct Command {
   const char* name;
@@ -64,10 +70,10 @@ constexpr Command kCommands[] = {
     {"status", "GetStatus", 0, 0, Output::kStatus},
     {"devices", "ListDevices", 0, 0, Output::kDevices},
     {"stats", "GetStats", 0, 1, Output::kStats},
-    {"drain", "Drain", 1, 1, Output::kNone},
-    {"reset", "Reset", 1, 1, Output::kNone},
-    {"halt", "Halt", 1, 1, Output::kNone},
-    {"resume", "Resume", 1, 1, Output::kNone},
+    {"drain", "Drain", 1, 2, Output::kDrain},
+    {"reset", "Reset", 1, 1, Output::kDrain},
+    {"halt", "Halt", 1, 1, Output::kDrain},
+    {"resume", "Resume", 1, 1, Output::kDrain},
     {"reload", "Reload", 0, 0, Output::kReload},
     {"detach", "Detach", 1, 1, Output::kDetach},
     {"monitor", "Monitor", 0, 0, Output::kMonitor},
@@ -80,6 +86,7 @@ struct Invocation {
   bool prometheus = false;
   const Command* command = nullptr;
   std::vector<std::string> args;
+  std::optional<uint32_t> pasid;  // drain DEV PASID
 };
 
 int UsageError(const std::string& message) {
@@ -132,6 +139,19 @@ int Parse(int argc, char** argv, Invocation* inv) {
   if (inv->prometheus && c.output != Output::kStats) {
     return UsageError("--prometheus goes with the stats command only");
   }
+  if (std::string_view(c.name) == "drain" && inv->args.size() == 2) {
+    // Decimal or 0x-prefixed hex, as PASIDs are written in kernel logs and lspci.
+    const std::string& text = inv->args[1];
+    const bool hex = text.rfind("0x", 0) == 0 || text.rfind("0X", 0) == 0;
+    const char* first = text.data() + (hex ? 2 : 0);
+    const char* last = text.data() + text.size();
+    uint64_t pasid = 0;
+    auto [end, ec] = std::from_chars(first, last, pasid, hex ? 16 : 10);
+    if (first == last || ec != std::errc() || end != last || pasid == 0 || pasid > 0xfffff) {
+      return UsageError(absl::StrCat("drain: PASID '", text, "' is not a number in 1..1048575"));
+    }
+    inv->pasid = static_cast<uint32_t>(pasid);
+  }
   if (std::string_view(c.name) == "log-level") {
     const std::string& level = inv->args[0];
     if (level != "error" && level != "warning" && level != "info" && level != "debug") {
@@ -150,6 +170,9 @@ nlohmann::json Parameters(const Invocation& inv) {
     if (inv.prometheus) p["format"] = "prometheus";
   } else if (name == "log-level") {
     p["level"] = inv.args[0];
+  } else if (name == "drain") {
+    p["device"] = inv.args[0];
+    if (inv.pasid) p["pasid"] = *inv.pasid;
   } else if (!inv.args.empty()) {
     p["device"] = inv.args[0];
   }
@@ -198,6 +221,9 @@ int Print(const Invocation& inv, const nlohmann::json& p) {
     }
     case Output::kMonitor:
       out = iopfd::FormatMonitorEvent(p) + "\n";
+      break;
+    case Output::kDrain:
+      out = iopfd::FormatDrainReply(inv.args[0], p);
       break;
   }
   std::fputs(out.c_str(), stdout);

@@ -153,6 +153,15 @@ int main(int argc, char** argv) {
                                const std::string& detail) {
     events.Publish(event, device, detail);
   };
+  manager.on_transition = [&events](const iopfd::Device& d, const iopfd::DrainTransition& t) {
+    events.Publish("state_changed", d.name(),
+                   absl::StrCat(iopfd::DrainStateName(t.from), " -> ", iopfd::DrainStateName(t.to),
+                                ": ", t.cause),
+                   {{"state", iopfd::DrainStateName(t.to)},
+                    {"previous_state", iopfd::DrainStateName(t.from)},
+                    {"cause", t.cause},
+                    {"epoch", t.epoch}});
+  };
   // One device failing to attach does not stop the others.
   iopfd::ReloadReport started = manager.Apply(config.devices);
   iopfd::Log(iopfd::LogLevel::kInfo, absl::StrCat("serving ", started.added.size(), " of ",
@@ -214,6 +223,9 @@ int main(int argc, char** argv) {
   (*loop)->on_stats = [&manager] { PrintStats(manager.devices()); };
   (*loop)->on_stopping = [&events] { events.Close("stopping"); };
   (*loop)->on_reload = [&reload] { reload(); };
+  // Drain deadlines (an owner that never confirms its halt) wake the loop.
+  (*loop)->next_deadline = [&manager] { return manager.NextDeadline(); };
+  (*loop)->on_deadline = [&manager](uint64_t now) { manager.Tick(now); };
   (*loop)->on_device_failed = [&events](const iopfd::Device& d, const std::string& why) {
     events.Publish("device_failed", d.name(), why);
   };

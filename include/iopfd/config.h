@@ -81,6 +81,18 @@ struct DeviceLimits {
   uint64_t max_fault_map_bytes = 2ull << 20;
 };
 
+// How a drain stops the device's DMA before its page requests are halted ([drain]).
+enum class HaltMethod : uint8_t {
+  kOwner,  // the device's owner stops its DMA and confirms with Halt over the control socket
+  kReset,  // the function level reset (VFIO_DEVICE_RESET) after the park is the DMA stop
+};
+
+struct DrainConfig {
+  HaltMethod halt = HaltMethod::kOwner;
+  // owner: how long a drain waits for the owner's Halt before it quarantines the device.
+  uint32_t halt_timeout_ms = 10000;
+};
+
 struct DeviceConfig {
   std::string name;  // unique across devices; [A-Za-z0-9_.-]{1,64}
   std::string file;  // the file it was read from
@@ -89,6 +101,7 @@ struct DeviceConfig {
   VfioConfig vfio;
   std::vector<SpaceConfig> spaces;  // at most one per PASID and one without
   DeviceLimits limits;
+  DrainConfig drain;
 };
 
 enum class LogLevel { kError, kWarning, kInfo, kDebug };

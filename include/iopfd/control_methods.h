@@ -32,8 +32,10 @@ extern const char kIopfdInterfaceDescription[];
 // Registers interface io.iopfd and its methods on service.
 void RegisterIopfdMethods(VarlinkService* service, DaemonState* state);
 
-// Returns the statistics of the given devices in the Prometheus text exposition format.
-std::string PrometheusText(const std::vector<const Device*>& devices);
+// Returns the statistics of the given devices in the Prometheus text exposition format; with
+// state_of, also an iopfd_device_state gauge naming each device's state.
+std::string PrometheusText(const std::vector<const Device*>& devices,
+                           const std::function<const char*(const Device&)>& state_of = nullptr);
 
 }  // namespace iopfd
 

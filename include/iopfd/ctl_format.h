@@ -48,6 +48,10 @@ std::string FormatStats(const nlohmann::json& parameters);
 // Returns the Reload reply as "added", "removed" and "kept" lines of device names.
 std::string FormatReload(const nlohmann::json& parameters);
 
+// Returns the reply of Drain, Reset, Halt or Resume: "DEV: STATE (epoch N)", and in "halting"
+// what the owner has to do next.
+std::string FormatDrainReply(std::string_view device, const nlohmann::json& parameters);
+
 // Returns one Monitor event as a single line without a newline: "EVENT[ DEVICE][: DETAIL]".
 std::string FormatMonitorEvent(const nlohmann::json& parameters);
 

@@ -15,14 +15,15 @@
 #include "absl/status/status.h"
 #include "iopfd/config.h"
 #include "iopfd/device.h"
+#include "iopfd/drain.h"
 #include "iopfd/stats.h"
 #include "iopfd/syscalls.h"
 
 namespace iopfd {
 
 // What the manager needs from whoever drives the fault queues (the FaultLoop; a fake in
-// tests).
-class DeviceHost {
+// tests): serving devices, and stopping and restarting a device's reading for its drains.
+class DeviceHost : public DrainIo {
  public:
   virtual ~DeviceHost() = default;
   // Starts serving d; d stays alive until RemoveDevice(d) returned.
@@ -102,6 +103,19 @@ class DeviceManager {
   // Returns the names of inherited fds no device has taken.
   std::vector<std::string> UnclaimedFds() const { return pool_.Untaken(); }
 
+  // Returns the drain state machine of a served device, or nullptr when there is no such
+  // device. Every served device has one; in adopt mode its requests fail with Unimplemented
+  // (the owner holds the attachments).
+  DrainController* DrainOf(const std::string& name);
+  const DrainController* DrainOf(const Device& device) const;
+  // Returns the earliest drain deadline (an owner's halt timing out), or nullopt.
+  std::optional<uint64_t> NextDeadline() const;
+  // Runs the drain deadlines that passed by now_ns (the device is quarantined).
+  void Tick(uint64_t now_ns);
+
+  // Called for every drain state change of a device.
+  std::function<void(const Device&, const DrainTransition&)> on_transition;
+
   // Called for every change: event ("device_added", "device_removed", "device_restarted",
   // "device_attach_failed", "device_adopted", "device_detached"), device, detail.
   std::function<void(const std::string&, const std::string&, const std::string&)> on_event;
@@ -122,6 +136,8 @@ class DeviceManager {
   std::map<std::string, DeviceConfig> configured_;  // the configuration last applied
   std::map<std::string, DeviceConfig> detached_;    // configured devices Detach took away
   std::set<std::string> runtime_;                   // names adopted at run time
+  // One per served device (keyed by the device, which outlives it).
+  std::map<const Device*, std::unique_ptr<DrainController>> drains_;
   // Devices the host could not release (its ring failed): kept alive, never served again.
   std::vector<std::unique_ptr<Device>> unreleased_;
 };

@@ -42,15 +42,16 @@ enum class DrainState : uint8_t {
 // Returns "running", "halting", ... for logs, ListDevices and Monitor.
 const char* DrainStateName(DrainState state);
 
-enum class HaltMethod : uint8_t {
-  kOwner,  // the device's owner stops its DMA and confirms with Halt
-  kReset,  // the function level reset after the park is the DMA stop
-};
-
+// HaltMethod is in config.h (a device file's [drain] halt).
 struct DrainOptions {
   HaltMethod halt = HaltMethod::kOwner;
   uint64_t halt_timeout_ns = 10'000'000'000;  // owner: how long to wait for Halt
 };
+
+// Returns the options a device file's [drain] table asks for.
+inline DrainOptions DrainOptionsOf(const DrainConfig& c) {
+  return {c.halt, uint64_t{c.halt_timeout_ms} * 1'000'000};
+}
 
 // One state change and why it happened.
 struct DrainTransition {
@@ -71,7 +72,7 @@ class DrainIo {
 };
 
 // Per device. Not thread-safe: used from the fault loop's thread. The device must be able to
-// park (vfio mode): every request below fails with FailedPrecondition otherwise.
+// park (vfio mode): Drain, Reset and Halt fail with Unimplemented otherwise.
 class DrainController {
  public:
   DrainController(Device* device, DrainIo* io, DrainOptions options);
@@ -102,13 +103,17 @@ class DrainController {
   // Called on every state change.
   std::function<void(const DrainTransition&)> on_transition;
 
-  struct Counters {
-    uint64_t transitions = 0;
-    uint64_t drains = 0;  // drains and resets that reached RUNNING again
-    uint64_t resets = 0;  // function level resets issued
-    uint64_t quarantines = 0;
-  };
-  const Counters& counters() const { return counters_; }
+  // Its counters are the device's (DeviceStats: drain_transitions, drains, function_resets,
+  // quarantines, drain_epoch, drain_unaccounted).
+
+  // Returns when the owner's halt times out (HALTING with the owner method), else nullopt.
+  std::optional<uint64_t> deadline() const {
+    if (state_ == DrainState::kHalting && options_.halt == HaltMethod::kOwner) {
+      return halt_deadline_ns_;
+    }
+    return std::nullopt;
+  }
+  const DrainOptions& options() const { return options_; }
 
  private:
   enum class Goal : uint8_t { kNone, kDrain, kReset, kHold };
@@ -131,7 +136,6 @@ class DrainController {
   std::optional<AttachmentKey> scope_;
   uint64_t halt_deadline_ns_ = 0;
   bool quiesced_ = false;
-  Counters counters_;
 };
 
 }  // namespace iopfd

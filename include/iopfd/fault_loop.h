@@ -87,9 +87,11 @@ class FaultLoop : public DeviceHost {
   // Resumes reading a device Quiesce stopped.
   void Rearm(Device* device);
 
-  // DeviceHost: the same as Add and Remove.
+  // DeviceHost: the same as Add, Remove, Quiesce and Rearm.
   void AddDevice(Device* device) override { Add(device); }
   std::optional<uint64_t> RemoveDevice(Device* device) override { return Remove(device); }
+  bool Quiesce(Device& device) override { return Quiesce(&device); }
+  void Rearm(Device& device) override { Rearm(&device); }
   // Returns true once a stop signal arrived (the loop is draining or about to).
   bool stopping() const { return stopping_; }
   // Adds a client before Run. The client must outlive the loop.
@@ -110,6 +112,10 @@ class FaultLoop : public DeviceHost {
   // SIGHUP: run at the start of the next turn (not inside completion handling), so that it may
   // Add and Remove devices.
   std::function<void()> on_reload;
+  // Timers (drain deadlines): the loop never sleeps past next_deadline(), and once it passed
+  // calls on_deadline(now) at the start of a turn (not inside completion handling).
+  std::function<std::optional<uint64_t>()> next_deadline;
+  std::function<void(uint64_t now_ns)> on_deadline;
   // A device's fault queue failed for reading or writing (why says which and how).
   std::function<void(const Device&, const std::string& why)> on_device_failed;
 

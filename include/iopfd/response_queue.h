@@ -42,8 +42,19 @@ class ResponseQueue {
   // already outstanding is counted in stats.duplicate_cookies (the kernel reuses a cookie only
   // after its group was answered, so this means a bookkeeping bug) and queued all the same, so
   // that each read group still gets its one answer. `attachment` is where the group came from.
+  // `epoch` is the queue's epoch() when the group was read (the current one by default).
   void Add(uint32_t cookie, uint32_t code, uint64_t read_ns,
-           AttachmentKey attachment = kNoPasidAttachment);
+           AttachmentKey attachment = kNoPasidAttachment,
+           std::optional<uint64_t> epoch = std::nullopt);
+
+  // The epoch fence of a drain. Returns the current epoch: groups read now carry it.
+  uint64_t epoch() const { return epoch_; }
+  // Starts a new epoch and fences `attachment` (every attachment when nullopt): from now on a
+  // response to a group of it read in an older epoch is never written. The drain calls it when
+  // it parks the attachment, after DropAttachment, so nothing should be left to stop; one that
+  // still reaches BeginWrite is dropped there and counted in stats.stale_epoch_blocked (an
+  // invariant violation: a bug, reported, never written).
+  void Fence(std::optional<AttachmentKey> attachment);
 
   // Returns true when responses wait to be written (new ones or ones to re-send).
   bool HasUnwritten() const { return inflight_pos_ < inflight_.size() || !pending_.empty(); }
@@ -75,11 +86,14 @@ class ResponseQueue {
 
  private:
   void Settle(size_t index, bool accepted, uint64_t now_ns);
+  // Returns true when a response read in `epoch` for `attachment` is behind a fence.
+  bool Fenced(AttachmentKey attachment, uint64_t epoch) const;
 
   DeviceStats* stats_;
   std::vector<uapi::PageResponse> pending_;
   std::vector<uint64_t> pending_ts_;
   std::vector<AttachmentKey> pending_att_;
+  std::vector<uint64_t> pending_epoch_;
   std::vector<uapi::PageResponse> inflight_;
   std::vector<uint64_t> inflight_ts_;
   std::vector<AttachmentKey> inflight_att_;
@@ -87,6 +101,9 @@ class ResponseQueue {
   bool writing_ = false;
   absl::flat_hash_set<uint32_t> outstanding_;
   size_t untracked_ = 0;  // duplicates queued while their cookie was outstanding
+  uint64_t epoch_ = 0;
+  uint64_t fence_all_ = 0;                                  // epoch of the last whole fence
+  std::vector<std::pair<AttachmentKey, uint64_t>> fences_;  // per attachment; few of them
 };
 
 // The promise to answer one group exactly once. Created when a group is read; Answer() queues
@@ -98,13 +115,19 @@ class ResponseObligation {
   ResponseObligation() = default;
   ResponseObligation(ResponseQueue* queue, DeviceStats* stats, uint32_t cookie, uint64_t read_ns,
                      AttachmentKey attachment = kNoPasidAttachment)
-      : queue_(queue), stats_(stats), cookie_(cookie), read_ns_(read_ns), attachment_(attachment) {}
+      : queue_(queue),
+        stats_(stats),
+        cookie_(cookie),
+        read_ns_(read_ns),
+        attachment_(attachment),
+        epoch_(queue->epoch()) {}
   ResponseObligation(ResponseObligation&& o) noexcept
       : queue_(std::exchange(o.queue_, nullptr)),
         stats_(o.stats_),
         cookie_(o.cookie_),
         read_ns_(o.read_ns_),
-        attachment_(o.attachment_) {}
+        attachment_(o.attachment_),
+        epoch_(o.epoch_) {}
   ResponseObligation& operator=(ResponseObligation&& o) noexcept;
   ResponseObligation(const ResponseObligation&) = delete;
   ResponseObligation& operator=(const ResponseObligation&) = delete;
@@ -123,6 +146,7 @@ class ResponseObligation {
   uint32_t cookie_ = 0;
   uint64_t read_ns_ = 0;
   AttachmentKey attachment_ = kNoPasidAttachment;
+  uint64_t epoch_ = 0;  // the queue's epoch when the group was read
 };
 
 }  // namespace iopfd

@@ -76,10 +76,21 @@ struct DeviceStats {
   // Responses dropped unwritten because their attachment was parked (drained): the kernel
   // answered those groups itself, and their cookies may already name new groups.
   uint64_t responses_stale_dropped = 0;
+  // Responses the epoch fence stopped: read before their attachment was parked, still queued
+  // at the next write (an invariant violation, a bug; dropped, never written).
+  uint64_t stale_epoch_blocked = 0;
   uint64_t guard_answered = 0;     // groups answered INVALID by the exactly-once guard (a bug)
   uint64_t duplicate_cookies = 0;  // a cookie read again while still outstanding (kernel bug)
-  Histogram batch_records;         // records per read
-  Histogram latency_ns;            // read completion -> response write completion
+  // The drain state machine (DrainController).
+  uint64_t drain_epoch = 0;        // incremented at every resume
+  uint64_t drain_transitions = 0;  // state changes
+  uint64_t drains = 0;             // drains and resets that reached RUNNING again
+  uint64_t function_resets = 0;    // function level resets issued
+  uint64_t quarantines = 0;        // times the device was quarantined
+  // Drains that found a group read and not accounted for after the flush (a bug; reported).
+  uint64_t drain_unaccounted = 0;
+  Histogram batch_records;  // records per read
+  Histogram latency_ns;     // read completion -> response write completion
 
   // Returns groups read minus responses resolved: the groups still owed an answer.
   uint64_t outstanding() const {

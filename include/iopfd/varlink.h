@@ -100,6 +100,9 @@ class EventBus {
   // Sends {"event", "device"?, "detail"?} to every open subscriber, keeping the stream open.
   void Publish(const std::string& event, const std::string& device = {},
                const std::string& detail = {});
+  // The same with more fields (an object, merged into the event's parameters).
+  void Publish(const std::string& event, const std::string& device, const std::string& detail,
+               const nlohmann::json& fields);
   // Ends every stream with a last reply carrying `event`.
   void Close(const std::string& event);
   // Returns the number of open subscribers.

@@ -656,10 +656,36 @@ void ParseLimits(Reporter& rep, const toml::table& table, DeviceLimits* limits) 
   }
 }
 
+void ParseDrain(Reporter& rep, const toml::table& table, std::optional<AttachMode> mode,
+                DrainConfig* drain) {
+  CheckKeys(rep, table, "drain", {"halt", "halt_timeout_ms"});
+  if (auto halt = GetString(rep, table, "drain", "halt", /*required=*/false)) {
+    if (halt->value == "owner") {
+      drain->halt = HaltMethod::kOwner;
+    } else if (halt->value == "reset") {
+      // The reset is VFIO_DEVICE_RESET on the device fd, which only vfio mode holds.
+      if (mode == AttachMode::kAdopt) {
+        rep.At(*halt->node,
+               "drain.halt: \"reset\" needs the VFIO device fd (attach = \"vfio\"); in adopt "
+               "mode the owner stops the device (\"owner\")");
+      } else {
+        drain->halt = HaltMethod::kReset;
+      }
+    } else {
+      // Bus Master Enable is not offered: see docs/DRAIN.md (why not bus-master).
+      rep.At(*halt->node,
+             Cat("drain.halt: must be \"owner\" or \"reset\" (got ", Quote(halt->value), ")"));
+    }
+  }
+  if (auto ms = GetInt(rep, table, "drain", "halt_timeout_ms", /*required=*/false, 1, 600000)) {
+    drain->halt_timeout_ms = static_cast<uint32_t>(ms->value);
+  }
+}
+
 void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backings,
                       DeviceParse* out) {
   DeviceConfig& device = out->device;
-  CheckKeys(rep, root, "", {"name", "attach", "adopt", "vfio", "limits", "space"});
+  CheckKeys(rep, root, "", {"name", "attach", "adopt", "vfio", "limits", "drain", "space"});
 
   if (auto name = GetString(rep, root, "", "name", /*required=*/true)) {
     if (IsValidDeviceName(name->value)) {
@@ -710,6 +736,9 @@ void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backing
   // Limits first: region prefetch is checked against them.
   if (const toml::table* limits = GetTable(rep, root, "", "limits")) {
     ParseLimits(rep, *limits, &device.limits);
+  }
+  if (const toml::table* drain = GetTable(rep, root, "", "drain")) {
+    ParseDrain(rep, *drain, mode, &device.drain);
   }
 
   const std::vector<const toml::table*> tables = GetTableArray(rep, root, "", "space", "[[space]]");
@@ -1122,6 +1151,7 @@ bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b) {
          a.vfio.cdev == b.vfio.cdev && a.vfio.pci == b.vfio.pci &&
          a.limits.max_group_records == b.limits.max_group_records &&
          a.limits.max_fault_map_bytes == b.limits.max_fault_map_bytes &&
+         a.drain.halt == b.drain.halt && a.drain.halt_timeout_ms == b.drain.halt_timeout_ms &&
          std::equal(a.spaces.begin(), a.spaces.end(), b.spaces.begin(), b.spaces.end(), same_space);
 }
 

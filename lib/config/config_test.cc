@@ -457,7 +457,7 @@ access = "r"
 )"),
       ElementsAre(
           "dev.toml:3:1: colour: unknown key (expected one of name, attach, adopt, vfio, limits, "
-          "space)",
+          "drain, space)",
           "dev.toml:8:1: adopt.fault: unknown key (expected one of iommufd_fd, fault_fd, "
           "device_id)",
           "dev.toml:10:1: limits.max_records: unknown key (expected one of max_group_records, "
@@ -466,7 +466,74 @@ access = "r"
           "dev.toml:16:1: space[0].region[0].sise: unknown key (expected one of iova, size, "
           "backing, offset, access, prefetch)",
           "dev.toml:20:2: extra: unknown key (expected one of name, attach, adopt, vfio, limits, "
-          "space)"));
+          "drain, space)"));
+}
+
+constexpr char kVfioHead[] = R"(name = "nic0"
+attach = "vfio"
+[vfio]
+cdev = "/dev/vfio/devices/vfio0"
+[[space]]
+[[space.region]]
+iova = 0x1000
+size = 4096
+backing = "anonymous"
+access = "r"
+)";
+
+TEST(DeviceDrainTest, DefaultsToTheOwnerWithTenSeconds) {
+  LoadResult r = Parse(kVfioHead);
+  ASSERT_THAT(ErrorStrings(r), IsEmpty());
+  EXPECT_EQ(r.config.devices[0].drain.halt, HaltMethod::kOwner);
+  EXPECT_EQ(r.config.devices[0].drain.halt_timeout_ms, 10000u);
+}
+
+TEST(DeviceDrainTest, ResetAndTimeoutInVfioMode) {
+  LoadResult r =
+      Parse(std::string(kVfioHead) + "[drain]\nhalt = \"reset\"\nhalt_timeout_ms = 250\n");
+  ASSERT_THAT(ErrorStrings(r), IsEmpty());
+  EXPECT_EQ(r.config.devices[0].drain.halt, HaltMethod::kReset);
+  EXPECT_EQ(r.config.devices[0].drain.halt_timeout_ms, 250u);
+}
+
+TEST(DeviceDrainTest, BadValuesNameKeyAndPlace) {
+  EXPECT_THAT(Errors(std::string(kVfioHead) + "[drain]\nhalt = \"bus\"\nhalt_timeout_ms = 0\n"
+                                              "when = 1\n"),
+              ElementsAre("dev.toml:12:8: drain.halt: must be \"owner\" or \"reset\" (got \"bus\")",
+                          "dev.toml:13:19: drain.halt_timeout_ms: must be in 1..600000 (got 0)",
+                          "dev.toml:14:1: drain.when: unknown key (expected one of halt, "
+                          "halt_timeout_ms)"));
+  EXPECT_THAT(Errors(std::string(kVfioHead) + "[drain]\nhalt = 1\n"),
+              ElementsAre("dev.toml:12:8: drain.halt: expected a string, got an integer"));
+}
+
+TEST(DeviceDrainTest, AdoptModeCannotReset) {
+  EXPECT_THAT(Errors(R"(name = "dsa0"
+attach = "adopt"
+[adopt]
+iommufd_fd = "i"
+fault_fd = "f"
+device_id = 3
+[drain]
+halt = "reset"
+[[space]]
+ioas_id = 2
+[[space.region]]
+iova = 0x1000
+size = 4096
+backing = "anonymous"
+access = "r"
+)"),
+              ElementsAre("dev.toml:8:8: drain.halt: \"reset\" needs the VFIO device fd (attach = "
+                          "\"vfio\"); in adopt mode the owner stops the device (\"owner\")"));
+}
+
+TEST(DeviceDrainTest, ChangingTheDrainSettingsIsAChange) {
+  LoadResult a = Parse(kVfioHead);
+  LoadResult b = Parse(std::string(kVfioHead) + "[drain]\nhalt_timeout_ms = 5\n");
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_FALSE(SameDeviceSettings(a.config.devices[0], b.config.devices[0]));
+  EXPECT_TRUE(SameDeviceSettings(a.config.devices[0], a.config.devices[0]));
 }
 
 TEST(DeviceErrorTest, UnknownKeyInVfioTable) {

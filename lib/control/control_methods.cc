@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "iopfd/drain.h"
 #include "iopfd/fault_loop.h"
 #include "iopfd/log.h"
 
@@ -44,6 +45,14 @@ json StatsJson(const std::string& name, const DeviceStats& s) {
           {"responses_rejected", s.responses_rejected},
           {"responses_abandoned", s.responses_abandoned},
           {"responses_stale_dropped", s.responses_stale_dropped},
+          {"stale_epoch_blocked", s.stale_epoch_blocked},
+          {"drain",
+           {{"epoch", s.drain_epoch},
+            {"transitions", s.drain_transitions},
+            {"drains", s.drains},
+            {"function_resets", s.function_resets},
+            {"quarantines", s.quarantines},
+            {"unaccounted", s.drain_unaccounted}}},
           {"guard_answered", s.guard_answered},
           {"duplicate_cookies", s.duplicate_cookies},
           {"outstanding", s.outstanding()},
@@ -51,9 +60,14 @@ json StatsJson(const std::string& name, const DeviceStats& s) {
           {"latency_ns", PercentilesJson(s.latency_ns)}};
 }
 
-const char* StateOf(const Device& d) {
-  return d.read_failed() || d.write_failed() ? "failed" : "running";
+// "failed" when the fault queue can no longer be read or written, else the drain state.
+const char* StateOf(const DaemonState* state, const Device& d) {
+  if (d.read_failed() || d.write_failed()) return "failed";
+  const DrainController* drain = state->manager->DrainOf(d);
+  return drain == nullptr ? "running" : DrainStateName(drain->state());
 }
+
+const char* HaltName(HaltMethod m) { return m == HaltMethod::kReset ? "reset" : "owner"; }
 
 Device* FindDevice(DaemonState* state, const std::string& name) {
   return state->manager->Find(name);
@@ -73,10 +87,6 @@ std::optional<std::string> StringParam(const VarlinkCall& call, const char* key,
     return std::nullopt;
   }
   return it->get<std::string>();
-}
-
-VarlinkReply NotYet(const std::string& method, const char* reason) {
-  return VarlinkReply::Error("io.iopfd.NotSupported", {{"method", method}, {"reason", reason}});
 }
 
 json Strings(const std::vector<std::string>& v) {
@@ -194,9 +204,61 @@ VarlinkReply Detach(DaemonState* state, const VarlinkCall& call, const Peer& pee
   return VarlinkReply::Ok({{"stats", StatsJson(*device, *stats)}});
 }
 
+// Drain, Reset, Halt and Resume. Errors: NoSuchDevice, NoSuchPasid, NotSupported (adopt mode:
+// the owner holds the attachments), InvalidState (the request does not fit the device's state),
+// DrainFailed (a step failed; the device is quarantined).
+VarlinkReply DrainCall(DaemonState* state, const std::string& method, const VarlinkCall& call,
+                       const Peer& peer) {
+  if (state->stopping && state->stopping()) return Stopping();
+  VarlinkReply error;
+  auto device = StringParam(call, "device", true, &error);
+  if (!device) return error;
+  DrainController* drain = state->manager->DrainOf(*device);
+  if (drain == nullptr) return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
+  std::optional<AttachmentKey> pasid;
+  if (auto it = call.parameters.find("pasid"); it != call.parameters.end() && !it->is_null()) {
+    // PASIDs are 20 bits; 0 is the kernel's "no PASID" (drain the whole device for that one).
+    if (!it->is_number_unsigned() || it->get<uint64_t>() == 0 || it->get<uint64_t>() > 0xfffff) {
+      return InvalidParameter("pasid");
+    }
+    pasid = static_cast<AttachmentKey>(it->get<uint64_t>());
+  }
+  const std::string cause = absl::StrCat(method, " by uid ", peer.uid, " (pid ", peer.pid, ")");
+  const uint64_t now = MonotonicNs();
+  absl::Status st;
+  if (method == "Drain") {
+    st = drain->Drain(pasid, cause, now);
+  } else if (method == "Reset") {
+    st = drain->Reset(cause, now);
+  } else if (method == "Halt") {
+    st = drain->Halt(cause, now);
+  } else {
+    st = drain->Resume(cause, now);
+  }
+  const std::string now_state = DrainStateName(drain->state());
+  if (!st.ok()) {
+    const std::string why(st.message());
+    switch (st.code()) {
+      case absl::StatusCode::kUnimplemented:
+        return VarlinkReply::Error("io.iopfd.NotSupported", {{"method", method}, {"reason", why}});
+      case absl::StatusCode::kFailedPrecondition:
+        return VarlinkReply::Error("io.iopfd.InvalidState",
+                                   {{"device", *device}, {"state", now_state}, {"reason", why}});
+      case absl::StatusCode::kNotFound:
+        return VarlinkReply::Error("io.iopfd.NoSuchPasid",
+                                   {{"device", *device}, {"pasid", pasid.value_or(0)}});
+      default:
+        return VarlinkReply::Error("io.iopfd.DrainFailed",
+                                   {{"device", *device}, {"state", now_state}, {"error", why}});
+    }
+  }
+  return VarlinkReply::Ok({{"state", now_state}, {"epoch", drain->epoch()}});
+}
+
 }  // namespace
 
-std::string PrometheusText(const std::vector<const Device*>& devices) {
+std::string PrometheusText(const std::vector<const Device*>& devices,
+                           const std::function<const char*(const Device&)>& state_of) {
   std::string out;
   auto family = [&](const char* name, const char* type, const char* help, auto value_of) {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
@@ -233,6 +295,33 @@ std::string PrometheusText(const std::vector<const Device*>& devices) {
           &DeviceStats::responses_rejected);
   counter("iopfd_responses_abandoned_total", "Responses dropped because the fault fd failed.",
           &DeviceStats::responses_abandoned);
+  counter("iopfd_drain_transitions_total", "Drain state machine transitions.",
+          &DeviceStats::drain_transitions);
+  counter("iopfd_drains_total", "Drains and resets that reached running again.",
+          &DeviceStats::drains);
+  counter("iopfd_function_resets_total", "Function level resets issued by drains.",
+          &DeviceStats::function_resets);
+  counter("iopfd_quarantines_total", "Times a device was quarantined.", &DeviceStats::quarantines);
+  counter("iopfd_responses_stale_dropped_total",
+          "Responses dropped unwritten because their attachment was parked.",
+          &DeviceStats::responses_stale_dropped);
+  family("iopfd_invariant_violations_total", "counter",
+         "Bugs caught and contained, by kind (each should stay 0).",
+         [&](const Device& d, const char* n) {
+           const DeviceStats& s = d.stats();
+           sample(n, d, ",kind=\"guard_answered\"", s.guard_answered);
+           sample(n, d, ",kind=\"duplicate_cookie\"", s.duplicate_cookies);
+           sample(n, d, ",kind=\"stale_epoch_blocked\"", s.stale_epoch_blocked);
+           sample(n, d, ",kind=\"drain_unaccounted\"", s.drain_unaccounted);
+         });
+  if (state_of) {
+    family("iopfd_device_state", "gauge", "1 for the state the device is in.",
+           [&](const Device& d, const char* n) {
+             sample(n, d, absl::StrCat(",state=\"", state_of(d), "\""), 1);
+           });
+  }
+  family("iopfd_drain_epoch", "gauge", "The device's drain epoch (incremented at every resume).",
+         [&](const Device& d, const char* n) { sample(n, d, "", d.stats().drain_epoch); });
   family("iopfd_outstanding_groups", "gauge", "Groups read and not yet answered.",
          [&](const Device& d, const char* n) { sample(n, d, "", d.stats().outstanding()); });
   family("iopfd_response_latency_seconds", "summary",
@@ -254,15 +343,20 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
 
   service->AddMethod("io.iopfd.GetStatus", false, {}, [state](const VarlinkCall&, const Peer&) {
     const DeviceManager& m = *state->manager;
-    size_t running = 0, adopted = 0;
+    size_t running = 0, adopted = 0, quarantined = 0;
     bool failed = false;
     for (const auto& d : m.devices()) {
+      // A drain in progress or a Halt holding the device are wanted states: the device is still
+      // served. A failed fault queue or a quarantine is not.
+      const std::string s = StateOf(state, *d);
+      const bool bad = s == "failed" || s == "quarantined";
+      quarantined += s == "quarantined";
       if (m.IsAdoptedAtRunTime(d->name())) {
         ++adopted;
-      } else if (std::string(StateOf(*d)) == "running") {
+      } else if (!bad) {
         ++running;
       }
-      failed |= std::string(StateOf(*d)) != "running";
+      failed |= bad;
     }
     // Detached devices are out by request, not by failure.
     bool ok = !failed && running + m.detached() == m.configured();
@@ -272,6 +366,7 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
                              {"devices_running", running},
                              {"devices_detached", m.detached()},
                              {"devices_adopted", adopted},
+                             {"devices_quarantined", quarantined},
                              {"health", ok ? "ok" : "degraded"}});
   });
 
@@ -292,7 +387,9 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
           {{"name", d->name()},
            {"attach", d->mode() == AttachMode::kAdopt ? "adopt" : "vfio"},
            {"origin", state->manager->IsAdoptedAtRunTime(d->name()) ? "adopted" : "config"},
-           {"state", StateOf(*d)},
+           {"state", StateOf(state, *d)},
+           {"epoch", st.drain_epoch},
+           {"halt", HaltName(d->config().drain.halt)},
            {"pasids", pasids},
            {"no_pasid_space", no_pasid},
            {"counters",
@@ -328,7 +425,10 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
         json list = json::array();
         for (const Device* d : chosen) list.push_back(StatsJson(d->name(), d->stats()));
         json params = {{"devices", list}};
-        if (format && *format == "prometheus") params["text"] = PrometheusText(chosen);
+        if (format && *format == "prometheus") {
+          params["text"] =
+              PrometheusText(chosen, [state](const Device& d) { return StateOf(state, d); });
+        }
         return VarlinkReply::Ok(params);
       });
 
@@ -350,21 +450,14 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
                                    {{"parameter", "level"}});
       });
 
-  // Drain and its relatives act on a device: an unknown one is NoSuchDevice; a known one is
-  // refused as not supported until the drain state machine exists.
   for (const char* name : {"Drain", "Reset", "Halt", "Resume"}) {
-    std::string method = absl::StrCat("io.iopfd.", name);
+    std::string method = name;
     std::vector<std::string> params = {"device"};
-    if (std::string(name) == "Drain") params.push_back("pasid");
-    service->AddMethod(method, true, params, [state, method](const VarlinkCall& call, const Peer&) {
-      VarlinkReply error;
-      auto device = StringParam(call, "device", true, &error);
-      if (!device) return error;
-      if (FindDevice(state, *device) == nullptr) {
-        return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
-      }
-      return NotYet(method, "the drain state machine is not implemented yet");
-    });
+    if (method == "Drain") params.push_back("pasid");
+    service->AddMethod(absl::StrCat("io.iopfd.", name), true, params,
+                       [state, method](const VarlinkCall& call, const Peer& peer) {
+                         return DrainCall(state, method, call, peer);
+                       });
   }
   service->AddMethod("io.iopfd.Reload", true, {},
                      [state](const VarlinkCall&, const Peer& peer) { return Reload(state, peer); });

@@ -177,6 +177,7 @@ constexpr CounterRow kCounterRows[] = {
     {"responses_rejected", "responses rejected", false},
     {"responses_abandoned", "responses abandoned", false},
     {"responses_stale_dropped", "stale dropped", false},
+    {"stale_epoch_blocked", "stale epoch blocked", false},
     {"guard_answered", "guard answered", false},
     {"duplicate_cookies", "duplicate cookies", false},
     {"outstanding", "outstanding", false},
@@ -235,7 +236,17 @@ std::string StatsBlock(const Json& device) {
   add_percentiles("batch", "batch", false);
   add_percentiles("latency", "latency_ns", true);
 
-  return absl::StrCat(StringField(device, "name"), "\n", counters.Render("  "),
+  // The drain block only from a daemon that sends it.
+  Table drain({false, true});
+  if (const Json* d = Member(device, "drain"); d != nullptr && d->is_object()) {
+    drain.Add({"drain epoch", CountField(*d, "epoch")});
+    drain.Add({"drain transitions", CountField(*d, "transitions")});
+    drain.Add({"drains completed", CountField(*d, "drains")});
+    drain.Add({"function resets", CountField(*d, "function_resets")});
+    drain.Add({"quarantines", CountField(*d, "quarantines")});
+    drain.Add({"drain unaccounted", CountField(*d, "unaccounted")});
+  }
+  return absl::StrCat(StringField(device, "name"), "\n", counters.Render("  "), drain.Render("  "),
                       percentiles.Render("  "));
 }
 
@@ -302,8 +313,14 @@ std::string FormatStatus(const Json& p) {
   table.Add({"version", StringField(p, "version")});
   auto uptime = UnsignedField(p, "uptime_usec");
   table.Add({"uptime", uptime ? FormatUptime(*uptime) : std::string(kMissing)});
-  table.Add({"devices", absl::StrCat(CountField(p, "devices_configured"), " configured, ",
-                                     CountField(p, "devices_running"), " running")});
+  std::string devices = absl::StrCat(CountField(p, "devices_configured"), " configured, ",
+                                     CountField(p, "devices_running"), " running");
+  // Only worth a word when there are some.
+  for (const char* key : {"devices_adopted", "devices_detached", "devices_quarantined"}) {
+    auto n = UnsignedField(p, key);
+    if (n && *n > 0) absl::StrAppend(&devices, ", ", FormatCount(*n), " ", key + 8);
+  }
+  table.Add({"devices", devices});
   table.Add({"health", StringField(p, "health")});
   return table.Render();
 }
@@ -311,15 +328,17 @@ std::string FormatStatus(const Json& p) {
 std::string FormatDevices(const Json& p) {
   std::vector<const Json*> devices = Elements(p, "devices");
   if (devices.empty()) return "no devices\n";
-  Table table({false, false, false, false, true, true, true, true});
-  table.Add({"NAME", "ATTACH", "STATE", "PASIDS", "GROUPS", "SUCCESS", "INVALID", "OUTSTANDING"});
+  Table table({false, false, false, true, false, true, true, true, true});
+  table.Add({"NAME", "ATTACH", "STATE", "EPOCH", "PASIDS", "GROUPS", "SUCCESS", "INVALID",
+             "OUTSTANDING"});
   for (const Json* d : devices) {
     static const Json kNone;
     const Json* c = Member(*d, "counters");
     const Json& counters = c != nullptr ? *c : kNone;
     table.Add({StringField(*d, "name"), StringField(*d, "attach"), StringField(*d, "state"),
-               PasidCell(*d), CountField(counters, "groups"), CountField(counters, "success"),
-               CountField(counters, "invalid"), CountField(counters, "outstanding")});
+               CountField(*d, "epoch"), PasidCell(*d), CountField(counters, "groups"),
+               CountField(counters, "success"), CountField(counters, "invalid"),
+               CountField(counters, "outstanding")});
   }
   return table.Render();
 }
@@ -363,6 +382,17 @@ std::string FormatMonitorEvent(const Json& p) {
   // A detail with a newline would break the one-event-per-line promise to scripts.
   std::replace_if(
       out.begin(), out.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+  return out;
+}
+
+std::string FormatDrainReply(std::string_view device, const Json& p) {
+  std::string state = StringField(p, "state");
+  std::string out =
+      absl::StrCat(std::string(device), ": ", state, " (epoch ", CountField(p, "epoch"), ")\n");
+  if (state == "halting") {
+    absl::StrAppend(&out, "waiting for the owner: stop the device's DMA, then run `iopfctl halt ",
+                    std::string(device), "`\n");
+  }
   return out;
 }
 

@@ -84,6 +84,11 @@ TEST(FormatStatusTest, Table) {
             "uptime   1d 2h 3m 4s\n"
             "devices  3 configured, 2 running\n"
             "health   degraded\n");
+  p["devices_quarantined"] = 1;
+  p["devices_adopted"] = 0;
+  p["devices_detached"] = 2;
+  EXPECT_THAT(FormatStatus(p),
+              HasSubstr("devices  3 configured, 2 running, 2 detached, 1 quarantined\n"));
 }
 
 TEST(FormatStatusTest, MissingAndMistypedFieldsShowDash) {
@@ -96,7 +101,7 @@ TEST(FormatStatusTest, MissingAndMistypedFieldsShowDash) {
 
 TEST(FormatDevicesTest, Table) {
   Json p = Json::parse(R"({"devices": [
-    {"name": "gpu0", "attach": "adopt", "state": "running", "pasids": [1, 2],
+    {"name": "gpu0", "attach": "vfio", "state": "quarantined", "epoch": 12, "pasids": [1, 2],
      "no_pasid_space": true,
      "counters": {"records": 2000000, "groups": 1234567, "success": 1234000, "invalid": 567,
                   "outstanding": 0}},
@@ -106,10 +111,14 @@ TEST(FormatDevicesTest, Table) {
      "no_pasid_space": false}
   ]})");
   EXPECT_EQ(FormatDevices(p),
-            "NAME  ATTACH  STATE    PASIDS           GROUPS    SUCCESS  INVALID  OUTSTANDING\n"
-            "gpu0  adopt   running  no-pasid,1,2  1,234,567  1,234,000      567            0\n"
-            "nic1  vfio    failed   -                    12         10        0            2\n"
-            "acc2  vfio    running  3,4,5,6 +2            -          -        -            -\n");
+            "NAME  ATTACH  STATE        EPOCH  PASIDS           GROUPS    SUCCESS  INVALID  "
+            "OUTSTANDING\n"
+            "gpu0  vfio    quarantined     12  no-pasid,1,2  1,234,567  1,234,000      567  "
+            "          0\n"
+            "nic1  vfio    failed           -  -                    12         10        0  "
+            "          2\n"
+            "acc2  vfio    running          -  3,4,5,6 +2            -          -        -  "
+            "          -\n");
 }
 
 TEST(FormatDevicesTest, NoDevices) {
@@ -136,7 +145,10 @@ TEST(FormatStatsTest, Blocks) {
      "map_calls": 12345, "map_failures": 2, "bytes_mapped": 1610612736,
      "pages_already_mapped": 3000, "pages_deduped": 100, "pages_prefetched": 4096,
      "writes": 5000, "responses_written": 123450, "responses_rejected": 4,
-     "responses_abandoned": 2, "guard_answered": 0, "duplicate_cookies": 0, "outstanding": 0,
+     "responses_abandoned": 2, "responses_stale_dropped": 7, "stale_epoch_blocked": 0,
+     "drain": {"epoch": 3, "transitions": 17, "drains": 3, "function_resets": 1,
+               "quarantines": 1, "unaccounted": 0},
+     "guard_answered": 0, "duplicate_cookies": 0, "outstanding": 0,
      "batch": {"count": 1204, "p50": 16, "p99": 64, "max": 128},
      "latency_ns": {"count": 123456, "p50": 12345, "p99": 1234567, "max": 4500000}},
     {"name": "nic1", "reads": 0, "empty_reads": 7, "read_grows": 0, "records": 0, "groups": 0,
@@ -168,13 +180,20 @@ TEST(FormatStatsTest, Blocks) {
             "  responses written       123,450\n"
             "  responses rejected            4\n"
             "  responses abandoned           2\n"
-            "  stale dropped                 -\n"
+            "  stale dropped                 7\n"
+            "  stale epoch blocked           0\n"
             "  guard answered                0\n"
             "  duplicate cookies             0\n"
             "  outstanding                   0\n"
             "  invalid by reason\n"
             "    no_region                 400\n"
             "    permission                 56\n"
+            "  drain epoch         3\n"
+            "  drain transitions  17\n"
+            "  drains completed    3\n"
+            "  function resets     1\n"
+            "  quarantines         1\n"
+            "  drain unaccounted   0\n"
             "  percentiles    COUNT      P50     P99     MAX\n"
             "  batch          1,204       16      64     128\n"
             "  latency      123,456  12.3 us  1.2 ms  4.5 ms\n"
@@ -198,6 +217,7 @@ TEST(FormatStatsTest, Blocks) {
             "  responses rejected      0\n"
             "  responses abandoned     0\n"
             "  stale dropped           -\n"
+            "  stale epoch blocked     -\n"
             "  guard answered          0\n"
             "  duplicate cookies       0\n"
             "  outstanding             0\n"
@@ -231,6 +251,7 @@ TEST(FormatStatsTest, SparseDeviceShowsDashes) {
             "  responses rejected    -\n"
             "  responses abandoned   -\n"
             "  stale dropped         -\n"
+            "  stale epoch blocked   -\n"
             "  guard answered        -\n"
             "  duplicate cookies     -\n"
             "  outstanding           -\n"
@@ -326,7 +347,8 @@ TEST(FormatTest, NonObjectRepliesDoNotThrow) {
     EXPECT_EQ(FormatMonitorEvent(p), "-");
   }
   // A devices array holding non-objects renders dashes rather than throwing.
-  EXPECT_THAT(FormatDevices(Json{{"devices", {1, "x"}}}), HasSubstr("\n-     -       -      -"));
+  EXPECT_THAT(FormatDevices(Json{{"devices", {1, "x"}}}),
+              HasSubstr("\n-     -       -          -  -"));
 }
 
 }  // namespace

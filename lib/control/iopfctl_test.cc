@@ -75,6 +75,12 @@ TEST_F(IopfctlTest, UsageErrorsExit2) {
       {"status", "extra"},
       {"drain"},
       {"drain", "gpu0", "gpu1"},
+      {"drain", "gpu0", "0"},
+      {"drain", "gpu0", "0x100000"},
+      {"drain", "gpu0", "5x"},
+      {"drain", "gpu0", "0x"},
+      {"drain", "gpu0", "1", "2"},
+      {"reset", "gpu0", "5"},
       {"devices", "--prometheus"},
       {"log-level", "verbose"},
       {"--control-socket"},
@@ -275,12 +281,39 @@ TEST_F(IopfctlTest, CommandsSendTheirParameters) {
   }
 }
 
+TEST_F(IopfctlTest, DrainCommandsSendDeviceAndPasidAndPrintTheState) {
+  auto server = Serve({Json{{"parameters", {{"state", "halting"}, {"epoch", 3}}}}});
+  ProcessResult drain = Run({"--control-socket", socket_, "drain", "gpu0", "0x1f"});
+  server->Join();
+  EXPECT_EQ(drain.exit_code, 0) << drain.err;
+  EXPECT_EQ(Json::parse(call_)["method"], "io.iopfd.Drain");
+  EXPECT_EQ(Json::parse(call_)["parameters"], (Json{{"device", "gpu0"}, {"pasid", 31}}));
+  EXPECT_EQ(drain.out,
+            "gpu0: halting (epoch 3)\nwaiting for the owner: stop the device's DMA, then run "
+            "`iopfctl halt gpu0`\n");
+  ::unlink(socket_.c_str());
+  server = Serve({Json{{"parameters", {{"state", "running"}, {"epoch", 4}}}}});
+  ProcessResult reset = Run({"--control-socket", socket_, "reset", "gpu0"});
+  server->Join();
+  EXPECT_EQ(reset.exit_code, 0) << reset.err;
+  EXPECT_EQ(Json::parse(call_)["method"], "io.iopfd.Reset");
+  EXPECT_EQ(Json::parse(call_)["parameters"], (Json{{"device", "gpu0"}}));
+  EXPECT_EQ(reset.out, "gpu0: running (epoch 4)\n");
+  ::unlink(socket_.c_str());
+  server = Serve({Json{{"error", "io.iopfd.InvalidState"},
+                       {"parameters", {{"device", "gpu0"}, {"state", "halted"}}}}});
+  ProcessResult resume = Run({"--control-socket", socket_, "drain", "gpu0"});
+  server->Join();
+  EXPECT_EQ(resume.exit_code, 1);
+  EXPECT_EQ(resume.err, "iopfctl: Drain: InvalidState: device=gpu0 state=halted\n");
+}
+
 TEST_F(IopfctlTest, ActionCommandsAreQuietReloadIsNot) {
   auto server = Serve({Json{{"parameters", Json::object()}}});
-  ProcessResult halt = Run({"--control-socket", socket_, "halt", "gpu0"});
+  ProcessResult quiet = Run({"--control-socket", socket_, "log-level", "debug"});
   server->Join();
-  EXPECT_EQ(halt.exit_code, 0);
-  EXPECT_THAT(halt.out, IsEmpty());
+  EXPECT_EQ(quiet.exit_code, 0);
+  EXPECT_THAT(quiet.out, IsEmpty());
   ::unlink(socket_.c_str());
   server = Serve({Json{
       {"parameters", {{"added", {"gpu1"}}, {"removed", Json::array()}, {"kept", {"gpu0"}}}}}});

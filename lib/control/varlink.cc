@@ -164,7 +164,13 @@ void EventBus::Subscribe(std::shared_ptr<ReplyChannel> channel) {
 
 void EventBus::Publish(const std::string& event, const std::string& device,
                        const std::string& detail) {
-  nlohmann::json params = {{"event", event}};
+  Publish(event, device, detail, nlohmann::json::object());
+}
+
+void EventBus::Publish(const std::string& event, const std::string& device,
+                       const std::string& detail, const nlohmann::json& fields) {
+  nlohmann::json params = fields.is_object() ? fields : nlohmann::json::object();
+  params["event"] = event;
   if (!device.empty()) params["device"] = device;
   if (!detail.empty()) params["detail"] = detail;
   VarlinkReply reply = VarlinkReply::Ok(params);

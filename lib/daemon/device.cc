@@ -208,6 +208,9 @@ absl::Status Device::Park(std::optional<AttachmentKey> which) {
     SetRefusing(a.pasid, true);
     // From here the kernel has answered this attachment's groups: what iopfd holds is stale.
     responses_->DropAttachment(a.key);
+    // And whatever is still being resolved for it (nothing, single-threaded as the loop is)
+    // will never be written either: the epoch fence.
+    responses_->Fence(a.key);
   }
   if (!found) {
     return absl::NotFoundError(absl::StrCat(name_, ": no attachment for PASID ", *which));

@@ -49,12 +49,47 @@ absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds
                                     config.mode == AttachMode::kAdopt ? "adopt" : "vfio", ", ",
                                     config.spaces.size(), " address space(s))"));
   devices_.push_back(*std::move(dev));
-  host_->AddDevice(devices_.back().get());
+  Device* d = devices_.back().get();
+  auto drain = std::make_unique<DrainController>(d, host_, DrainOptionsOf(config.drain));
+  drain->on_transition = [this, d](const DrainTransition& t) {
+    if (on_transition) on_transition(*d, t);
+  };
+  drains_[d] = std::move(drain);
+  host_->AddDevice(d);
   return absl::OkStatus();
+}
+
+DrainController* DeviceManager::DrainOf(const std::string& name) {
+  Device* d = Find(name);
+  if (d == nullptr) return nullptr;
+  auto it = drains_.find(d);
+  return it == drains_.end() ? nullptr : it->second.get();
+}
+
+const DrainController* DeviceManager::DrainOf(const Device& device) const {
+  auto it = drains_.find(&device);
+  return it == drains_.end() ? nullptr : it->second.get();
+}
+
+std::optional<uint64_t> DeviceManager::NextDeadline() const {
+  std::optional<uint64_t> next;
+  for (const auto& [d, drain] : drains_) {
+    std::optional<uint64_t> at = drain->deadline();
+    if (at && (!next || *at < *next)) next = at;
+  }
+  return next;
+}
+
+void DeviceManager::Tick(uint64_t now_ns) {
+  for (auto& [d, drain] : drains_) drain->Tick(now_ns);
 }
 
 DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
   Device* d = devices_[i].get();
+  // Its drain goes first: nothing of a drain is in progress between two calls (an owner's
+  // HALTING waits with the device served as usual), and the device closing detaches its
+  // attachments, which answers what is queued like a park would.
+  drains_.erase(d);
   std::optional<uint64_t> unanswered = host_->RemoveDevice(d);
   DeviceStats final_stats = d->stats();
   if (!unanswered) {

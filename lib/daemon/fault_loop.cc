@@ -377,13 +377,33 @@ int FaultLoop::Run() {
         Log(LogLevel::kWarning, "SIGHUP: nothing to reload");
       }
     }
+    // ~0: no deadline (a plain uint64_t: GCC 12 misjudges an optional here as uninitialized).
+    auto next = [this] { return next_deadline ? next_deadline().value_or(~uint64_t{0}) : ~0ull; };
+    uint64_t deadline = next();
+    if (deadline != ~uint64_t{0} && MonotonicNs() >= deadline) {
+      if (on_deadline) on_deadline(MonotonicNs());
+      deadline = next();
+    }
     SubmitWrites();
     for (RingClient* c : clients_) c->Flush(*this);
     // A stop signal handled inside a reload's removal (the signal read is not re-armed once
     // stopping): drain now rather than wait for a completion that may never come.
     if (stopping_) break;
-    // Completions deferred by a Remove are waiting: do not sleep on the ring before serving them.
-    int rc = deferred_.empty() ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit(&ring_);
+    int rc;
+    if (!deferred_.empty()) {
+      // Completions deferred by a Remove are waiting: do not sleep before serving them.
+      rc = io_uring_submit(&ring_);
+    } else if (deadline != ~uint64_t{0}) {
+      const uint64_t now = MonotonicNs();
+      const uint64_t wait = deadline > now ? deadline - now : 0;
+      __kernel_timespec ts{static_cast<int64_t>(wait / 1'000'000'000),
+                           static_cast<long long>(wait % 1'000'000'000)};
+      io_uring_cqe* cqe = nullptr;
+      rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+      if (rc == -ETIME) rc = 0;
+    } else {
+      rc = io_uring_submit_and_wait(&ring_, 1);
+    }
     if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
       Log(LogLevel::kError,
           std::string(ErrnoStatus(-rc, "", "io_uring_submit_and_wait").message()));

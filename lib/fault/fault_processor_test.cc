@@ -374,6 +374,44 @@ TEST(ResponseQueueTest, DroppingAParkedAttachmentLeavesTheOthersAndAccountsForEa
   EXPECT_FALSE(q.HasUnwritten());
 }
 
+TEST(ResponseQueueTest, TheEpochFenceNeverWritesAnAnswerToAGroupReadBeforeThePark) {
+  DeviceStats stats;
+  stats.groups = 6;
+  ResponseQueue q(&stats);
+  EXPECT_EQ(q.epoch(), 0u);
+  // Groups read before the park of PASID 5 (the obligations remember the epoch they were read
+  // in), answered only after it: a bug the fence must contain.
+  ResponseObligation old5(&q, &stats, 1, 0, 5);
+  ResponseObligation old_rid(&q, &stats, 2, 0, kNoPasidAttachment);
+  q.Fence(5);
+  EXPECT_EQ(q.epoch(), 1u);
+  ResponseObligation new5(&q, &stats, 3, 0, 5);  // read after the fence: fine
+  EXPECT_TRUE(old5.Answer(uapi::kRespSuccess));
+  EXPECT_TRUE(old_rid.Answer(uapi::kRespSuccess));
+  EXPECT_TRUE(new5.Answer(uapi::kRespSuccess));
+  auto w = q.BeginWrite();
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_EQ(w[0].cookie, 2u);
+  EXPECT_EQ(w[1].cookie, 3u);
+  ASSERT_TRUE(q.CompleteWrite(16, 0));
+  EXPECT_EQ(stats.stale_epoch_blocked, 1u);
+  EXPECT_EQ(stats.responses_stale_dropped, 1u);  // accounted for once, as dropped
+  // A whole-device fence stops every attachment's older answers; a later fence of one
+  // attachment does not lift it.
+  q.Add(4, uapi::kRespSuccess, 0, 7);
+  q.Add(5, uapi::kRespSuccess, 0, kNoPasidAttachment);
+  q.Fence(std::nullopt);
+  q.Fence(7);
+  q.Add(6, uapi::kRespSuccess, 0, 9);  // read now
+  w = q.BeginWrite();
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].cookie, 6u);
+  ASSERT_TRUE(q.CompleteWrite(8, 0));
+  EXPECT_EQ(stats.stale_epoch_blocked, 3u);
+  EXPECT_EQ(stats.outstanding(), 0u);
+  EXPECT_EQ(q.outstanding(), 0u);
+}
+
 TEST_F(FaultProcessorTest, ResponsesCarryTheAttachmentTheirGroupCameFrom) {
   // One group without PASID, one with PASID 5: parking PASID 5 drops only its answer.
   std::vector<uapi::PageFault> recs = {Rec(1, (1 << 20) + kPage), Rec(2, (1 << 20), kRW, 5u)};

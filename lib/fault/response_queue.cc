@@ -4,8 +4,8 @@
 
 namespace iopfd {
 
-void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns,
-                        AttachmentKey attachment) {
+void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns, AttachmentKey attachment,
+                        std::optional<uint64_t> epoch) {
   if (!outstanding_.insert(cookie).second) {
     ++stats_->duplicate_cookies;
     ++untracked_;
@@ -18,13 +18,38 @@ void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns,
   pending_.push_back({cookie, code});
   pending_ts_.push_back(read_ns);
   pending_att_.push_back(attachment);
+  pending_epoch_.push_back(epoch.value_or(epoch_));
+}
+
+void ResponseQueue::Fence(std::optional<AttachmentKey> attachment) {
+  ++epoch_;
+  if (!attachment) {
+    fence_all_ = epoch_;
+    fences_.clear();
+    return;
+  }
+  for (auto& [key, at] : fences_) {
+    if (key == *attachment) {
+      at = epoch_;
+      return;
+    }
+  }
+  fences_.emplace_back(*attachment, epoch_);
+}
+
+bool ResponseQueue::Fenced(AttachmentKey attachment, uint64_t epoch) const {
+  if (epoch < fence_all_) return true;
+  for (const auto& [key, at] : fences_) {
+    if (key == attachment) return epoch < at;
+  }
+  return false;
 }
 
 size_t ResponseQueue::DropAttachment(std::optional<AttachmentKey> attachment) {
   if (writing_) return 0;
   size_t dropped = 0;
   auto drop = [&](std::vector<uapi::PageResponse>& resp, std::vector<uint64_t>& ts,
-                  std::vector<AttachmentKey>& att, size_t from) {
+                  std::vector<AttachmentKey>& att, std::vector<uint64_t>* epochs, size_t from) {
     size_t out = from;
     for (size_t i = from; i < resp.size(); ++i) {
       if (!attachment || att[i] == *attachment) {
@@ -36,15 +61,18 @@ size_t ResponseQueue::DropAttachment(std::optional<AttachmentKey> attachment) {
       resp[out] = resp[i];
       ts[out] = ts[i];
       att[out] = att[i];
+      if (epochs != nullptr) (*epochs)[out] = (*epochs)[i];
       ++out;
     }
     resp.resize(out);
     ts.resize(out);
     att.resize(out);
+    if (epochs != nullptr) epochs->resize(out);
   };
   // Only the unsettled part of the last write: what is before inflight_pos_ is accounted for.
-  drop(inflight_, inflight_ts_, inflight_att_, inflight_pos_);
-  drop(pending_, pending_ts_, pending_att_, 0);
+  // (What is in flight passed the fence check when its write began.)
+  drop(inflight_, inflight_ts_, inflight_att_, nullptr, inflight_pos_);
+  drop(pending_, pending_ts_, pending_att_, &pending_epoch_, 0);
   return dropped;
 }
 
@@ -55,9 +83,29 @@ std::span<const uapi::PageResponse> ResponseQueue::BeginWrite() {
     inflight_ts_.clear();
     inflight_att_.clear();
     inflight_pos_ = 0;
-    inflight_.swap(pending_);
-    inflight_ts_.swap(pending_ts_);
-    inflight_att_.swap(pending_att_);
+    // The epoch fence: a response to a group read before its attachment was parked must never
+    // be written (its cookie may name a newer group). DropAttachment at the park removes them
+    // all, so finding one here is a bug: it is dropped and counted, never written.
+    if (fence_all_ == 0 && fences_.empty()) {
+      inflight_.swap(pending_);
+      inflight_ts_.swap(pending_ts_);
+      inflight_att_.swap(pending_att_);
+    }
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      if (Fenced(pending_att_[i], pending_epoch_[i])) {
+        if (outstanding_.erase(pending_[i].cookie) == 0 && untracked_ > 0) --untracked_;
+        ++stats_->stale_epoch_blocked;
+        ++stats_->responses_stale_dropped;
+        continue;
+      }
+      inflight_.push_back(pending_[i]);
+      inflight_ts_.push_back(pending_ts_[i]);
+      inflight_att_.push_back(pending_att_[i]);
+    }
+    pending_.clear();
+    pending_ts_.clear();
+    pending_att_.clear();
+    pending_epoch_.clear();
   }
   writing_ = inflight_pos_ < inflight_.size();
   return std::span<const uapi::PageResponse>(inflight_).subspan(inflight_pos_);
@@ -114,6 +162,7 @@ void ResponseQueue::AbandonAll() {
   pending_.clear();
   pending_ts_.clear();
   pending_att_.clear();
+  pending_epoch_.clear();
   outstanding_.clear();
   untracked_ = 0;
   writing_ = false;
@@ -127,6 +176,7 @@ ResponseObligation& ResponseObligation::operator=(ResponseObligation&& o) noexce
     cookie_ = o.cookie_;
     read_ns_ = o.read_ns_;
     attachment_ = o.attachment_;
+    epoch_ = o.epoch_;
   }
   return *this;
 }
@@ -137,13 +187,13 @@ void ResponseObligation::GuardAnswer() {
   if (queue_ == nullptr) return;
   ++stats_->guard_answered;
   ++stats_->invalid_by_reason[static_cast<int>(InvalidReason::kUnresolved)];
-  queue_->Add(cookie_, uapi::kRespInvalid, read_ns_, attachment_);
+  queue_->Add(cookie_, uapi::kRespInvalid, read_ns_, attachment_, epoch_);
   queue_ = nullptr;
 }
 
 bool ResponseObligation::Answer(uint32_t code) {
   if (queue_ == nullptr) return false;
-  queue_->Add(cookie_, code, read_ns_, attachment_);
+  queue_->Add(cookie_, code, read_ns_, attachment_, epoch_);
   queue_ = nullptr;
   return true;
 }

@@ -113,9 +113,15 @@ std::string FormatStatsText(std::string_view device, const DeviceStats& s) {
                   s.batch_records.Percentile(0.99), " max ", s.batch_records.max(), "\n");
   absl::StrAppend(&out, "  latency: p50 ", Micros(s.latency_ns.Percentile(0.5)), " p99 ",
                   Micros(s.latency_ns.Percentile(0.99)), " max ", Micros(s.latency_ns.max()), "\n");
-  if (s.guard_answered || s.duplicate_cookies) {
+  if (s.drain_transitions != 0) {
+    absl::StrAppend(&out, "  drains: ", s.drains, " completed, ", s.function_resets,
+                    " function resets, ", s.quarantines, " quarantines, epoch ", s.drain_epoch,
+                    "\n");
+  }
+  if (s.guard_answered || s.duplicate_cookies || s.stale_epoch_blocked || s.drain_unaccounted) {
     absl::StrAppend(&out, "  INVARIANT: guard answered ", s.guard_answered, ", duplicate cookies ",
-                    s.duplicate_cookies, "\n");
+                    s.duplicate_cookies, ", stale epoch blocked ", s.stale_epoch_blocked,
+                    ", drain unaccounted ", s.drain_unaccounted, "\n");
   }
   return out;
 }
@@ -150,6 +156,13 @@ std::string FormatStatsJson(std::string_view device, const DeviceStats& s) {
   field("responses_stale_dropped", s.responses_stale_dropped);
   field("guard_answered", s.guard_answered);
   field("duplicate_cookies", s.duplicate_cookies);
+  field("stale_epoch_blocked", s.stale_epoch_blocked);
+  field("drain_epoch", s.drain_epoch);
+  field("drain_transitions", s.drain_transitions);
+  field("drains", s.drains);
+  field("function_resets", s.function_resets);
+  field("quarantines", s.quarantines);
+  field("drain_unaccounted", s.drain_unaccounted);
   field("outstanding", s.outstanding());
   field("batch_p50", s.batch_records.Percentile(0.5));
   field("batch_p99", s.batch_records.Percentile(0.99));

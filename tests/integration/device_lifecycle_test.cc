@@ -259,6 +259,18 @@ TEST_F(DeviceLifecycleTest, AdoptTakesDescriptorsOverTheSocketAndDetachHandsThem
   r = admin.CallWithFds(call, {d2.iommufd, d2.theirs});
   EXPECT_EQ(r.value("error", ""), "io.iopfd.Busy") << r.dump();
 
+  // Drains need the attachments, which the owner holds in adopt mode: refused, saying why,
+  // and the device keeps being served.
+  r = admin.CallOne({{"method", "io.iopfd.Drain"}, {"parameters", {{"device", "d"}}}});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.NotSupported") << r.dump();
+  EXPECT_THAT(r["parameters"]["reason"].get<std::string>(), HasSubstr("adopt mode"));
+  r = admin.CallOne({{"method", "io.iopfd.Halt"}, {"parameters", {{"device", "d"}}}});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.NotSupported") << r.dump();
+  r = admin.CallOne({{"method", "io.iopfd.Resume"}, {"parameters", {{"device", "d"}}}});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.InvalidState") << r.dump();
+  devices = admin.CallOne({{"method", "io.iopfd.ListDevices"}});
+  for (const json& dev : devices["parameters"]["devices"]) EXPECT_EQ(dev["state"], "running");
+
   // Faults queued before Detach are answered by it; its final counters come back.
   for (int i = 0; i < 25; ++i) d.Fault(0x100000);
   r = admin.CallOne({{"method", "io.iopfd.Detach"}, {"parameters", {{"device", "d"}}}});

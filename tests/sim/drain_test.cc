@@ -101,7 +101,7 @@ TEST_F(DrainTest, OwnerThatNeverConfirmsGetsTheDeviceQuarantined) {
   ASSERT_TRUE(drain_->Drain(std::nullopt, "operator", 0).ok());
   drain_->Tick(1000);
   EXPECT_EQ(drain_->state(), DrainState::kQuarantined);
-  EXPECT_EQ(drain_->counters().quarantines, 1u);
+  EXPECT_EQ(device_->stats().quarantines, 1u);
   // Quarantined: parked (the kernel answers) and whatever is read is refused.
   Fault(std::nullopt, 0);
   Turn();
@@ -123,7 +123,7 @@ TEST_F(DrainTest, ResetParksBeforeTheFlrSoNothingStaleReachesTheFunction) {
   ASSERT_TRUE(drain_->Reset("AER", 0).ok());
   EXPECT_THAT(path_,
               ElementsAre("halting", "flushing", "resetting", "flushing", "resuming", "running"));
-  EXPECT_EQ(drain_->counters().resets, 1u);
+  EXPECT_EQ(device_->stats().function_resets, 1u);
   // The function forgot nothing it was still waiting for: every tag was answered before FLR.
   EXPECT_EQ(function_.forgotten(), 0u);
   function_.ResumeDma();

@@ -137,6 +137,9 @@ void SimKernel::Reattach(std::optional<uint32_t> pasid, uint32_t hwpt) {
 
 int SimKernel::Ioctl(int fd, unsigned long request, void* arg) {
   if (before_ioctl) before_ioctl(request);
+  if (fail_ioctl) {
+    if (int err = fail_ioctl(request); err != 0) return -err;
+  }
   switch (request) {
     case uapi::kIommuIoasAlloc: {
       if (fd != iommufd_) return -ENOTTY;

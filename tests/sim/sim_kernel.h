@@ -65,6 +65,8 @@ class SimKernel : public Syscalls {
   // Runs before every ioctl with its request number: lets a test make the function act between
   // the steps of the code under test (a device whose DMA is still running, say).
   std::function<void(unsigned long request)> before_ioctl;
+  // Runs next: a non-zero errno fails the ioctl with it (a kernel refusing a step).
+  std::function<int(unsigned long request)> fail_ioctl;
 
   // The function sends its requests (from PriDevice::IssueGroup) to the IOMMU.
   void DeliverRequests(const std::vector<PageRequest>& requests);

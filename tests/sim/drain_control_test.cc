@@ -1,0 +1,343 @@
+// The drain state machine as an operator drives it: io.iopfd.Drain, Reset, Halt and Resume on
+// the control service, over a DeviceManager serving a vfio-mode device on the simulated kernel
+// and PRI function. Checks the replies and errors, ListDevices, GetStatus, GetStats (JSON and
+// Prometheus), Monitor's state_changed events, the owner's halt deadline, and that the function
+// never sees a stale or lost answer along the way.
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "iopfd/clock.h"
+#include "iopfd/control_methods.h"
+#include "iopfd/device_manager.h"
+#include "iopfd/varlink.h"
+#include "sim_kernel.h"
+
+namespace iopfd::sim {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using Json = nlohmann::json;
+
+constexpr uint32_t kPasid = 5;
+
+// The loop's part, synchronously: serving is reading the queue and writing the answers.
+class SyncHost : public DeviceHost {
+ public:
+  void AddDevice(Device* d) override { served.push_back(d); }
+  std::optional<uint64_t> RemoveDevice(Device* d) override {
+    (void)d->ReadAvailable(~0ull, 1024);
+    (void)d->WriteQueued();
+    std::erase(served, d);
+    return d->stats().outstanding();
+  }
+  bool Quiesce(Device& /*d*/) override {
+    ++quiesces;
+    return true;
+  }
+  void Rearm(Device& /*d*/) override { ++rearms; }
+  // One loop turn for every served device.
+  void Turn() {
+    for (Device* d : served) {
+      ASSERT_TRUE(d->ReadAvailable(~0ull, 1024).ok());
+      ASSERT_TRUE(d->WriteQueued().ok());
+    }
+  }
+  std::vector<Device*> served;
+  int quiesces = 0;
+  int rearms = 0;
+};
+
+// Collects what Monitor streams.
+class Recorder : public ReplyChannel {
+ public:
+  void Send(const VarlinkReply& reply, bool /*continues*/) override {
+    replies.push_back(reply.parameters);
+  }
+  bool open() const override { return true; }
+  std::vector<Json> replies;
+};
+
+class DrainControlTest : public ::testing::Test {
+ protected:
+  void Start(DrainConfig drain) {
+    DeviceConfig config = SimVfioDevice("sim0", {std::nullopt, kPasid}, 1 << 20);
+    config.drain = drain;
+    ReloadReport r = manager_.Apply({config});
+    ASSERT_THAT(r.failed, IsEmpty());
+    manager_.on_transition = [this](const Device& d, const DrainTransition& t) {
+      events_.Publish("state_changed", d.name(), t.cause,
+                      {{"state", DrainStateName(t.to)},
+                       {"previous_state", DrainStateName(t.from)},
+                       {"epoch", t.epoch}});
+    };
+    state_.manager = &manager_;
+    state_.events = &events_;
+    state_.reload = [] { return ReloadOutcome{}; };
+    state_.stopping = [this] { return stopping_; };
+    RegisterIopfdMethods(&service_, &state_);
+    monitor_ = std::make_shared<Recorder>();
+    Json subscribed = Call("io.iopfd.Monitor", Json::object(), /*more=*/true);
+    ASSERT_EQ(subscribed["parameters"]["event"], "subscribed");
+  }
+  // Returns the reply message ({"parameters": ...} or {"error": ..., "parameters": ...}).
+  Json Call(const std::string& method, Json params, bool more = false) {
+    Json call = {{"method", method}, {"parameters", std::move(params)}};
+    if (more) call["more"] = true;
+    bool close = false;
+    Peer root{.pid = 1, .uid = 0, .gid = 0, .groups = {}};
+    std::string out = service_.Handle(call.dump(), root, &close, monitor_);
+    EXPECT_FALSE(close);
+    EXPECT_FALSE(out.empty());
+    if (out.empty()) return Json::object();
+    out.pop_back();  // the NUL
+    return Json::parse(out);
+  }
+  Json DeviceEntry() {
+    Json list = Call("io.iopfd.ListDevices", Json::object())["parameters"]["devices"];
+    EXPECT_EQ(list.size(), 1u);
+    return list.empty() ? Json::object() : list[0];
+  }
+  // The state changes Monitor streamed, as "from->to".
+  std::vector<std::string> Path() {
+    std::vector<std::string> path;
+    for (const Json& e : monitor_->replies) {
+      if (e.value("event", "") == "state_changed") {
+        path.push_back(e["previous_state"].get<std::string>() + "->" +
+                       e["state"].get<std::string>());
+      }
+    }
+    return path;
+  }
+  void Fault(std::optional<uint32_t> pasid, uint64_t page) {
+    kernel_.DeliverRequests(
+        function_.IssueGroup(pasid, 0x100000 + page * 4096, uapi::kPermRead, 1));
+  }
+  void ExpectClean() {
+    host_.Turn();
+    function_.CheckNothingLost();
+    EXPECT_THAT(function_.violations(), IsEmpty()) << function_.violations()[0].detail;
+    EXPECT_THAT(kernel_.violations(), IsEmpty());
+    for (Device* d : host_.served) EXPECT_EQ(d->stats().outstanding(), 0u);
+  }
+  const DeviceStats& Stats() { return manager_.Find("sim0")->stats(); }
+
+  PriDevice function_;
+  SimKernel kernel_{&function_};
+  SyncHost host_;
+  DeviceManager manager_{&host_, &kernel_, ListenFds(), 64};
+  EventBus events_;
+  DaemonState state_;
+  VarlinkService service_{"iopfd", "iopfd", "test", "man:iopfd(8)"};
+  std::shared_ptr<Recorder> monitor_;
+  bool stopping_ = false;
+};
+
+TEST_F(DrainControlTest, ListDevicesShowsStateEpochAndHaltMethod) {
+  Start({});
+  Json d = DeviceEntry();
+  EXPECT_EQ(d["state"], "running");
+  EXPECT_EQ(d["epoch"], 0);
+  EXPECT_EQ(d["halt"], "owner");
+}
+
+TEST_F(DrainControlTest, OwnerDrainWaitsInHaltingForHaltThenResumesWithANewEpoch) {
+  Start({HaltMethod::kOwner, 5000});
+  Fault(std::nullopt, 0);
+  Fault(kPasid, 1);
+  host_.Turn();
+  Json r = Call("io.iopfd.Drain", {{"device", "sim0"}});
+  EXPECT_EQ(r["parameters"], (Json{{"state", "halting"}, {"epoch", 0}}));
+  EXPECT_EQ(DeviceEntry()["state"], "halting");
+  // While the owner stops its DMA, faults are served as usual.
+  Fault(kPasid, 2);
+  host_.Turn();
+  EXPECT_EQ(Stats().responses_success, 3u);
+  ASSERT_TRUE(manager_.NextDeadline().has_value());
+
+  Fault(std::nullopt, 3);  // still queued when the owner confirms
+  r = Call("io.iopfd.Halt", {{"device", "sim0"}});
+  EXPECT_EQ(r["parameters"], (Json{{"state", "running"}, {"epoch", 1}}));
+  EXPECT_FALSE(manager_.NextDeadline().has_value());
+  EXPECT_EQ(host_.quiesces, 1);
+  EXPECT_EQ(host_.rearms, 1);
+  EXPECT_THAT(Path(), ElementsAre("running->halting", "halting->flushing", "flushing->resuming",
+                                  "resuming->running"));
+  // The cause names the call.
+  EXPECT_THAT(monitor_->replies[0]["detail"].get<std::string>(), HasSubstr("Drain by uid 0"));
+  Json d = DeviceEntry();
+  EXPECT_EQ(d["state"], "running");
+  EXPECT_EQ(d["epoch"], 1);
+
+  Fault(kPasid, 4);  // after the resume: resolved
+  ExpectClean();
+  EXPECT_EQ(Stats().drains, 1u);
+  EXPECT_EQ(Stats().drain_unaccounted, 0u);
+  EXPECT_EQ(Stats().stale_epoch_blocked, 0u);
+  Json stats = Call("io.iopfd.GetStats", {{"device", "sim0"}})["parameters"]["devices"][0];
+  EXPECT_EQ(stats["drain"]["drains"], 1);
+  EXPECT_EQ(stats["drain"]["epoch"], 1);
+  EXPECT_EQ(stats["drain"]["transitions"], 4);
+}
+
+TEST_F(DrainControlTest, DrainOfOnePasidParksOnlyThatAttachment) {
+  Start({HaltMethod::kOwner, 5000});
+  const uint32_t rid_hwpt = kernel_.AttachedHwpt(std::nullopt);
+  const uint32_t pasid_hwpt = kernel_.AttachedHwpt(kPasid);
+  bool pasid_parked = false, rid_touched = false;
+  kernel_.before_ioctl = [&](unsigned long) {
+    pasid_parked |= kernel_.AttachedHwpt(kPasid) != pasid_hwpt;
+    rid_touched |= kernel_.AttachedHwpt(std::nullopt) != rid_hwpt;
+  };
+  ASSERT_EQ(Call("io.iopfd.Drain", {{"device", "sim0"}, {"pasid", kPasid}})["parameters"]["state"],
+            "halting");
+  ASSERT_EQ(Call("io.iopfd.Halt", {{"device", "sim0"}})["parameters"]["state"], "running");
+  EXPECT_TRUE(pasid_parked);
+  EXPECT_FALSE(rid_touched);
+  EXPECT_EQ(kernel_.AttachedHwpt(kPasid), pasid_hwpt);  // back on its IOPF-capable HWPT
+  ExpectClean();
+}
+
+TEST_F(DrainControlTest, ResetMethodRunsToRunningInOneCall) {
+  Start({HaltMethod::kReset, 5000});
+  EXPECT_EQ(DeviceEntry()["halt"], "reset");
+  Fault(kPasid, 0);
+  host_.Turn();
+  Fault(kPasid, 1);  // queued at the reset: the park answers it, the FLR forgets it
+  Json r = Call("io.iopfd.Reset", {{"device", "sim0"}});
+  EXPECT_EQ(r["parameters"], (Json{{"state", "running"}, {"epoch", 1}}));
+  EXPECT_THAT(Path(),
+              ElementsAre("running->halting", "halting->flushing", "flushing->resetting",
+                          "resetting->flushing", "flushing->resuming", "resuming->running"));
+  EXPECT_EQ(Stats().function_resets, 1u);
+  // A Drain with the reset method is a reset too.
+  r = Call("io.iopfd.Drain", {{"device", "sim0"}});
+  EXPECT_EQ(r["parameters"], (Json{{"state", "running"}, {"epoch", 2}}));
+  EXPECT_EQ(Stats().function_resets, 2u);
+  function_.ResumeDma();  // its driver brings the reset function back up
+  Fault(std::nullopt, 2);
+  ExpectClean();
+}
+
+TEST_F(DrainControlTest, AnOwnerThatNeverConfirmsGetsTheDeviceQuarantinedUntilResume) {
+  Start({HaltMethod::kOwner, 50});
+  const uint64_t before = MonotonicNs();
+  ASSERT_EQ(Call("io.iopfd.Drain", {{"device", "sim0"}})["parameters"]["state"], "halting");
+  std::optional<uint64_t> deadline = manager_.NextDeadline();
+  ASSERT_TRUE(deadline.has_value());
+  EXPECT_GE(*deadline, before + 50'000'000);
+  manager_.Tick(*deadline - 1);
+  EXPECT_EQ(DeviceEntry()["state"], "halting");
+  manager_.Tick(*deadline);
+  EXPECT_EQ(DeviceEntry()["state"], "quarantined");
+  EXPECT_EQ(Call("io.iopfd.GetStatus", Json::object())["parameters"]["health"], "degraded");
+  EXPECT_FALSE(manager_.NextDeadline().has_value());
+
+  // Quarantined: page requests are halted (parked); nothing is mapped for them.
+  Fault(kPasid, 0);
+  host_.Turn();
+  EXPECT_EQ(Stats().responses_success, 0u);
+  // A late Halt does not bring it back; Resume does.
+  Json late = Call("io.iopfd.Halt", {{"device", "sim0"}});
+  EXPECT_EQ(late["error"], "io.iopfd.InvalidState");
+  EXPECT_EQ(late["parameters"]["state"], "quarantined");
+  Json r = Call("io.iopfd.Resume", {{"device", "sim0"}});
+  EXPECT_EQ(r["parameters"], (Json{{"state", "running"}, {"epoch", 1}}));
+  EXPECT_EQ(Call("io.iopfd.GetStatus", Json::object())["parameters"]["health"], "ok");
+  Fault(kPasid, 1);
+  ExpectClean();
+  EXPECT_EQ(Stats().responses_success, 1u);
+  EXPECT_EQ(Stats().quarantines, 1u);
+}
+
+TEST_F(DrainControlTest, HaltOnARunningDeviceHoldsItUntilResume) {
+  Start({});
+  Json r = Call("io.iopfd.Halt", {{"device", "sim0"}});
+  EXPECT_EQ(r["parameters"], (Json{{"state", "halted"}, {"epoch", 0}}));
+  EXPECT_EQ(Call("io.iopfd.GetStatus", Json::object())["parameters"]["health"], "ok");
+  Json again = Call("io.iopfd.Drain", {{"device", "sim0"}});
+  EXPECT_EQ(again["error"], "io.iopfd.InvalidState");
+  EXPECT_EQ(again["parameters"]["state"], "halted");
+  r = Call("io.iopfd.Resume", {{"device", "sim0"}});
+  EXPECT_EQ(r["parameters"], (Json{{"state", "running"}, {"epoch", 1}}));
+  Fault(std::nullopt, 0);
+  ExpectClean();
+}
+
+TEST_F(DrainControlTest, ErrorsNameWhatIsWrong) {
+  Start({});
+  Json r = Call("io.iopfd.Drain", {{"device", "nope"}});
+  EXPECT_EQ(r["error"], "io.iopfd.NoSuchDevice");
+  EXPECT_EQ(r["parameters"]["device"], "nope");
+  r = Call("io.iopfd.Drain", {{"device", "sim0"}, {"pasid", 7}});
+  EXPECT_EQ(r["error"], "io.iopfd.NoSuchPasid");
+  EXPECT_EQ(r["parameters"], (Json{{"device", "sim0"}, {"pasid", 7}}));
+  for (Json bad : {Json(0), Json(1 << 20), Json(-1), Json("5"), Json(1.5)}) {
+    r = Call("io.iopfd.Drain", {{"device", "sim0"}, {"pasid", bad}});
+    EXPECT_EQ(r["error"], "org.varlink.service.InvalidParameter") << bad;
+    EXPECT_EQ(r["parameters"]["parameter"], "pasid");
+  }
+  r = Call("io.iopfd.Reset", {{"device", "sim0"}, {"pasid", 5}});
+  EXPECT_EQ(r["error"], "org.varlink.service.InvalidParameter");
+  r = Call("io.iopfd.Resume", {{"device", "sim0"}});
+  EXPECT_EQ(r["error"], "io.iopfd.InvalidState");
+  EXPECT_EQ(r["parameters"]["state"], "running");
+  EXPECT_THAT(r["parameters"]["reason"].get<std::string>(), HasSubstr("cannot resume"));
+  r = Call("io.iopfd.Drain", {});
+  EXPECT_EQ(r["error"], "org.varlink.service.InvalidParameter");
+  stopping_ = true;
+  r = Call("io.iopfd.Drain", {{"device", "sim0"}});
+  EXPECT_EQ(r["error"], "io.iopfd.Busy");
+  EXPECT_THAT(Path(), IsEmpty());  // nothing changed state
+}
+
+TEST_F(DrainControlTest, AFailedParkQuarantinesAndSaysWhichStep) {
+  Start({HaltMethod::kReset, 5000});
+  // Refuse VFIO's attach (the park's replace) from here on.
+  kernel_.fail_ioctl = [](unsigned long request) {
+    return request == uapi::kVfioDeviceAttachIommufdPt ? EBUSY : 0;
+  };
+  Json r = Call("io.iopfd.Reset", {{"device", "sim0"}});
+  EXPECT_EQ(r["error"], "io.iopfd.DrainFailed");
+  EXPECT_EQ(r["parameters"]["state"], "quarantined");
+  EXPECT_THAT(r["parameters"]["error"].get<std::string>(), HasSubstr("park"));
+  EXPECT_EQ(Stats().quarantines, 1u);
+  kernel_.fail_ioctl = nullptr;
+  EXPECT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+  Fault(kPasid, 0);
+  ExpectClean();
+}
+
+TEST_F(DrainControlTest, PrometheusShowsStateAndDrainCounters) {
+  Start({HaltMethod::kReset, 5000});
+  ASSERT_EQ(Call("io.iopfd.Reset", {{"device", "sim0"}})["parameters"]["state"], "running");
+  std::string text = Call("io.iopfd.GetStats", {{"format", "prometheus"}})["parameters"]["text"]
+                         .get<std::string>();
+  EXPECT_THAT(text, HasSubstr("iopfd_device_state{device=\"sim0\",state=\"running\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("iopfd_drains_total{device=\"sim0\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("iopfd_function_resets_total{device=\"sim0\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("iopfd_drain_epoch{device=\"sim0\"} 1\n"));
+  EXPECT_THAT(
+      text,
+      HasSubstr(
+          "iopfd_invariant_violations_total{device=\"sim0\",kind=\"stale_epoch_blocked\"} 0\n"));
+}
+
+TEST_F(DrainControlTest, RemovingADeviceMidDrainForgetsItsDrain) {
+  Start({HaltMethod::kOwner, 50});
+  ASSERT_EQ(Call("io.iopfd.Drain", {{"device", "sim0"}})["parameters"]["state"], "halting");
+  ASSERT_TRUE(manager_.NextDeadline().has_value());
+  ReloadReport r = manager_.Apply({});
+  EXPECT_THAT(r.removed, ElementsAre("sim0"));
+  EXPECT_FALSE(manager_.NextDeadline().has_value());
+  EXPECT_EQ(manager_.DrainOf("sim0"), nullptr);
+  EXPECT_EQ(Call("io.iopfd.Halt", {{"device", "sim0"}})["error"], "io.iopfd.NoSuchDevice");
+}
+
+}  // namespace
+}  // namespace iopfd::sim
