@@ -57,8 +57,12 @@ struct RegionConfig {
 
 // The IO virtual address space of one PASID (or of requests without a PASID).
 struct SpaceConfig {
-  std::optional<uint32_t> pasid;      // nullopt: the no-PASID space
-  uint32_t ioas_id = 0;               // adopt mode: the IOAS the owner allocated; vfio mode: unused
+  std::optional<uint32_t> pasid;  // nullopt: the no-PASID space
+  uint32_t ioas_id = 0;           // adopt mode: the IOAS the owner allocated; vfio mode: unused
+  // Adopt mode with a way to switch attachments (adopt.device_fd or adopt.switch_module): the
+  // IOPF-capable HWPT the owner attached for this space, which a drain parks and puts back.
+  // 0 otherwise.
+  uint32_t hwpt_id = 0;
   std::vector<RegionConfig> regions;  // sorted by iova, non-overlapping after validation
   SourceLocation where;
 };
@@ -67,6 +71,15 @@ struct AdoptConfig {
   std::string iommufd_fd;  // LISTEN_FDNAMES name of the inherited iommufd
   std::string fault_fd;    // LISTEN_FDNAMES name of the inherited fault queue fd
   uint32_t device_id = 0;  // the iommufd device object id the fault records carry
+  // Optional ways for iopfd to switch the device's attachments (drains), at most one:
+  // the VFIO device cdev fd the owner bound to the iommufd (LISTEN_FDNAMES name; also allows
+  // halt = "reset"), or a switch module (a shared object implementing
+  // iopfd/switch_module.h) and the target string it is given.
+  std::string device_fd;
+  std::string switch_module;
+  std::string switch_target;
+  // Returns true when iopfd can park the device's attachments.
+  bool can_switch() const { return !device_fd.empty() || !switch_module.empty(); }
 };
 
 struct VfioConfig {

@@ -84,6 +84,7 @@ class Device {
                                                         Syscalls* sys, uint32_t read_records);
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
+  ~Device();
 
   const std::string& name() const { return name_; }
   AttachMode mode() const { return mode_; }
@@ -120,10 +121,13 @@ class Device {
   // abandoned (and counted), and reading stops too: nothing read could be answered.
   bool write_failed() const { return write_failed_; }
   void MarkWriteFailed() { write_failed_ = read_failed_ = true; }
-  // --- Draining (vfio mode: iopfd owns the attachments).
-  // Returns true when the device can be parked: vfio mode, where each attachment has a
-  // fault-less "park" HWPT over the same IOAS next to its IOPF-capable one.
-  bool can_park() const { return vfio_.has_value(); }
+  // --- Draining.
+  // Returns true when the device can be parked: each attachment has a fault-less "park" HWPT
+  // over the same IOAS next to its IOPF-capable one, and iopfd can switch between them: vfio
+  // mode, or adopt mode with adopt.device_fd or adopt.switch_module.
+  bool can_park() const { return switch_ != nullptr; }
+  // Returns true when ResetFunction can work (iopfd holds the VFIO device fd).
+  bool can_reset() const { return vfio_.has_value(); }
   // Parks `which` attachment (every one when nullopt): replaces its IOPF-capable HWPT by its
   // park HWPT. The kernel then answers INVALID to every group of it, queued or read
   // (docs/KERNEL_FACTS.md section 2), so the answers iopfd still holds for it are dropped
@@ -136,13 +140,13 @@ class Device {
   absl::Status Unpark(std::optional<AttachmentKey> which);
   // Returns true when the attachment (or, for nullopt, any) is parked.
   bool parked(std::optional<AttachmentKey> which) const;
-  // VFIO_DEVICE_RESET. FailedPrecondition in adopt mode.
+  // VFIO_DEVICE_RESET. FailedPrecondition without the VFIO device fd.
   absl::Status ResetFunction();
   // While quarantined, every request is answered INVALID (reason refused) and nothing is
   // mapped; parked spaces refuse requests too (InvalidReason::kRefused).
   void SetQuarantined(bool quarantined);
   bool quarantined() const { return quarantined_; }
-  // The attachments' keys (vfio mode), in configuration order.
+  // The attachments' keys (when it can park), in configuration order.
   std::vector<AttachmentKey> attachment_keys() const {
     std::vector<AttachmentKey> keys;
     for (const Attachment& a : attachments_) keys.push_back(a.key);
@@ -171,7 +175,9 @@ class Device {
   // Declaration order is teardown order reversed: the processor goes first, the iommufd last,
   // so nothing refers to an fd or mapping that is already gone.
   std::optional<Iommufd> iommufd_;
-  std::optional<VfioDevice> vfio_;
+  std::optional<VfioDevice> vfio_;        // vfio mode, or adopt mode with adopt.device_fd
+  std::unique_ptr<ModuleSwitch> module_;  // adopt mode with adopt.switch_module
+  AttachmentSwitch* switch_ = nullptr;    // one of the two, when the device can park
   UniqueFd fault_fd_;
   std::vector<Backing> backings_;
   std::unique_ptr<SpaceTable> spaces_;
@@ -180,7 +186,10 @@ class Device {
   std::unique_ptr<IommufdMapper> mapper_;
   std::unique_ptr<FaultProcessor> processor_;
   std::vector<uapi::PageFault> read_buffer_;
-  // vfio mode: each attachment's two HWPTs and whether it is parked.
+  // Adopt mode: destroys the park HWPTs iopfd allocated in the owner's iommufd (its own
+  // objects would otherwise outlive the device there). One still attached is left, logged.
+  void DestroyParkHwpts();
+  // Each attachment's two HWPTs and whether it is parked (when it can park).
   struct Attachment {
     AttachmentKey key;
     std::optional<uint32_t> pasid;

@@ -3,6 +3,7 @@
 #define IOPFD_IOMMUFD_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -63,8 +64,43 @@ class IommufdMapper : public Mapper {
   Iommufd* iommufd_;
 };
 
-// A VFIO device cdev bound to an iommufd (vfio attach mode).
-class VfioDevice {
+// What switches a device's attachments between HWPTs (drains park and unpark through it).
+class AttachmentSwitch {
+ public:
+  virtual ~AttachmentSwitch() = default;
+  // Attaches hwpt to the device (on `pasid` when given), replacing the HWPT attached there.
+  // Errors name the device, the operation and the errno.
+  virtual absl::Status Attach(HwptId hwpt, std::optional<uint32_t> pasid) = 0;
+};
+
+// A switch module (iopfd/switch_module.h) the owner of an adopt-mode device provides.
+class ModuleSwitch : public AttachmentSwitch {
+ public:
+  // Loads the module at `path` through sys. Errors: FailedPrecondition naming the device, the
+  // path and what dlopen/dlsym said.
+  static absl::StatusOr<std::unique_ptr<ModuleSwitch>> Load(Syscalls* sys, std::string name,
+                                                            const std::string& path,
+                                                            std::string target, int iommufd,
+                                                            DeviceId device);
+  absl::Status Attach(HwptId hwpt, std::optional<uint32_t> pasid) override;
+
+ private:
+  ModuleSwitch(iopfd_switch_attachment_fn fn, std::string name, std::string path,
+               std::string target, int iommufd, DeviceId device)
+      : fn_(fn),
+        name_(std::move(name)),
+        path_(std::move(path)),
+        target_(std::move(target)),
+        iommufd_(iommufd),
+        device_(device) {}
+  iopfd_switch_attachment_fn fn_;
+  std::string name_, path_, target_;
+  int iommufd_;
+  DeviceId device_;
+};
+
+// A VFIO device cdev bound to an iommufd (vfio attach mode, or handed over in adopt mode).
+class VfioDevice : public AttachmentSwitch {
  public:
   // Opens `cdev` (/dev/vfio/devices/vfioN) and binds it to iommufd (VFIO_DEVICE_BIND_IOMMUFD).
   // Errors name the device, the step and the errno.
@@ -73,11 +109,17 @@ class VfioDevice {
   // VFIO_DEVICE_ATTACH_IOMMUFD_PT of hwpt, on `pasid` when given (VFIO_DEVICE_ATTACH_PASID).
   // On an attached device or PASID this replaces the HWPT (a different one: attaching the same
   // HWPT again does nothing at all, docs/KERNEL_FACTS.md section 1).
-  absl::Status Attach(HwptId hwpt, std::optional<uint32_t> pasid);
+  absl::Status Attach(HwptId hwpt, std::optional<uint32_t> pasid) override;
   // VFIO_DEVICE_RESET: a function level reset (or the device's own). The function forgets the
   // page request tags it issued; the kernel answers nothing on its behalf (park first).
   absl::Status Reset();
   DeviceId id() const { return id_; }
+  // Wraps a device fd its owner opened and bound to the iommufd as device `id` (adopt mode).
+  static VfioDevice FromFd(UniqueFd fd, Syscalls* sys, std::string name, DeviceId id) {
+    return VfioDevice(std::move(fd), sys, std::move(name), id);
+  }
+  // Gives the fd back (adopt mode hands it on); unusable afterwards.
+  UniqueFd ReleaseFd() { return std::move(fd_); }
 
  private:
   VfioDevice(UniqueFd fd, Syscalls* sys, std::string name, DeviceId id)

@@ -7,6 +7,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+
+#include "iopfd/switch_module.h"
 
 namespace iopfd {
 
@@ -26,6 +29,10 @@ class Syscalls {
   // go through io_uring). Return the byte count, or -errno.
   virtual ssize_t Read(int fd, void* buf, size_t len) = 0;
   virtual ssize_t Write(int fd, const void* buf, size_t len) = 0;
+  // Loads an attachment switch module (dlopen, kept loaded for the process's life) and returns
+  // its IOPFD_SWITCH_SYMBOL, or nullptr with *error saying why (dlerror's text).
+  virtual iopfd_switch_attachment_fn LoadSwitchModule(const std::string& path,
+                                                      std::string* error) = 0;
 };
 
 // Returns the process-wide implementation that calls the kernel.

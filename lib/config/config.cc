@@ -300,8 +300,8 @@ std::optional<std::string> FdNameProblem(std::string_view name) {
 
 std::optional<std::string> GetFdName(Reporter& rep, const toml::table& table,
                                      std::string_view prefix, std::string_view key,
-                                     const toml::node** node_out) {
-  auto field = GetString(rep, table, prefix, key, /*required=*/true);
+                                     const toml::node** node_out, bool required = true) {
+  auto field = GetString(rep, table, prefix, key, required);
   if (!field) return std::nullopt;
   if (auto problem = FdNameProblem(field->value)) {
     rep.At(*field->node, Cat(JoinPath(prefix, key), ": file descriptor name ", Quote(field->value),
@@ -559,7 +559,7 @@ void SortAndCheckOverlaps(Reporter& rep, const std::string& space_path,
 void ParseSpace(Reporter& rep, const toml::table& table, const std::string& prefix,
                 std::optional<AttachMode> mode, const DeviceLimits& limits, bool check_backings,
                 SpaceConfig* space, const toml::node** pasid_node, bool* pasid_present) {
-  CheckKeys(rep, table, prefix, {"pasid", "ioas_id", "region"});
+  CheckKeys(rep, table, prefix, {"pasid", "ioas_id", "hwpt_id", "region"});
   space->where = rep.Where(table);
   *pasid_present = table.contains("pasid");
   if (auto pasid = GetInt(rep, table, prefix, "pasid", /*required=*/false, 1, kMaxPasid)) {
@@ -574,6 +574,15 @@ void ParseSpace(Reporter& rep, const toml::table& table, const std::string& pref
   } else if (auto ioas =
                  GetInt(rep, table, prefix, "ioas_id", mode == AttachMode::kAdopt, 1, kMaxU32)) {
     space->ioas_id = static_cast<uint32_t>(ioas->value);
+  }
+  // hwpt_id: whether it is required depends on [adopt] (checked once both are parsed).
+  if (mode == AttachMode::kVfio) {
+    if (const toml::node* hwpt = table.get("hwpt_id")) {
+      rep.At(*hwpt, Cat(JoinPath(prefix, "hwpt_id"),
+                        ": not allowed with attach = \"vfio\" (iopfd allocates the HWPTs)"));
+    }
+  } else if (auto hwpt = GetInt(rep, table, prefix, "hwpt_id", /*required=*/false, 1, kMaxU32)) {
+    space->hwpt_id = static_cast<uint32_t>(hwpt->value);
   }
 
   std::vector<ParsedRegion> regions;
@@ -591,7 +600,8 @@ void ParseSpace(Reporter& rep, const toml::table& table, const std::string& pref
 }
 
 void ParseAdopt(Reporter& rep, const toml::table& table, AdoptConfig* adopt) {
-  CheckKeys(rep, table, "adopt", {"iommufd_fd", "fault_fd", "device_id"});
+  CheckKeys(rep, table, "adopt",
+            {"iommufd_fd", "fault_fd", "device_id", "device_fd", "switch_module", "switch_target"});
   const toml::node* iommufd_node = nullptr;
   const toml::node* fault_node = nullptr;
   if (auto name = GetFdName(rep, table, "adopt", "iommufd_fd", &iommufd_node)) {
@@ -606,6 +616,36 @@ void ParseAdopt(Reporter& rep, const toml::table& table, AdoptConfig* adopt) {
   }
   if (auto id = GetInt(rep, table, "adopt", "device_id", /*required=*/true, 1, kMaxU32)) {
     adopt->device_id = static_cast<uint32_t>(id->value);
+  }
+  const toml::node* device_node = nullptr;
+  if (auto name = GetFdName(rep, table, "adopt", "device_fd", &device_node, /*required=*/false)) {
+    if (*name == adopt->iommufd_fd || *name == adopt->fault_fd) {
+      rep.At(*device_node, Cat("adopt.device_fd: must differ from adopt.iommufd_fd and "
+                               "adopt.fault_fd (got ",
+                               Quote(*name), ")"));
+    } else {
+      adopt->device_fd = *name;
+    }
+  }
+  const auto module = GetString(rep, table, "adopt", "switch_module", /*required=*/false);
+  const auto target = GetString(rep, table, "adopt", "switch_target", /*required=*/false);
+  if (module) {
+    if (module->value.empty() || module->value[0] != '/') {
+      rep.At(*module->node,
+             Cat("adopt.switch_module: must be an absolute path (got ", Quote(module->value), ")"));
+    } else if (device_node != nullptr) {
+      rep.At(*module->node,
+             "adopt.switch_module: not with adopt.device_fd (one way to switch attachments)");
+    } else {
+      adopt->switch_module = module->value;
+    }
+  }
+  if (target) {
+    if (!module) {
+      rep.At(*target->node, "adopt.switch_target: only with adopt.switch_module");
+    } else {
+      adopt->switch_target = target->value;
+    }
   }
 }
 
@@ -657,17 +697,17 @@ void ParseLimits(Reporter& rep, const toml::table& table, DeviceLimits* limits) 
 }
 
 void ParseDrain(Reporter& rep, const toml::table& table, std::optional<AttachMode> mode,
-                DrainConfig* drain) {
+                const AdoptConfig& adopt, DrainConfig* drain) {
   CheckKeys(rep, table, "drain", {"halt", "halt_timeout_ms"});
   if (auto halt = GetString(rep, table, "drain", "halt", /*required=*/false)) {
     if (halt->value == "owner") {
       drain->halt = HaltMethod::kOwner;
     } else if (halt->value == "reset") {
-      // The reset is VFIO_DEVICE_RESET on the device fd, which only vfio mode holds.
-      if (mode == AttachMode::kAdopt) {
+      // The reset is VFIO_DEVICE_RESET on the device fd: vfio mode, or adopt.device_fd.
+      if (mode == AttachMode::kAdopt && adopt.device_fd.empty()) {
         rep.At(*halt->node,
-               "drain.halt: \"reset\" needs the VFIO device fd (attach = \"vfio\"); in adopt "
-               "mode the owner stops the device (\"owner\")");
+               "drain.halt: \"reset\" needs the VFIO device fd (attach = \"vfio\", or "
+               "adopt.device_fd); otherwise the owner stops the device (\"owner\")");
       } else {
         drain->halt = HaltMethod::kReset;
       }
@@ -738,7 +778,7 @@ void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backing
     ParseLimits(rep, *limits, &device.limits);
   }
   if (const toml::table* drain = GetTable(rep, root, "", "drain")) {
-    ParseDrain(rep, *drain, mode, &device.drain);
+    ParseDrain(rep, *drain, mode, device.adopt, &device.drain);
   }
 
   const std::vector<const toml::table*> tables = GetTableArray(rep, root, "", "space", "[[space]]");
@@ -772,6 +812,23 @@ void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backing
     device.spaces.push_back(std::move(space));
   }
 
+  // Parking puts the owner's IOPF-capable HWPT back afterwards: iopfd must know it.
+  if (device.mode == AttachMode::kAdopt) {
+    for (size_t i = 0; i < device.spaces.size(); ++i) {
+      const SpaceConfig& space = device.spaces[i];
+      if (device.adopt.can_switch() && space.hwpt_id == 0) {
+        rep.At(space.where, Cat("space[", i, "].hwpt_id: required with adopt.",
+                                device.adopt.device_fd.empty() ? "switch_module" : "device_fd",
+                                " (the IOPF-capable HWPT the owner attached, which a drain "
+                                "puts back)"));
+      } else if (!device.adopt.can_switch() && space.hwpt_id != 0) {
+        rep.At(space.where, Cat("space[", i,
+                                "].hwpt_id: only with adopt.device_fd or adopt.switch_module "
+                                "(iopfd cannot switch attachments without one)"));
+      }
+    }
+  }
+
   // A region's inherited fd must be memory: naming the device's own iommufd or fault queue there
   // would hand that file to the map call.
   if (device.mode == AttachMode::kAdopt) {
@@ -780,7 +837,9 @@ void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backing
         if (r.backing != BackingKind::kInheritedFd) continue;
         const char* clash = r.fd_name == device.adopt.iommufd_fd ? "adopt.iommufd_fd"
                             : r.fd_name == device.adopt.fault_fd ? "adopt.fault_fd"
-                                                                 : nullptr;
+                            : !device.adopt.device_fd.empty() && r.fd_name == device.adopt.device_fd
+                                ? "adopt.device_fd"
+                                : nullptr;
         if (clash != nullptr) {
           rep.At(r.where,
                  Cat("region backing: fd ", Quote(r.fd_name), " is ", clash, ", not memory"));
@@ -1142,14 +1201,15 @@ bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b) {
            x.prefetch == y.prefetch && x.page_size == y.page_size;
   };
   auto same_space = [&](const SpaceConfig& x, const SpaceConfig& y) {
-    return x.pasid == y.pasid && x.ioas_id == y.ioas_id &&
+    return x.pasid == y.pasid && x.ioas_id == y.ioas_id && x.hwpt_id == y.hwpt_id &&
            std::equal(x.regions.begin(), x.regions.end(), y.regions.begin(), y.regions.end(),
                       same_region);
   };
   return a.name == b.name && a.mode == b.mode && a.adopt.iommufd_fd == b.adopt.iommufd_fd &&
          a.adopt.fault_fd == b.adopt.fault_fd && a.adopt.device_id == b.adopt.device_id &&
-         a.vfio.cdev == b.vfio.cdev && a.vfio.pci == b.vfio.pci &&
-         a.limits.max_group_records == b.limits.max_group_records &&
+         a.adopt.device_fd == b.adopt.device_fd && a.adopt.switch_module == b.adopt.switch_module &&
+         a.adopt.switch_target == b.adopt.switch_target && a.vfio.cdev == b.vfio.cdev &&
+         a.vfio.pci == b.vfio.pci && a.limits.max_group_records == b.limits.max_group_records &&
          a.limits.max_fault_map_bytes == b.limits.max_fault_map_bytes &&
          a.drain.halt == b.drain.halt && a.drain.halt_timeout_ms == b.drain.halt_timeout_ms &&
          std::equal(a.spaces.begin(), a.spaces.end(), b.spaces.begin(), b.spaces.end(), same_space);

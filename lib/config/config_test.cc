@@ -459,10 +459,11 @@ access = "r"
           "dev.toml:3:1: colour: unknown key (expected one of name, attach, adopt, vfio, limits, "
           "drain, space)",
           "dev.toml:8:1: adopt.fault: unknown key (expected one of iommufd_fd, fault_fd, "
-          "device_id)",
+          "device_id, device_fd, switch_module, switch_target)",
           "dev.toml:10:1: limits.max_records: unknown key (expected one of max_group_records, "
           "max_fault_map_bytes)",
-          "dev.toml:13:1: space[0].pasdi: unknown key (expected one of pasid, ioas_id, region)",
+          "dev.toml:13:1: space[0].pasdi: unknown key (expected one of pasid, ioas_id, hwpt_id, "
+          "region)",
           "dev.toml:16:1: space[0].region[0].sise: unknown key (expected one of iova, size, "
           "backing, offset, access, prefetch)",
           "dev.toml:20:2: extra: unknown key (expected one of name, attach, adopt, vfio, limits, "
@@ -525,7 +526,84 @@ backing = "anonymous"
 access = "r"
 )"),
               ElementsAre("dev.toml:8:8: drain.halt: \"reset\" needs the VFIO device fd (attach = "
-                          "\"vfio\"); in adopt mode the owner stops the device (\"owner\")"));
+                          "\"vfio\", or adopt.device_fd); otherwise the owner stops the device "
+                          "(\"owner\")"));
+}
+
+constexpr char kAdoptSwitchable[] = R"(name = "dsa0"
+attach = "adopt"
+[adopt]
+iommufd_fd = "i"
+fault_fd = "f"
+device_id = 3
+%s
+[drain]
+halt = "reset"
+[[space]]
+ioas_id = 2
+%s
+[[space.region]]
+iova = 0x1000
+size = 4096
+backing = "anonymous"
+access = "r"
+)";
+
+std::string Switchable(const std::string& adopt_line, const std::string& space_line) {
+  std::string t = kAdoptSwitchable;
+  t.replace(t.find("%s"), 2, adopt_line);
+  t.replace(t.find("%s"), 2, space_line);
+  return t;
+}
+
+TEST(DeviceDrainTest, AdoptWithTheDeviceFdMayResetAndNeedsTheOwnersHwpt) {
+  LoadResult r = Parse(Switchable("device_fd = \"d\"", "hwpt_id = 9"));
+  ASSERT_THAT(ErrorStrings(r), IsEmpty());
+  const DeviceConfig& d = r.config.devices[0];
+  EXPECT_EQ(d.adopt.device_fd, "d");
+  EXPECT_TRUE(d.adopt.can_switch());
+  EXPECT_EQ(d.drain.halt, HaltMethod::kReset);
+  EXPECT_EQ(d.spaces[0].hwpt_id, 9u);
+  EXPECT_THAT(Errors(Switchable("device_fd = \"d\"", "")),
+              ElementsAre("dev.toml:10:1: space[0].hwpt_id: required with adopt.device_fd (the "
+                          "IOPF-capable HWPT the owner attached, which a drain puts back)"));
+  EXPECT_THAT(Errors(Switchable("device_fd = \"f\"", "hwpt_id = 9")),
+              ElementsAre(HasSubstr("dev.toml:7:13: adopt.device_fd: must differ from "
+                                    "adopt.iommufd_fd and adopt.fault_fd"),
+                          HasSubstr("drain.halt: \"reset\" needs the VFIO device fd"),
+                          HasSubstr("space[0].hwpt_id: only with")));
+}
+
+TEST(DeviceDrainTest, AdoptWithASwitchModuleParksButCannotReset) {
+  LoadResult r =
+      Parse(Switchable("switch_module = \"/usr/lib/x.so\"\nswitch_target = \"7\"", "hwpt_id = 9"));
+  EXPECT_THAT(ErrorStrings(r),
+              ElementsAre(HasSubstr("drain.halt: \"reset\" needs the VFIO device fd")));
+  std::string ok =
+      Switchable("switch_module = \"/usr/lib/x.so\"\nswitch_target = \"7\"", "hwpt_id = 9");
+  ok.replace(ok.find("halt = \"reset\""), 14, "halt = \"owner\"");
+  r = Parse(ok);
+  ASSERT_THAT(ErrorStrings(r), IsEmpty());
+  EXPECT_EQ(r.config.devices[0].adopt.switch_module, "/usr/lib/x.so");
+  EXPECT_EQ(r.config.devices[0].adopt.switch_target, "7");
+  ok.replace(ok.find("/usr/lib/x.so"), 13, "x.so");
+  EXPECT_THAT(Errors(ok), ElementsAre(HasSubstr("adopt.switch_module: must be an absolute path "
+                                                "(got \"x.so\")"),
+                                      HasSubstr("space[0].hwpt_id: only with")));
+}
+
+TEST(DeviceDrainTest, HwptIdOnlyWhereIopfdCanSwitch) {
+  std::string t = Switchable("", "hwpt_id = 9");
+  t.replace(t.find("halt = \"reset\""), 14, "halt = \"owner\"");
+  EXPECT_THAT(Errors(t), ElementsAre(HasSubstr("space[0].hwpt_id: only with adopt.device_fd or "
+                                               "adopt.switch_module")));
+  EXPECT_THAT(Errors(std::string(kVfioHead).insert(std::string(kVfioHead).find("[[space.region]]"),
+                                                   "hwpt_id = 3\n")),
+              ElementsAre(HasSubstr("space[0].hwpt_id: not allowed with attach = \"vfio\"")));
+  EXPECT_THAT(Errors(Switchable("switch_target = \"7\"\ndevice_fd = \"d\"", "hwpt_id = 9")),
+              ElementsAre(HasSubstr("adopt.switch_target: only with adopt.switch_module")));
+  EXPECT_THAT(Errors(Switchable("switch_module = \"/m.so\"\ndevice_fd = \"d\"", "hwpt_id = 9")),
+              ElementsAre(HasSubstr("adopt.switch_module: not with adopt.device_fd")));
 }
 
 TEST(DeviceDrainTest, ChangingTheDrainSettingsIsAChange) {

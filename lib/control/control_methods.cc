@@ -173,6 +173,15 @@ VarlinkReply Adopt(DaemonState* state, const VarlinkCall& call, const Peer& peer
       }
     }
   }
+  // Likewise a switch module: a path iopfd would load into itself. Only a device file (root's)
+  // may name one.
+  if (!config.adopt.switch_module.empty()) {
+    return VarlinkReply::Error(
+        "io.iopfd.InvalidConfig",
+        {{"errors", json::array({"<Adopt config>: adopt.switch_module is not accepted over "
+                                 "Adopt (a path iopfd would load); pass the VFIO device fd as "
+                                 "adopt.device_fd, or name the module in a device file"})}});
+  }
   ListenFds fds;
   for (size_t i = 0; i < names.size(); ++i) fds.Add(names[i], std::move((*call.fds)[i]));
   absl::Status st = state->manager->Adopt(config, std::move(fds));

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "iopfd/clock.h"
 #include "iopfd/errors.h"
+#include "iopfd/log.h"
 #include "iopfd/uapi.h"
 
 namespace iopfd {
@@ -99,6 +100,33 @@ absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records)
     d->fault_fd_ = *std::move(fault);
     dev_id = DeviceId(config.adopt.device_id);
     for (size_t i = 0; i < config.spaces.size(); ++i) ioas[i] = IoasId(config.spaces[i].ioas_id);
+    if (!config.adopt.device_fd.empty()) {
+      auto dev_fd = fds->Take(config.adopt.device_fd);
+      if (!dev_fd.ok())
+        return absl::NotFoundError(
+            absl::StrCat(name, ": device_fd: ", std::string(dev_fd.status().message())));
+      d->vfio_.emplace(VfioDevice::FromFd(*std::move(dev_fd), sys, name, dev_id));
+      d->switch_ = &*d->vfio_;
+    } else if (!config.adopt.switch_module.empty()) {
+      auto module = ModuleSwitch::Load(sys, name, config.adopt.switch_module,
+                                       config.adopt.switch_target, d->iommufd_->fd(), dev_id);
+      if (!module.ok()) return module.status();
+      d->module_ = *std::move(module);
+      d->switch_ = d->module_.get();
+    }
+    if (d->switch_ != nullptr) {
+      // The owner's HWPTs were allocated PASID-capable when it uses PASIDs (the kernel insists
+      // every domain of such a device is); the park HWPTs must match.
+      bool uses_pasid = false;
+      for (const SpaceConfig& s : config.spaces) uses_pasid |= s.pasid.has_value();
+      for (size_t i = 0; i < config.spaces.size(); ++i) {
+        const SpaceConfig& s = config.spaces[i];
+        auto park = d->iommufd_->HwptAlloc(dev_id, ioas[i], FaultId(), uses_pasid);
+        if (!park.ok()) return park.status();
+        d->attachments_.push_back(
+            {s.pasid ? *s.pasid : kNoPasidAttachment, s.pasid, HwptId(s.hwpt_id), *park, false});
+      }
+    }
   } else {
     std::string cdev = config.vfio.cdev;
     if (cdev.empty()) {
@@ -114,6 +142,7 @@ absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records)
     auto vfio = VfioDevice::Bind(sys, name, cdev, *d->iommufd_);
     if (!vfio.ok()) return vfio.status();
     d->vfio_.emplace(*std::move(vfio));
+    d->switch_ = &*d->vfio_;
     dev_id = d->vfio_->id();
     auto fault = d->iommufd_->FaultQueueAlloc();
     if (!fault.ok()) return fault.status();
@@ -171,11 +200,36 @@ absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records)
   return absl::OkStatus();
 }
 
+Device::~Device() {
+  if (mode_ == AttachMode::kAdopt) DestroyParkHwpts();
+}
+
+void Device::DestroyParkHwpts() {
+  if (!iommufd_ || iommufd_->fd() < 0) return;
+  for (Attachment& a : attachments_) {
+    if (!a.park.valid()) continue;
+    absl::Status st = iommufd_->Destroy(a.park.value());
+    if (!st.ok()) {
+      // Still attached (the device is left parked, say after a quarantine): the owner's replace
+      // or its closing the iommufd frees it.
+      Log(LogLevel::kWarning,
+          absl::StrCat(std::string(st.message()), " (park HWPT ", a.park.value(),
+                       a.parked ? ", still attached" : "", ")"));
+    }
+    a.park = HwptId();
+  }
+}
+
 void Device::ReleaseFds(ListenFds* pool) {
   // The iommufd and fault fd are inherited in adopt mode only; fd: backings in either mode.
   if (mode_ == AttachMode::kAdopt) {
+    DestroyParkHwpts();  // while iopfd still holds the iommufd
     if (iommufd_ && iommufd_->fd() >= 0) pool->Add(config_.adopt.iommufd_fd, iommufd_->ReleaseFd());
     if (fault_fd_.valid()) pool->Add(config_.adopt.fault_fd, std::move(fault_fd_));
+    if (vfio_ && !config_.adopt.device_fd.empty()) {
+      UniqueFd fd = vfio_->ReleaseFd();
+      if (fd.valid()) pool->Add(config_.adopt.device_fd, std::move(fd));
+    }
   }
   // backings_ holds one entry per region, in configuration order.
   size_t i = 0;
@@ -190,9 +244,11 @@ void Device::ReleaseFds(ListenFds* pool) {
 }
 
 absl::Status Device::Park(std::optional<AttachmentKey> which) {
-  if (!vfio_) {
+  if (switch_ == nullptr) {
     return absl::FailedPreconditionError(
-        name_ + ": cannot park: the attachments belong to the owner (adopt mode)");
+        name_ +
+        ": cannot park: the attachments belong to the owner (adopt mode without "
+        "adopt.device_fd or adopt.switch_module)");
   }
   if (responses_->write_in_flight()) {
     return absl::FailedPreconditionError(name_ + ": cannot park with a response write in flight");
@@ -202,7 +258,7 @@ absl::Status Device::Park(std::optional<AttachmentKey> which) {
     if (which && a.key != *which) continue;
     found = true;
     if (a.parked) continue;
-    absl::Status st = vfio_->Attach(a.park, a.pasid);
+    absl::Status st = switch_->Attach(a.park, a.pasid);
     if (!st.ok()) return st;
     a.parked = true;
     SetRefusing(a.pasid, true);
@@ -219,16 +275,18 @@ absl::Status Device::Park(std::optional<AttachmentKey> which) {
 }
 
 absl::Status Device::Unpark(std::optional<AttachmentKey> which) {
-  if (!vfio_) {
+  if (switch_ == nullptr) {
     return absl::FailedPreconditionError(
-        name_ + ": cannot unpark: the attachments belong to the owner (adopt mode)");
+        name_ +
+        ": cannot unpark: the attachments belong to the owner (adopt mode without "
+        "adopt.device_fd or adopt.switch_module)");
   }
   bool found = false;
   for (Attachment& a : attachments_) {
     if (which && a.key != *which) continue;
     found = true;
     if (!a.parked) continue;
-    absl::Status st = vfio_->Attach(a.iopf, a.pasid);
+    absl::Status st = switch_->Attach(a.iopf, a.pasid);
     if (!st.ok()) return st;
     a.parked = false;
     if (!quarantined_) SetRefusing(a.pasid, false);

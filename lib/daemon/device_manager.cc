@@ -15,6 +15,7 @@ std::vector<std::string> FdNamesOf(const DeviceConfig& c) {
   if (c.mode != AttachMode::kAdopt) return names;
   names.push_back(c.adopt.iommufd_fd);
   names.push_back(c.adopt.fault_fd);
+  if (!c.adopt.device_fd.empty()) names.push_back(c.adopt.device_fd);
   for (const SpaceConfig& s : c.spaces) {
     for (const RegionConfig& r : s.regions) {
       if (r.backing == BackingKind::kInheritedFd) names.push_back(r.fd_name);

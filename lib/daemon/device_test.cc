@@ -75,6 +75,11 @@ class FakeSyscalls : public Syscalls {
     if (auto it = open_fail.find(path); it != open_fail.end()) return -it->second;
     return NewFd();
   }
+  iopfd_switch_attachment_fn LoadSwitchModule(const std::string& path,
+                                              std::string* error) override {
+    *error = path + ": no modules in this test";
+    return nullptr;
+  }
   ssize_t Read(int fd, void* buf, size_t len) override { return RealSyscalls().Read(fd, buf, len); }
   ssize_t Write(int fd, const void* buf, size_t len) override {
     return RealSyscalls().Write(fd, buf, len);
@@ -259,7 +264,9 @@ TEST(DeviceAttachTest, EachVfioStepNamesItselfOnFailure) {
 DeviceConfig AdoptDevice() {
   DeviceConfig d = VfioDevice(false);
   d.mode = AttachMode::kAdopt;
-  d.adopt = {"vmm-iommufd", "vmm-fault", 5};
+  d.adopt.iommufd_fd = "vmm-iommufd";
+  d.adopt.fault_fd = "vmm-fault";
+  d.adopt.device_id = 5;
   d.spaces[0].ioas_id = 2;
   d.spaces[0].regions[0].backing = BackingKind::kInheritedFd;
   d.spaces[0].regions[0].fd_name = "guest-ram";

@@ -67,8 +67,16 @@ absl::Status DrainController::Start(Goal goal, std::optional<AttachmentKey> scop
   if (!device_->can_park()) {
     return absl::UnimplementedError(
         absl::StrCat(device_->name(),
-                     ": drains need the device's attachments (vfio mode); in adopt mode "
-                     "the owner holds them"));
+                     ": drains need a way to switch the device's attachments: vfio mode, or "
+                     "in adopt mode adopt.device_fd or adopt.switch_module (without them the "
+                     "owner holds the attachments)"));
+  }
+  const bool resets = goal == Goal::kReset || options_.halt == HaltMethod::kReset;
+  if (resets && !device_->can_reset()) {
+    return absl::UnimplementedError(absl::StrCat(
+        device_->name(),
+        ": a reset needs the VFIO device fd (vfio mode, or adopt.device_fd); this device's "
+        "attachments switch through its switch module, which cannot reset it"));
   }
   if (state_ != DrainState::kRunning) return Refuse(goal == Goal::kReset ? "reset" : "drain");
   if (scope) {

@@ -135,6 +135,36 @@ absl::Status VfioDevice::Attach(HwptId hwpt, std::optional<uint32_t> pasid) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<ModuleSwitch>> ModuleSwitch::Load(Syscalls* sys, std::string name,
+                                                                 const std::string& path,
+                                                                 std::string target, int iommufd,
+                                                                 DeviceId device) {
+  std::string error;
+  iopfd_switch_attachment_fn fn = sys->LoadSwitchModule(path, &error);
+  if (fn == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(name, ": switch module ", path, ": ", error));
+  }
+  return std::unique_ptr<ModuleSwitch>(
+      new ModuleSwitch(fn, std::move(name), path, std::move(target), iommufd, device));
+}
+
+absl::Status ModuleSwitch::Attach(HwptId hwpt, std::optional<uint32_t> pasid) {
+  iopfd_switch_request req{};
+  req.size = sizeof(req);
+  req.iommufd = iommufd_;
+  req.target = target_.c_str();
+  req.device_id = device_.value();
+  req.pasid = pasid.value_or(IOPFD_SWITCH_NO_PASID);
+  req.hwpt_id = hwpt.value();
+  int rc = fn_(&req);
+  if (rc < 0) {
+    return ErrnoStatus(-rc, name_,
+                       absl::StrCat("switch module ", path_, " (HWPT ", hwpt.value(),
+                                    pasid ? absl::StrCat(", pasid ", *pasid) : std::string(), ")"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status VfioDevice::Reset() {
   int rc = sys_->Ioctl(fd_.get(), uapi::kVfioDeviceReset, nullptr);
   if (rc < 0) return ErrnoStatus(-rc, name_, "VFIO_DEVICE_RESET");

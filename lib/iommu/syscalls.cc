@@ -1,5 +1,6 @@
 #include "iopfd/syscalls.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -43,6 +44,23 @@ class Real final : public Syscalls {
   ssize_t Write(int fd, const void* buf, size_t len) override {
     ssize_t n = ::write(fd, buf, len);
     return n < 0 ? -errno : n;
+  }
+  iopfd_switch_attachment_fn LoadSwitchModule(const std::string& path,
+                                              std::string* error) override {
+    // RTLD_NOW: an unresolved symbol fails here, at attach, not in the middle of a drain.
+    // Never dlclose'd: a module is small, and unloading code a later drain may call is worse.
+    void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      const char* why = ::dlerror();
+      *error = why != nullptr ? why : "dlopen failed";
+      return nullptr;
+    }
+    void* sym = ::dlsym(handle, IOPFD_SWITCH_SYMBOL);
+    if (sym == nullptr) {
+      *error = path + ": does not export " IOPFD_SWITCH_SYMBOL;
+      return nullptr;
+    }
+    return reinterpret_cast<iopfd_switch_attachment_fn>(sym);  // NOLINT: dlsym's contract
   }
 };
 

@@ -316,6 +316,13 @@ TEST_F(DeviceLifecycleTest, AdoptRefusesWhatDoesNotAddUp) {
   EXPECT_EQ(r.value("error", ""), "io.iopfd.InvalidConfig") << r.dump();
   EXPECT_THAT(r["parameters"]["errors"][0].get<std::string>(),
               HasSubstr("<Adopt config>:11:3: file: backings are not accepted over Adopt"));
+  // So is a switch module: a path iopfd would load into itself.
+  std::string with_module = DeviceText("d", "switch_module = \"/tmp/evil.so\"\n");
+  with_module.replace(with_module.find("ioas_id = 1"), 11, "ioas_id = 1\nhwpt_id = 4");
+  r = adopt({{"config", with_module}, {"fds", {"d.iommufd", "d.fault"}}}, {d.iommufd, d.theirs});
+  EXPECT_EQ(r.value("error", ""), "io.iopfd.InvalidConfig") << r.dump();
+  EXPECT_THAT(r["parameters"]["errors"][0].get<std::string>(),
+              HasSubstr("adopt.switch_module is not accepted over Adopt"));
   // A vfio device is configured in devices.d, not adopted.
   r = adopt({{"config",
               "name = \"v\"\nattach = \"vfio\"\n[vfio]\ncdev = \"/dev/vfio/devices/"

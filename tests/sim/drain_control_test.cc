@@ -70,6 +70,9 @@ class DrainControlTest : public ::testing::Test {
     config.drain = drain;
     ReloadReport r = manager_.Apply({config});
     ASSERT_THAT(r.failed, IsEmpty());
+    StartService();
+  }
+  void StartService() {
     manager_.on_transition = [this](const Device& d, const DrainTransition& t) {
       events_.Publish("state_changed", d.name(), t.cause,
                       {{"state", DrainStateName(t.to)},
@@ -326,6 +329,72 @@ TEST_F(DrainControlTest, PrometheusShowsStateAndDrainCounters) {
       text,
       HasSubstr(
           "iopfd_invariant_violations_total{device=\"sim0\",kind=\"stale_epoch_blocked\"} 0\n"));
+}
+
+// Adopt mode: the owner (a VMM) set the device up and hands iopfd its fds. With the VFIO
+// device fd, iopfd parks through it and can reset; with a switch module it parks through the
+// module and cannot reset.
+class AdoptDrainTest : public DrainControlTest {
+ protected:
+  void Adopt(bool with_device_fd, DrainConfig drain) {
+    ListenFds fds;
+    DeviceConfig c =
+        kernel_.SetUpAsOwner("sim0", {std::nullopt, kPasid}, 1 << 20, with_device_fd, &fds);
+    c.drain = drain;
+    hwpts_before_ = kernel_.hwpt_count();
+    ASSERT_TRUE(manager_.Adopt(c, std::move(fds)).ok());
+    StartService();
+  }
+  size_t hwpts_before_ = 0;
+};
+
+TEST_F(AdoptDrainTest, WithTheDeviceFdItDrainsAndResets) {
+  Adopt(/*with_device_fd=*/true, {HaltMethod::kOwner, 5000});
+  EXPECT_EQ(kernel_.hwpt_count(), hwpts_before_ + 2);  // a park HWPT per attachment
+  Fault(std::nullopt, 0);
+  Fault(kPasid, 1);
+  host_.Turn();
+  Fault(kPasid, 2);  // queued when the drain parks
+  ASSERT_EQ(Call("io.iopfd.Drain", {{"device", "sim0"}})["parameters"]["state"], "halting");
+  EXPECT_EQ(Call("io.iopfd.Halt", {{"device", "sim0"}})["parameters"],
+            (Json{{"state", "running"}, {"epoch", 1}}));
+  Fault(kPasid, 3);
+  host_.Turn();
+  Json r = Call("io.iopfd.Reset", {{"device", "sim0"}});
+  EXPECT_EQ(r["parameters"]["state"], "halting");  // the owner still stops it first
+  EXPECT_EQ(Call("io.iopfd.Halt", {{"device", "sim0"}})["parameters"],
+            (Json{{"state", "running"}, {"epoch", 2}}));
+  EXPECT_EQ(Stats().function_resets, 1u);
+  function_.ResumeDma();
+  Fault(std::nullopt, 4);
+  ExpectClean();
+  // Detach hands the fds back and destroys what iopfd allocated in the owner's iommufd.
+  ASSERT_TRUE(manager_.Detach("sim0").ok());
+  EXPECT_EQ(kernel_.hwpt_count(), hwpts_before_);
+}
+
+TEST_F(AdoptDrainTest, WithASwitchModuleItDrainsButCannotReset) {
+  Adopt(/*with_device_fd=*/false, {HaltMethod::kOwner, 5000});
+  Fault(kPasid, 0);
+  host_.Turn();
+  ASSERT_EQ(Call("io.iopfd.Drain", {{"device", "sim0"}})["parameters"]["state"], "halting");
+  ASSERT_EQ(Call("io.iopfd.Halt", {{"device", "sim0"}})["parameters"]["state"], "running");
+  EXPECT_EQ(kernel_.switch_calls(), 4);  // park and unpark, of each attachment
+  Json r = Call("io.iopfd.Reset", {{"device", "sim0"}});
+  EXPECT_EQ(r["error"], "io.iopfd.NotSupported");
+  EXPECT_THAT(r["parameters"]["reason"].get<std::string>(), HasSubstr("switch module"));
+  EXPECT_EQ(DeviceEntry()["state"], "running");
+  Fault(std::nullopt, 1);
+  ExpectClean();
+}
+
+TEST_F(AdoptDrainTest, AMissingModuleFailsTheAttachNamingIt) {
+  ListenFds fds;
+  DeviceConfig c = kernel_.SetUpAsOwner("sim0", {std::nullopt}, 1 << 20, false, &fds);
+  c.adopt.switch_module = "/nonexistent/switch.so";
+  absl::Status st = manager_.Adopt(c, std::move(fds));
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("sim0: switch module /nonexistent/switch.so: "));
 }
 
 TEST_F(DrainControlTest, RemovingADeviceMidDrainForgetsItsDrain) {

@@ -349,6 +349,92 @@ uint32_t SimKernel::AttachedHwpt(std::optional<uint32_t> pasid) const {
   return it == attached_.end() ? 0 : it->second;
 }
 
+namespace {
+SimKernel* g_switch_kernel = nullptr;  // the kernel the simulated switch module acts on
+}  // namespace
+
+int SimKernel::SwitchModuleEntry(const iopfd_switch_request* req) {
+  SimKernel* k = g_switch_kernel;
+  if (k == nullptr || req == nullptr || req->size < sizeof(iopfd_switch_request)) return -EINVAL;
+  ++k->switch_calls_;
+  // What an owner's module does: a replace on the device it names, by its own means (here the
+  // VFIO attach ioctl on the owner's device fd).
+  uapi::VfioDeviceAttachIommufdPt cmd{};
+  cmd.argsz = sizeof(cmd);
+  cmd.pt_id = req->hwpt_id;
+  if (req->pasid != IOPFD_SWITCH_NO_PASID) {
+    cmd.flags = uapi::kVfioDeviceAttachPasid;
+    cmd.pasid = req->pasid;
+  }
+  if (req->device_id != k->dev_id_) return -ENODEV;
+  return k->Ioctl(k->vfio_fd_, uapi::kVfioDeviceAttachIommufdPt, &cmd);
+}
+
+iopfd_switch_attachment_fn SimKernel::LoadSwitchModule(const std::string& path,
+                                                       std::string* error) {
+  if (path != kSwitchModule) {
+    *error = path + ": cannot open shared object file: No such file or directory";
+    return nullptr;
+  }
+  g_switch_kernel = this;
+  return &SwitchModuleEntry;
+}
+
+DeviceConfig SimKernel::SetUpAsOwner(const std::string& name,
+                                     const std::vector<std::optional<uint32_t>>& pasids,
+                                     uint64_t size, bool with_device_fd, ListenFds* fds) {
+  DeviceConfig c = SimVfioDevice(name, pasids, size);
+  c.mode = AttachMode::kAdopt;
+  c.vfio = {};
+  int iommufd = Open("/dev/iommu", 0);
+  int vfio = Open(kCdev, 0);
+  uapi::VfioDeviceBindIommufd bind{};
+  bind.argsz = sizeof(bind);
+  bind.iommufd = iommufd;
+  Ioctl(vfio, uapi::kVfioDeviceBindIommufd, &bind);
+  uapi::IommuFaultAlloc fault{};
+  fault.size = sizeof(fault);
+  Ioctl(iommufd, uapi::kIommuFaultQueueAlloc, &fault);
+  for (SpaceConfig& sp : c.spaces) {
+    uapi::IommuIoasAlloc ioas{};
+    ioas.size = sizeof(ioas);
+    Ioctl(iommufd, uapi::kIommuIoasAlloc, &ioas);
+    uapi::IommuHwptAlloc hwpt{};
+    hwpt.size = sizeof(hwpt);
+    hwpt.flags = uapi::kHwptFaultIdValid;
+    hwpt.dev_id = bind.out_devid;
+    hwpt.pt_id = ioas.out_ioas_id;
+    hwpt.fault_id = fault.out_fault_id;
+    Ioctl(iommufd, uapi::kIommuHwptAlloc, &hwpt);
+    uapi::VfioDeviceAttachIommufdPt attach{};
+    attach.argsz = sizeof(attach);
+    attach.pt_id = hwpt.out_hwpt_id;
+    if (sp.pasid) {
+      attach.flags = uapi::kVfioDeviceAttachPasid;
+      attach.pasid = *sp.pasid;
+    }
+    Ioctl(vfio, uapi::kVfioDeviceAttachIommufdPt, &attach);
+    sp.ioas_id = ioas.out_ioas_id;
+    sp.hwpt_id = hwpt.out_hwpt_id;
+  }
+  c.adopt.iommufd_fd = name + ".iommufd";
+  c.adopt.fault_fd = name + ".fault";
+  c.adopt.device_id = bind.out_devid;
+  fds->Add(c.adopt.iommufd_fd, UniqueFd(iommufd));
+  fds->Add(c.adopt.fault_fd, UniqueFd(static_cast<int>(fault.out_fault_fd)));
+  if (with_device_fd) {
+    c.adopt.device_fd = name + ".device";
+    fds->Add(c.adopt.device_fd, UniqueFd(vfio));
+  } else {
+    c.adopt.switch_module = kSwitchModule;
+    c.adopt.switch_target = name;
+    // The owner keeps its device fd (closed with the kernel); the simulated module uses the
+    // kernel's record of it.
+    spare_.push_back(vfio);
+  }
+  return c;
+}
+
 DeviceConfig SimVfioDevice(const std::string& name,
                            const std::vector<std::optional<uint32_t>>& pasids, uint64_t size) {
   DeviceConfig c;

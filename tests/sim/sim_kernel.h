@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "iopfd/config.h"
+#include "iopfd/device.h"
 #include "iopfd/syscalls.h"
 #include "iopfd/uapi.h"
 #include "pri_device.h"
@@ -61,6 +62,21 @@ class SimKernel : public Syscalls {
   void Unmap(void* addr, uint64_t length) override;
   ssize_t Read(int fd, void* buf, size_t len) override;
   ssize_t Write(int fd, const void* buf, size_t len) override;
+  // kSwitchModule is a module that switches attachments the way an owner without a VFIO fd
+  // would (here: a replace on the simulated device); any other path fails as dlopen would.
+  iopfd_switch_attachment_fn LoadSwitchModule(const std::string& path, std::string* error) override;
+  static constexpr const char* kSwitchModule = "/usr/lib/sim/switch.so";
+  // Calls of the switch module so far.
+  int switch_calls() const { return switch_calls_; }
+
+  // Sets the device up as its owner (a VMM) would for adopt mode: opens /dev/iommu, binds the
+  // VFIO device, allocates an IOAS, a fault queue and an IOPF-capable HWPT per entry of
+  // `pasids` and attaches them. Returns the device configuration (adopt mode, the same regions
+  // as SimVfioDevice) and puts the iommufd, fault fd and, when `with_device_fd`, the VFIO fd
+  // into *fds under the names it uses; otherwise it names kSwitchModule.
+  DeviceConfig SetUpAsOwner(const std::string& name,
+                            const std::vector<std::optional<uint32_t>>& pasids, uint64_t size,
+                            bool with_device_fd, ListenFds* fds);
 
   // Runs before every ioctl with its request number: lets a test make the function act between
   // the steps of the code under test (a device whose DMA is still running, say).
@@ -92,6 +108,8 @@ class SimKernel : public Syscalls {
   }
   // The HWPT attached for pasid (nullopt: the no-PASID attachment), 0 when none.
   uint32_t AttachedHwpt(std::optional<uint32_t> pasid) const;
+  // The number of HWPTs that exist.
+  size_t hwpt_count() const { return hwpts_.size(); }
   // Mappings made through IOMMU_IOAS_MAP(_FILE), as (ioas, iova) -> length.
   const std::map<std::pair<uint32_t, uint64_t>, uint64_t>& mappings() const { return mappings_; }
 
@@ -137,6 +155,8 @@ class SimKernel : public Syscalls {
   std::map<uint32_t, std::vector<PageRequest>> partial_;
   std::map<std::pair<uint32_t, uint64_t>, uint64_t> mappings_;
   uint64_t auto_responses_ = 0, refused_responses_ = 0;
+  int switch_calls_ = 0;
+  static int SwitchModuleEntry(const iopfd_switch_request* req);
 };
 
 // Returns the configuration of a vfio-mode device on SimKernel's cdev: one rw anonymous region
