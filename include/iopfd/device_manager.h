@@ -25,7 +25,7 @@ namespace iopfd {
 // tests): serving devices, and stopping and restarting a device's reading for its drains.
 class DeviceHost : public DrainIo {
  public:
-  virtual ~DeviceHost() = default;
+  ~DeviceHost() override = default;
   // Starts serving d; d stays alive until RemoveDevice(d) returned.
   virtual void AddDevice(Device* d) = 0;
   // Stops serving d after answering everything read from it. Returns the number of groups
