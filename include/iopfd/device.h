@@ -126,8 +126,9 @@ class Device {
   // over the same IOAS next to its IOPF-capable one, and iopfd can switch between them: vfio
   // mode, or adopt mode with adopt.device_fd or adopt.switch_module.
   bool can_park() const { return switch_ != nullptr; }
-  // Returns true when ResetFunction can work (iopfd holds the VFIO device fd).
-  bool can_reset() const { return vfio_.has_value(); }
+  // Returns true when ResetFunction can work (iopfd holds the VFIO device fd, or the switch
+  // module exports a reset).
+  bool can_reset() const { return switch_ != nullptr && switch_->can_reset(); }
   // Parks `which` attachment (every one when nullopt): replaces its IOPF-capable HWPT by its
   // park HWPT. The kernel then answers INVALID to every group of it, queued or read
   // (docs/KERNEL_FACTS.md section 2), so the answers iopfd still holds for it are dropped
@@ -140,7 +141,7 @@ class Device {
   absl::Status Unpark(std::optional<AttachmentKey> which);
   // Returns true when the attachment (or, for nullopt, any) is parked.
   bool parked(std::optional<AttachmentKey> which) const;
-  // VFIO_DEVICE_RESET. FailedPrecondition without the VFIO device fd.
+  // VFIO_DEVICE_RESET (or the switch module's reset). FailedPrecondition when !can_reset().
   absl::Status ResetFunction();
   // While quarantined, every request is answered INVALID (reason refused) and nothing is
   // mapped; parked spaces refuse requests too (InvalidReason::kRefused).

@@ -71,6 +71,11 @@ class AttachmentSwitch {
   // Attaches hwpt to the device (on `pasid` when given), replacing the HWPT attached there.
   // Errors name the device, the operation and the errno.
   virtual absl::Status Attach(HwptId hwpt, std::optional<uint32_t> pasid) = 0;
+  // Returns true when Reset can work.
+  virtual bool can_reset() const = 0;
+  // Resets the function (it forgets its page request tags). Errors name the device, the
+  // operation and the errno; FailedPrecondition when it cannot reset.
+  virtual absl::Status Reset() = 0;
 };
 
 // A switch module (iopfd/switch_module.h) the owner of an adopt-mode device provides.
@@ -83,17 +88,20 @@ class ModuleSwitch : public AttachmentSwitch {
                                                             std::string target, int iommufd,
                                                             DeviceId device);
   absl::Status Attach(HwptId hwpt, std::optional<uint32_t> pasid) override;
+  bool can_reset() const override { return module_.reset != nullptr; }
+  absl::Status Reset() override;
 
  private:
-  ModuleSwitch(iopfd_switch_attachment_fn fn, std::string name, std::string path,
+  ModuleSwitch(Syscalls::SwitchModule module, std::string name, std::string path,
                std::string target, int iommufd, DeviceId device)
-      : fn_(fn),
+      : module_(module),
         name_(std::move(name)),
         path_(std::move(path)),
         target_(std::move(target)),
         iommufd_(iommufd),
         device_(device) {}
-  iopfd_switch_attachment_fn fn_;
+  iopfd_switch_request Request(HwptId hwpt, std::optional<uint32_t> pasid) const;
+  Syscalls::SwitchModule module_;
   std::string name_, path_, target_;
   int iommufd_;
   DeviceId device_;
@@ -112,7 +120,8 @@ class VfioDevice : public AttachmentSwitch {
   absl::Status Attach(HwptId hwpt, std::optional<uint32_t> pasid) override;
   // VFIO_DEVICE_RESET: a function level reset (or the device's own). The function forgets the
   // page request tags it issued; the kernel answers nothing on its behalf (park first).
-  absl::Status Reset();
+  absl::Status Reset() override;
+  bool can_reset() const override { return true; }
   DeviceId id() const { return id_; }
   // Wraps a device fd its owner opened and bound to the iommufd as device `id` (adopt mode).
   static VfioDevice FromFd(UniqueFd fd, Syscalls* sys, std::string name, DeviceId id) {

@@ -36,6 +36,13 @@ struct iopfd_switch_request {
 typedef int (*iopfd_switch_attachment_fn)(const struct iopfd_switch_request* request);
 #define IOPFD_SWITCH_SYMBOL "iopfd_switch_attachment"
 
+/* Optional. Resets the function (a function level reset or the device's own), so that it
+ * forgets the page request tags it issued; called between the park and the resume of a Reset
+ * (every attachment is parked by then). pasid and hwpt_id are unused. Returns 0 or a negative
+ * errno. Without it, Reset (and halt = "reset") is refused for the device. */
+typedef int (*iopfd_reset_function_fn)(const struct iopfd_switch_request* request);
+#define IOPFD_RESET_SYMBOL "iopfd_reset_function"
+
 #ifdef __cplusplus
 }
 #endif

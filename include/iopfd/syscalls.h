@@ -29,10 +29,14 @@ class Syscalls {
   // go through io_uring). Return the byte count, or -errno.
   virtual ssize_t Read(int fd, void* buf, size_t len) = 0;
   virtual ssize_t Write(int fd, const void* buf, size_t len) = 0;
+  // What a switch module exports (reset is optional: nullptr when absent).
+  struct SwitchModule {
+    iopfd_switch_attachment_fn attach = nullptr;
+    iopfd_reset_function_fn reset = nullptr;
+  };
   // Loads an attachment switch module (dlopen, kept loaded for the process's life) and returns
-  // its IOPFD_SWITCH_SYMBOL, or nullptr with *error saying why (dlerror's text).
-  virtual iopfd_switch_attachment_fn LoadSwitchModule(const std::string& path,
-                                                      std::string* error) = 0;
+  // its entry points; attach is nullptr, with *error saying why (dlerror's text), on failure.
+  virtual SwitchModule LoadSwitchModule(const std::string& path, std::string* error) = 0;
 };
 
 // Returns the process-wide implementation that calls the kernel.

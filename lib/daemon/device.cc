@@ -320,11 +320,11 @@ bool Device::parked(std::optional<AttachmentKey> which) const {
 }
 
 absl::Status Device::ResetFunction() {
-  if (!vfio_) {
+  if (!can_reset()) {
     return absl::FailedPreconditionError(
-        name_ + ": cannot reset: the device belongs to the owner (adopt mode)");
+        name_ + ": cannot reset: iopfd holds no VFIO device fd and no switch module reset");
   }
-  return vfio_->Reset();
+  return switch_->Reset();
 }
 
 absl::Status Device::ReadAvailable(uint64_t deadline_ns, uint32_t max_records) {

@@ -75,10 +75,9 @@ class FakeSyscalls : public Syscalls {
     if (auto it = open_fail.find(path); it != open_fail.end()) return -it->second;
     return NewFd();
   }
-  iopfd_switch_attachment_fn LoadSwitchModule(const std::string& path,
-                                              std::string* error) override {
+  SwitchModule LoadSwitchModule(const std::string& path, std::string* error) override {
     *error = path + ": no modules in this test";
-    return nullptr;
+    return {};
   }
   ssize_t Read(int fd, void* buf, size_t len) override { return RealSyscalls().Read(fd, buf, len); }
   ssize_t Write(int fd, const void* buf, size_t len) override {

@@ -75,8 +75,8 @@ absl::Status DrainController::Start(Goal goal, std::optional<AttachmentKey> scop
   if (resets && !device_->can_reset()) {
     return absl::UnimplementedError(absl::StrCat(
         device_->name(),
-        ": a reset needs the VFIO device fd (vfio mode, or adopt.device_fd); this device's "
-        "attachments switch through its switch module, which cannot reset it"));
+        ": a reset needs the VFIO device fd (vfio mode, or adopt.device_fd) or a switch "
+        "module that exports " IOPFD_RESET_SYMBOL "; this device's switch module does not"));
   }
   if (state_ != DrainState::kRunning) return Refuse(goal == Goal::kReset ? "reset" : "drain");
   if (scope) {

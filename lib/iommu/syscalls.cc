@@ -45,22 +45,23 @@ class Real final : public Syscalls {
     ssize_t n = ::write(fd, buf, len);
     return n < 0 ? -errno : n;
   }
-  iopfd_switch_attachment_fn LoadSwitchModule(const std::string& path,
-                                              std::string* error) override {
+  SwitchModule LoadSwitchModule(const std::string& path, std::string* error) override {
     // RTLD_NOW: an unresolved symbol fails here, at attach, not in the middle of a drain.
     // Never dlclose'd: a module is small, and unloading code a later drain may call is worse.
     void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (handle == nullptr) {
       const char* why = ::dlerror();
       *error = why != nullptr ? why : "dlopen failed";
-      return nullptr;
+      return {};
     }
-    void* sym = ::dlsym(handle, IOPFD_SWITCH_SYMBOL);
-    if (sym == nullptr) {
-      *error = path + ": does not export " IOPFD_SWITCH_SYMBOL;
-      return nullptr;
-    }
-    return reinterpret_cast<iopfd_switch_attachment_fn>(sym);  // NOLINT: dlsym's contract
+    SwitchModule m;
+    // dlsym's contract: the symbol's address, to be cast to the type the module declares.
+    m.attach = reinterpret_cast<iopfd_switch_attachment_fn>(  // NOLINT
+        ::dlsym(handle, IOPFD_SWITCH_SYMBOL));
+    m.reset = reinterpret_cast<iopfd_reset_function_fn>(  // NOLINT
+        ::dlsym(handle, IOPFD_RESET_SYMBOL));
+    if (m.attach == nullptr) *error = path + ": does not export " IOPFD_SWITCH_SYMBOL;
+    return m;
   }
 };
 

@@ -341,11 +341,13 @@ class AdoptDrainTest : public DrainControlTest {
     DeviceConfig c =
         kernel_.SetUpAsOwner("sim0", {std::nullopt, kPasid}, 1 << 20, with_device_fd, &fds);
     c.drain = drain;
+    if (no_reset_) c.adopt.switch_module = SimKernel::kSwitchModuleNoReset;
     hwpts_before_ = kernel_.hwpt_count();
     ASSERT_TRUE(manager_.Adopt(c, std::move(fds)).ok());
     StartService();
   }
   size_t hwpts_before_ = 0;
+  bool no_reset_ = false;
 };
 
 TEST_F(AdoptDrainTest, WithTheDeviceFdItDrainsAndResets) {
@@ -373,7 +375,22 @@ TEST_F(AdoptDrainTest, WithTheDeviceFdItDrainsAndResets) {
   EXPECT_EQ(kernel_.hwpt_count(), hwpts_before_);
 }
 
-TEST_F(AdoptDrainTest, WithASwitchModuleItDrainsButCannotReset) {
+TEST_F(AdoptDrainTest, WithASwitchModuleThatResetsItResets) {
+  Adopt(/*with_device_fd=*/false, {HaltMethod::kReset, 5000});
+  Fault(kPasid, 0);
+  host_.Turn();
+  Fault(kPasid, 1);  // queued at the reset
+  EXPECT_EQ(Call("io.iopfd.Reset", {{"device", "sim0"}})["parameters"],
+            (Json{{"state", "running"}, {"epoch", 1}}));
+  EXPECT_EQ(kernel_.switch_calls(), 5);  // park x2, reset, unpark x2
+  EXPECT_EQ(Stats().function_resets, 1u);
+  function_.ResumeDma();
+  Fault(std::nullopt, 2);
+  ExpectClean();
+}
+
+TEST_F(AdoptDrainTest, WithASwitchModuleWithoutResetItDrainsButCannotReset) {
+  no_reset_ = true;
   Adopt(/*with_device_fd=*/false, {HaltMethod::kOwner, 5000});
   Fault(kPasid, 0);
   host_.Turn();
@@ -382,7 +399,8 @@ TEST_F(AdoptDrainTest, WithASwitchModuleItDrainsButCannotReset) {
   EXPECT_EQ(kernel_.switch_calls(), 4);  // park and unpark, of each attachment
   Json r = Call("io.iopfd.Reset", {{"device", "sim0"}});
   EXPECT_EQ(r["error"], "io.iopfd.NotSupported");
-  EXPECT_THAT(r["parameters"]["reason"].get<std::string>(), HasSubstr("switch module"));
+  EXPECT_THAT(r["parameters"]["reason"].get<std::string>(),
+              HasSubstr("a switch module that exports iopfd_reset_function"));
   EXPECT_EQ(DeviceEntry()["state"], "running");
   Fault(std::nullopt, 1);
   ExpectClean();

@@ -370,14 +370,23 @@ int SimKernel::SwitchModuleEntry(const iopfd_switch_request* req) {
   return k->Ioctl(k->vfio_fd_, uapi::kVfioDeviceAttachIommufdPt, &cmd);
 }
 
-iopfd_switch_attachment_fn SimKernel::LoadSwitchModule(const std::string& path,
-                                                       std::string* error) {
-  if (path != kSwitchModule) {
+int SimKernel::ResetModuleEntry(const iopfd_switch_request* req) {
+  SimKernel* k = g_switch_kernel;
+  if (k == nullptr || req == nullptr || req->device_id != k->dev_id_) return -ENODEV;
+  ++k->switch_calls_;
+  return k->Ioctl(k->vfio_fd_, uapi::kVfioDeviceReset, nullptr);
+}
+
+Syscalls::SwitchModule SimKernel::LoadSwitchModule(const std::string& path, std::string* error) {
+  if (path != kSwitchModule && path != kSwitchModuleNoReset) {
     *error = path + ": cannot open shared object file: No such file or directory";
-    return nullptr;
+    return {};
   }
   g_switch_kernel = this;
-  return &SwitchModuleEntry;
+  SwitchModule m;
+  m.attach = &SwitchModuleEntry;
+  if (path == kSwitchModule) m.reset = &ResetModuleEntry;
+  return m;
 }
 
 DeviceConfig SimKernel::SetUpAsOwner(const std::string& name,

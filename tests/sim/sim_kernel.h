@@ -62,10 +62,12 @@ class SimKernel : public Syscalls {
   void Unmap(void* addr, uint64_t length) override;
   ssize_t Read(int fd, void* buf, size_t len) override;
   ssize_t Write(int fd, const void* buf, size_t len) override;
-  // kSwitchModule is a module that switches attachments the way an owner without a VFIO fd
-  // would (here: a replace on the simulated device); any other path fails as dlopen would.
-  iopfd_switch_attachment_fn LoadSwitchModule(const std::string& path, std::string* error) override;
+  // kSwitchModule is a module that switches attachments (and resets the function) the way an
+  // owner without a VFIO fd would (here: through the simulated device); kSwitchModuleNoReset
+  // switches only; any other path fails as dlopen would.
+  SwitchModule LoadSwitchModule(const std::string& path, std::string* error) override;
   static constexpr const char* kSwitchModule = "/usr/lib/sim/switch.so";
+  static constexpr const char* kSwitchModuleNoReset = "/usr/lib/sim/switch-noreset.so";
   // Calls of the switch module so far.
   int switch_calls() const { return switch_calls_; }
 
@@ -157,6 +159,7 @@ class SimKernel : public Syscalls {
   uint64_t auto_responses_ = 0, refused_responses_ = 0;
   int switch_calls_ = 0;
   static int SwitchModuleEntry(const iopfd_switch_request* req);
+  static int ResetModuleEntry(const iopfd_switch_request* req);
 };
 
 // Returns the configuration of a vfio-mode device on SimKernel's cdev: one rw anonymous region

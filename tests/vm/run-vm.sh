@@ -20,6 +20,9 @@ while (($#)); do
   esac
 done
 [ -x "$iopfd" ] || { echo "run-vm: --iopfd must name the built iopfd binary" >&2; exit 2; }
+# iopfctl is built next to iopfd; the drain cases drive iopfd with it.
+iopfctl="$(dirname "$iopfd")/iopfctl"
+[ -x "$iopfctl" ] || { echo "run-vm: no iopfctl next to $iopfd" >&2; exit 2; }
 [ -n "$out" ] || { echo "run-vm: --out DIR is required" >&2; exit 2; }
 mkdir -p "$out"
 log() { echo "run-vm: $*" >&2; }
@@ -45,6 +48,11 @@ cflags=(-std=c++20 -O2 -Wall -Wextra -Werror -static -pthread -isystem "$uapi"
         -I"$here/guest")
 g++ "${cflags[@]}" "$here/guest/iopf_guest.cc" -o "$guest"
 g++ "${cflags[@]}" "$top/bench/iopf_bench.cc" -o "$out/iopf-bench"
+# The attachment switch module iopfd loads for the mock device (adopt.switch_module): a shared
+# object against the same headers and iopfd's include/iopfd/switch_module.h.
+g++ -std=c++20 -O2 -Wall -Wextra -Werror -shared -fPIC -isystem "$uapi" \
+  -isystem "$uapi/x86_64-linux-gnu" -isystem "$KERNEL_SRC/drivers/iommu/iommufd" -I"$top/include" \
+  "$here/guest/mock_switch.cc" -o "$out/mock-switch.so"
 
 # The initramfs: busybox, iopfd with the shared libraries it links, the guest driver, /init.
 root=$(mktemp -d)
@@ -52,12 +60,16 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,proc,sys,dev,tmp,lib,lib64,etc}
 cp "$busybox" "$root/bin/busybox"
 cp "$iopfd" "$root/bin/iopfd"
+cp "$iopfctl" "$root/bin/iopfctl"
+mkdir -p "$root/lib/iopfd"
+cp "$out/mock-switch.so" "$root/lib/iopfd/mock-switch.so"
 cp "$guest" "$root/bin/iopf-guest"
 cp "$out/iopf-bench" "$root/bin/iopf-bench"
 cp "$here/init.sh" "$root/init"
 chmod +x "$root/init"
 # Every absolute path ldd names: the libraries (after "=>") and the dynamic loader itself.
-ldd "$iopfd" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i}' | while read -r lib; do
+ldd "$iopfd" "$iopfctl" "$out/mock-switch.so" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^\// && $i !~ /:$/) print $i}' |
+  sort -u | while read -r lib; do
   mkdir -p "$root$(dirname "$lib")"
   cp -L "$lib" "$root$lib"
 done

@@ -517,6 +517,109 @@ bool CaseAdoptAndDetach() {
   return v.Report();
 }
 
+// Drains and resets while a generator floods page requests, driven with iopfctl and the
+// control socket; iopfd parks the mock device through the VM's switch module. The kernel must
+// never reject one of iopfd's answers (a stale cookie), every cookie iopfd read must be
+// accounted for (answered, or dropped because the kernel answered it at the park), and faults
+// after each resume must be resolved.
+bool CaseDrainAndResetDuringAFlood() {
+  Verdict v("drain_and_reset_during_a_flood");
+  Env e;
+  Setup(e, v.name);
+  WriteFile(e.dir + "/devices.d/mock0.toml",
+            SwitchableDeviceFile(e, "halt = \"owner\"\nhalt_timeout_ms = 60000\n"));
+  Daemon d = Start(e);
+  v.Expect(Trigger(e, kR0, IOMMU_PGFAULT_PERM_READ) == 0, "trigger");
+  v.Expect(WaitFor([&] { return CheckMap(e, e.hwpt, kR0, kPage, e.va0); }), "served before");
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> sent{1};
+  std::thread flood([&] {
+    for (int i = 0; !stop.load(); ++i) {
+      const bool pasid = (i % 3) == 2;
+      // Pages the flood never asks for stay free for the checks after the last resume.
+      const uint64_t addr = pasid ? kR2 + (i % 48) * kPage : kR0 + (i % 200) * kPage;
+      if (Trigger(e, addr, IOMMU_PGFAULT_PERM_READ, pasid, i % 512) == 0) ++sent;
+    }
+  });
+  const std::string sock = e.dir + "/ctl.sock";
+  int steps = 0;
+  auto ctl = [&](const std::vector<std::string>& args, const std::string& want) {
+    std::vector<std::string> argv = {"/bin/iopfctl", "--control-socket", sock};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto [rc, out] = RunCapture(argv);
+    ++steps;
+    v.Expect(rc == 0 && out.find(want) != std::string::npos,
+             Format("iopfctl %s: exit %d, '%s' (want '%s')", args[0].c_str(), rc, out.c_str(),
+                    want.c_str()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));  // faults flow in between
+  };
+  ctl({"drain", "mock0"}, "mock0: halting (epoch 0)");
+  ctl({"halt", "mock0"}, "mock0: running (epoch 1)");
+  ctl({"drain", "mock0", "5"}, "mock0: halting (epoch 1)");  // the PASID's attachment only
+  ctl({"halt", "mock0"}, "mock0: running (epoch 2)");
+  ctl({"reset", "mock0"}, "mock0: halting (epoch 2)");
+  ctl({"halt", "mock0"}, "mock0: running (epoch 3)");
+  ctl({"halt", "mock0"}, "mock0: halted (epoch 3)");  // held: page requests off
+  ctl({"resume", "mock0"}, "mock0: running (epoch 4)");
+  // And a run of drains straight over the socket, as a VMM would.
+  constexpr int kMore = 10;
+  {
+    ControlClient c(sock);
+    for (int i = 0; i < kMore; ++i) {
+      std::string r1 = c.Call(R"({"method":"io.iopfd.Drain","parameters":{"device":"mock0"}})");
+      std::string r2 = c.Call(R"({"method":"io.iopfd.Halt","parameters":{"device":"mock0"}})");
+      v.Expect(r1.find(R"("state":"halting")") != std::string::npos &&
+                   r2.find(R"("state":"running")") != std::string::npos,
+               "Drain/Halt over the socket: " + r1 + " " + r2);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  stop = true;
+  flood.join();
+  // Faults after the last resume are resolved, on both attachments.
+  v.Expect(Trigger(e, kR0 + 250 * kPage, IOMMU_PGFAULT_PERM_READ) == 0 &&
+               Trigger(e, kR2 + 60 * kPage, IOMMU_PGFAULT_PERM_READ, true) == 0,
+           "trigger after resume");
+  sent += 2;
+  v.Expect(
+      WaitFor([&] { return CheckMap(e, e.hwpt, kR0 + 250 * kPage, kPage, e.va0 + 250 * kPage); }),
+      "no-PASID fault after resume mapped");
+  v.Expect(WaitFor([&] {
+             return CheckMap(e, e.hwpt_pasid, kR2 + 60 * kPage, kPage, e.va2 + 60 * kPage);
+           }),
+           "PASID fault after resume mapped");
+  v.Expect(WaitFor([&] { return QueueEmpty(e); }, 60000), "queue read");
+  int rc = Stop(d);
+  auto s = ReadStats(d);
+  v.Expect(rc == 0, Format("iopfd exit %d", rc));
+  for (const char* key :
+       {"responses_rejected", "responses_abandoned", "outstanding", "guard_answered",
+        "duplicate_cookies", "stale_epoch_blocked", "drain_unaccounted", "quarantines"}) {
+    v.ExpectEq(s, key, 0);
+  }
+  // Drains and resets that ran to completion (the hold and its resume is not one), and the
+  // epoch moved at every resume, the hold's included.
+  v.ExpectEq(s, "drains", 3 + kMore);
+  v.ExpectEq(s, "function_resets", 1);
+  v.ExpectEq(s, "drain_epoch", 4 + kMore);
+  // Every group read was either answered and accepted, or dropped because the park answered it.
+  v.Expect(s["groups"] > 0 && s["groups"] == s["responses_written"] + s["responses_stale_dropped"],
+           Format("groups %llu = written %llu + stale dropped %llu",
+                  static_cast<unsigned long long>(s["groups"]),
+                  static_cast<unsigned long long>(s["responses_written"]),
+                  static_cast<unsigned long long>(s["responses_stale_dropped"])));
+  // Nothing the kernel delivered can be more than what was sent.
+  v.Expect(s["groups"] <= sent.load(), "groups read <= page requests sent");
+  std::printf(
+      "IOPF-INFO drain: %llu page requests sent during %d iopfctl steps and %d drains; "
+      "iopfd read %llu groups, %llu answers dropped as stale at a park\n",
+      static_cast<unsigned long long>(sent.load()), steps, kMore,
+      static_cast<unsigned long long>(s["groups"]),
+      static_cast<unsigned long long>(s["responses_stale_dropped"]));
+  return v.Report();
+}
+
 int RunTests(const std::vector<std::string>& only) {
   struct Case {
     const char* name;
@@ -536,6 +639,7 @@ int RunTests(const std::vector<std::string>& only) {
       {"control_socket_under_load", CaseControlSocketUnderLoad},
       {"reload_adds_and_removes_while_faults_flow", CaseReloadWhileFaultsFlow},
       {"adopt_and_detach_at_run_time", CaseAdoptAndDetach},
+      {"drain_and_reset_during_a_flood", CaseDrainAndResetDuringAFlood},
   };
   int failed = 0, passed = 0;
   for (const Case& c : cases) {

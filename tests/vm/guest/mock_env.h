@@ -159,6 +159,49 @@ inline std::string DeviceFile(const Env& e, bool fd_backings = false) {
       e.prefix.c_str(), kPasid, e.ioas_pasid, static_cast<unsigned long long>(kR2), shm.c_str());
 }
 
+// The device file with a way for iopfd to park the device (drains): the VM tier's switch
+// module (tests/vm/guest/mock_switch.cc) naming e's self-test device, the owner's IOPF-capable
+// HWPT of each space, and the drain settings.
+inline std::string SwitchableDeviceFile(const Env& e, const std::string& drain) {
+  std::string f = DeviceFile(e);
+  auto insert_after = [&f](const std::string& line, const std::string& text) {
+    size_t at = f.find(line);
+    if (at == std::string::npos) Die("device file: no '%s'", line.c_str());
+    f.insert(at + line.size(), text);
+  };
+  insert_after(
+      Format("device_id = %u\n", e.idev),
+      Format("switch_module = \"/lib/iopfd/mock-switch.so\"\nswitch_target = \"%u\"\n", e.stdev));
+  insert_after(Format("ioas_id = %u\n", e.ioas), Format("hwpt_id = %u\n", e.hwpt));
+  insert_after(Format("ioas_id = %u\n", e.ioas_pasid), Format("hwpt_id = %u\n", e.hwpt_pasid));
+  return f + "\n[drain]\n" + drain;
+}
+
+// Runs argv (argv[0] a path), returns its exit status (-1 when it did not exit) and stdout.
+inline std::pair<int, std::string> RunCapture(const std::vector<std::string>& argv) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) Die("pipe: %s", strerror(errno));
+  pid_t pid = fork();
+  if (pid < 0) Die("fork: %s", strerror(errno));
+  if (pid == 0) {
+    dup2(out[1], 1);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(out[1]);
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = read(out[0], buf, sizeof(buf))) > 0;)
+    text.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
+}
+
 // Builds the whole environment: IOAS per space, mock device with PASID support, fault queue,
 // IOPF-capable HWPTs attached to the device and to PASID 5, backings, iopfd's configuration
 // (in /tmp/iopfd-<name>, the device named `dev`; its file is devices.d/<dev>.toml).
