@@ -19,6 +19,7 @@
 #include "iopfd/fault_loop.h"
 #include "iopfd/log.h"
 #include "iopfd/syscalls.h"
+#include "iopfd/uevent.h"
 
 namespace {
 
@@ -210,6 +211,23 @@ int main(int argc, char** argv) {
                                 .max_connections = cc.max_connections,
                                 .max_connections_per_uid = cc.max_connections_per_uid});
   (*loop)->AddClient(&control);
+  // Uevents: devices going away, PCI error recovery. Without them (a sandbox that refuses the
+  // socket) iopfd still serves; it says so.
+  auto uevents = iopfd::UeventListener::Open();
+  if (uevents.ok()) {
+    (*uevents)->on_uevent = [&manager, &events](const iopfd::Uevent& ev) {
+      std::string device = manager.OnUevent(ev);
+      if (!device.empty()) {
+        events.Publish("uevent", device, absl::StrCat(ev.action, " ", ev.devpath),
+                       {{"action", ev.action}, {"devpath", ev.devpath}});
+      }
+    };
+    (*loop)->AddClient(uevents->get());
+  } else {
+    iopfd::Log(iopfd::LogLevel::kWarning,
+               absl::StrCat(uevents.status().message(),
+                            "; device removal and PCI error recovery are not followed"));
+  }
   std::vector<std::string> unclaimed = manager.UnclaimedFds();
   if (!unclaimed.empty()) {
     // Kept, not closed: a device added by a later Reload may name them.

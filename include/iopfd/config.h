@@ -110,6 +110,9 @@ struct DeviceConfig {
   std::string name;  // unique across devices; [A-Za-z0-9_.-]{1,64}
   std::string file;  // the file it was read from
   AttachMode mode = AttachMode::kAdopt;
+  // The device in sysfs ("/sys/devices/..."), whose uevents iopfd follows; empty: derived from
+  // the VFIO device in vfio mode, none in adopt mode.
+  std::string sysfs;
   AdoptConfig adopt;
   VfioConfig vfio;
   std::vector<SpaceConfig> spaces;  // at most one per PASID and one without

@@ -90,6 +90,10 @@ class Device {
   AttachMode mode() const { return mode_; }
   // The configuration it was attached with.
   const DeviceConfig& config() const { return config_; }
+  // Its DEVPATH as uevents name it ("/devices/pci0000:00/0000:00:04.0"), or "" when unknown:
+  // from the configuration's sysfs key, else (vfio mode) the cdev's or PCI address's sysfs
+  // device, resolved at attach.
+  const std::string& devpath() const { return devpath_; }
   int fault_fd() const { return fault_fd_.get(); }
   FaultProcessor& processor() { return *processor_; }
   ResponseQueue& responses() { return *responses_; }
@@ -172,6 +176,7 @@ class Device {
   std::string name_;
   AttachMode mode_;
   DeviceConfig config_;
+  std::string devpath_;
   Syscalls* sys_ = nullptr;
   // Declaration order is teardown order reversed: the processor goes first, the iommufd last,
   // so nothing refers to an fd or mapping that is already gone.

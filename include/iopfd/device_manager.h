@@ -21,6 +21,8 @@
 
 namespace iopfd {
 
+struct Uevent;  // iopfd/uevent.h
+
 // What the manager needs from whoever drives the fault queues (the FaultLoop; a fake in
 // tests): serving devices, and stopping and restarting a device's reading for its drains.
 class DeviceHost : public DrainIo {
@@ -116,6 +118,16 @@ class DeviceManager {
   // Called for every drain state change of a device.
   std::function<void(const Device&, const DrainTransition&)> on_transition;
 
+  // A kernel uevent (UeventListener): acts on the served device whose devpath it names, if any.
+  //   remove, unbind: the device is gone (its attachments went with it, and the kernel answered
+  //     their groups): DETACHED, what iopfd held for it is dropped unwritten, and it is removed
+  //     (a configured one is attached again by a later reload that finds it).
+  //   change with ERROR_EVENT=BEGIN_RECOVERY: PCI error recovery stopped the device: halt its
+  //     page requests and hold it (HALTED); SUCCESSFUL_RECOVERY resumes a device the recovery
+  //     held (not one an operator held); FAILED_RECOVERY quarantines it.
+  // Returns the name of the device it acted on, or "" (not ours, or nothing to do).
+  std::string OnUevent(const Uevent& event);
+
   // Called for every change: event ("device_added", "device_removed", "device_restarted",
   // "device_attach_failed", "device_adopted", "device_detached"), device, detail.
   std::function<void(const std::string&, const std::string&, const std::string&)> on_event;
@@ -136,6 +148,8 @@ class DeviceManager {
   std::map<std::string, DeviceConfig> configured_;  // the configuration last applied
   std::map<std::string, DeviceConfig> detached_;    // configured devices Detach took away
   std::set<std::string> runtime_;                   // names adopted at run time
+  // Devices a PCI error recovery holds (BEGIN_RECOVERY seen, no outcome yet).
+  std::set<std::string> recovering_;
   // One per served device (keyed by the device, which outlives it).
   std::map<const Device*, std::unique_ptr<DrainController>> drains_;
   // Devices the host could not release (its ring failed): kept alive, never served again.

@@ -99,6 +99,9 @@ class DrainController {
   void Tick(uint64_t now_ns);
   // The device is going away: park everything (best effort) and stay DETACHED.
   void Detach(const std::string& cause);
+  // Something outside iopfd failed the device (PCI error recovery failed): quarantine it, from
+  // any state but DETACHED (a drain in progress is abandoned as a failed step would).
+  void Fail(const std::string& cause);
 
   // Called on every state change.
   std::function<void(const DrainTransition&)> on_transition;

@@ -725,7 +725,8 @@ void ParseDrain(Reporter& rep, const toml::table& table, std::optional<AttachMod
 void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backings,
                       DeviceParse* out) {
   DeviceConfig& device = out->device;
-  CheckKeys(rep, root, "", {"name", "attach", "adopt", "vfio", "limits", "drain", "space"});
+  CheckKeys(rep, root, "",
+            {"name", "attach", "sysfs", "adopt", "vfio", "limits", "drain", "space"});
 
   if (auto name = GetString(rep, root, "", "name", /*required=*/true)) {
     if (IsValidDeviceName(name->value)) {
@@ -734,6 +735,15 @@ void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backing
     } else {
       rep.At(*name->node, Cat("name: ", Quote(name->value),
                               " is not a valid device name (1 to 64 of A-Z a-z 0-9 _ . -)"));
+    }
+  }
+
+  // Where the device is in sysfs, to follow its uevents (removal, PCI error recovery).
+  if (auto sysfs = GetString(rep, root, "", "sysfs", /*required=*/false)) {
+    if (sysfs->value.rfind("/sys/", 0) != 0 || sysfs->value.size() <= 5) {
+      rep.At(*sysfs->node, Cat("sysfs: must be a path below /sys (got ", Quote(sysfs->value), ")"));
+    } else {
+      device.sysfs = sysfs->value;
     }
   }
 
@@ -1205,9 +1215,10 @@ bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b) {
            std::equal(x.regions.begin(), x.regions.end(), y.regions.begin(), y.regions.end(),
                       same_region);
   };
-  return a.name == b.name && a.mode == b.mode && a.adopt.iommufd_fd == b.adopt.iommufd_fd &&
-         a.adopt.fault_fd == b.adopt.fault_fd && a.adopt.device_id == b.adopt.device_id &&
-         a.adopt.device_fd == b.adopt.device_fd && a.adopt.switch_module == b.adopt.switch_module &&
+  return a.name == b.name && a.mode == b.mode && a.sysfs == b.sysfs &&
+         a.adopt.iommufd_fd == b.adopt.iommufd_fd && a.adopt.fault_fd == b.adopt.fault_fd &&
+         a.adopt.device_id == b.adopt.device_id && a.adopt.device_fd == b.adopt.device_fd &&
+         a.adopt.switch_module == b.adopt.switch_module &&
          a.adopt.switch_target == b.adopt.switch_target && a.vfio.cdev == b.vfio.cdev &&
          a.vfio.pci == b.vfio.pci && a.limits.max_group_records == b.limits.max_group_records &&
          a.limits.max_fault_map_bytes == b.limits.max_fault_map_bytes &&

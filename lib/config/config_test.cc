@@ -456,8 +456,8 @@ access = "r"
 [extra]
 )"),
       ElementsAre(
-          "dev.toml:3:1: colour: unknown key (expected one of name, attach, adopt, vfio, limits, "
-          "drain, space)",
+          "dev.toml:3:1: colour: unknown key (expected one of name, attach, sysfs, adopt, vfio, "
+          "limits, drain, space)",
           "dev.toml:8:1: adopt.fault: unknown key (expected one of iommufd_fd, fault_fd, "
           "device_id, device_fd, switch_module, switch_target)",
           "dev.toml:10:1: limits.max_records: unknown key (expected one of max_group_records, "
@@ -466,8 +466,8 @@ access = "r"
           "region)",
           "dev.toml:16:1: space[0].region[0].sise: unknown key (expected one of iova, size, "
           "backing, offset, access, prefetch)",
-          "dev.toml:20:2: extra: unknown key (expected one of name, attach, adopt, vfio, limits, "
-          "drain, space)"));
+          "dev.toml:20:2: extra: unknown key (expected one of name, attach, sysfs, adopt, vfio, "
+          "limits, drain, space)"));
 }
 
 constexpr char kVfioHead[] = R"(name = "nic0"

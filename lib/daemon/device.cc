@@ -3,6 +3,7 @@
 #include <fcntl.h>
 
 #include <cerrno>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "iopfd/clock.h"
@@ -65,6 +66,17 @@ absl::StatusOr<Backing> OpenBacking(const DeviceConfig& dev, const RegionConfig&
   return Backing(std::move(fd), va, r.size, sys);
 }
 
+}  // namespace
+
+namespace {
+// Returns the uevent DEVPATH of a sysfs path: its real path without the leading "/sys" (a
+// path that does not resolve is taken as written), or "" when it is not below /sys.
+std::string DevpathOf(const std::string& sysfs) {
+  std::error_code ec;
+  std::filesystem::path real = std::filesystem::canonical(sysfs, ec);
+  std::string p = ec ? sysfs : real.string();
+  return p.rfind("/sys/", 0) == 0 ? p.substr(4) : std::string();
+}
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Device>> Device::Attach(const DeviceConfig& config, ListenFds* fds,
@@ -167,6 +179,18 @@ absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records)
       d->attachments_.push_back(
           {s.pasid ? *s.pasid : kNoPasidAttachment, s.pasid, *hwpt, *park, false});
     }
+  }
+  if (!config.sysfs.empty()) {
+    d->devpath_ = DevpathOf(config.sysfs);
+  } else if (config.mode == AttachMode::kVfio) {
+    // /sys/class/vfio-dev/vfioN/device is the PCI function (drivers/vfio/vfio_main.c).
+    std::string sysfs = !config.vfio.pci.empty()
+                            ? "/sys/bus/pci/devices/" + config.vfio.pci
+                            : "/sys/class/vfio-dev/" +
+                                  std::filesystem::path(config.vfio.cdev).filename().string() +
+                                  "/device";
+    std::error_code ec;
+    if (std::filesystem::exists(sysfs, ec)) d->devpath_ = DevpathOf(sysfs);
   }
   absl::Status nb = MakeNonBlocking(d->fault_fd_.get(), name);
   if (!nb.ok()) return nb;

@@ -4,7 +4,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "iopfd/clock.h"
 #include "iopfd/log.h"
+#include "iopfd/uevent.h"
 
 namespace iopfd {
 namespace {
@@ -239,6 +241,51 @@ absl::StatusOr<DeviceStats> DeviceManager::Detach(const std::string& name) {
     return final_stats;
   }
   return absl::NotFoundError(absl::StrCat("no device named '", name, "' is served"));
+}
+
+std::string DeviceManager::OnUevent(const Uevent& event) {
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    Device* d = devices_[i].get();
+    if (d->devpath().empty() || d->devpath() != event.devpath) continue;
+    std::string name = d->name();
+    DrainController* drain = drains_[d].get();
+    const std::string what =
+        absl::StrCat(event.action, " ", event.devpath, " (uevent ", event.seqnum, ")");
+    if (event.action == "remove" || event.action == "unbind") {
+      Log(LogLevel::kInfo, absl::StrCat(name, ": ", what, ": the device is gone"));
+      drain->Detach("device gone: " + what);
+      // Its attachments went with it and the kernel answered every group of them: a held answer
+      // could only meet an unknown cookie, or one reused by another group of this fault queue.
+      // The read must be stopped first (a write may be in flight).
+      if (host_->Quiesce(*d)) d->responses().DropAttachment(std::nullopt);
+      recovering_.erase(name);
+      runtime_.erase(name);
+      (void)RemoveAt(i, /*keep_fds=*/false);
+      Emit("device_removed", name, "device gone: " + what);
+      return name;
+    }
+    if (event.action != "change") return "";
+    const std::string ers = event.Get("ERROR_EVENT");
+    if (ers == "BEGIN_RECOVERY") {
+      // The PCI core stopped the device (error_detected); its DMA is halted. Park it.
+      if (drain->state() != DrainState::kRunning) return "";
+      recovering_.insert(name);
+      (void)drain->Halt("PCI error recovery began: " + what, MonotonicNs());
+      return name;
+    }
+    if (ers == "SUCCESSFUL_RECOVERY") {
+      if (recovering_.erase(name) == 0 || drain->state() != DrainState::kHalted) return "";
+      (void)drain->Resume("PCI error recovery succeeded: " + what, MonotonicNs());
+      return name;
+    }
+    if (ers == "FAILED_RECOVERY") {
+      recovering_.erase(name);
+      drain->Fail("PCI error recovery failed: " + what);
+      return name;
+    }
+    return "";
+  }
+  return "";
 }
 
 ReloadOutcome ReloadFromFiles(const LoadOptions& options, GlobalConfig* global,

@@ -205,6 +205,11 @@ absl::Status DrainController::Quarantine(const std::string& why) {
   return absl::AbortedError(absl::StrCat(device_->name(), ": quarantined: ", why));
 }
 
+void DrainController::Fail(const std::string& cause) {
+  if (state_ == DrainState::kDetached) return;
+  (void)Quarantine(cause);
+}
+
 void DrainController::Detach(const std::string& cause) {
   if (device_->can_park()) (void)device_->Park(std::nullopt);
   goal_ = Goal::kNone;

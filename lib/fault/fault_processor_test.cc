@@ -328,17 +328,45 @@ TEST(ResponseQueueTest, DeadFdAbandonsEverythingAndSaysSo) {
   EXPECT_FALSE(q.HasUnwritten());
 }
 
-TEST(ResponseQueueTest, DuplicateOutstandingCookieIsCountedAndStillAnswered) {
+TEST(ResponseQueueTest, ACookieReadAgainBeforeItsAnswerWasWrittenDropsTheStaleAnswer) {
+  // Cookie 9 answered, but before the answer is written the kernel answers the group itself
+  // (the owner detached the attachment) and hands 9 to a new group, which iopfd reads and
+  // answers: only the new answer may be written.
   DeviceStats stats;
+  stats.groups = 3;
+  ResponseQueue q(&stats);
+  q.Add(9, uapi::kRespInvalid, 0);
+  q.Add(4, uapi::kRespSuccess, 0);
+  q.Add(9, uapi::kRespSuccess, 0);
+  EXPECT_EQ(stats.duplicate_cookies, 1u);
+  EXPECT_EQ(stats.responses_stale_dropped, 1u);
+  EXPECT_EQ(q.outstanding(), 2u);
+  auto w = q.BeginWrite();
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_EQ(w[0].cookie, 4u);
+  EXPECT_EQ(w[1].cookie, 9u);
+  EXPECT_EQ(w[1].code, uapi::kRespSuccess);
+  q.CompleteWrite(16, 0);
+  EXPECT_EQ(q.outstanding(), 0u);
+  EXPECT_EQ(stats.outstanding(), 0u);
+}
+
+TEST(ResponseQueueTest, ACookieReadAgainWhileItsAnswerIsBeingWrittenIsStillAnsweredOnce) {
+  DeviceStats stats;
+  stats.groups = 2;
   ResponseQueue q(&stats);
   q.Add(9, uapi::kRespSuccess, 0);
+  auto first = q.BeginWrite();  // on its way: cannot be taken back
+  ASSERT_EQ(first.size(), 1u);
   q.Add(9, uapi::kRespSuccess, 0);
   EXPECT_EQ(stats.duplicate_cookies, 1u);
   EXPECT_EQ(q.outstanding(), 2u);
-  auto w = q.BeginWrite();
-  EXPECT_EQ(w.size(), 2u);
-  q.CompleteWrite(16, 0);
+  ASSERT_TRUE(q.CompleteWrite(8, 0));
+  auto second = q.BeginWrite();
+  ASSERT_EQ(second.size(), 1u);
+  ASSERT_TRUE(q.CompleteWrite(8, 0));
   EXPECT_EQ(q.outstanding(), 0u);
+  EXPECT_EQ(stats.outstanding(), 0u);
 }
 
 TEST(ResponseQueueTest, DroppingAParkedAttachmentLeavesTheOthersAndAccountsForEachOnce) {

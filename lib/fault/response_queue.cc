@@ -7,8 +7,24 @@ namespace iopfd {
 void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns, AttachmentKey attachment,
                         std::optional<uint64_t> epoch) {
   if (!outstanding_.insert(cookie).second) {
+    // The kernel hands a cookie out again only once its group was answered. iopfd has not
+    // written its answer, so the kernel answered that group itself: the owner detached or
+    // replaced the attachment behind iopfd's back (eventq.c iommufd_auto_response_faults). The
+    // cookie names the new group now, so the old answer is stale: drop it if it is not yet on
+    // its way. One already being written races the new group's answer; both are accounted.
     ++stats_->duplicate_cookies;
-    ++untracked_;
+    bool dropped = false;
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      if (pending_[i].cookie != cookie) continue;
+      pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+      pending_ts_.erase(pending_ts_.begin() + static_cast<std::ptrdiff_t>(i));
+      pending_att_.erase(pending_att_.begin() + static_cast<std::ptrdiff_t>(i));
+      pending_epoch_.erase(pending_epoch_.begin() + static_cast<std::ptrdiff_t>(i));
+      ++stats_->responses_stale_dropped;
+      dropped = true;
+      break;
+    }
+    if (!dropped) ++untracked_;
   }
   if (code == uapi::kRespSuccess) {
     ++stats_->responses_success;

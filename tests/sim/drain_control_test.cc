@@ -13,6 +13,8 @@
 #include "iopfd/clock.h"
 #include "iopfd/control_methods.h"
 #include "iopfd/device_manager.h"
+#include "iopfd/log.h"
+#include "iopfd/uevent.h"
 #include "iopfd/varlink.h"
 #include "sim_kernel.h"
 
@@ -68,11 +70,16 @@ class DrainControlTest : public ::testing::Test {
   void Start(DrainConfig drain) {
     DeviceConfig config = SimVfioDevice("sim0", {std::nullopt, kPasid}, 1 << 20);
     config.drain = drain;
+    config.sysfs = "/sys/devices/pci0000:00/0000:00:04.0";
     ReloadReport r = manager_.Apply({config});
     ASSERT_THAT(r.failed, IsEmpty());
     StartService();
   }
   void StartService() {
+    manager_.on_event = [this](const std::string& event, const std::string& device,
+                               const std::string& detail) {
+      events_.Publish(event, device, detail);
+    };
     manager_.on_transition = [this](const Device& d, const DrainTransition& t) {
       events_.Publish("state_changed", d.name(), t.cause,
                       {{"state", DrainStateName(t.to)},
@@ -413,6 +420,85 @@ TEST_F(AdoptDrainTest, AMissingModuleFailsTheAttachNamingIt) {
   absl::Status st = manager_.Adopt(c, std::move(fds));
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(st.message()), HasSubstr("sim0: switch module /nonexistent/switch.so: "));
+}
+
+// A uevent as the kernel sends it for the simulated function.
+Uevent KernelEvent(const std::string& action, const std::string& error_event = "") {
+  Uevent ev;
+  ev.action = action;
+  ev.devpath = "/devices/pci0000:00/0000:00:04.0";
+  ev.subsystem = "pci";
+  ev.seqnum = 77;
+  if (!error_event.empty()) ev.env["ERROR_EVENT"] = error_event;
+  return ev;
+}
+
+TEST_F(DrainControlTest, PciErrorRecoveryHoldsTheDeviceAndItsSuccessResumesIt) {
+  Start({});
+  EXPECT_EQ(manager_.Find("sim0")->devpath(), "/devices/pci0000:00/0000:00:04.0");
+  Fault(kPasid, 0);
+  host_.Turn();
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "BEGIN_RECOVERY")), "sim0");
+  EXPECT_EQ(DeviceEntry()["state"], "halted");
+  EXPECT_THAT(monitor_->replies.back()["detail"].get<std::string>(),
+              HasSubstr("PCI error recovery began: change /devices/pci0000:00/0000:00:04.0"));
+  // Another device's events, and ones that say nothing to act on, change nothing.
+  Uevent other = KernelEvent("remove");
+  other.devpath = "/devices/pci0000:00/0000:00:05.0";
+  EXPECT_EQ(manager_.OnUevent(other), "");
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change")), "");
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("add")), "");
+  EXPECT_EQ(DeviceEntry()["state"], "halted");
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "SUCCESSFUL_RECOVERY")), "sim0");
+  EXPECT_EQ(DeviceEntry()["state"], "running");
+  EXPECT_EQ(DeviceEntry()["epoch"], 1);
+  Fault(kPasid, 1);
+  ExpectClean();
+}
+
+TEST_F(DrainControlTest, ARecoveryNeverResumesWhatAnOperatorHeld) {
+  Start({});
+  ASSERT_EQ(Call("io.iopfd.Halt", {{"device", "sim0"}})["parameters"]["state"], "halted");
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "BEGIN_RECOVERY")), "");
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "SUCCESSFUL_RECOVERY")), "");
+  EXPECT_EQ(DeviceEntry()["state"], "halted");
+}
+
+TEST_F(DrainControlTest, AFailedRecoveryQuarantines) {
+  Start({});
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "BEGIN_RECOVERY")), "sim0");
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "FAILED_RECOVERY")), "sim0");
+  EXPECT_EQ(DeviceEntry()["state"], "quarantined");
+  EXPECT_EQ(Stats().quarantines, 1u);
+  EXPECT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+}
+
+TEST_F(DrainControlTest, ARemovedDeviceIsDetachedAndItsHeldAnswersDropped) {
+  Start({});
+  Fault(std::nullopt, 0);
+  Fault(kPasid, 1);
+  ASSERT_TRUE(manager_.Find("sim0")->ReadAvailable(~0ull, 64).ok());  // answers held
+  std::string log;
+  SetLogSink([&log](LogLevel, const std::string& line) { log += line + "\n"; });
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("remove")), "sim0");
+  SetLogSink(nullptr);
+  // Its final counters: both groups accounted for as dropped, none written.
+  EXPECT_THAT(log, HasSubstr("\"responses_written\":0,"));
+  EXPECT_THAT(log, HasSubstr("\"responses_stale_dropped\":2,"));
+  EXPECT_THAT(log, HasSubstr("\"outstanding\":0,"));
+  EXPECT_EQ(manager_.Find("sim0"), nullptr);
+  EXPECT_THAT(Path(), ElementsAre("running->detached"));
+  bool removed = false;
+  for (const Json& e : monitor_->replies) {
+    removed |= e.value("event", "") == "device_removed" &&
+               e.value("detail", "").find("device gone: remove") != std::string::npos;
+  }
+  EXPECT_TRUE(removed);
+  // The two answers were dropped, not written: nothing stale reached the function.
+  EXPECT_THAT(function_.violations(), IsEmpty());
+  EXPECT_THAT(kernel_.violations(), IsEmpty());
+  // A reload that still configures it attaches it again.
+  EXPECT_EQ(Call("io.iopfd.ListDevices", Json::object())["parameters"]["devices"].size(), 0u);
 }
 
 TEST_F(DrainControlTest, RemovingADeviceMidDrainForgetsItsDrain) {
