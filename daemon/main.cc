@@ -16,6 +16,7 @@
 #include "iopfd/control_server.h"
 #include "iopfd/device.h"
 #include "iopfd/device_manager.h"
+#include "iopfd/eventfd_watcher.h"
 #include "iopfd/fault_loop.h"
 #include "iopfd/log.h"
 #include "iopfd/syscalls.h"
@@ -149,6 +150,10 @@ int main(int argc, char** argv) {
 
   iopfd::DeviceManager manager(loop->get(), &iopfd::RealSyscalls(), *std::move(fds),
                                config.global.read_records);
+  // VFIO's error and request interrupts of vfio-mode devices (read on the loop's ring).
+  iopfd::EventfdWatcher irq_watcher;
+  manager.set_irq_watcher(&irq_watcher);
+  (*loop)->AddClient(&irq_watcher);
   iopfd::EventBus events;
   manager.on_event = [&events](const std::string& event, const std::string& device,
                                const std::string& detail) {
@@ -223,6 +228,7 @@ int main(int argc, char** argv) {
       }
     };
     (*loop)->AddClient(uevents->get());
+    state.uevents = uevents->get();
   } else {
     iopfd::Log(iopfd::LogLevel::kWarning,
                absl::StrCat(uevents.status().message(),

@@ -10,6 +10,7 @@
 
 #include "iopfd/device.h"
 #include "iopfd/device_manager.h"
+#include "iopfd/uevent.h"
 #include "iopfd/varlink.h"
 
 namespace iopfd {
@@ -24,6 +25,8 @@ struct DaemonState {
   std::function<ReloadOutcome()> reload;
   // True once the daemon is stopping: Reload, Adopt and Detach then answer io.iopfd.Busy.
   std::function<bool()> stopping;
+  // The kernel uevent listener, or null when the socket could not be opened.
+  const UeventListener* uevents = nullptr;
 };
 
 // The text of lib/control/io.iopfd.varlink, compiled in.

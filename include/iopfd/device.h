@@ -145,6 +145,10 @@ class Device {
   absl::Status Unpark(std::optional<AttachmentKey> which);
   // Returns true when the attachment (or, for nullopt, any) is parked.
   bool parked(std::optional<AttachmentKey> which) const;
+  // vfio mode: has the device signal `eventfd` on its VFIO interrupt `index` (the ERR or REQ
+  // index). FailedPrecondition in adopt mode (the owner holds the device's interrupts), else
+  // the ioctl's error.
+  absl::Status SetIrqEventfd(uint32_t index, int eventfd);
   // VFIO_DEVICE_RESET (or the switch module's reset). FailedPrecondition when !can_reset().
   absl::Status ResetFunction();
   // While quarantined, every request is answered INVALID (reason refused) and nothing is

@@ -21,7 +21,8 @@
 
 namespace iopfd {
 
-struct Uevent;  // iopfd/uevent.h
+struct Uevent;         // iopfd/uevent.h
+class EventfdWatcher;  // iopfd/eventfd_watcher.h
 
 // What the manager needs from whoever drives the fault queues (the FaultLoop; a fake in
 // tests): serving devices, and stopping and restarting a device's reading for its drains.
@@ -128,6 +129,16 @@ class DeviceManager {
   // Returns the name of the device it acted on, or "" (not ours, or nothing to do).
   std::string OnUevent(const Uevent& event);
 
+  // vfio mode: VFIO's error interrupt (AER: the PCI core's error_detected) and request
+  // interrupt (the kernel asks for the device back: unbind, hot-unplug) of each device are
+  // eventfds the watcher reads on the loop. Set before the first Apply/Adopt; may stay null.
+  void set_irq_watcher(EventfdWatcher* watcher) { irqs_ = watcher; }
+  // A VFIO interrupt of the device `name`: ERR holds it halted like BEGIN_RECOVERY (the
+  // recovery's SUCCESSFUL_RECOVERY uevent resumes it); REQ drains it (everything parked, held
+  // answers dropped) and releases it, closing its fds so the kernel can take the device.
+  // Returns true when it acted.
+  bool OnVfioIrq(const std::string& name, uint32_t index);
+
   // Called for every change: event ("device_added", "device_removed", "device_restarted",
   // "device_attach_failed", "device_adopted", "device_detached"), device, detail.
   std::function<void(const std::string&, const std::string&, const std::string&)> on_event;
@@ -139,6 +150,9 @@ class DeviceManager {
   // keep_fds, else they are closed. Returns its final statistics.
   DeviceStats RemoveAt(size_t i, bool keep_fds);
   void Emit(const std::string& event, const std::string& device, const std::string& detail);
+  // The device at index i is gone or must be given up: DETACHED, its held answers dropped
+  // unwritten (the kernel answered or will answer their groups), removed with its fds closed.
+  void RemoveGone(size_t i, const std::string& cause);
 
   DeviceHost* host_;
   Syscalls* sys_;
@@ -148,6 +162,8 @@ class DeviceManager {
   std::map<std::string, DeviceConfig> configured_;  // the configuration last applied
   std::map<std::string, DeviceConfig> detached_;    // configured devices Detach took away
   std::set<std::string> runtime_;                   // names adopted at run time
+  EventfdWatcher* irqs_ = nullptr;
+  std::map<const Device*, std::vector<int>> irq_fds_;  // the eventfds watched for a device
   // Devices a PCI error recovery holds (BEGIN_RECOVERY seen, no outcome yet).
   std::set<std::string> recovering_;
   // One per served device (keyed by the device, which outlives it).

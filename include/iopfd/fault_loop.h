@@ -94,6 +94,8 @@ class FaultLoop : public DeviceHost {
   void Rearm(Device& device) override { Rearm(&device); }
   // Returns true once a stop signal arrived (the loop is draining or about to).
   bool stopping() const { return stopping_; }
+  // Stops the loop as SIGTERM does (from the loop's thread: a hook or a client).
+  void RequestStop() { stopping_ = true; }
   // Adds a client before Run. The client must outlive the loop.
   void AddClient(RingClient* client) { clients_.push_back(client); }
   // Returns a submission entry, submitting the queue first when it is full. For clients.

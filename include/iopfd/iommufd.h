@@ -123,6 +123,8 @@ class VfioDevice : public AttachmentSwitch {
   absl::Status Reset() override;
   bool can_reset() const override { return true; }
   DeviceId id() const { return id_; }
+  // VFIO_DEVICE_SET_IRQS: signal `eventfd` on the device's interrupt `index` (ERR or REQ).
+  absl::Status SetIrqEventfd(uint32_t index, int eventfd);
   // Wraps a device fd its owner opened and bound to the iommufd as device `id` (adopt mode).
   static VfioDevice FromFd(UniqueFd fd, Syscalls* sys, std::string name, DeviceId id) {
     return VfioDevice(std::move(fd), sys, std::move(name), id);

@@ -151,6 +151,21 @@ struct VfioDeviceAttachIommufdPt {
   uint32_t pasid;
 };
 
+// struct vfio_irq_set with one eventfd as its data (VFIO_IRQ_SET_DATA_EVENTFD, count 1).
+struct VfioIrqSetEventfd {
+  uint32_t argsz;
+  uint32_t flags;
+  uint32_t index;
+  uint32_t start;
+  uint32_t count;
+  int32_t eventfd;  // data[]: -1 tears the trigger down
+};
+inline constexpr uint32_t kVfioIrqSetDataEventfd = 1u << 2;
+inline constexpr uint32_t kVfioIrqSetActionTrigger = 1u << 5;
+// enum { VFIO_PCI_INTX_IRQ_INDEX, MSI, MSIX, ERR, REQ, ... }
+inline constexpr uint32_t kVfioPciErrIrqIndex = 3;  // AER: error_detected signals it
+inline constexpr uint32_t kVfioPciReqIrqIndex = 4;  // the kernel asks for the device back
+
 // struct vfio_device_detach_iommufd_pt
 struct VfioDeviceDetachIommufdPt {
   uint32_t argsz;
@@ -170,6 +185,7 @@ inline constexpr unsigned long kIommuIoasMapFile = _IO(kIommufdType, kIommufdCmd
 inline constexpr unsigned long kVfioDeviceBindIommufd = _IO(kIommufdType, kVfioBase + 18);
 inline constexpr unsigned long kVfioDeviceAttachIommufdPt = _IO(kIommufdType, kVfioBase + 19);
 inline constexpr unsigned long kVfioDeviceDetachIommufdPt = _IO(kIommufdType, kVfioBase + 20);
+inline constexpr unsigned long kVfioDeviceSetIrqs = _IO(kIommufdType, kVfioBase + 10);
 // VFIO_DEVICE_RESET: a function level (or other device-specific) reset; no argument.
 inline constexpr unsigned long kVfioDeviceReset = _IO(kIommufdType, kVfioBase + 11);
 
@@ -192,6 +208,7 @@ static_assert(sizeof(VfioDeviceBindIommufd) == 24 &&
               offsetof(VfioDeviceBindIommufd, out_devid) == 12);
 static_assert(sizeof(VfioDeviceAttachIommufdPt) == 16);
 static_assert(sizeof(VfioDeviceDetachIommufdPt) == 12);
+static_assert(sizeof(VfioIrqSetEventfd) == 24 && offsetof(VfioIrqSetEventfd, eventfd) == 20);
 
 }  // namespace iopfd::uapi
 

@@ -60,6 +60,13 @@ json StatsJson(const std::string& name, const DeviceStats& s) {
           {"latency_ns", PercentilesJson(s.latency_ns)}};
 }
 
+json UeventsJson(const UeventListener* l) {
+  if (l == nullptr) return {{"listening", false}};
+  const UeventListener::Counters& c = l->counters();
+  return {{"listening", true},        {"received", c.received}, {"delivered", c.delivered},
+          {"malformed", c.malformed}, {"foreign", c.foreign},   {"overruns", c.overruns}};
+}
+
 // "failed" when the fault queue can no longer be read or written, else the drain state.
 const char* StateOf(const DaemonState* state, const Device& d) {
   if (d.read_failed() || d.write_failed()) return "failed";
@@ -376,6 +383,7 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
                              {"devices_detached", m.detached()},
                              {"devices_adopted", adopted},
                              {"devices_quarantined", quarantined},
+                             {"uevents", UeventsJson(state->uevents)},
                              {"health", ok ? "ok" : "degraded"}});
   });
 

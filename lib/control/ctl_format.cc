@@ -321,6 +321,17 @@ std::string FormatStatus(const Json& p) {
     if (n && *n > 0) absl::StrAppend(&devices, ", ", FormatCount(*n), " ", key + 8);
   }
   table.Add({"devices", devices});
+  if (const Json* u = Member(p, "uevents"); u != nullptr && u->is_object()) {
+    const Json* listening = Member(*u, "listening");
+    if (listening != nullptr && listening->is_boolean() && !listening->get<bool>()) {
+      table.Add({"uevents", "not followed (no netlink socket)"});
+    } else {
+      table.Add({"uevents", absl::StrCat(CountField(*u, "received"), " received, ",
+                                         CountField(*u, "malformed"), " malformed, ",
+                                         CountField(*u, "foreign"), " foreign, ",
+                                         CountField(*u, "overruns"), " overruns")});
+    }
+  }
   table.Add({"health", StringField(p, "health")});
   return table.Render();
 }

@@ -89,6 +89,12 @@ TEST(FormatStatusTest, Table) {
   p["devices_detached"] = 2;
   EXPECT_THAT(FormatStatus(p),
               HasSubstr("devices  3 configured, 2 running, 2 detached, 1 quarantined\n"));
+  p["uevents"] = {
+      {"listening", true}, {"received", 1200}, {"malformed", 2}, {"foreign", 0}, {"overruns", 0}};
+  EXPECT_THAT(FormatStatus(p),
+              HasSubstr("uevents  1,200 received, 2 malformed, 0 foreign, 0 overruns\n"));
+  p["uevents"] = {{"listening", false}};
+  EXPECT_THAT(FormatStatus(p), HasSubstr("uevents  not followed (no netlink socket)\n"));
 }
 
 TEST(FormatStatusTest, MissingAndMistypedFieldsShowDash) {

@@ -343,6 +343,14 @@ bool Device::parked(std::optional<AttachmentKey> which) const {
   return false;
 }
 
+absl::Status Device::SetIrqEventfd(uint32_t index, int eventfd) {
+  if (mode_ != AttachMode::kVfio || !vfio_) {
+    return absl::FailedPreconditionError(name_ +
+                                         ": the device's interrupts are its owner's (adopt mode)");
+  }
+  return vfio_->SetIrqEventfd(index, eventfd);
+}
+
 absl::Status Device::ResetFunction() {
   if (!can_reset()) {
     return absl::FailedPreconditionError(

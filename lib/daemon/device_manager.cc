@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "iopfd/clock.h"
+#include "iopfd/eventfd_watcher.h"
 #include "iopfd/log.h"
 #include "iopfd/uevent.h"
 
@@ -59,7 +60,65 @@ absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds
   };
   drains_[d] = std::move(drain);
   host_->AddDevice(d);
+  if (irqs_ != nullptr && config.mode == AttachMode::kVfio) {
+    // A device without AER (or a kernel refusing the index) still gets served; it just is not
+    // followed through its interrupts (uevents still are).
+    for (uint32_t index : {uapi::kVfioPciErrIrqIndex, uapi::kVfioPciReqIrqIndex}) {
+      const std::string name = config.name;
+      auto fd = irqs_->Watch([this, name, index] { (void)OnVfioIrq(name, index); });
+      absl::Status st = fd.ok() ? d->SetIrqEventfd(index, *fd) : fd.status();
+      if (!st.ok()) {
+        if (fd.ok()) irqs_->Unwatch(*fd);
+        Log(LogLevel::kWarning,
+            absl::StrCat(st.message(), ": its ",
+                         index == uapi::kVfioPciErrIrqIndex ? "error (AER)" : "request",
+                         " interrupt is not followed"));
+        continue;
+      }
+      irq_fds_[d].push_back(*fd);
+    }
+  }
   return absl::OkStatus();
+}
+
+bool DeviceManager::OnVfioIrq(const std::string& name, uint32_t index) {
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    Device* d = devices_[i].get();
+    if (d->name() != name) continue;
+    DrainController* drain = drains_[d].get();
+    if (index == uapi::kVfioPciErrIrqIndex) {
+      // vfio-pci's error_detected: the PCI core is recovering the device; its DMA is stopped.
+      Log(LogLevel::kWarning, name + ": VFIO error interrupt (AER)");
+      if (drain->state() != DrainState::kRunning) return false;
+      recovering_.insert(name);
+      (void)drain->Halt("VFIO error interrupt (AER)", MonotonicNs());
+      return true;
+    }
+    if (index == uapi::kVfioPciReqIrqIndex) {
+      // vfio_pci_core_request: the kernel wants the device (unbind, removal) and waits for the
+      // user to close it, asking again every 10 s. Park it, then let it go.
+      Log(LogLevel::kWarning, name + ": VFIO request interrupt: the kernel wants the device back");
+      RemoveGone(i, "VFIO request interrupt: the kernel wants the device back");
+      return true;
+    }
+    return false;
+  }
+  return false;
+}
+
+void DeviceManager::RemoveGone(size_t i, const std::string& cause) {
+  Device* d = devices_[i].get();
+  std::string name = d->name();
+  // The read must be stopped first (a write may be in flight); the park then drops what iopfd
+  // held for the attachments (a device that is gone fails the park: drop it all anyway, the
+  // kernel answered its groups when their attachments went with it).
+  const bool quiet = host_->Quiesce(*d);
+  drains_[d]->Detach(cause);
+  if (quiet) d->responses().DropAttachment(std::nullopt);
+  recovering_.erase(name);
+  runtime_.erase(name);
+  (void)RemoveAt(i, /*keep_fds=*/false);
+  Emit("device_removed", name, cause);
 }
 
 DrainController* DeviceManager::DrainOf(const std::string& name) {
@@ -93,6 +152,10 @@ DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
   // HALTING waits with the device served as usual), and the device closing detaches its
   // attachments, which answers what is queued like a park would.
   drains_.erase(d);
+  if (auto it = irq_fds_.find(d); it != irq_fds_.end()) {
+    for (int fd : it->second) irqs_->Unwatch(fd);
+    irq_fds_.erase(it);
+  }
   std::optional<uint64_t> unanswered = host_->RemoveDevice(d);
   DeviceStats final_stats = d->stats();
   if (!unanswered) {
@@ -252,16 +315,10 @@ std::string DeviceManager::OnUevent(const Uevent& event) {
     const std::string what =
         absl::StrCat(event.action, " ", event.devpath, " (uevent ", event.seqnum, ")");
     if (event.action == "remove" || event.action == "unbind") {
-      Log(LogLevel::kInfo, absl::StrCat(name, ": ", what, ": the device is gone"));
-      drain->Detach("device gone: " + what);
       // Its attachments went with it and the kernel answered every group of them: a held answer
       // could only meet an unknown cookie, or one reused by another group of this fault queue.
-      // The read must be stopped first (a write may be in flight).
-      if (host_->Quiesce(*d)) d->responses().DropAttachment(std::nullopt);
-      recovering_.erase(name);
-      runtime_.erase(name);
-      (void)RemoveAt(i, /*keep_fds=*/false);
-      Emit("device_removed", name, "device gone: " + what);
+      Log(LogLevel::kInfo, absl::StrCat(name, ": ", what, ": the device is gone"));
+      RemoveGone(i, "device gone: " + what);
       return name;
     }
     if (event.action != "change") return "";

@@ -181,6 +181,19 @@ absl::Status ModuleSwitch::Reset() {
   return absl::OkStatus();
 }
 
+absl::Status VfioDevice::SetIrqEventfd(uint32_t index, int eventfd) {
+  uapi::VfioIrqSetEventfd set{};
+  set.argsz = sizeof(set);
+  set.flags = uapi::kVfioIrqSetDataEventfd | uapi::kVfioIrqSetActionTrigger;
+  set.index = index;
+  set.start = 0;
+  set.count = 1;
+  set.eventfd = eventfd;
+  int rc = sys_->Ioctl(fd_.get(), uapi::kVfioDeviceSetIrqs, &set);
+  if (rc < 0) return ErrnoStatus(-rc, name_, absl::StrCat("VFIO_DEVICE_SET_IRQS index ", index));
+  return absl::OkStatus();
+}
+
 absl::Status VfioDevice::Reset() {
   int rc = sys_->Ioctl(fd_.get(), uapi::kVfioDeviceReset, nullptr);
   if (rc < 0) return ErrnoStatus(-rc, name_, "VFIO_DEVICE_RESET");

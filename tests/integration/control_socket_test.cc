@@ -52,6 +52,11 @@ TEST_F(ControlSocketTest, ServesStatusInfoAndDescriptionWithNoDevices) {
   json status = c.CallOne({{"method", "io.iopfd.GetStatus"}});
   EXPECT_EQ(status["parameters"]["devices_configured"], 0);
   EXPECT_EQ(status["parameters"]["health"], "ok");
+  // The daemon listens to the kernel's uevents (the socket needs no privilege), and has seen
+  // nothing malformed.
+  EXPECT_EQ(status["parameters"]["uevents"]["listening"], true) << status.dump();
+  EXPECT_EQ(status["parameters"]["uevents"]["malformed"], 0);
+  EXPECT_EQ(status["parameters"]["uevents"]["foreign"], 0);
   json desc = c.CallOne({{"method", "org.varlink.service.GetInterfaceDescription"},
                          {"parameters", {{"interface", "io.iopfd"}}}});
   std::string text = desc["parameters"]["description"];

@@ -13,6 +13,7 @@
 #include "iopfd/clock.h"
 #include "iopfd/control_methods.h"
 #include "iopfd/device_manager.h"
+#include "iopfd/eventfd_watcher.h"
 #include "iopfd/log.h"
 #include "iopfd/uevent.h"
 #include "iopfd/varlink.h"
@@ -71,6 +72,7 @@ class DrainControlTest : public ::testing::Test {
     DeviceConfig config = SimVfioDevice("sim0", {std::nullopt, kPasid}, 1 << 20);
     config.drain = drain;
     config.sysfs = "/sys/devices/pci0000:00/0000:00:04.0";
+    manager_.set_irq_watcher(&irqs_);
     ReloadReport r = manager_.Apply({config});
     ASSERT_THAT(r.failed, IsEmpty());
     StartService();
@@ -140,6 +142,7 @@ class DrainControlTest : public ::testing::Test {
   PriDevice function_;
   SimKernel kernel_{&function_};
   SyncHost host_;
+  EventfdWatcher irqs_;
   DeviceManager manager_{&host_, &kernel_, ListenFds(), 64};
   EventBus events_;
   DaemonState state_;
@@ -499,6 +502,59 @@ TEST_F(DrainControlTest, ARemovedDeviceIsDetachedAndItsHeldAnswersDropped) {
   EXPECT_THAT(kernel_.violations(), IsEmpty());
   // A reload that still configures it attaches it again.
   EXPECT_EQ(Call("io.iopfd.ListDevices", Json::object())["parameters"]["devices"].size(), 0u);
+}
+
+TEST_F(DrainControlTest, VfioErrorAndRequestInterruptsAreWatched) {
+  Start({});
+  EXPECT_GE(kernel_.IrqEventfd(uapi::kVfioPciErrIrqIndex), 0);
+  EXPECT_GE(kernel_.IrqEventfd(uapi::kVfioPciReqIrqIndex), 0);
+  EXPECT_NE(kernel_.IrqEventfd(uapi::kVfioPciErrIrqIndex),
+            kernel_.IrqEventfd(uapi::kVfioPciReqIrqIndex));
+  EXPECT_EQ(irqs_.watched(), 2u);
+}
+
+TEST_F(DrainControlTest, AnErrorInterruptHoldsTheDeviceUntilTheRecoverySucceeds) {
+  Start({});
+  Fault(kPasid, 0);
+  host_.Turn();
+  EXPECT_TRUE(manager_.OnVfioIrq("sim0", uapi::kVfioPciErrIrqIndex));
+  EXPECT_EQ(DeviceEntry()["state"], "halted");
+  EXPECT_FALSE(manager_.OnVfioIrq("sim0", uapi::kVfioPciErrIrqIndex));  // already held
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "SUCCESSFUL_RECOVERY")), "sim0");
+  EXPECT_EQ(DeviceEntry()["state"], "running");
+  Fault(kPasid, 1);
+  ExpectClean();
+}
+
+TEST_F(DrainControlTest, ARequestInterruptParksAndReleasesTheDevice) {
+  Start({});
+  Fault(std::nullopt, 0);
+  Fault(kPasid, 1);
+  ASSERT_TRUE(manager_.Find("sim0")->ReadAvailable(~0ull, 64).ok());  // answers held
+  Fault(kPasid, 2);                                                   // queued
+  std::string log;
+  SetLogSink([&log](LogLevel, const std::string& line) { log += line + "\n"; });
+  EXPECT_TRUE(manager_.OnVfioIrq("sim0", uapi::kVfioPciReqIrqIndex));
+  SetLogSink(nullptr);
+  EXPECT_EQ(manager_.Find("sim0"), nullptr);
+  EXPECT_EQ(irqs_.watched(), 0u);
+  EXPECT_THAT(Path(), ElementsAre("running->detached"));
+  // Parked before it was let go: the kernel answered all three groups; iopfd wrote none of
+  // its held answers and left nothing owed.
+  EXPECT_THAT(log, HasSubstr("\"responses_written\":0,"));
+  EXPECT_THAT(log, HasSubstr("\"responses_stale_dropped\":2,"));
+  EXPECT_THAT(log, HasSubstr("\"outstanding\":0,"));
+  EXPECT_EQ(kernel_.ReadAndUnanswered(), 0u);
+  function_.CheckNothingLost();
+  EXPECT_THAT(function_.violations(), IsEmpty());
+  EXPECT_FALSE(manager_.OnVfioIrq("sim0", uapi::kVfioPciReqIrqIndex));
+}
+
+TEST_F(AdoptDrainTest, TheOwnersInterruptsAreLeftAlone) {
+  manager_.set_irq_watcher(&irqs_);
+  Adopt(/*with_device_fd=*/true, {});
+  EXPECT_EQ(kernel_.IrqEventfd(uapi::kVfioPciErrIrqIndex), -1);
+  EXPECT_EQ(irqs_.watched(), 0u);
 }
 
 TEST_F(DrainControlTest, RemovingADeviceMidDrainForgetsItsDrain) {

@@ -231,6 +231,18 @@ int SimKernel::Ioctl(int fd, unsigned long request, void* arg) {
       Reattach(pasid, 0);
       return 0;
     }
+    case uapi::kVfioDeviceSetIrqs: {
+      if (fd != vfio_fd_) return -ENOTTY;
+      auto* c = static_cast<uapi::VfioIrqSetEventfd*>(arg);
+      // vfio-pci: ERR and REQ take one eventfd each (vfio_pci_set_err_trigger/req_trigger).
+      if (c->argsz < sizeof(*c) || c->count != 1 || c->start != 0 ||
+          c->flags != (uapi::kVfioIrqSetDataEventfd | uapi::kVfioIrqSetActionTrigger) ||
+          (c->index != uapi::kVfioPciErrIrqIndex && c->index != uapi::kVfioPciReqIrqIndex)) {
+        return -EINVAL;
+      }
+      irq_eventfds_[c->index] = c->eventfd;
+      return 0;
+    }
     case uapi::kVfioDeviceReset: {
       if (fd != vfio_fd_) return -ENOTTY;
       // pci_reset_function: save state, FLR, restore state. The function forgets its tags and

@@ -110,6 +110,11 @@ class SimKernel : public Syscalls {
   }
   // The HWPT attached for pasid (nullopt: the no-PASID attachment), 0 when none.
   uint32_t AttachedHwpt(std::optional<uint32_t> pasid) const;
+  // The eventfd VFIO_DEVICE_SET_IRQS set for an interrupt index, or -1.
+  int IrqEventfd(uint32_t index) const {
+    auto it = irq_eventfds_.find(index);
+    return it == irq_eventfds_.end() ? -1 : it->second;
+  }
   // The number of HWPTs that exist.
   size_t hwpt_count() const { return hwpts_.size(); }
   // Mappings made through IOMMU_IOAS_MAP(_FILE), as (ioas, iova) -> length.
@@ -158,6 +163,7 @@ class SimKernel : public Syscalls {
   std::map<std::pair<uint32_t, uint64_t>, uint64_t> mappings_;
   uint64_t auto_responses_ = 0, refused_responses_ = 0;
   int switch_calls_ = 0;
+  std::map<uint32_t, int> irq_eventfds_;
   static int SwitchModuleEntry(const iopfd_switch_request* req);
   static int ResetModuleEntry(const iopfd_switch_request* req);
 };

@@ -1,0 +1,97 @@
+#include "iopfd/eventfd_watcher.h"
+
+#include <sys/eventfd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "iopfd/errors.h"
+#include "iopfd/log.h"
+
+namespace iopfd {
+
+absl::StatusOr<int> EventfdWatcher::Watch(std::function<void()> signalled) {
+  int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "", "eventfd");
+  auto e = std::make_unique<Entry>();
+  e->fd.Reset(fd);
+  e->signalled = std::move(signalled);
+  e->read.client = this;
+  e->read.owner = e.get();
+  e->cancel.client = this;
+  e->cancel.owner = e.get();
+  e->cancel.kind = 1;
+  entries_.push_back(std::move(e));
+  if (loop_ != nullptr) Arm(*entries_.back());
+  return fd;
+}
+
+void EventfdWatcher::Arm(Entry& e) {
+  if (stopping_ || e.closing || e.read.in_flight) return;
+  io_uring_sqe* sqe = loop_->GetSqe();
+  io_uring_prep_read(sqe, e.fd.get(), &e.value, sizeof(e.value), 0);
+  loop_->Bind(sqe, &e.read);
+}
+
+void EventfdWatcher::Cancel(Entry& e) {
+  if (!e.read.in_flight || e.cancel.in_flight || loop_ == nullptr) return;
+  io_uring_sqe* sqe = loop_->GetSqe();
+  io_uring_prep_cancel(sqe, &e.read, 0);
+  loop_->Bind(sqe, &e.cancel);
+}
+
+void EventfdWatcher::Reap() {
+  // An entry goes (and its fd closes) only once neither of its operations is in flight: the
+  // ring must never read into freed memory or a reused fd number.
+  std::erase_if(entries_, [](const std::unique_ptr<Entry>& e) {
+    return e->closing && !e->read.in_flight && !e->cancel.in_flight;
+  });
+}
+
+void EventfdWatcher::Unwatch(int fd) {
+  for (auto& e : entries_) {
+    if (e->fd.get() != fd || e->closing) continue;
+    e->closing = true;
+    e->signalled = nullptr;
+    Cancel(*e);
+  }
+  Reap();
+}
+
+size_t EventfdWatcher::watched() const {
+  return static_cast<size_t>(
+      std::count_if(entries_.begin(), entries_.end(), [](const auto& e) { return !e->closing; }));
+}
+
+void EventfdWatcher::Start(FaultLoop& loop) {
+  loop_ = &loop;
+  for (auto& e : entries_) Arm(*e);
+}
+
+void EventfdWatcher::OnCompletion(FaultLoop& /*loop*/, RingOp& op, int res) {
+  auto* e = static_cast<Entry*>(op.owner);
+  if (&op == &e->read && !e->closing) {
+    if (res == static_cast<int>(sizeof(e->value))) {
+      // Copy: the callback may unwatch this very entry.
+      std::function<void()> cb = e->signalled;
+      if (cb) cb();
+    } else if (res < 0 && res != -EAGAIN && res != -EINTR && res != -ECANCELED) {
+      Log(LogLevel::kError, std::string(ErrnoStatus(-res, "", "read interrupt eventfd").message()));
+      e->closing = true;  // a broken eventfd is not read again (no spinning)
+    }
+    Arm(*e);
+  }
+  Reap();
+}
+
+void EventfdWatcher::Stop(FaultLoop& /*loop*/) {
+  stopping_ = true;
+  for (auto& e : entries_) Cancel(*e);
+}
+
+bool EventfdWatcher::Busy() const {
+  return std::any_of(entries_.begin(), entries_.end(),
+                     [](const auto& e) { return e->read.in_flight || e->cancel.in_flight; });
+}
+
+}  // namespace iopfd
