@@ -124,8 +124,9 @@ class DrainController {
                      uint64_t now_ns);
   // From HALTING onwards, to RUNNING, HALTED or QUARANTINED.
   absl::Status Continue(const std::string& cause);
-  // Reads the queue empty and answers what was read; false (and quarantines) on failure.
-  bool FlushQueue(const std::string& when);
+  // Reads the queue empty and answers what was read; on failure quarantines and returns its
+  // Aborted status.
+  absl::Status FlushQueue(const std::string& when);
   absl::Status Quarantine(const std::string& why);
   void Enter(DrainState next, const std::string& cause);
   absl::Status Refuse(const char* request) const;

@@ -45,7 +45,8 @@ class EventfdWatcher : public RingClient {
     RingOp read;
     RingOp cancel;
     uint64_t value = 0;
-    bool closing = false;
+    bool closing = false;  // Unwatch was called: goes once nothing of it is in flight
+    bool dead = false;     // its read failed for good: not read again, kept until Unwatch
   };
   void Arm(Entry& e);
   void Cancel(Entry& e);
@@ -53,6 +54,7 @@ class EventfdWatcher : public RingClient {
 
   FaultLoop* loop_ = nullptr;
   bool stopping_ = false;
+  Entry* dispatching_ = nullptr;  // whose callback runs: never freed under it
   std::vector<std::unique_ptr<Entry>> entries_;
 };
 

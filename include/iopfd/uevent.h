@@ -69,7 +69,10 @@ class UeventListener : public RingClient {
     uint64_t malformed = 0;  // dropped: ParseUevent refused them, or truncated
     uint64_t foreign = 0;    // dropped: not sent by the kernel
     uint64_t overruns = 0;   // ENOBUFS: the socket buffer overflowed and uevents were lost
+    uint64_t synthetic = 0;  // synthetic (SYNTH_UUID: a write to a uevent file), passed on
   };
+  // Returns false once the socket failed for good and nothing more is read.
+  bool listening() const { return !broken_; }
   const Counters& counters() const { return counters_; }
 
   // Handles one received message as OnCompletion does (for tests): `sender_port` is the
@@ -92,6 +95,7 @@ class UeventListener : public RingClient {
   RingOp op_;
   RingOp cancel_;
   bool stopping_ = false;
+  bool broken_ = false;
   Counters counters_;
   alignas(8) char buf_[kMaxUeventBytes]{};
   sockaddr_nl from_{};

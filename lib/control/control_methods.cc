@@ -63,8 +63,9 @@ json StatsJson(const std::string& name, const DeviceStats& s) {
 json UeventsJson(const UeventListener* l) {
   if (l == nullptr) return {{"listening", false}};
   const UeventListener::Counters& c = l->counters();
-  return {{"listening", true},        {"received", c.received}, {"delivered", c.delivered},
-          {"malformed", c.malformed}, {"foreign", c.foreign},   {"overruns", c.overruns}};
+  return {{"listening", l->listening()}, {"synthetic", c.synthetic}, {"received", c.received},
+          {"delivered", c.delivered},    {"malformed", c.malformed}, {"foreign", c.foreign},
+          {"overruns", c.overruns}};
 }
 
 // "failed" when the fault queue can no longer be read or written, else the drain state.

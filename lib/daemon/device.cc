@@ -230,6 +230,14 @@ Device::~Device() {
 
 void Device::DestroyParkHwpts() {
   if (!iommufd_ || iommufd_->fd() < 0) return;
+  // A parked attachment goes back to the owner's IOPF-capable HWPT first (a reload restart, a
+  // Detach of a halted device): the owner gets its device as it handed it over, and the park
+  // HWPT is free to go.
+  if (switch_ != nullptr && parked(std::nullopt)) {
+    if (absl::Status st = Unpark(std::nullopt); !st.ok()) {
+      Log(LogLevel::kWarning, absl::StrCat(st.message(), " (giving the device back)"));
+    }
+  }
   for (Attachment& a : attachments_) {
     if (!a.park.valid()) continue;
     absl::Status st = iommufd_->Destroy(a.park.value());
@@ -380,6 +388,9 @@ absl::Status Device::ReadAvailable(uint64_t deadline_ns, uint32_t max_records) {
 
 absl::Status Device::WriteQueued() {
   ResponseQueue& q = *responses_;
+  // The ring is writing this device's answers: never begin a second write of the same batch
+  // (it would answer those cookies twice); the ring's completion goes on with the rest.
+  if (q.write_in_flight()) return absl::OkStatus();
   while (q.HasUnwritten()) {
     if (write_failed_) {
       q.AbandonAll();

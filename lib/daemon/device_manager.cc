@@ -56,6 +56,9 @@ absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds
   Device* d = devices_.back().get();
   auto drain = std::make_unique<DrainController>(d, host_, DrainOptionsOf(config.drain));
   drain->on_transition = [this, d](const DrainTransition& t) {
+    // A recovery's hold ends when the device leaves HALTED, whoever moved it: a later
+    // SUCCESSFUL_RECOVERY must not resume a hold an operator made since.
+    if (t.from == DrainState::kHalted) recovering_.erase(d->name());
     if (on_transition) on_transition(*d, t);
   };
   drains_[d] = std::move(drain);
@@ -90,8 +93,8 @@ bool DeviceManager::OnVfioIrq(const std::string& name, uint32_t index) {
       // vfio-pci's error_detected: the PCI core is recovering the device; its DMA is stopped.
       Log(LogLevel::kWarning, name + ": VFIO error interrupt (AER)");
       if (drain->state() != DrainState::kRunning) return false;
-      recovering_.insert(name);
       (void)drain->Halt("VFIO error interrupt (AER)", MonotonicNs());
+      if (drain->state() == DrainState::kHalted) recovering_.insert(name);
       return true;
     }
     if (index == uapi::kVfioPciReqIrqIndex) {
@@ -152,6 +155,7 @@ DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
   // HALTING waits with the device served as usual), and the device closing detaches its
   // attachments, which answers what is queued like a park would.
   drains_.erase(d);
+  recovering_.erase(d->name());
   if (auto it = irq_fds_.find(d); it != irq_fds_.end()) {
     for (int fd : it->second) irqs_->Unwatch(fd);
     irq_fds_.erase(it);
@@ -307,6 +311,10 @@ absl::StatusOr<DeviceStats> DeviceManager::Detach(const std::string& name) {
 }
 
 std::string DeviceManager::OnUevent(const Uevent& event) {
+  // `echo remove > /sys/.../uevent` (udevadm trigger) makes the kernel send a synthetic uevent,
+  // marked SYNTH_UUID (lib/kobject_uevent.c kobject_synth_uevent): nothing happened to the
+  // device, so nothing is done to it.
+  if (event.env.count("SYNTH_UUID") != 0) return "";
   for (size_t i = 0; i < devices_.size(); ++i) {
     Device* d = devices_[i].get();
     if (d->devpath().empty() || d->devpath() != event.devpath) continue;
@@ -326,8 +334,8 @@ std::string DeviceManager::OnUevent(const Uevent& event) {
     if (ers == "BEGIN_RECOVERY") {
       // The PCI core stopped the device (error_detected); its DMA is halted. Park it.
       if (drain->state() != DrainState::kRunning) return "";
-      recovering_.insert(name);
       (void)drain->Halt("PCI error recovery began: " + what, MonotonicNs());
+      if (drain->state() == DrainState::kHalted) recovering_.insert(name);
       return name;
     }
     if (ers == "SUCCESSFUL_RECOVERY") {

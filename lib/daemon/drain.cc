@@ -113,14 +113,11 @@ void DrainController::Tick(uint64_t now_ns) {
   }
 }
 
-bool DrainController::FlushQueue(const std::string& when) {
+absl::Status DrainController::FlushQueue(const std::string& when) {
   absl::Status st = device_->ReadAvailable(MonotonicNs() + kFlushReadNs, kFlushMaxRecords);
   if (st.ok()) st = device_->WriteQueued();
-  if (!st.ok()) {
-    (void)Quarantine(absl::StrCat("flush ", when, ": ", st.message()));
-    return false;
-  }
-  return true;
+  if (!st.ok()) return Quarantine(absl::StrCat("flush ", when, ": ", st.message()));
+  return absl::OkStatus();
 }
 
 absl::Status DrainController::Continue(const std::string& cause) {
@@ -136,7 +133,7 @@ absl::Status DrainController::Continue(const std::string& cause) {
   if (absl::Status st = device_->Park(scope_); !st.ok()) {
     return Quarantine(absl::StrCat("park: ", st.message()));
   }
-  if (!FlushQueue("after the park")) return absl::InternalError("flush failed");
+  if (absl::Status st = FlushQueue("after the park"); !st.ok()) return st;
   if (goal_ == Goal::kReset) {
     Enter(DrainState::kResetting, cause);
     ++device_->stats().function_resets;
@@ -144,7 +141,7 @@ absl::Status DrainController::Continue(const std::string& cause) {
       return Quarantine(absl::StrCat("reset: ", st.message()));
     }
     Enter(DrainState::kFlushing, "after the reset");
-    if (!FlushQueue("after the reset")) return absl::InternalError("flush failed");
+    if (absl::Status st = FlushQueue("after the reset"); !st.ok()) return st;
   }
   // Nothing may be left owed now: the kernel answered the parked attachments' groups and what
   // iopfd held for them was dropped; everything else read was answered by the flush, and the
@@ -173,8 +170,7 @@ absl::Status DrainController::Resume(const std::string& cause, uint64_t /*now_ns
   Enter(DrainState::kResuming, cause);
   const bool whole = !mid_drain || !scope_.has_value();
   if (absl::Status st = device_->Unpark(whole ? std::nullopt : scope_); !st.ok()) {
-    (void)Quarantine(absl::StrCat("unpark: ", st.message()));
-    return st;
+    return Quarantine(absl::StrCat("unpark: ", st.message()));
   }
   device_->SetQuarantined(false);
   ++epoch_;
@@ -191,6 +187,9 @@ absl::Status DrainController::Resume(const std::string& cause, uint64_t /*now_ns
 absl::Status DrainController::Quarantine(const std::string& why) {
   // Page requests stay off as far as iopfd can make them: every attachment parked (best
   // effort: the park may be what failed), everything answered INVALID, no mapping made.
+  // The ring's reading stops first (a timeout or an outside failure comes with it running): no
+  // write may be in flight for the park, and nothing read before it may slip past its fence.
+  if (!quiesced_) quiesced_ = io_->Quiesce(*device_);
   absl::Status park = device_->Park(std::nullopt);
   device_->SetQuarantined(true);
   (void)device_->WriteQueued();

@@ -27,7 +27,7 @@ absl::StatusOr<int> EventfdWatcher::Watch(std::function<void()> signalled) {
 }
 
 void EventfdWatcher::Arm(Entry& e) {
-  if (stopping_ || e.closing || e.read.in_flight) return;
+  if (stopping_ || e.closing || e.dead || e.read.in_flight) return;
   io_uring_sqe* sqe = loop_->GetSqe();
   io_uring_prep_read(sqe, e.fd.get(), &e.value, sizeof(e.value), 0);
   loop_->Bind(sqe, &e.read);
@@ -43,8 +43,8 @@ void EventfdWatcher::Cancel(Entry& e) {
 void EventfdWatcher::Reap() {
   // An entry goes (and its fd closes) only once neither of its operations is in flight: the
   // ring must never read into freed memory or a reused fd number.
-  std::erase_if(entries_, [](const std::unique_ptr<Entry>& e) {
-    return e->closing && !e->read.in_flight && !e->cancel.in_flight;
+  std::erase_if(entries_, [this](const std::unique_ptr<Entry>& e) {
+    return e->closing && !e->read.in_flight && !e->cancel.in_flight && e.get() != dispatching_;
   });
 }
 
@@ -72,12 +72,15 @@ void EventfdWatcher::OnCompletion(FaultLoop& /*loop*/, RingOp& op, int res) {
   auto* e = static_cast<Entry*>(op.owner);
   if (&op == &e->read && !e->closing) {
     if (res == static_cast<int>(sizeof(e->value))) {
-      // Copy: the callback may unwatch this very entry.
+      // The callback may unwatch this very entry (a REQ releases its device): it stays alive
+      // until the callback returned, and is then not re-armed.
+      dispatching_ = e;
       std::function<void()> cb = e->signalled;
       if (cb) cb();
+      dispatching_ = nullptr;
     } else if (res < 0 && res != -EAGAIN && res != -EINTR && res != -ECANCELED) {
       Log(LogLevel::kError, std::string(ErrnoStatus(-res, "", "read interrupt eventfd").message()));
-      e->closing = true;  // a broken eventfd is not read again (no spinning)
+      e->dead = true;  // not read again (no spinning); its fd stays its own until Unwatch
     }
     Arm(*e);
   }

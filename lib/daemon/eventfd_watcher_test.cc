@@ -51,5 +51,28 @@ TEST(EventfdWatcherTest, SignalsReachTheirCallbackUntilUnwatched) {
   EXPECT_FALSE(w.Busy());
 }
 
+TEST(EventfdWatcherTest, ACallbackMayUnwatchItsOwnFd) {
+  // As a VFIO request interrupt does: its handler releases the device, and with it the
+  // eventfd whose callback is running (ASan checks nothing is touched after).
+  GlobalConfig config;
+  auto loop = FaultLoop::Create(config);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  EventfdWatcher w;
+  int calls = 0, fd = -1;
+  auto a = w.Watch([&] {
+    ++calls;
+    w.Unwatch(fd);
+    (*loop)->RequestStop();
+  });
+  ASSERT_TRUE(a.ok());
+  fd = *a;
+  Signal(fd);
+  (*loop)->AddClient(&w);
+  EXPECT_EQ((*loop)->Run(), 0);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(w.watched(), 0u);
+  EXPECT_FALSE(w.Busy());
+}
+
 }  // namespace
 }  // namespace iopfd

@@ -177,6 +177,7 @@ void UeventListener::Deliver(std::span<const char> message, uint32_t sender_port
     return;
   }
   ++counters_.delivered;
+  if (ev->env.count("SYNTH_UUID") != 0) ++counters_.synthetic;
   if (on_uevent) on_uevent(*ev);
 }
 
@@ -191,7 +192,10 @@ void UeventListener::OnCompletion(FaultLoop& loop, RingOp& op, int res) {
     Log(LogLevel::kError, "uevents lost: the netlink socket's buffer overflowed (ENOBUFS)");
   } else if (res != -ECANCELED && res != -EAGAIN && res != -EINTR) {
     Log(LogLevel::kError, std::string(ErrnoStatus(-res, "", "recvmsg uevent socket").message()));
-    if (res != -ENOMEM) return;  // a broken socket: stop listening rather than spin
+    if (res != -ENOMEM) {
+      broken_ = true;  // a broken socket: stop listening rather than spin; GetStatus says so
+      return;
+    }
   }
   Arm(loop);
 }

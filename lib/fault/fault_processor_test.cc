@@ -351,6 +351,34 @@ TEST(ResponseQueueTest, ACookieReadAgainBeforeItsAnswerWasWrittenDropsTheStaleAn
   EXPECT_EQ(stats.outstanding(), 0u);
 }
 
+TEST(ResponseQueueTest, ACookieReadAgainWhileItsAnswerWaitsToBeResentDropsThatAnswer) {
+  // Answers 3, 7, 9 written; the owner replaced the attachment, so the kernel answered all
+  // three and refuses 3 (EINVAL): 7 and 9 wait to be sent again. A new group then comes with
+  // cookie 7: the old 7 must not be re-sent ahead of it.
+  DeviceStats stats;
+  stats.groups = 4;
+  ResponseQueue q(&stats);
+  q.Add(3, uapi::kRespSuccess, 0);
+  q.Add(7, uapi::kRespInvalid, 0);
+  q.Add(9, uapi::kRespSuccess, 0);
+  ASSERT_EQ(q.BeginWrite().size(), 3u);
+  ASSERT_TRUE(q.CompleteWrite(-EINVAL, 0));
+  q.Add(7, uapi::kRespSuccess, 0);
+  EXPECT_EQ(stats.duplicate_cookies, 1u);
+  EXPECT_EQ(stats.responses_stale_dropped, 1u);
+  auto w = q.BeginWrite();
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].cookie, 9u);
+  ASSERT_TRUE(q.CompleteWrite(8, 0));
+  w = q.BeginWrite();
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0].cookie, 7u);
+  EXPECT_EQ(w[0].code, uapi::kRespSuccess);
+  ASSERT_TRUE(q.CompleteWrite(8, 0));
+  EXPECT_EQ(q.outstanding(), 0u);
+  EXPECT_EQ(stats.outstanding(), 0u);
+}
+
 TEST(ResponseQueueTest, ACookieReadAgainWhileItsAnswerIsBeingWrittenIsStillAnsweredOnce) {
   DeviceStats stats;
   stats.groups = 2;

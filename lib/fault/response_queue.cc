@@ -14,17 +14,28 @@ void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns, Attach
     // its way. One already being written races the new group's answer; both are accounted.
     ++stats_->duplicate_cookies;
     bool dropped = false;
-    for (size_t i = 0; i < pending_.size(); ++i) {
+    for (size_t i = 0; i < pending_.size() && !dropped; ++i) {
       if (pending_[i].cookie != cookie) continue;
       pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
       pending_ts_.erase(pending_ts_.begin() + static_cast<std::ptrdiff_t>(i));
       pending_att_.erase(pending_att_.begin() + static_cast<std::ptrdiff_t>(i));
       pending_epoch_.erase(pending_epoch_.begin() + static_cast<std::ptrdiff_t>(i));
-      ++stats_->responses_stale_dropped;
       dropped = true;
-      break;
     }
-    if (!dropped) ++untracked_;
+    // The unsettled rest of the last write (after a short write or EINVAL) is re-sent before
+    // anything newer: the old answer there would meet the new group first.
+    for (size_t i = inflight_pos_; !writing_ && i < inflight_.size() && !dropped; ++i) {
+      if (inflight_[i].cookie != cookie) continue;
+      inflight_.erase(inflight_.begin() + static_cast<std::ptrdiff_t>(i));
+      inflight_ts_.erase(inflight_ts_.begin() + static_cast<std::ptrdiff_t>(i));
+      inflight_att_.erase(inflight_att_.begin() + static_cast<std::ptrdiff_t>(i));
+      dropped = true;
+    }
+    if (dropped) {
+      ++stats_->responses_stale_dropped;
+    } else {
+      ++untracked_;  // being written right now: it races the new group's answer
+    }
   }
   if (code == uapi::kRespSuccess) {
     ++stats_->responses_success;

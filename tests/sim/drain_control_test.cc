@@ -326,6 +326,22 @@ TEST_F(DrainControlTest, AFailedParkQuarantinesAndSaysWhichStep) {
   ExpectClean();
 }
 
+TEST_F(DrainControlTest, AFailedUnparkIsDrainFailedAndQuarantines) {
+  Start({});
+  ASSERT_EQ(Call("io.iopfd.Halt", {{"device", "sim0"}})["parameters"]["state"], "halted");
+  // ENOENT maps to NotFound: it must not come back as NoSuchPasid.
+  kernel_.fail_ioctl = [](unsigned long request) {
+    return request == uapi::kVfioDeviceAttachIommufdPt ? ENOENT : 0;
+  };
+  Json r = Call("io.iopfd.Resume", {{"device", "sim0"}});
+  EXPECT_EQ(r["error"], "io.iopfd.DrainFailed") << r.dump();
+  EXPECT_EQ(r["parameters"]["state"], "quarantined");
+  EXPECT_THAT(r["parameters"]["error"].get<std::string>(), HasSubstr("unpark"));
+  EXPECT_THAT(r["parameters"]["error"].get<std::string>(), HasSubstr("ENOENT"));
+  kernel_.fail_ioctl = nullptr;
+  EXPECT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+}
+
 TEST_F(DrainControlTest, PrometheusShowsStateAndDrainCounters) {
   Start({HaltMethod::kReset, 5000});
   ASSERT_EQ(Call("io.iopfd.Reset", {{"device", "sim0"}})["parameters"]["state"], "running");
@@ -465,6 +481,29 @@ TEST_F(DrainControlTest, ARecoveryNeverResumesWhatAnOperatorHeld) {
   EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "BEGIN_RECOVERY")), "");
   EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "SUCCESSFUL_RECOVERY")), "");
   EXPECT_EQ(DeviceEntry()["state"], "halted");
+}
+
+TEST_F(DrainControlTest, ARecoveryEndsWhenTheDeviceLeavesItsHold) {
+  Start({});
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "BEGIN_RECOVERY")), "sim0");
+  // The operator resumes it early, then holds it for a reset of their own...
+  ASSERT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+  ASSERT_EQ(Call("io.iopfd.Halt", {{"device", "sim0"}})["parameters"]["state"], "halted");
+  // ...which the recovery's late success must not undo.
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "SUCCESSFUL_RECOVERY")), "");
+  EXPECT_EQ(DeviceEntry()["state"], "halted");
+}
+
+TEST_F(DrainControlTest, SyntheticUeventsAreNotActedUpon) {
+  Start({});
+  Uevent fake = KernelEvent("remove");
+  fake.env["SYNTH_UUID"] = "0";  // echo remove > /sys/.../uevent
+  EXPECT_EQ(manager_.OnUevent(fake), "");
+  EXPECT_NE(manager_.Find("sim0"), nullptr);
+  fake = KernelEvent("change", "FAILED_RECOVERY");
+  fake.env["SYNTH_UUID"] = "0";
+  EXPECT_EQ(manager_.OnUevent(fake), "");
+  EXPECT_EQ(DeviceEntry()["state"], "running");
 }
 
 TEST_F(DrainControlTest, AFailedRecoveryQuarantines) {
