@@ -96,8 +96,9 @@ struct DeviceLimits {
 
 // How a drain stops the device's DMA before its page requests are halted ([drain]).
 enum class HaltMethod : uint8_t {
-  kOwner,  // the device's owner stops its DMA and confirms with Halt over the control socket
-  kReset,  // the function level reset (VFIO_DEVICE_RESET) after the park is the DMA stop
+  kOwner,      // the device's owner stops its DMA and confirms with Halt over the control socket
+  kReset,      // the function level reset (VFIO_DEVICE_RESET) after the park is the DMA stop
+  kBusMaster,  // iopfd clears Bus Master Enable (the config region) and sets it at resume
 };
 
 struct DrainConfig {

@@ -145,6 +145,11 @@ class Device {
   absl::Status Unpark(std::optional<AttachmentKey> which);
   // Returns true when the attachment (or, for nullopt, any) is parked.
   bool parked(std::optional<AttachmentKey> which) const;
+  // Returns true when iopfd can clear the device's Bus Master Enable (it holds the VFIO fd).
+  bool can_stop_bus_master() const { return vfio_.has_value(); }
+  // Sets or clears Bus Master Enable through the VFIO config region. FailedPrecondition
+  // without the VFIO fd, else the step's error.
+  absl::Status SetBusMaster(bool enable);
   // vfio mode: has the device signal `eventfd` on its VFIO interrupt `index` (the ERR or REQ
   // index). FailedPrecondition in adopt mode (the owner holds the device's interrupts), else
   // the ioctl's error.

@@ -140,6 +140,7 @@ class DrainController {
   std::optional<AttachmentKey> scope_;
   uint64_t halt_deadline_ns_ = 0;
   bool quiesced_ = false;
+  bool bus_master_cleared_ = false;  // bus-master halt: iopfd cleared it; resume sets it
 };
 
 }  // namespace iopfd

@@ -123,6 +123,11 @@ class VfioDevice : public AttachmentSwitch {
   absl::Status Reset() override;
   bool can_reset() const override { return true; }
   DeviceId id() const { return id_; }
+  // Sets or clears Bus Master Enable in the command register, through the config region
+  // (vfio-pci passes that bit to the device: docs/KERNEL_FACTS.md section 5). With it clear
+  // the function may issue no memory requests: its DMA stops. Errors name the device, the step
+  // (region info, config read or write) and the errno.
+  absl::Status SetBusMaster(bool enable);
   // VFIO_DEVICE_SET_IRQS: signal `eventfd` on the device's interrupt `index` (ERR or REQ).
   absl::Status SetIrqEventfd(uint32_t index, int eventfd);
   // Wraps a device fd its owner opened and bound to the iommufd as device `id` (adopt mode).
@@ -139,6 +144,7 @@ class VfioDevice : public AttachmentSwitch {
   Syscalls* sys_;
   std::string name_;
   DeviceId id_;
+  std::optional<uint64_t> config_offset_;  // of the config region, once asked
 };
 
 // Resolves a PCI address (DDDD:BB:DD.F) to its VFIO cdev through

@@ -29,6 +29,10 @@ class Syscalls {
   // go through io_uring). Return the byte count, or -errno.
   virtual ssize_t Read(int fd, void* buf, size_t len) = 0;
   virtual ssize_t Write(int fd, const void* buf, size_t len) = 0;
+  // pread(2) and pwrite(2), for a VFIO device's config region. Return the byte count, or
+  // -errno.
+  virtual ssize_t Pread(int fd, void* buf, size_t len, uint64_t offset) = 0;
+  virtual ssize_t Pwrite(int fd, const void* buf, size_t len, uint64_t offset) = 0;
   // What a switch module exports (reset is optional: nullptr when absent).
   struct SwitchModule {
     iopfd_switch_attachment_fn attach = nullptr;

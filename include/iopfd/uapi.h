@@ -151,6 +151,20 @@ struct VfioDeviceAttachIommufdPt {
   uint32_t pasid;
 };
 
+// struct vfio_region_info (without capabilities).
+struct VfioRegionInfo {
+  uint32_t argsz;
+  uint32_t flags;
+  uint32_t index;
+  uint32_t cap_offset;
+  uint64_t size;
+  uint64_t offset;  // of the region within the device fd (pread/pwrite)
+};
+inline constexpr uint32_t kVfioPciConfigRegionIndex = 7;
+// PCI config space: the command register and its Bus Master Enable bit (pci_regs.h).
+inline constexpr uint64_t kPciCommand = 0x04;
+inline constexpr uint16_t kPciCommandMaster = 0x4;
+
 // struct vfio_irq_set with one eventfd as its data (VFIO_IRQ_SET_DATA_EVENTFD, count 1).
 struct VfioIrqSetEventfd {
   uint32_t argsz;
@@ -185,6 +199,7 @@ inline constexpr unsigned long kIommuIoasMapFile = _IO(kIommufdType, kIommufdCmd
 inline constexpr unsigned long kVfioDeviceBindIommufd = _IO(kIommufdType, kVfioBase + 18);
 inline constexpr unsigned long kVfioDeviceAttachIommufdPt = _IO(kIommufdType, kVfioBase + 19);
 inline constexpr unsigned long kVfioDeviceDetachIommufdPt = _IO(kIommufdType, kVfioBase + 20);
+inline constexpr unsigned long kVfioDeviceGetRegionInfo = _IO(kIommufdType, kVfioBase + 8);
 inline constexpr unsigned long kVfioDeviceSetIrqs = _IO(kIommufdType, kVfioBase + 10);
 // VFIO_DEVICE_RESET: a function level (or other device-specific) reset; no argument.
 inline constexpr unsigned long kVfioDeviceReset = _IO(kIommufdType, kVfioBase + 11);
@@ -208,6 +223,7 @@ static_assert(sizeof(VfioDeviceBindIommufd) == 24 &&
               offsetof(VfioDeviceBindIommufd, out_devid) == 12);
 static_assert(sizeof(VfioDeviceAttachIommufdPt) == 16);
 static_assert(sizeof(VfioDeviceDetachIommufdPt) == 12);
+static_assert(sizeof(VfioRegionInfo) == 32 && offsetof(VfioRegionInfo, offset) == 24);
 static_assert(sizeof(VfioIrqSetEventfd) == 24 && offsetof(VfioIrqSetEventfd, eventfd) == 20);
 
 }  // namespace iopfd::uapi

@@ -711,10 +711,18 @@ void ParseDrain(Reporter& rep, const toml::table& table, std::optional<AttachMod
       } else {
         drain->halt = HaltMethod::kReset;
       }
+    } else if (halt->value == "bus-master") {
+      // Written through the VFIO device's config region: vfio mode, or adopt.device_fd.
+      if (mode == AttachMode::kAdopt && adopt.device_fd.empty()) {
+        rep.At(*halt->node,
+               "drain.halt: \"bus-master\" needs the VFIO device fd (attach = \"vfio\", or "
+               "adopt.device_fd); otherwise the owner stops the device (\"owner\")");
+      } else {
+        drain->halt = HaltMethod::kBusMaster;
+      }
     } else {
-      // Bus Master Enable is not offered: see docs/DRAIN.md (why not bus-master).
-      rep.At(*halt->node,
-             Cat("drain.halt: must be \"owner\" or \"reset\" (got ", Quote(halt->value), ")"));
+      rep.At(*halt->node, Cat("drain.halt: must be \"owner\", \"reset\" or \"bus-master\" (got ",
+                              Quote(halt->value), ")"));
     }
   }
   if (auto ms = GetInt(rep, table, "drain", "halt_timeout_ms", /*required=*/false, 1, 600000)) {

@@ -498,12 +498,14 @@ TEST(DeviceDrainTest, ResetAndTimeoutInVfioMode) {
 }
 
 TEST(DeviceDrainTest, BadValuesNameKeyAndPlace) {
-  EXPECT_THAT(Errors(std::string(kVfioHead) + "[drain]\nhalt = \"bus\"\nhalt_timeout_ms = 0\n"
-                                              "when = 1\n"),
-              ElementsAre("dev.toml:12:8: drain.halt: must be \"owner\" or \"reset\" (got \"bus\")",
-                          "dev.toml:13:19: drain.halt_timeout_ms: must be in 1..600000 (got 0)",
-                          "dev.toml:14:1: drain.when: unknown key (expected one of halt, "
-                          "halt_timeout_ms)"));
+  EXPECT_THAT(
+      Errors(std::string(kVfioHead) + "[drain]\nhalt = \"bus\"\nhalt_timeout_ms = 0\n"
+                                      "when = 1\n"),
+      ElementsAre("dev.toml:12:8: drain.halt: must be \"owner\", \"reset\" or \"bus-master\" "
+                  "(got \"bus\")",
+                  "dev.toml:13:19: drain.halt_timeout_ms: must be in 1..600000 (got 0)",
+                  "dev.toml:14:1: drain.when: unknown key (expected one of halt, "
+                  "halt_timeout_ms)"));
   EXPECT_THAT(Errors(std::string(kVfioHead) + "[drain]\nhalt = 1\n"),
               ElementsAre("dev.toml:12:8: drain.halt: expected a string, got an integer"));
 }
@@ -604,6 +606,20 @@ TEST(DeviceDrainTest, HwptIdOnlyWhereIopfdCanSwitch) {
               ElementsAre(HasSubstr("adopt.switch_target: only with adopt.switch_module")));
   EXPECT_THAT(Errors(Switchable("switch_module = \"/m.so\"\ndevice_fd = \"d\"", "hwpt_id = 9")),
               ElementsAre(HasSubstr("adopt.switch_module: not with adopt.device_fd")));
+}
+
+TEST(DeviceDrainTest, BusMasterNeedsTheVfioDeviceFd) {
+  LoadResult r = Parse(std::string(kVfioHead) + "[drain]\nhalt = \"bus-master\"\n");
+  ASSERT_THAT(ErrorStrings(r), IsEmpty());
+  EXPECT_EQ(r.config.devices[0].drain.halt, HaltMethod::kBusMaster);
+  std::string adopt = Switchable("switch_module = \"/m.so\"", "hwpt_id = 9");
+  adopt.replace(adopt.find("halt = \"reset\""), 14, "halt = \"bus-master\"");
+  EXPECT_THAT(Errors(adopt), ElementsAre(HasSubstr("drain.halt: \"bus-master\" needs the VFIO "
+                                                   "device fd (attach = \"vfio\", or "
+                                                   "adopt.device_fd)")));
+  adopt = Switchable("device_fd = \"d\"", "hwpt_id = 9");
+  adopt.replace(adopt.find("halt = \"reset\""), 14, "halt = \"bus-master\"");
+  EXPECT_THAT(Errors(adopt), IsEmpty());
 }
 
 TEST(DeviceDrainTest, ChangingTheDrainSettingsIsAChange) {

@@ -75,7 +75,17 @@ const char* StateOf(const DaemonState* state, const Device& d) {
   return drain == nullptr ? "running" : DrainStateName(drain->state());
 }
 
-const char* HaltName(HaltMethod m) { return m == HaltMethod::kReset ? "reset" : "owner"; }
+const char* HaltName(HaltMethod m) {
+  switch (m) {
+    case HaltMethod::kReset:
+      return "reset";
+    case HaltMethod::kBusMaster:
+      return "bus-master";
+    case HaltMethod::kOwner:
+      break;
+  }
+  return "owner";
+}
 
 Device* FindDevice(DaemonState* state, const std::string& name) {
   return state->manager->Find(name);

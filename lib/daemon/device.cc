@@ -351,6 +351,13 @@ bool Device::parked(std::optional<AttachmentKey> which) const {
   return false;
 }
 
+absl::Status Device::SetBusMaster(bool enable) {
+  if (!vfio_) {
+    return absl::FailedPreconditionError(name_ + ": no VFIO device fd for Bus Master Enable");
+  }
+  return vfio_->SetBusMaster(enable);
+}
+
 absl::Status Device::SetIrqEventfd(uint32_t index, int eventfd) {
   if (mode_ != AttachMode::kVfio || !vfio_) {
     return absl::FailedPreconditionError(name_ +

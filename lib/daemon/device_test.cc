@@ -75,6 +75,12 @@ class FakeSyscalls : public Syscalls {
     if (auto it = open_fail.find(path); it != open_fail.end()) return -it->second;
     return NewFd();
   }
+  ssize_t Pread(int /*fd*/, void* /*buf*/, size_t /*len*/, uint64_t /*offset*/) override {
+    return -ENOSYS;
+  }
+  ssize_t Pwrite(int /*fd*/, const void* /*buf*/, size_t /*len*/, uint64_t /*offset*/) override {
+    return -ENOSYS;
+  }
   SwitchModule LoadSwitchModule(const std::string& path, std::string* error) override {
     *error = path + ": no modules in this test";
     return {};

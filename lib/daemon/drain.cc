@@ -71,6 +71,12 @@ absl::Status DrainController::Start(Goal goal, std::optional<AttachmentKey> scop
                      "in adopt mode adopt.device_fd or adopt.switch_module (without them the "
                      "owner holds the attachments)"));
   }
+  if (options_.halt == HaltMethod::kBusMaster && !device_->can_stop_bus_master()) {
+    return absl::UnimplementedError(
+        absl::StrCat(device_->name(),
+                     ": halt = \"bus-master\" needs the VFIO device fd (vfio mode, or "
+                     "adopt.device_fd)"));
+  }
   const bool resets = goal == Goal::kReset || options_.halt == HaltMethod::kReset;
   if (resets && !device_->can_reset()) {
     return absl::UnimplementedError(absl::StrCat(
@@ -96,6 +102,15 @@ absl::Status DrainController::Start(Goal goal, std::optional<AttachmentKey> scop
   scope_ = scope;
   Enter(DrainState::kHalting, cause);
   if (goal == Goal::kHold || options_.halt == HaltMethod::kReset) return Continue(cause);
+  if (options_.halt == HaltMethod::kBusMaster) {
+    // The DMA stop is iopfd's own: with Bus Master Enable clear the function issues no memory
+    // requests. Page requests it may still send meet the park next and are answered at once.
+    if (absl::Status st = device_->SetBusMaster(false); !st.ok()) {
+      return Quarantine(absl::StrCat("clear Bus Master Enable: ", st.message()));
+    }
+    bus_master_cleared_ = true;
+    return Continue(cause);
+  }
   halt_deadline_ns_ = now_ns + options_.halt_timeout_ns;
   return absl::OkStatus();  // the owner's Halt continues
 }
@@ -171,6 +186,13 @@ absl::Status DrainController::Resume(const std::string& cause, uint64_t /*now_ns
   const bool whole = !mid_drain || !scope_.has_value();
   if (absl::Status st = device_->Unpark(whole ? std::nullopt : scope_); !st.ok()) {
     return Quarantine(absl::StrCat("unpark: ", st.message()));
+  }
+  // DMA back on only once page requests have a handler again (the unpark above).
+  if (bus_master_cleared_) {
+    if (absl::Status st = device_->SetBusMaster(true); !st.ok()) {
+      return Quarantine(absl::StrCat("set Bus Master Enable: ", st.message()));
+    }
+    bus_master_cleared_ = false;
   }
   device_->SetQuarantined(false);
   ++epoch_;

@@ -181,6 +181,32 @@ absl::Status ModuleSwitch::Reset() {
   return absl::OkStatus();
 }
 
+absl::Status VfioDevice::SetBusMaster(bool enable) {
+  if (!config_offset_) {
+    uapi::VfioRegionInfo info{};
+    info.argsz = sizeof(info);
+    info.index = uapi::kVfioPciConfigRegionIndex;
+    int rc = sys_->Ioctl(fd_.get(), uapi::kVfioDeviceGetRegionInfo, &info);
+    if (rc < 0) return ErrnoStatus(-rc, name_, "VFIO_DEVICE_GET_REGION_INFO (config)");
+    config_offset_ = info.offset;
+  }
+  const uint64_t at = *config_offset_ + uapi::kPciCommand;
+  uint16_t command = 0;
+  ssize_t n = sys_->Pread(fd_.get(), &command, sizeof(command), at);
+  if (n != static_cast<ssize_t>(sizeof(command))) {
+    return ErrnoStatus(n < 0 ? static_cast<int>(-n) : EIO, name_, "read PCI command register");
+  }
+  const uint16_t next = enable ? (command | uapi::kPciCommandMaster)
+                               : static_cast<uint16_t>(command & ~uapi::kPciCommandMaster);
+  if (next == command) return absl::OkStatus();
+  n = sys_->Pwrite(fd_.get(), &next, sizeof(next), at);
+  if (n != static_cast<ssize_t>(sizeof(next))) {
+    return ErrnoStatus(n < 0 ? static_cast<int>(-n) : EIO, name_,
+                       enable ? "set Bus Master Enable" : "clear Bus Master Enable");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status VfioDevice::SetIrqEventfd(uint32_t index, int eventfd) {
   uapi::VfioIrqSetEventfd set{};
   set.argsz = sizeof(set);

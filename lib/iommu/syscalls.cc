@@ -45,6 +45,14 @@ class Real final : public Syscalls {
     ssize_t n = ::write(fd, buf, len);
     return n < 0 ? -errno : n;
   }
+  ssize_t Pread(int fd, void* buf, size_t len, uint64_t offset) override {
+    ssize_t n = ::pread(fd, buf, len, static_cast<off_t>(offset));
+    return n < 0 ? -errno : n;
+  }
+  ssize_t Pwrite(int fd, const void* buf, size_t len, uint64_t offset) override {
+    ssize_t n = ::pwrite(fd, buf, len, static_cast<off_t>(offset));
+    return n < 0 ? -errno : n;
+  }
   SwitchModule LoadSwitchModule(const std::string& path, std::string* error) override {
     // RTLD_NOW: an unresolved symbol fails here, at attach, not in the middle of a drain.
     // Never dlclose'd: a module is small, and unloading code a later drain may call is worse.

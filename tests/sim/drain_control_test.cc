@@ -237,6 +237,50 @@ TEST_F(DrainControlTest, ResetMethodRunsToRunningInOneCall) {
   ExpectClean();
 }
 
+TEST_F(DrainControlTest, BusMasterHaltClearsItBeforeTheParkAndSetsItAfterTheUnpark) {
+  Start({HaltMethod::kBusMaster, 5000});
+  EXPECT_EQ(DeviceEntry()["halt"], "bus-master");
+  Fault(kPasid, 0);
+  host_.Turn();
+  Fault(std::nullopt, 1);  // queued at the drain
+  // Every replace of the attachments must happen with Bus Master Enable clear.
+  int replaces = 0, replaces_with_dma_on = 0;
+  kernel_.before_ioctl = [&](unsigned long request) {
+    if (request != uapi::kVfioDeviceAttachIommufdPt) return;
+    ++replaces;
+    if ((kernel_.pci_command() & uapi::kPciCommandMaster) != 0) ++replaces_with_dma_on;
+  };
+  Json r = Call("io.iopfd.Drain", {{"device", "sim0"}});
+  EXPECT_EQ(r["parameters"], (Json{{"state", "running"}, {"epoch", 1}}));  // no owner to wait for
+  EXPECT_EQ(replaces, 4);  // park and unpark of both attachments
+  EXPECT_EQ(replaces_with_dma_on, 0);
+  EXPECT_NE(kernel_.pci_command() & uapi::kPciCommandMaster, 0);
+  EXPECT_FALSE(function_.halted());                                     // its DMA runs again
+  EXPECT_EQ(kernel_.pci_command() & ~uapi::kPciCommandMaster, 0x0002);  // other bits kept
+  // A reset with the bus-master halt: clear, park, FLR, flush, unpark, set.
+  EXPECT_EQ(Call("io.iopfd.Reset", {{"device", "sim0"}})["parameters"]["state"], "running");
+  EXPECT_EQ(Stats().function_resets, 1u);
+  EXPECT_NE(kernel_.pci_command() & uapi::kPciCommandMaster, 0);
+  kernel_.before_ioctl = nullptr;
+  Fault(kPasid, 2);
+  ExpectClean();
+}
+
+TEST_F(DrainControlTest, AQuarantineLeavesBusMasteringOff) {
+  Start({HaltMethod::kBusMaster, 5000});
+  kernel_.fail_ioctl = [](unsigned long request) {
+    return request == uapi::kVfioDeviceAttachIommufdPt ? EIO : 0;
+  };
+  EXPECT_EQ(Call("io.iopfd.Drain", {{"device", "sim0"}})["error"], "io.iopfd.DrainFailed");
+  EXPECT_EQ(kernel_.pci_command() & uapi::kPciCommandMaster, 0);
+  EXPECT_TRUE(function_.halted());
+  kernel_.fail_ioctl = nullptr;
+  EXPECT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+  EXPECT_NE(kernel_.pci_command() & uapi::kPciCommandMaster, 0);
+  Fault(kPasid, 0);
+  ExpectClean();
+}
+
 TEST_F(DrainControlTest, AnOwnerThatNeverConfirmsGetsTheDeviceQuarantinedUntilResume) {
   Start({HaltMethod::kOwner, 50});
   const uint64_t before = MonotonicNs();

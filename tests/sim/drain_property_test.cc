@@ -58,6 +58,7 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
   kernel.before_ioctl = [&](unsigned long request) {
     if (request == uapi::kVfioDeviceReset) deliver_all();
   };
+  kernel.before_bus_master_clear = deliver_all;
   auto halt_dma = [&] {
     deliver_all();
     function.HaltDma();
@@ -196,14 +197,19 @@ TEST(DrainPropertyTest, NoInterleavingLeavesAStaleAnswerOrALostGroup) {
     std::mt19937_64 pick(seed);
     for (uint64_t i = 0; i < runs; ++i) {
       const uint64_t one = pick();
-      const HaltMethod method = one % 2 ? HaltMethod::kOwner : HaltMethod::kReset;
+      const HaltMethod method = one % 3 == 0   ? HaltMethod::kOwner
+                                : one % 3 == 1 ? HaltMethod::kReset
+                                               : HaltMethod::kBusMaster;
       const auto policy =
-          (one >> 1) % 2 ? SimKernel::PriPolicy::kIntel : SimKernel::PriPolicy::kAmd;
+          (one >> 2) % 2 ? SimKernel::PriPolicy::kIntel : SimKernel::PriPolicy::kAmd;
       std::string failure = RunOne(one, method, policy);
       ++total;
       ASSERT_TRUE(failure.empty())
           << "seed " << seed << ", interleaving " << i << " (its seed " << one << ", "
-          << (method == HaltMethod::kOwner ? "owner" : "reset") << " halt): " << failure;
+          << (method == HaltMethod::kOwner   ? "owner"
+              : method == HaltMethod::kReset ? "reset"
+                                             : "bus-master")
+          << " halt): " << failure;
     }
   }
   std::printf("drain property test: %llu interleavings\n", static_cast<unsigned long long>(total));

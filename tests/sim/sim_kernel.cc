@@ -231,6 +231,14 @@ int SimKernel::Ioctl(int fd, unsigned long request, void* arg) {
       Reattach(pasid, 0);
       return 0;
     }
+    case uapi::kVfioDeviceGetRegionInfo: {
+      if (fd != vfio_fd_) return -ENOTTY;
+      auto* c = static_cast<uapi::VfioRegionInfo*>(arg);
+      if (c->index != uapi::kVfioPciConfigRegionIndex) return -EINVAL;
+      c->offset = kConfigRegionOffset;
+      c->size = 4096;
+      return 0;
+    }
     case uapi::kVfioDeviceSetIrqs: {
       if (fd != vfio_fd_) return -ENOTTY;
       auto* c = static_cast<uapi::VfioIrqSetEventfd*>(arg);
@@ -364,6 +372,37 @@ uint32_t SimKernel::AttachedHwpt(std::optional<uint32_t> pasid) const {
 namespace {
 SimKernel* g_switch_kernel = nullptr;  // the kernel the simulated switch module acts on
 }  // namespace
+
+ssize_t SimKernel::Pread(int fd, void* buf, size_t len, uint64_t offset) {
+  if (fd != vfio_fd_) return -EBADF;
+  if (offset != kConfigRegionOffset + uapi::kPciCommand || len != sizeof(pci_command_)) {
+    return -EINVAL;
+  }
+  std::memcpy(buf, &pci_command_, sizeof(pci_command_));
+  return static_cast<ssize_t>(len);
+}
+
+ssize_t SimKernel::Pwrite(int fd, const void* buf, size_t len, uint64_t offset) {
+  if (fd != vfio_fd_) return -EBADF;
+  if (offset != kConfigRegionOffset + uapi::kPciCommand || len != sizeof(pci_command_)) {
+    return -EINVAL;
+  }
+  uint16_t next = 0;
+  std::memcpy(&next, buf, sizeof(next));
+  if ((pci_command_ & uapi::kPciCommandMaster) != 0 && (next & uapi::kPciCommandMaster) == 0 &&
+      before_bus_master_clear) {
+    before_bus_master_clear();
+  }
+  pci_command_ = next;
+  // vfio-pci passes Bus Master Enable to the device (vfio_pci_config.c): the function stops or
+  // resumes issuing requests.
+  if ((pci_command_ & uapi::kPciCommandMaster) != 0) {
+    device_->ResumeDma();
+  } else {
+    device_->HaltDma();
+  }
+  return static_cast<ssize_t>(len);
+}
 
 int SimKernel::SwitchModuleEntry(const iopfd_switch_request* req) {
   SimKernel* k = g_switch_kernel;

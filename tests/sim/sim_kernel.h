@@ -66,6 +66,15 @@ class SimKernel : public Syscalls {
   // owner without a VFIO fd would (here: through the simulated device); kSwitchModuleNoReset
   // switches only; any other path fails as dlopen would.
   SwitchModule LoadSwitchModule(const std::string& path, std::string* error) override;
+  // The VFIO device's config region: only the command register is modelled. Clearing Bus
+  // Master Enable halts the function's DMA (PriDevice::HaltDma); setting it resumes it.
+  ssize_t Pread(int fd, void* buf, size_t len, uint64_t offset) override;
+  ssize_t Pwrite(int fd, const void* buf, size_t len, uint64_t offset) override;
+  static constexpr uint64_t kConfigRegionOffset = 7ull << 40;
+  // Runs before Bus Master Enable is cleared: lets a test post the requests the function
+  // issued before its DMA stopped (as before_ioctl does for a reset).
+  std::function<void()> before_bus_master_clear;
+  uint16_t pci_command() const { return pci_command_; }
   static constexpr const char* kSwitchModule = "/usr/lib/sim/switch.so";
   static constexpr const char* kSwitchModuleNoReset = "/usr/lib/sim/switch-noreset.so";
   // Calls of the switch module so far.
@@ -164,6 +173,7 @@ class SimKernel : public Syscalls {
   uint64_t auto_responses_ = 0, refused_responses_ = 0;
   int switch_calls_ = 0;
   std::map<uint32_t, int> irq_eventfds_;
+  uint16_t pci_command_ = 0x0006;  // memory space and bus master enabled
   static int SwitchModuleEntry(const iopfd_switch_request* req);
   static int ResetModuleEntry(const iopfd_switch_request* req);
 };
