@@ -702,23 +702,19 @@ void ParseDrain(Reporter& rep, const toml::table& table, std::optional<AttachMod
   if (auto halt = GetString(rep, table, "drain", "halt", /*required=*/false)) {
     if (halt->value == "owner") {
       drain->halt = HaltMethod::kOwner;
-    } else if (halt->value == "reset") {
-      // The reset is VFIO_DEVICE_RESET on the device fd: vfio mode, or adopt.device_fd.
-      if (mode == AttachMode::kAdopt && adopt.device_fd.empty()) {
+    } else if (halt->value == "reset" || halt->value == "bus-master") {
+      // Both act on the VFIO device fd (VFIO_DEVICE_RESET; the config region): vfio mode, or
+      // adopt.device_fd. A switch module may reset too (checked when it is loaded).
+      const bool reset = halt->value == "reset";
+      if (mode == AttachMode::kAdopt && adopt.device_fd.empty() &&
+          !(reset && !adopt.switch_module.empty())) {
         rep.At(*halt->node,
-               "drain.halt: \"reset\" needs the VFIO device fd (attach = \"vfio\", or "
-               "adopt.device_fd); otherwise the owner stops the device (\"owner\")");
+               Cat("drain.halt: \"", halt->value,
+                   "\" needs the VFIO device fd (attach = \"vfio\", or adopt.device_fd",
+                   reset ? ", or a switch module that resets" : "",
+                   "); otherwise the owner stops the device (\"owner\")"));
       } else {
-        drain->halt = HaltMethod::kReset;
-      }
-    } else if (halt->value == "bus-master") {
-      // Written through the VFIO device's config region: vfio mode, or adopt.device_fd.
-      if (mode == AttachMode::kAdopt && adopt.device_fd.empty()) {
-        rep.At(*halt->node,
-               "drain.halt: \"bus-master\" needs the VFIO device fd (attach = \"vfio\", or "
-               "adopt.device_fd); otherwise the owner stops the device (\"owner\")");
-      } else {
-        drain->halt = HaltMethod::kBusMaster;
+        drain->halt = reset ? HaltMethod::kReset : HaltMethod::kBusMaster;
       }
     } else {
       rep.At(*halt->node, Cat("drain.halt: must be \"owner\", \"reset\" or \"bus-master\" (got ",

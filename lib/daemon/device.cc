@@ -125,6 +125,11 @@ absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records)
       if (!module.ok()) return module.status();
       d->module_ = *std::move(module);
       d->switch_ = d->module_.get();
+      if (config.drain.halt == HaltMethod::kReset && !d->module_->can_reset()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(name, ": drain.halt = \"reset\" but the switch module ",
+                         config.adopt.switch_module, " does not export " IOPFD_RESET_SYMBOL));
+      }
     }
     if (d->switch_ != nullptr) {
       // The owner's HWPTs were allocated PASID-capable when it uses PASIDs (the kernel insists

@@ -476,6 +476,16 @@ TEST_F(AdoptDrainTest, WithASwitchModuleWithoutResetItDrainsButCannotReset) {
   ExpectClean();
 }
 
+TEST_F(AdoptDrainTest, AResetHaltWithAModuleThatCannotResetFailsTheAttach) {
+  ListenFds fds;
+  DeviceConfig c = kernel_.SetUpAsOwner("sim0", {std::nullopt}, 1 << 20, false, &fds);
+  c.adopt.switch_module = SimKernel::kSwitchModuleNoReset;
+  c.drain.halt = HaltMethod::kReset;
+  absl::Status st = manager_.Adopt(c, std::move(fds));
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("does not export iopfd_reset_function"));
+}
+
 TEST_F(AdoptDrainTest, AMissingModuleFailsTheAttachNamingIt) {
   ListenFds fds;
   DeviceConfig c = kernel_.SetUpAsOwner("sim0", {std::nullopt}, 1 << 20, false, &fds);
