@@ -30,6 +30,8 @@ struct RingOp {
   RingClient* client = nullptr;  // null for the loop's own operations
   int kind = 0;                  // the owner's own tag
   void* owner = nullptr;         // the owner's own context
+  // True from Bind until the completion that ends the operation is delivered: for a multishot
+  // operation (IORING_CQE_F_MORE on its completions), only the last one.
   bool in_flight = false;
 };
 
@@ -40,7 +42,8 @@ class RingClient {
   virtual ~RingClient() = default;
   // Arms the client's first operations; called once before the loop starts waiting.
   virtual void Start(FaultLoop& loop) = 0;
-  // Handles a completion of one of the client's operations (op.in_flight is already false).
+  // Handles a completion of one of the client's operations. op.in_flight is already false,
+  // unless the completion carried IORING_CQE_F_MORE (a multishot operation that goes on).
   virtual void OnCompletion(FaultLoop& loop, RingOp& op, int res) = 0;
   // Submits what became ready during this turn (replies); called before every wait.
   virtual void Flush(FaultLoop& loop) = 0;
@@ -171,7 +174,12 @@ class FaultLoop : public DeviceHost {
   alignas(8) unsigned char siginfo_[128]{};
   std::vector<std::unique_ptr<Slot>> slots_;
   std::vector<RingClient*> clients_;
-  std::vector<std::pair<RingOp*, int>> deferred_;  // client completions of the current turn
+  struct Deferred {
+    RingOp* op;
+    int res;
+    bool more;  // IORING_CQE_F_MORE: the operation stays armed
+  };
+  std::vector<Deferred> deferred_;  // client completions of the current turn
   bool stopping_ = false;
   bool running_ = false;
   bool reload_requested_ = false;

@@ -295,7 +295,7 @@ int FaultLoop::DrainCq() {
       // Deferred: control work runs after this turn's fault responses are on their way. The op
       // stays "in flight" until it is delivered, so that a client freeing its owner on an
       // earlier completion of this batch cannot free one that still has a completion to come.
-      deferred_.emplace_back(ring_op, cqe->res);
+      deferred_.push_back({ring_op, cqe->res, (cqe->flags & IORING_CQE_F_MORE) != 0});
       continue;
     }
     auto* op = static_cast<Op*>(ring_op);
@@ -345,12 +345,12 @@ int FaultLoop::ProcessCompletions() {
     SubmitWrites();
     io_uring_submit(&ring_);
     seen += DrainCq();
-    std::vector<std::pair<RingOp*, int>> batch;
+    std::vector<Deferred> batch;
     batch.swap(deferred_);
     uint64_t slice_start = MonotonicNs();
-    for (auto& [op, res] : batch) {
-      op->in_flight = false;
-      op->client->OnCompletion(*this, *op, res);
+    for (const Deferred& d : batch) {
+      d.op->in_flight = d.more;
+      d.op->client->OnCompletion(*this, *d.op, d.res);
       // A turn can carry hundreds of control calls (each a JSON reply to build). Every slice of
       // that work, page requests that arrived meanwhile are read and answered first, so control
       // load adds at most about one slice to a fault's latency.

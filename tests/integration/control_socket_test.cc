@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -136,6 +137,65 @@ TEST_F(ControlSocketTest, AClientThatNeverReadsIsDroppedAndOthersAreServed) {
     }
   }
   EXPECT_TRUE(closed) << "the server should drop a client that never reads";
+}
+
+// Clients queued in the listen backlog are all accepted at once, not one per loop turn while
+// busy clients keep every turn full. Counted, not timed: the busy clients' replies until the
+// last queued client is answered. Accepting one connection per turn gives each busy client
+// about one reply per queued client (hundreds here); accepting the backlog at once, a few.
+TEST(ControlBacklogTest, QueuedClientsAreAcceptedTogetherWhileOthersKeepItBusy) {
+  iopfd_test::IopfdOptions options;
+  options.global = "[control]\nmax_connections = 256\nmax_connections_per_uid = 256\n";
+  Iopfd iopfd(options);
+  constexpr int kBusy = 6;
+  constexpr int kQueued = 60;  // under the listen backlog (64): every connect completes at once
+  std::atomic<bool> stop{false};
+  std::atomic<int> busy_replies{0}, busy_ready{0}, busy_bad{0};
+  std::vector<std::thread> busy;
+  busy.reserve(kBusy);
+  for (int i = 0; i < kBusy; ++i) {
+    busy.emplace_back([&] {
+      Client c(iopfd.socket());
+      bool first = true;
+      while (!stop.load()) {
+        json r = c.CallOne({{"method", "org.varlink.service.GetInterfaceDescription"},
+                            {"parameters", {{"interface", "io.iopfd"}}}});
+        if (!r.contains("parameters")) {
+          ++busy_bad;
+          return;
+        }
+        if (first) ++busy_ready;
+        first = false;
+        ++busy_replies;
+      }
+    });
+  }
+  while (busy_ready.load() + busy_bad.load() < kBusy) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // The queued clients connect and call while iopfd is stopped: all of them wait in the
+  // backlog when it continues, behind the busy clients' calls.
+  iopfd.Signal(SIGSTOP);
+  std::vector<std::unique_ptr<Client>> queued;
+  for (int i = 0; i < kQueued; ++i) {
+    queued.push_back(std::make_unique<Client>(iopfd.socket()));
+    ASSERT_TRUE(queued.back()->connected()) << i;
+    ASSERT_TRUE(queued.back()->Call({{"method", "io.iopfd.GetStatus"}})) << i;
+  }
+  const int before = busy_replies.load();
+  iopfd.Signal(SIGCONT);
+  for (int i = 0; i < kQueued; ++i) {
+    auto r = queued[i]->Next();
+    ASSERT_TRUE(r.has_value()) << "queued client " << i << " got no reply";
+    EXPECT_EQ((*r)["parameters"]["health"], "ok") << r->dump();
+  }
+  const int during = busy_replies.load() - before;
+  stop = true;
+  for (auto& t : busy) t.join();
+  EXPECT_EQ(busy_bad.load(), 0);
+  EXPECT_LT(during, kQueued) << "busy clients got " << during << " replies before the last of "
+                             << kQueued << " queued clients was answered";
+  EXPECT_EQ(iopfd.Stop(), 0);
 }
 
 TEST_F(ControlSocketTest, ConnectionsAreCapped) {

@@ -10,4 +10,13 @@ fi
 line=$(grep -E "^IOPF-RESULT $case " "$results" || true)
 [ -n "$line" ] || { echo "case $case: no result reported by the guest" >&2; exit 1; }
 echo "$line"
-echo "$line" | grep -q " PASS" || exit 1
+if ! echo "$line" | grep -q " PASS"; then
+  # The console around a failing case: its measurements and what iopfd and the kernel printed.
+  console="$(dirname "$results")/console.log"
+  if [ -f "$console" ]; then
+    echo "--- $console: IOPF-INFO lines and the last lines before this verdict ---" >&2
+    grep '^IOPF-INFO' "$console" >&2 || true
+    grep -n -B 30 -E "^IOPF-RESULT $case " "$console" | grep -vE '^[0-9]+-IOPF-RESULT' >&2 || true
+  fi
+  exit 1
+fi

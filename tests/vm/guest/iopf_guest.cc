@@ -365,8 +365,13 @@ bool CaseControlSocketUnderLoad() {
   }
   v.Expect(WaitFor([&] { return QueueEmpty(e); }, 60000), "iopfd read the queue under load");
   // Faults come first, but the control plane is not starved: every client gets answered.
-  v.Expect(WaitFor([&] { return served.load() + bad.load() >= kClients; }, 60000),
-           Format("only %d of %d clients got a reply", served.load(), kClients));
+  const auto t_queue = std::chrono::steady_clock::now();
+  const bool all_served = WaitFor([&] { return served.load() + bad.load() >= kClients; }, 60000);
+  const double wait_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_queue).count();
+  v.Expect(all_served, Format("only %d of %d clients got a reply %.1f s after the queue was read "
+                              "(%d connected, %d replies in all)",
+                              served.load(), kClients, wait_s, connected.load(), replies.load()));
   stop = true;
   for (auto& t : clients) t.join();
   v.Expect(connected == kClients, Format("%d of %d clients connected", connected.load(), kClients));
