@@ -147,9 +147,20 @@ class Device {
   bool parked(std::optional<AttachmentKey> which) const;
   // Returns true when iopfd can clear the device's Bus Master Enable (it holds the VFIO fd).
   bool can_stop_bus_master() const { return vfio_.has_value(); }
-  // Sets or clears Bus Master Enable through the VFIO config region. FailedPrecondition
-  // without the VFIO fd, else the step's error.
-  absl::Status SetBusMaster(bool enable);
+  // Clears Bus Master Enable through the VFIO config region, remembering that iopfd did (only
+  // then does RestoreBusMaster set it again: a function whose owner left it clear, as vfio-pci
+  // does at open, never gets bus mastering from iopfd). FailedPrecondition without the VFIO
+  // fd, else the step's error.
+  absl::Status StopBusMaster();
+  // Sets Bus Master Enable again if StopBusMaster cleared it; OK and nothing done otherwise.
+  // Errors as StopBusMaster's (iopfd still counts the bit as its own to restore).
+  absl::Status RestoreBusMaster();
+  // Returns true while Bus Master Enable is clear because iopfd cleared it.
+  bool bus_master_stopped() const { return bus_master_stopped_; }
+  // OK when Bus Master Enable is still clear after StopBusMaster; FailedPrecondition naming
+  // the device when something (the owner, a guest) set it again meanwhile; else the read's
+  // error.
+  absl::Status CheckBusMasterStillStopped();
   // vfio mode: has the device signal `eventfd` on its VFIO interrupt `index` (the ERR or REQ
   // index). FailedPrecondition in adopt mode (the owner holds the device's interrupts), else
   // the ioctl's error.
@@ -215,6 +226,7 @@ class Device {
   std::vector<Attachment> attachments_;
   void SetRefusing(std::optional<uint32_t> pasid, bool refusing);
   bool quarantined_ = false;
+  bool bus_master_stopped_ = false;  // iopfd cleared Bus Master Enable; it sets it back
   bool read_failed_ = false;
   bool write_failed_ = false;
 };

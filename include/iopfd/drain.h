@@ -83,7 +83,8 @@ class DrainController {
 
   // Drains `attachment` (every attachment when nullopt) and resumes. From RUNNING only, else
   // FailedPrecondition naming the state. With the owner method it returns in HALTING, and the
-  // owner's Halt continues it; with the reset method it runs to RUNNING (or QUARANTINED) now.
+  // owner's Halt continues it; with the reset and bus-master methods it runs to RUNNING (or
+  // QUARANTINED) now.
   absl::Status Drain(std::optional<AttachmentKey> attachment, const std::string& cause,
                      uint64_t now_ns);
   // Halt, park, FLR, flush again, resume. From RUNNING only.
@@ -140,7 +141,6 @@ class DrainController {
   std::optional<AttachmentKey> scope_;
   uint64_t halt_deadline_ns_ = 0;
   bool quiesced_ = false;
-  bool bus_master_cleared_ = false;  // bus-master halt: iopfd cleared it; resume sets it
 };
 
 }  // namespace iopfd

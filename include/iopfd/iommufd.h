@@ -125,9 +125,12 @@ class VfioDevice : public AttachmentSwitch {
   DeviceId id() const { return id_; }
   // Sets or clears Bus Master Enable in the command register, through the config region
   // (vfio-pci passes that bit to the device: docs/KERNEL_FACTS.md section 5). With it clear
-  // the function may issue no memory requests: its DMA stops. Errors name the device, the step
-  // (region info, config read or write) and the errno.
-  absl::Status SetBusMaster(bool enable);
+  // the function may issue no memory requests: its DMA stops. Returns whether the bit was set
+  // before (nothing is written when it already has the wanted value). Errors name the device,
+  // the step (region info, config read or write) and the errno.
+  absl::StatusOr<bool> SetBusMaster(bool enable);
+  // Returns whether Bus Master Enable is set now; errors as SetBusMaster's.
+  absl::StatusOr<bool> BusMaster();
   // VFIO_DEVICE_SET_IRQS: signal `eventfd` on the device's interrupt `index` (ERR or REQ).
   absl::Status SetIrqEventfd(uint32_t index, int eventfd);
   // Wraps a device fd its owner opened and bound to the iommufd as device `id` (adopt mode).
@@ -140,6 +143,8 @@ class VfioDevice : public AttachmentSwitch {
  private:
   VfioDevice(UniqueFd fd, Syscalls* sys, std::string name, DeviceId id)
       : fd_(std::move(fd)), sys_(sys), name_(std::move(name)), id_(id) {}
+  // The command register (host order). Errors as SetBusMaster's.
+  absl::StatusOr<uint16_t> ReadCommand();
   UniqueFd fd_;
   Syscalls* sys_;
   std::string name_;

@@ -243,6 +243,14 @@ void Device::DestroyParkHwpts() {
       Log(LogLevel::kWarning, absl::StrCat(st.message(), " (giving the device back)"));
     }
   }
+  // And with bus mastering as it was handed over (a quarantine or a restart mid-drain leaves
+  // it clear): only after the unpark, so its page requests have a handler; a device left
+  // parked keeps it clear.
+  if (!parked(std::nullopt)) {
+    if (absl::Status st = RestoreBusMaster(); !st.ok()) {
+      Log(LogLevel::kWarning, absl::StrCat(st.message(), " (giving the device back)"));
+    }
+  }
   for (Attachment& a : attachments_) {
     if (!a.park.valid()) continue;
     absl::Status st = iommufd_->Destroy(a.park.value());
@@ -356,11 +364,38 @@ bool Device::parked(std::optional<AttachmentKey> which) const {
   return false;
 }
 
-absl::Status Device::SetBusMaster(bool enable) {
+absl::Status Device::StopBusMaster() {
   if (!vfio_) {
     return absl::FailedPreconditionError(name_ + ": no VFIO device fd for Bus Master Enable");
   }
-  return vfio_->SetBusMaster(enable);
+  absl::StatusOr<bool> was = vfio_->SetBusMaster(false);
+  if (!was.ok()) return was.status();
+  bus_master_stopped_ = bus_master_stopped_ || *was;
+  return absl::OkStatus();
+}
+
+absl::Status Device::RestoreBusMaster() {
+  if (!bus_master_stopped_) return absl::OkStatus();
+  if (!vfio_) {
+    return absl::FailedPreconditionError(name_ + ": no VFIO device fd for Bus Master Enable");
+  }
+  absl::StatusOr<bool> was = vfio_->SetBusMaster(true);
+  if (!was.ok()) return was.status();
+  bus_master_stopped_ = false;
+  return absl::OkStatus();
+}
+
+absl::Status Device::CheckBusMasterStillStopped() {
+  if (!bus_master_stopped_ || !vfio_) return absl::OkStatus();
+  absl::StatusOr<bool> on = vfio_->BusMaster();
+  if (!on.ok()) return on.status();
+  if (*on) {
+    return absl::FailedPreconditionError(
+        name_ +
+        ": Bus Master Enable was set again during the drain (by the device's owner?): "
+        "its DMA did not stay stopped");
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Device::SetIrqEventfd(uint32_t index, int eventfd) {

@@ -105,10 +105,9 @@ absl::Status DrainController::Start(Goal goal, std::optional<AttachmentKey> scop
   if (options_.halt == HaltMethod::kBusMaster) {
     // The DMA stop is iopfd's own: with Bus Master Enable clear the function issues no memory
     // requests. Page requests it may still send meet the park next and are answered at once.
-    if (absl::Status st = device_->SetBusMaster(false); !st.ok()) {
+    if (absl::Status st = device_->StopBusMaster(); !st.ok()) {
       return Quarantine(absl::StrCat("clear Bus Master Enable: ", st.message()));
     }
-    bus_master_cleared_ = true;
     return Continue(cause);
   }
   halt_deadline_ns_ = now_ns + options_.halt_timeout_ns;
@@ -150,6 +149,11 @@ absl::Status DrainController::Continue(const std::string& cause) {
   }
   if (absl::Status st = FlushQueue("after the park"); !st.ok()) return st;
   if (goal_ == Goal::kReset) {
+    // The reset must meet a function whose DMA is stopped: if the owner set Bus Master Enable
+    // again behind iopfd's back, the halt did not hold.
+    if (absl::Status st = device_->CheckBusMasterStillStopped(); !st.ok()) {
+      return Quarantine(std::string(st.message()));
+    }
     Enter(DrainState::kResetting, cause);
     ++device_->stats().function_resets;
     if (absl::Status st = device_->ResetFunction(); !st.ok()) {
@@ -187,12 +191,10 @@ absl::Status DrainController::Resume(const std::string& cause, uint64_t /*now_ns
   if (absl::Status st = device_->Unpark(whole ? std::nullopt : scope_); !st.ok()) {
     return Quarantine(absl::StrCat("unpark: ", st.message()));
   }
-  // DMA back on only once page requests have a handler again (the unpark above).
-  if (bus_master_cleared_) {
-    if (absl::Status st = device_->SetBusMaster(true); !st.ok()) {
-      return Quarantine(absl::StrCat("set Bus Master Enable: ", st.message()));
-    }
-    bus_master_cleared_ = false;
+  // DMA back on only once page requests have a handler again (the unpark above), and only
+  // if iopfd turned it off.
+  if (absl::Status st = device_->RestoreBusMaster(); !st.ok()) {
+    return Quarantine(absl::StrCat("set Bus Master Enable: ", st.message()));
   }
   device_->SetQuarantined(false);
   ++epoch_;
@@ -212,6 +214,14 @@ absl::Status DrainController::Quarantine(const std::string& why) {
   // The ring's reading stops first (a timeout or an outside failure comes with it running): no
   // write may be in flight for the park, and nothing read before it may slip past its fence.
   if (!quiesced_) quiesced_ = io_->Quiesce(*device_);
+  // With the bus-master method iopfd stops the function's DMA itself (best effort: it may be
+  // what failed) before the park, whatever led here: a quarantined function issues nothing.
+  std::string bus_master;
+  if (options_.halt == HaltMethod::kBusMaster && device_->can_stop_bus_master()) {
+    if (absl::Status st = device_->StopBusMaster(); !st.ok()) {
+      bus_master = absl::StrCat("; clear Bus Master Enable: ", st.message());
+    }
+  }
   absl::Status park = device_->Park(std::nullopt);
   device_->SetQuarantined(true);
   (void)device_->WriteQueued();
@@ -222,7 +232,8 @@ absl::Status DrainController::Quarantine(const std::string& why) {
   goal_ = Goal::kNone;
   scope_.reset();
   ++device_->stats().quarantines;
-  Enter(DrainState::kQuarantined, park.ok() ? why : absl::StrCat(why, "; park: ", park.message()));
+  Enter(DrainState::kQuarantined,
+        absl::StrCat(why, bus_master, park.ok() ? "" : absl::StrCat("; park: ", park.message())));
   return absl::AbortedError(absl::StrCat(device_->name(), ": quarantined: ", why));
 }
 

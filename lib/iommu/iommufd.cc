@@ -1,5 +1,6 @@
 #include "iopfd/iommufd.h"
 
+#include <endian.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -181,7 +182,7 @@ absl::Status ModuleSwitch::Reset() {
   return absl::OkStatus();
 }
 
-absl::Status VfioDevice::SetBusMaster(bool enable) {
+absl::StatusOr<uint16_t> VfioDevice::ReadCommand() {
   if (!config_offset_) {
     uapi::VfioRegionInfo info{};
     info.argsz = sizeof(info);
@@ -190,21 +191,37 @@ absl::Status VfioDevice::SetBusMaster(bool enable) {
     if (rc < 0) return ErrnoStatus(-rc, name_, "VFIO_DEVICE_GET_REGION_INFO (config)");
     config_offset_ = info.offset;
   }
-  const uint64_t at = *config_offset_ + uapi::kPciCommand;
-  uint16_t command = 0;
-  ssize_t n = sys_->Pread(fd_.get(), &command, sizeof(command), at);
-  if (n != static_cast<ssize_t>(sizeof(command))) {
+  uint16_t le = 0;
+  ssize_t n = sys_->Pread(fd_.get(), &le, sizeof(le), *config_offset_ + uapi::kPciCommand);
+  if (n != static_cast<ssize_t>(sizeof(le))) {
     return ErrnoStatus(n < 0 ? static_cast<int>(-n) : EIO, name_, "read PCI command register");
   }
-  const uint16_t next = enable ? (command | uapi::kPciCommandMaster)
-                               : static_cast<uint16_t>(command & ~uapi::kPciCommandMaster);
-  if (next == command) return absl::OkStatus();
-  n = sys_->Pwrite(fd_.get(), &next, sizeof(next), at);
-  if (n != static_cast<ssize_t>(sizeof(next))) {
+  // Config space is little-endian; vfio-pci hands it over as it is (vfio_config_do_rw).
+  return le16toh(le);
+}
+
+absl::StatusOr<bool> VfioDevice::BusMaster() {
+  absl::StatusOr<uint16_t> command = ReadCommand();
+  if (!command.ok()) return command.status();
+  return (*command & uapi::kPciCommandMaster) != 0;
+}
+
+absl::StatusOr<bool> VfioDevice::SetBusMaster(bool enable) {
+  absl::StatusOr<uint16_t> command = ReadCommand();
+  if (!command.ok()) return command.status();
+  const bool was = (*command & uapi::kPciCommandMaster) != 0;
+  if (was == enable) return was;
+  // A read-modify-write of the whole register: the owner must not write it meanwhile (the
+  // drain contract, docs/DRAIN.md), or one of the two writes is lost.
+  const uint16_t next = enable ? (*command | uapi::kPciCommandMaster)
+                               : static_cast<uint16_t>(*command & ~uapi::kPciCommandMaster);
+  const uint16_t le = htole16(next);
+  ssize_t n = sys_->Pwrite(fd_.get(), &le, sizeof(le), *config_offset_ + uapi::kPciCommand);
+  if (n != static_cast<ssize_t>(sizeof(le))) {
     return ErrnoStatus(n < 0 ? static_cast<int>(-n) : EIO, name_,
                        enable ? "set Bus Master Enable" : "clear Bus Master Enable");
   }
-  return absl::OkStatus();
+  return was;
 }
 
 absl::Status VfioDevice::SetIrqEventfd(uint32_t index, int eventfd) {

@@ -22,6 +22,7 @@
 namespace iopfd::sim {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -257,12 +258,80 @@ TEST_F(DrainControlTest, BusMasterHaltClearsItBeforeTheParkAndSetsItAfterTheUnpa
   EXPECT_NE(kernel_.pci_command() & uapi::kPciCommandMaster, 0);
   EXPECT_FALSE(function_.halted());                                     // its DMA runs again
   EXPECT_EQ(kernel_.pci_command() & ~uapi::kPciCommandMaster, 0x0002);  // other bits kept
-  // A reset with the bus-master halt: clear, park, FLR, flush, unpark, set.
+  // A reset with the bus-master halt: clear, park, FLR, flush, unpark, set. The FLR and every
+  // replace happen with Bus Master Enable clear.
+  replaces = replaces_with_dma_on = 0;
+  int resets_with_dma_on = -1;
+  kernel_.before_ioctl = [&](unsigned long request) {
+    const bool dma_on = (kernel_.pci_command() & uapi::kPciCommandMaster) != 0;
+    if (request == uapi::kVfioDeviceReset) resets_with_dma_on = dma_on ? 1 : 0;
+    if (request != uapi::kVfioDeviceAttachIommufdPt) return;
+    ++replaces;
+    if (dma_on) ++replaces_with_dma_on;
+  };
   EXPECT_EQ(Call("io.iopfd.Reset", {{"device", "sim0"}})["parameters"]["state"], "running");
   EXPECT_EQ(Stats().function_resets, 1u);
+  EXPECT_EQ(resets_with_dma_on, 0);
+  EXPECT_EQ(replaces, 4);
+  EXPECT_EQ(replaces_with_dma_on, 0);
   EXPECT_NE(kernel_.pci_command() & uapi::kPciCommandMaster, 0);
   kernel_.before_ioctl = nullptr;
   Fault(kPasid, 2);
+  ExpectClean();
+}
+
+// vfio-pci clears Bus Master Enable when it opens a device (vfio_pci_core_enable): a function
+// nobody has enabled must not get bus mastering from a drain's resume.
+TEST_F(DrainControlTest, BusMasterHaltRestoresOnlyWhatItCleared) {
+  Start({HaltMethod::kBusMaster, 5000});
+  kernel_.WriteCommandAsOwner(0x0002);  // memory space on, bus mastering off
+  function_.ResumeDma();                // (the simulated function faults all the same)
+  EXPECT_EQ(Call("io.iopfd.Drain", {{"device", "sim0"}})["parameters"]["state"], "running");
+  EXPECT_EQ(kernel_.pci_command(), 0x0002);
+  EXPECT_EQ(Call("io.iopfd.Reset", {{"device", "sim0"}})["parameters"]["state"], "running");
+  EXPECT_EQ(kernel_.pci_command(), 0x0002);
+  function_.ResumeDma();  // its driver brings the reset function back up
+  Fault(kPasid, 0);
+  ExpectClean();
+}
+
+// The drain contract: the owner leaves the command register alone. If it sets Bus Master
+// Enable again mid-drain, the reset would meet a function doing DMA: iopfd quarantines instead.
+TEST_F(DrainControlTest, BusMasterSetAgainBeforeTheResetQuarantines) {
+  Start({HaltMethod::kBusMaster, 5000});
+  bool reset_ran = false;
+  kernel_.before_ioctl = [&](unsigned long request) {
+    if (request == uapi::kVfioDeviceAttachIommufdPt) kernel_.WriteCommandAsOwner(0x0006);
+    if (request == uapi::kVfioDeviceReset) reset_ran = true;
+  };
+  Json r = Call("io.iopfd.Reset", {{"device", "sim0"}});
+  kernel_.before_ioctl = nullptr;
+  EXPECT_EQ(r["error"], "io.iopfd.DrainFailed") << r.dump();
+  EXPECT_THAT(r["parameters"]["error"].get<std::string>(),
+              HasSubstr("Bus Master Enable was set again during the drain"));
+  EXPECT_FALSE(reset_ran);
+  EXPECT_EQ(DeviceEntry()["state"], "quarantined");
+  EXPECT_EQ(kernel_.pci_command() & uapi::kPciCommandMaster, 0);  // the quarantine cleared it
+  EXPECT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+  EXPECT_NE(kernel_.pci_command() & uapi::kPciCommandMaster, 0);
+  Fault(kPasid, 0);
+  ExpectClean();
+}
+
+// A config region that cannot be read: the drain fails naming the step, the device is
+// quarantined (parked), and bus mastering is not claimed as iopfd's to restore.
+TEST_F(DrainControlTest, AConfigRegionThatFailsQuarantinesNamingTheStep) {
+  Start({HaltMethod::kBusMaster, 5000});
+  kernel_.fail_config_access = EIO;
+  Json r = Call("io.iopfd.Drain", {{"device", "sim0"}});
+  EXPECT_EQ(r["error"], "io.iopfd.DrainFailed") << r.dump();
+  EXPECT_THAT(r["parameters"]["error"].get<std::string>(),
+              AllOf(HasSubstr("clear Bus Master Enable"), HasSubstr("read PCI command register")));
+  EXPECT_EQ(DeviceEntry()["state"], "quarantined");
+  kernel_.fail_config_access = 0;
+  EXPECT_NE(kernel_.pci_command() & uapi::kPciCommandMaster, 0);  // never written
+  EXPECT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+  Fault(kPasid, 0);
   ExpectClean();
 }
 
@@ -567,6 +636,22 @@ TEST_F(DrainControlTest, AFailedRecoveryQuarantines) {
   EXPECT_EQ(DeviceEntry()["state"], "quarantined");
   EXPECT_EQ(Stats().quarantines, 1u);
   EXPECT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+}
+
+// A quarantine for any reason (here a recovery that failed) stops the function's DMA when the
+// bus-master method can: it does not rely on a drain having cleared it before.
+TEST_F(DrainControlTest, AnyQuarantineClearsBusMasterWithTheBusMasterHalt) {
+  Start({HaltMethod::kBusMaster, 5000});
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "BEGIN_RECOVERY")), "sim0");
+  EXPECT_NE(kernel_.pci_command() & uapi::kPciCommandMaster, 0);  // a hold: the owner's DMA stop
+  EXPECT_EQ(manager_.OnUevent(KernelEvent("change", "FAILED_RECOVERY")), "sim0");
+  EXPECT_EQ(DeviceEntry()["state"], "quarantined");
+  EXPECT_EQ(kernel_.pci_command() & uapi::kPciCommandMaster, 0);
+  EXPECT_TRUE(function_.halted());
+  EXPECT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+  EXPECT_NE(kernel_.pci_command() & uapi::kPciCommandMaster, 0);
+  Fault(kPasid, 0);
+  ExpectClean();
 }
 
 TEST_F(DrainControlTest, ARemovedDeviceIsDetachedAndItsHeldAnswersDropped) {

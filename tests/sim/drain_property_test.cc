@@ -131,8 +131,10 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
         }
         break;
     }
-    // The function runs its DMA again once the device runs again.
-    if (drain.state() == DrainState::kRunning && function.halted() && pick(2)) {
+    // The owner runs the function's DMA again once the device runs again, when it was the one
+    // that stopped it; a stop by Bus Master Enable ends only by iopfd setting the bit again.
+    if (drain.state() == DrainState::kRunning && function.halted() &&
+        (kernel.pci_command() & uapi::kPciCommandMaster) != 0 && pick(2)) {
       function.ResumeDma();
     }
   }
@@ -156,6 +158,10 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
   std::ostringstream failure;
   if (!detached && drain.state() != DrainState::kRunning) {
     failure << "state " << DrainStateName(drain.state()) << " at rest; ";
+  }
+  // Running again means bus mastering as it was: iopfd cleared it only for its own halts.
+  if (!detached && (kernel.pci_command() & uapi::kPciCommandMaster) == 0) {
+    failure << "Bus Master Enable left clear at rest; ";
   }
   if (detached) {
     // A removed device's groups are the kernel's to answer when the attachment goes away:

@@ -1,5 +1,6 @@
 #include "sim_kernel.h"
 
+#include <endian.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -378,7 +379,9 @@ ssize_t SimKernel::Pread(int fd, void* buf, size_t len, uint64_t offset) {
   if (offset != kConfigRegionOffset + uapi::kPciCommand || len != sizeof(pci_command_)) {
     return -EINVAL;
   }
-  std::memcpy(buf, &pci_command_, sizeof(pci_command_));
+  if (fail_config_access != 0) return -fail_config_access;
+  const uint16_t le = htole16(pci_command_);  // config space is little-endian
+  std::memcpy(buf, &le, sizeof(le));
   return static_cast<ssize_t>(len);
 }
 
@@ -387,13 +390,20 @@ ssize_t SimKernel::Pwrite(int fd, const void* buf, size_t len, uint64_t offset) 
   if (offset != kConfigRegionOffset + uapi::kPciCommand || len != sizeof(pci_command_)) {
     return -EINVAL;
   }
-  uint16_t next = 0;
-  std::memcpy(&next, buf, sizeof(next));
+  if (fail_config_access != 0) return -fail_config_access;
+  uint16_t le = 0;
+  std::memcpy(&le, buf, sizeof(le));
+  const uint16_t next = le16toh(le);
   if ((pci_command_ & uapi::kPciCommandMaster) != 0 && (next & uapi::kPciCommandMaster) == 0 &&
       before_bus_master_clear) {
     before_bus_master_clear();
   }
-  pci_command_ = next;
+  WriteCommandAsOwner(next);
+  return static_cast<ssize_t>(len);
+}
+
+void SimKernel::WriteCommandAsOwner(uint16_t value) {
+  pci_command_ = value;
   // vfio-pci passes Bus Master Enable to the device (vfio_pci_config.c): the function stops or
   // resumes issuing requests.
   if ((pci_command_ & uapi::kPciCommandMaster) != 0) {
@@ -401,7 +411,6 @@ ssize_t SimKernel::Pwrite(int fd, const void* buf, size_t len, uint64_t offset) 
   } else {
     device_->HaltDma();
   }
-  return static_cast<ssize_t>(len);
 }
 
 int SimKernel::SwitchModuleEntry(const iopfd_switch_request* req) {

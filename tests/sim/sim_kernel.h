@@ -75,6 +75,10 @@ class SimKernel : public Syscalls {
   // issued before its DMA stopped (as before_ioctl does for a reset).
   std::function<void()> before_bus_master_clear;
   uint16_t pci_command() const { return pci_command_; }
+  // A write of the command register by someone else (the owner, a guest): DMA follows BME.
+  void WriteCommandAsOwner(uint16_t value);
+  // Non-zero: reads and writes of the config region fail with this errno.
+  int fail_config_access = 0;
   static constexpr const char* kSwitchModule = "/usr/lib/sim/switch.so";
   static constexpr const char* kSwitchModuleNoReset = "/usr/lib/sim/switch-noreset.so";
   // Calls of the switch module so far.
