@@ -8,7 +8,8 @@
 //   iopfd  the daemon in adopt mode (batched reads, coalesced maps, one write per turn)
 //   naive  one at a time: poll, read one record, IOMMU_IOAS_MAP_FILE one page, write one response
 // Output: one line per (handler, K) with faults/s and latency percentiles, side by side; then
-// iopfd at K=8 quiet and under 200 control clients calling GetStats, side by side.
+// iopfd at K=8 quiet and under 200 control clients calling GetStats, side by side; then iopfd at
+// K=8 beside a second device, mockD, left running and drained over and over, side by side.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -89,6 +90,9 @@ struct Result {
   // iopfd's own view (read completion to response written), from its statistics.
   double served_p50_us = 0, served_p99_us = 0;
   uint64_t control_replies = 0;  // GetStats replies the load clients got during the run
+  uint64_t other_sent = 0;       // page requests sent to the second device (mockD)
+  uint64_t other_drains = 0;     // drains of mockD that ran to completion (resets included)
+  uint64_t other_resets = 0;     // of which function resets
 };
 
 // Drives n requests with k outstanding against whatever handler serves e's fault queue.
@@ -140,21 +144,106 @@ Result Generate(const Env& e, int n, int k) {
   return {done / secs, pct(0.5), pct(0.99), lat_us.empty() ? 0.0 : lat_us.back(), 0, ok};
 }
 
-// Runs iopfd against n requests with k outstanding; with `clients` > 0, that many control
-// clients call GetStats as fast as they can for the whole run.
-Result RunIopfd(int n, int k, int clients = 0) {
+// What else iopfd does while the measured device (mock0) is driven.
+struct Load {
+  int clients = 0;      // control clients calling GetStats as fast as they can
+  bool other = false;   // a second device, mockD, with a steady stream of page requests
+  bool drains = false;  // mockD drained over and over (Drain, then the owner's Halt)
+};
+
+// Drives mockD's page requests at a steady pace (bursts of 32, then 2 ms off) so both runs of
+// the drain comparison put the same load on iopfd; and, with `drains`, drains mockD in a loop
+// the way a VMM would around resets (Drain, Halt confirming the DMA stop, 10 ms of running).
+struct OtherDevice {
+  Env o;
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> sent{0}, drains{0}, resets{0};
+  std::atomic<int> bad{0};
+  std::string bad_reply;
+  std::thread traffic, drainer;
+
+  void Begin(const std::string& sock, bool drain) {
+    traffic = std::thread([this] {
+      for (int i = 0; !stop.load();) {
+        for (int j = 0; j < 32; ++j, ++i) {
+          if (Trigger(o, kR0 + (i % 200) * kPage, IOMMU_PGFAULT_PERM_READ, false, i % 512) == 0) {
+            ++sent;
+          }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    });
+    if (!drain) return;
+    drainer = std::thread([this, sock] {
+      ControlClient c(sock);
+      for (int i = 0; !stop.load(); ++i) {
+        // Drains and resets in turn; a reset's FLR (100 ms in the VM's switch module, as on
+        // hardware) runs on iopfd's worker thread: Halt answers "resetting", and the device is
+        // back once ListDevices says so.
+        const bool reset = (i % 2) == 1;
+        std::string r1 =
+            c.Call(reset ? R"({"method":"io.iopfd.Reset","parameters":{"device":"mockD"}})"
+                         : R"({"method":"io.iopfd.Drain","parameters":{"device":"mockD"}})");
+        std::string r2 = c.Call(R"({"method":"io.iopfd.Halt","parameters":{"device":"mockD"}})");
+        bool ok = r1.find(R"("state":"halting")") != std::string::npos;
+        if (reset) {
+          // ("running" when the reset ran on the loop's thread: a build without the worker)
+          ok = ok && (r2.find(R"("state":"resetting")") != std::string::npos ||
+                      r2.find(R"("state":"running")") != std::string::npos);
+          for (int w = 0; ok && w < 1000; ++w) {
+            std::string l = c.Call(R"({"method":"io.iopfd.ListDevices"})");
+            if (l.find(R"("name":"mockD")") == std::string::npos) ok = false;
+            size_t at = l.find(R"("name":"mockD")");
+            size_t running = l.find(R"("state":"running")", at);
+            size_t next = l.find(R"("name":")", at + 1);
+            if (running != std::string::npos && running < next) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          }
+        } else {
+          ok = ok && r2.find(R"("state":"running")") != std::string::npos;
+        }
+        if (!ok) {
+          ++bad;
+          bad_reply = r1 + " " + r2;
+          return;
+        }
+        ++(reset ? resets : drains);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    });
+  }
+  void End() {
+    stop = true;
+    if (traffic.joinable()) traffic.join();
+    if (drainer.joinable()) drainer.join();
+  }
+};
+
+// Runs iopfd against n requests with k outstanding on mock0, with `load` beside it.
+Result RunIopfd(int n, int k, const Load& load = {}) {
   Env e;
-  Setup(e, "bench-iopfd-" + std::to_string(k) + "-" + std::to_string(clients), "warning");
+  Setup(e,
+        Format("bench-iopfd-%d-%d-%d%d", k, load.clients, load.other ? 1 : 0, load.drains ? 1 : 0),
+        "warning");
   UseBenchRegion(e);
-  Daemon d = Start(e);
+  auto fds = e.Fds();
+  OtherDevice other;
+  if (load.other) {
+    Setup(other.o, e.dir.substr(e.dir.rfind('/') + 1) + "-mockD", "warning", "mockD");
+    WriteFile(e.dir + "/devices.d/mockD.toml",
+              SwitchableDeviceFile(other.o, "halt = \"owner\"\nhalt_timeout_ms = 60000\n"));
+    for (const auto& f : other.o.Fds()) fds.push_back(f);
+  }
+  Daemon d = StartWith(e.dir, fds);
+  const int clients = load.clients;
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> replies{0};
   std::atomic<int> bad{0};
-  std::vector<std::thread> load;
+  std::vector<std::thread> getters;
   const std::string sock = e.dir + "/ctl.sock";
   if (clients > 0 && !WaitFor([&] { return ControlClient(sock).ok(); })) Die("no control socket");
   for (int i = 0; i < clients; ++i) {
-    load.emplace_back([&] {
+    getters.emplace_back([&] {
       ControlClient c(sock);
       while (!stop.load()) {
         std::string r = c.Call(R"({"method":"io.iopfd.GetStats","parameters":{"device":"mock0"}})");
@@ -166,14 +255,35 @@ Result RunIopfd(int n, int k, int clients = 0) {
       }
     });
   }
+  if (load.other) {
+    if (!WaitFor([&] { return ControlClient(sock).ok(); })) Die("no control socket");
+    other.Begin(sock, load.drains);
+  }
   Result r = Generate(e, n, k);
   stop = true;
-  for (auto& t : load) t.join();
+  for (auto& t : getters) t.join();
+  other.End();
+  if (load.other && !WaitFor([&] { return QueueEmpty(other.o); }, 60000)) r.ok = false;
   int rc = Stop(d);
   auto s = ReadStats(d);
   r.map_calls = s["map_calls"] - 1;  // less the warm-up's
   r.ok = r.ok && rc == 0 && s["responses_written"] == static_cast<uint64_t>(n) + 1 &&
          s["outstanding"] == 0 && bad.load() == 0;
+  if (load.other) {
+    // mockD's own accounting: every group read answered or dropped as stale at a park, and as
+    // many completed drains as the drainer counted.
+    auto so = ReadStats(d, "mockD");
+    r.other_sent = other.sent.load();
+    r.other_drains = so["drains"];
+    r.other_resets = so["function_resets"];
+    r.ok = r.ok && other.bad.load() == 0 &&
+           so["drains"] == other.drains.load() + other.resets.load() &&
+           so["function_resets"] == other.resets.load() &&
+           so["groups"] == so["responses_written"] + so["responses_stale_dropped"] &&
+           so["responses_rejected"] == 0 && so["outstanding"] == 0;
+    if (other.bad.load() != 0)
+      std::printf("IOPF-BENCH mockD drain failed: %s\n", other.bad_reply.c_str());
+  }
   r.served_p50_us = static_cast<double>(s["latency_p50_ns"]) / 1000;
   r.served_p99_us = static_cast<double>(s["latency_p99_ns"]) / 1000;
   r.control_replies = replies.load();
@@ -230,7 +340,7 @@ int main(int argc, char** argv) {
   constexpr int kLoadK = 8;
   constexpr int kClients = 200;
   Result quiet = RunIopfd(n, kLoadK);
-  Result loaded = RunIopfd(n, kLoadK, kClients);
+  Result loaded = RunIopfd(n, kLoadK, Load{.clients = kClients});
   for (const auto& [label, r] : {std::pair{"quiet", quiet}, std::pair{"+200 GetStats", loaded}}) {
     std::printf(
         "IOPF-BENCH control %-13s K=%d %8.0f faults/s   device p50 %8.1f us p99 %8.1f us   "
@@ -241,5 +351,26 @@ int main(int argc, char** argv) {
   std::printf("IOPF-BENCH ratio  control load/quiet: device p99 %.2fx, iopfd p99 %.2fx\n",
               loaded.p99_us / quiet.p99_us, loaded.served_p99_us / quiet.served_p99_us);
   ok = ok && quiet.ok && loaded.ok;
+  // Drains of one device must not delay the others: mock0 driven as above while a second
+  // device (mockD) gets a steady stream of page requests, first left running, then drained
+  // over and over. Same boot, same load; only the drains differ.
+  // Long enough for a few resets (100 ms each) whatever n is.
+  const int drain_n = std::max(n, 20000);
+  Result steady = RunIopfd(drain_n, kLoadK, Load{.other = true});
+  Result drained = RunIopfd(drain_n, kLoadK, Load{.other = true, .drains = true});
+  for (const auto& [label, r] :
+       {std::pair{"no drains", steady}, std::pair{"mockD drained", drained}}) {
+    std::printf(
+        "IOPF-BENCH drain   %-13s K=%d %8.0f faults/s   device p50 %8.1f us p99 %8.1f us   "
+        "iopfd p50 %8.1f us p99 %8.1f us   mockD %llu requests, %llu drains (%llu resets) %s\n",
+        label, kLoadK, r.faults_per_s, r.p50_us, r.p99_us, r.served_p50_us, r.served_p99_us,
+        static_cast<unsigned long long>(r.other_sent),
+        static_cast<unsigned long long>(r.other_drains),
+        static_cast<unsigned long long>(r.other_resets), r.ok ? "" : "(INCOMPLETE)");
+  }
+  std::printf(
+      "IOPF-BENCH ratio  mockD drained/no drains: mock0 device p99 %.2fx, iopfd p99 %.2fx\n",
+      drained.p99_us / steady.p99_us, drained.served_p99_us / steady.served_p99_us);
+  ok = ok && steady.ok && drained.ok && drained.other_drains > 0 && drained.other_resets > 0;
   return ok ? 0 : 1;
 }

@@ -36,6 +36,8 @@ constexpr char kUsage[] =
     "                         every outstanding tag and resume; with halt = \"owner\" it\n"
     "                         waits in halting for the owner's `halt DEV`\n"
     "  reset DEV              halt, flush, function level reset, flush again and resume\n"
+    "                         (drain, reset, halt and resume wait until a reset that runs\n"
+    "                         in the background has finished)\n"
     "  halt DEV               confirm a drain's DMA stop (halting), or hold a running\n"
     "                         device's page requests halted until resume\n"
     "  resume DEV             resume a halted or quarantined device\n"
@@ -230,6 +232,41 @@ int Print(const Invocation& inv, const nlohmann::json& p) {
   return kOk;
 }
 
+// A drain step the daemon finishes on its own (a function reset runs on its worker thread):
+// the command follows the device until it settles, so that `iopfctl reset DEV` returns with the
+// reset done (or failed), as an operator expects.
+bool Transient(const nlohmann::json& state) {
+  return state == "flushing" || state == "resetting" || state == "resuming";
+}
+
+// Polls ListDevices until `device` leaves the transient states; returns its last entry's
+// {state, epoch}, or an error status (the daemon went away, the device did, 60 s passed).
+absl::StatusOr<nlohmann::json> WaitSettled(iopfd::VarlinkClient& client, const std::string& device,
+                                           nlohmann::json last) {
+  constexpr int kPollMs = 20;
+  constexpr int kLimitMs = 60000;
+  for (int waited = 0; waited <= kLimitMs; waited += kPollMs) {
+    if (!Transient(last["state"])) return last;
+    usleep(kPollMs * 1000);
+    if (absl::Status st = client.Call("io.iopfd.ListDevices", nlohmann::json::object()); !st.ok()) {
+      return st;
+    }
+    absl::StatusOr<iopfd::VarlinkReply> reply = client.Next();
+    if (!reply.ok()) return reply.status();
+    if (!reply->error.empty()) return absl::InternalError("ListDevices: " + reply->error);
+    bool found = false;
+    for (const auto& d : reply->parameters.value("devices", nlohmann::json::array())) {
+      if (d.value("name", "") == device) {
+        last = {{"state", d.value("state", "")}, {"epoch", d.value("epoch", 0)}};
+        found = true;
+      }
+    }
+    if (!found) return absl::NotFoundError(device + " is no longer served");
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat(device, " still ", last["state"].dump(), " after ", kLimitMs / 1000, " s"));
+}
+
 void EndMonitor(int) {
   // Ctrl-C is the ordinary way to stop watching, not a failure; every event line was already
   // flushed, so nothing is lost by leaving without running exit handlers.
@@ -272,6 +309,23 @@ int Run(const Invocation& inv) {
       std::fprintf(stderr, "%s\n",
                    iopfd::FormatError(method, reply->error, reply->parameters).c_str());
       return kErrorReply;
+    }
+    if (inv.command->output == Output::kDrain && Transient(reply->parameters["state"])) {
+      absl::StatusOr<nlohmann::json> settled = WaitSettled(*client, inv.args[0], reply->parameters);
+      if (!settled.ok()) {
+        std::fprintf(stderr, "iopfctl: %s: waiting for %s to settle: %s\n", method.c_str(),
+                     inv.args[0].c_str(), std::string(settled.status().message()).c_str());
+        return kErrorReply;
+      }
+      reply->parameters = *settled;
+      if ((*settled)["state"] == "quarantined") {
+        std::fflush(stdout);
+        std::fprintf(stderr,
+                     "iopfctl: %s: %s was quarantined while it finished (see the daemon's log or "
+                     "`iopfctl monitor`); `iopfctl resume %s` when it is fit again\n",
+                     method.c_str(), inv.args[0].c_str(), inv.args[0].c_str());
+        return kErrorReply;
+      }
     }
     int rc = Print(inv, reply->parameters);
     if (rc != kOk) return rc;

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "iopfd/blocking_worker.h"
 #include "iopfd/config.h"
 #include "iopfd/control_methods.h"
 #include "iopfd/control_server.h"
@@ -150,6 +151,15 @@ int main(int argc, char** argv) {
 
   iopfd::DeviceManager manager(loop->get(), &iopfd::RealSyscalls(), *std::move(fds),
                                config.global.read_records);
+  // Function resets run on a worker thread: the loop serves the other devices meanwhile.
+  iopfd::BlockingWorker blocking;
+  if (absl::Status st = blocking.Init(); st.ok()) {
+    (*loop)->AddClient(&blocking);
+    (*loop)->set_blocking_worker(&blocking);
+  } else {
+    iopfd::Log(iopfd::LogLevel::kWarning,
+               absl::StrCat(st.message(), "; function resets run on the fault loop's thread"));
+  }
   // VFIO's error and request interrupts of vfio-mode devices (read on the loop's ring).
   iopfd::EventfdWatcher irq_watcher;
   manager.set_irq_watcher(&irq_watcher);

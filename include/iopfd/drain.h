@@ -19,8 +19,10 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "iopfd/device.h"
@@ -69,6 +71,17 @@ class DrainIo {
   // Returns false when the reader could not be stopped (its operations are still in flight).
   virtual bool Quiesce(Device& device) = 0;
   virtual void Rearm(Device& device) = 0;
+  // Runs `job`, a step that may block for long (a function reset), without holding up the
+  // other devices' faults, then `done` with its result from the loop's thread. The default
+  // runs both now (tests that want every step synchronous).
+  virtual void RunBlocking(std::function<absl::Status()> job,
+                           std::function<void(absl::Status)> done) {
+    std::function<absl::Status()> run = std::move(job);
+    std::function<void(absl::Status)> finish = std::move(done);
+    finish(run());
+  }
+  // Waits for every job RunBlocking started and calls their `done` now.
+  virtual void FinishBlocking() {}
 };
 
 // Per device. Not thread-safe: used from the fault loop's thread. The device must be able to
@@ -76,6 +89,10 @@ class DrainIo {
 class DrainController {
  public:
   DrainController(Device* device, DrainIo* io, DrainOptions options);
+  // A reset's result that comes back afterwards is ignored.
+  ~DrainController();
+  DrainController(const DrainController&) = delete;
+  DrainController& operator=(const DrainController&) = delete;
 
   DrainState state() const { return state_; }
   // Incremented at every resume: answers of an older epoch are never written after one.
@@ -87,7 +104,9 @@ class DrainController {
   // QUARANTINED) now.
   absl::Status Drain(std::optional<AttachmentKey> attachment, const std::string& cause,
                      uint64_t now_ns);
-  // Halt, park, FLR, flush again, resume. From RUNNING only.
+  // Halt, park, FLR, flush again, resume. From RUNNING only. The FLR runs through
+  // DrainIo::RunBlocking: when that is asynchronous the call returns in RESETTING, and the
+  // drain goes on when the reset's result comes back.
   absl::Status Reset(const std::string& cause, uint64_t now_ns);
   // In HALTING: the owner confirms its DMA is stopped, and the drain or reset goes on. In
   // RUNNING: halt page requests and hold the device parked (HALTED) until Resume; the caller
@@ -118,13 +137,21 @@ class DrainController {
     return std::nullopt;
   }
   const DrainOptions& options() const { return options_; }
+  // Returns true while a reset runs away from the loop (RESETTING, or quarantined or detached
+  // since): the device must not be freed before DrainIo::FinishBlocking.
+  bool blocking() const { return blocking_; }
 
  private:
   enum class Goal : uint8_t { kNone, kDrain, kReset, kHold };
   absl::Status Start(Goal goal, std::optional<AttachmentKey> scope, const std::string& cause,
                      uint64_t now_ns);
-  // From HALTING onwards, to RUNNING, HALTED or QUARANTINED.
+  // From HALTING onwards, to RUNNING, HALTED or QUARANTINED; with a reset, to RESETTING when
+  // DrainIo runs it on a worker (AfterReset goes on).
   absl::Status Continue(const std::string& cause);
+  // The reset's result: flush again and finish (or quarantine).
+  absl::Status AfterReset(const absl::Status& reset, const std::string& cause);
+  // Parked and flushed: check nothing is owed, then hold (HALTED) or resume.
+  absl::Status Finish(const std::string& cause);
   // Reads the queue empty and answers what was read; on failure quarantines and returns its
   // Aborted status.
   absl::Status FlushQueue(const std::string& when);
@@ -141,6 +168,8 @@ class DrainController {
   std::optional<AttachmentKey> scope_;
   uint64_t halt_deadline_ns_ = 0;
   bool quiesced_ = false;
+  bool blocking_ = false;       // a reset runs on DrainIo's worker
+  std::shared_ptr<int> alive_;  // the reset's result comes back only while this lives
 };
 
 }  // namespace iopfd

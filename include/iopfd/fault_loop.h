@@ -21,6 +21,8 @@
 
 namespace iopfd {
 
+class BlockingWorker;  // iopfd/blocking_worker.h
+
 class FaultLoop;
 class RingClient;
 
@@ -95,6 +97,12 @@ class FaultLoop : public DeviceHost {
   std::optional<uint64_t> RemoveDevice(Device* device) override { return Remove(device); }
   bool Quiesce(Device& device) override { return Quiesce(&device); }
   void Rearm(Device& device) override { Rearm(&device); }
+  // On the worker set with set_blocking_worker (a client of this loop), else now.
+  void RunBlocking(std::function<absl::Status()> job,
+                   std::function<void(absl::Status)> done) override;
+  void FinishBlocking() override;
+  // Where RunBlocking's jobs run; it must be one of the loop's clients and outlive it.
+  void set_blocking_worker(BlockingWorker* worker) { blocking_ = worker; }
   // Returns true once a stop signal arrived (the loop is draining or about to).
   bool stopping() const { return stopping_; }
   // Stops the loop as SIGTERM does (from the loop's thread: a hook or a client).
@@ -174,6 +182,7 @@ class FaultLoop : public DeviceHost {
   alignas(8) unsigned char siginfo_[128]{};
   std::vector<std::unique_ptr<Slot>> slots_;
   std::vector<RingClient*> clients_;
+  BlockingWorker* blocking_ = nullptr;
   struct Deferred {
     RingOp* op;
     int res;

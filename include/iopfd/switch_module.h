@@ -39,7 +39,9 @@ typedef int (*iopfd_switch_attachment_fn)(const struct iopfd_switch_request* req
 /* Optional. Resets the function (a function level reset or the device's own), so that it
  * forgets the page request tags it issued; called between the park and the resume of a Reset
  * (every attachment is parked by then). pasid and hwpt_id are unused. Returns 0 or a negative
- * errno. Without it, Reset (and halt = "reset") is refused for the device. */
+ * errno. Without it, Reset (and halt = "reset") is refused for the device. It may take as long
+ * as a reset takes: iopfd calls it on a worker thread (never at the same time as
+ * iopfd_switch_attachment for the same device), and serves the other devices meanwhile. */
 typedef int (*iopfd_reset_function_fn)(const struct iopfd_switch_request* request);
 #define IOPFD_RESET_SYMBOL "iopfd_reset_function"
 

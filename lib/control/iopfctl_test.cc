@@ -119,6 +119,45 @@ TEST_F(IopfctlTest, ErrorReplyExits1) {
   EXPECT_THAT(r.out, IsEmpty());
 }
 
+// A reset answered "resetting" (it runs on the daemon's worker): iopfctl follows the device
+// with ListDevices until it settles, and prints where it ended.
+TEST_F(IopfctlTest, ResetWaitsUntilTheDeviceSettles) {
+  std::vector<std::string> calls;
+  FakeServer server(socket_, [&calls](int fd) {
+    calls.push_back(ReadMessage(fd));
+    WriteAll(fd, Frame(Json{{"parameters", {{"state", "resetting"}, {"epoch", 4}}}}));
+    const char* states[] = {"resetting", "flushing", "running"};
+    for (const char* state : states) {
+      calls.push_back(ReadMessage(fd));
+      Json other = {{"name", "nic0"}, {"state", "resetting"}, {"epoch", 9}};
+      Json mine = {{"name", "gpu0"}, {"state", state}, {"epoch", state == states[2] ? 5 : 4}};
+      WriteAll(fd, Frame(Json{{"parameters", {{"devices", {other, mine}}}}}));
+    }
+  });
+  ProcessResult r = Run({"--control-socket", socket_, "reset", "gpu0"});
+  server.Join();
+  ASSERT_EQ(calls.size(), 4u);
+  EXPECT_EQ(calls[0], R"({"method":"io.iopfd.Reset","parameters":{"device":"gpu0"}})");
+  EXPECT_EQ(calls[3], R"({"method":"io.iopfd.ListDevices","parameters":{}})");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "gpu0: running (epoch 5)\n");
+}
+
+TEST_F(IopfctlTest, AResetThatEndsQuarantinedExits1) {
+  FakeServer server(socket_, [](int fd) {
+    ReadMessage(fd);
+    WriteAll(fd, Frame(Json{{"parameters", {{"state", "resetting"}, {"epoch", 0}}}}));
+    ReadMessage(fd);
+    Json mine = {{"name", "gpu0"}, {"state", "quarantined"}, {"epoch", 0}};
+    WriteAll(fd, Frame(Json{{"parameters", {{"devices", {mine}}}}}));
+  });
+  ProcessResult r = Run({"--control-socket", socket_, "reset", "gpu0"});
+  server.Join();
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("gpu0 was quarantined while it finished"));
+  EXPECT_THAT(r.out, IsEmpty());
+}
+
 TEST_F(IopfctlTest, StatusExits0) {
   auto server = Serve({Json{{"parameters",
                              {{"version", "0.1.0"},

@@ -151,7 +151,12 @@ void DeviceManager::Tick(uint64_t now_ns) {
 
 DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
   Device* d = devices_[i].get();
-  // Its drain goes first: nothing of a drain is in progress between two calls (an owner's
+  // A reset running on the worker uses the device: wait for it (its result then changes
+  // nothing: the device is leaving) before anything of the device goes.
+  if (auto it = drains_.find(d); it != drains_.end() && it->second->blocking()) {
+    host_->FinishBlocking();
+  }
+  // Its drain goes first: nothing else of a drain is in progress between two calls (an owner's
   // HALTING waits with the device served as usual), and the device closing detaches its
   // attachments, which answers what is queued like a park would.
   drains_.erase(d);

@@ -1,5 +1,8 @@
 #include "iopfd/drain.h"
 
+#include <memory>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "iopfd/clock.h"
 #include "iopfd/log.h"
@@ -36,7 +39,9 @@ const char* DrainStateName(DrainState state) {
 }
 
 DrainController::DrainController(Device* device, DrainIo* io, DrainOptions options)
-    : device_(device), io_(io), options_(options) {}
+    : device_(device), io_(io), options_(options), alive_(std::make_shared<int>(0)) {}
+
+DrainController::~DrainController() = default;
 
 void DrainController::Enter(DrainState next, const std::string& cause) {
   DrainTransition t{state_, next, cause, epoch_};
@@ -156,12 +161,38 @@ absl::Status DrainController::Continue(const std::string& cause) {
     }
     Enter(DrainState::kResetting, cause);
     ++device_->stats().function_resets;
-    if (absl::Status st = device_->ResetFunction(); !st.ok()) {
-      return Quarantine(absl::StrCat("reset: ", st.message()));
-    }
-    Enter(DrainState::kFlushing, "after the reset");
-    if (absl::Status st = FlushQueue("after the reset"); !st.ok()) return st;
+    // An FLR takes 100 ms and more (PCIe: no config request for 100 ms after it), a switch
+    // module's reset is the owner's code: neither may hold up the other devices' faults. The
+    // device stays quiesced and parked meanwhile, so the loop has nothing of it to serve; the
+    // job touches only the device's VFIO fd or module, and the device is not freed under it
+    // (DeviceManager waits for it first).
+    blocking_ = true;
+    auto inline_result = std::make_shared<std::optional<absl::Status>>();
+    std::weak_ptr<int> alive = alive_;
+    Device* device = device_;
+    io_->RunBlocking([device] { return device->ResetFunction(); },
+                     [this, alive, cause, inline_result](const absl::Status& st) {
+                       if (alive.expired()) return;
+                       *inline_result = AfterReset(st, cause);
+                     });
+    if (inline_result->has_value()) return **inline_result;
+    return absl::OkStatus();  // RESETTING until the reset's result comes back
   }
+  return Finish(cause);
+}
+
+absl::Status DrainController::AfterReset(const absl::Status& reset, const std::string& cause) {
+  blocking_ = false;
+  // Decided otherwise meanwhile (a failed recovery quarantined it, it went away): the reset's
+  // result changes nothing more; the device stays where it is (parked).
+  if (state_ != DrainState::kResetting) return absl::OkStatus();
+  if (!reset.ok()) return Quarantine(absl::StrCat("reset: ", reset.message()));
+  Enter(DrainState::kFlushing, "after the reset");
+  if (absl::Status st = FlushQueue("after the reset"); !st.ok()) return st;
+  return Finish(cause);
+}
+
+absl::Status DrainController::Finish(const std::string& cause) {
   // Nothing may be left owed now: the kernel answered the parked attachments' groups and what
   // iopfd held for them was dropped; everything else read was answered by the flush, and the
   // ring reads nothing while quiesced. A group still counted outstanding is a bookkeeping bug:
@@ -182,6 +213,12 @@ absl::Status DrainController::Continue(const std::string& cause) {
 }
 
 absl::Status DrainController::Resume(const std::string& cause, uint64_t /*now_ns*/) {
+  if (blocking_) {
+    // Quarantined while its reset runs: the function is not back yet.
+    return absl::FailedPreconditionError(absl::StrCat(device_->name(), ": cannot resume while ",
+                                                      DrainStateName(state_),
+                                                      ": its function reset is still running"));
+  }
   const bool mid_drain = state_ == DrainState::kFlushing && goal_ != Goal::kNone;
   if (!mid_drain && state_ != DrainState::kHalted && state_ != DrainState::kQuarantined) {
     return Refuse("resume");

@@ -10,6 +10,7 @@
 #include <csignal>
 
 #include "absl/strings/str_cat.h"
+#include "iopfd/blocking_worker.h"
 #include "iopfd/errors.h"
 #include "iopfd/log.h"
 
@@ -280,6 +281,19 @@ void FaultLoop::HandleSignal(int res) {
     }
   }
   if (!stopping_) ArmSignal();
+}
+
+void FaultLoop::RunBlocking(std::function<absl::Status()> job,
+                            std::function<void(absl::Status)> done) {
+  if (blocking_ == nullptr) {
+    done(job());
+    return;
+  }
+  blocking_->Post(std::move(job), std::move(done));
+}
+
+void FaultLoop::FinishBlocking() {
+  if (blocking_ != nullptr) blocking_->Finish();
 }
 
 int FaultLoop::DrainCq() {

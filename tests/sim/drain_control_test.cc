@@ -30,6 +30,17 @@ using Json = nlohmann::json;
 
 constexpr uint32_t kPasid = 5;
 
+// A kernel uevent about the simulated device (its sysfs path, as Start configures it).
+Uevent KernelEventFor(const std::string& action, const std::string& error_event = "") {
+  Uevent ev;
+  ev.action = action;
+  ev.devpath = "/devices/pci0000:00/0000:00:04.0";
+  ev.subsystem = "pci";
+  ev.seqnum = 78;
+  if (!error_event.empty()) ev.env["ERROR_EVENT"] = error_event;
+  return ev;
+}
+
 // The loop's part, synchronously: serving is reading the queue and writing the answers.
 class SyncHost : public DeviceHost {
  public:
@@ -45,6 +56,23 @@ class SyncHost : public DeviceHost {
     return true;
   }
   void Rearm(Device& /*d*/) override { ++rearms; }
+  // With defer_blocking, a blocking job waits in `blocking` until the test runs it (as the
+  // worker thread would, while the loop goes on); else it runs now, as the default does.
+  void RunBlocking(std::function<absl::Status()> job,
+                   std::function<void(absl::Status)> done) override {
+    if (!defer_blocking) return done(job());
+    blocking.emplace_back(std::move(job), std::move(done));
+  }
+  void FinishBlocking() override {
+    ++finishes;
+    RunPendingJobs();
+  }
+  // The worker finishes every job; their results come back to the loop.
+  void RunPendingJobs() {
+    auto jobs = std::move(blocking);
+    blocking.clear();
+    for (auto& [job, done] : jobs) done(job());
+  }
   // One loop turn for every served device.
   void Turn() {
     for (Device* d : served) {
@@ -55,6 +83,9 @@ class SyncHost : public DeviceHost {
   std::vector<Device*> served;
   int quiesces = 0;
   int rearms = 0;
+  bool defer_blocking = false;
+  std::vector<std::pair<std::function<absl::Status()>, std::function<void(absl::Status)>>> blocking;
+  int finishes = 0;
 };
 
 // Collects what Monitor streams.
@@ -236,6 +267,88 @@ TEST_F(DrainControlTest, ResetMethodRunsToRunningInOneCall) {
   function_.ResumeDma();  // its driver brings the reset function back up
   Fault(std::nullopt, 2);
   ExpectClean();
+}
+
+// The FLR runs away from the loop: Reset answers "resetting", the device stays parked and out
+// of the ring's reading, nothing else may start on it, and the drain goes on when the reset's
+// result comes back.
+TEST_F(DrainControlTest, AResetRunsOffTheLoopAndTheDrainGoesOnWhenItReturns) {
+  Start({HaltMethod::kReset, 5000});
+  host_.defer_blocking = true;
+  Fault(kPasid, 0);
+  host_.Turn();
+  Json r = Call("io.iopfd.Reset", {{"device", "sim0"}});
+  EXPECT_EQ(r["parameters"], (Json{{"state", "resetting"}, {"epoch", 0}})) << r.dump();
+  ASSERT_EQ(host_.blocking.size(), 1u);
+  EXPECT_EQ(kernel_.resets(), 0);  // not yet: the worker has not run it
+  EXPECT_EQ(DeviceEntry()["state"], "resetting");
+  EXPECT_TRUE(kernel_.AttachedHwpt(std::nullopt) != 0 &&
+              manager_.Find("sim0")->parked(std::nullopt));
+  for (const char* method :
+       {"io.iopfd.Drain", "io.iopfd.Reset", "io.iopfd.Halt", "io.iopfd.Resume"}) {
+    EXPECT_EQ(Call(method, {{"device", "sim0"}})["error"], "io.iopfd.InvalidState") << method;
+  }
+  host_.RunPendingJobs();
+  EXPECT_EQ(kernel_.resets(), 1);
+  EXPECT_EQ(DeviceEntry()["state"], "running");
+  EXPECT_EQ(DeviceEntry()["epoch"], 1);
+  EXPECT_THAT(Path(),
+              ElementsAre("running->halting", "halting->flushing", "flushing->resetting",
+                          "resetting->flushing", "flushing->resuming", "resuming->running"));
+  function_.ResumeDma();  // its driver brings the reset function back up
+  Fault(std::nullopt, 1);
+  ExpectClean();
+}
+
+// A reset whose result comes back failed quarantines the device, naming the step.
+TEST_F(DrainControlTest, AResetThatFailsOffTheLoopQuarantines) {
+  Start({HaltMethod::kReset, 5000});
+  host_.defer_blocking = true;
+  kernel_.fail_ioctl = [](unsigned long request) {
+    return request == uapi::kVfioDeviceReset ? EIO : 0;
+  };
+  EXPECT_EQ(Call("io.iopfd.Reset", {{"device", "sim0"}})["parameters"]["state"], "resetting");
+  host_.RunPendingJobs();
+  kernel_.fail_ioctl = nullptr;
+  EXPECT_EQ(DeviceEntry()["state"], "quarantined");
+  EXPECT_THAT(monitor_->replies.back().dump(), HasSubstr("VFIO_DEVICE_RESET"));
+  EXPECT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+  function_.ResumeDma();
+  Fault(kPasid, 0);
+  ExpectClean();
+}
+
+// Quarantined while its reset runs (a failed recovery): Resume waits for the reset to come
+// back, whose result then changes nothing.
+TEST_F(DrainControlTest, AQuarantineDuringAResetHoldsResumeUntilTheResetReturns) {
+  Start({HaltMethod::kReset, 5000});
+  host_.defer_blocking = true;
+  EXPECT_EQ(Call("io.iopfd.Reset", {{"device", "sim0"}})["parameters"]["state"], "resetting");
+  manager_.Find("sim0");
+  EXPECT_EQ(manager_.OnUevent(KernelEventFor("change", "FAILED_RECOVERY")), "sim0");
+  EXPECT_EQ(DeviceEntry()["state"], "quarantined");
+  Json r = Call("io.iopfd.Resume", {{"device", "sim0"}});
+  EXPECT_EQ(r["error"], "io.iopfd.InvalidState");
+  EXPECT_THAT(r.dump(), HasSubstr("function reset is still running"));
+  host_.RunPendingJobs();
+  EXPECT_EQ(DeviceEntry()["state"], "quarantined");
+  EXPECT_EQ(Call("io.iopfd.Resume", {{"device", "sim0"}})["parameters"]["state"], "running");
+  function_.ResumeDma();
+  Fault(kPasid, 0);
+  ExpectClean();
+}
+
+// The device goes away while its reset runs: the manager waits for the reset before the device
+// is freed, and everything read from it is accounted for.
+TEST_F(DrainControlTest, ARemovalDuringAResetWaitsForIt) {
+  Start({HaltMethod::kReset, 5000});
+  host_.defer_blocking = true;
+  EXPECT_EQ(Call("io.iopfd.Reset", {{"device", "sim0"}})["parameters"]["state"], "resetting");
+  EXPECT_EQ(manager_.OnUevent(KernelEventFor("remove")), "sim0");
+  EXPECT_EQ(host_.finishes, 1);
+  EXPECT_TRUE(host_.blocking.empty());
+  EXPECT_EQ(kernel_.resets(), 1);
+  EXPECT_EQ(manager_.Find("sim0"), nullptr);
 }
 
 TEST_F(DrainControlTest, BusMasterHaltClearsItBeforeTheParkAndSetsItAfterTheUnpark) {

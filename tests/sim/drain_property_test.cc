@@ -27,6 +27,21 @@ constexpr uint32_t kPasid = 5;
 struct NoRing : DrainIo {
   bool Quiesce(Device&) override { return true; }
   void Rearm(Device&) override {}
+  // With `defer`, a reset waits for a later step to run it (the worker thread), while faults,
+  // recovery events and operator calls go on.
+  void RunBlocking(std::function<absl::Status()> job,
+                   std::function<void(absl::Status)> done) override {
+    if (!defer) return done(job());
+    jobs.emplace_back(std::move(job), std::move(done));
+  }
+  void FinishBlocking() override { RunJobs(); }
+  void RunJobs() {
+    auto now = std::move(jobs);
+    jobs.clear();
+    for (auto& [job, done] : now) done(job());
+  }
+  bool defer = false;
+  std::vector<std::pair<std::function<absl::Status()>, std::function<void(absl::Status)>>> jobs;
 };
 
 // One interleaving. Returns an empty string when every property held, else what failed and the
@@ -42,6 +57,7 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
   if (!attached.ok()) return "attach: " + std::string(attached.status().message());
   Device& device = **attached;
   NoRing io;
+  io.defer = (seed & 1) != 0;
   DrainController drain(&device, &io, {method, 1000});
   std::vector<PageRequest> in_flight;  // issued by the function, not yet at the IOMMU
   std::ostringstream log;
@@ -67,7 +83,7 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
   const int steps = 20 + static_cast<int>(pick(60));
   for (int step = 0; step < steps && !detached; ++step) {
     now += pick(400);
-    switch (pick(12)) {
+    switch (pick(13)) {
       case 0:
       case 1:
       case 2: {  // the function faults
@@ -122,9 +138,14 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
         drain.Tick(now);
         log << "tick ";
         break;
+      case 12:  // the worker's reset comes back
+        if (!io.jobs.empty()) log << "reset-done ";
+        io.RunJobs();
+        break;
       case 11:
         if (pick(8) == 0) {
           halt_dma();
+          io.FinishBlocking();  // as DeviceManager does before a device goes
           drain.Detach("removed");
           detached = true;
           log << "detach ";
@@ -141,6 +162,8 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
 
   // Bring it to rest: every request delivered, the device running (or gone), everything read
   // and answered.
+  io.defer = false;  // what comes now runs to its end
+  io.RunJobs();
   deliver_all();
   if (!detached) {
     if (drain.state() == DrainState::kHalting) {

@@ -257,6 +257,7 @@ int SimKernel::Ioctl(int fd, unsigned long request, void* arg) {
       // pci_reset_function: save state, FLR, restore state. The function forgets its tags and
       // clears PRI Enable; the restore sets Enable again only if it was set when saved.
       const bool was_enabled = device_->enabled();
+      ++resets_;
       device_->Flr();
       device_->SetEnabled(was_enabled);
       return 0;

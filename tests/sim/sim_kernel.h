@@ -83,6 +83,8 @@ class SimKernel : public Syscalls {
   static constexpr const char* kSwitchModuleNoReset = "/usr/lib/sim/switch-noreset.so";
   // Calls of the switch module so far.
   int switch_calls() const { return switch_calls_; }
+  // Function level resets so far (VFIO_DEVICE_RESET that reached the function).
+  int resets() const { return resets_; }
 
   // Sets the device up as its owner (a VMM) would for adopt mode: opens /dev/iommu, binds the
   // VFIO device, allocates an IOAS, a fault queue and an IOPF-capable HWPT per entry of
@@ -176,6 +178,7 @@ class SimKernel : public Syscalls {
   std::map<std::pair<uint32_t, uint64_t>, uint64_t> mappings_;
   uint64_t auto_responses_ = 0, refused_responses_ = 0;
   int switch_calls_ = 0;
+  int resets_ = 0;
   std::map<uint32_t, int> irq_eventfds_;
   uint16_t pci_command_ = 0x0006;  // memory space and bus master enabled
   static int SwitchModuleEntry(const iopfd_switch_request* req);

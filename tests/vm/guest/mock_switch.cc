@@ -7,6 +7,7 @@
 // kernel-internal header, never copied into the repository), like the guest driver.
 #include <errno.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -60,8 +61,12 @@ extern "C" __attribute__((visibility("default"))) int iopfd_switch_attachment(
 // iopfd parks and flushes around it. So this entry lets the VM tier run iopfd's whole Reset
 // sequence against the real kernel (park, flush, reset, flush again, resume) with the one step
 // the mock cannot have being a deliberate no-op; the forgetting function is modelled in
-// tests/sim.
+// tests/sim. It takes as long as a function level reset does, though (PCIe: software waits
+// 100 ms after initiating an FLR before it may touch the function again), so the VM cases see
+// whether a reset holds up the other devices' faults.
 extern "C" __attribute__((visibility("default"))) int iopfd_reset_function(
     const iopfd_switch_request* req) {
-  return StdevOf(req) == 0 ? -EINVAL : 0;
+  if (StdevOf(req) == 0) return -EINVAL;
+  usleep(100 * 1000);
+  return 0;
 }

@@ -1,0 +1,120 @@
+// The blocking worker on a real fault loop's ring: a job that blocks does not hold up the
+// loop (an eventfd signalled meanwhile is served while the job waits), its result comes back
+// on the loop's thread, jobs run in order, Finish waits for them, and Stop joins the thread.
+#include "iopfd/blocking_worker.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <future>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "iopfd/eventfd_watcher.h"
+
+namespace iopfd {
+namespace {
+
+void Signal(int fd) {
+  uint64_t one = 1;
+  ASSERT_EQ(write(fd, &one, sizeof(one)), static_cast<ssize_t>(sizeof(one)));
+}
+
+TEST(BlockingWorkerTest, ABlockedJobDoesNotHoldUpTheLoop) {
+  GlobalConfig config;
+  auto loop = FaultLoop::Create(config);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  BlockingWorker worker;
+  ASSERT_TRUE(worker.Init().ok());
+  (*loop)->set_blocking_worker(&worker);
+  EventfdWatcher other;  // stands for another device's work
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  const std::thread::id loop_thread = std::this_thread::get_id();
+  std::vector<std::string> order;
+  int other_calls = 0;
+  auto fd = other.Watch([&] {
+    ++other_calls;
+    order.push_back("other served");
+    release.set_value();  // only now may the job finish: the loop ran while it blocked
+  });
+  ASSERT_TRUE(fd.ok());
+  // The first job blocks until the loop has served the other fd; the second runs after it.
+  (*loop)->RunBlocking(
+      [&] {
+        Signal(*fd);
+        released.wait();
+        return absl::OkStatus();
+      },
+      [&](const absl::Status& st) {
+        EXPECT_TRUE(st.ok());
+        EXPECT_EQ(std::this_thread::get_id(), loop_thread);
+        order.push_back("first done");
+      });
+  (*loop)->RunBlocking([] { return absl::UnavailableError("second failed"); },
+                       [&](const absl::Status& st) {
+                         EXPECT_EQ(st.message(), "second failed");
+                         EXPECT_EQ(std::this_thread::get_id(), loop_thread);
+                         order.push_back("second done");
+                         (*loop)->RequestStop();
+                       });
+  EXPECT_EQ(worker.pending(), 2u);
+  (*loop)->AddClient(&other);
+  (*loop)->AddClient(&worker);
+  EXPECT_EQ((*loop)->Run(), 0);
+  EXPECT_EQ(order, (std::vector<std::string>{"other served", "first done", "second done"}));
+  EXPECT_EQ(worker.pending(), 0u);
+  EXPECT_FALSE(worker.Busy());
+}
+
+TEST(BlockingWorkerTest, FinishWaitsForEveryJobAndCallsItsDoneNow) {
+  BlockingWorker worker;
+  ASSERT_TRUE(worker.Init().ok());
+  std::atomic<int> ran{0};
+  int done = 0;
+  for (int i = 0; i < 3; ++i) {
+    worker.Post(
+        [&ran] {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          ++ran;
+          return absl::OkStatus();
+        },
+        [&done](const absl::Status&) { ++done; });
+  }
+  worker.Finish();
+  EXPECT_EQ(ran.load(), 3);
+  EXPECT_EQ(done, 3);
+  EXPECT_EQ(worker.pending(), 0u);
+  worker.Finish();  // nothing pending: returns at once
+}
+
+TEST(BlockingWorkerTest, WithoutInitJobsRunNow) {
+  BlockingWorker worker;
+  bool done = false;
+  worker.Post([] { return absl::OkStatus(); }, [&done](const absl::Status& st) { done = st.ok(); });
+  EXPECT_TRUE(done);
+  EXPECT_EQ(worker.pending(), 0u);
+}
+
+TEST(BlockingWorkerTest, DestroyingItWaitsForTheRunningJob) {
+  std::atomic<bool> finished{false};
+  {
+    BlockingWorker worker;
+    ASSERT_TRUE(worker.Init().ok());
+    std::atomic<bool> started{false};
+    worker.Post(
+        [&] {
+          started = true;
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          finished = true;
+          return absl::OkStatus();
+        },
+        [](const absl::Status&) { ADD_FAILURE() << "done after the worker went away"; });
+    while (!started) std::this_thread::yield();
+  }
+  EXPECT_TRUE(finished.load());
+}
+
+}  // namespace
+}  // namespace iopfd
