@@ -36,8 +36,8 @@ constexpr char kUsage[] =
     "                         every outstanding tag and resume; with halt = \"owner\" it\n"
     "                         waits in halting for the owner's `halt DEV`\n"
     "  reset DEV              halt, flush, function level reset, flush again and resume\n"
-    "                         (drain, reset, halt and resume wait until a reset that runs\n"
-    "                         in the background has finished)\n"
+    "                         (drain, reset, halt and resume return once a reset they\n"
+    "                         started, which runs in the background, has finished)\n"
     "  halt DEV               confirm a drain's DMA stop (halting), or hold a running\n"
     "                         device's page requests halted until resume\n"
     "  resume DEV             resume a halted or quarantined device\n"
@@ -324,6 +324,14 @@ int Run(const Invocation& inv) {
                      "iopfctl: %s: %s was quarantined while it finished (see the daemon's log or "
                      "`iopfctl monitor`); `iopfctl resume %s` when it is fit again\n",
                      method.c_str(), inv.args[0].c_str(), inv.args[0].c_str());
+        return kErrorReply;
+      }
+      if ((*settled)["state"] == "failed") {
+        std::fflush(stdout);
+        std::fprintf(stderr,
+                     "iopfctl: %s: %s's fault queue failed while it finished (see the daemon's "
+                     "log); it is no longer served\n",
+                     method.c_str(), inv.args[0].c_str());
         return kErrorReply;
       }
     }

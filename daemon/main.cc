@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "iopfd/blocking_worker.h"
+#include "iopfd/clock.h"
 #include "iopfd/config.h"
 #include "iopfd/control_methods.h"
 #include "iopfd/control_server.h"
@@ -20,6 +22,7 @@
 #include "iopfd/eventfd_watcher.h"
 #include "iopfd/fault_loop.h"
 #include "iopfd/log.h"
+#include "iopfd/service_notify.h"
 #include "iopfd/syscalls.h"
 #include "iopfd/uevent.h"
 
@@ -41,6 +44,37 @@ constexpr char kUsage[] =
     "  --stats-json FILE   write per-device statistics as JSON lines at exit\n"
     "Signals: SIGTERM/SIGINT answer everything outstanding and exit; SIGUSR1 prints stats;\n"
     "SIGHUP reloads the configuration (as iopfctl reload does).\n";
+
+// The STATUS= line systemctl status shows: what is served, and how fast faults come.
+class StatusLine {
+ public:
+  explicit StatusLine(const iopfd::DeviceManager* manager) : manager_(manager) {}
+  std::string operator()(uint64_t now_ns) {
+    uint64_t groups = 0;
+    size_t quarantined = 0;
+    for (const auto& d : manager_->devices()) {
+      groups += d->stats().groups;
+      quarantined += d->quarantined() ? 1 : 0;
+    }
+    std::string line = absl::StrCat("serving ", manager_->devices().size(), " device(s)");
+    if (manager_->configured() > 0)
+      absl::StrAppend(&line, ", ", manager_->configured(), " configured");
+    if (quarantined > 0) absl::StrAppend(&line, ", ", quarantined, " quarantined");
+    if (last_ns_ != 0 && now_ns > last_ns_ && groups >= last_groups_) {
+      const double rate =
+          static_cast<double>(groups - last_groups_) * 1e9 / static_cast<double>(now_ns - last_ns_);
+      absl::StrAppend(&line, "; ", static_cast<uint64_t>(rate), " faults/s");
+    }
+    last_ns_ = now_ns;
+    last_groups_ = groups;
+    return line;
+  }
+
+ private:
+  const iopfd::DeviceManager* manager_;
+  uint64_t last_ns_ = 0;
+  uint64_t last_groups_ = 0;
+};
 
 struct Flags {
   iopfd::LoadOptions load;
@@ -185,7 +219,18 @@ int main(int argc, char** argv) {
 
   iopfd::VarlinkService service("iopfd", "iopfd", IOPFD_VERSION, "man:iopfd(8)");
   service.set_policy({cc.group_gid, cc.admin_group_gid});
+  // systemd: READY=1 once every configured device is attached or failed (below), reloads and
+  // the stop announced, the watchdog pinged from the loop itself, STATUS= kept current.
+  iopfd::ServiceNotifier notifier = iopfd::ServiceNotifier::FromEnvironment();
+  StatusLine status_line(&manager);
   auto reload = [&]() {
+    notifier.Reloading(iopfd::MonotonicNs());
+    // READY=1 ends the reload whatever came of it: the daemon serves on either way.
+    struct ReadyAfter {
+      iopfd::ServiceNotifier* n;
+      StatusLine* line;
+      ~ReadyAfter() { n->Ready((*line)(iopfd::MonotonicNs())); }
+    } ready_after{&notifier, &status_line};
     iopfd::ReloadOutcome out = iopfd::ReloadFromFiles(flags.load, &global, &manager);
     if (!out.errors.empty()) {
       for (const auto& e : out.errors) {
@@ -255,15 +300,35 @@ int main(int argc, char** argv) {
              "control socket " + (own_socket ? socket_path : std::string("from systemd")));
 
   (*loop)->on_stats = [&manager] { PrintStats(manager.devices()); };
-  (*loop)->on_stopping = [&events] { events.Close("stopping"); };
+  (*loop)->on_stopping = [&events, &notifier] {
+    notifier.Stopping();
+    events.Close("stopping");
+  };
   (*loop)->on_reload = [&reload] { reload(); };
-  // Drain deadlines (an owner that never confirms its halt) wake the loop.
-  (*loop)->next_deadline = [&manager] { return manager.NextDeadline(); };
-  (*loop)->on_deadline = [&manager](uint64_t now) { manager.Tick(now); };
+  // Drain deadlines (an owner that never confirms its halt) and the service manager's watchdog
+  // and status wake the loop.
+  (*loop)->next_deadline = [&manager, &notifier]() -> std::optional<uint64_t> {
+    std::optional<uint64_t> drain = manager.NextDeadline();
+    std::optional<uint64_t> notify = notifier.NextTick();
+    if (drain && notify) return std::min(*drain, *notify);
+    return drain ? drain : notify;
+  };
+  (*loop)->on_deadline = [&manager, &notifier](uint64_t now) {
+    manager.Tick(now);
+    notifier.Tick(now);
+  };
   (*loop)->on_device_failed = [&events](const iopfd::Device& d, const std::string& why) {
     events.Publish("device_failed", d.name(), why);
   };
+  notifier.status_text = [&status_line](uint64_t now) { return status_line(now); };
+  notifier.Ready(status_line(iopfd::MonotonicNs()));
+  if (notifier.watchdog_ns()) {
+    iopfd::Log(iopfd::LogLevel::kInfo,
+               absl::StrCat("watchdog: pinging every ", *notifier.watchdog_ns() / 2 / 1000000,
+                            " ms from the fault loop"));
+  }
   int rc = (*loop)->Run();
+  (*loop)->set_blocking_worker(nullptr);  // joined by Run's stop; destroyed before the loop
   if (own_socket) unlink(socket_path.c_str());
   PrintStats(manager.devices());
   if (!flags.stats_json.empty()) {

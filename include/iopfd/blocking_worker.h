@@ -36,12 +36,15 @@ class BlockingWorker : public RingClient {
   // Creates the eventfd the worker signals the loop with. Errors name eventfd(2) and the errno.
   absl::Status Init();
   // Runs `job` on the worker thread, then `done` with its result on the loop's thread (from
-  // the ring's completion of the worker's eventfd, among the clients' completions). Without
-  // Init, or once stopping, both run now, on the caller's thread.
-  void Post(Job job, Done done);
-  // Blocks until every job posted so far has run, then calls their `done` now (a device going
-  // away must not be freed under its job). Returns at once when nothing is pending.
-  void Finish();
+  // the ring's completion of the worker's eventfd, among the clients' completions). `key` names
+  // what the job works on (a device), for Finish. Without Init, once stopping, or after the
+  // eventfd failed, both run now, on the caller's thread.
+  void Post(const void* key, Job job, Done done);
+  // Makes sure no job of `key` is left: one not started yet runs now, on the caller's thread;
+  // the running one is waited for; then their `done` are called now (a device going away must
+  // not be freed under its job). Other keys' jobs are left alone. Returns at once when `key`
+  // has none.
+  void Finish(const void* key);
   // Returns the number of jobs posted whose `done` has not been called yet.
   size_t pending() const { return pending_; }
 
@@ -56,8 +59,8 @@ class BlockingWorker : public RingClient {
  private:
   void Arm(FaultLoop& loop);
   void ThreadMain();
-  // Calls `done` of every job that has finished.
-  void Collect();
+  // Calls `done` of every job that has finished (of `key` only, when given).
+  void Collect(const void* key = nullptr);
   void Join();
 
   UniqueFd efd_;
@@ -69,10 +72,22 @@ class BlockingWorker : public RingClient {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::pair<Job, Done>> queue_;               // guarded by mu_
-  std::vector<std::pair<Done, absl::Status>> finished_;  // guarded by mu_
-  bool busy_ = false;                                    // guarded by mu_: a job runs
-  bool quit_ = false;                                    // guarded by mu_
+  struct Queued {
+    const void* key;
+    Job job;
+    Done done;
+  };
+  struct Finished {
+    const void* key;
+    Done done;
+    absl::Status status;
+  };
+  std::deque<Queued> queue_;        // guarded by mu_
+  std::vector<Finished> finished_;  // guarded by mu_
+  const void* running_ = nullptr;   // guarded by mu_: the key of the job that runs
+  bool busy_ = false;               // guarded by mu_: a job runs
+  bool quit_ = false;               // guarded by mu_
+  bool dead_ = false;               // the eventfd's read failed: jobs run inline
   std::thread thread_;
 };
 

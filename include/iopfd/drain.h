@@ -71,17 +71,18 @@ class DrainIo {
   // Returns false when the reader could not be stopped (its operations are still in flight).
   virtual bool Quiesce(Device& device) = 0;
   virtual void Rearm(Device& device) = 0;
-  // Runs `job`, a step that may block for long (a function reset), without holding up the
-  // other devices' faults, then `done` with its result from the loop's thread. The default
-  // runs both now (tests that want every step synchronous).
-  virtual void RunBlocking(std::function<absl::Status()> job,
+  // Runs `job`, a step that may block for long (a function reset of `device`), without
+  // holding up the other devices' faults, then `done` with its result from the loop's thread.
+  // The default runs both now (tests that want every step synchronous).
+  virtual void RunBlocking(const Device& /*device*/, std::function<absl::Status()> job,
                            std::function<void(absl::Status)> done) {
     std::function<absl::Status()> run = std::move(job);
     std::function<void(absl::Status)> finish = std::move(done);
     finish(run());
   }
-  // Waits for every job RunBlocking started and calls their `done` now.
-  virtual void FinishBlocking() {}
+  // Makes sure no job of `device` is left (waits for it, or runs it now) and calls its `done`
+  // now. Other devices' jobs are left alone.
+  virtual void FinishBlocking(const Device& /*device*/) {}
 };
 
 // Per device. Not thread-safe: used from the fault loop's thread. The device must be able to

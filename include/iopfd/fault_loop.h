@@ -98,9 +98,9 @@ class FaultLoop : public DeviceHost {
   bool Quiesce(Device& device) override { return Quiesce(&device); }
   void Rearm(Device& device) override { Rearm(&device); }
   // On the worker set with set_blocking_worker (a client of this loop), else now.
-  void RunBlocking(std::function<absl::Status()> job,
+  void RunBlocking(const Device& device, std::function<absl::Status()> job,
                    std::function<void(absl::Status)> done) override;
-  void FinishBlocking() override;
+  void FinishBlocking(const Device& device) override;
   // Where RunBlocking's jobs run; it must be one of the loop's clients and outlive it.
   void set_blocking_worker(BlockingWorker* worker) { blocking_ = worker; }
   // Returns true once a stop signal arrived (the loop is draining or about to).

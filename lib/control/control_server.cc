@@ -161,6 +161,11 @@ void ControlServer::OnAccept(FaultLoop& loop, int res) {
     return;
   }
   UniqueFd fd(res);
+  if (stopping_) {
+    // Accepted just before the stop (a multishot accept's completion delivered after Stop):
+    // closing it is the answer; a connection kept now would never be reaped.
+    return;
+  }
   Peer peer = PeerOf(fd.get());
   uint32_t& mine = per_uid_[peer.uid];
   if (conns_.size() >= options_.max_connections || mine >= options_.max_connections_per_uid) {

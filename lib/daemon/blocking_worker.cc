@@ -5,6 +5,7 @@
 
 #include <cerrno>
 
+#include "absl/strings/str_cat.h"
 #include "iopfd/errors.h"
 #include "iopfd/log.h"
 
@@ -19,15 +20,15 @@ absl::Status BlockingWorker::Init() {
   return absl::OkStatus();
 }
 
-void BlockingWorker::Post(Job job, Done done) {
-  if (!efd_.valid() || stopping_) {
+void BlockingWorker::Post(const void* key, Job job, Done done) {
+  if (!efd_.valid() || stopping_ || dead_) {
     done(job());
     return;
   }
   ++pending_;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    queue_.emplace_back(std::move(job), std::move(done));
+    queue_.push_back({key, std::move(job), std::move(done)});
   }
   // Started with the first job: a daemon that never resets a function has no extra thread. It
   // inherits the loop thread's signal mask, which blocks the signals the loop reads.
@@ -40,39 +41,58 @@ void BlockingWorker::ThreadMain() {
   while (true) {
     cv_.wait(lock, [this] { return quit_ || !queue_.empty(); });
     if (quit_) return;
-    auto [job, done] = std::move(queue_.front());
+    Queued q = std::move(queue_.front());
     queue_.pop_front();
     busy_ = true;
+    running_ = q.key;
     lock.unlock();
-    absl::Status st = job();
+    absl::Status st = q.job();
     lock.lock();
     busy_ = false;
-    finished_.emplace_back(std::move(done), std::move(st));
-    cv_.notify_all();  // Finish waits for the queue to empty
+    running_ = nullptr;
+    finished_.push_back({q.key, std::move(q.done), std::move(st)});
+    cv_.notify_all();  // Finish may wait for this job
     const uint64_t one = 1;
     (void)!::write(efd_.get(), &one, sizeof(one));
   }
 }
 
-void BlockingWorker::Collect() {
-  std::vector<std::pair<Done, absl::Status>> finished;
+void BlockingWorker::Collect(const void* key) {
+  std::vector<Finished> now;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    finished.swap(finished_);
+    std::vector<Finished> later;
+    for (Finished& f : finished_) {
+      (key == nullptr || f.key == key ? now : later).push_back(std::move(f));
+    }
+    finished_.swap(later);
   }
-  for (auto& [done, st] : finished) {
+  for (Finished& f : now) {
     --pending_;
-    done(std::move(st));
+    f.done(std::move(f.status));
   }
 }
 
-void BlockingWorker::Finish() {
+void BlockingWorker::Finish(const void* key) {
   if (pending_ == 0) return;
+  std::vector<Queued> not_started;
   {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return queue_.empty() && !busy_; });
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (it->key == key) {
+        not_started.push_back(std::move(*it));
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    cv_.wait(lock, [this, key] { return !busy_ || running_ != key; });
   }
-  Collect();
+  Collect(key);
+  for (Queued& q : not_started) {
+    --pending_;
+    q.done(q.job());
+  }
 }
 
 void BlockingWorker::Join() {
@@ -100,8 +120,20 @@ void BlockingWorker::OnCompletion(FaultLoop& loop, RingOp& op, int res) {
   if (&op == &cancel_op_) return;
   if (res < 0 && res != -EAGAIN && res != -EINTR) {
     if (res != -ECANCELED) {
+      // Results could no longer come back: from now on jobs run on the loop's thread (slow,
+      // but every drain finishes), and those already out are waited for here.
       Log(LogLevel::kError,
-          std::string(ErrnoStatus(-res, "blocking worker", "read eventfd").message()));
+          absl::StrCat(ErrnoStatus(-res, "blocking worker", "read eventfd").message(),
+                       "; function resets now run on the fault loop's thread"));
+      dead_ = true;
+      std::vector<const void*> keys;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (const Queued& q : queue_) keys.push_back(q.key);
+        if (busy_) keys.push_back(running_);
+        for (const Finished& f : finished_) keys.push_back(f.key);
+      }
+      for (const void* key : keys) Finish(key);
     }
     return;
   }

@@ -41,7 +41,9 @@ TEST(BlockingWorkerTest, ABlockedJobDoesNotHoldUpTheLoop) {
   });
   ASSERT_TRUE(fd.ok());
   // The first job blocks until the loop has served the other fd; the second runs after it.
-  (*loop)->RunBlocking(
+  const int dev_a = 0, dev_b = 0;  // the keys: what each job works on
+  worker.Post(
+      &dev_a,
       [&] {
         Signal(*fd);
         released.wait();
@@ -52,13 +54,14 @@ TEST(BlockingWorkerTest, ABlockedJobDoesNotHoldUpTheLoop) {
         EXPECT_EQ(std::this_thread::get_id(), loop_thread);
         order.push_back("first done");
       });
-  (*loop)->RunBlocking([] { return absl::UnavailableError("second failed"); },
-                       [&](const absl::Status& st) {
-                         EXPECT_EQ(st.message(), "second failed");
-                         EXPECT_EQ(std::this_thread::get_id(), loop_thread);
-                         order.push_back("second done");
-                         (*loop)->RequestStop();
-                       });
+  worker.Post(
+      &dev_b, [] { return absl::UnavailableError("second failed"); },
+      [&](const absl::Status& st) {
+        EXPECT_EQ(st.message(), "second failed");
+        EXPECT_EQ(std::this_thread::get_id(), loop_thread);
+        order.push_back("second done");
+        (*loop)->RequestStop();
+      });
   EXPECT_EQ(worker.pending(), 2u);
   (*loop)->AddClient(&other);
   (*loop)->AddClient(&worker);
@@ -68,31 +71,42 @@ TEST(BlockingWorkerTest, ABlockedJobDoesNotHoldUpTheLoop) {
   EXPECT_FALSE(worker.Busy());
 }
 
-TEST(BlockingWorkerTest, FinishWaitsForEveryJobAndCallsItsDoneNow) {
+TEST(BlockingWorkerTest, FinishTakesCareOfOneKeyAndLeavesTheOthers) {
   BlockingWorker worker;
   ASSERT_TRUE(worker.Init().ok());
-  std::atomic<int> ran{0};
-  int done = 0;
-  for (int i = 0; i < 3; ++i) {
-    worker.Post(
-        [&ran] {
-          std::this_thread::sleep_for(std::chrono::milliseconds(5));
-          ++ran;
-          return absl::OkStatus();
-        },
-        [&done](const absl::Status&) { ++done; });
-  }
-  worker.Finish();
-  EXPECT_EQ(ran.load(), 3);
-  EXPECT_EQ(done, 3);
+  const int a = 0, b = 0;
+  std::promise<void> release_a;
+  std::shared_future<void> a_released = release_a.get_future().share();
+  std::atomic<bool> a_started{false};
+  std::vector<std::string> done;
+  worker.Post(
+      &a,
+      [&] {
+        a_started = true;
+        a_released.wait();
+        return absl::OkStatus();
+      },
+      [&done](const absl::Status&) { done.push_back("a"); });
+  worker.Post(
+      &b, [] { return absl::OkStatus(); }, [&done](const absl::Status&) { done.push_back("b"); });
+  while (!a_started) std::this_thread::yield();
+  // b has not started (a runs, one at a time): it runs now, here; a is left running.
+  worker.Finish(&b);
+  EXPECT_EQ(done, std::vector<std::string>{"b"});
+  EXPECT_EQ(worker.pending(), 1u);
+  release_a.set_value();
+  worker.Finish(&a);  // waits for a, then its done
+  EXPECT_EQ(done, (std::vector<std::string>{"b", "a"}));
   EXPECT_EQ(worker.pending(), 0u);
-  worker.Finish();  // nothing pending: returns at once
+  worker.Finish(&a);  // nothing pending: returns at once
 }
 
 TEST(BlockingWorkerTest, WithoutInitJobsRunNow) {
   BlockingWorker worker;
   bool done = false;
-  worker.Post([] { return absl::OkStatus(); }, [&done](const absl::Status& st) { done = st.ok(); });
+  worker.Post(
+      nullptr, [] { return absl::OkStatus(); },
+      [&done](const absl::Status& st) { done = st.ok(); });
   EXPECT_TRUE(done);
   EXPECT_EQ(worker.pending(), 0u);
 }
@@ -104,6 +118,7 @@ TEST(BlockingWorkerTest, DestroyingItWaitsForTheRunningJob) {
     ASSERT_TRUE(worker.Init().ok());
     std::atomic<bool> started{false};
     worker.Post(
+        nullptr,
         [&] {
           started = true;
           std::this_thread::sleep_for(std::chrono::milliseconds(20));

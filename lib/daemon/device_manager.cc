@@ -49,9 +49,11 @@ void DeviceManager::Emit(const std::string& event, const std::string& device,
 absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds* fds) {
   auto dev = Device::Attach(config, fds, sys_, read_records_);
   if (!dev.ok()) return dev.status();
-  Log(LogLevel::kInfo, absl::StrCat(config.name, ": attached (",
-                                    config.mode == AttachMode::kAdopt ? "adopt" : "vfio", ", ",
-                                    config.spaces.size(), " address space(s))"));
+  Log(LogLevel::kInfo,
+      absl::StrCat(config.name, ": attached (",
+                   config.mode == AttachMode::kAdopt ? "adopt" : "vfio", ", ", config.spaces.size(),
+                   " address space(s))"),
+      {{"DEVICE", config.name}});
   devices_.push_back(*std::move(dev));
   Device* d = devices_.back().get();
   auto drain = std::make_unique<DrainController>(d, host_, DrainOptionsOf(config.drain));
@@ -91,7 +93,7 @@ bool DeviceManager::OnVfioIrq(const std::string& name, uint32_t index) {
     DrainController* drain = drains_[d].get();
     if (index == uapi::kVfioPciErrIrqIndex) {
       // vfio-pci's error_detected: the PCI core is recovering the device; its DMA is stopped.
-      Log(LogLevel::kWarning, name + ": VFIO error interrupt (AER)");
+      Log(LogLevel::kWarning, name + ": VFIO error interrupt (AER)", {{"DEVICE", name}});
       if (drain->state() != DrainState::kRunning) return false;
       (void)drain->Halt("VFIO error interrupt (AER)", MonotonicNs());
       if (drain->state() == DrainState::kHalted) recovering_.insert(name);
@@ -100,7 +102,8 @@ bool DeviceManager::OnVfioIrq(const std::string& name, uint32_t index) {
     if (index == uapi::kVfioPciReqIrqIndex) {
       // vfio_pci_core_request: the kernel wants the device (unbind, removal) and waits for the
       // user to close it, asking again every 10 s. Park it, then let it go.
-      Log(LogLevel::kWarning, name + ": VFIO request interrupt: the kernel wants the device back");
+      Log(LogLevel::kWarning, name + ": VFIO request interrupt: the kernel wants the device back",
+          {{"DEVICE", name}});
       RemoveGone(i, "VFIO request interrupt: the kernel wants the device back");
       return true;
     }
@@ -151,10 +154,12 @@ void DeviceManager::Tick(uint64_t now_ns) {
 
 DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
   Device* d = devices_[i].get();
-  // A reset running on the worker uses the device: wait for it (its result then changes
-  // nothing: the device is leaving) before anything of the device goes.
+  // A reset running on the worker uses the device: wait for it (or run it now, if it has not
+  // started) before anything of the device goes. Its result is then handled as usual: a device
+  // going away (DETACHED) stays as it is; one being detached or restarted by a reload finishes
+  // its drain first (flush, unpark, running) and then goes.
   if (auto it = drains_.find(d); it != drains_.end() && it->second->blocking()) {
-    host_->FinishBlocking();
+    host_->FinishBlocking(*d);
   }
   // Its drain goes first: nothing else of a drain is in progress between two calls (an owner's
   // HALTING waits with the device served as usual), and the device closing detaches its
@@ -169,18 +174,22 @@ DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
   DeviceStats final_stats = d->stats();
   if (!unanswered) {
     // The host still refers to it: keep it alive, out of service, until exit.
-    Log(LogLevel::kError, d->name() + ": could not be released; kept out of service until exit");
+    Log(LogLevel::kError, d->name() + ": could not be released; kept out of service until exit",
+        {{"DEVICE", d->name()}});
     unreleased_.push_back(std::move(devices_[i]));
     devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
     return final_stats;
   }
   if (*unanswered != 0) {
-    Log(LogLevel::kError, absl::StrCat(d->name(), ": ", *unanswered,
-                                       " page request group(s) read and never answered"));
+    Log(LogLevel::kError,
+        absl::StrCat(d->name(), ": ", *unanswered,
+                     " page request group(s) read and never answered"),
+        {{"DEVICE", d->name()}});
   }
   // Its counters leave with it: say what they were, for whoever accounts for every fault.
   Log(LogLevel::kInfo,
-      absl::StrCat(d->name(), ": final counters ", FormatStatsJson(d->name(), final_stats)));
+      absl::StrCat(d->name(), ": final counters ", FormatStatsJson(d->name(), final_stats)),
+      {{"DEVICE", d->name()}});
   // A failed fault fd is not worth keeping: closing it lets the kernel clean up.
   if (keep_fds && !d->write_failed()) d->ReleaseFds(&pool_);
   devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
@@ -206,7 +215,7 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
       const DeviceStats st = RemoveAt(i, /*keep_fds=*/false);
       report.unanswered += st.outstanding() + st.responses_abandoned;
       report.removed.push_back(name);
-      Log(LogLevel::kInfo, name + ": removed (no longer configured)");
+      Log(LogLevel::kInfo, name + ": removed (no longer configured)", {{"DEVICE", name}});
       Emit("device_removed", name, "no longer configured");
       continue;
     }
@@ -259,7 +268,7 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
       continue;
     }
     if (restart) {
-      Log(LogLevel::kInfo, c->name + ": restarted (configuration changed)");
+      Log(LogLevel::kInfo, c->name + ": restarted (configuration changed)", {{"DEVICE", c->name}});
       Emit("device_restarted", c->name, "configuration changed");
     } else {
       report.added.push_back(c->name);
@@ -308,7 +317,7 @@ absl::StatusOr<DeviceStats> DeviceManager::Detach(const std::string& name) {
     if (runtime_.erase(name) == 0) detached_[name] = devices_[i]->config();
     DeviceStats final_stats = RemoveAt(i, /*keep_fds=*/false);
     uint64_t owed = final_stats.outstanding();
-    Log(LogLevel::kInfo, name + ": detached");
+    Log(LogLevel::kInfo, name + ": detached", {{"DEVICE", name}});
     Emit("device_detached", name, owed == 0 ? "" : absl::StrCat(owed, " group(s) unanswered"));
     return final_stats;
   }
@@ -330,7 +339,8 @@ std::string DeviceManager::OnUevent(const Uevent& event) {
     if (event.action == "remove" || event.action == "unbind") {
       // Its attachments went with it and the kernel answered every group of them: a held answer
       // could only meet an unknown cookie, or one reused by another group of this fault queue.
-      Log(LogLevel::kInfo, absl::StrCat(name, ": ", what, ": the device is gone"));
+      Log(LogLevel::kInfo, absl::StrCat(name, ": ", what, ": the device is gone"),
+          {{"DEVICE", name}});
       RemoveGone(i, "device gone: " + what);
       return name;
     }

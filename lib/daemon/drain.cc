@@ -47,9 +47,16 @@ void DrainController::Enter(DrainState next, const std::string& cause) {
   DrainTransition t{state_, next, cause, epoch_};
   state_ = next;
   ++device_->stats().drain_transitions;
+  LogFields fields = {{"DEVICE", device_->name()},
+                      {"STATE", DrainStateName(next)},
+                      {"PREVIOUS_STATE", DrainStateName(t.from)},
+                      {"EPOCH", std::to_string(epoch_)},
+                      {"CAUSE", cause}};
+  if (scope_) fields.emplace_back("PASID", std::to_string(*scope_));  // a PASID drain
   Log(next == DrainState::kQuarantined ? LogLevel::kError : LogLevel::kInfo,
       absl::StrCat(device_->name(), ": ", DrainStateName(t.from), " -> ", DrainStateName(next),
-                   " (", cause, ")"));
+                   " (", cause, ")"),
+      fields);
   if (on_transition) on_transition(t);
 }
 
@@ -170,11 +177,12 @@ absl::Status DrainController::Continue(const std::string& cause) {
     auto inline_result = std::make_shared<std::optional<absl::Status>>();
     std::weak_ptr<int> alive = alive_;
     Device* device = device_;
-    io_->RunBlocking([device] { return device->ResetFunction(); },
-                     [this, alive, cause, inline_result](const absl::Status& st) {
-                       if (alive.expired()) return;
-                       *inline_result = AfterReset(st, cause);
-                     });
+    io_->RunBlocking(
+        *device_, [device] { return device->ResetFunction(); },
+        [this, alive, cause, inline_result](const absl::Status& st) {
+          if (alive.expired()) return;
+          *inline_result = AfterReset(st, cause);
+        });
     if (inline_result->has_value()) return **inline_result;
     return absl::OkStatus();  // RESETTING until the reset's result comes back
   }
@@ -254,7 +262,9 @@ absl::Status DrainController::Quarantine(const std::string& why) {
   // With the bus-master method iopfd stops the function's DMA itself (best effort: it may be
   // what failed) before the park, whatever led here: a quarantined function issues nothing.
   std::string bus_master;
-  if (options_.halt == HaltMethod::kBusMaster && device_->can_stop_bus_master()) {
+  // Not while the function resets (the kernel holds config access for the reset's length, and
+  // the drain cleared bus mastering before it anyway).
+  if (options_.halt == HaltMethod::kBusMaster && device_->can_stop_bus_master() && !blocking_) {
     if (absl::Status st = device_->StopBusMaster(); !st.ok()) {
       bus_master = absl::StrCat("; clear Bus Master Enable: ", st.message());
     }

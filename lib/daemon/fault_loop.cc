@@ -201,7 +201,7 @@ void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
       std::string why = absl::StrCat(kMaxEmptyReads,
                                      " reads in a row found nothing although the fd polled "
                                      "readable: not a working fault queue; no longer reading");
-      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why));
+      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why), {{"DEVICE", d->name()}});
       d->MarkReadFailed();
       if (on_device_failed) on_device_failed(*d, why);
     }
@@ -211,7 +211,7 @@ void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
     if (!d->GrowReadBuffer(config_.max_read_records)) {
       std::string why = absl::StrCat("a page request group exceeds ", config_.max_read_records,
                                      " records (max_read_records); no longer reading");
-      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why));
+      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why), {{"DEVICE", d->name()}});
       d->MarkReadFailed();
       if (on_device_failed) on_device_failed(*d, why);
     }
@@ -220,10 +220,11 @@ void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
   } else if (res != -EINTR) {
     // EFAULT, ENOMEM (the cookie allocation) and the like: the group stays queued in the kernel,
     // so retry; give up reading after a run of failures. Responses owed still go out.
-    Log(LogLevel::kError, std::string(ErrnoStatus(-res, d->name(), "read fault fd").message()));
+    Log(LogLevel::kError, std::string(ErrnoStatus(-res, d->name(), "read fault fd").message()),
+        {{"DEVICE", d->name()}});
     if (++d->read_errors >= kMaxReadErrors) {
       std::string why = absl::StrCat(kMaxReadErrors, " read errors in a row; no longer reading");
-      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why));
+      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why), {{"DEVICE", d->name()}});
       d->MarkReadFailed();
       if (on_device_failed) on_device_failed(*d, why);
     }
@@ -283,17 +284,17 @@ void FaultLoop::HandleSignal(int res) {
   if (!stopping_) ArmSignal();
 }
 
-void FaultLoop::RunBlocking(std::function<absl::Status()> job,
+void FaultLoop::RunBlocking(const Device& device, std::function<absl::Status()> job,
                             std::function<void(absl::Status)> done) {
   if (blocking_ == nullptr) {
     done(job());
     return;
   }
-  blocking_->Post(std::move(job), std::move(done));
+  blocking_->Post(&device, std::move(job), std::move(done));
 }
 
-void FaultLoop::FinishBlocking() {
-  if (blocking_ != nullptr) blocking_->Finish();
+void FaultLoop::FinishBlocking(const Device& device) {
+  if (blocking_ != nullptr) blocking_->Finish(&device);
 }
 
 int FaultLoop::DrainCq() {

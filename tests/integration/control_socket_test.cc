@@ -198,6 +198,27 @@ TEST(ControlBacklogTest, QueuedClientsAreAcceptedTogetherWhileOthersKeepItBusy) 
   EXPECT_EQ(iopfd.Stop(), 0);
 }
 
+// Connections accepted in the turn the stop signal arrives (a multishot accept delivers the
+// whole backlog at once) must not keep the daemon from exiting.
+TEST(ControlBacklogTest, AStopWithConnectionsArrivingStillExits) {
+  iopfd_test::IopfdOptions options;
+  options.global = "[control]\nmax_connections = 256\nmax_connections_per_uid = 256\n";
+  Iopfd iopfd(options);
+  {
+    Client first(iopfd.socket());  // iopfd is up and serving
+    ASSERT_EQ(first.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
+  }
+  iopfd.Signal(SIGSTOP);
+  std::vector<std::unique_ptr<Client>> queued;
+  for (int i = 0; i < 40; ++i) {
+    queued.push_back(std::make_unique<Client>(iopfd.socket()));
+    ASSERT_TRUE(queued.back()->Call({{"method", "io.iopfd.GetStatus"}}));
+  }
+  iopfd.Signal(SIGTERM);  // arrives with the connections, in the same turn
+  iopfd.Signal(SIGCONT);
+  EXPECT_EQ(iopfd.WaitExit(10000), 0) << iopfd.Log();
+}
+
 TEST_F(ControlSocketTest, ConnectionsAreCapped) {
   std::vector<std::unique_ptr<Client>> clients;
   for (int i = 0; i < 6; ++i) {

@@ -40,6 +40,8 @@ struct IopfdOptions {
   std::vector<std::pair<std::string, std::string>> devices;
   // Descriptors handed over as LISTEN_FDS, with their LISTEN_FDNAMES names.
   std::vector<std::pair<std::string, int>> fds;
+  // Environment variables set for iopfd; a value "@pid" becomes iopfd's pid (WATCHDOG_PID).
+  std::vector<std::pair<std::string, std::string>> env;
 };
 
 class Iopfd {
@@ -66,6 +68,9 @@ class Iopfd {
         setenv("LISTEN_FDS", std::to_string(high.size()).c_str(), 1);
         setenv("LISTEN_FDNAMES", names.c_str(), 1);
         setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+      }
+      for (const auto& [name, value] : options.env) {
+        setenv(name.c_str(), value == "@pid" ? std::to_string(getpid()).c_str() : value.c_str(), 1);
       }
       int log = open((dir_ / "iopfd.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(log, 2);

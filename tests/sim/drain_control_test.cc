@@ -58,12 +58,12 @@ class SyncHost : public DeviceHost {
   void Rearm(Device& /*d*/) override { ++rearms; }
   // With defer_blocking, a blocking job waits in `blocking` until the test runs it (as the
   // worker thread would, while the loop goes on); else it runs now, as the default does.
-  void RunBlocking(std::function<absl::Status()> job,
+  void RunBlocking(const Device& /*d*/, std::function<absl::Status()> job,
                    std::function<void(absl::Status)> done) override {
     if (!defer_blocking) return done(job());
     blocking.emplace_back(std::move(job), std::move(done));
   }
-  void FinishBlocking() override {
+  void FinishBlocking(const Device& /*d*/) override {
     ++finishes;
     RunPendingJobs();
   }

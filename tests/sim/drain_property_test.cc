@@ -29,12 +29,12 @@ struct NoRing : DrainIo {
   void Rearm(Device&) override {}
   // With `defer`, a reset waits for a later step to run it (the worker thread), while faults,
   // recovery events and operator calls go on.
-  void RunBlocking(std::function<absl::Status()> job,
+  void RunBlocking(const Device& /*d*/, std::function<absl::Status()> job,
                    std::function<void(absl::Status)> done) override {
     if (!defer) return done(job());
     jobs.emplace_back(std::move(job), std::move(done));
   }
-  void FinishBlocking() override { RunJobs(); }
+  void FinishBlocking(const Device& /*d*/) override { RunJobs(); }
   void RunJobs() {
     auto now = std::move(jobs);
     jobs.clear();
@@ -145,7 +145,7 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
       case 11:
         if (pick(8) == 0) {
           halt_dma();
-          io.FinishBlocking();  // as DeviceManager does before a device goes
+          io.FinishBlocking(device);  // as DeviceManager does before a device goes
           drain.Detach("removed");
           detached = true;
           log << "detach ";
