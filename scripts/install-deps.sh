@@ -13,6 +13,8 @@ pkgs=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # lint
   clang-format clang-tidy
+  # the service's units (systemd-analyze verify/security, systemd.pc) and man pages (groff, man)
+  systemd groff-base man-db
   # VM tier: kernel build and guest boot
   flex bison bc libelf-dev libssl-dev cpio xz-utils qemu-system-x86 busybox-static
   debian-archive-keyring

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `cmake --install` into a staging directory (DESTDIR) puts every file where a system expects
+# it: binaries, units (with this prefix's paths), man pages, configuration, the Varlink
+# interface, bash completion, docs.
+# usage: install_test.sh BUILD_DIR
+set -euo pipefail
+build=$1
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+DESTDIR="$stage" cmake --install "$build" > "$stage.log" 2>&1 || { cat "$stage.log" >&2; exit 1; }
+rm -f "$stage.log"
+prefix=$(sed -n 's/^CMAKE_INSTALL_PREFIX:PATH=//p' "$build/CMakeCache.txt")
+fail=0
+want() {
+  local n
+  n=$(find "$stage" -path "$stage$1" | wc -l)
+  [ "$n" -ge 1 ] || { echo "install: nothing at $1" >&2; fail=1; }
+}
+want "$prefix/sbin/iopfd"
+want "$prefix/sbin/iopfctl"
+want "*/systemd/system/iopfd.service"
+want "*/systemd/system/iopfd.socket"
+want "$prefix/share/man/man8/iopfd.8"
+want "$prefix/share/man/man8/iopfctl.8"
+want "$prefix/share/man/man5/iopfd.toml.5"
+want "$prefix/share/varlink/io.iopfd.varlink"
+want "$prefix/share/bash-completion/completions/iopfctl"
+want "$prefix/share/doc/iopfd/examples/iopfd.toml"
+want "$prefix/share/doc/iopfd/examples/dsa0.toml.example"
+want "*/etc/iopfd/devices.d"
+unit=$(find "$stage" -name iopfd.service | head -1)
+grep -q "^ExecStart=$prefix/sbin/iopfd\$" "$unit" || {
+  echo "install: $unit does not start $prefix/sbin/iopfd" >&2
+  grep ExecStart "$unit" >&2
+  fail=1
+}
+exit $fail
