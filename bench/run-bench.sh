@@ -11,7 +11,7 @@ ks=${*:-1 8 64}
 build=${IOPFD_BUILD_DIR:-build}
 scripts/install-deps.sh >/dev/null
 cmake -S . -B "$build" -G Ninja -DIOPFD_WERROR=ON >/dev/null
-cmake --build "$build" --target iopfd >/dev/null
+cmake --build "$build" --target iopfd iopfctl >/dev/null
 tests/vm/run-vm.sh --iopfd "$build/daemon/iopfd" --out "$build/vm-bench" --mode bench \
   --args "$n,${ks// /,}" >/dev/null 2>"$build/vm-bench.log" || { cat "$build/vm-bench.log" >&2; exit 1; }
 grep '^IOPF-BENCH' "$build/vm-bench/console.log" | sed 's/^IOPF-BENCH //'

@@ -10,5 +10,6 @@ build=${IOPFD_BUILD_DIR:-build}
 
 scripts/install-deps.sh
 cmake -S . -B "$build" -G Ninja -DIOPFD_WERROR=ON >/dev/null
-cmake --build "$build" -j"$(nproc)" --target iopfd
+# iopfctl too: the guest drives drains with it, and run-vm.sh copies it in.
+cmake --build "$build" -j"$(nproc)" --target iopfd iopfctl
 tests/vm/run-vm.sh --iopfd "$build/daemon/iopfd" --out "$build/vm-demo" --mode demo --args "$n"
