@@ -21,6 +21,7 @@
 #include "iopfd/device_manager.h"
 #include "iopfd/eventfd_watcher.h"
 #include "iopfd/fault_loop.h"
+#include "iopfd/fd_store.h"
 #include "iopfd/log.h"
 #include "iopfd/service_notify.h"
 #include "iopfd/syscalls.h"
@@ -182,6 +183,12 @@ int main(int argc, char** argv) {
   std::string socket_path = flags.control_socket.empty() ? cc.socket : flags.control_socket;
   bool own_socket = false;
   auto listener = fds->Take("control");
+  // Devices adopted before a restart come back from systemd's fd store: take their entries out
+  // of the inherited fds now; they are adopted again after the configured devices attached.
+  iopfd::FdStore fd_store = iopfd::FdStore::FromEnvironment();
+  std::vector<std::string> store_problems;
+  std::vector<iopfd::FdStore::Stored> stored = fd_store.TakeStored(&*fds, &store_problems);
+  for (const std::string& p : store_problems) iopfd::Log(iopfd::LogLevel::kError, p);
 
   iopfd::DeviceManager manager(loop->get(), &iopfd::RealSyscalls(), *std::move(fds),
                                config.global.read_records);
@@ -216,6 +223,33 @@ int main(int argc, char** argv) {
   iopfd::ReloadReport started = manager.Apply(config.devices);
   iopfd::Log(iopfd::LogLevel::kInfo, absl::StrCat("serving ", started.added.size(), " of ",
                                                   config.devices.size(), " device(s)"));
+  // Then the adoptions the fd store kept, checked as an Adopt call would be. A name a device
+  // file took meanwhile wins: the stored one is handed back.
+  for (iopfd::FdStore::Stored& s : stored) {
+    iopfd::AdoptRequest parsed = iopfd::ParseAdoptConfig(s.config_text);
+    absl::Status st;
+    if (!parsed.config.has_value()) {
+      st = absl::InvalidArgumentError(absl::StrJoin(parsed.errors, "; "));
+    } else if (parsed.config->name != s.device) {
+      st = absl::InvalidArgumentError("the record's config names device " + parsed.config->name);
+    } else {
+      st = manager.Adopt(*parsed.config, std::move(s.fds));
+    }
+    if (st.ok()) {
+      iopfd::Log(iopfd::LogLevel::kInfo,
+                 s.device + ": adopted again from the fd store (handed over before the restart)",
+                 {{"DEVICE", s.device}});
+    } else {
+      iopfd::Log(iopfd::LogLevel::kError,
+                 absl::StrCat(s.device, ": not adopted again from the fd store: ", st.message(),
+                              "; its descriptors are closed (handed back)"),
+                 {{"DEVICE", s.device}});
+      fd_store.Forget(s.device);
+    }
+  }
+  iopfd::Log(iopfd::LogLevel::kInfo, fd_store.Describe());
+  // Adoptions at run time are kept in the store; a device handed back leaves it.
+  manager.on_adopted_gone = [&fd_store](const std::string& name) { fd_store.Forget(name); };
 
   iopfd::VarlinkService service("iopfd", "iopfd", IOPFD_VERSION, "man:iopfd(8)");
   service.set_policy({cc.group_gid, cc.admin_group_gid});
@@ -257,6 +291,13 @@ int main(int argc, char** argv) {
   iopfd::DaemonState state{IOPFD_VERSION, iopfd::MonotonicNs(),
                            &manager,      &events,
                            reload,        [&loop] { return (*loop)->stopping(); }};
+  state.fd_store = &fd_store;
+  state.on_adopted = [&fd_store](const iopfd::Device& d, const std::string& text) {
+    absl::Status st = fd_store.Keep(d.name(), text, d.HeldFds());
+    if (!st.ok()) {
+      iopfd::Log(iopfd::LogLevel::kWarning, std::string(st.message()), {{"DEVICE", d.name()}});
+    }
+  };
   iopfd::RegisterIopfdMethods(&service, &state);
   if (!listener.ok()) {
     listener = iopfd::ListenControlSocket(socket_path, cc.group_gid);
@@ -317,8 +358,11 @@ int main(int argc, char** argv) {
     manager.Tick(now);
     notifier.Tick(now);
   };
-  (*loop)->on_device_failed = [&events](const iopfd::Device& d, const std::string& why) {
+  (*loop)->on_device_failed = [&events, &manager, &fd_store](const iopfd::Device& d,
+                                                             const std::string& why) {
     events.Publish("device_failed", d.name(), why);
+    // A failed fault queue is not taken back after a restart: its owner has to hand it over.
+    if (manager.IsAdoptedAtRunTime(d.name())) fd_store.Forget(d.name());
   };
   notifier.status_text = [&status_line](uint64_t now) { return status_line(now); };
   notifier.Ready(status_line(iopfd::MonotonicNs()));

@@ -15,6 +15,8 @@ pkgs=(
   clang-format clang-tidy
   # the service's units (systemd-analyze verify/security, systemd.pc) and man pages (groff, man)
   systemd groff-base man-db
+  # the Debian package (scripts/build-deb.sh): dpkg-dev for dpkg-shlibdeps/buildflags, lintian
+  dpkg-dev lintian fakeroot
   # VM tier: kernel build and guest boot
   flex bison bc libelf-dev libssl-dev cpio xz-utils qemu-system-x86 busybox-static
   debian-archive-keyring

@@ -5,11 +5,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "iopfd/device.h"
 #include "iopfd/device_manager.h"
+#include "iopfd/fd_store.h"
 #include "iopfd/uevent.h"
 #include "iopfd/varlink.h"
 
@@ -27,7 +29,24 @@ struct DaemonState {
   std::function<bool()> stopping;
   // The kernel uevent listener, or null when the socket could not be opened.
   const UeventListener* uevents = nullptr;
+  // Called after a successful Adopt with the device and the call's config text (the fd store
+  // keeps both for the next start). May be empty.
+  std::function<void(const Device&, const std::string& config_text)> on_adopted = nullptr;
+  // systemd's fd store, reported by GetStatus; may be null (reported as not enabled).
+  const FdStore* fd_store = nullptr;
 };
+
+// An Adopt call's device, or why it cannot be adopted.
+struct AdoptRequest {
+  std::optional<DeviceConfig> config;  // set when the text is acceptable
+  std::vector<std::string> errors;     // otherwise, each error with its position
+};
+
+// Parses and checks the config text of an Adopt call (or of an adoption the fd store kept):
+// exactly one device, valid, without file: backings (a path would let the caller map any file
+// iopfd can open) or a switch module (a path iopfd would load). Whether it is adopt mode is
+// DeviceManager::Adopt's check. Returns the device, or every error.
+AdoptRequest ParseAdoptConfig(const std::string& text);
 
 // The text of lib/control/io.iopfd.varlink, compiled in.
 extern const char kIopfdInterfaceDescription[];

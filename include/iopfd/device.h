@@ -187,6 +187,10 @@ class Device {
   // backings in either mode (vfio mode's own fds close with the device). Only for a device no
   // loop serves any more: it cannot process faults afterwards.
   void ReleaseFds(ListenFds* pool);
+  // Returns the inherited fds the device holds, under the names its configuration gives them
+  // (the ones ReleaseFds would hand back), in the order ReleaseFds hands them back. The device
+  // keeps them.
+  std::vector<std::pair<std::string, int>> HeldFds() const;
 
  private:
   absl::Status Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records);

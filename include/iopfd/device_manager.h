@@ -139,6 +139,11 @@ class DeviceManager {
   // Returns true when it acted.
   bool OnVfioIrq(const std::string& name, uint32_t index);
 
+  // Called when a device adopted at run time is no longer served (Detach, its removal by the
+  // kernel, a VFIO request interrupt): its owner has it back, a restart must not adopt it again.
+  // Not called when the manager is destroyed at exit.
+  std::function<void(const std::string&)> on_adopted_gone;
+
   // Called for every change: event ("device_added", "device_removed", "device_restarted",
   // "device_attach_failed", "device_adopted", "device_detached"), device, detail.
   std::function<void(const std::string&, const std::string&, const std::string&)> on_event;

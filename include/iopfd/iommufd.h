@@ -139,6 +139,8 @@ class VfioDevice : public AttachmentSwitch {
   }
   // Gives the fd back (adopt mode hands it on); unusable afterwards.
   UniqueFd ReleaseFd() { return std::move(fd_); }
+  // Returns the device fd (-1 after ReleaseFd); it stays this object's.
+  int fd() const { return fd_.get(); }
 
  private:
   VfioDevice(UniqueFd fd, Syscalls* sys, std::string name, DeviceId id)

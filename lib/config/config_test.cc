@@ -1032,6 +1032,10 @@ TEST(RegionErrorTest, BadBackings) {
   EXPECT_THAT(backing("fd:"),
               ElementsAre("dev.toml:12:11: space[0].region[0].backing: file descriptor name "
                           "\"\" must not be empty"));
+  EXPECT_THAT(backing("fd:iopfd-adopted/vm7/fd0"),
+              ElementsAre("dev.toml:12:11: space[0].region[0].backing: file descriptor name "
+                          "\"iopfd-adopted/vm7/fd0\" must not begin with 'iopfd-adopted/' "
+                          "(iopfd's own names in systemd's fd store)"));
 }
 
 TEST(RegionErrorTest, BadAccess) {

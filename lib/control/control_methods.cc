@@ -60,6 +60,11 @@ json StatsJson(const std::string& name, const DeviceStats& s) {
           {"latency_ns", PercentilesJson(s.latency_ns)}};
 }
 
+json FdStoreJson(const FdStore* store) {
+  if (store == nullptr) return {{"enabled", false}, {"kept", 0}, {"room", 0}};
+  return {{"enabled", store->enabled()}, {"kept", store->kept()}, {"room", store->room()}};
+}
+
 json UeventsJson(const UeventListener* l) {
   if (l == nullptr) return {{"listening", false}};
   const UeventListener::Counters& c = l->counters();
@@ -143,6 +148,46 @@ VarlinkReply Reload(DaemonState* state, const Peer& peer) {
                            {"restart_required", Strings(out.restart_required)}});
 }
 
+}  // namespace
+
+AdoptRequest ParseAdoptConfig(const std::string& text) {
+  AdoptRequest out;
+  // Backings are not checked on disk: file: ones are refused below, before anything is opened.
+  LoadResult parsed = ParseDeviceText(text, "<Adopt config>", /*check_backings=*/false);
+  if (!parsed.ok() || parsed.config.devices.size() != 1) {
+    for (const ConfigError& e : parsed.errors) out.errors.push_back(e.ToString());
+    if (out.errors.empty()) out.errors.emplace_back("<Adopt config>: no device");
+    return out;
+  }
+  const DeviceConfig& config = parsed.config.devices.front();
+  // Memory comes with the call or is iopfd's own: a path would let the caller map any tmpfs or
+  // hugetlbfs file iopfd (root) can open, another guest's memory included, into an IOAS.
+  for (const SpaceConfig& s : config.spaces) {
+    for (const RegionConfig& r : s.regions) {
+      if (r.backing == BackingKind::kFile) {
+        out.errors.push_back(
+            ConfigError{r.where,
+                        "file: backings are not accepted over Adopt; pass the memory as "
+                        "an fd: backing"}
+                .ToString());
+        return out;
+      }
+    }
+  }
+  // Likewise a switch module: a path iopfd would load into itself. Only a device file (root's)
+  // may name one.
+  if (!config.adopt.switch_module.empty()) {
+    out.errors.emplace_back(
+        "<Adopt config>: adopt.switch_module is not accepted over Adopt (a path iopfd would "
+        "load); pass the VFIO device fd as adopt.device_fd, or name the module in a device file");
+    return out;
+  }
+  out.config = config;
+  return out;
+}
+
+namespace {
+
 VarlinkReply Adopt(DaemonState* state, const VarlinkCall& call, const Peer& peer) {
   if (state->stopping && state->stopping()) return Stopping();
   VarlinkReply error;
@@ -167,39 +212,13 @@ VarlinkReply Adopt(DaemonState* state, const VarlinkCall& call, const Peer& peer
                      " fd name(s) for ", call.fds->size(), " descriptor(s) passed"));
     return InvalidParameter("fds");
   }
-  // Backings are not checked on disk: file: ones are refused below, before anything is opened.
-  LoadResult parsed = ParseDeviceText(*text, "<Adopt config>", /*check_backings=*/false);
-  if (!parsed.ok() || parsed.config.devices.size() != 1) {
+  AdoptRequest parsed = ParseAdoptConfig(*text);
+  if (!parsed.config.has_value()) {
     json errors = json::array();
-    for (const ConfigError& e : parsed.errors) errors.push_back(e.ToString());
-    if (errors.empty()) errors.push_back("<Adopt config>: no device");
+    for (const std::string& e : parsed.errors) errors.push_back(e);
     return VarlinkReply::Error("io.iopfd.InvalidConfig", {{"errors", errors}});
   }
-  const DeviceConfig& config = parsed.config.devices.front();
-  // Memory comes with the call or is iopfd's own: a path would let the caller map any tmpfs or
-  // hugetlbfs file iopfd (root) can open, another guest's memory included, into an IOAS.
-  for (const SpaceConfig& s : config.spaces) {
-    for (const RegionConfig& r : s.regions) {
-      if (r.backing == BackingKind::kFile) {
-        return VarlinkReply::Error(
-            "io.iopfd.InvalidConfig",
-            {{"errors", json::array({ConfigError{r.where,
-                                                 "file: backings are not accepted "
-                                                 "over Adopt; pass the memory as an "
-                                                 "fd: backing"}
-                                         .ToString()})}});
-      }
-    }
-  }
-  // Likewise a switch module: a path iopfd would load into itself. Only a device file (root's)
-  // may name one.
-  if (!config.adopt.switch_module.empty()) {
-    return VarlinkReply::Error(
-        "io.iopfd.InvalidConfig",
-        {{"errors", json::array({"<Adopt config>: adopt.switch_module is not accepted over "
-                                 "Adopt (a path iopfd would load); pass the VFIO device fd as "
-                                 "adopt.device_fd, or name the module in a device file"})}});
-  }
+  const DeviceConfig& config = *parsed.config;
   ListenFds fds;
   for (size_t i = 0; i < names.size(); ++i) fds.Add(names[i], std::move((*call.fds)[i]));
   absl::Status st = state->manager->Adopt(config, std::move(fds));
@@ -217,6 +236,11 @@ VarlinkReply Adopt(DaemonState* state, const VarlinkCall& call, const Peer& peer
   }
   Log(LogLevel::kInfo, absl::StrCat(config.name, ": adopted at run time from uid ", peer.uid,
                                     " (pid ", peer.pid, ")"));
+  if (state->on_adopted) {
+    if (const Device* d = state->manager->Find(config.name); d != nullptr) {
+      state->on_adopted(*d, *text);
+    }
+  }
   return VarlinkReply::Ok({{"name", config.name}});
 }
 
@@ -395,6 +419,7 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
                              {"devices_adopted", adopted},
                              {"devices_quarantined", quarantined},
                              {"uevents", UeventsJson(state->uevents)},
+                             {"fd_store", FdStoreJson(state->fd_store)},
                              {"health", ok ? "ok" : "degraded"}});
   });
 

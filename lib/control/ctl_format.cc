@@ -332,6 +332,15 @@ std::string FormatStatus(const Json& p) {
                                          CountField(*u, "overruns"), " overruns")});
     }
   }
+  if (const Json* f = Member(p, "fd_store"); f != nullptr && f->is_object()) {
+    const Json* enabled = Member(*f, "enabled");
+    if (enabled != nullptr && enabled->is_boolean() && enabled->get<bool>()) {
+      table.Add({"fd store", absl::StrCat(CountField(*f, "kept"), " of ", CountField(*f, "room"),
+                                          " entries (adopted devices survive a restart)")});
+    } else {
+      table.Add({"fd store", "not enabled (a restart hands adopted devices back)"});
+    }
+  }
   table.Add({"health", StringField(p, "health")});
   return table.Render();
 }

@@ -95,6 +95,12 @@ TEST(FormatStatusTest, Table) {
               HasSubstr("uevents  1,200 received, 2 malformed, 0 foreign, 0 overruns\n"));
   p["uevents"] = {{"listening", false}};
   EXPECT_THAT(FormatStatus(p), HasSubstr("uevents  not followed (no netlink socket)\n"));
+  p["fd_store"] = {{"enabled", true}, {"kept", 3}, {"room", 64}};
+  EXPECT_THAT(FormatStatus(p),
+              HasSubstr("fd store  3 of 64 entries (adopted devices survive a restart)\n"));
+  p["fd_store"] = {{"enabled", false}, {"kept", 0}, {"room", 0}};
+  EXPECT_THAT(FormatStatus(p),
+              HasSubstr("fd store  not enabled (a restart hands adopted devices back)\n"));
 }
 
 TEST(FormatStatusTest, MissingAndMistypedFieldsShowDash) {

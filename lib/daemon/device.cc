@@ -288,6 +288,27 @@ void Device::ReleaseFds(ListenFds* pool) {
   }
 }
 
+std::vector<std::pair<std::string, int>> Device::HeldFds() const {
+  std::vector<std::pair<std::string, int>> out;
+  if (mode_ == AttachMode::kAdopt) {
+    if (iommufd_ && iommufd_->fd() >= 0) out.emplace_back(config_.adopt.iommufd_fd, iommufd_->fd());
+    if (fault_fd_.valid()) out.emplace_back(config_.adopt.fault_fd, fault_fd_.get());
+    if (vfio_ && !config_.adopt.device_fd.empty() && vfio_->fd() >= 0) {
+      out.emplace_back(config_.adopt.device_fd, vfio_->fd());
+    }
+  }
+  size_t i = 0;
+  for (const SpaceConfig& s : config_.spaces) {
+    for (const RegionConfig& r : s.regions) {
+      if (i >= backings_.size()) return out;
+      const Backing& b = backings_[i++];
+      if (r.backing == BackingKind::kInheritedFd && b.fd() >= 0)
+        out.emplace_back(r.fd_name, b.fd());
+    }
+  }
+  return out;
+}
+
 absl::Status Device::Park(std::optional<AttachmentKey> which) {
   if (switch_ == nullptr) {
     return absl::FailedPreconditionError(

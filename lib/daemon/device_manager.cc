@@ -122,7 +122,6 @@ void DeviceManager::RemoveGone(size_t i, const std::string& cause) {
   drains_[d]->Detach(cause);
   if (quiet) d->responses().DropAttachment(std::nullopt);
   recovering_.erase(name);
-  runtime_.erase(name);
   (void)RemoveAt(i, /*keep_fds=*/false);
   Emit("device_removed", name, cause);
 }
@@ -192,7 +191,9 @@ DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
       {{"DEVICE", d->name()}});
   // A failed fault fd is not worth keeping: closing it lets the kernel clean up.
   if (keep_fds && !d->write_failed()) d->ReleaseFds(&pool_);
+  const std::string name = d->name();
   devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
+  if (runtime_.erase(name) != 0 && on_adopted_gone) on_adopted_gone(name);
   return final_stats;
 }
 
@@ -314,7 +315,7 @@ absl::Status DeviceManager::Adopt(const DeviceConfig& config, ListenFds fds) {
 absl::StatusOr<DeviceStats> DeviceManager::Detach(const std::string& name) {
   for (size_t i = 0; i < devices_.size(); ++i) {
     if (devices_[i]->name() != name) continue;
-    if (runtime_.erase(name) == 0) detached_[name] = devices_[i]->config();
+    if (runtime_.count(name) == 0) detached_[name] = devices_[i]->config();
     DeviceStats final_stats = RemoveAt(i, /*keep_fds=*/false);
     uint64_t owed = final_stats.outstanding();
     Log(LogLevel::kInfo, name + ": detached", {{"DEVICE", name}});

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "fake_queue.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "harness.h"
@@ -26,6 +27,9 @@
 namespace {
 
 using iopfd_test::Client;
+using iopfd_test::DeviceText;
+using iopfd_test::ExpectEachOnce;
+using iopfd_test::FakeQueue;
 using iopfd_test::Iopfd;
 using iopfd_test::IopfdOptions;
 using nlohmann::json;
@@ -35,88 +39,6 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::UnorderedElementsAre;
-
-// struct iommu_hwpt_pgfault and struct iommu_hwpt_page_response, as the kernel lays them out.
-struct Record {
-  uint32_t flags, dev_id, pasid, grpid, perm, reserved;
-  uint64_t addr;
-  uint32_t length, cookie;
-};
-static_assert(sizeof(Record) == 40);
-struct Response {
-  uint32_t cookie, code;
-};
-constexpr uint32_t kLastPage = 1u << 1;
-constexpr uint32_t kRead = 1u << 0;
-constexpr uint32_t kDevId = 7;
-
-// A stand-in fault queue and iommufd for one adopt-mode device.
-struct FakeQueue {
-  int ours = -1;    // the test's end: inject records, read responses
-  int theirs = -1;  // iopfd's fault fd
-  int iommufd = -1;
-  uint32_t next_cookie = 1;
-  FakeQueue() {
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0) {
-      ours = sv[0];
-      theirs = sv[1];
-    }
-    iommufd = open("/dev/null", O_RDWR | O_CLOEXEC);
-  }
-  ~FakeQueue() {
-    for (int fd : {ours, theirs, iommufd}) {
-      if (fd >= 0) close(fd);
-    }
-  }
-  FakeQueue(const FakeQueue&) = delete;
-  FakeQueue& operator=(const FakeQueue&) = delete;
-  // Queues one single-page group; returns its cookie.
-  uint32_t Fault(uint64_t addr) {
-    Record r{kLastPage, kDevId, 0, 1, kRead, 0, addr, 0, next_cookie++};
-    EXPECT_EQ(send(ours, &r, sizeof(r), MSG_NOSIGNAL), static_cast<ssize_t>(sizeof(r)));
-    return r.cookie;
-  }
-  // Collects responses until `want` arrived or 10 s passed; returns cookie -> count.
-  std::map<uint32_t, int> Responses(size_t want) {
-    std::map<uint32_t, int> seen;
-    size_t total = 0;
-    auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (total < want && std::chrono::steady_clock::now() < end) {
-      pollfd p{ours, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0) continue;
-      Response buf[4096];
-      ssize_t n = recv(ours, buf, sizeof(buf), MSG_DONTWAIT);
-      for (ssize_t i = 0; i < n / static_cast<ssize_t>(sizeof(Response)); ++i) {
-        ++seen[buf[i].cookie];
-        ++total;
-      }
-    }
-    return seen;
-  }
-  // True when nothing more arrives within ms.
-  bool Quiet(int ms) {
-    pollfd p{ours, POLLIN, 0};
-    return poll(&p, 1, ms) == 0;
-  }
-};
-
-std::string DeviceText(const std::string& name, const std::string& extra = "") {
-  return "name = \"" + name + "\"\nattach = \"adopt\"\n\n[adopt]\niommufd_fd = \"" + name +
-         ".iommufd\"\nfault_fd = \"" + name + ".fault\"\ndevice_id = 7\n" + extra +
-         "\n[[space]]\nioas_id = 1\n  [[space.region]]\n  iova = 0x100000\n"
-         "  size = \"64KiB\"\n  backing = \"anonymous\"\n  access = \"rw\"\n";
-}
-
-// Expects every cookie in [first, first + n) answered exactly once.
-void ExpectEachOnce(const std::map<uint32_t, int>& seen, uint32_t first, uint32_t n,
-                    const std::string& what) {
-  EXPECT_EQ(seen.size(), n) << what;
-  for (uint32_t c = first; c < first + n; ++c) {
-    auto it = seen.find(c);
-    EXPECT_TRUE(it != seen.end() && it->second == 1) << what << ": cookie " << c;
-  }
-}
 
 json Names(const json& reply, const char* key) { return reply["parameters"][key]; }
 

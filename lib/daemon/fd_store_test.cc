@@ -1,0 +1,234 @@
+#include "iopfd/fd_store.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "iopfd/fd.h"
+
+namespace iopfd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+
+// systemd's side: keeps a copy of every descriptor sent with FDSTORE=1 under its FDNAME,
+// drops every entry of a name on FDSTOREREMOVE=1, and hands them all over at the next start.
+class FakeServiceManager {
+ public:
+  FdStore::Sender sender() {
+    return [this](const std::string& message, std::span<const int> fds) -> int {
+      messages.push_back(message);
+      if (fail_after >= 0 && static_cast<int>(messages.size()) > fail_after) return -EPIPE;
+      std::string name;
+      bool store = false, remove = false, poll_off = false;
+      for (absl::string_view line : absl::StrSplit(message, '\n')) {
+        if (line == "FDSTORE=1") store = true;
+        if (line == "FDSTOREREMOVE=1") remove = true;
+        if (line == "FDPOLL=0") poll_off = true;
+        if (line.substr(0, 7) == "FDNAME=") name = std::string(line.substr(7));
+      }
+      if (store) {
+        EXPECT_TRUE(poll_off) << message;
+        for (int fd : fds) entries.emplace_back(name, UniqueFd(fcntl(fd, F_DUPFD_CLOEXEC, 3)));
+      }
+      if (remove) {
+        EXPECT_TRUE(fds.empty());
+        std::erase_if(entries, [&](const auto& e) { return e.first == name; });
+      }
+      return 1;
+    };
+  }
+  // LISTEN_FDS at the next start: copies of what is stored, plus the control socket.
+  ListenFds Restart() const {
+    ListenFds out;
+    out.Add("control", UniqueFd(memfd_create("control", MFD_CLOEXEC)));
+    for (const auto& [name, fd] : entries) {
+      out.Add(name, UniqueFd(fcntl(fd.get(), F_DUPFD_CLOEXEC, 3)));
+    }
+    return out;
+  }
+  std::vector<std::string> Names() const {
+    std::vector<std::string> out;
+    for (const auto& e : entries) out.push_back(e.first);
+    return out;
+  }
+  std::vector<std::string> messages;
+  std::vector<std::pair<std::string, UniqueFd>> entries;
+  int fail_after = -1;  // messages after this many fail
+};
+
+// A memfd holding `text`: stands for an iommufd or fault queue, recognisable after the trip.
+UniqueFd Marked(const std::string& text) {
+  UniqueFd fd(memfd_create("marked", MFD_CLOEXEC));
+  EXPECT_EQ(write(fd.get(), text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  return fd;
+}
+std::string Mark(int fd) {
+  char buf[64] = {};
+  ssize_t n = pread(fd, buf, sizeof(buf), 0);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+}
+
+TEST(FdStoreTest, AnAdoptedDeviceComesBackWithItsConfigAndDescriptors) {
+  FakeServiceManager systemd;
+  FdStore store(systemd.sender(), 16);
+  UniqueFd iommufd = Marked("vm7 iommufd"), fault = Marked("vm7 fault"), ram = Marked("vm7 ram");
+  ASSERT_TRUE(
+      store
+          .Keep(
+              "vm7", "name = \"vm7\"\n",
+              {{"vm7.iommufd", iommufd.get()}, {"vm7.fault", fault.get()}, {"vm7.ram", ram.get()}})
+          .ok());
+  EXPECT_EQ(store.kept(), 4u);
+  // Descriptors first, the record last: a record always finds its descriptors.
+  EXPECT_THAT(systemd.Names(), ElementsAre("iopfd-adopted/vm7/fd0", "iopfd-adopted/vm7/fd1",
+                                           "iopfd-adopted/vm7/fd2", "iopfd-adopted/vm7"));
+
+  // iopfd restarts: a new process, a new store, the entries back in LISTEN_FDS.
+  FdStore next(systemd.sender(), 16);
+  ListenFds inherited = systemd.Restart();
+  std::vector<std::string> problems;
+  std::vector<FdStore::Stored> back = next.TakeStored(&inherited, &problems);
+  EXPECT_THAT(problems, IsEmpty());
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].device, "vm7");
+  EXPECT_EQ(back[0].config_text, "name = \"vm7\"\n");
+  // Under the names the config gives them, the same files.
+  auto f = back[0].fds.Take("vm7.fault");
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(Mark(f->get()), "vm7 fault");
+  EXPECT_EQ(Mark(back[0].fds.Take("vm7.iommufd")->get()), "vm7 iommufd");
+  EXPECT_EQ(Mark(back[0].fds.Take("vm7.ram")->get()), "vm7 ram");
+  // What is not the store's stays for the others (the control socket).
+  EXPECT_THAT(inherited.Untaken(), ElementsAre("control"));
+  // Still stored (systemd keeps them until told): counted, and Forget removes them all.
+  EXPECT_EQ(next.kept(), 4u);
+  next.Forget("vm7");
+  EXPECT_THAT(systemd.Names(), IsEmpty());
+  EXPECT_EQ(next.kept(), 0u);
+}
+
+TEST(FdStoreTest, ForgetRemovesOnlyThatDeviceRecordFirst) {
+  FakeServiceManager systemd;
+  FdStore store(systemd.sender(), 16);
+  UniqueFd a = Marked("a"), b = Marked("b");
+  ASSERT_TRUE(store.Keep("a", "name = \"a\"\n", {{"a.fault", a.get()}}).ok());
+  ASSERT_TRUE(store.Keep("b", "name = \"b\"\n", {{"b.fault", b.get()}}).ok());
+  systemd.messages.clear();
+  store.Forget("a");
+  EXPECT_THAT(systemd.messages, ElementsAre("FDSTOREREMOVE=1\nFDNAME=iopfd-adopted/a",
+                                            "FDSTOREREMOVE=1\nFDNAME=iopfd-adopted/a/fd0"));
+  EXPECT_THAT(systemd.Names(), ElementsAre("iopfd-adopted/b/fd0", "iopfd-adopted/b"));
+  store.Forget("a");  // twice: nothing more
+  store.Forget("never-kept");
+  EXPECT_EQ(systemd.messages.size(), 2u);
+  EXPECT_EQ(store.kept(), 2u);
+}
+
+TEST(FdStoreTest, DisabledStoreSendsNothing) {
+  FakeServiceManager systemd;
+  FdStore store(systemd.sender(), 0);
+  EXPECT_FALSE(store.enabled());
+  UniqueFd a = Marked("a");
+  EXPECT_TRUE(store.Keep("a", "x", {{"a.fault", a.get()}}).ok());
+  store.Forget("a");
+  EXPECT_THAT(systemd.messages, IsEmpty());
+  EXPECT_THAT(store.Describe(), HasSubstr("not enabled (FileDescriptorStoreMax="));
+}
+
+TEST(FdStoreTest, NoRoomStoresNothingAndSaysWhatToRaise) {
+  FakeServiceManager systemd;
+  FdStore store(systemd.sender(), 4);
+  UniqueFd a = Marked("a"), b = Marked("b");
+  ASSERT_TRUE(store.Keep("a", "x", {{"a.iommufd", a.get()}, {"a.fault", b.get()}}).ok());
+  absl::Status st = store.Keep("b", "y", {{"b.iommufd", a.get()}, {"b.fault", b.get()}});
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(st.message(), HasSubstr("b: not kept in the fd store (3 of 4 entries used, 3 needed; "
+                                      "raise FileDescriptorStoreMax=)"));
+  EXPECT_EQ(systemd.entries.size(), 3u);
+  EXPECT_EQ(store.kept(), 3u);
+}
+
+TEST(FdStoreTest, ASendThatFailsTakesBackWhatWasSent) {
+  FakeServiceManager systemd;
+  FdStore store(systemd.sender(), 16);
+  UniqueFd a = Marked("a"), b = Marked("b");
+  systemd.fail_after = 1;  // the first descriptor goes, the second does not
+  absl::Status st = store.Keep("a", "x", {{"a.iommufd", a.get()}, {"a.fault", b.get()}});
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(st.message(), HasSubstr("EPIPE"));
+  EXPECT_EQ(store.kept(), 0u);
+  // The removals were attempted for every name (they fail here too, which is only logged).
+  EXPECT_THAT(systemd.messages,
+              testing::Contains(HasSubstr("FDSTOREREMOVE=1\nFDNAME=iopfd-adopted/a/fd0")));
+}
+
+TEST(FdStoreTest, TheRecordIsSealed) {
+  FakeServiceManager systemd;
+  FdStore store(systemd.sender(), 16);
+  UniqueFd a = Marked("a");
+  ASSERT_TRUE(store.Keep("a", "name = \"a\"\n", {{"a.fault", a.get()}}).ok());
+  const UniqueFd& record = systemd.entries.back().second;
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg)
+  int seals = fcntl(record.get(), F_GET_SEALS);
+  EXPECT_EQ(seals & (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
+            F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  EXPECT_LT(write(record.get(), "x", 1), 0);
+}
+
+TEST(FdStoreTest, EntriesThatMakeUpNoAdoptionAreClosedRemovedAndNamed) {
+  FakeServiceManager systemd;
+  FdStore first(systemd.sender(), 64);
+  UniqueFd a = Marked("a"), b = Marked("b");
+  ASSERT_TRUE(first.Keep("good", "name = \"good\"\n", {{"good.fault", a.get()}}).ok());
+  ASSERT_TRUE(
+      first.Keep("short", "name = \"short\"\n", {{"s.iommufd", a.get()}, {"s.fault", b.get()}})
+          .ok());
+  // A descriptor of "short" went missing; "orphan" has descriptors but no record (a stop
+  // between storing them and the record); "junk" has a record that is not one; and a name under
+  // the prefix iopfd never makes.
+  std::erase_if(systemd.entries,
+                [](const auto& e) { return e.first == "iopfd-adopted/short/fd1"; });
+  systemd.entries.emplace_back("iopfd-adopted/orphan/fd0", Marked("o"));
+  systemd.entries.emplace_back("iopfd-adopted/junk/fd0", Marked("j"));
+  systemd.entries.emplace_back("iopfd-adopted/junk", Marked("{not json"));
+  systemd.entries.emplace_back("iopfd-adopted/x/y", Marked("?"));
+  systemd.entries.emplace_back("dsa0-fault", Marked("configured"));
+
+  FdStore next(systemd.sender(), 64);
+  ListenFds inherited = systemd.Restart();
+  std::vector<std::string> problems;
+  std::vector<FdStore::Stored> back = next.TakeStored(&inherited, &problems);
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].device, "good");
+  EXPECT_THAT(
+      problems,
+      UnorderedElementsAre(
+          "fd store: 'iopfd-adopted/x/y' is not an entry iopfd makes; closed",
+          "fd store: adopted device 'junk' cannot be taken back: not a version 1 record "
+          "{version, config, fds}; removed",
+          "fd store: adopted device 'orphan' cannot be taken back: descriptors without a record "
+          "(iopfd stopped while storing or forgetting them); removed",
+          "fd store: adopted device 'short' cannot be taken back: the record names 2 "
+          "descriptors, 1 came back; removed"));
+  // Only the good one and what is not the store's are left in systemd's store.
+  EXPECT_THAT(systemd.Names(),
+              UnorderedElementsAre("iopfd-adopted/good/fd0", "iopfd-adopted/good", "dsa0-fault"));
+  EXPECT_THAT(inherited.Untaken(), UnorderedElementsAre("control", "dsa0-fault"));
+  EXPECT_EQ(next.kept(), 2u);
+}
+
+}  // namespace
+}  // namespace iopfd

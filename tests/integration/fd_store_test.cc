@@ -1,0 +1,268 @@
+// A device adopted at run time survives a restart of iopfd through systemd's file descriptor
+// store: the real iopfd is run the way systemd 254+ runs a service with FileDescriptorStoreMax=
+// (NOTIFY_SOCKET, FDSTORE=), and the test plays the service manager: it keeps the descriptors
+// iopfd sends with FDSTORE=1, drops those FDSTOREREMOVE=1 names, and hands them back in
+// LISTEN_FDS/LISTEN_FDNAMES at the next start. The stand-in fault queue (fake_queue.h) keeps
+// getting page requests throughout; every one must be answered exactly once.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <future>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "fake_queue.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "harness.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using iopfd_test::Client;
+using iopfd_test::DeviceText;
+using iopfd_test::ExpectEachOnce;
+using iopfd_test::FakeQueue;
+using iopfd_test::Iopfd;
+using iopfd_test::IopfdOptions;
+using nlohmann::json;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+// The service manager's end of NOTIFY_SOCKET, with its fd store.
+class FakeSystemd {
+ public:
+  FakeSystemd() {
+    path_ = std::filesystem::temp_directory_path() /
+            ("iopfd-fdstore-" + std::to_string(getpid()) + ".sock");
+    unlink(path_.c_str());
+    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path_.c_str());
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  }
+  ~FakeSystemd() {
+    for (auto& e : store_) close(e.second);
+    close(fd_);
+    unlink(path_.c_str());
+  }
+  FakeSystemd(const FakeSystemd&) = delete;
+  FakeSystemd& operator=(const FakeSystemd&) = delete;
+
+  // The environment a service with FileDescriptorStoreMax=16 gets.
+  std::vector<std::pair<std::string, std::string>> Env() const {
+    return {{"NOTIFY_SOCKET", path_}, {"FDSTORE", "16"}};
+  }
+  // Handles the messages that arrive within ms (each wait restarts after a message).
+  void Receive(int ms) {
+    while (true) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, ms) != 1) return;
+      char buf[4096];
+      iovec iov{buf, sizeof(buf)};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof(control);
+      ssize_t n = recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
+      if (n <= 0) return;
+      std::vector<int> fds;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        fds.resize(count);
+        std::memcpy(fds.data(), CMSG_DATA(c), count * sizeof(int));
+      }
+      Handle(std::string(buf, static_cast<size_t>(n)), fds);
+    }
+  }
+  // Waits (up to 10 s) until the store holds exactly `names`.
+  bool WaitFor(std::vector<std::string> names) {
+    std::sort(names.begin(), names.end());
+    for (int i = 0; i < 100; ++i) {
+      if (Names() == names) return true;
+      Receive(100);
+    }
+    return Names() == names;
+  }
+  std::vector<std::string> Names() const {
+    std::vector<std::string> out;
+    for (const auto& e : store_) out.push_back(e.first);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  // LISTEN_FDS for the next start (the harness duplicates them into place).
+  std::vector<std::pair<std::string, int>> Fds() const { return store_; }
+  const std::vector<std::string>& removed() const { return removed_; }
+
+ private:
+  void Handle(const std::string& message, const std::vector<int>& fds) {
+    std::string name;
+    bool store = false, remove = false;
+    std::stringstream lines(message);
+    for (std::string line; std::getline(lines, line);) {
+      if (line == "FDSTORE=1") store = true;
+      if (line == "FDSTOREREMOVE=1") remove = true;
+      if (line.rfind("FDNAME=", 0) == 0) name = line.substr(7);
+    }
+    if (store) {
+      for (int fd : fds) store_.emplace_back(name, fd);
+      return;
+    }
+    for (int fd : fds) close(fd);
+    if (remove) {
+      removed_.push_back(name);
+      for (auto it = store_.begin(); it != store_.end();) {
+        if (it->first == name) {
+          close(it->second);
+          it = store_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+  }
+  std::string path_;
+  int fd_ = -1;
+  std::vector<std::pair<std::string, int>> store_;
+  std::vector<std::string> removed_;
+};
+
+const std::vector<std::string> kStored = {"iopfd-adopted/v", "iopfd-adopted/v/fd0",
+                                          "iopfd-adopted/v/fd1"};
+
+json Adopt(Client* c, FakeQueue* q) {
+  return c->CallWithFds(
+      {{"method", "io.iopfd.Adopt"},
+       {"parameters", {{"config", DeviceText("v")}, {"fds", {"v.iommufd", "v.fault"}}}}},
+      {q->iommufd, q->theirs});
+}
+
+TEST(FdStoreTest, AdoptedDeviceSurvivesARestartDuringAFloodWithEveryRequestAnsweredOnce) {
+  FakeSystemd systemd;
+  FakeQueue q;
+  IopfdOptions o;
+  o.env = systemd.Env();
+  auto first = std::make_unique<Iopfd>(o);
+  {
+    Client c(first->socket());
+    json r = Adopt(&c, &q);
+    ASSERT_FALSE(r.contains("error")) << r.dump();
+    json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
+    EXPECT_EQ(st["parameters"]["fd_store"], json({{"enabled", true}, {"kept", 3}, {"room", 16}}));
+  }
+  // The test's own copies go: from now on only iopfd and the store hold the device's fds.
+  close(q.theirs);
+  q.theirs = -1;
+  ASSERT_TRUE(systemd.WaitFor(kStored));
+
+  // Page requests all the way through the restart; responses collected meanwhile.
+  constexpr uint32_t kTotal = 3000;
+  std::atomic<uint32_t> sent{0};
+  std::thread flood([&] {
+    for (uint32_t i = 0; i < kTotal; ++i) {
+      // A queue nobody reads for 20 s (iopfd did not take it back) ends the flood: the
+      // missing answers then fail the test instead of hanging it.
+      if (q.FaultWithin(0x100000 + (i % 16) * 4096, 20000) == 0) break;
+      sent = i + 1;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  auto answers = std::async(std::launch::async, [&] { return q.Responses(kTotal, 30); });
+  while (sent < kTotal / 3) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(first->Stop(), 0);
+  const uint32_t at_stop = sent;
+  // What the first one stopped with: everything it read was answered before it exited.
+  std::vector<json> stats = first->ExitStats();
+  ASSERT_EQ(stats.size(), 1u);
+  EXPECT_EQ(stats[0]["outstanding"], 0) << stats[0].dump();
+  first.reset();
+
+  // The store is what systemd keeps across the restart, and hands back at the next start.
+  systemd.Receive(50);
+  EXPECT_EQ(systemd.Names(), kStored);
+  o.fds = systemd.Fds();
+  Iopfd second(o);
+  flood.join();
+  std::map<uint32_t, int> seen = answers.get();
+  EXPECT_EQ(sent, kTotal) << "the queue stopped being read";
+  ExpectEachOnce(seen, 1, kTotal, "across the restart");
+  EXPECT_LT(at_stop, kTotal) << "the restart did not happen during the flood";
+  EXPECT_THAT(second.Log(), HasSubstr("v: adopted again from the fd store"));
+
+  Client c(second.socket());
+  json devices = c.CallOne({{"method", "io.iopfd.ListDevices"}});
+  ASSERT_EQ(devices["parameters"]["devices"].size(), 1u);
+  EXPECT_EQ(devices["parameters"]["devices"][0]["origin"], "adopted");
+  // Kept, not stored again: the entries are still systemd's.
+  json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
+  EXPECT_EQ(st["parameters"]["fd_store"]["kept"], 3);
+  systemd.Receive(50);
+  EXPECT_EQ(systemd.Names(), kStored);
+
+  // Detach hands it back: the store forgets it, so the next start does not take it.
+  json r = c.CallOne({{"method", "io.iopfd.Detach"}, {"parameters", {{"device", "v"}}}});
+  ASSERT_FALSE(r.contains("error")) << r.dump();
+  EXPECT_TRUE(systemd.WaitFor({}));
+  EXPECT_THAT(systemd.removed(),
+              ElementsAre("iopfd-adopted/v", "iopfd-adopted/v/fd0", "iopfd-adopted/v/fd1"));
+}
+
+TEST(FdStoreTest, AStoredDeviceWhoseNameADeviceFileTookIsHandedBack) {
+  FakeSystemd systemd;
+  FakeQueue q;
+  IopfdOptions o;
+  o.env = systemd.Env();
+  {
+    Iopfd first(o);
+    Client c(first.socket());
+    ASSERT_FALSE(Adopt(&c, &q).contains("error"));
+    ASSERT_TRUE(systemd.WaitFor(kStored));
+  }
+  // Meanwhile the operator configured a device "v" (its fds are not there: it fails to attach,
+  // but the name is the configuration's).
+  o.devices = {{"v.toml", DeviceText("v")}};
+  o.fds = systemd.Fds();
+  Iopfd second(o);
+  EXPECT_TRUE(systemd.WaitFor({}));
+  EXPECT_THAT(second.Log(), HasSubstr("v: not adopted again from the fd store: v: a device of "
+                                      "this name is in the configuration; its descriptors are "
+                                      "closed (handed back)"));
+  Client c(second.socket());
+  json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
+  EXPECT_EQ(st["parameters"]["devices_adopted"], 0);
+  EXPECT_EQ(st["parameters"]["fd_store"]["kept"], 0);
+}
+
+TEST(FdStoreTest, WithoutFdstoreNothingIsSentAndStatusSaysSo) {
+  FakeSystemd systemd;
+  FakeQueue q;
+  IopfdOptions o;
+  o.env = {
+      {"NOTIFY_SOCKET", systemd.Env()[0].second}};  // systemd 252, or no FileDescriptorStoreMax=
+  Iopfd iopfd(o);
+  Client c(iopfd.socket());
+  ASSERT_FALSE(Adopt(&c, &q).contains("error"));
+  json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
+  EXPECT_EQ(st["parameters"]["fd_store"]["enabled"], false);
+  systemd.Receive(200);
+  EXPECT_THAT(systemd.Names(), IsEmpty());
+  EXPECT_THAT(iopfd.Log(), HasSubstr("fd store: not enabled"));
+}
+
+}  // namespace
