@@ -129,8 +129,20 @@ int ParseFlags(int argc, char** argv, Flags* flags) {
   return -1;
 }
 
-void PrintStats(const std::vector<std::unique_ptr<iopfd::Device>>& devices) {
+// Each device's counters (on request and at exit): human-readable text on a terminal or in a
+// file; under systemd one journal entry per device, IOPFD_DEVICE= and the counters as JSON, since
+// the journal would split the text into unrelated lines and whoever accounts for every fault
+// across restarts (the instance before a restart kept no other record) needs them whole.
+void PrintStats(const std::vector<std::unique_ptr<iopfd::Device>>& devices, bool at_exit) {
+  const bool journal = iopfd::DetectJournal();
   for (const auto& d : devices) {
+    if (journal) {
+      iopfd::Log(iopfd::LogLevel::kInfo,
+                 absl::StrCat(d->name(), at_exit ? ": final counters " : ": counters ",
+                              iopfd::FormatStatsJson(d->name(), d->stats())),
+                 {{"DEVICE", d->name()}});
+      continue;
+    }
     std::string text = iopfd::FormatStatsText(d->name(), d->stats());
     (void)!::write(STDERR_FILENO, text.data(), text.size());
   }
@@ -233,7 +245,21 @@ int main(int argc, char** argv) {
     } else if (parsed.config->name != s.device) {
       st = absl::InvalidArgumentError("the record's config names device " + parsed.config->name);
     } else {
-      st = manager.Adopt(*parsed.config, std::move(s.fds));
+      // The ledger of what the previous process read and did not answer (absent when it was
+      // stored by an iopfd without one).
+      std::unique_ptr<iopfd::InflightLedger> ledger;
+      if (auto fd = s.fds.Take(iopfd::kLedgerFdName); fd.ok()) {
+        auto opened = iopfd::InflightLedger::Open(s.device, *std::move(fd));
+        if (opened.ok()) {
+          ledger = *std::move(opened);
+        } else {
+          iopfd::Log(iopfd::LogLevel::kError,
+                     absl::StrCat(opened.status().message(),
+                                  "; what a crash left unanswered stays unanswered"),
+                     {{"DEVICE", s.device}});
+        }
+      }
+      st = manager.Adopt(*parsed.config, std::move(s.fds), std::move(ledger));
     }
     if (st.ok()) {
       iopfd::Log(iopfd::LogLevel::kInfo,
@@ -292,8 +318,23 @@ int main(int argc, char** argv) {
                            &manager,      &events,
                            reload,        [&loop] { return (*loop)->stopping(); }};
   state.fd_store = &fd_store;
+  if (fd_store.enabled()) {
+    // A device the store keeps across restarts also keeps what a crash would lose.
+    const uint32_t capacity = config.global.max_read_records;
+    state.make_ledger = [capacity](const std::string& device) {
+      auto ledger = iopfd::InflightLedger::Create(device, capacity);
+      if (ledger.ok()) return *std::move(ledger);
+      iopfd::Log(
+          iopfd::LogLevel::kWarning,
+          absl::StrCat(ledger.status().message(), "; a crash would leave what it read unanswered"),
+          {{"DEVICE", device}});
+      return std::unique_ptr<iopfd::InflightLedger>();
+    };
+  }
   state.on_adopted = [&fd_store](const iopfd::Device& d, const std::string& text) {
-    absl::Status st = fd_store.Keep(d.name(), text, d.HeldFds());
+    std::vector<std::pair<std::string, int>> held = d.HeldFds();
+    if (d.ledger() != nullptr) held.emplace_back(iopfd::kLedgerFdName, d.ledger()->fd());
+    absl::Status st = fd_store.Keep(d.name(), text, held);
     if (!st.ok()) {
       iopfd::Log(iopfd::LogLevel::kWarning, std::string(st.message()), {{"DEVICE", d.name()}});
     }
@@ -340,7 +381,7 @@ int main(int argc, char** argv) {
   iopfd::Log(iopfd::LogLevel::kInfo,
              "control socket " + (own_socket ? socket_path : std::string("from systemd")));
 
-  (*loop)->on_stats = [&manager] { PrintStats(manager.devices()); };
+  (*loop)->on_stats = [&manager] { PrintStats(manager.devices(), /*at_exit=*/false); };
   (*loop)->on_stopping = [&events, &notifier] {
     notifier.Stopping();
     events.Close("stopping");
@@ -374,7 +415,7 @@ int main(int argc, char** argv) {
   int rc = (*loop)->Run();
   (*loop)->set_blocking_worker(nullptr);  // joined by Run's stop; destroyed before the loop
   if (own_socket) unlink(socket_path.c_str());
-  PrintStats(manager.devices());
+  PrintStats(manager.devices(), /*at_exit=*/true);
   if (!flags.stats_json.empty()) {
     std::ofstream out(flags.stats_json, std::ios::trunc);
     for (const auto& d : manager.devices())

@@ -5,14 +5,8 @@
 # It builds a private apt configuration (own sources file, own lists and cache directory) whose
 # archive URI is read from the machine's existing Debian sources, so no registry host is named
 # here. Usage: debian-fetch.sh DEST_DIR PACKAGE...  (prints the path of each .deb it fetched)
+#        debian-fetch.sh --archive-uri             (prints the archive URI and exits)
 set -euo pipefail
-
-dest=${1:?usage: debian-fetch.sh DEST_DIR PACKAGE...}
-shift
-(($#)) || { echo "debian-fetch: no package named" >&2; exit 2; }
-
-state=${IOPFD_APT_STATE:-/var/cache/iopfd/apt}
-mkdir -p "$state/lists/partial" "$state/archives/partial" "$dest"
 
 # The archive URI: the first URI of a source whose suites include the machine's release, from
 # deb822 files first, then one-line sources. Security mirrors are skipped (they carry only
@@ -35,6 +29,17 @@ archive_uri() {
 }
 
 uri=$(archive_uri) || { echo "debian-fetch: no Debian archive URI in /etc/apt sources" >&2; exit 1; }
+if [ "${1:-}" = --archive-uri ]; then
+  echo "$uri"
+  exit 0
+fi
+
+dest=${1:?usage: debian-fetch.sh DEST_DIR PACKAGE... | --archive-uri}
+shift
+(($#)) || { echo "debian-fetch: no package named" >&2; exit 2; }
+
+state=${IOPFD_APT_STATE:-/var/cache/iopfd/apt}
+mkdir -p "$state/lists/partial" "$state/archives/partial" "$dest"
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 [ -f "$keyring" ] || { echo "debian-fetch: $keyring missing (install debian-archive-keyring)" >&2; exit 1; }
 

@@ -20,6 +20,8 @@ pkgs=(
   # VM tier: kernel build and guest boot
   flex bison bc libelf-dev libssl-dev cpio xz-utils qemu-system-x86 busybox-static
   debian-archive-keyring
+  # the booted-systemd VM test's Debian root (tests/vm/systemd/build-root.sh)
+  debootstrap
 )
 
 missing=()

@@ -34,6 +34,9 @@ struct DaemonState {
   std::function<void(const Device&, const std::string& config_text)> on_adopted = nullptr;
   // systemd's fd store, reported by GetStatus; may be null (reported as not enabled).
   const FdStore* fd_store = nullptr;
+  // Makes the in-flight ledger of a device being adopted (when the fd store keeps adopted
+  // devices across restarts), or returns null (none: the error is logged). May be empty.
+  std::function<std::unique_ptr<InflightLedger>(const std::string& device)> make_ledger = nullptr;
 };
 
 // An Adopt call's device, or why it cannot be adopted.

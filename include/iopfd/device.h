@@ -15,6 +15,7 @@
 #include "iopfd/config.h"
 #include "iopfd/fault_processor.h"
 #include "iopfd/fd.h"
+#include "iopfd/inflight_ledger.h"
 #include "iopfd/iommufd.h"
 #include "iopfd/response_queue.h"
 #include "iopfd/stats.h"
@@ -101,8 +102,24 @@ class Device {
   const DeviceStats& stats() const { return *stats_; }
   SpaceTable& spaces() { return *spaces_; }
 
-  // The buffer reads land in: a whole number of records.
-  std::span<uapi::PageFault> read_buffer() { return read_buffer_; }
+  // The buffer reads land in: a whole number of records (in the ledger when there is one).
+  std::span<uapi::PageFault> read_buffer() {
+    return ledger_ != nullptr ? ledger_->Buffer(read_records_)
+                              : std::span<uapi::PageFault>(read_buffer_);
+  }
+  // Processes the first `records` records of the read buffer (a read's result) and, with a
+  // ledger, marks them consumed once their answers are queued.
+  void ProcessRead(size_t records, uint64_t read_ns);
+
+  // Keeps what a crash would lose in `ledger` from now on (inflight_ledger.h): reads go to its
+  // buffer and every owed answer is recorded. First answers what a previous process left in it:
+  // its owed answers are written (synchronously; a rejection means the kernel had accepted it
+  // already), groups it read and never resolved are resolved and queued. Call before the loop
+  // reads the device. Returns an error naming the device when a recovered answer cannot be
+  // written for another reason than EINVAL (that answer is given up and counted abandoned).
+  absl::Status UseLedger(std::unique_ptr<InflightLedger> ledger);
+  // The ledger, or nullptr.
+  const InflightLedger* ledger() const { return ledger_.get(); }
   // Doubles the read buffer after a read failed with EINVAL (the first pending group is larger
   // than the buffer). Returns false when it is already at max_records.
   bool GrowReadBuffer(uint32_t max_records);
@@ -210,12 +227,15 @@ class Device {
   AttachmentSwitch* switch_ = nullptr;    // one of the two, when the device can park
   UniqueFd fault_fd_;
   std::vector<Backing> backings_;
+  // Before the queue and the processor, which record in it: it goes after them.
+  std::unique_ptr<InflightLedger> ledger_;
   std::unique_ptr<SpaceTable> spaces_;
   std::unique_ptr<DeviceStats> stats_;
   std::unique_ptr<ResponseQueue> responses_;
   std::unique_ptr<IommufdMapper> mapper_;
   std::unique_ptr<FaultProcessor> processor_;
-  std::vector<uapi::PageFault> read_buffer_;
+  std::vector<uapi::PageFault> read_buffer_;  // without a ledger
+  uint32_t read_records_ = 0;                 // the read buffer's size in records
   // Adopt mode: destroys the park HWPTs iopfd allocated in the owner's iommufd (its own
   // objects would otherwise outlive the device there). One still attached is left, logged.
   void DestroyParkHwpts();

@@ -84,8 +84,12 @@ class DeviceManager {
   // Attaches an adopt-mode device at run time with the fds passed along (named as its
   // configuration refers to them). Errors: AlreadyExists when a device of that name is served
   // or configured; InvalidArgument when the configuration is not adopt mode or a passed fd is
-  // not named by it; the attach errors otherwise. On error every passed fd is closed.
-  absl::Status Adopt(const DeviceConfig& config, ListenFds fds);
+  // not named by it; the attach errors otherwise. On error every passed fd is closed. With a
+  // ledger (inflight_ledger.h: the fd store keeps the device across restarts), the device
+  // records in it what a crash would lose, after answering what a previous process left there
+  // (Device::UseLedger; a recovered answer that cannot be written is logged, not an error).
+  absl::Status Adopt(const DeviceConfig& config, ListenFds fds,
+                     std::unique_ptr<InflightLedger> ledger = nullptr);
 
   // Stops serving a device after answering everything read from it, and closes its fds; a
   // configured device stays detached across reloads until its configuration changes. Returns
@@ -150,7 +154,8 @@ class DeviceManager {
 
  private:
   // Attaches config; on success serves it. Returns the attach error otherwise.
-  absl::Status AttachAndServe(const DeviceConfig& config, ListenFds* fds);
+  absl::Status AttachAndServe(const DeviceConfig& config, ListenFds* fds,
+                              std::unique_ptr<InflightLedger> ledger = nullptr);
   // Stops serving the device at index i and destroys it; its adopt fds go to the pool when
   // keep_fds, else they are closed. Returns its final statistics.
   DeviceStats RemoveAt(size_t i, bool keep_fds);

@@ -11,8 +11,10 @@
 //   iopfd-adopted/D/fd<i>  the i-th descriptor of the Adopt call (iommufd, fault queue, ...)
 //   iopfd-adopted/D        a sealed memfd with the call itself: {"version": 1, "config": the
 //                          device file text, "fds": the names the config gives the fds}
-// The record goes last, so a record always finds its descriptors; descriptors without a record
-// (iopfd stopped between the two) are removed at the next start.
+// Among the descriptors, under the name kLedgerFdName in the record's "fds", the device's
+// in-flight ledger (inflight_ledger.h), with which the next process answers what a crashed one
+// read and did not answer. The record goes last, so a record always finds its descriptors;
+// descriptors without a record (iopfd stopped between the two) are removed at the next start.
 #ifndef IOPFD_FD_STORE_H_
 #define IOPFD_FD_STORE_H_
 
@@ -30,6 +32,9 @@ namespace iopfd {
 
 // The prefix of every name iopfd stores; device files may not use it (config.cc).
 inline constexpr char kFdStorePrefix[] = "iopfd-adopted/";
+// The in-flight ledger's name among an adopted device's stored descriptors (the reserved prefix:
+// no device file can give a descriptor this name).
+inline constexpr char kLedgerFdName[] = "iopfd-adopted/ledger";
 
 // Not thread-safe: used from the fault loop's thread.
 class FdStore {

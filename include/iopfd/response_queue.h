@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "iopfd/inflight_ledger.h"
 #include "iopfd/stats.h"
 #include "iopfd/uapi.h"
 
@@ -83,9 +84,14 @@ class ResponseQueue {
 
   // Returns the number of responses queued or in flight that are not yet accounted for.
   size_t outstanding() const { return outstanding_.size() + untracked_; }
+  // Records every answer owed, and its settling, in `ledger` (nullptr: none), so that a process
+  // after a crash can write them (inflight_ledger.h). The ledger must outlive the queue.
+  void set_ledger(InflightLedger* ledger) { ledger_ = ledger; }
 
  private:
   void Settle(size_t index, bool accepted, uint64_t now_ns);
+  // Removes cookie from the outstanding set (or one untracked duplicate) and from the ledger.
+  void Forget(uint32_t cookie);
   // Returns true when a response read in `epoch` for `attachment` is behind a fence.
   bool Fenced(AttachmentKey attachment, uint64_t epoch) const;
 
@@ -102,6 +108,7 @@ class ResponseQueue {
   absl::flat_hash_set<uint32_t> outstanding_;
   size_t untracked_ = 0;  // duplicates queued while their cookie was outstanding
   uint64_t epoch_ = 0;
+  InflightLedger* ledger_ = nullptr;
   uint64_t fence_all_ = 0;                                  // epoch of the last whole fence
   std::vector<std::pair<AttachmentKey, uint64_t>> fences_;  // per attachment; few of them
 };

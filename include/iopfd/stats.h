@@ -79,6 +79,13 @@ struct DeviceStats {
   // Responses the epoch fence stopped: read before their attachment was parked, still queued
   // at the next write (an invariant violation, a bug; dropped, never written).
   uint64_t stale_epoch_blocked = 0;
+  // What a previous iopfd left when it died with this device's fault queue in systemd's fd store
+  // (inflight_ledger.h): its owed answers written now and accepted, those the kernel had already
+  // accepted before it died (rejected now, harmlessly), and groups it read but never resolved,
+  // resolved now (also counted in groups).
+  uint64_t recovered_answers = 0;
+  uint64_t recovered_already_answered = 0;
+  uint64_t recovered_groups = 0;
   uint64_t guard_answered = 0;     // groups answered INVALID by the exactly-once guard (a bug)
   uint64_t duplicate_cookies = 0;  // a cookie read again while still outstanding (kernel bug)
   // The drain state machine (DrainController).

@@ -53,6 +53,9 @@ json StatsJson(const std::string& name, const DeviceStats& s) {
             {"function_resets", s.function_resets},
             {"quarantines", s.quarantines},
             {"unaccounted", s.drain_unaccounted}}},
+          {"recovered_answers", s.recovered_answers},
+          {"recovered_already_answered", s.recovered_already_answered},
+          {"recovered_groups", s.recovered_groups},
           {"guard_answered", s.guard_answered},
           {"duplicate_cookies", s.duplicate_cookies},
           {"outstanding", s.outstanding()},
@@ -221,7 +224,9 @@ VarlinkReply Adopt(DaemonState* state, const VarlinkCall& call, const Peer& peer
   const DeviceConfig& config = *parsed.config;
   ListenFds fds;
   for (size_t i = 0; i < names.size(); ++i) fds.Add(names[i], std::move((*call.fds)[i]));
-  absl::Status st = state->manager->Adopt(config, std::move(fds));
+  std::unique_ptr<InflightLedger> ledger;
+  if (state->make_ledger) ledger = state->make_ledger(config.name);
+  absl::Status st = state->manager->Adopt(config, std::move(fds), std::move(ledger));
   if (st.code() == absl::StatusCode::kAlreadyExists) {
     return VarlinkReply::Error("io.iopfd.Busy",
                                {{"device", config.name}, {"reason", std::string(st.message())}});
@@ -356,6 +361,12 @@ std::string PrometheusText(const std::vector<const Device*>& devices,
   counter("iopfd_responses_stale_dropped_total",
           "Responses dropped unwritten because their attachment was parked.",
           &DeviceStats::responses_stale_dropped);
+  counter("iopfd_recovered_answers_total",
+          "Answers a crashed iopfd owed, written by the next one and accepted.",
+          &DeviceStats::recovered_answers);
+  counter("iopfd_recovered_groups_total",
+          "Groups a crashed iopfd read and never resolved, resolved by the next one.",
+          &DeviceStats::recovered_groups);
   family("iopfd_invariant_violations_total", "counter",
          "Bugs caught and contained, by kind (each should stay 0).",
          [&](const Device& d, const char* n) {

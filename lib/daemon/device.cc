@@ -1,6 +1,7 @@
 #include "iopfd/device.h"
 
 #include <fcntl.h>
+#include <poll.h>
 
 #include <cerrno>
 #include <filesystem>
@@ -225,8 +226,60 @@ absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records)
   opts.max_fault_map_bytes = config.limits.max_fault_map_bytes;
   d->processor_ = std::make_unique<FaultProcessor>(opts, d->spaces_.get(), d->mapper_.get(),
                                                    d->responses_.get(), d->stats_.get());
-  d->read_buffer_.resize(read_records > 0 ? read_records : 1);
+  d->read_records_ = read_records > 0 ? read_records : 1;
+  d->read_buffer_.resize(d->read_records_);
   return absl::OkStatus();
+}
+
+void Device::ProcessRead(size_t records, uint64_t read_ns) {
+  processor_->Process(read_buffer().first(records), read_ns);
+  if (ledger_ != nullptr) ledger_->Consumed(records);
+}
+
+absl::Status Device::UseLedger(std::unique_ptr<InflightLedger> ledger) {
+  ledger_ = std::move(ledger);
+  read_buffer_ = {};
+  read_records_ = std::min(read_records_, ledger_->capacity());
+  responses_->set_ledger(ledger_.get());
+  InflightLedger::Leftovers left = ledger_->FindLeftovers();
+  absl::Status result;
+  for (const uapi::PageResponse& r : left.owed) {
+    ssize_t n = sys_->Write(fault_fd(), &r, sizeof(r));
+    // A fault fd's write never waits, but the fd is whatever the owner handed over: one that
+    // is not ready gets a few seconds, not an answer lost.
+    for (int tries = 0; (n == -EAGAIN || n == -EINTR) && tries < 50; ++tries) {
+      pollfd p = {fault_fd(), POLLOUT, 0};
+      (void)poll(&p, 1, 100);
+      n = sys_->Write(fault_fd(), &r, sizeof(r));
+    }
+    if (n == static_cast<ssize_t>(sizeof(r))) {
+      ++stats_->recovered_answers;
+    } else if (n == -EINVAL) {
+      // The dead process's write had reached the kernel; its completion had not reached it.
+      ++stats_->recovered_already_answered;
+    } else {
+      if (result.ok()) {
+        result = ErrnoStatus(n < 0 ? static_cast<int>(-n) : EIO, name_,
+                             "write an answer a previous iopfd owed");
+      }
+    }
+    ledger_->Settled(r.cookie);
+  }
+  if (!left.unprocessed.empty()) {
+    const uint64_t before = stats_->groups;
+    processor_->Process(left.unprocessed, MonotonicNs());
+    stats_->recovered_groups += stats_->groups - before;
+  }
+  ledger_->Consumed(left.buffered);
+  if (!left.owed.empty() || !left.unprocessed.empty()) {
+    Log(LogLevel::kWarning,
+        absl::StrCat(name_, ": the previous iopfd died owing ", left.owed.size(),
+                     " answer(s) and with ", stats_->recovered_groups,
+                     " group(s) read but not resolved: answered now (",
+                     stats_->recovered_already_answered, " had reached the kernel already)"),
+        {{"DEVICE", name_}});
+  }
+  return result;
 }
 
 Device::~Device() {
@@ -441,8 +494,7 @@ absl::Status Device::ReadAvailable(uint64_t deadline_ns, uint32_t max_records) {
     ssize_t n = sys_->Read(fault_fd(), buf.data(), buf.size_bytes());
     if (n > 0) {
       ++stats_->reads;
-      processor_->Process(buf.first(static_cast<size_t>(n) / sizeof(uapi::PageFault)),
-                          MonotonicNs());
+      ProcessRead(static_cast<size_t>(n) / sizeof(uapi::PageFault), MonotonicNs());
     } else if (n == -EINVAL && GrowReadBuffer(max_records)) {
       continue;
     } else if (n == 0 || n == -EAGAIN || n == -EINTR) {
@@ -475,9 +527,12 @@ absl::Status Device::WriteQueued() {
 }
 
 bool Device::GrowReadBuffer(uint32_t max_records) {
-  if (read_buffer_.size() >= max_records) return false;
-  size_t next = std::min<size_t>(read_buffer_.size() * 2, max_records);
-  read_buffer_.resize(next);
+  // A ledger's buffer has the size max_read_records had when it was made.
+  if (ledger_ != nullptr) max_records = std::min(max_records, ledger_->capacity());
+  if (read_records_ >= max_records) return false;
+  read_records_ =
+      static_cast<uint32_t>(std::min<uint64_t>(uint64_t{read_records_} * 2, max_records));
+  if (ledger_ == nullptr) read_buffer_.resize(read_records_);
   ++stats_->read_grows;
   return true;
 }

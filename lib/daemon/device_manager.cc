@@ -46,9 +46,16 @@ void DeviceManager::Emit(const std::string& event, const std::string& device,
   if (on_event) on_event(event, device, detail);
 }
 
-absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds* fds) {
+absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds* fds,
+                                           std::unique_ptr<InflightLedger> ledger) {
   auto dev = Device::Attach(config, fds, sys_, read_records_);
   if (!dev.ok()) return dev.status();
+  if (ledger != nullptr) {
+    // Before the loop reads the device: what a dead process left in the ledger's buffer would
+    // be overwritten by the first read.
+    absl::Status st = (*dev)->UseLedger(std::move(ledger));
+    if (!st.ok()) Log(LogLevel::kError, std::string(st.message()), {{"DEVICE", config.name}});
+  }
   Log(LogLevel::kInfo,
       absl::StrCat(config.name, ": attached (",
                    config.mode == AttachMode::kAdopt ? "adopt" : "vfio", ", ", config.spaces.size(),
@@ -233,7 +240,7 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
   for (const DeviceConfig& c : devices) {
     if (runtime_.count(c.name) != 0) {
       std::string why = c.name + ": the name is taken by a device adopted at run time";
-      Log(LogLevel::kError, why);
+      Log(LogLevel::kError, why, {{"DEVICE", c.name}});
       report.failed.push_back({c.name, why});
       continue;
     }
@@ -257,7 +264,7 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
                    report.restarted.end();
     absl::Status st = AttachAndServe(*c, &pool_);
     if (!st.ok()) {
-      Log(LogLevel::kError, std::string(st.message()));
+      Log(LogLevel::kError, std::string(st.message()), {{"DEVICE", c->name}});
       report.failed.push_back({c->name, std::string(st.message())});
       Emit("device_attach_failed", c->name, std::string(st.message()));
       if (restart) {
@@ -285,7 +292,8 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
   return report;
 }
 
-absl::Status DeviceManager::Adopt(const DeviceConfig& config, ListenFds fds) {
+absl::Status DeviceManager::Adopt(const DeviceConfig& config, ListenFds fds,
+                                  std::unique_ptr<InflightLedger> ledger) {
   if (config.mode != AttachMode::kAdopt) {
     return absl::InvalidArgumentError(
         absl::StrCat(config.name,
@@ -305,7 +313,7 @@ absl::Status DeviceManager::Adopt(const DeviceConfig& config, ListenFds fds) {
                                                      "' but the configuration never uses it"));
     }
   }
-  absl::Status st = AttachAndServe(config, &fds);
+  absl::Status st = AttachAndServe(config, &fds, std::move(ledger));
   if (!st.ok()) return st;
   runtime_.insert(config.name);
   Emit("device_adopted", config.name, "handed over at run time");

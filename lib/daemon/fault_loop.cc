@@ -191,7 +191,7 @@ void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
     d->empty_reads_in_a_row = 0;
     ++st.reads;
     size_t n = static_cast<size_t>(res) / sizeof(uapi::PageFault);
-    d->processor().Process(d->read_buffer().first(n), now);
+    d->ProcessRead(n, now);
   } else if (res == 0 || res == -EAGAIN) {
     // Another reader emptied the queue between poll and read (adopt mode shares the file). A
     // fault fd does that rarely; one that polls readable and reads nothing every time is not a

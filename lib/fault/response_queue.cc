@@ -42,6 +42,7 @@ void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns, Attach
   } else {
     ++stats_->responses_invalid;
   }
+  if (ledger_ != nullptr) ledger_->Owe(cookie, code);
   pending_.push_back({cookie, code});
   pending_ts_.push_back(read_ns);
   pending_att_.push_back(attachment);
@@ -80,7 +81,7 @@ size_t ResponseQueue::DropAttachment(std::optional<AttachmentKey> attachment) {
     size_t out = from;
     for (size_t i = from; i < resp.size(); ++i) {
       if (!attachment || att[i] == *attachment) {
-        if (outstanding_.erase(resp[i].cookie) == 0 && untracked_ > 0) --untracked_;
+        Forget(resp[i].cookie);
         ++stats_->responses_stale_dropped;
         ++dropped;
         continue;
@@ -120,7 +121,7 @@ std::span<const uapi::PageResponse> ResponseQueue::BeginWrite() {
     }
     for (size_t i = 0; i < pending_.size(); ++i) {
       if (Fenced(pending_att_[i], pending_epoch_[i])) {
-        if (outstanding_.erase(pending_[i].cookie) == 0 && untracked_ > 0) --untracked_;
+        Forget(pending_[i].cookie);
         ++stats_->stale_epoch_blocked;
         ++stats_->responses_stale_dropped;
         continue;
@@ -138,9 +139,13 @@ std::span<const uapi::PageResponse> ResponseQueue::BeginWrite() {
   return std::span<const uapi::PageResponse>(inflight_).subspan(inflight_pos_);
 }
 
-void ResponseQueue::Settle(size_t index, bool accepted, uint64_t now_ns) {
-  uint32_t cookie = inflight_[index].cookie;
+void ResponseQueue::Forget(uint32_t cookie) {
   if (outstanding_.erase(cookie) == 0 && untracked_ > 0) --untracked_;
+  if (ledger_ != nullptr) ledger_->Settled(cookie);
+}
+
+void ResponseQueue::Settle(size_t index, bool accepted, uint64_t now_ns) {
+  Forget(inflight_[index].cookie);
   if (accepted) {
     ++stats_->responses_written;
     uint64_t t = inflight_ts_[index];
@@ -193,6 +198,7 @@ void ResponseQueue::AbandonAll() {
   outstanding_.clear();
   untracked_ = 0;
   writing_ = false;
+  if (ledger_ != nullptr) ledger_->SettleAll();
 }
 
 ResponseObligation& ResponseObligation::operator=(ResponseObligation&& o) noexcept {

@@ -118,6 +118,11 @@ std::string FormatStatsText(std::string_view device, const DeviceStats& s) {
                     " function resets, ", s.quarantines, " quarantines, epoch ", s.drain_epoch,
                     "\n");
   }
+  if (s.recovered_answers || s.recovered_already_answered || s.recovered_groups) {
+    absl::StrAppend(&out, "  recovered after a crash: ", s.recovered_answers,
+                    " owed answers written (", s.recovered_already_answered, " already answered), ",
+                    s.recovered_groups, " unresolved groups resolved\n");
+  }
   if (s.guard_answered || s.duplicate_cookies || s.stale_epoch_blocked || s.drain_unaccounted) {
     absl::StrAppend(&out, "  INVARIANT: guard answered ", s.guard_answered, ", duplicate cookies ",
                     s.duplicate_cookies, ", stale epoch blocked ", s.stale_epoch_blocked,
@@ -154,6 +159,9 @@ std::string FormatStatsJson(std::string_view device, const DeviceStats& s) {
   field("responses_rejected", s.responses_rejected);
   field("responses_abandoned", s.responses_abandoned);
   field("responses_stale_dropped", s.responses_stale_dropped);
+  field("recovered_answers", s.recovered_answers);
+  field("recovered_already_answered", s.recovered_already_answered);
+  field("recovered_groups", s.recovered_groups);
   field("guard_answered", s.guard_answered);
   field("duplicate_cookies", s.duplicate_cookies);
   field("stale_epoch_blocked", s.stale_epoch_blocked);

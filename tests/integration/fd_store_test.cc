@@ -26,6 +26,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "harness.h"
+#include "iopfd/inflight_ledger.h"
 #include "nlohmann/json.hpp"
 
 namespace {
@@ -143,8 +144,9 @@ class FakeSystemd {
   std::vector<std::string> removed_;
 };
 
+// The record, the iommufd, the fault queue and the in-flight ledger.
 const std::vector<std::string> kStored = {"iopfd-adopted/v", "iopfd-adopted/v/fd0",
-                                          "iopfd-adopted/v/fd1"};
+                                          "iopfd-adopted/v/fd1", "iopfd-adopted/v/fd2"};
 
 json Adopt(Client* c, FakeQueue* q) {
   return c->CallWithFds(
@@ -164,7 +166,7 @@ TEST(FdStoreTest, AdoptedDeviceSurvivesARestartDuringAFloodWithEveryRequestAnswe
     json r = Adopt(&c, &q);
     ASSERT_FALSE(r.contains("error")) << r.dump();
     json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
-    EXPECT_EQ(st["parameters"]["fd_store"], json({{"enabled", true}, {"kept", 3}, {"room", 16}}));
+    EXPECT_EQ(st["parameters"]["fd_store"], json({{"enabled", true}, {"kept", 4}, {"room", 16}}));
   }
   // The test's own copies go: from now on only iopfd and the store hold the device's fds.
   close(q.theirs);
@@ -211,7 +213,7 @@ TEST(FdStoreTest, AdoptedDeviceSurvivesARestartDuringAFloodWithEveryRequestAnswe
   EXPECT_EQ(devices["parameters"]["devices"][0]["origin"], "adopted");
   // Kept, not stored again: the entries are still systemd's.
   json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
-  EXPECT_EQ(st["parameters"]["fd_store"]["kept"], 3);
+  EXPECT_EQ(st["parameters"]["fd_store"]["kept"], 4);
   systemd.Receive(50);
   EXPECT_EQ(systemd.Names(), kStored);
 
@@ -219,8 +221,89 @@ TEST(FdStoreTest, AdoptedDeviceSurvivesARestartDuringAFloodWithEveryRequestAnswe
   json r = c.CallOne({{"method", "io.iopfd.Detach"}, {"parameters", {{"device", "v"}}}});
   ASSERT_FALSE(r.contains("error")) << r.dump();
   EXPECT_TRUE(systemd.WaitFor({}));
-  EXPECT_THAT(systemd.removed(),
-              ElementsAre("iopfd-adopted/v", "iopfd-adopted/v/fd0", "iopfd-adopted/v/fd1"));
+  EXPECT_THAT(systemd.removed(), ElementsAre("iopfd-adopted/v", "iopfd-adopted/v/fd0",
+                                             "iopfd-adopted/v/fd1", "iopfd-adopted/v/fd2"));
+}
+
+// A crash leaves no answer behind: iopfd is killed (SIGKILL: no clean stop) while it owes
+// answers it could not write yet (the test does not read the responses, so its socket fills
+// and iopfd's writes get EAGAIN), and with groups read but not resolved. The kernel would keep
+// those groups pending forever, since the store keeps the fault fd open; the next process finds
+// them in the in-flight ledger the store kept too, and answers them before it reads anything.
+TEST(FdStoreTest, AfterACrashTheNextProcessAnswersWhatTheDeadOneOwed) {
+  FakeSystemd systemd;
+  FakeQueue q;
+  IopfdOptions o;
+  o.env = systemd.Env();
+  auto first = std::make_unique<Iopfd>(o);
+  {
+    Client c(first->socket());
+    json r = Adopt(&c, &q);
+    ASSERT_FALSE(r.contains("error")) << r.dump();
+  }
+  close(q.theirs);
+  q.theirs = -1;
+  ASSERT_TRUE(systemd.WaitFor(kStored));
+
+  constexpr uint32_t kTotal = 2000;
+  uint32_t sent = 0;
+  while (sent < kTotal && q.FaultWithin(0x100000 + (sent % 16) * 4096, 10000) != 0) ++sent;
+  ASSERT_EQ(sent, kTotal);
+  // Until iopfd has read every group: it answers them all, but can write only part.
+  uint64_t groups = 0;
+  for (int i = 0; i < 1000 && groups < kTotal; ++i) {
+    Client c(first->socket());
+    json st = c.CallOne({{"method", "io.iopfd.GetStats"}, {"parameters", {{"device", "v"}}}});
+    groups = st["parameters"]["devices"][0]["groups"].get<uint64_t>();
+    if (groups < kTotal) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(groups, kTotal);
+  first->Signal(SIGKILL);
+  EXPECT_EQ(first->WaitExit(5000), -1);
+  first.reset();
+
+  systemd.Receive(50);
+  ASSERT_EQ(systemd.Names(), kStored);
+  // The other thing a crash leaves: groups the kernel handed out in a read whose records the
+  // dead process never resolved. Put there as the kernel's read would have: five more groups,
+  // whose cookies the queue now counts as handed out.
+  constexpr uint32_t kUnresolved = 5;
+  {
+    int ledger_fd = -1;
+    for (const auto& [name, fd] : systemd.Fds()) {
+      if (name == "iopfd-adopted/v/fd2") ledger_fd = fd;
+    }
+    auto ledger = iopfd::InflightLedger::Open("v", iopfd::UniqueFd(dup(ledger_fd)));
+    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    auto buf = (*ledger)->Buffer(kUnresolved);
+    for (uint32_t i = 0; i < kUnresolved; ++i) {
+      buf[i] = {};
+      buf[i].flags = iopfd::uapi::kPgfaultLastPage;
+      buf[i].dev_id = iopfd_test::kDevId;
+      buf[i].perm = iopfd::uapi::kPermRead;
+      buf[i].addr = 0x100000 + i * 4096;
+      buf[i].cookie = q.next_cookie++;
+    }
+  }
+  auto answers =
+      std::async(std::launch::async, [&] { return q.Responses(kTotal + kUnresolved, 30); });
+  o.fds = systemd.Fds();
+  Iopfd second(o);
+  std::map<uint32_t, int> seen = answers.get();
+  ExpectEachOnce(seen, 1, kTotal + kUnresolved, "across the crash");
+  EXPECT_TRUE(q.Quiet(200)) << "answers beyond one per group";
+  EXPECT_THAT(second.Log(), HasSubstr("v: the previous iopfd died owing "));
+  Client c(second.socket());
+  json st = c.CallOne({{"method", "io.iopfd.GetStats"}, {"parameters", {{"device", "v"}}}});
+  const json& v = st["parameters"]["devices"][0];
+  EXPECT_GT(v["recovered_answers"].get<uint64_t>(), 0u) << v.dump();
+  EXPECT_EQ(v["recovered_already_answered"], 0) << v.dump();
+  EXPECT_EQ(v["recovered_groups"], kUnresolved) << v.dump();
+  EXPECT_EQ(v["outstanding"], 0) << v.dump();
+  // And it goes on serving the queue.
+  uint32_t next = q.Fault(0x100000);
+  std::map<uint32_t, int> later = q.Responses(1, 10);
+  EXPECT_EQ(later[next], 1);
 }
 
 TEST(FdStoreTest, AStoredDeviceWhoseNameADeviceFileTookIsHandedBack) {

@@ -28,6 +28,8 @@ iopfctl="$(dirname "$iopfd")/iopfctl"
 [ -n "$out" ] || { echo "run-vm: --out DIR is required" >&2; exit 2; }
 mkdir -p "$out"
 log() { echo "run-vm: $*" >&2; }
+# shellcheck source=tests/vm/lib.sh
+. "$here/lib.sh"
 
 for tool in qemu-system-x86_64 cpio gzip; do
   command -v "$tool" >/dev/null || { log "$tool is missing: run scripts/install-deps.sh"; exit 1; }
@@ -91,38 +93,4 @@ set -e
 end=$(date +%s.%N)
 log "guest ran $(echo "$end - $start" | bc) s (qemu exit $qemu_rc)"
 
-grep '^IOPF-RESULT ' "$out/console.log" > "$out/results.txt" || true
-# The kernel must not have warned: a WARN/BUG/oops, or the IOPF core aborting a request
-# (which it does when a handler fails), fails the run.
-bad=$(grep -nE 'WARNING:|BUG:|Oops|Call Trace|general protection|iopf with pasid .* aborted' \
-  "$out/console.log" | head -5 || true)
-if [ -z "$bad" ]; then
-  echo "IOPF-RESULT kernel_log_clean PASS" >> "$out/results.txt"
-else
-  echo "IOPF-RESULT kernel_log_clean FAIL $(echo "$bad" | tr '\n' ' ')" >> "$out/results.txt"
-fi
-if grep -q ' FAIL' "$out/results.txt"; then
-  grep ' FAIL' "$out/results.txt" >&2
-fi
-exit_line=$(grep -m1 '^IOPF-EXIT ' "$out/console.log" || true)
-if [ -z "$exit_line" ]; then
-  log "the guest did not run to the end (timeout, panic or a crash; see $out/console.log)"
-  tail -n 20 "$out/console.log" >&2
-  exit 1
-fi
-if [ "$exit_line" != "IOPF-EXIT 0" ]; then
-  # With --per-case the run itself succeeded if every failure is a case's verdict: CTest's
-  # per-case tests then name the failing cases. A non-zero exit without any FAIL verdict is
-  # the driver itself failing, which no case test would catch.
-  if [ "$per_case" = 1 ] && grep -q ' FAIL' "$out/results.txt"; then
-    log "the guest ran to the end; failing cases are reported by their own tests"
-    exit 0
-  fi
-  log "the guest finished with ${exit_line#IOPF-EXIT } (see $out/console.log)"
-  grep -E 'iopf-guest:' "$out/console.log" >&2 || true
-  exit 1
-fi
-if grep -q ' FAIL' "$out/results.txt"; then
-  [ "$per_case" = 1 ] && exit 0
-  exit 1
-fi
+vm_results "$out" "$per_case"

@@ -21,31 +21,6 @@ namespace {
 
 using namespace mockenv;  // NOLINT(google-build-using-namespace): the guest driver's own helpers
 
-// One case's verdict, accumulated by Expect().
-struct Verdict {
-  explicit Verdict(std::string n) : name(std::move(n)) {}
-  std::string name;
-  std::vector<std::string> failures;
-  void Expect(bool ok, const std::string& what) {
-    if (!ok) failures.push_back(what);
-  }
-  void ExpectEq(const std::map<std::string, uint64_t>& s, const std::string& key, uint64_t want) {
-    auto it = s.find(key);
-    uint64_t got = it == s.end() ? ~0ull : it->second;
-    Expect(got == want,
-           Format("%s=%llu want %llu", key.c_str(), static_cast<unsigned long long>(got),
-                  static_cast<unsigned long long>(want)));
-  }
-  bool Report() const {
-    std::string detail;
-    for (const auto& f : failures) detail += (detail.empty() ? "" : "; ") + f;
-    std::printf("IOPF-RESULT %s %s %s\n", name.c_str(), failures.empty() ? "PASS" : "FAIL",
-                detail.c_str());
-    std::fflush(stdout);
-    return failures.empty();
-  }
-};
-
 // Every case ends with the same accounting: iopfd exited 0, every group it read was answered
 // and accepted by the kernel, none rejected, none left owed, no invariant counter moved.
 void ExpectClean(Verdict& v, int exit_code, const std::map<std::string, uint64_t>& s,

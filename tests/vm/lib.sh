@@ -1,0 +1,44 @@
+# Shared by the VM tier's runners (run-vm.sh, systemd/run-systemd-vm.sh); sourced, not run.
+
+# vm_results OUT PER_CASE: after a guest ran, writes OUT/results.txt (its IOPF-RESULT lines from
+# OUT/console.log plus a kernel_log_clean verdict) and returns non-zero when the guest did not
+# run to the end or reported a failure. With PER_CASE=1 (CTest's fixture) a case's FAIL verdict
+# alone does not fail the run: CTest's per-case tests (check-result.sh) fail for it by name.
+vm_results() {
+  local out=$1 per_case=$2 bad exit_line
+  grep '^IOPF-RESULT ' "$out/console.log" > "$out/results.txt" || true
+  # The kernel must not have warned: a WARN/BUG/oops, or the IOPF core aborting a request
+  # (which it does when a handler fails), fails the run.
+  bad=$(grep -nE 'WARNING:|BUG:|Oops|Call Trace|general protection|iopf with pasid .* aborted' \
+    "$out/console.log" | head -5 || true)
+  if [ -z "$bad" ]; then
+    echo "IOPF-RESULT kernel_log_clean PASS" >> "$out/results.txt"
+  else
+    echo "IOPF-RESULT kernel_log_clean FAIL $(echo "$bad" | tr '\n' ' ')" >> "$out/results.txt"
+  fi
+  if grep -q ' FAIL' "$out/results.txt"; then
+    grep ' FAIL' "$out/results.txt" >&2
+  fi
+  exit_line=$(grep -m1 '^IOPF-EXIT ' "$out/console.log" || true)
+  if [ -z "$exit_line" ]; then
+    echo "vm: the guest did not run to the end (timeout, panic or a crash; see $out/console.log)" >&2
+    tail -n 20 "$out/console.log" >&2
+    return 1
+  fi
+  if [ "$exit_line" != "IOPF-EXIT 0" ]; then
+    # A non-zero exit without any FAIL verdict is the driver itself failing, which no case
+    # test would catch.
+    if [ "$per_case" = 1 ] && grep -q ' FAIL' "$out/results.txt"; then
+      echo "vm: the guest ran to the end; failing cases are reported by their own tests" >&2
+      return 0
+    fi
+    echo "vm: the guest finished with ${exit_line#IOPF-EXIT } (see $out/console.log)" >&2
+    grep -E 'iopf-(guest|systemd-check):' "$out/console.log" >&2 || true
+    return 1
+  fi
+  if grep -q ' FAIL' "$out/results.txt"; then
+    [ "$per_case" = 1 ] && return 0
+    return 1
+  fi
+  return 0
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The booted-systemd VM test: boots the test kernel with a Debian 13 root (build-root.sh) as its
+# initramfs and systemd as PID 1; a service of that system (iopf-check.service) installs
+# iopfd's .deb and runs iopf-systemd-check (systemd_check.cc) against the installed service,
+# printing IOPF-RESULT lines on the serial console, then reboots (qemu exits).
+#
+# usage: run-systemd-vm.sh --deb-dir DIR --out OUT [--per-case]
+# DIR holds the package (scripts/build-deb.sh's iopfd_*.deb). Writes OUT/console.log and
+# OUT/results.txt; exits as run-vm.sh does (tests/vm/lib.sh).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+vm=$(cd "$here/.." && pwd)
+top=$(cd "$vm/../.." && pwd)
+deb_dir="" out="" per_case=0
+while (($#)); do
+  case "$1" in
+    --deb-dir) deb_dir=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --per-case) per_case=1; shift ;;
+    *) echo "run-systemd-vm: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$out" ] || { echo "run-systemd-vm: --out DIR is required" >&2; exit 2; }
+deb=$(ls -t "$deb_dir"/iopfd_*.deb 2>/dev/null | head -1 || true)
+[ -f "$deb" ] || { echo "run-systemd-vm: no iopfd_*.deb in '$deb_dir' (scripts/build-deb.sh)" >&2; exit 2; }
+log() { echo "run-systemd-vm: $*" >&2; }
+# shellcheck source=tests/vm/lib.sh
+. "$vm/lib.sh"
+for tool in qemu-system-x86_64 cpio gzip; do
+  command -v "$tool" >/dev/null || { log "$tool is missing: run scripts/install-deps.sh"; exit 1; }
+done
+rm -rf "$out" && mkdir -p "$out"
+
+eval "$("$vm/build-kernel.sh")"   # KERNEL_IMAGE, KERNEL_SRC
+uapi=$("$top/scripts/kernel-headers.sh")
+test_header="$KERNEL_SRC/drivers/iommu/iommufd/iommufd_test.h"
+[ -f "$test_header" ] || { log "no $test_header in the kernel source"; exit 1; }
+root_archive=$("$here/build-root.sh")
+
+# The driver, static (the guest's libc is trixie's), against the booted kernel's headers.
+log "compiling the driver against $test_header"
+g++ -std=c++20 -O2 -Wall -Wextra -Werror -static -pthread -isystem "$uapi" \
+  -isystem "$uapi/x86_64-linux-gnu" -isystem "$KERNEL_SRC/drivers/iommu/iommufd" -I"$vm/guest" \
+  "$here/systemd_check.cc" -o "$out/iopf-systemd-check"
+
+# The package is built on Debian 12: two of its libraries have other names in 13
+# (libabsl20240722, libtomlplusplus3t64), so bookworm's travel with it, as they would for
+# anyone installing a bookworm package on trixie. Fetched through the private apt configuration.
+debs="${IOPFD_CACHE:-/var/cache/iopfd}/bookworm-debs"
+for p in libabsl20220623 libtomlplusplus3; do
+  ls "$debs/${p}"_*.deb >/dev/null 2>&1 ||
+    IOPFD_APT_STATE="${IOPFD_CACHE:-/var/cache/iopfd}/apt-bookworm" IOPFD_APT_SUITES=bookworm \
+      "$top/scripts/debian-fetch.sh" "$debs" "$p" >/dev/null
+done
+
+# What this run adds to the cached root: the package, those libraries, the driver and the unit
+# that starts it once the system is up. A second cpio appended to the first: the kernel unpacks
+# both into the same root.
+overlay=$(mktemp -d)
+trap 'rm -rf "$overlay"' EXIT
+mkdir -p "$overlay/iopf/debs" "$overlay/etc/systemd/system/multi-user.target.wants"
+cp "$deb" "$debs"/libabsl20220623_*.deb "$debs"/libtomlplusplus3_*.deb "$overlay/iopf/debs/"
+cp "$out/iopf-systemd-check" "$overlay/iopf/"
+cp "$here/iopf-check.service" "$overlay/etc/systemd/system/"
+ln -s ../iopf-check.service "$overlay/etc/systemd/system/multi-user.target.wants/"
+(cd "$overlay" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/overlay.cpio.gz"
+cat "$root_archive" "$out/overlay.cpio.gz" > "$out/initrd.gz"
+
+log "booting $KERNEL_IMAGE with systemd as PID 1 (TCG, 2 vCPUs, $(du -h "$out/initrd.gz" | cut -f1) initrd)"
+append="console=ttyS0 panic=-1 loglevel=4 rdinit=/usr/lib/systemd/systemd systemd.show_status=0"
+append="$append systemd.firstboot=off"
+start=$(date +%s.%N)
+set +e
+timeout "${IOPFD_VM_TIMEOUT:-1500}" qemu-system-x86_64 -accel tcg -smp 2 -m 2048 -nographic \
+  -no-reboot -kernel "$KERNEL_IMAGE" -initrd "$out/initrd.gz" -append "$append" \
+  </dev/null 2>&1 | sed -u -e 's/\r$//' -e 's/\x1b\[[0-9;?!]*[A-Za-z]//g' -e 's/\x1bc//g' \
+  > "$out/console.log"
+qemu_rc=${PIPESTATUS[0]}
+set -e
+end=$(date +%s.%N)
+log "guest ran $(echo "$end - $start" | bc) s (qemu exit $qemu_rc)"
+grep '^IOPF-INFO' "$out/console.log" >&2 || true
+rm -f "$out/initrd.gz"
+vm_results "$out" "$per_case"
