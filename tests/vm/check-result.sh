@@ -12,11 +12,12 @@ line=$(grep -E "^IOPF-RESULT $case " "$results" || true)
 echo "$line"
 if ! echo "$line" | grep -q " PASS"; then
   # The console around a failing case: its measurements and what iopfd and the kernel printed.
-  console="$(dirname "$results")/console.log"
-  if [ -f "$console" ]; then
+  # (The systemd tier boots twice: its consoles are in subdirectories.)
+  for console in "$(dirname "$results")"/console.log "$(dirname "$results")"/*/console.log; do
+    [ -f "$console" ] && grep -qE "^IOPF-RESULT $case " "$console" || continue
     echo "--- $console: IOPF-INFO lines and the last lines before this verdict ---" >&2
     grep '^IOPF-INFO' "$console" >&2 || true
     grep -n -B 30 -E "^IOPF-RESULT $case " "$console" | grep -vE '^[0-9]+-IOPF-RESULT' >&2 || true
-  fi
+  done
   exit 1
 fi
