@@ -1,4 +1,5 @@
 // iopfd: user-space IOMMU page-fault service. main() only parses flags and wires the pieces.
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -22,6 +23,7 @@
 #include "iopfd/eventfd_watcher.h"
 #include "iopfd/fault_loop.h"
 #include "iopfd/fd_store.h"
+#include "iopfd/inflight_ledger.h"
 #include "iopfd/log.h"
 #include "iopfd/service_notify.h"
 #include "iopfd/syscalls.h"
@@ -148,6 +150,60 @@ void PrintStats(const std::vector<std::unique_ptr<iopfd::Device>>& devices, bool
   }
 }
 
+// Adopts a device the fd store kept, checked as an Adopt call is, with its in-flight ledger
+// (absent when an iopfd without one stored it). When it cannot be served again, what a crashed
+// process read from its queue and did not answer is answered first (owed answers as they were,
+// unresolved groups INVALID), so the owner gets its device back with nothing pending that
+// iopfd read. Returns why it was not adopted.
+absl::Status ReplayStored(iopfd::DeviceManager* manager, iopfd::FdStore::Stored* s) {
+  iopfd::AdoptRequest parsed = iopfd::ParseAdoptConfig(s->config_text);
+  if (!parsed.config.has_value()) {
+    return absl::InvalidArgumentError(absl::StrJoin(parsed.errors, "; "));
+  }
+  if (parsed.config->name != s->device) {
+    return absl::InvalidArgumentError("the record's config names device " + parsed.config->name);
+  }
+  auto dup = [](int fd) { return iopfd::UniqueFd(fcntl(fd, F_DUPFD_CLOEXEC, 3)); };
+  iopfd::UniqueFd ledger_copy;
+  std::unique_ptr<iopfd::InflightLedger> ledger;
+  if (auto fd = s->fds.Take(iopfd::kLedgerFdName); fd.ok()) {
+    ledger_copy = dup(fd->get());
+    auto opened = iopfd::InflightLedger::Open(s->device, *std::move(fd));
+    if (opened.ok()) {
+      ledger = *std::move(opened);
+    } else {
+      iopfd::Log(iopfd::LogLevel::kError,
+                 absl::StrCat(opened.status().message(),
+                              "; what a crash left unanswered stays unanswered"),
+                 {{"DEVICE", s->device}});
+      ledger_copy = iopfd::UniqueFd();
+    }
+  }
+  // Adopt closes every fd it was given when it fails: keep the fault queue for the answers.
+  iopfd::UniqueFd fault_copy;
+  const std::string& fault_name = parsed.config->adopt.fault_fd;
+  if (auto fd = s->fds.Take(fault_name); fd.ok()) {
+    fault_copy = dup(fd->get());
+    s->fds.Add(fault_name, *std::move(fd));
+  }
+  absl::Status st = manager->Adopt(*parsed.config, std::move(s->fds), std::move(ledger));
+  if (st.ok() || !ledger_copy.valid() || !fault_copy.valid()) return st;
+  auto orphan = iopfd::InflightLedger::Open(s->device, std::move(ledger_copy));
+  if (!orphan.ok()) return st;
+  auto answered = (*orphan)->AnswerAllLeftovers(s->device, fault_copy.get());
+  if (!answered.ok()) {
+    iopfd::Log(iopfd::LogLevel::kError, std::string(answered.status().message()),
+               {{"DEVICE", s->device}});
+  } else if (answered->accepted + answered->rejected != 0) {
+    iopfd::Log(iopfd::LogLevel::kWarning,
+               absl::StrCat(s->device, ": answered ", answered->accepted,
+                            " group(s) the previous iopfd read and did not answer (",
+                            answered->rejected, " had been answered) before handing it back"),
+               {{"DEVICE", s->device}});
+  }
+  return st;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -238,29 +294,7 @@ int main(int argc, char** argv) {
   // Then the adoptions the fd store kept, checked as an Adopt call would be. A name a device
   // file took meanwhile wins: the stored one is handed back.
   for (iopfd::FdStore::Stored& s : stored) {
-    iopfd::AdoptRequest parsed = iopfd::ParseAdoptConfig(s.config_text);
-    absl::Status st;
-    if (!parsed.config.has_value()) {
-      st = absl::InvalidArgumentError(absl::StrJoin(parsed.errors, "; "));
-    } else if (parsed.config->name != s.device) {
-      st = absl::InvalidArgumentError("the record's config names device " + parsed.config->name);
-    } else {
-      // The ledger of what the previous process read and did not answer (absent when it was
-      // stored by an iopfd without one).
-      std::unique_ptr<iopfd::InflightLedger> ledger;
-      if (auto fd = s.fds.Take(iopfd::kLedgerFdName); fd.ok()) {
-        auto opened = iopfd::InflightLedger::Open(s.device, *std::move(fd));
-        if (opened.ok()) {
-          ledger = *std::move(opened);
-        } else {
-          iopfd::Log(iopfd::LogLevel::kError,
-                     absl::StrCat(opened.status().message(),
-                                  "; what a crash left unanswered stays unanswered"),
-                     {{"DEVICE", s.device}});
-        }
-      }
-      st = manager.Adopt(*parsed.config, std::move(s.fds), std::move(ledger));
-    }
+    absl::Status st = ReplayStored(&manager, &s);
     if (st.ok()) {
       iopfd::Log(iopfd::LogLevel::kInfo,
                  s.device + ": adopted again from the fd store (handed over before the restart)",
@@ -320,7 +354,10 @@ int main(int argc, char** argv) {
   state.fd_store = &fd_store;
   if (fd_store.enabled()) {
     // A device the store keeps across restarts also keeps what a crash would lose.
-    const uint32_t capacity = config.global.max_read_records;
+    // Room for the largest read a drain's flush makes, whatever max_read_records says now: the
+    // ledger outlives restarts that may raise it (the file is sparse; untouched pages cost
+    // nothing).
+    const uint32_t capacity = std::max<uint32_t>(config.global.max_read_records, 65536);
     state.make_ledger = [capacity](const std::string& device) {
       auto ledger = iopfd::InflightLedger::Create(device, capacity);
       if (ledger.ok()) return *std::move(ledger);

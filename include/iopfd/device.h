@@ -107,6 +107,11 @@ class Device {
     return ledger_ != nullptr ? ledger_->Buffer(read_records_)
                               : std::span<uapi::PageFault>(read_buffer_);
   }
+  // The buffer for the read about to be issued (with a ledger: numbered and marked live there).
+  std::span<uapi::PageFault> BeginRead() {
+    return ledger_ != nullptr ? ledger_->BeginRead(read_records_)
+                              : std::span<uapi::PageFault>(read_buffer_);
+  }
   // Processes the first `records` records of the read buffer (a read's result) and, with a
   // ledger, marks them consumed once their answers are queued.
   void ProcessRead(size_t records, uint64_t read_ns);
@@ -116,7 +121,7 @@ class Device {
   // its owed answers are written (synchronously; a rejection means the kernel had accepted it
   // already), groups it read and never resolved are resolved and queued. Call before the loop
   // reads the device. Returns an error naming the device when a recovered answer cannot be
-  // written for another reason than EINVAL (that answer is given up and counted abandoned).
+  // written for another reason than EINVAL (that answer is given up; the error is logged).
   absl::Status UseLedger(std::unique_ptr<InflightLedger> ledger);
   // The ledger, or nullptr.
   const InflightLedger* ledger() const { return ledger_.get(); }

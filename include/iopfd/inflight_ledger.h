@@ -8,19 +8,30 @@
 // record those groups would stay pending forever and the device's requests would hang.
 //
 // The ledger is a memfd, stored with the device's descriptors, holding two things:
-//  - the read buffer itself: the kernel copies records straight into it, and iopfd zeroes the
-//    records once they are processed. Records found there by the next process were read from
-//    the kernel (their groups hold cookies) but never turned into answers.
+//  - the read buffer itself: the kernel copies records straight into it. Each read is numbered
+//    (BeginRead, before the read is issued) and marks the buffer live; once its records are
+//    processed the buffer is marked dead (one aligned store) and then zeroed. Records found in
+//    a live buffer by the next process were read from the kernel (their groups hold cookies)
+//    and may not have been turned into answers.
 //  - one slot per cookie: the answer owed for each group processed but not yet accepted by the
-//    kernel, set when the answer is queued, cleared when the write is settled.
-// The next process takes both before it reads anything: owed answers are written again (the
-// kernel rejects with EINVAL those it already accepted; it cannot have handed such a cookie out
-// again, since it reuses a cookie only after a read, and nothing read since), unprocessed
-// records are resolved like fresh ones. Order: the owed slot of a group is set before its
-// records are zeroed, so a crash between the two leaves the group in both places; the owed
-// answer wins.
+//    kernel, with the number of the read that delivered the group; set when the answer is
+//    queued, cleared when the write is settled.
+// The next process takes both before it reads anything. A cookie both owed and in the live
+// buffer is either the same group (processed, its answer queued, the crash came before the
+// buffer was consumed: same read number; the owed answer stands and its records are skipped) or
+// a new group that reused a cookie whose old answer the kernel had accepted just before the
+// crash (an older read number: the stale answer is dropped and the group resolved). Every other
+// owed answer is written again: the kernel rejects with EINVAL those it had already accepted,
+// and cannot have handed such a cookie out again, since it reuses a cookie only at a read and
+// the only read after the slot was set is the one in the buffer. Answers to the unprocessed
+// groups are written synchronously too, before the first read: a group the kernel answered
+// itself meanwhile (the owner detached) then costs a harmless EINVAL, not a stale answer on a
+// new group with its cookie. Nothing here holds if someone else reads the same fault file while
+// iopfd is down (adopt mode shares it with the owner, who must not read it).
 #ifndef IOPFD_INFLIGHT_LEDGER_H_
 #define IOPFD_INFLIGHT_LEDGER_H_
+
+#include <sys/types.h>
 
 #include <cstdint>
 #include <memory>
@@ -33,6 +44,10 @@
 #include "iopfd/uapi.h"
 
 namespace iopfd {
+
+// Writes one answer to a fault fd, waiting (up to about 5 s) while the fd is not ready.
+// Returns write(2)'s result, or -errno.
+ssize_t WriteWaiting(int fd, const uapi::PageResponse& answer);
 
 class InflightLedger {
  public:
@@ -59,14 +74,17 @@ class InflightLedger {
   int fd() const { return fd_.get(); }
   // How many records the buffer can hold.
   uint32_t capacity() const { return capacity_; }
-  // The first `records` records of the buffer (at most capacity()), to read into. Records the
-  // read leaves untouched stay zero. Records past the largest size asked for so far are never
-  // looked at after a crash.
+  // Starts a read: numbers it, marks the buffer live and returns its first `records` records
+  // (at most capacity()) to read into. The buffer must be consumed (all zero). Records the read
+  // leaves untouched stay zero; records past the largest size asked for are never looked at.
+  std::span<uapi::PageFault> BeginRead(uint32_t records);
+  // The first `records` records of the buffer, to process what the last read returned.
   std::span<uapi::PageFault> Buffer(uint32_t records);
-  // Records that `records` records at the start of the buffer were processed: zeroes them.
-  // Call after every answer of those records was queued (Owe).
+  // Records that the first `records` records of the buffer were processed: marks the buffer
+  // dead, then zeroes them. Call after every answer of those records was queued (Owe).
   void Consumed(size_t records);
-  // An answer is owed for cookie (code is what will be written).
+  // An answer is owed for cookie (code is what will be written); its group came from the
+  // current read.
   void Owe(uint32_t cookie, uint32_t code);
   // The answer for cookie is settled (accepted, rejected, dropped or abandoned).
   void Settled(uint32_t cookie);
@@ -76,13 +94,25 @@ class InflightLedger {
   struct Leftovers {
     std::vector<uapi::PageResponse> owed;      // answers to write again
     std::vector<uapi::PageFault> unprocessed;  // records to resolve, whole groups
+    std::vector<uint32_t> stale;               // owed answers superseded by a reused cookie
     size_t buffered = 0;                       // records found in the buffer (Consumed() them)
   };
-  // Returns what a previous process left (see above), records whose cookie has an owed answer
-  // left out of `unprocessed`. Changes nothing: the caller settles each owed answer once
-  // written and consumes the buffered records once their answers are queued, so a crash in
-  // the middle of a recovery leaves the rest for the next one.
+  // Returns what a previous process left (see above). Changes nothing: the caller settles each
+  // owed answer once written (and each stale one), and consumes the buffered records once their
+  // answers are written, so a crash in the middle of a recovery leaves the rest for the next.
   Leftovers FindLeftovers() const;
+
+  // For a device handed back instead of served again (its stored adoption could not be
+  // replayed): answers, synchronously on fault_fd, every owed answer and every unprocessed
+  // group (INVALID: nothing can resolve it now), then clears the ledger, so the owner's queue
+  // is left with nothing pending that iopfd read. Returns how many answers the kernel accepted
+  // and how many it rejected (already answered); an error names the device and errno when a
+  // write fails otherwise (the rest is not written).
+  struct Answered {
+    size_t accepted = 0;
+    size_t rejected = 0;
+  };
+  absl::StatusOr<Answered> AnswerAllLeftovers(const std::string& device, int fault_fd);
 
   // Groups not recorded because their cookie was too large.
   uint64_t untracked() const { return untracked_; }
@@ -91,7 +121,8 @@ class InflightLedger {
   InflightLedger(UniqueFd fd, void* map, size_t size);
   struct Header;
   Header* header() const;
-  uint32_t* slots() const;
+  struct Slot;
+  Slot* slots() const;
   uapi::PageFault* records() const;
 
   UniqueFd fd_;

@@ -1,7 +1,6 @@
 #include "iopfd/device.h"
 
 #include <fcntl.h>
-#include <poll.h>
 
 #include <cerrno>
 #include <filesystem>
@@ -238,37 +237,35 @@ void Device::ProcessRead(size_t records, uint64_t read_ns) {
 
 absl::Status Device::UseLedger(std::unique_ptr<InflightLedger> ledger) {
   ledger_ = std::move(ledger);
-  read_buffer_ = {};
+  std::vector<uapi::PageFault>().swap(read_buffer_);
   read_records_ = std::min(read_records_, ledger_->capacity());
   responses_->set_ledger(ledger_.get());
   InflightLedger::Leftovers left = ledger_->FindLeftovers();
   absl::Status result;
   for (const uapi::PageResponse& r : left.owed) {
-    ssize_t n = sys_->Write(fault_fd(), &r, sizeof(r));
-    // A fault fd's write never waits, but the fd is whatever the owner handed over: one that
-    // is not ready gets a few seconds, not an answer lost.
-    for (int tries = 0; (n == -EAGAIN || n == -EINTR) && tries < 50; ++tries) {
-      pollfd p = {fault_fd(), POLLOUT, 0};
-      (void)poll(&p, 1, 100);
-      n = sys_->Write(fault_fd(), &r, sizeof(r));
-    }
+    ssize_t n = WriteWaiting(fault_fd(), r);
     if (n == static_cast<ssize_t>(sizeof(r))) {
       ++stats_->recovered_answers;
     } else if (n == -EINVAL) {
       // The dead process's write had reached the kernel; its completion had not reached it.
       ++stats_->recovered_already_answered;
-    } else {
-      if (result.ok()) {
-        result = ErrnoStatus(n < 0 ? static_cast<int>(-n) : EIO, name_,
-                             "write an answer a previous iopfd owed");
-      }
+    } else if (result.ok()) {
+      result = ErrnoStatus(n < 0 ? static_cast<int>(-n) : EIO, name_,
+                           "write an answer a previous iopfd owed");
     }
     ledger_->Settled(r.cookie);
   }
+  // Answers the kernel had accepted before their cookies went to the buffered groups.
+  for (uint32_t c : left.stale) ledger_->Settled(c);
   if (!left.unprocessed.empty()) {
     const uint64_t before = stats_->groups;
     processor_->Process(left.unprocessed, MonotonicNs());
     stats_->recovered_groups += stats_->groups - before;
+    // Now, before the first read: a group the kernel answered itself meanwhile (its owner
+    // detached) costs a harmless EINVAL here, where after a read its cookie could name a new
+    // group.
+    absl::Status st = WriteQueued();
+    if (!st.ok() && result.ok()) result = st;
   }
   ledger_->Consumed(left.buffered);
   if (!left.owed.empty() || !left.unprocessed.empty()) {
@@ -490,7 +487,7 @@ absl::Status Device::ResetFunction() {
 
 absl::Status Device::ReadAvailable(uint64_t deadline_ns, uint32_t max_records) {
   while (!read_failed_ && MonotonicNs() < deadline_ns) {
-    auto buf = read_buffer();
+    auto buf = BeginRead();
     ssize_t n = sys_->Read(fault_fd(), buf.data(), buf.size_bytes());
     if (n > 0) {
       ++stats_->reads;

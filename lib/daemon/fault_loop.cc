@@ -151,7 +151,7 @@ void FaultLoop::ArmRead(Slot& slot) {
   io_uring_sqe_set_data(poll, &slot.poll);
   poll->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
   io_uring_sqe* sqe = GetSqe();
-  auto buf = d->read_buffer();
+  auto buf = d->BeginRead();
   // Offset 0: the fault fd's read insists on *ppos == 0 and never advances it.
   io_uring_prep_read(sqe, d->fault_fd(), buf.data(), static_cast<unsigned>(buf.size_bytes()), 0);
   io_uring_sqe_set_data(sqe, &slot.read);

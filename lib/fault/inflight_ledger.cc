@@ -1,6 +1,7 @@
 #include "iopfd/inflight_ledger.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -23,7 +24,7 @@ constexpr size_t kPage = 4096;
 size_t PageAlign(size_t n) { return (n + kPage - 1) / kPage * kPage; }
 size_t SlotsOffset() { return kPage; }
 size_t RecordsOffset() {
-  return SlotsOffset() + PageAlign(sizeof(uint32_t) * InflightLedger::kCookieSlots);
+  return SlotsOffset() + PageAlign(2 * sizeof(uint32_t) * InflightLedger::kCookieSlots);
 }
 size_t FileSize(uint32_t records) {
   return RecordsOffset() + PageAlign(sizeof(uapi::PageFault) * records);
@@ -42,7 +43,8 @@ bool IsZero(const uapi::PageFault& r) {
 }  // namespace
 
 // Page 0 of the file. buffer_in_use is the largest buffer size a read was given: records past
-// it were never written by the kernel.
+// it were never written by the kernel. read_seq numbers the reads; buffer_live is 1 from a
+// read's start until its records are consumed.
 struct InflightLedger::Header {
   char magic[8];
   uint32_t version;
@@ -50,7 +52,15 @@ struct InflightLedger::Header {
   uint32_t capacity;
   uint32_t cookie_slots;
   uint32_t buffer_in_use;
+  uint32_t read_seq;
+  uint32_t buffer_live;
   uint32_t reserved;
+};
+
+// One cookie's owed answer: code + 1 (0: nothing owed), and the read that delivered its group.
+struct InflightLedger::Slot {
+  uint32_t code_plus_one;
+  uint32_t read_seq;
 };
 
 InflightLedger::InflightLedger(UniqueFd fd, void* map, size_t size)
@@ -61,8 +71,8 @@ InflightLedger::~InflightLedger() {
 }
 
 InflightLedger::Header* InflightLedger::header() const { return static_cast<Header*>(map_); }
-uint32_t* InflightLedger::slots() const {
-  return reinterpret_cast<uint32_t*>(static_cast<char*>(map_) + SlotsOffset());
+InflightLedger::Slot* InflightLedger::slots() const {
+  return reinterpret_cast<Slot*>(static_cast<char*>(map_) + SlotsOffset());
 }
 uapi::PageFault* InflightLedger::records() const {
   return reinterpret_cast<uapi::PageFault*>(static_cast<char*>(map_) + RecordsOffset());
@@ -92,6 +102,8 @@ absl::StatusOr<std::unique_ptr<InflightLedger>> InflightLedger::Create(const std
   h->capacity = max_records;
   h->cookie_slots = kCookieSlots;
   h->buffer_in_use = 0;
+  h->read_seq = 0;
+  h->buffer_live = 0;
   return std::unique_ptr<InflightLedger>(new InflightLedger(std::move(fd), map, size));
 }
 
@@ -116,7 +128,8 @@ absl::StatusOr<std::unique_ptr<InflightLedger>> InflightLedger::Open(const std::
   } else if (h->record_size != sizeof(uapi::PageFault) || h->cookie_slots != kCookieSlots) {
     bad = absl::StrCat("record size ", h->record_size, " and ", h->cookie_slots,
                        " cookie slots, expected ", sizeof(uapi::PageFault), " and ", kCookieSlots);
-  } else if (h->capacity == 0 || FileSize(h->capacity) != size || h->buffer_in_use > h->capacity) {
+  } else if (h->capacity == 0 || FileSize(h->capacity) != size || h->buffer_in_use > h->capacity ||
+             h->buffer_live > 1) {
     bad = absl::StrCat("capacity ", h->capacity, " (in use ", h->buffer_in_use,
                        ") does not match its size ", size);
   }
@@ -127,15 +140,26 @@ absl::StatusOr<std::unique_ptr<InflightLedger>> InflightLedger::Open(const std::
   return std::unique_ptr<InflightLedger>(new InflightLedger(std::move(fd), map, size));
 }
 
-std::span<uapi::PageFault> InflightLedger::Buffer(uint32_t records) {
+std::span<uapi::PageFault> InflightLedger::BeginRead(uint32_t records) {
   if (records > capacity_) records = capacity_;
-  if (records > header()->buffer_in_use) header()->buffer_in_use = records;
+  Header* h = header();
+  if (records > h->buffer_in_use) h->buffer_in_use = records;
+  ++h->read_seq;
+  StoreOrder();
+  h->buffer_live = 1;  // before the read is issued: its records count from now on
+  StoreOrder();
   return {this->records(), records};
+}
+
+std::span<uapi::PageFault> InflightLedger::Buffer(uint32_t records) {
+  return {this->records(), records > capacity_ ? capacity_ : records};
 }
 
 void InflightLedger::Consumed(size_t n) {
   if (n > capacity_) n = capacity_;
-  StoreOrder();  // the answers' Owe() before the records disappear
+  StoreOrder();  // the answers' Owe() before the buffer dies
+  header()->buffer_live = 0;
+  StoreOrder();  // a crash inside the memset finds a dead buffer, whatever is left in it
   std::memset(static_cast<void*>(records()), 0, n * sizeof(uapi::PageFault));
   StoreOrder();
 }
@@ -145,42 +169,98 @@ void InflightLedger::Owe(uint32_t cookie, uint32_t code) {
     ++untracked_;
     return;
   }
-  slots()[cookie] = code + 1;
+  // read_seq first, then the code that makes the slot count.
+  slots()[cookie].read_seq = header()->read_seq;
+  StoreOrder();
+  slots()[cookie].code_plus_one = code + 1;
 }
 
 void InflightLedger::Settled(uint32_t cookie) {
-  if (cookie < kCookieSlots) slots()[cookie] = 0;
+  if (cookie < kCookieSlots) slots()[cookie].code_plus_one = 0;
 }
 
 void InflightLedger::SettleAll() {
-  std::memset(static_cast<void*>(slots()), 0, sizeof(uint32_t) * kCookieSlots);
+  std::memset(static_cast<void*>(slots()), 0, sizeof(Slot) * kCookieSlots);
 }
 
 InflightLedger::Leftovers InflightLedger::FindLeftovers() const {
   Leftovers out;
-  absl::flat_hash_set<uint32_t> owed;
-  uint32_t* s = slots();
-  for (uint32_t c = 0; c < kCookieSlots; ++c) {
-    if (s[c] == 0) continue;
-    out.owed.push_back({c, s[c] - 1});
-    owed.insert(c);
-  }
-  // The kernel fills the buffer from the start and never splits a group, and a group's last
-  // record carries IOMMU_PGFAULT_FLAGS_LAST_PAGE: the records read but not processed are those
-  // up to the last one that is not all zero.
+  const Header* h = header();
+  const Slot* s = slots();
+  // The live buffer: the kernel fills it from the start and never splits a group, and a
+  // group's last record carries IOMMU_PGFAULT_FLAGS_LAST_PAGE, so what the read returned is
+  // everything up to the last record that is not all zero.
   const uapi::PageFault* r = records();
   size_t used = 0;
-  for (size_t i = header()->buffer_in_use; i > 0; --i) {
-    if (!IsZero(r[i - 1])) {
-      used = i;
-      break;
+  if (h->buffer_live == 1) {
+    for (size_t i = h->buffer_in_use; i > 0; --i) {
+      if (!IsZero(r[i - 1])) {
+        used = i;
+        break;
+      }
     }
   }
+  absl::flat_hash_set<uint32_t> buffered;
+  for (size_t i = 0; i < used; ++i) buffered.insert(r[i].cookie);
+  // An owed cookie also in the buffer: the same group when the slot is of this read (the
+  // answer stands, the records are skipped); else the kernel accepted the old answer and gave
+  // the cookie to the buffered group (the old answer is stale).
+  absl::flat_hash_set<uint32_t> answered_here;
+  for (uint32_t c = 0; c < kCookieSlots; ++c) {
+    if (s[c].code_plus_one == 0) continue;
+    if (buffered.count(c) != 0 && s[c].read_seq != h->read_seq) {
+      out.stale.push_back(c);
+      continue;
+    }
+    out.owed.push_back({c, s[c].code_plus_one - 1});
+    answered_here.insert(c);
+  }
   for (size_t i = 0; i < used; ++i) {
-    if (owed.count(r[i].cookie) == 0) out.unprocessed.push_back(r[i]);
+    if (!IsZero(r[i]) && answered_here.count(r[i].cookie) == 0) out.unprocessed.push_back(r[i]);
   }
   out.buffered = used;
   return out;
+}
+
+absl::StatusOr<InflightLedger::Answered> InflightLedger::AnswerAllLeftovers(
+    const std::string& device, int fault_fd) {
+  Leftovers left = FindLeftovers();
+  std::vector<uapi::PageResponse> answers = left.owed;
+  absl::flat_hash_set<uint32_t> seen;
+  for (const uapi::PageFault& r : left.unprocessed) {
+    if (seen.insert(r.cookie).second) answers.push_back({r.cookie, uapi::kRespInvalid});
+  }
+  Answered out;
+  for (const uapi::PageResponse& a : answers) {
+    ssize_t n = WriteWaiting(fault_fd, a);
+    if (n == static_cast<ssize_t>(sizeof(a))) {
+      ++out.accepted;
+    } else if (n == -EINVAL) {
+      ++out.rejected;
+    } else {
+      return ErrnoStatus(n < 0 ? static_cast<int>(-n) : EIO, device,
+                         "write an answer a previous iopfd owed");
+    }
+  }
+  for (uint32_t c : left.stale) Settled(c);
+  SettleAll();
+  Consumed(left.buffered);
+  return out;
+}
+
+ssize_t WriteWaiting(int fd, const uapi::PageResponse& answer) {
+  // A fault fd's write never waits, but the fd is whatever the owner handed over: one that is
+  // not ready gets a few seconds, not an answer lost.
+  ssize_t n = 0;
+  for (int tries = 0; tries < 50; ++tries) {
+    n = write(fd, &answer, sizeof(answer));
+    if (n >= 0) return n;
+    n = -errno;
+    if (n != -EAGAIN && n != -EINTR) return n;
+    pollfd p = {fd, POLLOUT, 0};
+    (void)poll(&p, 1, 100);
+  }
+  return n;
 }
 
 }  // namespace iopfd

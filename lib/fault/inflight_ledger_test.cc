@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -63,7 +64,7 @@ TEST(InflightLedgerTest, OwedAnswersSurviveUntilSettled) {
 TEST(InflightLedgerTest, ProcessedRecordsAreGoneUnprocessedOnesAreFound) {
   auto l = *InflightLedger::Create("dev0", 16);
   // A read of three records: group 1 (two records) and group 2.
-  auto buf = l->Buffer(8);
+  auto buf = l->BeginRead(8);
   ASSERT_EQ(buf.size(), 8u);
   buf[0] = Rec(1, 0x1000, false);
   buf[1] = Rec(1, 0x2000, true);
@@ -91,9 +92,9 @@ TEST(InflightLedgerTest, ProcessedRecordsAreGoneUnprocessedOnesAreFound) {
 
 TEST(InflightLedgerTest, LargerBufferIsScannedOnlyAsFarAsUsed) {
   auto l = *InflightLedger::Create("dev0", 1024);
-  auto small = l->Buffer(4);
+  auto small = l->BeginRead(4);
   small[0] = Rec(7, 0x1000, true);
-  auto big = l->Buffer(4096);  // more than the capacity: clamped
+  auto big = l->BeginRead(4096);  // more than the capacity: clamped
   EXPECT_EQ(big.size(), 1024u);
   big[900] = Rec(8, 0x2000, true);  // as if a grown read had filled this far
   auto left = Reopen(*l)->FindLeftovers();
@@ -104,6 +105,72 @@ TEST(InflightLedgerTest, LargerBufferIsScannedOnlyAsFarAsUsed) {
     if (r.flags & uapi::kPgfaultLastPage) cookies.push_back(r.cookie);
   }
   EXPECT_THAT(cookies, ElementsAre(7u, 8u));
+}
+
+// The kernel accepted the answer for cookie 4 (read 1), then handed cookie 4 to a new group in
+// read 2, and the process died before it saw either completion: the owed answer is stale and
+// must not be written (it would answer the new group); the new group is resolved instead.
+TEST(InflightLedgerTest, AnOwedAnswerWhoseCookieANewerReadReusedIsStale) {
+  auto l = *InflightLedger::Create("dev0", 16);
+  auto first = l->BeginRead(4);
+  first[0] = Rec(4, 0x1000, true);
+  first[1] = Rec(5, 0x2000, true);
+  l->Owe(4, uapi::kRespSuccess);
+  l->Owe(5, uapi::kRespSuccess);
+  l->Consumed(2);
+  auto second = l->BeginRead(4);
+  second[0] = Rec(4, 0x9000, true);
+  auto left = Reopen(*l)->FindLeftovers();
+  EXPECT_THAT(left.stale, ElementsAre(4u));
+  EXPECT_THAT(left.owed, ElementsAre(Field(&uapi::PageResponse::cookie, 5u)));
+  ASSERT_EQ(left.unprocessed.size(), 1u);
+  EXPECT_EQ(left.unprocessed[0].addr, 0x9000u);
+}
+
+// Dying in the middle of Consumed's memset leaves part of the records: the buffer is already
+// dead, so none of them is taken for a group.
+TEST(InflightLedgerTest, ADeadBufferIsIgnoredWhateverIsLeftInIt) {
+  auto l = *InflightLedger::Create("dev0", 16);
+  auto buf = l->BeginRead(4);
+  buf[0] = Rec(1, 0x1000, true);
+  buf[1] = Rec(2, 0x2000, true);
+  l->Owe(1, uapi::kRespSuccess);
+  l->Owe(2, uapi::kRespSuccess);
+  l->Consumed(2);
+  buf[1] = Rec(2, 0x2000, true);  // as if the memset had not reached it
+  buf[1].cookie = 0;
+  auto left = Reopen(*l)->FindLeftovers();
+  EXPECT_TRUE(left.unprocessed.empty());
+  EXPECT_EQ(left.buffered, 0u);
+  EXPECT_EQ(left.owed.size(), 2u);
+}
+
+// A device handed back: everything iopfd read is answered on the fault fd itself.
+TEST(InflightLedgerTest, AnswerAllLeftoversAnswersOwedAndUnresolvedGroups) {
+  auto l = *InflightLedger::Create("dev0", 16);
+  auto buf = l->BeginRead(4);
+  buf[0] = Rec(1, 0x1000, false);
+  buf[1] = Rec(1, 0x2000, true);
+  buf[2] = Rec(3, 0x3000, true);
+  l->Owe(6, uapi::kRespSuccess);  // an earlier read's group, answer not yet written
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  auto answered = l->AnswerAllLeftovers("dev0", sv[1]);
+  ASSERT_TRUE(answered.ok()) << answered.status();
+  EXPECT_EQ(answered->accepted, 3u);
+  std::vector<std::pair<uint32_t, uint32_t>> got;
+  uapi::PageResponse r{};
+  while (recv(sv[0], &r, sizeof(r), MSG_DONTWAIT) == static_cast<ssize_t>(sizeof(r))) {
+    got.emplace_back(r.cookie, r.code);
+  }
+  EXPECT_THAT(got, ElementsAre(std::pair<uint32_t, uint32_t>{6, uapi::kRespSuccess},
+                               std::pair<uint32_t, uint32_t>{1, uapi::kRespInvalid},
+                               std::pair<uint32_t, uint32_t>{3, uapi::kRespInvalid}));
+  auto left = Reopen(*l)->FindLeftovers();
+  EXPECT_TRUE(left.owed.empty());
+  EXPECT_TRUE(left.unprocessed.empty());
+  close(sv[0]);
+  close(sv[1]);
 }
 
 TEST(InflightLedgerTest, CookiesBeyondTheTableAreCounted) {

@@ -225,6 +225,35 @@ TEST(FdStoreTest, AdoptedDeviceSurvivesARestartDuringAFloodWithEveryRequestAnswe
                                              "iopfd-adopted/v/fd1", "iopfd-adopted/v/fd2"));
 }
 
+// Runs iopfd on an adopted device, sends it `total` page requests without reading a response
+// (the socket fills, iopfd's writes get EAGAIN and it keeps owing answers), waits until it has
+// read them all, and kills it (SIGKILL: no clean stop).
+void CrashOwing(FakeSystemd* systemd, FakeQueue* q, const IopfdOptions& o, uint32_t total) {
+  auto first = std::make_unique<Iopfd>(o);
+  {
+    Client c(first->socket());
+    json r = Adopt(&c, q);
+    ASSERT_FALSE(r.contains("error")) << r.dump();
+  }
+  close(q->theirs);
+  q->theirs = -1;
+  ASSERT_TRUE(systemd->WaitFor(kStored));
+  uint32_t sent = 0;
+  while (sent < total && q->FaultWithin(0x100000 + (sent % 16) * 4096, 10000) != 0) ++sent;
+  ASSERT_EQ(sent, total);
+  uint64_t groups = 0;
+  for (int i = 0; i < 1000 && groups < total; ++i) {
+    Client c(first->socket());
+    json st = c.CallOne({{"method", "io.iopfd.GetStats"}, {"parameters", {{"device", "v"}}}});
+    groups = st["parameters"]["devices"][0]["groups"].get<uint64_t>();
+    if (groups < total) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(groups, total);
+  first->Signal(SIGKILL);
+  EXPECT_EQ(first->WaitExit(5000), -1);
+  systemd->Receive(50);
+}
+
 // A crash leaves no answer behind: iopfd is killed (SIGKILL: no clean stop) while it owes
 // answers it could not write yet (the test does not read the responses, so its socket fills
 // and iopfd's writes get EAGAIN), and with groups read but not resolved. The kernel would keep
@@ -235,32 +264,8 @@ TEST(FdStoreTest, AfterACrashTheNextProcessAnswersWhatTheDeadOneOwed) {
   FakeQueue q;
   IopfdOptions o;
   o.env = systemd.Env();
-  auto first = std::make_unique<Iopfd>(o);
-  {
-    Client c(first->socket());
-    json r = Adopt(&c, &q);
-    ASSERT_FALSE(r.contains("error")) << r.dump();
-  }
-  close(q.theirs);
-  q.theirs = -1;
-  ASSERT_TRUE(systemd.WaitFor(kStored));
-
   constexpr uint32_t kTotal = 2000;
-  uint32_t sent = 0;
-  while (sent < kTotal && q.FaultWithin(0x100000 + (sent % 16) * 4096, 10000) != 0) ++sent;
-  ASSERT_EQ(sent, kTotal);
-  // Until iopfd has read every group: it answers them all, but can write only part.
-  uint64_t groups = 0;
-  for (int i = 0; i < 1000 && groups < kTotal; ++i) {
-    Client c(first->socket());
-    json st = c.CallOne({{"method", "io.iopfd.GetStats"}, {"parameters", {{"device", "v"}}}});
-    groups = st["parameters"]["devices"][0]["groups"].get<uint64_t>();
-    if (groups < kTotal) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_EQ(groups, kTotal);
-  first->Signal(SIGKILL);
-  EXPECT_EQ(first->WaitExit(5000), -1);
-  first.reset();
+  ASSERT_NO_FATAL_FAILURE(CrashOwing(&systemd, &q, o, kTotal));
 
   systemd.Receive(50);
   ASSERT_EQ(systemd.Names(), kStored);
@@ -275,7 +280,7 @@ TEST(FdStoreTest, AfterACrashTheNextProcessAnswersWhatTheDeadOneOwed) {
     }
     auto ledger = iopfd::InflightLedger::Open("v", iopfd::UniqueFd(dup(ledger_fd)));
     ASSERT_TRUE(ledger.ok()) << ledger.status();
-    auto buf = (*ledger)->Buffer(kUnresolved);
+    auto buf = (*ledger)->BeginRead(kUnresolved);
     for (uint32_t i = 0; i < kUnresolved; ++i) {
       buf[i] = {};
       buf[i].flags = iopfd::uapi::kPgfaultLastPage;
@@ -304,6 +309,26 @@ TEST(FdStoreTest, AfterACrashTheNextProcessAnswersWhatTheDeadOneOwed) {
   uint32_t next = q.Fault(0x100000);
   std::map<uint32_t, int> later = q.Responses(1, 10);
   EXPECT_EQ(later[next], 1);
+}
+
+// A crashed process's device that cannot be served again (a device file took its name) goes
+// back to its owner with everything iopfd read answered: nothing is left pending in its queue.
+TEST(FdStoreTest, ADeviceHandedBackAfterACrashHasWhatWasReadAnswered) {
+  FakeSystemd systemd;
+  FakeQueue q;
+  IopfdOptions o;
+  o.env = systemd.Env();
+  constexpr uint32_t kTotal = 500;
+  ASSERT_NO_FATAL_FAILURE(CrashOwing(&systemd, &q, o, kTotal));
+  auto answers = std::async(std::launch::async, [&] { return q.Responses(kTotal, 30); });
+  o.devices = {{"v.toml", DeviceText("v")}};
+  o.fds = systemd.Fds();
+  Iopfd second(o);
+  ExpectEachOnce(answers.get(), 1, kTotal, "handed back after the crash");
+  EXPECT_TRUE(systemd.WaitFor({}));
+  EXPECT_THAT(second.Log(), HasSubstr("group(s) the previous iopfd read and did not answer (0 "
+                                      "had been answered) before handing it back"));
+  EXPECT_THAT(second.Log(), HasSubstr("v: not adopted again from the fd store"));
 }
 
 TEST(FdStoreTest, AStoredDeviceWhoseNameADeviceFileTookIsHandedBack) {
