@@ -154,7 +154,15 @@ bool CaseStartReachesActiveAfterReady(const Run& r) {
   std::string log = Sh("journalctl -q -o cat -u iopfd.service").second;
   v.Expect(Contains(log, "nic0:"), "no logged reason for nic0");
   v.Expect(Contains(log, "serving 0 of 1 device(s)"), "no 'serving 0 of 1' line");
-  v.Expect(Contains(log, "watchdog: pinging every 5000 ms"), "watchdog not armed");
+  // Logged right after READY=1, so possibly after start returned: waited for.
+  v.Expect(WaitFor(
+               [] {
+                 Sh("journalctl --sync");
+                 return Contains(Sh("journalctl -q -o cat -u iopfd.service").second,
+                                 "watchdog: pinging every 5000 ms");
+               },
+               10000),
+           "watchdog not armed");
   uint64_t exec = ShowNum("ExecMainStartTimestampMonotonic");
   uint64_t active = ShowNum("ActiveEnterTimestampMonotonic");
   v.Expect(active > exec && exec > 0, "ActiveEnter before ExecMainStart");
