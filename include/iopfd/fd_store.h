@@ -88,8 +88,14 @@ class FdStore {
   Sender send_;
   size_t max_ = 0;
   size_t kept_ = 0;
-  // Entries per device kept by this process or found at start, for Forget and the count.
-  std::vector<std::pair<std::string, size_t>> devices_;
+  // What is held for a device: the names of its entries (record first), for Forget, and how
+  // many descriptors systemd holds under them, for the count.
+  struct Held {
+    std::vector<std::string> names;
+    size_t entries = 0;
+  };
+  // Per device kept by this process or found at start.
+  std::vector<std::pair<std::string, Held>> devices_;
 };
 
 }  // namespace iopfd

@@ -95,7 +95,9 @@ class InflightLedger {
     std::vector<uapi::PageResponse> owed;      // answers to write again
     std::vector<uapi::PageFault> unprocessed;  // records to resolve, whole groups
     std::vector<uint32_t> stale;               // owed answers superseded by a reused cookie
-    size_t buffered = 0;                       // records found in the buffer (Consumed() them)
+    // Records to clear (Consumed()) once the answers are written: those of a live buffer, and
+    // any a crash inside the zeroing left in a dead one.
+    size_t buffered = 0;
   };
   // Returns what a previous process left (see above). Changes nothing: the caller settles each
   // owed answer once written (and each stale one), and consumes the buffered records once their

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
+#include "iopfd/json.h"
+
 namespace iopfd {
 
 const char kVarlinkServiceDescription[] =
@@ -68,10 +71,14 @@ std::optional<std::string> MessageFramer::Next() {
 }
 
 absl::StatusOr<VarlinkCall> ParseCall(std::string_view message) {
-  // nlohmann::json rejects invalid UTF-8 in strings as a parse error, which is what the
+  // Bounded nesting (json.h): a message that nests deeper is refused before any nested value
+  // exists. nlohmann::json rejects invalid UTF-8 in strings as a parse error, which is what the
   // protocol wants: such a message is not a call.
-  nlohmann::json j = nlohmann::json::parse(message, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError("message is not valid JSON");
+  absl::StatusOr<nlohmann::json> parsed = ParseJson(message);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("message ", parsed.status().message()));
+  }
+  nlohmann::json& j = *parsed;
   if (!j.is_object()) return absl::InvalidArgumentError("message is not a JSON object");
   VarlinkCall call;
   auto method = j.find("method");
@@ -81,7 +88,7 @@ absl::StatusOr<VarlinkCall> ParseCall(std::string_view message) {
   call.method = method->get<std::string>();
   if (auto p = j.find("parameters"); p != j.end() && !p->is_null()) {
     if (!p->is_object()) return absl::InvalidArgumentError("\"parameters\" is not an object");
-    call.parameters = *p;
+    call.parameters = std::move(*p);
   }
   for (auto [key, field] : {std::pair{"oneway", &call.oneway}, std::pair{"more", &call.more},
                             std::pair{"upgrade", &call.upgrade}}) {

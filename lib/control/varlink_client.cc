@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "iopfd/errors.h"
+#include "iopfd/json.h"
 
 namespace iopfd {
 namespace {
@@ -99,15 +100,15 @@ absl::StatusOr<VarlinkReply> VarlinkClient::Next() {
 }
 
 absl::StatusOr<VarlinkReply> VarlinkClient::TakeMessage(size_t end) {
-  nlohmann::json message =
-      nlohmann::json::parse(buffer_.begin(), buffer_.begin() + static_cast<ptrdiff_t>(end),
-                            /*cb=*/nullptr, /*allow_exceptions=*/false);
+  // A daemon's reply is outside input too (a wrong or hostile socket): bounded like a call.
+  absl::StatusOr<nlohmann::json> parsed = ParseJson(std::string_view(buffer_).substr(0, end));
   buffer_.erase(0, end + 1);
   scanned_ = 0;
-  auto malformed = [this](const char* what) {
+  auto malformed = [this](absl::string_view what) {
     return absl::DataLossError(absl::StrCat(peer_, ": malformed reply: ", what));
   };
-  if (message.is_discarded()) return malformed("not valid JSON");
+  if (!parsed.ok()) return malformed(parsed.status().message());
+  nlohmann::json& message = *parsed;
   if (!message.is_object()) return malformed("not a JSON object");
   VarlinkReply reply;
   if (auto it = message.find("parameters"); it != message.end() && !it->is_null()) {

@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "iopfd/errors.h"
+#include "iopfd/json.h"
 #include "iopfd/log.h"
 #include "nlohmann/json.hpp"
 
@@ -29,6 +30,23 @@ constexpr off_t kMaxRecordBytes = 1 << 20;
 std::string RecordName(const std::string& device) { return kFdStorePrefix + device; }
 std::string FdName(const std::string& device, size_t i) {
   return absl::StrCat(kFdStorePrefix, device, "/fd", i);
+}
+
+// The index in a descriptor's name "fd<i>" as Keep writes it: decimal without sign, spaces or
+// leading zeros, below the most descriptors one Adopt call can carry. nullopt for anything else,
+// so that a name cannot alias another or claim a huge index.
+std::optional<size_t> ParseFdIndex(std::string_view part) {
+  constexpr size_t kMaxIndex = 1024;
+  if (part.size() < 3 || part.substr(0, 2) != "fd" || part.size() > 6) return std::nullopt;
+  std::string_view digits = part.substr(2);
+  if (digits.size() > 1 && digits[0] == '0') return std::nullopt;
+  size_t v = 0;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + static_cast<size_t>(c - '0');
+  }
+  if (v >= kMaxIndex) return std::nullopt;
+  return v;
 }
 
 // Writes the record into a sealed memfd: nobody, systemd included, can change it afterwards.
@@ -67,9 +85,18 @@ std::optional<json> ReadRecord(int fd, std::string* why) {
     }
     done += static_cast<size_t>(n);
   }
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object() || j.value("version", 0) != 1 || !j.contains("config") ||
-      !j["config"].is_string() || !j.contains("fds") || !j["fds"].is_array()) {
+  // The record is what a previous process wrote, but the file is whatever systemd handed back
+  // under that name: read it as hostile (bounded depth, every field's type checked before use).
+  absl::StatusOr<json> parsed = ParseJson(text);
+  if (!parsed.ok()) {
+    *why = absl::StrCat("not a record: ", parsed.status().message());
+    return std::nullopt;
+  }
+  json& j = *parsed;
+  uint64_t version = 0;
+  if (!j.is_object() || !j.contains("version") || !GetUnsigned(j["version"], 1, &version) ||
+      version != 1 || !j.contains("config") || !j["config"].is_string() || !j.contains("fds") ||
+      !j["fds"].is_array()) {
     *why = "not a version 1 record {version, config, fds}";
     return std::nullopt;
   }
@@ -140,7 +167,9 @@ absl::Status FdStore::Keep(const std::string& device, const std::string& config_
     const int fd = memfd->get();
     rc = send_(absl::StrCat("FDSTORE=1\nFDPOLL=0\nFDNAME=", RecordName(device)), {&fd, 1});
   }
-  devices_.emplace_back(device, entries);
+  std::vector<std::string> names{RecordName(device)};
+  for (size_t i = 0; i < fds.size(); ++i) names.push_back(FdName(device, i));
+  devices_.emplace_back(device, Held{std::move(names), entries});
   kept_ += entries;
   if (rc <= 0) {
     Forget(device);
@@ -155,14 +184,14 @@ void FdStore::Forget(const std::string& device) {
   auto it = std::find_if(devices_.begin(), devices_.end(),
                          [&](const auto& d) { return d.first == device; });
   if (it == devices_.end()) return;
-  const size_t entries = it->second;
-  kept_ -= entries;
+  const Held held = std::move(it->second);
+  kept_ -= held.entries;
   devices_.erase(it);
-  // Every entry of one name goes with one message; the record first, so that a stop in between
-  // leaves descriptors without a record (removed at the next start), never the reverse.
-  std::vector<std::string> names{RecordName(device)};
-  for (size_t i = 0; i + 1 < entries; ++i) names.push_back(FdName(device, i));
-  for (const std::string& n : names) {
+  // Every entry of one name goes with one message, and only names that exist are named (never
+  // a count derived from what the store held, which may be anything). The record first, so that
+  // a stop in between leaves descriptors without a record (removed at the next start), never
+  // the reverse.
+  for (const std::string& n : held.names) {
     int rc = send_("FDSTOREREMOVE=1\nFDNAME=" + n, {});
     if (rc < 0) {
       Log(LogLevel::kWarning,
@@ -175,11 +204,15 @@ void FdStore::Forget(const std::string& device) {
 std::vector<FdStore::Stored> FdStore::TakeStored(ListenFds* inherited,
                                                  std::vector<std::string>* problems) {
   std::vector<Stored> out;
-  // Group the entries by device: the record, and descriptors by index.
+  // Group the entries by device: the record, and descriptors by index, with every name seen
+  // (the names to remove if the device cannot be taken back).
   struct Entries {
     std::optional<UniqueFd> record;
     std::map<size_t, UniqueFd> fds;
+    std::vector<std::string> names;
+    size_t entries = 0;
     size_t order = 0;
+    std::string poisoned;  // why the entries cannot be trusted, if they cannot
   };
   std::map<std::string, Entries> by_device;
   const std::string prefix = kFdStorePrefix;
@@ -190,14 +223,27 @@ std::vector<FdStore::Stored> FdStore::TakeStored(ListenFds* inherited,
     if (!fd.ok()) continue;
     std::string rest = name.substr(prefix.size());
     size_t slash = rest.find('/');
-    size_t index = 0;
-    if (slash == std::string::npos) {
+    std::optional<size_t> index;
+    if (slash != std::string::npos) index = ParseFdIndex(std::string_view(rest).substr(slash + 1));
+    if (slash == std::string::npos && !rest.empty()) {
       Entries& e = by_device[rest];
-      e.record = std::move(*fd);
-      e.order = order++;
-    } else if (rest.compare(slash + 1, 2, "fd") == 0 &&
-               absl::SimpleAtoi(rest.substr(slash + 3), &index)) {
-      by_device[rest.substr(0, slash)].fds[index] = std::move(*fd);
+      if (e.record.has_value()) {
+        e.poisoned = "two records under one name";  // which one is iopfd's is unknowable
+      } else {
+        e.record = std::move(*fd);
+        e.order = order++;
+      }
+      ++e.entries;
+      if (std::find(e.names.begin(), e.names.end(), name) == e.names.end()) {
+        e.names.insert(e.names.begin(), name);  // the record is removed first
+      }
+    } else if (slash != std::string::npos && slash > 0 && index.has_value()) {
+      Entries& e = by_device[rest.substr(0, slash)];
+      if (!e.fds.emplace(*index, std::move(*fd)).second) {
+        e.poisoned = absl::StrCat("two descriptors named '", name, "'");
+      }
+      ++e.entries;
+      if (std::find(e.names.begin(), e.names.end(), name) == e.names.end()) e.names.push_back(name);
     } else {
       problems->push_back(
           absl::StrCat("fd store: '", name, "' is not an entry iopfd makes; closed"));
@@ -211,6 +257,8 @@ std::vector<FdStore::Stored> FdStore::TakeStored(ListenFds* inherited,
     std::optional<json> record;
     if (!e.record.has_value()) {
       why = "descriptors without a record (iopfd stopped while storing or forgetting them)";
+    } else if (!e.poisoned.empty()) {
+      why = e.poisoned;
     } else if (record = ReadRecord(e.record->get(), &why); record.has_value()) {
       if ((*record)["fds"].size() != e.fds.size() || n_fds != e.fds.size()) {
         why = absl::StrCat("the record names ", (*record)["fds"].size(), " descriptors, ",
@@ -219,8 +267,8 @@ std::vector<FdStore::Stored> FdStore::TakeStored(ListenFds* inherited,
       }
     }
     // Counted as kept either way: Forget removes every entry systemd holds for it.
-    devices_.emplace_back(device, n_fds + 1);
-    kept_ += n_fds + 1;
+    devices_.emplace_back(device, Held{e.names, e.entries});
+    kept_ += e.entries;
     if (!record.has_value()) {
       problems->push_back(absl::StrCat("fd store: adopted device '", device,
                                        "' cannot be taken back: ", why, "; removed"));

@@ -217,8 +217,8 @@ TEST(FdStoreTest, EntriesThatMakeUpNoAdoptionAreClosedRemovedAndNamed) {
       problems,
       UnorderedElementsAre(
           "fd store: 'iopfd-adopted/x/y' is not an entry iopfd makes; closed",
-          "fd store: adopted device 'junk' cannot be taken back: not a version 1 record "
-          "{version, config, fds}; removed",
+          "fd store: adopted device 'junk' cannot be taken back: not a record: not valid JSON; "
+          "removed",
           "fd store: adopted device 'orphan' cannot be taken back: descriptors without a record "
           "(iopfd stopped while storing or forgetting them); removed",
           "fd store: adopted device 'short' cannot be taken back: the record names 2 "
@@ -228,6 +228,64 @@ TEST(FdStoreTest, EntriesThatMakeUpNoAdoptionAreClosedRemovedAndNamed) {
               UnorderedElementsAre("iopfd-adopted/good/fd0", "iopfd-adopted/good", "dsa0-fault"));
   EXPECT_THAT(inherited.Untaken(), UnorderedElementsAre("control", "dsa0-fault"));
   EXPECT_EQ(next.kept(), 2u);
+}
+
+// Issue 12: the store is read as hostile. A descriptor index is what Keep writes or nothing: a
+// huge one (which made Forget send 100 million removals, or wrapped to 0 and was never removed)
+// or a non-canonical one is not an entry iopfd makes; a device is removed by the names it has,
+// one message each.
+TEST(FdStoreTest, HugeOrNonCanonicalIndicesAreNotEntries) {
+  FakeServiceManager systemd;
+  systemd.entries.emplace_back("iopfd-adopted/d/fd99999999", Marked("h"));
+  systemd.entries.emplace_back("iopfd-adopted/d/fd18446744073709551615", Marked("w"));
+  systemd.entries.emplace_back("iopfd-adopted/d/fd01", Marked("z"));
+  systemd.entries.emplace_back("iopfd-adopted/d/fd+1", Marked("p"));
+  systemd.entries.emplace_back("iopfd-adopted/d/fd 1", Marked("s"));
+  systemd.entries.emplace_back("iopfd-adopted/d/fd", Marked("n"));
+  systemd.entries.emplace_back("iopfd-adopted//fd0", Marked("e"));
+  systemd.entries.emplace_back("iopfd-adopted/", Marked("r"));
+  systemd.entries.emplace_back("iopfd-adopted/big/fd1023", Marked("b"));  // no record
+  FdStore next(systemd.sender(), 64);
+  ListenFds inherited = systemd.Restart();
+  std::vector<std::string> problems;
+  EXPECT_THAT(next.TakeStored(&inherited, &problems), IsEmpty());
+  EXPECT_EQ(problems.size(), 9u);
+  for (const std::string& p : problems) EXPECT_THAT(p, HasSubstr("fd store: ")) << p;
+  EXPECT_THAT(problems, ::testing::Contains(HasSubstr("adopted device 'big'")));
+  // Everything went, each with one message: no message names a name that was not there.
+  EXPECT_THAT(systemd.Names(), ElementsAre());
+  EXPECT_LE(systemd.messages.size(), 10u);
+  EXPECT_EQ(next.kept(), 0u);
+}
+
+// A record whose fields have the wrong types: a version that is a string (which threw from
+// nlohmann-json and terminated iopfd), a float too large for any integer (an undefined
+// conversion), a negative one; fds that are not names; deep nesting.
+TEST(FdStoreTest, RecordsWithFieldsOfTheWrongTypeAreRemovedNotFatal) {
+  const std::vector<std::string> bad = {
+      R"({"version":"1","config":"","fds":[]})",
+      R"({"version":1e20,"config":"","fds":[]})",
+      R"({"version":-1,"config":"","fds":[]})",
+      R"({"version":1.0,"config":"","fds":[]})",
+      R"({"version":1,"config":7,"fds":[]})",
+      R"({"version":1,"config":"","fds":[7]})",
+      R"({"version":1,"config":"","fds":{}})",
+      R"([1])",
+      R"({"version":1,"config":"","fds":[],"x":)" + std::string(100000, '[') +
+          std::string(100000, ']') + "}",
+  };
+  FakeServiceManager systemd;
+  for (size_t i = 0; i < bad.size(); ++i) {
+    systemd.entries.emplace_back("iopfd-adopted/r" + std::to_string(i), Marked(bad[i]));
+  }
+  FdStore next(systemd.sender(), 64);
+  ListenFds inherited = systemd.Restart();
+  std::vector<std::string> problems;
+  EXPECT_THAT(next.TakeStored(&inherited, &problems), IsEmpty());
+  ASSERT_EQ(problems.size(), bad.size());
+  for (const std::string& p : problems) EXPECT_THAT(p, HasSubstr("cannot be taken back")) << p;
+  EXPECT_THAT(problems.back(), HasSubstr("nested deeper than 64 levels"));
+  EXPECT_THAT(systemd.Names(), ElementsAre());
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -190,16 +191,19 @@ InflightLedger::Leftovers InflightLedger::FindLeftovers() const {
   // The live buffer: the kernel fills it from the start and never splits a group, and a
   // group's last record carries IOMMU_PGFAULT_FLAGS_LAST_PAGE, so what the read returned is
   // everything up to the last record that is not all zero.
+  // A dead buffer's records were all answered, but they may not all be zero: a crash inside
+  // Consumed()'s zeroing leaves some behind. They must be cleared before the next read, which
+  // overwrites only as many records as it returns: were they left, a later crash would count
+  // them as part of that read.
   const uapi::PageFault* r = records();
-  size_t used = 0;
-  if (h->buffer_live == 1) {
-    for (size_t i = h->buffer_in_use; i > 0; --i) {
-      if (!IsZero(r[i - 1])) {
-        used = i;
-        break;
-      }
+  size_t dirty = 0;
+  for (size_t i = std::min(h->buffer_in_use, capacity_); i > 0; --i) {
+    if (!IsZero(r[i - 1])) {
+      dirty = i;
+      break;
     }
   }
+  const size_t used = h->buffer_live == 1 ? dirty : 0;
   absl::flat_hash_set<uint32_t> buffered;
   for (size_t i = 0; i < used; ++i) buffered.insert(r[i].cookie);
   // An owed cookie also in the buffer: the same group when the slot is of this read (the
@@ -212,13 +216,17 @@ InflightLedger::Leftovers InflightLedger::FindLeftovers() const {
       out.stale.push_back(c);
       continue;
     }
-    out.owed.push_back({c, s[c].code_plus_one - 1});
+    // The file outlived the process that wrote it and is read as hostile: a code the kernel
+    // does not know would be refused and leave the group pending, so it becomes INVALID.
+    uint32_t code = s[c].code_plus_one - 1;
+    if (code != uapi::kRespSuccess && code != uapi::kRespInvalid) code = uapi::kRespInvalid;
+    out.owed.push_back({c, code});
     answered_here.insert(c);
   }
   for (size_t i = 0; i < used; ++i) {
     if (!IsZero(r[i]) && answered_here.count(r[i].cookie) == 0) out.unprocessed.push_back(r[i]);
   }
-  out.buffered = used;
+  out.buffered = dirty;
   return out;
 }
 

@@ -141,8 +141,52 @@ TEST(InflightLedgerTest, ADeadBufferIsIgnoredWhateverIsLeftInIt) {
   buf[1].cookie = 0;
   auto left = Reopen(*l)->FindLeftovers();
   EXPECT_TRUE(left.unprocessed.empty());
-  EXPECT_EQ(left.buffered, 0u);
+  EXPECT_EQ(left.buffered, 2u) << "what the memset did not reach is to be cleared";
   EXPECT_EQ(left.owed.size(), 2u);
+}
+
+// Two crashes: the first inside Consumed()'s zeroing, the second after the next process's
+// first read. The records the first crash left must not be taken for part of that read (they
+// would be answered under cookies that name other groups by then).
+TEST(InflightLedgerTest, RecordsACrashLeftInADeadBufferAreClearedBeforeTheNextRead) {
+  auto a = *InflightLedger::Create("dev0", 16);
+  auto buf = a->BeginRead(4);
+  for (uint32_t i = 0; i < 4; ++i) {
+    buf[i] = Rec(i + 1, 0x1000 * (i + 1), true);
+    a->Owe(i + 1, uapi::kRespSuccess);
+  }
+  a->Consumed(4);
+  buf[2] = Rec(3, 0x3000, true);  // the crash: the memset reached only the first two
+  buf[3] = Rec(4, 0x4000, true);
+
+  // The next process recovers: writes the owed answers, clears the buffer.
+  auto b = Reopen(*a);
+  auto left = b->FindLeftovers();
+  EXPECT_EQ(left.owed.size(), 4u);
+  EXPECT_TRUE(left.unprocessed.empty());
+  for (const auto& r : left.owed) b->Settled(r.cookie);
+  b->Consumed(left.buffered);
+  // Its first read returns one group, cookie 4 reused for a new request; it crashes before
+  // processing it.
+  auto next = b->BeginRead(4);
+  for (const auto& r : next) ASSERT_TRUE(r.cookie == 0 && r.addr == 0) << "buffer not cleared";
+  next[0] = Rec(4, 0x9000, true);
+
+  auto c = Reopen(*b)->FindLeftovers();
+  EXPECT_TRUE(c.owed.empty());
+  ASSERT_EQ(c.unprocessed.size(), 1u);
+  EXPECT_EQ(c.unprocessed[0].addr, 0x9000u);
+  EXPECT_EQ(c.buffered, 1u);
+}
+
+// The ledger is read as hostile: an owed code the kernel does not know becomes INVALID (the
+// kernel would refuse it and leave the group pending).
+TEST(InflightLedgerTest, AnUnknownOwedCodeIsAnsweredInvalid) {
+  auto l = *InflightLedger::Create("dev0", 4);
+  l->Owe(2, 77);
+  auto left = Reopen(*l)->FindLeftovers();
+  ASSERT_EQ(left.owed.size(), 1u);
+  EXPECT_EQ(left.owed[0].code, uapi::kRespInvalid);
 }
 
 // A device handed back: everything iopfd read is answered on the fault fd itself.

@@ -118,6 +118,32 @@ TEST_F(ControlSocketTest, BadInputGetsAnErrorOrAClosedConnectionNeverACrash) {
   EXPECT_EQ(iopfd_.Stop(), 0);
 }
 
+// Issue 12: one 400 KB message of 200,000 nested arrays killed iopfd (the stack ran out
+// copying the parsed value). Any member of control.group can send it: it must get an error and
+// a closed connection, and every other client must go on being served. 100,000 deep, which
+// used to be answered, is refused the same way now (both are far beyond kMaxJsonDepth).
+TEST(ControlHostileTest, DeepNestingIsRefusedAndTheDaemonLives) {
+  iopfd_test::IopfdOptions opts;
+  opts.global = "[control]\nmax_message_bytes = 1048576\n";
+  Iopfd iopfd(opts);
+  for (size_t depth : {size_t{200000}, size_t{100000}, size_t{65}}) {
+    Client c(iopfd.socket());
+    ASSERT_TRUE(c.connected());
+    std::string msg = R"({"method":"io.iopfd.GetStatus","parameters":{"x":)" +
+                      std::string(depth, '[') + std::string(depth, ']') + "}}";
+    ASSERT_TRUE(c.Send(msg + '\0'));
+    auto reply = c.Next();
+    ASSERT_TRUE(reply.has_value()) << "no reply to " << depth << " levels: " << iopfd.Log();
+    EXPECT_EQ((*reply)["error"], "org.varlink.service.InvalidParameter");
+    EXPECT_THAT((*reply)["parameters"]["parameter"].get<std::string>(),
+                ::testing::HasSubstr("nested deeper than 64 levels"));
+    EXPECT_EQ(c.Next(), std::nullopt) << "closed after a message that is not a call";
+  }
+  Client after(iopfd.socket());
+  EXPECT_EQ(after.CallOne({{"method", "io.iopfd.GetStatus"}})["parameters"]["health"], "ok");
+  EXPECT_EQ(iopfd.Stop(), 0);
+}
+
 TEST_F(ControlSocketTest, AClientThatNeverReadsIsDroppedAndOthersAreServed) {
   Client hog(iopfd_.socket());
   int small = 4096;
