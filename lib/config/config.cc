@@ -31,6 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "iopfd/errors.h"
 #include "iopfd/fd.h"
+#include "iopfd/toml_guard.h"
 #include "iopfd/uapi.h"
 
 namespace iopfd {
@@ -874,6 +875,12 @@ void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backing
 // Parses TOML text; reports a syntax error and returns nullopt on failure.
 std::optional<toml::table> ParseToml(std::string_view text, const std::string& file,
                                      std::vector<ConfigError>* errors) {
+  // toml++ must never see text it may crash on (toml_guard.h).
+  if (std::optional<TomlTextProblem> p = CheckTomlText(text)) {
+    errors->push_back(
+        ConfigError{SourceLocation{file, p->line, p->column}, Cat("invalid TOML: ", p->message)});
+    return std::nullopt;
+  }
   try {
     return toml::parse(text, std::string_view(file));
   } catch (const toml::parse_error& e) {

@@ -31,8 +31,8 @@ mkdir -p "$dir"
 root="$dir/root.tmp"
 rm -rf "$root"
 # What the test needs besides systemd itself: the libraries iopfd's package depends on that
-# trixie carries under the same names (libabsl20220623 and libtomlplusplus3 are bookworm's
-# and travel with the package, see run-systemd-vm.sh), and procps for the test's own checks.
+# trixie carries under the same names (libabsl20220623 is bookworm's and travels with the
+# package, see run-systemd-vm.sh), and procps for the test's own checks.
 include=systemd,systemd-sysv,init-system-helpers,liburing2,libnl-3-200,procps
 log "debootstrap trixie (minbase + $include) from $uri; this takes a few minutes"
 debootstrap --variant=minbase --include="$include" --keyring="$keyring" trixie "$root" "$uri" \

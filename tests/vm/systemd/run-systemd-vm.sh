@@ -45,11 +45,12 @@ g++ -std=c++20 -O2 -Wall -Wextra -Werror -static -pthread -isystem "$uapi" \
   -isystem "$uapi/x86_64-linux-gnu" -isystem "$KERNEL_SRC/drivers/iommu/iommufd" -I"$vm/guest" \
   "$here/systemd_check.cc" -o "$out/iopf-systemd-check"
 
-# The package is built on Debian 12: two of its libraries have other names in 13
-# (libabsl20240722, libtomlplusplus3t64), so bookworm's travel with it, as they would for
-# anyone installing a bookworm package on trixie. Fetched through the private apt configuration.
+# The package is built on Debian 12: one of its libraries has another name in 13
+# (libabsl20240722), so bookworm's travels with it, as it would for anyone installing a
+# bookworm package on trixie. Fetched through the private apt configuration. (toml++ is compiled
+# into iopfd from its headers: no library.)
 debs="${IOPFD_CACHE:-/var/cache/iopfd}/bookworm-debs"
-for p in libabsl20220623 libtomlplusplus3; do
+for p in libabsl20220623; do
   ls "$debs/${p}"_*.deb >/dev/null 2>&1 ||
     IOPFD_APT_STATE="${IOPFD_CACHE:-/var/cache/iopfd}/apt-bookworm" IOPFD_APT_SUITES=bookworm \
       "$top/scripts/debian-fetch.sh" "$debs" "$p" >/dev/null
@@ -86,7 +87,7 @@ trap 'rm -rf "$tmp"' EXIT
 # once the system is up; the driver installs the package itself.
 check="$tmp/check"
 mkdir -p "$check/iopf/debs" "$check/etc/systemd/system/multi-user.target.wants"
-cp "$deb" "$debs"/libabsl20220623_*.deb "$debs"/libtomlplusplus3_*.deb "$check/iopf/debs/"
+cp "$deb" "$debs"/libabsl20220623_*.deb "$check/iopf/debs/"
 cp "$out/iopf-systemd-check" "$check/iopf/"
 cp "$here/iopf-check.service" "$check/etc/systemd/system/"
 ln -s ../iopf-check.service "$check/etc/systemd/system/multi-user.target.wants/"
@@ -98,7 +99,7 @@ boot check "$check"
 # installed: what is timed is the boot, and boot 1 checked the installation.
 ready="$tmp/ready"
 mkdir -p "$ready/iopf"
-for d in "$deb" "$debs"/libabsl20220623_*.deb "$debs"/libtomlplusplus3_*.deb; do
+for d in "$deb" "$debs"/libabsl20220623_*.deb; do
   dpkg-deb -x "$d" "$ready"
 done
 # The root is merged-/usr: /lib is a symlink there, which a directory in the cpio must not
