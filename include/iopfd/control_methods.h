@@ -54,7 +54,10 @@ AdoptRequest ParseAdoptConfig(const std::string& text);
 // The text of lib/control/io.iopfd.varlink, compiled in.
 extern const char kIopfdInterfaceDescription[];
 
-// Registers interface io.iopfd and its methods on service.
+// Returns who may call each io.iopfd method (registered on the service by RegisterIopfdMethods).
+const std::vector<std::pair<std::string, Access>>& IopfdMethodAccess();
+
+// Registers interface io.iopfd, its methods and their access entries on service.
 void RegisterIopfdMethods(VarlinkService* service, DaemonState* state);
 
 // Returns the statistics of the given devices in the Prometheus text exposition format; with

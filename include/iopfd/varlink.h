@@ -122,9 +122,13 @@ struct Peer {
   bool RootOrIn(std::optional<gid_t> gid) const;
 };
 
-// Which peers may call what: read-only methods are for root and the control group (and the
-// admin group); mutating methods for root and the admin group. An unset group admits nobody but
-// root.
+// Who may call a method.
+enum class Access {
+  kRead,   // root, the control group and the admin group: the method changes nothing
+  kAdmin,  // root and the admin group
+};
+
+// Which peers are in which group. An unset group admits nobody but root.
 struct AccessPolicy {
   std::optional<gid_t> control_group;
   std::optional<gid_t> admin_group;
@@ -148,14 +152,21 @@ class VarlinkService {
   // Registers an interface and its description (the .varlink text GetInterfaceDescription
   // returns). Its methods are added with AddMethod.
   void AddInterface(const std::string& name, std::string description);
-  // Registers "interface.Method". `mutating` methods need AccessPolicy::MayMutate, the others
-  // MayRead. `params` lists the parameter names the method accepts: any other is refused with
-  // org.varlink.service.InvalidParameter before the handler runs.
-  void AddMethod(const std::string& qualified, bool mutating, std::vector<std::string> params,
-                 Handler handler);
+  // Registers "interface.Method". `params` lists the parameter names the method accepts: any
+  // other is refused with org.varlink.service.InvalidParameter before the handler runs. Who may
+  // call it is SetAccess's: a method without an access entry is refused (io.iopfd.
+  // PermissionDenied) to every peer but root, so a method added without deciding who may call
+  // it is closed, not open.
+  void AddMethod(const std::string& qualified, std::vector<std::string> params, Handler handler);
   // Registers a streaming method (see StreamHandler); otherwise like AddMethod.
-  void AddStreamingMethod(const std::string& qualified, bool mutating,
-                          std::vector<std::string> params, StreamHandler handler);
+  void AddStreamingMethod(const std::string& qualified, std::vector<std::string> params,
+                          StreamHandler handler);
+  // Sets who may call the method `qualified` (registered or not yet).
+  void SetAccess(const std::string& qualified, Access access) { access_[qualified] = access; }
+  // Returns the access entry of a method, or nullopt when it has none (root only).
+  std::optional<Access> AccessOf(const std::string& qualified) const;
+  // Returns the names of every registered method, sorted.
+  std::vector<std::string> MethodNames() const;
   void set_policy(AccessPolicy policy) { policy_ = policy; }
 
   // Handles one message and returns the bytes to send back (empty for "oneway" calls). Sets
@@ -169,7 +180,6 @@ class VarlinkService {
 
  private:
   struct Method {
-    bool mutating;
     std::vector<std::string> params;
     Handler handler;
     StreamHandler stream;
@@ -181,6 +191,7 @@ class VarlinkService {
   std::string vendor_, product_, version_, url_;
   std::map<std::string, std::string> interfaces_;  // name -> description
   std::map<std::string, Method> methods_;          // "interface.Method" -> method
+  std::map<std::string, Access> access_;           // "interface.Method" -> who may call it
   AccessPolicy policy_;
 };
 

@@ -400,10 +400,25 @@ std::string PrometheusText(const std::vector<const Device*>& devices,
   return out;
 }
 
+const std::vector<std::pair<std::string, Access>>& IopfdMethodAccess() {
+  // Every io.iopfd method and who may call it, in one place (docs/CONTROL.md). Only methods
+  // that change nothing are open to the control group; a method missing here is root's only.
+  static const auto* const kTable = new std::vector<std::pair<std::string, Access>>{
+      {"io.iopfd.GetStatus", Access::kRead},    {"io.iopfd.ListDevices", Access::kRead},
+      {"io.iopfd.GetStats", Access::kRead},     {"io.iopfd.Monitor", Access::kRead},
+      {"io.iopfd.SetLogLevel", Access::kAdmin}, {"io.iopfd.Drain", Access::kAdmin},
+      {"io.iopfd.Reset", Access::kAdmin},       {"io.iopfd.Halt", Access::kAdmin},
+      {"io.iopfd.Resume", Access::kAdmin},      {"io.iopfd.Reload", Access::kAdmin},
+      {"io.iopfd.Adopt", Access::kAdmin},       {"io.iopfd.Detach", Access::kAdmin},
+  };
+  return *kTable;
+}
+
 void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
+  for (const auto& [name, access] : IopfdMethodAccess()) service->SetAccess(name, access);
   service->AddInterface("io.iopfd", kIopfdInterfaceDescription);
 
-  service->AddMethod("io.iopfd.GetStatus", false, {}, [state](const VarlinkCall&, const Peer&) {
+  service->AddMethod("io.iopfd.GetStatus", {}, [state](const VarlinkCall&, const Peer&) {
     const DeviceManager& m = *state->manager;
     size_t running = 0, adopted = 0, quarantined = 0;
     bool failed = false;
@@ -434,7 +449,7 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
                              {"health", ok ? "ok" : "degraded"}});
   });
 
-  service->AddMethod("io.iopfd.ListDevices", false, {}, [state](const VarlinkCall&, const Peer&) {
+  service->AddMethod("io.iopfd.ListDevices", {}, [state](const VarlinkCall&, const Peer&) {
     json list = json::array();
     for (const auto& d : state->manager->devices()) {
       json pasids = json::array();
@@ -467,8 +482,7 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
   });
 
   service->AddMethod(
-      "io.iopfd.GetStats", false, {"device", "format"},
-      [state](const VarlinkCall& call, const Peer&) {
+      "io.iopfd.GetStats", {"device", "format"}, [state](const VarlinkCall& call, const Peer&) {
         VarlinkReply error;
         auto device = StringParam(call, "device", false, &error);
         auto format = StringParam(call, "format", false, &error);
@@ -497,7 +511,7 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
       });
 
   service->AddMethod(
-      "io.iopfd.SetLogLevel", true, {"level"}, [state](const VarlinkCall& call, const Peer& peer) {
+      "io.iopfd.SetLogLevel", {"level"}, [state](const VarlinkCall& call, const Peer& peer) {
         VarlinkReply error;
         auto level = StringParam(call, "level", true, &error);
         if (!level) return error;
@@ -518,21 +532,21 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
     std::string method = name;
     std::vector<std::string> params = {"device"};
     if (method == "Drain") params.push_back("pasid");
-    service->AddMethod(absl::StrCat("io.iopfd.", name), true, params,
+    service->AddMethod(absl::StrCat("io.iopfd.", name), params,
                        [state, method](const VarlinkCall& call, const Peer& peer) {
                          return DrainCall(state, method, call, peer);
                        });
   }
-  service->AddMethod("io.iopfd.Reload", true, {},
+  service->AddMethod("io.iopfd.Reload", {},
                      [state](const VarlinkCall&, const Peer& peer) { return Reload(state, peer); });
   service->AddMethod(
-      "io.iopfd.Adopt", true, {"config", "fds"},
+      "io.iopfd.Adopt", {"config", "fds"},
       [state](const VarlinkCall& call, const Peer& peer) { return Adopt(state, call, peer); });
   service->AddMethod(
-      "io.iopfd.Detach", true, {"device"},
+      "io.iopfd.Detach", {"device"},
       [state](const VarlinkCall& call, const Peer& peer) { return Detach(state, call, peer); });
   service->AddStreamingMethod(
-      "io.iopfd.Monitor", false, {},
+      "io.iopfd.Monitor", {},
       [state](const VarlinkCall&, const Peer&, std::shared_ptr<ReplyChannel> channel) {
         state->events->Subscribe(std::move(channel));
         return VarlinkReply::Ok({{"event", "subscribed"}});

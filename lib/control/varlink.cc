@@ -126,7 +126,9 @@ VarlinkService::VarlinkService(std::string vendor, std::string product, std::str
       version_(std::move(version)),
       url_(std::move(url)) {
   AddInterface("org.varlink.service", kVarlinkServiceDescription);
-  AddMethod("org.varlink.service.GetInfo", false, {}, [this](const VarlinkCall&, const Peer&) {
+  SetAccess("org.varlink.service.GetInfo", Access::kRead);
+  SetAccess("org.varlink.service.GetInterfaceDescription", Access::kRead);
+  AddMethod("org.varlink.service.GetInfo", {}, [this](const VarlinkCall&, const Peer&) {
     nlohmann::json names = nlohmann::json::array();
     for (const auto& [name, desc] : interfaces_) names.push_back(name);
     return VarlinkReply::Ok({{"vendor", vendor_},
@@ -136,7 +138,7 @@ VarlinkService::VarlinkService(std::string vendor, std::string product, std::str
                              {"interfaces", names}});
   });
   AddMethod(
-      "org.varlink.service.GetInterfaceDescription", false, {"interface"},
+      "org.varlink.service.GetInterfaceDescription", {"interface"},
       [this](const VarlinkCall& call, const Peer&) {
         auto it = call.parameters.find("interface");
         if (it == call.parameters.end() || !it->is_string()) {
@@ -155,14 +157,27 @@ void VarlinkService::AddInterface(const std::string& name, std::string descripti
   interfaces_[name] = std::move(description);
 }
 
-void VarlinkService::AddMethod(const std::string& qualified, bool mutating,
-                               std::vector<std::string> params, Handler handler) {
-  methods_[qualified] = Method{mutating, std::move(params), std::move(handler), nullptr};
+void VarlinkService::AddMethod(const std::string& qualified, std::vector<std::string> params,
+                               Handler handler) {
+  methods_[qualified] = Method{std::move(params), std::move(handler), nullptr};
 }
 
-void VarlinkService::AddStreamingMethod(const std::string& qualified, bool mutating,
+void VarlinkService::AddStreamingMethod(const std::string& qualified,
                                         std::vector<std::string> params, StreamHandler handler) {
-  methods_[qualified] = Method{mutating, std::move(params), nullptr, std::move(handler)};
+  methods_[qualified] = Method{std::move(params), nullptr, std::move(handler)};
+}
+
+std::optional<Access> VarlinkService::AccessOf(const std::string& qualified) const {
+  auto it = access_.find(qualified);
+  if (it == access_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<std::string> VarlinkService::MethodNames() const {
+  std::vector<std::string> out;
+  out.reserve(methods_.size());
+  for (const auto& [name, m] : methods_) out.push_back(name);
+  return out;
 }
 
 void EventBus::Subscribe(std::shared_ptr<ReplyChannel> channel) {
@@ -212,7 +227,11 @@ std::pair<VarlinkReply, bool> VarlinkService::Dispatch(
             false};
   }
   const Method& m = it->second;
-  if (m.mutating ? !policy_.MayMutate(peer) : !policy_.MayRead(peer)) {
+  const std::optional<Access> access = AccessOf(call.method);
+  const bool allowed = !access.has_value()         ? peer.uid == 0
+                       : *access == Access::kAdmin ? policy_.MayMutate(peer)
+                                                   : policy_.MayRead(peer);
+  if (!allowed) {
     return {VarlinkReply::Error("io.iopfd.PermissionDenied", {{"method", call.method}}), false};
   }
   for (const auto& item : call.parameters.items()) {

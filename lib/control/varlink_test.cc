@@ -71,10 +71,12 @@ class ServiceTest : public ::testing::Test {
  protected:
   ServiceTest() : service_("iopfd", "iopfd", "1.2.3", "https://example.invalid/iopfd") {
     service_.AddInterface("io.test", "interface io.test\nmethod Read() -> ()\n");
-    service_.AddMethod("io.test.Read", false, {"device"}, [](const VarlinkCall& c, const Peer&) {
+    service_.SetAccess("io.test.Read", Access::kRead);
+    service_.SetAccess("io.test.Write", Access::kAdmin);
+    service_.AddMethod("io.test.Read", {"device"}, [](const VarlinkCall& c, const Peer&) {
       return VarlinkReply::Ok({{"echo", c.parameters.value("device", "")}});
     });
-    service_.AddMethod("io.test.Write", true, {},
+    service_.AddMethod("io.test.Write", {},
                        [](const VarlinkCall&, const Peer&) { return VarlinkReply::Ok(); });
     service_.set_policy({.control_group = 100, .admin_group = 200});
   }
@@ -170,6 +172,23 @@ TEST_F(ServiceTest, AuthorizationTable) {
   EXPECT_FALSE(Call({{"method", "io.test.Read"}}, root_).contains("error"));
 }
 
+// A method registered without an access entry is closed: only root may call it, not even the
+// admin group (issue 12: authorization must fail safe when a method is added).
+TEST_F(ServiceTest, AMethodWithoutAnAccessEntryIsRootsOnly) {
+  service_.AddMethod("io.test.Forgotten", {},
+                     [](const VarlinkCall&, const Peer&) { return VarlinkReply::Ok(); });
+  EXPECT_EQ(service_.AccessOf("io.test.Forgotten"), std::nullopt);
+  const Peer admin{.pid = 2, .uid = 1000, .gid = 1000, .groups = {200}};
+  EXPECT_EQ(Call({{"method", "io.test.Forgotten"}}, admin)["error"], "io.iopfd.PermissionDenied");
+  EXPECT_FALSE(Call({{"method", "io.test.Forgotten"}}, root_).contains("error"));
+  // The service's own methods have entries.
+  for (const std::string& m : service_.MethodNames()) {
+    if (m.rfind("org.varlink.service.", 0) == 0) {
+      EXPECT_EQ(service_.AccessOf(m), Access::kRead);
+    }
+  }
+}
+
 TEST(EncodeReplyTest, CanonicalForm) {
   EXPECT_EQ(EncodeReply(VarlinkReply::Ok()), "{}\0"s);
   EXPECT_EQ(EncodeReply(VarlinkReply::Ok({{"a", 1}}), true),
@@ -198,7 +217,7 @@ TEST(StreamingTest, NeedsMoreAndContinuesThroughTheChannel) {
   EventBus bus;
   service.AddInterface("io.test", "interface io.test\n");
   service.AddStreamingMethod(
-      "io.test.Watch", false, {},
+      "io.test.Watch", {},
       [&bus](const VarlinkCall&, const Peer&, std::shared_ptr<ReplyChannel> ch) {
         bus.Subscribe(std::move(ch));
         return VarlinkReply::Ok({{"event", "subscribed"}});
