@@ -232,13 +232,9 @@ int Print(const Invocation& inv, const nlohmann::json& p) {
   return kOk;
 }
 
-// A drain step the daemon finishes on its own (a function reset runs on its worker thread):
-// the command follows the device until it settles, so that `iopfctl reset DEV` returns with the
+// A drain step the daemon finishes on its own (a function reset runs on its worker thread): the
+// command follows the device until it settles, so that `iopfctl reset DEV` returns with the
 // reset done (or failed), as an operator expects.
-bool Transient(const nlohmann::json& state) {
-  return state == "flushing" || state == "resetting" || state == "resuming";
-}
-
 // Polls ListDevices until `device` leaves the transient states; returns its last entry's
 // {state, epoch}, or an error status (the daemon went away, the device did, 60 s passed).
 absl::StatusOr<nlohmann::json> WaitSettled(iopfd::VarlinkClient& client, const std::string& device,
@@ -246,7 +242,7 @@ absl::StatusOr<nlohmann::json> WaitSettled(iopfd::VarlinkClient& client, const s
   constexpr int kPollMs = 20;
   constexpr int kLimitMs = 60000;
   for (int waited = 0; waited <= kLimitMs; waited += kPollMs) {
-    if (!Transient(last["state"])) return last;
+    if (!iopfd::IsTransientState(last["state"])) return last;
     usleep(kPollMs * 1000);
     if (absl::Status st = client.Call("io.iopfd.ListDevices", nlohmann::json::object()); !st.ok()) {
       return st;
@@ -254,14 +250,9 @@ absl::StatusOr<nlohmann::json> WaitSettled(iopfd::VarlinkClient& client, const s
     absl::StatusOr<iopfd::VarlinkReply> reply = client.Next();
     if (!reply.ok()) return reply.status();
     if (!reply->error.empty()) return absl::InternalError("ListDevices: " + reply->error);
-    bool found = false;
-    for (const auto& d : reply->parameters.value("devices", nlohmann::json::array())) {
-      if (d.value("name", "") == device) {
-        last = {{"state", d.value("state", "")}, {"epoch", d.value("epoch", 0)}};
-        found = true;
-      }
-    }
-    if (!found) return absl::NotFoundError(device + " is no longer served");
+    std::optional<nlohmann::json> entry = iopfd::DeviceStateIn(reply->parameters, device);
+    if (!entry.has_value()) return absl::NotFoundError(device + " is no longer served");
+    last = *std::move(entry);
   }
   return absl::DeadlineExceededError(
       absl::StrCat(device, " still ", last["state"].dump(), " after ", kLimitMs / 1000, " s"));
@@ -310,7 +301,8 @@ int Run(const Invocation& inv) {
                    iopfd::FormatError(method, reply->error, reply->parameters).c_str());
       return kErrorReply;
     }
-    if (inv.command->output == Output::kDrain && Transient(reply->parameters["state"])) {
+    if (inv.command->output == Output::kDrain &&
+        iopfd::IsTransientState(reply->parameters["state"])) {
       absl::StatusOr<nlohmann::json> settled = WaitSettled(*client, inv.args[0], reply->parameters);
       if (!settled.ok()) {
         std::fprintf(stderr, "iopfctl: %s: waiting for %s to settle: %s\n", method.c_str(),

@@ -13,6 +13,8 @@ pkgs=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # lint
   clang-format clang-tidy
+  # fuzzing (scripts/fuzz.sh): clang and its libFuzzer runtime
+  clang libclang-rt-14-dev
   # the service's units (systemd-analyze verify/security, systemd.pc) and man pages (groff, man)
   systemd groff-base man-db
   # the Debian package (scripts/build-deb.sh): dpkg-dev for dpkg-shlibdeps/buildflags, lintian

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # README command 2: installs what is missing, builds with warnings as errors, lints, and runs
-# every test twice: in a plain build and in an ASan+UBSan build. Each run covers the unit tier
-# and the real-kernel VM tier (which builds or reuses the cached test kernel and boots it under
-# qemu; with the sanitized build, iopfd runs sanitized inside the VM). Run as root on Debian 12
-# from the repository. Extra arguments go to both ctest runs (e.g. -L unit).
+# every test: in a plain build and in an ASan+UBSan build, each covering the unit, integration
+# and real-kernel VM tiers (the VM tier builds or reuses the cached test kernel and boots it
+# under qemu; with the sanitized build, iopfd runs sanitized inside the VM); the unit and
+# integration tiers once more under ThreadSanitizer (the reset worker runs beside the loop);
+# then every fuzz target for a bounded time (IOPFD_FUZZ_SECONDS, default 60 s each;
+# scripts/fuzz.sh). Run as root on Debian 12 from the repository. Extra arguments go to the
+# ctest runs (e.g. -L unit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${IOPFD_BUILD_DIR:-build}
@@ -18,3 +21,11 @@ ctest --test-dir "$build" --output-on-failure -j2 "$@"
 cmake -S . -B "$build-asan" -G Ninja -DIOPFD_WERROR=ON -DIOPFD_SANITIZE=address
 cmake --build "$build-asan" -j"$(nproc)"
 ctest --test-dir "$build-asan" --output-on-failure -j2 "$@"
+
+# ThreadSanitizer: the tiers that run iopfd's threads on the host (the VM tier's guest has no
+# TSan runtime to spare, and the package is the plain build's).
+cmake -S . -B "$build-tsan" -G Ninja -DIOPFD_WERROR=ON -DIOPFD_SANITIZE=thread
+cmake --build "$build-tsan" -j"$(nproc)"
+ctest --test-dir "$build-tsan" --output-on-failure -j2 -L 'unit|integration' "$@"
+
+scripts/fuzz.sh "${IOPFD_FUZZ_SECONDS:-60}"

@@ -6,6 +6,7 @@
 #define IOPFD_CTL_FORMAT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -51,6 +52,16 @@ std::string FormatReload(const nlohmann::json& parameters);
 // Returns the reply of Drain, Reset, Halt or Resume: "DEV: STATE (epoch N)", and in "halting"
 // what the owner has to do next.
 std::string FormatDrainReply(std::string_view device, const nlohmann::json& parameters);
+
+// Returns true for the drain states the daemon leaves on its own (flushing, resetting,
+// resuming): a drain command waits them out.
+bool IsTransientState(const nlohmann::json& state);
+
+// Returns {"state", "epoch"} of `device` in a ListDevices reply's parameters, or nullopt when
+// the reply does not list it. The reply is the daemon's word, not to be trusted: whatever it
+// holds, this never throws; fields of the wrong type read as "" and 0.
+std::optional<nlohmann::json> DeviceStateIn(const nlohmann::json& parameters,
+                                            std::string_view device);
 
 // Returns one Monitor event as a single line without a newline: "EVENT[ DEVICE][: DETAIL]".
 std::string FormatMonitorEvent(const nlohmann::json& parameters);

@@ -126,6 +126,9 @@ class InflightLedger {
   struct Slot;
   Slot* slots() const;
   uapi::PageFault* records() const;
+  // How many records of the buffer were ever written (rounded up to whole pages of the file):
+  // the rest are holes, zero.
+  size_t WrittenRecords() const;
 
   UniqueFd fd_;
   void* map_ = nullptr;

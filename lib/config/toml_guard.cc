@@ -87,19 +87,25 @@ class Checker {
       case State::kNormal:
         return Normal(cp, c);
       case State::kComment:
-        if (c == '\n') state_ = State::kNormal;
+        if (c == '\n') EndLine();
         break;
       case State::kBasic:
       case State::kMlBasic:
         if (c == '\\') return Backslash();
-        if (state_ == State::kBasic && (c == '"' || c == '\n')) {
-          state_ = State::kNormal;
+        if (state_ == State::kBasic && c == '"') {
+          EndString('"');
+        } else if (state_ == State::kBasic && c == '\n') {
+          EndLine();
         } else if (state_ == State::kMlBasic && At("\"\"\"")) {
           return CloseMultiline('"');
         }
         break;
       case State::kLiteral:
-        if (c == '\'' || c == '\n') state_ = State::kNormal;
+        if (c == '\'') {
+          EndString('\'');
+        } else if (c == '\n') {
+          EndLine();
+        }
         break;
       case State::kMlLiteral:
         if (At("'''")) return CloseMultiline('\'');
@@ -131,6 +137,20 @@ class Checker {
     } else if ((c == ']' || c == '}') && brackets_ > 0) {
       --brackets_;
     }
+    // A quote starts a string only where TOML can have one: a key (first on a line, or after
+    // '{', ',', '.' or '['), or a value (after '=', '[', ','). Elsewhere toml++ does not take it
+    // for a string and reads on into it as bare characters, non-ASCII ones included (a fuzzer
+    // found `x =0"\xc3\xa4"` reaching __builtin_unreachable that way).
+    if ((c == '"' || c == '\'') && prev_ != '\0' && prev_ != '=' && prev_ != '[' && prev_ != '{' &&
+        prev_ != ',' && prev_ != '.') {
+      return Problem(
+          absl::StrFormat("a quote right after '%c' (no string can start there)", prev_));
+    }
+    if (c == '\n') {
+      prev_ = '\0';
+    } else if (c != ' ' && c != '\t' && c != '\r' && c != '"' && c != '\'') {
+      prev_ = c;
+    }
     if (c == '#') {
       state_ = State::kComment;
     } else if (c == '"') {
@@ -158,7 +178,17 @@ class Checker {
     Advance(3);
     for (int k = 0; k < 2 && i_ < text_.size() && text_[i_] == quote; ++k) Advance(1);
     state_ = State::kNormal;
+    prev_ = quote;
     return std::nullopt;
+  }
+  // A single-line string or a comment ends.
+  void EndString(char quote) {
+    state_ = State::kNormal;
+    prev_ = quote;
+  }
+  void EndLine() {
+    state_ = State::kNormal;
+    prev_ = '\0';
   }
 
   // A backslash in a basic string: an escape of one ASCII character, or (multi-line strings)
@@ -195,6 +225,9 @@ class Checker {
   int line_ = 1;
   int column_ = 1;
   State state_ = State::kNormal;
+  // The last character outside strings and comments on this line that is not a space or tab
+  // ('\0' at the start of a line; a quote after a string).
+  char prev_ = '\0';
   int brackets_ = 0;
   int key_dots_ = 0;
 };

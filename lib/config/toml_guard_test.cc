@@ -196,6 +196,25 @@ TEST(TomlGuardTest, NestingIsBounded) {
   EXPECT_THAT(r.errors[0].ToString(), HasSubstr("dev.toml:1:"));
 }
 
+// A quote where no string can start is refused: toml++ reads on into what follows as bare
+// characters (found by the fuzzer: a value run into a quote reached __builtin_unreachable).
+TEST(TomlGuardTest, AQuoteWhereNoStringCanStartIsRefused) {
+  const std::string cp = Utf8(0xE4);
+  for (const std::string& bad :
+       {"x =0\"" + cp + "\"", "a = \"x\" \"" + cp + "\"", "a = tru'" + cp + "'",
+        "ab\"" + cp + "\" = 1", "a = [1 \"" + cp + "\"]", "[a]\"" + cp + "\""}) {
+    auto p = CheckTomlText(bad);
+    ASSERT_TRUE(p.has_value()) << bad;
+    EXPECT_THAT(p->message, HasSubstr("no string can start there")) << bad;
+  }
+  for (const std::string& good :
+       {"a = \"" + cp + "\"", "\"" + cp + "\" = 1", "a.\"" + cp + "\" = 1", "[\"" + cp + "\"]",
+        "[[ '" + cp + "' ]]", "a = [\"" + cp + "\",'" + cp + "']", "a = {\"" + cp + "\" = 1}",
+        "a = [\n  \"" + cp + "\",\n]", "a = \"x\"\r\nb = '" + cp + "'"}) {
+    EXPECT_FALSE(CheckTomlText(good).has_value()) << good;
+  }
+}
+
 // Strings are found exactly: escaped quotes do not end them, and the quotes that may follow a
 // multi-line string's closing delimiter are its own.
 TEST(TomlGuardTest, StringsEndWhereTomlSaysTheyDo) {

@@ -433,4 +433,24 @@ std::string FormatError(std::string_view method, std::string_view error, const J
   return out;
 }
 
+bool IsTransientState(const Json& state) {
+  return state == "flushing" || state == "resetting" || state == "resuming";
+}
+
+std::optional<Json> DeviceStateIn(const Json& parameters, std::string_view device) {
+  const Json* devices = Member(parameters, "devices");
+  if (devices == nullptr || !devices->is_array()) return std::nullopt;
+  std::optional<Json> found;
+  for (const Json& d : *devices) {
+    const Json* name = Member(d, "name");
+    if (name == nullptr || !name->is_string() || name->get_ref<const std::string&>() != device) {
+      continue;
+    }
+    const Json* state = Member(d, "state");
+    found = Json{{"state", state != nullptr && state->is_string() ? *state : Json("")},
+                 {"epoch", UnsignedField(d, "epoch").value_or(0)}};
+  }
+  return found;
+}
+
 }  // namespace iopfd

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <future>
 #include <thread>
 #include <vector>
@@ -15,6 +17,16 @@
 
 namespace iopfd {
 namespace {
+
+// Waits (up to 10 s) for cond: a test that waits fails with a message instead of hanging.
+bool SpinUntil(const std::function<bool()>& cond) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
 
 void Signal(int fd) {
   uint64_t one = 1;
@@ -89,7 +101,7 @@ TEST(BlockingWorkerTest, FinishTakesCareOfOneKeyAndLeavesTheOthers) {
       [&done](const absl::Status&) { done.push_back("a"); });
   worker.Post(
       &b, [] { return absl::OkStatus(); }, [&done](const absl::Status&) { done.push_back("b"); });
-  while (!a_started) std::this_thread::yield();
+  ASSERT_TRUE(SpinUntil([&] { return a_started.load(); })) << "job a never started";
   // b has not started (a runs, one at a time): it runs now, here; a is left running.
   worker.Finish(&b);
   EXPECT_EQ(done, std::vector<std::string>{"b"});
@@ -126,7 +138,7 @@ TEST(BlockingWorkerTest, DestroyingItWaitsForTheRunningJob) {
           return absl::OkStatus();
         },
         [](const absl::Status&) { ADD_FAILURE() << "done after the worker went away"; });
-    while (!started) std::this_thread::yield();
+    ASSERT_TRUE(SpinUntil([&] { return started.load(); })) << "the job never started";
   }
   EXPECT_TRUE(finished.load());
 }

@@ -233,6 +233,19 @@ TEST_F(FaultProcessorTest, OversizedGroupIsInvalid) {
   EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kOversizedGroup)], 1u);
 }
 
+// The limit is inclusive: a group of exactly max_group_records records is resolved (issue 12:
+// `>` turned into `>=` broke no test).
+TEST_F(FaultProcessorTest, AGroupOfExactlyTheLimitIsResolved) {
+  Build({.device_id = kDev, .max_group_records = 3});
+  std::vector<uapi::PageFault> recs = {Rec(1, 1 << 20), Rec(1, (1 << 20) + kPage),
+                                       Rec(1, (1 << 20) + 2 * kPage)};
+  recs[0].flags &= ~uint32_t{uapi::kPgfaultLastPage};
+  recs[1].flags &= ~uint32_t{uapi::kPgfaultLastPage};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespSuccess)));
+  EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kOversizedGroup)], 0u);
+}
+
 TEST_F(FaultProcessorTest, ForeignDeviceAndMixedGroupsAreInvalid) {
   uapi::PageFault foreign = Rec(1, 1 << 20);
   foreign.dev_id = kDev + 1;

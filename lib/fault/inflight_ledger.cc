@@ -184,6 +184,29 @@ void InflightLedger::SettleAll() {
   std::memset(static_cast<void*>(slots()), 0, sizeof(Slot) * kCookieSlots);
 }
 
+size_t InflightLedger::WrittenRecords() const {
+  // Reading a hole through the mapping would allocate it (shmem faults pages in even for reads),
+  // so the holes are skipped: the end of the last data extent bounds what can hold a record.
+  const auto begin = static_cast<off_t>(RecordsOffset());
+  const auto end = static_cast<off_t>(size_);
+  off_t last = begin;
+  for (off_t pos = begin; pos < end;) {
+    const off_t data = lseek(fd_.get(), pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // no data past pos
+      return capacity_;           // no SEEK_DATA here: look at everything
+    }
+    if (data >= end) break;
+    const off_t hole = lseek(fd_.get(), data, SEEK_HOLE);
+    if (hole < 0) return capacity_;
+    last = std::min(hole, end);
+    pos = hole;
+  }
+  const auto n =
+      static_cast<size_t>(last - begin + sizeof(uapi::PageFault) - 1) / sizeof(uapi::PageFault);
+  return std::min<size_t>(n, capacity_);
+}
+
 InflightLedger::Leftovers InflightLedger::FindLeftovers() const {
   Leftovers out;
   const Header* h = header();
@@ -194,16 +217,17 @@ InflightLedger::Leftovers InflightLedger::FindLeftovers() const {
   // A dead buffer's records were all answered, but they may not all be zero: a crash inside
   // Consumed()'s zeroing leaves some behind. They must be cleared before the next read, which
   // overwrites only as many records as it returns: were they left, a later crash would count
-  // them as part of that read.
+  // them as part of that read. The whole buffer is looked at, not only as far as reads went:
+  // the file outlived its writer and is not trusted to be zero past buffer_in_use.
   const uapi::PageFault* r = records();
   size_t dirty = 0;
-  for (size_t i = std::min(h->buffer_in_use, capacity_); i > 0; --i) {
+  for (size_t i = WrittenRecords(); i > 0; --i) {
     if (!IsZero(r[i - 1])) {
       dirty = i;
       break;
     }
   }
-  const size_t used = h->buffer_live == 1 ? dirty : 0;
+  const size_t used = h->buffer_live == 1 ? std::min<size_t>(dirty, h->buffer_in_use) : 0;
   absl::flat_hash_set<uint32_t> buffered;
   for (size_t i = 0; i < used; ++i) buffered.insert(r[i].cookie);
   // An owed cookie also in the buffer: the same group when the slot is of this read (the

@@ -361,7 +361,7 @@ TEST(SocketActivationTest, ServesTheSocketSystemdPassed) {
   EXPECT_FALSE(std::filesystem::exists(own)) << "iopfd made its own socket as well";
   kill(pid, SIGTERM);
   int st = 0;
-  waitpid(pid, &st, 0);
+  EXPECT_TRUE(iopfd_test::WaitPidFor(pid, 60000, &st)) << "iopfd did not exit after SIGTERM";
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   std::ifstream log(dir / "iopfd.log");
   std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
@@ -381,7 +381,7 @@ int AsUser(uid_t uid, gid_t gid, std::vector<gid_t> groups, const std::function<
     _exit(fn());
   }
   int status = 0;
-  waitpid(pid, &status, 0);
+  if (!iopfd_test::WaitPidFor(pid, 30000, &status)) return 102;  // the child hung
   return WIFEXITED(status) ? WEXITSTATUS(status) : 101;
 }
 

@@ -30,6 +30,19 @@ namespace iopfd_test {
 
 using nlohmann::json;
 
+// Waits up to timeout_ms for the child pid to exit; returns true with *status set, or false
+// after killing it (SIGKILL) and reaping it, so that a test whose process hangs fails with a
+// message instead of hanging until CTest's timeout.
+inline bool WaitPidFor(pid_t pid, int timeout_ms, int* status) {
+  for (int waited = 0; waited <= timeout_ms; waited += 10) {
+    if (waitpid(pid, status, WNOHANG) == pid) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, status, 0);
+  return false;
+}
+
 struct IopfdOptions {
   // The global file's text.
   std::string global =
@@ -90,13 +103,15 @@ class Iopfd {
   Iopfd(const Iopfd&) = delete;
   Iopfd& operator=(const Iopfd&) = delete;
 
-  // SIGTERM; returns the exit status (-1 when it did not exit normally).
+  // SIGTERM; returns the exit status (-1 when it did not exit normally, -2 when it had not
+  // exited 60 s later and was killed).
   int Stop() {
     kill(pid_, SIGTERM);
     int status = 0;
-    waitpid(pid_, &status, 0);
+    const bool exited = WaitPidFor(pid_, 60000, &status);
     pid_ = -1;
-    int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    int rc = !exited ? -2 : WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    if (!exited) std::cerr << "iopfd did not exit within 60 s of SIGTERM\n";
     if (rc != 0) {
       // Whatever went wrong (a sanitizer report, an error) is in iopfd's stderr.
       std::cerr << "iopfd exited " << rc << "; its stderr:\n" << Log();
@@ -166,6 +181,9 @@ class Client {
  public:
   explicit Client(const std::string& path) {
     fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // A send into a server that stopped reading fails after 10 s instead of hanging the test.
+    timeval tv{10, 0};
+    setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
