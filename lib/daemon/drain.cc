@@ -159,6 +159,11 @@ absl::Status DrainController::Continue(const std::string& cause) {
   if (absl::Status st = device_->Park(scope_); !st.ok()) {
     return Quarantine(absl::StrCat("park: ", st.message()));
   }
+  // The park's auto-response answers what is on the fault queue when it runs, but a group the
+  // IOMMU driver matched to the IOPF HWPT just before the replace can still be added to the
+  // queue after it (find_fault_handler, then iommufd_fault_iopf_handler: docs/KERNEL_FACTS.md
+  // section 2). Read now, it is answered while the function still holds its tag; and the
+  // attachments a PASID drain leaves running keep being served meanwhile.
   if (absl::Status st = FlushQueue("after the park"); !st.ok()) return st;
   if (goal_ == Goal::kReset) {
     // The reset must meet a function whose DMA is stopped: if the owner set Bus Master Enable
@@ -196,6 +201,10 @@ absl::Status DrainController::AfterReset(const absl::Status& reset, const std::s
   if (state_ != DrainState::kResetting) return absl::OkStatus();
   if (!reset.ok()) return Quarantine(absl::StrCat("reset: ", reset.message()));
   Enter(DrainState::kFlushing, "after the reset");
+  // A group that raced the park may also land while the reset runs: the function forgot it.
+  // Answered now, before the resume, the answer meets no group (the function discards an
+  // unexpected index); read after the resume, it would complete a new group that reuses the
+  // index (drain_test.cc has both races).
   if (absl::Status st = FlushQueue("after the reset"); !st.ok()) return st;
   return Finish(cause);
 }

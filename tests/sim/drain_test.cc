@@ -152,6 +152,59 @@ TEST_F(DrainTest, RequestsIssuedUpToTheFlrAreFlushedByThePark) {
   ExpectClean();
 }
 
+// A group can reach the fault queue after the park: the IOMMU driver matched it to the IOPF
+// HWPT before the replace and hands it over after the kernel's auto-response (SimKernel::
+// DeliverLate). The flush after the park reads and answers it while the function still holds
+// its tag; left for later, it would be answered after the FLR, to a function that forgot it.
+TEST_F(DrainTest, AGroupThatRacedTheParkIsAnsweredBeforeTheReset) {
+  Build({HaltMethod::kReset, 0});
+  const uint32_t rid_hwpt = kernel_.AttachedHwpt(std::nullopt);
+  std::vector<PageRequest> late = function_.IssueGroup(std::nullopt, 0x100000, uapi::kPermRead, 1);
+  bool delivered = false;
+  kernel_.after_ioctl = [&](unsigned long request, int rc) {
+    if (request == uapi::kVfioDeviceAttachIommufdPt && rc == 0 && !delivered &&
+        kernel_.AttachedHwpt(std::nullopt) != rid_hwpt) {
+      kernel_.DeliverLate(late, rid_hwpt);
+      delivered = true;
+    }
+  };
+  ASSERT_TRUE(drain_->Reset("AER", 0).ok());
+  kernel_.after_ioctl = nullptr;
+  ASSERT_TRUE(delivered);
+  EXPECT_EQ(function_.forgotten(), 0u) << "the late group was still outstanding at the FLR";
+  EXPECT_THAT(function_.violations(), IsEmpty()) << function_.violations()[0].detail;
+  function_.ResumeDma();
+  Fault(std::nullopt, 1);
+  ExpectClean();
+}
+
+// A group that reaches the fault queue during the reset was issued before the FLR: the function
+// forgot it. The flush after the reset answers it before the device runs again, while no new
+// group can hold its PRG index (the function sees an unexpected index, which it discards);
+// left for the first read after the resume, the answer would complete the new group that
+// reuses the index (a reset function starts its indices over).
+TEST_F(DrainTest, AGroupThatArrivesDuringTheResetIsAnsweredBeforeTheDeviceRunsAgain) {
+  Build({HaltMethod::kReset, 0});
+  const uint32_t rid_hwpt = kernel_.AttachedHwpt(std::nullopt);
+  std::vector<PageRequest> late = function_.IssueGroup(std::nullopt, 0x100000, uapi::kPermRead, 1);
+  kernel_.after_ioctl = [&](unsigned long request, int rc) {
+    if (request == uapi::kVfioDeviceReset && rc == 0) kernel_.DeliverLate(late, rid_hwpt);
+  };
+  ASSERT_TRUE(drain_->Reset("AER", 0).ok());
+  kernel_.after_ioctl = nullptr;
+  EXPECT_EQ(function_.forgotten(), 1u);
+  EXPECT_EQ(kernel_.ReadAndUnanswered(), 0u);
+  function_.ResumeDma();
+  const PageRequest next = Fault(std::nullopt, 1);
+  ASSERT_EQ(next.prg_index, late[0].prg_index) << "the test needs the index reused";
+  Turn();
+  function_.CheckNothingLost();
+  ASSERT_EQ(function_.violations().size(), 1u);
+  EXPECT_EQ(function_.violations()[0].kind, ViolationKind::kUnexpectedPrgIndex)
+      << function_.violations()[0].detail;
+  EXPECT_THAT(kernel_.violations(), IsEmpty());
+}
+
 TEST_F(DrainTest, APasidDrainParksOnlyItsAttachment) {
   Build({HaltMethod::kOwner, 1000});
   ASSERT_TRUE(drain_->Drain(kPasid, "operator", 0).ok());

@@ -141,6 +141,26 @@ int SimKernel::Ioctl(int fd, unsigned long request, void* arg) {
   if (fail_ioctl) {
     if (int err = fail_ioctl(request); err != 0) return -err;
   }
+  const int rc = DoIoctl(fd, request, arg);
+  if (after_ioctl) after_ioctl(request, rc);
+  return rc;
+}
+
+void SimKernel::DeliverLate(const std::vector<PageRequest>& requests, uint32_t hwpt) {
+  auto h = hwpts_.find(hwpt);
+  FaultQueue* q = h != hwpts_.end() && h->second.fault != 0 ? QueueById(h->second.fault) : nullptr;
+  if (q == nullptr || requests.empty()) {
+    DeliverRequests(requests);
+    return;
+  }
+  Group g;
+  g.requests = requests;
+  g.pasid = requests.front().pasid;
+  g.hwpt = hwpt;
+  q->queued.push_back(std::move(g));
+}
+
+int SimKernel::DoIoctl(int fd, unsigned long request, void* arg) {
   switch (request) {
     case uapi::kIommuIoasAlloc: {
       if (fd != iommufd_) return -ENOTTY;

@@ -100,6 +100,19 @@ class SimKernel : public Syscalls {
   std::function<void(unsigned long request)> before_ioctl;
   // Runs next: a non-zero errno fails the ioctl with it (a kernel refusing a step).
   std::function<int(unsigned long request)> fail_ioctl;
+  // Runs after every ioctl with its request number and result: lets a test act right after a
+  // step (a late page request right after a replace, say).
+  std::function<void(unsigned long request, int rc)> after_ioctl;
+
+  // Queues one complete group on the fault queue of `hwpt`, whatever is attached now: a page
+  // request the IOMMU driver's PRQ handler matched to that HWPT's attach handle before a
+  // replace and hands over after the replace's auto-response. The window is real in 7.3: the
+  // handle is looked up in find_fault_handler (io-pgfault.c) and the group added to the fault's
+  // deliver list later, by iommufd_fault_iopf_handler, while iommufd_auto_response_faults
+  // answers only what is on the list when it runs (docs/KERNEL_FACTS.md section 2). Such a group
+  // is read from the fault queue like any other. Without a fault queue on hwpt the requests are
+  // delivered as DeliverRequests does.
+  void DeliverLate(const std::vector<PageRequest>& requests, uint32_t hwpt);
 
   // The function sends its requests (from PriDevice::IssueGroup) to the IOMMU.
   void DeliverRequests(const std::vector<PageRequest>& requests);
@@ -136,6 +149,8 @@ class SimKernel : public Syscalls {
   const std::map<std::pair<uint32_t, uint64_t>, uint64_t>& mappings() const { return mappings_; }
 
  private:
+  // The ioctls themselves (Ioctl runs the hooks around them).
+  int DoIoctl(int fd, unsigned long request, void* arg);
   struct Group {
     std::vector<PageRequest> requests;
     std::optional<uint32_t> pasid;  // the attachment it belongs to
