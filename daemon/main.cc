@@ -388,7 +388,9 @@ int main(int argc, char** argv) {
   iopfd::ControlServer control(*std::move(listener), &service,
                                {.max_message = cc.max_message_bytes,
                                 .max_connections = cc.max_connections,
-                                .max_connections_per_uid = cc.max_connections_per_uid});
+                                .max_connections_per_uid = cc.max_connections_per_uid,
+                                .message_timeout_ns = uint64_t{cc.message_timeout_ms} * 1000000,
+                                .idle_timeout_ns = uint64_t{cc.idle_timeout_ms} * 1000000});
   (*loop)->AddClient(&control);
   // Uevents: devices going away, PCI error recovery. Without them (a sandbox that refuses the
   // socket) iopfd still serves; it says so.
@@ -426,15 +428,20 @@ int main(int argc, char** argv) {
   (*loop)->on_reload = [&reload] { reload(); };
   // Drain deadlines (an owner that never confirms its halt) and the service manager's watchdog
   // and status wake the loop.
-  (*loop)->next_deadline = [&manager, &notifier]() -> std::optional<uint64_t> {
-    std::optional<uint64_t> drain = manager.NextDeadline();
-    std::optional<uint64_t> notify = notifier.NextTick();
-    if (drain && notify) return std::min(*drain, *notify);
-    return drain ? drain : notify;
+  // Control connections that time out (half a message, replies not read, idle) too.
+  (*loop)->next_deadline = [&manager, &notifier, &control]() -> std::optional<uint64_t> {
+    std::optional<uint64_t> next;
+    for (std::optional<uint64_t> d :
+         {manager.NextDeadline(), notifier.NextTick(), control.NextDeadline()}) {
+      if (d.has_value() && (!next.has_value() || *d < *next)) next = d;
+    }
+    return next;
   };
-  (*loop)->on_deadline = [&manager, &notifier](uint64_t now) {
+  iopfd::FaultLoop* loop_ptr = loop->get();
+  (*loop)->on_deadline = [&manager, &notifier, &control, loop_ptr](uint64_t now) {
     manager.Tick(now);
     notifier.Tick(now);
+    control.Tick(*loop_ptr, now);
   };
   (*loop)->on_device_failed = [&events, &manager, &fd_store](const iopfd::Device& d,
                                                              const std::string& why) {

@@ -135,6 +135,11 @@ struct ControlConfig {
   uint32_t max_connections = 64;
   uint32_t max_connections_per_uid = 16;
   uint64_t max_message_bytes = 1 << 20;  // a larger message closes the connection
+  // A message begun and not finished, or replies not read, for this long closes the connection.
+  uint32_t message_timeout_ms = 10000;
+  // A connection with no call in progress, nothing to send and no Monitor stream, that sends
+  // no call for this long, is closed.
+  uint32_t idle_timeout_ms = 300000;
 };
 
 struct GlobalConfig {

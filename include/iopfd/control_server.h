@@ -34,6 +34,11 @@ struct ControlServerOptions {
   size_t max_output = 8 << 20;   // replies a client leaves unread before it is dropped
   uint32_t max_connections = 64;
   uint32_t max_connections_per_uid = 16;
+  // A message begun and not finished, or output not taken by the client, for this long closes
+  // the connection (a client that sends half a call, or reads too slowly, holds a slot).
+  uint64_t message_timeout_ns = 10'000'000'000;
+  // A connection with nothing in progress and no Monitor stream, idle for this long, is closed.
+  uint64_t idle_timeout_ns = 300'000'000'000;
 };
 
 // Accepts connections, frames their messages, dispatches them to a VarlinkService and sends the
@@ -57,6 +62,12 @@ class ControlServer : public RingClient {
 
   // Returns the number of open connections.
   size_t connections() const { return conns_.size(); }
+  // Returns when the next connection times out (message or idle timeout), or nullopt.
+  std::optional<uint64_t> NextDeadline() const;
+  // Closes the connections whose time ran out by now_ns, saying why in the log.
+  void Tick(FaultLoop& loop, uint64_t now_ns);
+  // Connections closed for a timeout so far.
+  uint64_t timed_out() const { return timed_out_; }
 
  private:
   enum Kind { kAccept = 1, kRecv, kSend, kCancel };
@@ -75,6 +86,9 @@ class ControlServer : public RingClient {
     std::shared_ptr<Channel> channel;
     // Descriptors received while a message was still incomplete: they belong to it.
     std::vector<UniqueFd> fds_next;
+    uint64_t partial_since = 0;  // when the unfinished message began (0: none)
+    uint64_t output_since = 0;   // when the output last had nothing pending or made progress
+    uint64_t last_call = 0;      // when the connection was accepted or last completed a call
     msghdr msg{};
     iovec iov{};
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
@@ -91,6 +105,8 @@ class ControlServer : public RingClient {
   // Marks c dead, cancels what it has in flight, and frees it once nothing is.
   void Kill(FaultLoop& loop, Conn& c);
   void Reap(Conn& c);
+  // When c times out, and why (nullopt: it does not).
+  std::optional<std::pair<uint64_t, const char*>> DeadlineOf(const Conn& c) const;
 
   UniqueFd listener_;
   VarlinkService* service_;
@@ -100,6 +116,7 @@ class ControlServer : public RingClient {
   ConnList conns_;
   std::map<uid_t, uint32_t> per_uid_;
   bool stopping_ = false;
+  uint64_t timed_out_ = 0;
 };
 
 }  // namespace iopfd

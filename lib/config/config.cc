@@ -926,7 +926,7 @@ void ParseControl(Reporter& rep, const toml::table& table, ControlConfig* contro
   const std::string_view p = "control";
   CheckKeys(rep, table, p,
             {"socket", "group", "admin_group", "max_connections", "max_connections_per_uid",
-             "max_message_bytes"});
+             "max_message_bytes", "message_timeout_ms", "idle_timeout_ms"});
   if (auto socket = GetString(rep, table, p, "socket", /*required=*/false)) {
     // sun_path holds 108 bytes including the NUL.
     if (socket->value.empty() || socket->value[0] != '/' || socket->value.size() > 107) {
@@ -953,6 +953,12 @@ void ParseControl(Reporter& rep, const toml::table& table, ControlConfig* contro
   }
   if (auto n = GetInt(rep, table, p, "max_message_bytes", /*required=*/false, 1024, 64 << 20)) {
     control->max_message_bytes = static_cast<uint64_t>(n->value);
+  }
+  if (auto n = GetInt(rep, table, p, "message_timeout_ms", /*required=*/false, 100, 600000)) {
+    control->message_timeout_ms = static_cast<uint32_t>(n->value);
+  }
+  if (auto n = GetInt(rep, table, p, "idle_timeout_ms", /*required=*/false, 1000, 86400000)) {
+    control->idle_timeout_ms = static_cast<uint32_t>(n->value);
   }
 }
 

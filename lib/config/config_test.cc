@@ -1343,6 +1343,13 @@ TEST(GlobalConfigTest, ControlTable) {
                           "iopfd.toml:3:21: control.max_message_bytes: must be in 1024..67108864 "
                           "(got 10)",
                           HasSubstr("iopfd.toml:4:1: control.port: unknown key")));
+  EXPECT_THAT(GlobalErrors("[control]\nmessage_timeout_ms = 100\nidle_timeout_ms = 86400000\n"),
+              IsEmpty());
+  EXPECT_THAT(GlobalErrors("[control]\nmessage_timeout_ms = 99\nidle_timeout_ms = 999\n"),
+              ElementsAre("iopfd.toml:2:22: control.message_timeout_ms: must be in 100..600000 "
+                          "(got 99)",
+                          "iopfd.toml:3:19: control.idle_timeout_ms: must be in 1000..86400000 "
+                          "(got 999)"));
 }
 
 TEST(LoadConfigTest, ReadsDeviceFilesInNameOrder) {

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "iopfd/clock.h"
 #include "iopfd/errors.h"
 #include "iopfd/log.h"
 
@@ -183,6 +184,7 @@ void ControlServer::OnAccept(FaultLoop& loop, int res) {
   c->send_op = {this, kSend, c.get(), false};
   c->cancel_op = {this, kCancel, c.get(), false};
   c->channel = std::make_shared<Channel>(c.get());
+  c->last_call = MonotonicNs();
   Conn& ref = *c;
   conns_.push_back(std::move(c));
   ArmRecv(loop, ref);
@@ -225,6 +227,14 @@ void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
   }
   std::vector<std::string> messages;
   while (auto msg = c.in.Next()) messages.push_back(*std::move(msg));
+  const uint64_t now = MonotonicNs();
+  if (!messages.empty()) c.last_call = now;
+  // The clock of an unfinished message starts at its first byte and stops when it completes.
+  if (c.in.buffered() == 0) {
+    c.partial_since = 0;
+  } else if (c.partial_since == 0 || !messages.empty()) {
+    c.partial_since = now;
+  }
   // AF_UNIX stream sockets end a read right after the data that carried descriptors
   // (unix_stream_read_generic), so they came with the message this read ends in: the last one
   // completed now, or the one still incomplete. Descriptors held from an earlier read belong to
@@ -257,6 +267,7 @@ void ControlServer::OnSend(FaultLoop& loop, Conn& c, int res) {
   if (c.dead) return Reap(c);
   if (res < 0) return Kill(loop, c);  // EPIPE, ECONNRESET: the client left
   c.out_sent += static_cast<size_t>(res);
+  if (res > 0) c.output_since = MonotonicNs();
   if (c.out_sent >= c.out.size()) {
     c.out.clear();
     c.out_sent = 0;
@@ -272,7 +283,13 @@ void ControlServer::Flush(FaultLoop& loop) {
       overflowing.push_back(c.get());
       continue;
     }
-    if (c->dead || c->send_op.in_flight || c->out_sent >= c->out.size()) continue;
+    if (c->dead || c->send_op.in_flight) continue;
+    if (c->out_sent >= c->out.size()) {
+      c->output_since = 0;  // nothing pending: no clock running
+      continue;
+    }
+    // Output pending: its clock runs from when it was last empty or last made progress.
+    if (c->output_since == 0) c->output_since = MonotonicNs();
     io_uring_sqe* sqe = loop.GetSqe();
     io_uring_prep_send(sqe, c->fd.get(), c->out.data() + c->out_sent, c->out.size() - c->out_sent,
                        MSG_NOSIGNAL);
@@ -343,6 +360,51 @@ void ControlServer::Stop(FaultLoop& loop) {
       (void)!send(c->fd.get(), c->out.data() + c->out_sent, c->out.size() - c->out_sent,
                   MSG_DONTWAIT | MSG_NOSIGNAL);
     }
+    Kill(loop, *c);
+  }
+}
+
+std::optional<std::pair<uint64_t, const char*>> ControlServer::DeadlineOf(const Conn& c) const {
+  if (c.dead) return std::nullopt;
+  std::optional<std::pair<uint64_t, const char*>> out;
+  auto earlier = [&out](uint64_t at, const char* why) {
+    if (!out.has_value() || at < out->first) out = std::make_pair(at, why);
+  };
+  if (c.partial_since != 0) {
+    earlier(c.partial_since + options_.message_timeout_ns, "sent part of a message and stopped");
+  }
+  if (c.output_since != 0 && c.out_sent < c.out.size()) {
+    earlier(c.output_since + options_.message_timeout_ns, "is not reading its replies");
+  }
+  // Idle: nothing half sent, nothing to send, no stream open (a Monitor subscriber waits for
+  // events by design; the event bus holds its channel).
+  if (c.partial_since == 0 && c.out_sent >= c.out.size() && c.channel.use_count() == 1) {
+    earlier(c.last_call + options_.idle_timeout_ns, "has been idle");
+  }
+  return out;
+}
+
+std::optional<uint64_t> ControlServer::NextDeadline() const {
+  std::optional<uint64_t> next;
+  for (const auto& c : conns_) {
+    if (auto d = DeadlineOf(*c); d.has_value() && (!next.has_value() || d->first < *next)) {
+      next = d->first;
+    }
+  }
+  return next;
+}
+
+void ControlServer::Tick(FaultLoop& loop, uint64_t now_ns) {
+  std::vector<std::pair<Conn*, const char*>> expired;
+  for (auto& c : conns_) {
+    if (auto d = DeadlineOf(*c); d.has_value() && d->first <= now_ns) {
+      expired.emplace_back(c.get(), d->second);
+    }
+  }
+  for (auto [c, why] : expired) {
+    ++timed_out_;
+    Log(LogLevel::kWarning, absl::StrCat("control socket: uid ", c->peer.uid, " (pid ", c->peer.pid,
+                                         ") ", why, "; closing"));
     Kill(loop, *c);
   }
 }

@@ -371,20 +371,6 @@ TEST(SocketActivationTest, ServesTheSocketSystemdPassed) {
   std::filesystem::remove_all(dir);
 }
 
-// Runs fn in a child that has dropped to uid/gid/groups; returns fn's exit status.
-int AsUser(uid_t uid, gid_t gid, std::vector<gid_t> groups, const std::function<int()>& fn) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    if (setgroups(groups.size(), groups.data()) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
-      _exit(100);
-    }
-    _exit(fn());
-  }
-  int status = 0;
-  if (!iopfd_test::WaitPidFor(pid, 30000, &status)) return 102;  // the child hung
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 101;
-}
-
 TEST_F(ControlSocketTest, AuthorizationByUidAndGroup) {
   ASSERT_EQ(geteuid(), 0u) << "this test forks children that drop to other users: run as root";
   // The socket is root:daemon 0660, so "nobody" without the group cannot even connect; with it,
@@ -403,7 +389,7 @@ TEST_F(ControlSocketTest, AuthorizationByUidAndGroup) {
   };
   const std::string path = iopfd_.socket();
   for (const Case& c : cases) {
-    int got = AsUser(kNobody, c.gid, c.groups, [&path] {
+    int got = iopfd_test::AsUser(kNobody, c.gid, c.groups, [&path] {
       Client cl(path);
       if (!cl.connected()) return 0;
       int bits = 1;

@@ -4,6 +4,7 @@
 #define IOPFD_TESTS_INTEGRATION_HARNESS_H_
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <optional>
 #include <sstream>
@@ -41,6 +43,20 @@ inline bool WaitPidFor(pid_t pid, int timeout_ms, int* status) {
   kill(pid, SIGKILL);
   waitpid(pid, status, 0);
   return false;
+}
+
+// Runs fn in a child that has dropped to uid/gid/groups; returns fn's exit status.
+inline int AsUser(uid_t uid, gid_t gid, std::vector<gid_t> groups, const std::function<int()>& fn) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (setgroups(groups.size(), groups.data()) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+      _exit(100);
+    }
+    _exit(fn());
+  }
+  int status = 0;
+  if (!WaitPidFor(pid, 30000, &status)) return 102;  // the child hung
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 101;
 }
 
 struct IopfdOptions {
