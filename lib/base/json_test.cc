@@ -46,8 +46,9 @@ TEST(JsonTest, ParsesWhatIsWithinTheLimit) {
 }
 
 TEST(JsonTest, InvalidJsonAndUtf8AreRefused) {
-  for (std::string bad : {std::string("{"), std::string(R"({"a":1,})"), std::string("\"\xff\""),
-                          std::string(R"("\ud800")"), std::string("{} {}"), std::string()}) {
+  for (const std::string& bad :
+       {std::string("{"), std::string(R"({"a":1,})"), std::string("\"\xff\""),
+        std::string(R"("\ud800")"), std::string("{} {}"), std::string()}) {
     auto j = ParseJson(bad);
     ASSERT_FALSE(j.ok()) << bad;
     EXPECT_THAT(std::string(j.status().message()), HasSubstr("not valid JSON")) << bad;

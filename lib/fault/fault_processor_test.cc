@@ -328,6 +328,22 @@ TEST(ResponseQueueTest, InterruptedWriteIsRetriedWhole) {
   EXPECT_EQ(stats.responses_written, 1u);
 }
 
+// ENOMEM consumed nothing (the fault fd's write allocates nothing; it comes from io_uring's
+// way there): the same answers are written again, never abandoned.
+TEST(ResponseQueueTest, AWriteThatRanOutOfMemoryIsRetriedWhole) {
+  DeviceStats stats;
+  ResponseQueue q(&stats);
+  q.Add(1, uapi::kRespSuccess, 0);
+  q.Add(2, uapi::kRespInvalid, 0);
+  q.BeginWrite();
+  EXPECT_TRUE(q.CompleteWrite(-ENOMEM, 0));
+  EXPECT_EQ(stats.responses_abandoned, 0u);
+  EXPECT_EQ(q.BeginWrite().size(), 2u);
+  EXPECT_TRUE(q.CompleteWrite(16, 0));
+  EXPECT_EQ(stats.responses_written, 2u);
+  EXPECT_EQ(q.outstanding(), 0u);
+}
+
 TEST(ResponseQueueTest, DeadFdAbandonsEverythingAndSaysSo) {
   DeviceStats stats;
   ResponseQueue q(&stats);

@@ -180,7 +180,10 @@ bool ResponseQueue::CompleteWrite(ssize_t result, uint64_t now_ns) {
     ++inflight_pos_;
     return true;
   }
-  if (err == EINTR || err == EAGAIN) return true;  // nothing consumed; write the same again
+  // Nothing consumed; write the same again. ENOMEM included: the fault fd's write allocates
+  // nothing (eventq.c), so it comes from the way there (io_uring's request or async data) and
+  // the next try may well succeed; abandoning would leave every one of these groups pending.
+  if (err == EINTR || err == EAGAIN || err == ENOMEM) return true;
   AbandonAll();
   return false;
 }

@@ -883,6 +883,7 @@ TEST_F(DrainControlTest, EveryMethodIsAuthorizedAsItsTableSays) {
       {"io.iopfd.Adopt", {{"config", "name = \"x\""}}}, {"io.iopfd.Detach", {{"device", "nosuch"}}},
   };
   std::vector<std::string> listed;
+  listed.reserve(read_only.size() + admin_only.size());
   for (const auto& [m, p] : read_only) listed.push_back(m);
   for (const auto& [m, p] : admin_only) listed.push_back(m);
   std::sort(listed.begin(), listed.end());

@@ -11,8 +11,10 @@
 // versions; it is never copied into the repository.
 
 #include <dirent.h>
+#include <sys/mount.h>
 
 #include <atomic>
+#include <regex>
 #include <set>
 
 #include "mock_env.h"
@@ -625,6 +627,208 @@ bool CaseDrainAndResetDuringAFlood() {
   return v.Report();
 }
 
+// ---- Kernel fault injection (issue 12).
+
+std::string ReadText(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// failslab answers fail-nth for GFP_KERNEL allocations too (ignore-gfp-wait=N), silently
+// (verbose=0: the kernel log is checked for warnings after the run). The page allocator's
+// injection (fail_page_alloc) is left off: every page allocation failure prints a stack trace
+// (warn_alloc), which the clean-log check cannot tell from a real warning.
+bool SetUpFailslab(Verdict& v) {
+  mkdir("/sys/kernel/debug", 0755);
+  if (mount("debugfs", "/sys/kernel/debug", "debugfs", 0, nullptr) != 0 && errno != EBUSY) {
+    v.Expect(false, Format("mount debugfs: %s", strerror(errno)));
+    return false;
+  }
+  for (const auto& [file, value] : std::vector<std::pair<const char*, const char*>>{
+           {"/sys/kernel/debug/failslab/ignore-gfp-wait", "N"},
+           {"/sys/kernel/debug/failslab/verbose", "0"},
+           {"/sys/kernel/debug/failslab/cache-filter", "N"}}) {
+    std::ofstream f(file);
+    f << value;
+    f.close();
+    if (!f) {
+      v.Expect(false, Format("write %s: the test kernel lacks FAILSLAB/debugfs?", file));
+      return false;
+    }
+  }
+  return true;
+}
+
+// After iopfd exited, with the device's fault fd still held here (the owner's copy): answers
+// every cookie the kernel may still hold as read and unanswered, and counts those it accepts
+// (each a group iopfd read and never answered); then reads and answers what is still queued
+// (unread: waiting, not lost) and counts it.
+struct Probe {
+  size_t unanswered = 0;
+  size_t unread = 0;
+};
+Probe ProbeFaultQueue(const Env& e) {
+  Probe p;
+  for (uint32_t cookie = 0; cookie < 4096; ++cookie) {
+    iommu_hwpt_page_response r = {};
+    r.cookie = cookie;
+    r.code = IOMMUFD_PAGE_RESP_INVALID;
+    if (write(e.fault_fd, &r, sizeof(r)) == static_cast<ssize_t>(sizeof(r))) ++p.unanswered;
+  }
+  for (;;) {
+    pollfd pfd{e.fault_fd, POLLIN, 0};
+    if (poll(&pfd, 1, 0) != 1) break;
+    iommu_hwpt_pgfault recs[64];
+    ssize_t n = read(e.fault_fd, recs, sizeof(recs));
+    if (n <= 0) break;
+    for (size_t i = 0; i < static_cast<size_t>(n) / sizeof(recs[0]); ++i) {
+      if ((recs[i].flags & IOMMU_PGFAULT_FLAGS_LAST_PAGE) == 0) continue;
+      ++p.unread;
+      iommu_hwpt_page_response r = {};
+      r.cookie = recs[i].cookie;
+      r.code = IOMMUFD_PAGE_RESP_INVALID;
+      (void)!write(e.fault_fd, &r, sizeof(r));
+    }
+  }
+  return p;
+}
+
+// Makes the Nth fault-injectable allocation of iopfd's loop thread fail
+// (/proc/PID/task/TID/fail-nth, as the kernel's own iommufd selftests do), for N = 1, 2, ...,
+// each across one pass: page requests on two devices, a drain of one (and every eighth pass a
+// reset) over the control socket, until the queues are read. It ends when a pass completes
+// without reaching its Nth allocation. After every step iopfd must be alive and either serve
+// both devices or have failed only one, with an error naming the step and the errno (it is then
+// restarted); after every exit no group it read may be left unanswered (the cookie probe), and
+// for the device never drained every page request is accounted for: read by an iopfd or still
+// queued.
+bool CaseKernelAllocationFailures() {
+  Verdict v("kernel_allocation_failures");
+  if (!SetUpFailslab(v)) return v.Report();
+  Env e, b;
+  Setup(e, v.name, "warning");
+  WriteFile(e.dir + "/devices.d/mock0.toml",
+            SwitchableDeviceFile(e, "halt = \"owner\"\nhalt_timeout_ms = 60000\n"));
+  Setup(b, v.name + "-b", "warning", "mockB");
+  WriteFile(e.dir + "/devices.d/mockB.toml", DeviceFile(b));
+  auto fds = e.Fds();
+  for (const auto& f : b.Fds()) fds.push_back(f);
+  const std::string sock = e.dir + "/ctl.sock";
+  const auto start = std::chrono::steady_clock::now();
+
+  Daemon d = StartWith(e.dir, fds);
+  v.Expect(WaitFor([&] { return ControlClient(sock).ok(); }), "iopfd up");
+  uint64_t sent_b = 0, read_b = 0;
+  int injected = 0, restarts = 0, n = 1;
+  bool clean_pass = false;
+  std::string first_failure;
+  // Stops iopfd and checks what it leaves behind; counts mockB's groups it read.
+  auto stop_and_probe = [&](const char* when) {
+    const int rc = Stop(d);
+    v.Expect(rc == 0, Format("iopfd exit %d %s (N=%d)", rc, when, n));
+    auto sb = ReadStats(d, "mockB");
+    read_b += sb["groups"];
+    for (Env* env : {&e, &b}) {
+      Probe p = ProbeFaultQueue(*env);
+      v.Expect(p.unanswered == 0, Format("%s: %zu group(s) read and never answered %s (N=%d)",
+                                         env->dev.c_str(), p.unanswered, when, n));
+      if (env == &b) read_b += p.unread;  // waiting in the queue: not lost
+    }
+  };
+  constexpr int kMaxN = 20000;
+  for (; n <= kMaxN && v.failures.empty(); ++n) {
+    const std::string nth = Format("/proc/%d/task/%d/fail-nth", d.pid, d.pid);
+    WriteFile(nth, std::to_string(n));
+    // One pass: fresh pages (map calls), repeated ones (answered from what is mapped), both
+    // attachments of mock0, mockB, a drain, now and then a reset.
+    for (int i = 0; i < 8; ++i) {
+      const uint64_t page = static_cast<uint64_t>((n * 8 + i) % 200);
+      Trigger(e, kR0 + page * kPage, IOMMU_PGFAULT_PERM_READ, false, static_cast<uint32_t>(i));
+      Trigger(e, kR2 + (page % 48) * kPage, IOMMU_PGFAULT_PERM_READ, true,
+              static_cast<uint32_t>(i + 8));
+      if (Trigger(b, kR0 + page * kPage, IOMMU_PGFAULT_PERM_READ, false,
+                  static_cast<uint32_t>(i)) == 0) {
+        ++sent_b;
+      }
+    }
+    // A call whose connection an injected failure broke gets no reply (iopfd closes it): the
+    // client calls again, as any client would.
+    auto call = [&](const std::string& json) {
+      for (int t = 0; t < 3; ++t) {
+        std::string r = ControlClient(sock).Call(json);
+        if (!r.empty()) return r;
+      }
+      return std::string();
+    };
+    (void)call(n % 8 == 0 ? R"({"method":"io.iopfd.Reset","parameters":{"device":"mock0"}})"
+                          : R"({"method":"io.iopfd.Drain","parameters":{"device":"mock0"}})");
+    (void)call(R"({"method":"io.iopfd.Halt","parameters":{"device":"mock0"}})");
+    WaitFor([&] { return QueueEmpty(e) && QueueEmpty(b); }, 5000);
+    const std::string left = ReadText(nth);
+    WriteFile(nth, "0");
+    if (std::atoi(left.c_str()) > 0) {
+      clean_pass = true;  // the pass made fewer than N allocations: every one was tried
+      break;
+    }
+    ++injected;
+    int status = 0;
+    if (waitpid(d.pid, &status, WNOHANG) == d.pid) {
+      d.pid = -1;
+      EchoLog(d);
+      v.Expect(false,
+               Format("iopfd died when allocation %d of its loop failed (status 0x%x)", n, status));
+      break;
+    }
+    // Both devices served (once a reset has run its course), or one given up with its reason
+    // in the log.
+    auto running = [](const std::string& l) {
+      size_t count = 0;
+      for (size_t at = l.find(R"("state":"running")"); at != std::string::npos;
+           at = l.find(R"("state":"running")", at + 1)) {
+        ++count;
+      }
+      return count;
+    };
+    std::string list;
+    WaitFor(
+        [&] {
+          list = call(R"({"method":"io.iopfd.ListDevices"})");
+          return running(list) >= 2;
+        },
+        3000);
+    v.Expect(!list.empty(), Format("no ListDevices reply after allocation %d failed", n));
+    if (running(list) < 2) {
+      const std::string log = ReadLog(d);
+      static const std::regex kErrno(" E[A-Z0-9]+ \\(");
+      v.Expect(std::regex_search(log, kErrno),
+               Format("a device stopped running after allocation %d failed, with no errno in "
+                      "the log: %s",
+                      n, list.c_str()));
+      if (first_failure.empty()) first_failure = Format("N=%d: %s", n, list.c_str());
+      stop_and_probe("after a device was given up");
+      d = StartWith(e.dir, fds);
+      v.Expect(WaitFor([&] { return ControlClient(sock).ok(); }), "iopfd up again");
+      ++restarts;
+    }
+  }
+  v.Expect(clean_pass, Format("no pass completed without an injected failure up to N=%d", n));
+  if (d.pid > 0) stop_and_probe("at the end");
+  v.Expect(
+      read_b == sent_b,
+      Format("mockB: %llu page requests sent, %llu read by iopfd or still queued",
+             static_cast<unsigned long long>(sent_b), static_cast<unsigned long long>(read_b)));
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf(
+      "IOPF-INFO fault injection: %d allocations of iopfd's loop failed in turn (a pass "
+      "makes %d), %d restart(s) after a device was given up, %.0f s%s%s\n",
+      injected, n - 1, restarts, secs,
+      first_failure.empty() ? "" : "; first: ", first_failure.c_str());
+  return v.Report();
+}
+
 // The self-test devices present now (their sysfs names).
 std::set<std::string> MockDevices() {
   std::set<std::string> names;
@@ -771,6 +975,7 @@ int RunTests(const std::vector<std::string>& only) {
       {"adopt_and_detach_at_run_time", CaseAdoptAndDetach},
       {"drain_and_reset_during_a_flood", CaseDrainAndResetDuringAFlood},
       {"destroy_device_mid_flood", CaseDestroyDeviceMidFlood},
+      {"kernel_allocation_failures", CaseKernelAllocationFailures},
   };
   int failed = 0, passed = 0;
   for (const Case& c : cases) {
