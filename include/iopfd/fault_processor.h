@@ -65,6 +65,9 @@ class FaultProcessor {
   void MapRun(AddressSpace* space, Region* region, uint64_t first, uint64_t end);
   bool MapPages(AddressSpace* space, Region* region, uint64_t first, uint64_t count);
 
+  // Map calls that fail ENOMEM are made again this many times before the group fails.
+  static constexpr int kMapRetries = 2;
+
   FaultProcessorOptions options_;
   SpaceTable* spaces_;
   Mapper* mapper_;

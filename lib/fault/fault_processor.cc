@@ -1,6 +1,7 @@
 #include "iopfd/fault_processor.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <functional>
 
 #include "iopfd/errors.h"
@@ -174,6 +175,13 @@ bool FaultProcessor::MapPages(AddressSpace* space, Region* region, uint64_t firs
   MapRequest req = region->MakeRequest(space->ioas(), first, count);
   ++stats_->map_calls;
   absl::Status st = mapper_->Map(req);
+  // ENOMEM is the kernel failing one allocation on the way (the area, the page array, a page
+  // table): no state changed, and the same call a moment later usually succeeds. Answering
+  // INVALID at once would turn a transient shortage into a failed translation on the device.
+  for (int retry = 0; retry < kMapRetries && !st.ok() && ErrnoOf(st) == ENOMEM; ++retry) {
+    ++stats_->map_calls;
+    st = mapper_->Map(req);
+  }
   if (st.ok()) {
     region->MarkMapped(first, count);
     stats_->bytes_mapped += req.length;

@@ -23,7 +23,8 @@ class FakeMapper : public Mapper {
   absl::Status Map(const MapRequest& req) override {
     calls.push_back(req);
     for (uint64_t iova : fail_iovas) {
-      if (iova >= req.iova && iova < req.iova + req.length) {
+      if (iova >= req.iova && iova < req.iova + req.length && fail_times != 0) {
+        if (fail_times > 0) --fail_times;
         return ErrnoStatus(fail_errno, "fake", "IOMMU_IOAS_MAP");
       }
     }
@@ -32,6 +33,7 @@ class FakeMapper : public Mapper {
   std::vector<MapRequest> calls;
   std::vector<uint64_t> fail_iovas;
   int fail_errno = ENOMEM;
+  int fail_times = -1;  // how many calls fail (-1: all)
 };
 
 uapi::PageFault Rec(uint32_t cookie, uint64_t addr, uint32_t perm = uapi::kPermRead,
@@ -246,6 +248,32 @@ TEST_F(FaultProcessorTest, AGroupOfExactlyTheLimitIsResolved) {
   EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kOversizedGroup)], 0u);
 }
 
+// A map that fails for want of memory is made again before its group fails: one failed
+// kernel allocation must not become a failed translation on the device.
+TEST_F(FaultProcessorTest, AMapThatRanOutOfMemoryOnceIsRetried) {
+  mapper_.fail_iovas = {1 << 20};
+  mapper_.fail_times = 1;
+  std::vector<uapi::PageFault> recs = {Rec(1, 1 << 20)};
+  proc_->Process(recs, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespSuccess)));
+  EXPECT_EQ(mapper_.calls.size(), 2u);
+  EXPECT_EQ(stats_.map_calls, 2u);
+  // Another errno is not retried, and a shortage that lasts fails the group after the retries.
+  mapper_.fail_iovas = {(1 << 20) + kPage, (1 << 20) + 2 * kPage};
+  mapper_.fail_times = -1;
+  mapper_.calls.clear();
+  std::vector<uapi::PageFault> more = {Rec(2, (1 << 20) + kPage)};
+  proc_->Process(more, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(2u, uapi::kRespInvalid)));
+  EXPECT_EQ(mapper_.calls.size(), 6u);  // the call and two retries, then the page alone likewise
+  mapper_.fail_errno = EFAULT;
+  mapper_.calls.clear();
+  std::vector<uapi::PageFault> other = {Rec(3, (1 << 20) + 2 * kPage)};
+  proc_->Process(other, 0);
+  EXPECT_THAT(Flush(), ElementsAre(Resp(3u, uapi::kRespInvalid)));
+  EXPECT_EQ(mapper_.calls.size(), 2u);  // no retries: the call, then the page alone
+}
+
 TEST_F(FaultProcessorTest, ForeignDeviceAndMixedGroupsAreInvalid) {
   uapi::PageFault foreign = Rec(1, 1 << 20);
   foreign.dev_id = kDev + 1;
@@ -260,6 +288,7 @@ TEST_F(FaultProcessorTest, ForeignDeviceAndMixedGroupsAreInvalid) {
 
 TEST_F(FaultProcessorTest, MapFailureFailsOnlyTheGroupsThatNeedTheBadPage) {
   mapper_.fail_iovas = {(1 << 20) + 2 * kPage};
+  mapper_.fail_errno = EFAULT;  // not retried (ENOMEM is: AMapThatRanOutOfMemoryOnceIsRetried)
   std::vector<uapi::PageFault> recs = {Rec(1, 1 << 20), Rec(2, (1 << 20) + kPage),
                                        Rec(3, (1 << 20) + 2 * kPage)};
   proc_->Process(recs, 0);
