@@ -18,6 +18,7 @@
 #include <set>
 
 #include "mock_env.h"
+#include "soak.h"
 
 namespace {
 
@@ -661,40 +662,6 @@ bool SetUpFailslab(Verdict& v) {
   return true;
 }
 
-// After iopfd exited, with the device's fault fd still held here (the owner's copy): answers
-// every cookie the kernel may still hold as read and unanswered, and counts those it accepts
-// (each a group iopfd read and never answered); then reads and answers what is still queued
-// (unread: waiting, not lost) and counts it.
-struct Probe {
-  size_t unanswered = 0;
-  size_t unread = 0;
-};
-Probe ProbeFaultQueue(const Env& e) {
-  Probe p;
-  for (uint32_t cookie = 0; cookie < 4096; ++cookie) {
-    iommu_hwpt_page_response r = {};
-    r.cookie = cookie;
-    r.code = IOMMUFD_PAGE_RESP_INVALID;
-    if (write(e.fault_fd, &r, sizeof(r)) == static_cast<ssize_t>(sizeof(r))) ++p.unanswered;
-  }
-  for (;;) {
-    pollfd pfd{e.fault_fd, POLLIN, 0};
-    if (poll(&pfd, 1, 0) != 1) break;
-    iommu_hwpt_pgfault recs[64];
-    ssize_t n = read(e.fault_fd, recs, sizeof(recs));
-    if (n <= 0) break;
-    for (size_t i = 0; i < static_cast<size_t>(n) / sizeof(recs[0]); ++i) {
-      if ((recs[i].flags & IOMMU_PGFAULT_FLAGS_LAST_PAGE) == 0) continue;
-      ++p.unread;
-      iommu_hwpt_page_response r = {};
-      r.cookie = recs[i].cookie;
-      r.code = IOMMUFD_PAGE_RESP_INVALID;
-      (void)!write(e.fault_fd, &r, sizeof(r));
-    }
-  }
-  return p;
-}
-
 // Makes the Nth fault-injectable allocation of iopfd's loop thread fail
 // (/proc/PID/task/TID/fail-nth, as the kernel's own iommufd selftests do), for N = 1, 2, ...,
 // each across one pass: page requests on two devices, a drain of one (and every eighth pass a
@@ -1053,8 +1020,9 @@ int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   std::string mode = argc > 1 ? argv[1] : "test";
   if (mode == "test") return RunTests(std::vector<std::string>(argv + 2, argv + argc));
+  if (mode == "soak") return RunSoak(argc > 2 ? std::atoi(argv[2]) : 1800);
   if (mode == "demo") {
     return RunDemo(argc > 2 ? std::atoi(argv[2]) : 20000, argc > 3 ? argv[3] : "info");
   }
-  Die("unknown mode '%s' (test [CASE...] | demo [N])", mode.c_str());
+  Die("unknown mode '%s' (test [CASE...] | demo [N] | soak [SECONDS])", mode.c_str());
 }

@@ -375,8 +375,8 @@ struct Daemon {
 
 // Starts iopfd on the configuration in dir, handing it `fds` (LISTEN_FDS, in order, with their
 // names).
-inline Daemon StartWith(const std::string& dir,
-                        const std::vector<std::pair<std::string, int>>& fds) {
+inline Daemon StartWith(const std::string& dir, const std::vector<std::pair<std::string, int>>& fds,
+                        const std::vector<std::pair<std::string, std::string>>& env = {}) {
   Daemon d;
   d.stats_path = dir + "/stats.json";
   d.log_path = dir + "/iopfd.log";
@@ -400,6 +400,7 @@ inline Daemon StartWith(const std::string& dir,
     setenv("LISTEN_FDS", std::to_string(high.size()).c_str(), 1);
     setenv("LISTEN_FDNAMES", names.c_str(), 1);
     setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    for (const auto& [name, value] : env) setenv(name.c_str(), value.c_str(), 1);
     execl("/bin/iopfd", "iopfd", "--config", (dir + "/iopfd.toml").c_str(), "--devices-dir",
           (dir + "/devices.d").c_str(), "--stats-json", d.stats_path.c_str(),
           static_cast<char*>(nullptr));
@@ -444,6 +445,121 @@ inline int Stop(Daemon& d) {
   d.pid = -1;
   EchoLog(d);
   return -2;
+}
+
+// systemd's file descriptor store, as iopfd sees it (NOTIFY_SOCKET and FDSTORE): keeps every
+// descriptor sent with FDSTORE=1 under its FDNAME, drops a name's entries on FDSTOREREMOVE=1,
+// and hands them back at the next start. Messages are taken in whenever Receive() runs.
+class FdStoreKeeper {
+ public:
+  explicit FdStoreKeeper(const std::string& path) : path_(path) {
+    unlink(path.c_str());
+    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      Die("fd store socket %s: %s", path.c_str(), strerror(errno));
+    }
+    int big = 1 << 20;
+    setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+  }
+  ~FdStoreKeeper() {
+    for (const auto& [name, fd] : entries_) close(fd);
+    close(fd_);
+    unlink(path_.c_str());
+  }
+  FdStoreKeeper(const FdStoreKeeper&) = delete;
+  FdStoreKeeper& operator=(const FdStoreKeeper&) = delete;
+  // The environment iopfd gets from a unit with FileDescriptorStoreMax=64.
+  std::vector<std::pair<std::string, std::string>> Env() const {
+    return {{"NOTIFY_SOCKET", path_}, {"FDSTORE", "64"}};
+  }
+  // Takes in every message waiting.
+  void Receive() {
+    for (;;) {
+      char buf[4096];
+      iovec iov{buf, sizeof(buf)};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof(control);
+      ssize_t n = recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+      if (n < 0) return;
+      std::vector<int> fds;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        fds.resize(count);
+        std::memcpy(fds.data(), CMSG_DATA(c), count * sizeof(int));
+      }
+      std::string text(buf, static_cast<size_t>(n)), name;
+      bool store = false, remove = false;
+      std::istringstream lines(text);
+      for (std::string line; std::getline(lines, line);) {
+        if (line == "FDSTORE=1") store = true;
+        if (line == "FDSTOREREMOVE=1") remove = true;
+        if (line.rfind("FDNAME=", 0) == 0) name = line.substr(7);
+      }
+      if (store) {
+        for (int fd : fds) entries_.emplace_back(name, fd);
+        fds.clear();
+      }
+      if (remove) {
+        for (auto it = entries_.begin(); it != entries_.end();) {
+          if (it->first == name) {
+            close(it->second);
+            it = entries_.erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
+      for (int fd : fds) close(fd);
+    }
+  }
+  const std::vector<std::pair<std::string, int>>& entries() const { return entries_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  std::vector<std::pair<std::string, int>> entries_;
+};
+
+// After iopfd exited, with the device's fault fd still held here (the owner's copy): answers
+// every cookie the kernel may still hold as read and unanswered, and counts those it accepts
+// (each a group iopfd read and never answered); then reads and answers what is still queued
+// (unread: waiting, not lost) and counts it.
+struct Probe {
+  size_t unanswered = 0;
+  size_t unread = 0;
+};
+inline Probe ProbeFaultQueue(const Env& e) {
+  Probe p;
+  for (uint32_t cookie = 0; cookie < 4096; ++cookie) {
+    iommu_hwpt_page_response r = {};
+    r.cookie = cookie;
+    r.code = IOMMUFD_PAGE_RESP_INVALID;
+    if (write(e.fault_fd, &r, sizeof(r)) == static_cast<ssize_t>(sizeof(r))) ++p.unanswered;
+  }
+  for (;;) {
+    pollfd pfd{e.fault_fd, POLLIN, 0};
+    if (poll(&pfd, 1, 0) != 1) break;
+    iommu_hwpt_pgfault recs[64];
+    ssize_t n = read(e.fault_fd, recs, sizeof(recs));
+    if (n <= 0) break;
+    for (size_t i = 0; i < static_cast<size_t>(n) / sizeof(recs[0]); ++i) {
+      if ((recs[i].flags & IOMMU_PGFAULT_FLAGS_LAST_PAGE) == 0) continue;
+      ++p.unread;
+      iommu_hwpt_page_response r = {};
+      r.cookie = recs[i].cookie;
+      r.code = IOMMUFD_PAGE_RESP_INVALID;
+      (void)!write(e.fault_fd, &r, sizeof(r));
+    }
+  }
+  return p;
 }
 
 // One case's verdict, accumulated by Expect(); Report() prints its IOPF-RESULT line.
