@@ -18,6 +18,7 @@
 #include "iopfd/uevent.h"
 #include "iopfd/varlink.h"
 #include "sim_kernel.h"
+#include "sync_host.h"
 
 namespace iopfd::sim {
 namespace {
@@ -41,51 +42,10 @@ Uevent KernelEventFor(const std::string& action, const std::string& error_event 
   return ev;
 }
 
-// The loop's part, synchronously: serving is reading the queue and writing the answers.
-class SyncHost : public DeviceHost {
+// The shared synchronous host, with a Turn that fails the test on an error.
+class TestHost : public SyncHost {
  public:
-  void AddDevice(Device* d) override { served.push_back(d); }
-  std::optional<uint64_t> RemoveDevice(Device* d) override {
-    (void)d->ReadAvailable(~0ull, 1024);
-    (void)d->WriteQueued();
-    std::erase(served, d);
-    return d->stats().outstanding();
-  }
-  bool Quiesce(Device& /*d*/) override {
-    ++quiesces;
-    return true;
-  }
-  void Rearm(Device& /*d*/) override { ++rearms; }
-  // With defer_blocking, a blocking job waits in `blocking` until the test runs it (as the
-  // worker thread would, while the loop goes on); else it runs now, as the default does.
-  void RunBlocking(const Device& /*d*/, std::function<absl::Status()> job,
-                   std::function<void(absl::Status)> done) override {
-    if (!defer_blocking) return done(job());
-    blocking.emplace_back(std::move(job), std::move(done));
-  }
-  void FinishBlocking(const Device& /*d*/) override {
-    ++finishes;
-    RunPendingJobs();
-  }
-  // The worker finishes every job; their results come back to the loop.
-  void RunPendingJobs() {
-    auto jobs = std::move(blocking);
-    blocking.clear();
-    for (auto& [job, done] : jobs) done(job());
-  }
-  // One loop turn for every served device.
-  void Turn() {
-    for (Device* d : served) {
-      ASSERT_TRUE(d->ReadAvailable(~0ull, 1024).ok());
-      ASSERT_TRUE(d->WriteQueued().ok());
-    }
-  }
-  std::vector<Device*> served;
-  int quiesces = 0;
-  int rearms = 0;
-  bool defer_blocking = false;
-  std::vector<std::pair<std::function<absl::Status()>, std::function<void(absl::Status)>>> blocking;
-  int finishes = 0;
+  void Turn() { ASSERT_TRUE(TurnStatus().ok()); }
 };
 
 // Collects what Monitor streams.
@@ -175,7 +135,7 @@ class DrainControlTest : public ::testing::Test {
 
   PriDevice function_;
   SimKernel kernel_{&function_};
-  SyncHost host_;
+  TestHost host_;
   EventfdWatcher irqs_;
   DeviceManager manager_{&host_, &kernel_, ListenFds(), 64};
   EventBus events_;
