@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -26,13 +27,15 @@ using iopfd_test::Iopfd;
 using nlohmann::json;
 using ::testing::HasSubstr;
 
-// Short timeouts so that the test waits little; a large message limit for the big messages.
-iopfd_test::IopfdOptions Options() {
+// Short timeouts so that the test waits little (message_timeout_ms long enough for a big
+// message to arrive where that is the point); a large message limit for the big messages.
+iopfd_test::IopfdOptions Options(int message_timeout_ms = 300) {
   iopfd_test::IopfdOptions o;
   o.global =
       "[control]\ngroup = \"daemon\"\nadmin_group = \"bin\"\n"
       "max_connections = 64\nmax_connections_per_uid = 32\n"
-      "max_message_bytes = 4194304\nmessage_timeout_ms = 300\nidle_timeout_ms = 1500\n";
+      "max_message_bytes = 4194304\nmessage_timeout_ms = " +
+      std::to_string(message_timeout_ms) + "\nidle_timeout_ms = 1500\n";
   return o;
 }
 
@@ -49,6 +52,15 @@ bool ClosedWithin(int fd, int ms) {
     }
   }
   return false;
+}
+
+bool WaitFor(const std::function<bool()>& cond, int ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
 }
 
 bool Healthy(const Iopfd& iopfd) {
@@ -147,9 +159,15 @@ TEST(ControlAbuseTest, AConnectionFloodIsBoundedAndOthersAreServed) {
       EXPECT_EQ(served, 0) << "another uid was not served during the flood, round " << i;
     }
   }
-  EXPECT_LE(iopfd.OpenFds(), fds_before + 64) << "more descriptors than max_connections";
+  // At most max_connections held, plus connections the kernel accepted for it (up to the
+  // listen backlog, 64) whose completions it has not yet handled: a slow iopfd (the sanitizer
+  // build) holds those a moment before closing them.
+  EXPECT_LE(iopfd.OpenFds(), fds_before + 64 + 64) << "more descriptors than the caps allow";
   flood.clear();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // And once the flood is gone, nothing is held for it (the idle timeout closes the rest).
+  EXPECT_TRUE(WaitFor([&] { return iopfd.OpenFds() <= fds_before + 1; }, 5000))
+      << iopfd.OpenFds() << " descriptors open, " << fds_before << " before the flood";
   EXPECT_LE(RssKb(iopfd.pid()), rss_before + 32 * 1024) << "memory grew with the flood";
   EXPECT_TRUE(Healthy(iopfd));
   EXPECT_EQ(iopfd.Stop(), 0);
@@ -186,7 +204,7 @@ TEST(ControlAbuseTest, DescriptorsAreNeverKeptByMistake) {
 // Messages that are large or strange in every way the issue names: each gets an answer (an
 // error or a result), and iopfd stays healthy.
 TEST(ControlAbuseTest, StrangeMessagesGetAnswersAndNothingBreaks) {
-  Iopfd iopfd(Options());
+  Iopfd iopfd(Options(/*message_timeout_ms=*/20000));
   std::string many_keys = R"({"method":"io.iopfd.GetStatus","parameters":{)";
   for (int i = 0; i < 50000; ++i)
     many_keys += (i ? "," : "") + ("\"k" + std::to_string(i) + "\":0");

@@ -80,7 +80,9 @@ done
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initramfs.gz"
 
 log "booting $KERNEL_IMAGE (TCG, 2 vCPUs) in mode $mode"
-append="console=ttyS0 panic=-1 loglevel=4 iopf_mode=$mode"
+# slab_nomerge: every slab cache stands alone, so the fault-injection case can pick the caches
+# whose allocations it fails (tests/vm/guest/iopf_guest.cc, SetUpFailslab).
+append="console=ttyS0 panic=-1 loglevel=4 slab_nomerge iopf_mode=$mode"
 [ -n "$args" ] && append="$append iopf_args=$args"
 start=$(date +%s.%N)
 set +e

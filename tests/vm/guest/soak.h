@@ -84,7 +84,10 @@ inline int RunSoak(int seconds) {
     std::vector<std::pair<std::string, int>> fds = configured;
     for (const auto& entry : store.entries()) fds.push_back(entry);
     Daemon d = StartWith(dir, fds, store.Env());
-    if (!WaitFor([&] { return ControlClient(sock).ok(); }, 30000)) {
+    // Serving, not only listening (the socket listens before the loop starts).
+    if (!WaitFor(
+            [&] { return !ControlClient(sock).Call(R"({"method":"io.iopfd.GetStatus"})").empty(); },
+            30000)) {
       v.Expect(false, "iopfd did not come up");
     }
     return d;
