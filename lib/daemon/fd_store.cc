@@ -109,6 +109,58 @@ std::optional<json> ReadRecord(int fd, std::string* why) {
   return j;
 }
 
+// One device's entries in the store as they came back at start: the record, the descriptors
+// by index, and every name seen (the names to remove if the device cannot be taken back).
+struct StoredEntries {
+  std::optional<UniqueFd> record;
+  std::map<size_t, UniqueFd> fds;
+  std::vector<std::string> names;
+  size_t entries = 0;
+  size_t order = 0;
+  std::string poisoned;  // why the entries cannot be trusted, if they cannot
+};
+
+// Takes every entry under kFdStorePrefix out of `inherited` and groups them by device, in the
+// order their records came; names that are no entry iopfd makes go to *strays (closed).
+std::map<std::string, StoredEntries> GroupStoredEntries(ListenFds* inherited,
+                                                        std::vector<std::string>* strays) {
+  std::map<std::string, StoredEntries> by_device;
+  const std::string prefix = kFdStorePrefix;
+  size_t order = 0;
+  for (const std::string& name : inherited->Untaken()) {
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    auto fd = inherited->Take(name);
+    if (!fd.ok()) continue;
+    std::string rest = name.substr(prefix.size());
+    size_t slash = rest.find('/');
+    std::optional<size_t> index;
+    if (slash != std::string::npos) index = ParseFdIndex(std::string_view(rest).substr(slash + 1));
+    if (slash == std::string::npos && !rest.empty()) {
+      StoredEntries& e = by_device[rest];
+      if (e.record.has_value()) {
+        e.poisoned = "two records under one name";  // which one is iopfd's is unknowable
+      } else {
+        e.record = std::move(*fd);
+        e.order = order++;
+      }
+      ++e.entries;
+      if (std::find(e.names.begin(), e.names.end(), name) == e.names.end()) {
+        e.names.insert(e.names.begin(), name);  // the record is removed first
+      }
+    } else if (slash != std::string::npos && slash > 0 && index.has_value()) {
+      StoredEntries& e = by_device[rest.substr(0, slash)];
+      if (!e.fds.emplace(*index, std::move(*fd)).second) {
+        e.poisoned = absl::StrCat("two descriptors named '", name, "'");
+      }
+      ++e.entries;
+      if (std::find(e.names.begin(), e.names.end(), name) == e.names.end()) e.names.push_back(name);
+    } else {
+      strays->push_back(name);
+    }
+  }
+  return by_device;
+}
+
 }  // namespace
 
 FdStore FdStore::FromEnvironment() {
@@ -204,51 +256,11 @@ void FdStore::Forget(const std::string& device) {
 std::vector<FdStore::Stored> FdStore::TakeStored(ListenFds* inherited,
                                                  std::vector<std::string>* problems) {
   std::vector<Stored> out;
-  // Group the entries by device: the record, and descriptors by index, with every name seen
-  // (the names to remove if the device cannot be taken back).
-  struct Entries {
-    std::optional<UniqueFd> record;
-    std::map<size_t, UniqueFd> fds;
-    std::vector<std::string> names;
-    size_t entries = 0;
-    size_t order = 0;
-    std::string poisoned;  // why the entries cannot be trusted, if they cannot
-  };
-  std::map<std::string, Entries> by_device;
-  const std::string prefix = kFdStorePrefix;
-  size_t order = 0;
-  for (const std::string& name : inherited->Untaken()) {
-    if (name.compare(0, prefix.size(), prefix) != 0) continue;
-    auto fd = inherited->Take(name);
-    if (!fd.ok()) continue;
-    std::string rest = name.substr(prefix.size());
-    size_t slash = rest.find('/');
-    std::optional<size_t> index;
-    if (slash != std::string::npos) index = ParseFdIndex(std::string_view(rest).substr(slash + 1));
-    if (slash == std::string::npos && !rest.empty()) {
-      Entries& e = by_device[rest];
-      if (e.record.has_value()) {
-        e.poisoned = "two records under one name";  // which one is iopfd's is unknowable
-      } else {
-        e.record = std::move(*fd);
-        e.order = order++;
-      }
-      ++e.entries;
-      if (std::find(e.names.begin(), e.names.end(), name) == e.names.end()) {
-        e.names.insert(e.names.begin(), name);  // the record is removed first
-      }
-    } else if (slash != std::string::npos && slash > 0 && index.has_value()) {
-      Entries& e = by_device[rest.substr(0, slash)];
-      if (!e.fds.emplace(*index, std::move(*fd)).second) {
-        e.poisoned = absl::StrCat("two descriptors named '", name, "'");
-      }
-      ++e.entries;
-      if (std::find(e.names.begin(), e.names.end(), name) == e.names.end()) e.names.push_back(name);
-    } else {
-      problems->push_back(
-          absl::StrCat("fd store: '", name, "' is not an entry iopfd makes; closed"));
-      (void)send_("FDSTOREREMOVE=1\nFDNAME=" + name, {});
-    }
+  std::vector<std::string> strays;
+  std::map<std::string, StoredEntries> by_device = GroupStoredEntries(inherited, &strays);
+  for (const std::string& name : strays) {
+    problems->push_back(absl::StrCat("fd store: '", name, "' is not an entry iopfd makes; closed"));
+    (void)send_("FDSTOREREMOVE=1\nFDNAME=" + name, {});
   }
   std::vector<std::pair<size_t, Stored>> ordered;
   for (auto& [device, e] : by_device) {
