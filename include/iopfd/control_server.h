@@ -102,6 +102,9 @@ class ControlServer : public RingClient {
   void OnAccept(FaultLoop& loop, int res);
   void OnRecv(FaultLoop& loop, Conn& c, int res);
   void OnSend(FaultLoop& loop, Conn& c, int res);
+  // Starts or stops c's timeout clocks after a read: an unfinished message's, and the idle one
+  // when the read completed calls.
+  void NoteReceived(Conn& c, bool completed_messages);
   // Marks c dead, cancels what it has in flight, and frees it once nothing is.
   void Kill(FaultLoop& loop, Conn& c);
   void Reap(Conn& c);

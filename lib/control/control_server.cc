@@ -227,14 +227,7 @@ void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
   }
   std::vector<std::string> messages;
   while (auto msg = c.in.Next()) messages.push_back(*std::move(msg));
-  const uint64_t now = MonotonicNs();
-  if (!messages.empty()) c.last_call = now;
-  // The clock of an unfinished message starts at its first byte and stops when it completes.
-  if (c.in.buffered() == 0) {
-    c.partial_since = 0;
-  } else if (c.partial_since == 0 || !messages.empty()) {
-    c.partial_since = now;
-  }
+  NoteReceived(c, !messages.empty());
   // AF_UNIX stream sockets end a read right after the data that carried descriptors
   // (unix_stream_read_generic), so they came with the message this read ends in: the last one
   // completed now, or the one still incomplete. Descriptors held from an earlier read belong to
@@ -261,6 +254,17 @@ void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
     return Kill(loop, c);
   }
   ArmRecv(loop, c);
+}
+
+void ControlServer::NoteReceived(Conn& c, bool completed_messages) {
+  const uint64_t now = MonotonicNs();
+  if (completed_messages) c.last_call = now;
+  // The clock of an unfinished message starts at its first byte and stops when it completes.
+  if (c.in.buffered() == 0) {
+    c.partial_since = 0;
+  } else if (c.partial_since == 0 || completed_messages) {
+    c.partial_since = now;
+  }
 }
 
 void ControlServer::OnSend(FaultLoop& loop, Conn& c, int res) {
