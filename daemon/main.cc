@@ -16,6 +16,7 @@
 #include "iopfd/blocking_worker.h"
 #include "iopfd/clock.h"
 #include "iopfd/config.h"
+#include "iopfd/configured_ledgers.h"
 #include "iopfd/control_methods.h"
 #include "iopfd/control_server.h"
 #include "iopfd/device.h"
@@ -256,6 +257,14 @@ int main(int argc, char** argv) {
   iopfd::FdStore fd_store = iopfd::FdStore::FromEnvironment();
   std::vector<std::string> store_problems;
   std::vector<iopfd::FdStore::Stored> stored = fd_store.TakeStored(&*fds, &store_problems);
+  // Room for the largest read a drain's flush makes, whatever max_read_records says now: a
+  // ledger outlives restarts that may raise it (the file is sparse; untouched pages cost
+  // nothing).
+  const uint32_t ledger_capacity = std::max<uint32_t>(config.global.max_read_records, 65536);
+  // And the ledgers of configured adopt-mode devices: what a crash left on their queues is
+  // answered as each attaches, before its first read.
+  iopfd::ConfiguredLedgers ledgers(&fd_store, ledger_capacity);
+  ledgers.TakeStored(&*fds, &store_problems);
   for (const std::string& p : store_problems) iopfd::Log(iopfd::LogLevel::kError, p);
 
   iopfd::DeviceManager manager(loop->get(), &iopfd::RealSyscalls(), *std::move(fds),
@@ -287,6 +296,10 @@ int main(int argc, char** argv) {
                     {"cause", t.cause},
                     {"epoch", t.epoch}});
   };
+  manager.configured_ledger = [&ledgers](iopfd::Device& d) {
+    return ledgers.For(d.name(), d.fault_fd(), &d.stats());
+  };
+  manager.on_configured_gone = [&ledgers](const std::string& name) { ledgers.Forget(name); };
   // One device failing to attach does not stop the others.
   iopfd::ReloadReport started = manager.Apply(config.devices);
   iopfd::Log(iopfd::LogLevel::kInfo, absl::StrCat("serving ", started.added.size(), " of ",
@@ -307,6 +320,7 @@ int main(int argc, char** argv) {
       fd_store.Forget(s.device);
     }
   }
+  (void)ledgers.SettleUnclaimed();
   iopfd::Log(iopfd::LogLevel::kInfo, fd_store.Describe());
   // Adoptions at run time are kept in the store; a device handed back leaves it.
   manager.on_adopted_gone = [&fd_store](const std::string& name) { fd_store.Forget(name); };
@@ -354,11 +368,7 @@ int main(int argc, char** argv) {
   state.fd_store = &fd_store;
   if (fd_store.enabled()) {
     // A device the store keeps across restarts also keeps what a crash would lose.
-    // Room for the largest read a drain's flush makes, whatever max_read_records says now: the
-    // ledger outlives restarts that may raise it (the file is sparse; untouched pages cost
-    // nothing).
-    const uint32_t capacity = std::max<uint32_t>(config.global.max_read_records, 65536);
-    state.make_ledger = [capacity](const std::string& device) {
+    state.make_ledger = [capacity = ledger_capacity](const std::string& device) {
       auto ledger = iopfd::InflightLedger::Create(device, capacity);
       if (ledger.ok()) return *std::move(ledger);
       iopfd::Log(
@@ -443,11 +453,16 @@ int main(int argc, char** argv) {
     notifier.Tick(now);
     control.Tick(*loop_ptr, now);
   };
-  (*loop)->on_device_failed = [&events, &manager, &fd_store](const iopfd::Device& d,
-                                                             const std::string& why) {
+  (*loop)->on_device_failed = [&events, &manager, &fd_store, &ledgers](const iopfd::Device& d,
+                                                                       const std::string& why) {
     events.Publish("device_failed", d.name(), why);
     // A failed fault queue is not taken back after a restart: its owner has to hand it over.
-    if (manager.IsAdoptedAtRunTime(d.name())) fd_store.Forget(d.name());
+    // Nor is it kept open by the store for a ledger's sake.
+    if (manager.IsAdoptedAtRunTime(d.name())) {
+      fd_store.Forget(d.name());
+    } else {
+      ledgers.Forget(d.name());
+    }
   };
   notifier.status_text = [&status_line](uint64_t now) { return status_line(now); };
   notifier.Ready(status_line(iopfd::MonotonicNs()));
@@ -458,6 +473,11 @@ int main(int argc, char** argv) {
   }
   int rc = (*loop)->Run();
   (*loop)->set_blocking_worker(nullptr);  // joined by Run's stop; destroyed before the loop
+  // A configured device whose every read was answered leaves nothing for a ledger to recover:
+  // the store stops holding its owner's queue. One that still owes keeps it, for the next start.
+  for (const auto& d : manager.devices()) {
+    if (d->stats().outstanding() == 0) ledgers.Forget(d->name());
+  }
   if (own_socket) unlink(socket_path.c_str());
   PrintStats(manager.devices(), /*at_exit=*/true);
   if (!flags.stats_json.empty()) {

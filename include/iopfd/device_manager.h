@@ -148,14 +148,23 @@ class DeviceManager {
   // Not called when the manager is destroyed at exit.
   std::function<void(const std::string&)> on_adopted_gone;
 
+  // Called for a configured adopt-mode device once attached, before it is served (nothing read
+  // from its fault queue yet): returns the in-flight ledger it is to record its reads in
+  // (configured_ledgers.h), or nullptr for none. Unset: none.
+  std::function<std::unique_ptr<InflightLedger>(Device&)> configured_ledger;
+  // Called when a configured adopt-mode device is no longer served (removed or restarted by a
+  // reload, detached, removed by the kernel). Not called when the manager is destroyed at exit.
+  std::function<void(const std::string&)> on_configured_gone;
+
   // Called for every change: event ("device_added", "device_removed", "device_restarted",
   // "device_attach_failed", "device_adopted", "device_detached"), device, detail.
   std::function<void(const std::string&, const std::string&, const std::string&)> on_event;
 
  private:
-  // Attaches config; on success serves it. Returns the attach error otherwise.
+  // Attaches config; on success serves it (with `ledger`, or for a configured device the one
+  // configured_ledger gives). Returns the attach error otherwise.
   absl::Status AttachAndServe(const DeviceConfig& config, ListenFds* fds,
-                              std::unique_ptr<InflightLedger> ledger = nullptr);
+                              std::unique_ptr<InflightLedger> ledger, bool configured);
   // Stops serving the device at index i and destroys it; its adopt fds go to the pool when
   // keep_fds, else they are closed. Returns its final statistics.
   DeviceStats RemoveAt(size_t i, bool keep_fds);

@@ -15,6 +15,13 @@
 // in-flight ledger (inflight_ledger.h), with which the next process answers what a crashed one
 // read and did not answer. The record goes last, so a record always finds its descriptors;
 // descriptors without a record (iopfd stopped between the two) are removed at the next start.
+//
+// A device attached from a device file in adopt mode gets its descriptors from LISTEN_FDS at
+// every start (whoever launches iopfd hands them over), but what a crash leaves unanswered on
+// its fault queue needs a ledger too (configured_ledgers.h). What is stored for it:
+//   iopfd-ledger/D         its in-flight ledger
+//   iopfd-ledger/D/fault   the fault queue the ledger recorded reads of (a copy, so that what
+//                          it owes is answered on that queue even if D comes back on another)
 #ifndef IOPFD_FD_STORE_H_
 #define IOPFD_FD_STORE_H_
 
@@ -35,6 +42,8 @@ inline constexpr char kFdStorePrefix[] = "iopfd-adopted/";
 // The in-flight ledger's name among an adopted device's stored descriptors (the reserved prefix:
 // no device file can give a descriptor this name).
 inline constexpr char kLedgerFdName[] = "iopfd-adopted/ledger";
+// The prefix of a configured adopt-mode device's ledger entries; device files may not use it.
+inline constexpr char kLedgerStorePrefix[] = "iopfd-ledger/";
 
 // Not thread-safe: used from the fault loop's thread.
 class FdStore {
@@ -79,6 +88,27 @@ class FdStore {
   // removed from the store; each is described in *problems, naming the entry.
   std::vector<Stored> TakeStored(ListenFds* inherited, std::vector<std::string>* problems);
 
+  // Keeps a configured device's in-flight ledger and the fault queue it records reads of (two
+  // entries), replacing what was kept for the device before. Returns OK when stored or when
+  // the store is disabled; ResourceExhausted when there is no room for two more entries;
+  // Internal when sending failed (what was sent is removed again). Nothing stored means a
+  // crash leaves what was read unanswered; the device is served either way.
+  absl::Status KeepLedger(const std::string& device, int ledger_fd, int fault_fd);
+  // Removes what KeepLedger stored for the device (or what came back at start for it).
+  void ForgetLedger(const std::string& device);
+
+  // A configured device's ledger as it came back at start.
+  struct StoredLedger {
+    std::string device;
+    UniqueFd ledger;
+    UniqueFd fault;
+  };
+  // Takes every ledger entry (kLedgerStorePrefix) out of `inherited` and returns the ledgers
+  // they make up, by device name. Entries that make up none (one of the two missing, a name
+  // twice, a name iopfd does not make) are closed and removed from the store; each is described
+  // in *problems, naming the entry. The returned ones stay kept until ForgetLedger.
+  std::vector<StoredLedger> TakeLedgers(ListenFds* inherited, std::vector<std::string>* problems);
+
   // Returns the number of store entries in use now, and the room systemd gives
   // (FileDescriptorStoreMax=; 0 when disabled), for GetStatus and tests.
   size_t kept() const { return kept_; }
@@ -96,6 +126,10 @@ class FdStore {
   };
   // Per device kept by this process or found at start.
   std::vector<std::pair<std::string, Held>> devices_;
+  // Per configured device whose ledger is kept.
+  std::vector<std::pair<std::string, Held>> ledgers_;
+  // Removes the entries `held` names, the first first.
+  void Remove(const std::string& device, const Held& held);
 };
 
 }  // namespace iopfd

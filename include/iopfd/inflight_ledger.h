@@ -108,11 +108,13 @@ class InflightLedger {
   // replayed): answers, synchronously on fault_fd, every owed answer and every unprocessed
   // group (INVALID: nothing can resolve it now), then clears the ledger, so the owner's queue
   // is left with nothing pending that iopfd read. Returns how many answers the kernel accepted
-  // and how many it rejected (already answered); an error names the device and errno when a
-  // write fails otherwise (the rest is not written).
+  // and how many it rejected (already answered), and how many of the answers were for
+  // unprocessed groups; an error names the device and errno when a write fails otherwise (the
+  // rest is not written).
   struct Answered {
     size_t accepted = 0;
     size_t rejected = 0;
+    size_t groups = 0;
   };
   absl::StatusOr<Answered> AnswerAllLeftovers(const std::string& device, int fault_fd);
 

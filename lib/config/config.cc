@@ -48,7 +48,7 @@ constexpr size_t kMaxConfigFileBytes = size_t{16} << 20;
 // systemd's limit on a LISTEN_FDNAMES name (FileDescriptorName=).
 constexpr size_t kMaxFdNameLength = 255;
 // Keep in step with FdStore's names (include/iopfd/fd_store.h).
-constexpr std::string_view kReservedFdNamePrefix = "iopfd-adopted/";
+constexpr std::string_view kReservedFdNamePrefixes[] = {"iopfd-adopted/", "iopfd-ledger/"};
 constexpr size_t kMaxDeviceNameLength = 64;
 
 // Debian's Abseil has its own absl::string_view (ABSL_OPTION_USE_STD_STRING_VIEW is 0), which
@@ -300,9 +300,10 @@ std::optional<std::string> FdNameProblem(std::string_view name) {
   }
   // iopfd keeps adopted devices' descriptors in systemd's fd store under these names and takes
   // every one of them back at start (fd_store.h): a configured name there would be taken too.
-  if (name.substr(0, kReservedFdNamePrefix.size()) == kReservedFdNamePrefix) {
-    return Cat("must not begin with '", kReservedFdNamePrefix,
-               "' (iopfd's own names in systemd's fd store)");
+  for (std::string_view reserved : kReservedFdNamePrefixes) {
+    if (name.substr(0, reserved.size()) == reserved) {
+      return Cat("must not begin with '", reserved, "' (iopfd's own names in systemd's fd store)");
+    }
   }
   return std::nullopt;
 }

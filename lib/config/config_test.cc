@@ -1036,6 +1036,10 @@ TEST(RegionErrorTest, BadBackings) {
               ElementsAre("dev.toml:12:11: space[0].region[0].backing: file descriptor name "
                           "\"iopfd-adopted/vm7/fd0\" must not begin with 'iopfd-adopted/' "
                           "(iopfd's own names in systemd's fd store)"));
+  EXPECT_THAT(backing("fd:iopfd-ledger/vm7/fault"),
+              ElementsAre("dev.toml:12:11: space[0].region[0].backing: file descriptor name "
+                          "\"iopfd-ledger/vm7/fault\" must not begin with 'iopfd-ledger/' "
+                          "(iopfd's own names in systemd's fd store)"));
 }
 
 TEST(RegionErrorTest, BadAccess) {

@@ -47,9 +47,13 @@ void DeviceManager::Emit(const std::string& event, const std::string& device,
 }
 
 absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds* fds,
-                                           std::unique_ptr<InflightLedger> ledger) {
+                                           std::unique_ptr<InflightLedger> ledger,
+                                           bool configured) {
   auto dev = Device::Attach(config, fds, sys_, read_records_);
   if (!dev.ok()) return dev.status();
+  if (ledger == nullptr && configured && config.mode == AttachMode::kAdopt && configured_ledger) {
+    ledger = configured_ledger(**dev);
+  }
   if (ledger != nullptr) {
     // Before the loop reads the device: what a dead process left in the ledger's buffer would
     // be overwritten by the first read.
@@ -199,8 +203,13 @@ DeviceStats DeviceManager::RemoveAt(size_t i, bool keep_fds) {
   // A failed fault fd is not worth keeping: closing it lets the kernel clean up.
   if (keep_fds && !d->write_failed()) d->ReleaseFds(&pool_);
   const std::string name = d->name();
+  const bool adopt = d->config().mode == AttachMode::kAdopt;
   devices_.erase(devices_.begin() + static_cast<std::ptrdiff_t>(i));
-  if (runtime_.erase(name) != 0 && on_adopted_gone) on_adopted_gone(name);
+  if (runtime_.erase(name) != 0) {
+    if (on_adopted_gone) on_adopted_gone(name);
+  } else if (adopt && on_configured_gone) {
+    on_configured_gone(name);
+  }
   return final_stats;
 }
 
@@ -262,7 +271,7 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
   for (const DeviceConfig* c : to_attach) {
     bool restart = std::find(report.restarted.begin(), report.restarted.end(), c->name) !=
                    report.restarted.end();
-    absl::Status st = AttachAndServe(*c, &pool_);
+    absl::Status st = AttachAndServe(*c, &pool_, nullptr, /*configured=*/true);
     if (!st.ok()) {
       Log(LogLevel::kError, std::string(st.message()), {{"DEVICE", c->name}});
       report.failed.push_back({c->name, std::string(st.message())});
@@ -313,7 +322,7 @@ absl::Status DeviceManager::Adopt(const DeviceConfig& config, ListenFds fds,
                                                      "' but the configuration never uses it"));
     }
   }
-  absl::Status st = AttachAndServe(config, &fds, std::move(ledger));
+  absl::Status st = AttachAndServe(config, &fds, std::move(ledger), /*configured=*/false);
   if (!st.ok()) return st;
   runtime_.insert(config.name);
   Emit("device_adopted", config.name, "handed over at run time");

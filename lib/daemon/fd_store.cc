@@ -185,8 +185,10 @@ FdStore::FdStore(Sender send, size_t max) : send_(std::move(send)), max_(max) {}
 
 std::string FdStore::Describe() const {
   if (enabled()) {
-    return absl::StrCat("fd store: adopted devices are kept across restarts (room for ", max_,
-                        " descriptors)");
+    return absl::StrCat(
+        "fd store: adopted devices and configured adopt-mode devices' in-flight ledgers are kept "
+        "across restarts (room for ",
+        max_, " descriptors)");
   }
   return "fd store: not enabled (FileDescriptorStoreMax= on systemd 254 or later): a restart "
          "hands adopted devices back to their owners";
@@ -237,12 +239,16 @@ void FdStore::Forget(const std::string& device) {
                          [&](const auto& d) { return d.first == device; });
   if (it == devices_.end()) return;
   const Held held = std::move(it->second);
-  kept_ -= held.entries;
   devices_.erase(it);
+  Remove(device, held);
+}
+
+void FdStore::Remove(const std::string& device, const Held& held) {
+  kept_ -= held.entries;
   // Every entry of one name goes with one message, and only names that exist are named (never
-  // a count derived from what the store held, which may be anything). The record first, so that
-  // a stop in between leaves descriptors without a record (removed at the next start), never
-  // the reverse.
+  // a count derived from what the store held, which may be anything). The first name first: a
+  // record before its descriptors, a ledger before its fault queue, so that a stop in between
+  // leaves descriptors that make up nothing (removed at the next start), never the reverse.
   for (const std::string& n : held.names) {
     int rc = send_("FDSTOREREMOVE=1\nFDNAME=" + n, {});
     if (rc < 0) {
@@ -251,6 +257,99 @@ void FdStore::Forget(const std::string& device) {
           {{"DEVICE", device}});
     }
   }
+}
+
+absl::Status FdStore::KeepLedger(const std::string& device, int ledger_fd, int fault_fd) {
+  if (!enabled()) return absl::OkStatus();
+  ForgetLedger(device);
+  constexpr size_t kEntries = 2;
+  if (kept_ + kEntries > max_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        device, ": in-flight ledger not kept in the fd store (", kept_, " of ", max_,
+        " entries used, 2 needed; raise FileDescriptorStoreMax=): a crash would leave what it "
+        "read unanswered"));
+  }
+  // The fault queue first: a ledger that came back always finds it.
+  const std::string ledger_name = kLedgerStorePrefix + device;
+  const std::string fault_name = ledger_name + "/fault";
+  int rc = send_("FDSTORE=1\nFDPOLL=0\nFDNAME=" + fault_name, {&fault_fd, 1});
+  if (rc > 0) rc = send_("FDSTORE=1\nFDPOLL=0\nFDNAME=" + ledger_name, {&ledger_fd, 1});
+  ledgers_.emplace_back(device, Held{{ledger_name, fault_name}, kEntries});
+  kept_ += kEntries;
+  if (rc <= 0) {
+    ForgetLedger(device);
+    return absl::InternalError(
+        absl::StrCat(device, ": in-flight ledger not kept in the fd store: ",
+                     rc == 0 ? std::string("no service manager") : std::string(ErrnoName(-rc))));
+  }
+  return absl::OkStatus();
+}
+
+void FdStore::ForgetLedger(const std::string& device) {
+  auto it = std::find_if(ledgers_.begin(), ledgers_.end(),
+                         [&](const auto& d) { return d.first == device; });
+  if (it == ledgers_.end()) return;
+  const Held held = std::move(it->second);
+  ledgers_.erase(it);
+  Remove(device, held);
+}
+
+std::vector<FdStore::StoredLedger> FdStore::TakeLedgers(ListenFds* inherited,
+                                                        std::vector<std::string>* problems) {
+  struct Found {
+    std::optional<UniqueFd> ledger, fault;
+    std::vector<std::string> names;
+    size_t entries = 0;
+    std::string poisoned;
+  };
+  std::map<std::string, Found> by_device;
+  const std::string prefix = kLedgerStorePrefix;
+  for (const std::string& name : inherited->Untaken()) {
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    auto fd = inherited->Take(name);
+    if (!fd.ok()) continue;
+    std::string rest = name.substr(prefix.size());
+    const bool is_fault = rest.size() > 6 && rest.compare(rest.size() - 6, 6, "/fault") == 0;
+    const std::string device = is_fault ? rest.substr(0, rest.size() - 6) : rest;
+    if (device.empty() || device.find('/') != std::string::npos) {
+      problems->push_back(
+          absl::StrCat("fd store: '", name, "' is not an entry iopfd makes; closed"));
+      (void)send_("FDSTOREREMOVE=1\nFDNAME=" + name, {});
+      continue;
+    }
+    Found& f = by_device[device];
+    std::optional<UniqueFd>& slot = is_fault ? f.fault : f.ledger;
+    if (slot.has_value()) {
+      f.poisoned = absl::StrCat("two entries named '", name, "'");
+    } else {
+      slot = std::move(*fd);
+    }
+    ++f.entries;
+    if (std::find(f.names.begin(), f.names.end(), name) == f.names.end()) {
+      // The ledger is removed first (KeepLedger stores it last).
+      if (is_fault) {
+        f.names.push_back(name);
+      } else {
+        f.names.insert(f.names.begin(), name);
+      }
+    }
+  }
+  std::vector<StoredLedger> out;
+  for (auto& [device, f] : by_device) {
+    ledgers_.emplace_back(device, Held{f.names, f.entries});
+    kept_ += f.entries;
+    std::string why = f.poisoned;
+    if (why.empty() && !f.ledger.has_value()) why = "its fault queue came back without the ledger";
+    if (why.empty() && !f.fault.has_value()) why = "the ledger came back without its fault queue";
+    if (!why.empty()) {
+      problems->push_back(absl::StrCat("fd store: the in-flight ledger of '", device,
+                                       "' cannot be used: ", why, "; removed"));
+      ForgetLedger(device);
+      continue;
+    }
+    out.push_back({device, std::move(*f.ledger), std::move(*f.fault)});
+  }
+  return out;
 }
 
 std::vector<FdStore::Stored> FdStore::TakeStored(ListenFds* inherited,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "fake_service_manager.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "iopfd/fd.h"
@@ -22,52 +23,6 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::UnorderedElementsAre;
-
-// systemd's side: keeps a copy of every descriptor sent with FDSTORE=1 under its FDNAME,
-// drops every entry of a name on FDSTOREREMOVE=1, and hands them all over at the next start.
-class FakeServiceManager {
- public:
-  FdStore::Sender sender() {
-    return [this](const std::string& message, std::span<const int> fds) -> int {
-      messages.push_back(message);
-      if (fail_after >= 0 && static_cast<int>(messages.size()) > fail_after) return -EPIPE;
-      std::string name;
-      bool store = false, remove = false, poll_off = false;
-      for (absl::string_view line : absl::StrSplit(message, '\n')) {
-        if (line == "FDSTORE=1") store = true;
-        if (line == "FDSTOREREMOVE=1") remove = true;
-        if (line == "FDPOLL=0") poll_off = true;
-        if (line.substr(0, 7) == "FDNAME=") name = std::string(line.substr(7));
-      }
-      if (store) {
-        EXPECT_TRUE(poll_off) << message;
-        for (int fd : fds) entries.emplace_back(name, UniqueFd(fcntl(fd, F_DUPFD_CLOEXEC, 3)));
-      }
-      if (remove) {
-        EXPECT_TRUE(fds.empty());
-        std::erase_if(entries, [&](const auto& e) { return e.first == name; });
-      }
-      return 1;
-    };
-  }
-  // LISTEN_FDS at the next start: copies of what is stored, plus the control socket.
-  ListenFds Restart() const {
-    ListenFds out;
-    out.Add("control", UniqueFd(memfd_create("control", MFD_CLOEXEC)));
-    for (const auto& [name, fd] : entries) {
-      out.Add(name, UniqueFd(fcntl(fd.get(), F_DUPFD_CLOEXEC, 3)));
-    }
-    return out;
-  }
-  std::vector<std::string> Names() const {
-    std::vector<std::string> out;
-    for (const auto& e : entries) out.push_back(e.first);
-    return out;
-  }
-  std::vector<std::string> messages;
-  std::vector<std::pair<std::string, UniqueFd>> entries;
-  int fail_after = -1;  // messages after this many fail
-};
 
 // A memfd holding `text`: stands for an iommufd or fault queue, recognisable after the trip.
 UniqueFd Marked(const std::string& text) {
@@ -137,6 +92,107 @@ TEST(FdStoreTest, ForgetRemovesOnlyThatDeviceRecordFirst) {
   EXPECT_EQ(store.kept(), 2u);
 }
 
+TEST(FdStoreTest, AConfiguredDevicesLedgerComesBackWithItsFaultQueue) {
+  FakeServiceManager systemd;
+  FdStore store(systemd.sender(), 16);
+  UniqueFd ledger = Marked("vm7 ledger"), fault = Marked("vm7 fault");
+  ASSERT_TRUE(store.KeepLedger("vm7", ledger.get(), fault.get()).ok());
+  EXPECT_EQ(store.kept(), 2u);
+  // The fault queue first: a ledger that came back always finds it.
+  EXPECT_THAT(systemd.Names(), ElementsAre("iopfd-ledger/vm7/fault", "iopfd-ledger/vm7"));
+
+  FdStore next(systemd.sender(), 16);
+  ListenFds inherited = systemd.Restart();
+  std::vector<std::string> problems;
+  // Adoptions and ledgers are taken apart: neither takes the other's entries.
+  EXPECT_THAT(next.TakeStored(&inherited, &problems), IsEmpty());
+  std::vector<FdStore::StoredLedger> back = next.TakeLedgers(&inherited, &problems);
+  EXPECT_THAT(problems, IsEmpty());
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].device, "vm7");
+  EXPECT_EQ(Mark(back[0].ledger.get()), "vm7 ledger");
+  EXPECT_EQ(Mark(back[0].fault.get()), "vm7 fault");
+  EXPECT_THAT(inherited.Untaken(), ElementsAre("control"));
+  EXPECT_EQ(next.kept(), 2u);
+  systemd.messages.clear();
+  next.ForgetLedger("vm7");
+  EXPECT_THAT(systemd.messages, ElementsAre("FDSTOREREMOVE=1\nFDNAME=iopfd-ledger/vm7",
+                                            "FDSTOREREMOVE=1\nFDNAME=iopfd-ledger/vm7/fault"));
+  EXPECT_EQ(next.kept(), 0u);
+  next.ForgetLedger("vm7");  // twice: nothing more
+  EXPECT_EQ(systemd.messages.size(), 2u);
+}
+
+TEST(FdStoreTest, KeepingALedgerAgainReplacesItAndRoomIsChecked) {
+  FakeServiceManager systemd;
+  FdStore store(systemd.sender(), 3);
+  UniqueFd l1 = Marked("ledger 1"), l2 = Marked("ledger 2"), fault = Marked("fault");
+  ASSERT_TRUE(store.KeepLedger("a", l1.get(), fault.get()).ok());
+  ASSERT_TRUE(store.KeepLedger("a", l2.get(), fault.get()).ok());
+  EXPECT_EQ(store.kept(), 2u);
+  ASSERT_EQ(systemd.entries.size(), 2u);
+  EXPECT_EQ(Mark(systemd.entries[1].second.get()), "ledger 2");
+  absl::Status st = store.KeepLedger("b", l1.get(), fault.get());
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(st.message(), HasSubstr("b: in-flight ledger not kept in the fd store (2 of 3 "
+                                      "entries used, 2 needed; raise FileDescriptorStoreMax=)"));
+  EXPECT_EQ(store.kept(), 2u);
+  // An adoption and a ledger share the room.
+  EXPECT_EQ(store.Keep("c", "name = \"c\"\n", {{"c.fault", fault.get()}}).code(),
+            absl::StatusCode::kResourceExhausted);
+  // A send that fails takes back what was sent.
+  FakeServiceManager failing;
+  failing.fail_after = 1;
+  FdStore broken(failing.sender(), 16);
+  st = broken.KeepLedger("a", l1.get(), fault.get());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(broken.kept(), 0u);
+}
+
+TEST(FdStoreTest, LedgerEntriesThatMakeUpNoLedgerAreClosedRemovedAndNamed) {
+  FakeServiceManager systemd;
+  ListenFds inherited;
+  inherited.Add("iopfd-ledger/only-fault/fault", Marked("x"));
+  inherited.Add("iopfd-ledger/only-ledger", Marked("x"));
+  inherited.Add("iopfd-ledger/twice", Marked("x"));
+  inherited.Add("iopfd-ledger/twice", Marked("x"));
+  inherited.Add("iopfd-ledger/twice/fault", Marked("x"));
+  inherited.Add("iopfd-ledger/a/b", Marked("x"));
+  inherited.Add("iopfd-ledger/", Marked("x"));
+  inherited.Add("iopfd-ledger//fault", Marked("x"));
+  inherited.Add("iopfd-ledger/good", Marked("ledger"));
+  inherited.Add("iopfd-ledger/good/fault", Marked("fault"));
+  inherited.Add("vm.fault", Marked("x"));
+  FdStore store(systemd.sender(), 16);
+  std::vector<std::string> problems;
+  std::vector<FdStore::StoredLedger> back = store.TakeLedgers(&inherited, &problems);
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].device, "good");
+  EXPECT_THAT(
+      problems,
+      UnorderedElementsAre(
+          "fd store: 'iopfd-ledger/a/b' is not an entry iopfd makes; closed",
+          "fd store: 'iopfd-ledger/' is not an entry iopfd makes; closed",
+          "fd store: 'iopfd-ledger//fault' is not an entry iopfd makes; closed",
+          "fd store: the in-flight ledger of 'only-fault' cannot be used: its fault queue came "
+          "back without the ledger; removed",
+          "fd store: the in-flight ledger of 'only-ledger' cannot be used: the ledger came back "
+          "without its fault queue; removed",
+          "fd store: the in-flight ledger of 'twice' cannot be used: two entries named "
+          "'iopfd-ledger/twice'; removed"));
+  EXPECT_THAT(inherited.Untaken(), ElementsAre("vm.fault"));
+  // Only the good one is still counted; each bad name was removed by one message.
+  EXPECT_EQ(store.kept(), 2u);
+  for (const char* n :
+       {"iopfd-ledger/a/b", "iopfd-ledger/only-fault/fault", "iopfd-ledger/only-ledger",
+        "iopfd-ledger/twice", "iopfd-ledger/twice/fault"}) {
+    EXPECT_EQ(std::count(systemd.messages.begin(), systemd.messages.end(),
+                         std::string("FDSTOREREMOVE=1\nFDNAME=") + n),
+              1)
+        << n;
+  }
+}
+
 TEST(FdStoreTest, DisabledStoreSendsNothing) {
   FakeServiceManager systemd;
   FdStore store(systemd.sender(), 0);
@@ -144,6 +200,8 @@ TEST(FdStoreTest, DisabledStoreSendsNothing) {
   UniqueFd a = Marked("a");
   EXPECT_TRUE(store.Keep("a", "x", {{"a.fault", a.get()}}).ok());
   store.Forget("a");
+  EXPECT_TRUE(store.KeepLedger("a", a.get(), a.get()).ok());
+  store.ForgetLedger("a");
   EXPECT_THAT(systemd.messages, IsEmpty());
   EXPECT_THAT(store.Describe(), HasSubstr("not enabled (FileDescriptorStoreMax="));
 }

@@ -263,6 +263,7 @@ absl::StatusOr<InflightLedger::Answered> InflightLedger::AnswerAllLeftovers(
     if (seen.insert(r.cookie).second) answers.push_back({r.cookie, uapi::kRespInvalid});
   }
   Answered out;
+  out.groups = answers.size() - left.owed.size();
   for (const uapi::PageResponse& a : answers) {
     ssize_t n = WriteWaiting(fault_fd, a);
     if (n == static_cast<ssize_t>(sizeof(a))) {

@@ -162,6 +162,11 @@ write("corpus", "fd_store", "ledger-and-orphans",
                         {"version": 1, "config": ADOPT_CONFIG,
                          "fds": ["a", "b", "iopfd-adopted/ledger"]})),
                     entry("iopfd-adopted/orphan/fd0", "o"), entry("iopfd-adopted/x/y", "?")]))
+write("corpus", "fd_store", "configured-ledgers",
+      b"\xff".join([entry("iopfd-ledger/a", "LEDGER"), entry("iopfd-ledger/a/fault", ""),
+                    entry("iopfd-ledger/b", "LEDGER"), entry("iopfd-ledger/b/fault", ""),
+                    entry("iopfd-ledger/c", "not a ledger"), entry("iopfd-ledger/c/fault", ""),
+                    entry("iopfd-ledger/d/fault", ""), entry("iopfd-ledger/x/y", "?")]))
 write("regressions", "fd_store", "huge-index",
       b"\xff".join([entry("iopfd-adopted/d/fd99999999", "h"),
                     entry("iopfd-adopted/d/fd18446744073709551615", "w")]))

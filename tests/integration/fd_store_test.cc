@@ -225,9 +225,26 @@ TEST(FdStoreTest, AdoptedDeviceSurvivesARestartDuringAFloodWithEveryRequestAnswe
                                              "iopfd-adopted/v/fd1", "iopfd-adopted/v/fd2"));
 }
 
-// Runs iopfd on an adopted device, sends it `total` page requests without reading a response
-// (the socket fills, iopfd's writes get EAGAIN and it keeps owing answers), waits until it has
-// read them all, and kills it (SIGKILL: no clean stop).
+// Sends `total` page requests to the device "v" that `iopfd` serves on q, without reading a
+// response (the socket fills, iopfd's writes get EAGAIN and it keeps owing answers), waits until
+// it has read them all, and kills it (SIGKILL: no clean stop).
+void FloodAndKill(Iopfd* iopfd, FakeQueue* q, uint32_t total) {
+  uint32_t sent = 0;
+  while (sent < total && q->FaultWithin(0x100000 + (sent % 16) * 4096, 10000) != 0) ++sent;
+  ASSERT_EQ(sent, total);
+  uint64_t groups = 0;
+  for (int i = 0; i < 1000 && groups < total; ++i) {
+    Client c(iopfd->socket());
+    json st = c.CallOne({{"method", "io.iopfd.GetStats"}, {"parameters", {{"device", "v"}}}});
+    groups = st["parameters"]["devices"][0]["groups"].get<uint64_t>();
+    if (groups < total) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(groups, total);
+  iopfd->Signal(SIGKILL);
+  EXPECT_EQ(iopfd->WaitExit(5000), -1);
+}
+
+// Runs iopfd on an adopted device, floods it and kills it (FloodAndKill).
 void CrashOwing(FakeSystemd* systemd, FakeQueue* q, const IopfdOptions& o, uint32_t total) {
   auto first = std::make_unique<Iopfd>(o);
   {
@@ -238,19 +255,7 @@ void CrashOwing(FakeSystemd* systemd, FakeQueue* q, const IopfdOptions& o, uint3
   close(q->theirs);
   q->theirs = -1;
   ASSERT_TRUE(systemd->WaitFor(kStored));
-  uint32_t sent = 0;
-  while (sent < total && q->FaultWithin(0x100000 + (sent % 16) * 4096, 10000) != 0) ++sent;
-  ASSERT_EQ(sent, total);
-  uint64_t groups = 0;
-  for (int i = 0; i < 1000 && groups < total; ++i) {
-    Client c(first->socket());
-    json st = c.CallOne({{"method", "io.iopfd.GetStats"}, {"parameters", {{"device", "v"}}}});
-    groups = st["parameters"]["devices"][0]["groups"].get<uint64_t>();
-    if (groups < total) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_EQ(groups, total);
-  first->Signal(SIGKILL);
-  EXPECT_EQ(first->WaitExit(5000), -1);
+  ASSERT_NO_FATAL_FAILURE(FloodAndKill(first.get(), q, total));
   systemd->Receive(50);
 }
 
@@ -355,6 +360,114 @@ TEST(FdStoreTest, AStoredDeviceWhoseNameADeviceFileTookIsHandedBack) {
   json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
   EXPECT_EQ(st["parameters"]["devices_adopted"], 0);
   EXPECT_EQ(st["parameters"]["fd_store"]["kept"], 0);
+}
+
+// A device configured in adopt mode gets its descriptors from whoever launches iopfd (here the
+// test, as a VMM would), which keeps its own copy of the fault queue open across iopfd's crash:
+// the kernel would keep the groups iopfd read pending forever. Its in-flight ledger is in the
+// store with the queue it recorded, and the next process, handed the same queue, answers them
+// before its first read.
+const std::vector<std::string> kLedgerStored = {"iopfd-ledger/v", "iopfd-ledger/v/fault"};
+
+TEST(FdStoreTest, AConfiguredAdoptModeDeviceGetsWhatACrashLeftAnswered) {
+  FakeSystemd systemd;
+  FakeQueue q;
+  IopfdOptions o;
+  o.env = systemd.Env();
+  o.devices = {{"v.toml", DeviceText("v")}};
+  const std::vector<std::pair<std::string, int>> launcher = {{"v.iommufd", q.iommufd},
+                                                             {"v.fault", q.theirs}};
+  o.fds = launcher;
+  constexpr uint32_t kTotal = 1500;
+  {
+    auto first = std::make_unique<Iopfd>(o);
+    ASSERT_TRUE(systemd.WaitFor(kLedgerStored));
+    ASSERT_NO_FATAL_FAILURE(FloodAndKill(first.get(), &q, kTotal));
+  }
+  systemd.Receive(50);
+  ASSERT_EQ(systemd.Names(), kLedgerStored);
+  auto answers = std::async(std::launch::async, [&] { return q.Responses(kTotal, 30); });
+  o.fds = launcher;
+  for (const auto& entry : systemd.Fds()) o.fds.push_back(entry);
+  auto second = std::make_unique<Iopfd>(o);
+  ExpectEachOnce(answers.get(), 1, kTotal, "across the crash");
+  EXPECT_TRUE(q.Quiet(200)) << "answers beyond one per group";
+  EXPECT_THAT(second->Log(), HasSubstr("v: the previous iopfd died owing "));
+  {
+    Client c(second->socket());
+    json st = c.CallOne({{"method", "io.iopfd.GetStats"}, {"parameters", {{"device", "v"}}}});
+    const json& v = st["parameters"]["devices"][0];
+    EXPECT_GT(v["recovered_answers"].get<uint64_t>(), 0u) << v.dump();
+    EXPECT_EQ(v["outstanding"], 0) << v.dump();
+  }
+  // The same queue came back: the ledger goes on as it was, nothing stored again.
+  systemd.Receive(50);
+  EXPECT_EQ(systemd.Names(), kLedgerStored);
+  EXPECT_THAT(systemd.removed(), IsEmpty());
+  // It goes on serving the queue.
+  uint32_t next = q.Fault(0x100000);
+  EXPECT_EQ(q.Responses(1, 10)[next], 1);
+  // A clean stop answers everything: the store stops holding the owner's queue.
+  EXPECT_EQ(second->Stop(), 0);
+  EXPECT_TRUE(systemd.WaitFor({}));
+}
+
+// The launcher hands the device a new fault queue after the crash: what the dead process owed
+// is answered on the old one, where its groups came from (unresolved ones INVALID), and the new
+// queue starts clean with a new ledger.
+TEST(FdStoreTest, AConfiguredDeviceOnANewQueueHasTheOldQueueAnswered) {
+  FakeSystemd systemd;
+  FakeQueue old_queue, new_queue;
+  IopfdOptions o;
+  o.env = systemd.Env();
+  o.devices = {{"v.toml", DeviceText("v")}};
+  o.fds = {{"v.iommufd", old_queue.iommufd}, {"v.fault", old_queue.theirs}};
+  constexpr uint32_t kTotal = 800;
+  {
+    auto first = std::make_unique<Iopfd>(o);
+    ASSERT_TRUE(systemd.WaitFor(kLedgerStored));
+    ASSERT_NO_FATAL_FAILURE(FloodAndKill(first.get(), &old_queue, kTotal));
+  }
+  systemd.Receive(50);
+  auto answers = std::async(std::launch::async, [&] { return old_queue.Responses(kTotal, 30); });
+  o.fds = {{"v.iommufd", new_queue.iommufd}, {"v.fault", new_queue.theirs}};
+  for (const auto& entry : systemd.Fds()) o.fds.push_back(entry);
+  Iopfd second(o);
+  ExpectEachOnce(answers.get(), 1, kTotal, "on the old queue");
+  EXPECT_TRUE(old_queue.Quiet(200)) << "answers beyond one per group";
+  EXPECT_THAT(second.Log(), HasSubstr("v: the previous iopfd died owing answers on the fault "
+                                      "queue it had then"));
+  uint32_t next = new_queue.Fault(0x100000);
+  EXPECT_EQ(new_queue.Responses(1, 10)[next], 1);
+  EXPECT_TRUE(old_queue.Quiet(100));
+  Client c(second.socket());
+  json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
+  EXPECT_EQ(st["parameters"]["fd_store"]["kept"], 2);
+}
+
+// A ledger whose device is no longer configured: its queue is answered, its entries removed.
+TEST(FdStoreTest, ALedgerWhoseDeviceIsGoneIsAnsweredAndRemoved) {
+  FakeSystemd systemd;
+  FakeQueue q;
+  IopfdOptions o;
+  o.env = systemd.Env();
+  o.devices = {{"v.toml", DeviceText("v")}};
+  o.fds = {{"v.iommufd", q.iommufd}, {"v.fault", q.theirs}};
+  constexpr uint32_t kTotal = 300;
+  {
+    auto first = std::make_unique<Iopfd>(o);
+    ASSERT_TRUE(systemd.WaitFor(kLedgerStored));
+    ASSERT_NO_FATAL_FAILURE(FloodAndKill(first.get(), &q, kTotal));
+  }
+  systemd.Receive(50);
+  auto answers = std::async(std::launch::async, [&] { return q.Responses(kTotal, 30); });
+  o.devices = {};
+  o.fds = systemd.Fds();
+  Iopfd second(o);
+  ExpectEachOnce(answers.get(), 1, kTotal, "for a device no longer configured");
+  EXPECT_TRUE(systemd.WaitFor({}));
+  EXPECT_THAT(second.Log(), HasSubstr("v: its in-flight ledger came back from the fd store but "
+                                      "the device is not served"));
 }
 
 TEST(FdStoreTest, WithoutFdstoreNothingIsSentAndStatusSaysSo) {
