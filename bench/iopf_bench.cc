@@ -8,9 +8,13 @@
 //   iopfd  the daemon in adopt mode (batched reads, coalesced maps, one write per turn)
 //   naive  one at a time: poll, read one record, IOMMU_IOAS_MAP_FILE one page, write one response
 // Output: one line per (handler, K) with faults/s and latency percentiles, side by side; then
-// iopfd at K=8 quiet and under 200 control clients calling GetStats, side by side; then iopfd at
-// K=8 beside a second device, mockD, left running and drained over and over, side by side.
+// iopfd at K=8 quiet, under 200 control clients calling GetStats, and under hostile control
+// clients (docs/RELIABILITY.md), side by side; then iopfd at K=8 beside a second device, mockD,
+// left running and drained over and over, side by side.
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <atomic>
@@ -90,6 +94,7 @@ struct Result {
   // iopfd's own view (read completion to response written), from its statistics.
   double served_p50_us = 0, served_p99_us = 0;
   uint64_t control_replies = 0;  // GetStats replies the load clients got during the run
+  uint64_t hostile_acts = 0;     // what the hostile clients did (connections, messages)
   uint64_t other_sent = 0;       // page requests sent to the second device (mockD)
   uint64_t other_drains = 0;     // drains of mockD that ran to completion (resets included)
   uint64_t other_resets = 0;     // of which function resets
@@ -146,9 +151,157 @@ Result Generate(const Env& e, int n, int k) {
 
 // What else iopfd does while the measured device (mock0) is driven.
 struct Load {
-  int clients = 0;      // control clients calling GetStats as fast as they can
-  bool other = false;   // a second device, mockD, with a steady stream of page requests
-  bool drains = false;  // mockD drained over and over (Drain, then the owner's Halt)
+  int clients = 0;       // control clients calling GetStats as fast as they can
+  bool other = false;    // a second device, mockD, with a steady stream of page requests
+  bool drains = false;   // mockD drained over and over (Drain, then the owner's Halt)
+  bool hostile = false;  // the hostile control clients (Hostile below)
+};
+
+// Control clients that try to wear iopfd down, of every kind docs/RELIABILITY.md lists, each
+// kind over and over for the whole run, each client pausing 1 ms between attempts (52 clients
+// spinning flat out would measure the guest's two vCPUs being taken from iopfd, not iopfd):
+//   stallers    send half a message and wait (until iopfd's message timeout closes them)
+//   non-readers send GetStats calls without ever reading a reply
+//   churners    connect and close as fast as they can
+//   garbage     send messages iopfd must refuse: nesting 100,000 and 10,000 deep, invalid
+//               UTF-8, a lone surrogate, a number out of range, not JSON; read the error and
+//               go on (or reconnect when closed)
+//   fd senders  send 16 descriptors with a message that does not parse
+struct Hostile {
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> acts{0};
+  std::vector<std::thread> threads;
+  static void Pause() { std::this_thread::sleep_for(std::chrono::milliseconds(1)); }
+
+  static int Connect(const std::string& sock) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", sock.c_str());
+    if (fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) return fd;
+    if (fd >= 0) close(fd);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // refused: at the limit
+    return -1;
+  }
+  // Waits up to ms for something to read; returns false when the peer closed.
+  static bool Drain(int fd, int ms) {
+    pollfd p{fd, POLLIN, 0};
+    char buf[65536];
+    while (poll(&p, 1, ms) == 1) {
+      ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+      if (n <= 0) return n < 0 && errno == EAGAIN;
+      if (buf[n - 1] == '\0') return true;
+    }
+    return true;
+  }
+
+  void Begin(const std::string& sock) {
+    for (int i = 0; i < 16; ++i) {
+      threads.emplace_back([this, sock] {
+        while (!stop.load()) {
+          int fd = Connect(sock);
+          if (fd < 0) continue;
+          const char half[] = R"({"method":"io.iopfd.GetSt)";
+          (void)send(fd, half, sizeof(half) - 1, MSG_NOSIGNAL);
+          ++acts;
+          pollfd p{fd, POLLIN, 0};
+          while (!stop.load() && poll(&p, 1, 50) == 0) {
+          }
+          close(fd);
+        }
+      });
+    }
+    for (int i = 0; i < 16; ++i) {
+      threads.emplace_back([this, sock] {
+        while (!stop.load()) {
+          int fd = Connect(sock);
+          if (fd < 0) continue;
+          const std::string call =
+              std::string(R"({"method":"io.iopfd.GetStats","parameters":{"device":"mock0"}})") +
+              '\0';
+          while (!stop.load()) {
+            ssize_t n = send(fd, call.data(), call.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0 && errno != EAGAIN) break;
+            if (n > 0) ++acts;
+            std::this_thread::sleep_for(std::chrono::milliseconds(n < 0 ? 5 : 1));
+          }
+          close(fd);
+        }
+      });
+    }
+    for (int i = 0; i < 8; ++i) {
+      threads.emplace_back([this, sock] {
+        while (!stop.load()) {
+          int fd = Connect(sock);
+          if (fd >= 0) {
+            close(fd);
+            ++acts;
+          }
+          Pause();
+        }
+      });
+    }
+    std::vector<std::string> garbage = {
+        R"({"method":"io.iopfd.GetStatus","parameters":{"x":)" + std::string(100000, '[') + "]}}",
+        R"({"method":"io.iopfd.GetStatus","parameters":{"x":)" + std::string(10000, '[') +
+            std::string(10000, ']') + "}}",
+        "{\"method\":\"io.iopfd.GetStats\",\"parameters\":{\"device\":\"\xff\xfe\"}}",
+        R"({"method":"io.iopfd.GetStats","parameters":{"device":"\ud800"}})",
+        R"({"method":"io.iopfd.Drain","parameters":{"device":"mock0","timeout_ms":1e400}})",
+        "not json at all",
+    };
+    for (int i = 0; i < 8; ++i) {
+      threads.emplace_back([this, sock, garbage, i] {
+        int fd = -1;
+        for (size_t m = static_cast<size_t>(i); !stop.load(); ++m) {
+          if (fd < 0) fd = Connect(sock);
+          if (fd < 0) continue;
+          const std::string msg = garbage[m % garbage.size()] + '\0';
+          if (send(fd, msg.data(), msg.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(msg.size()) ||
+              !Drain(fd, 1000)) {
+            close(fd);
+            fd = -1;
+          }
+          ++acts;
+          Pause();
+        }
+        if (fd >= 0) close(fd);
+      });
+    }
+    for (int i = 0; i < 4; ++i) {
+      threads.emplace_back([this, sock] {
+        while (!stop.load()) {
+          int fd = Connect(sock);
+          if (fd < 0) continue;
+          std::vector<int> fds;
+          for (int f = 0; f < 16; ++f) fds.push_back(open("/dev/null", O_RDONLY | O_CLOEXEC));
+          char msg[] = "{\"method\":";
+          iovec iov{msg, sizeof(msg)};
+          alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)] = {};
+          msghdr mh{};
+          mh.msg_iov = &iov;
+          mh.msg_iovlen = 1;
+          mh.msg_control = control;
+          mh.msg_controllen = sizeof(control);
+          cmsghdr* cm = CMSG_FIRSTHDR(&mh);
+          cm->cmsg_level = SOL_SOCKET;
+          cm->cmsg_type = SCM_RIGHTS;
+          cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+          std::memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
+          (void)sendmsg(fd, &mh, MSG_NOSIGNAL);
+          for (int f : fds) close(f);
+          (void)Drain(fd, 1000);
+          close(fd);
+          ++acts;
+          Pause();
+        }
+      });
+    }
+  }
+  void End() {
+    stop = true;
+    for (auto& t : threads) t.join();
+  }
 };
 
 // Drives mockD's page requests at a steady pace (bursts of 32, then 2 ms off) so both runs of
@@ -259,9 +412,24 @@ Result RunIopfd(int n, int k, const Load& load = {}) {
     if (!WaitFor([&] { return ControlClient(sock).ok(); })) Die("no control socket");
     other.Begin(sock, load.drains);
   }
+  Hostile hostile;
+  if (load.hostile) {
+    if (!WaitFor([&] { return ControlClient(sock).ok(); })) Die("no control socket");
+    hostile.Begin(sock);
+  }
   Result r = Generate(e, n, k);
   stop = true;
   for (auto& t : getters) t.join();
+  if (load.hostile) {
+    hostile.End();
+    r.hostile_acts = hostile.acts.load();
+    // Still serving the control socket, and still the same process.
+    const std::string status = ControlClient(sock).Call(R"({"method":"io.iopfd.GetStatus"})");
+    if (status.find(R"("health":"ok")") == std::string::npos) {
+      std::printf("IOPF-BENCH hostile clients: GetStatus afterwards failed: %s\n", status.c_str());
+      r.ok = false;
+    }
+  }
   other.End();
   if (load.other && !WaitFor([&] { return QueueEmpty(other.o); }, 60000)) r.ok = false;
   int rc = Stop(d);
@@ -341,16 +509,21 @@ int main(int argc, char** argv) {
   constexpr int kClients = 200;
   Result quiet = RunIopfd(n, kLoadK);
   Result loaded = RunIopfd(n, kLoadK, Load{.clients = kClients});
-  for (const auto& [label, r] : {std::pair{"quiet", quiet}, std::pair{"+200 GetStats", loaded}}) {
+  Result hostile = RunIopfd(n, kLoadK, Load{.hostile = true});
+  for (const auto& [label, r] : {std::pair{"quiet", quiet}, std::pair{"+200 GetStats", loaded},
+                                 std::pair{"+52 hostile", hostile}}) {
     std::printf(
         "IOPF-BENCH control %-13s K=%d %8.0f faults/s   device p50 %8.1f us p99 %8.1f us   "
-        "iopfd p50 %8.1f us p99 %8.1f us   %llu control replies %s\n",
+        "iopfd p50 %8.1f us p99 %8.1f us   %llu control replies, %llu hostile acts %s\n",
         label, kLoadK, r.faults_per_s, r.p50_us, r.p99_us, r.served_p50_us, r.served_p99_us,
-        static_cast<unsigned long long>(r.control_replies), r.ok ? "" : "(INCOMPLETE)");
+        static_cast<unsigned long long>(r.control_replies),
+        static_cast<unsigned long long>(r.hostile_acts), r.ok ? "" : "(INCOMPLETE)");
   }
   std::printf("IOPF-BENCH ratio  control load/quiet: device p99 %.2fx, iopfd p99 %.2fx\n",
               loaded.p99_us / quiet.p99_us, loaded.served_p99_us / quiet.served_p99_us);
-  ok = ok && quiet.ok && loaded.ok;
+  std::printf("IOPF-BENCH ratio  hostile/quiet: device p99 %.2fx, iopfd p99 %.2fx\n",
+              hostile.p99_us / quiet.p99_us, hostile.served_p99_us / quiet.served_p99_us);
+  ok = ok && quiet.ok && loaded.ok && hostile.ok;
   // Drains of one device must not delay the others: mock0 driven as above while a second
   // device (mockD) gets a steady stream of page requests, first left running, then drained
   // over and over. Same boot, same load; only the drains differ.

@@ -74,6 +74,11 @@ class ConfiguredLedgers {
   const std::set<std::string>& kept() const { return kept_; }
 
  private:
+  // A ledger that came back for a device about to be served on fault_fd: returns it when it
+  // recorded that same queue; otherwise answers what it holds on its stored queue (counted in
+  // *stats, logged), removes it from the store and returns nullptr.
+  std::unique_ptr<InflightLedger> TakeBack(FdStore::StoredLedger stored, int fault_fd,
+                                           DeviceStats* stats);
   // Answers what `stored` holds on its own fault queue; returns the summary, or an error naming
   // the device and errno.
   static absl::StatusOr<InflightLedger::Answered> AnswerOnStoredQueue(

@@ -81,7 +81,10 @@ class ControlServer : public RingClient {
     std::string out;
     size_t out_sent = 0;
     bool closing = false;  // no more input is read; close once the output is sent
-    bool dead = false;     // close as soon as nothing is in flight
+    // No more input is read until the output is sent: the client is not reading its replies
+    // (kPauseReadingAbove).
+    bool reading_paused = false;
+    bool dead = false;  // close as soon as nothing is in flight
     RingOp recv_op, send_op, cancel_op;
     std::shared_ptr<Channel> channel;
     // Descriptors received while a message was still incomplete: they belong to it.

@@ -116,6 +116,11 @@ class FaultLoop : public DeviceHost {
     io_uring_sqe_set_data(sqe, op);
     op->in_flight = true;
   }
+  // For clients, between units of work inside OnCompletion (a control call): once a slice of
+  // client work (50 us) has passed since the fault queues were last looked at, reads what they
+  // have, processes it and writes the responses before the client goes on. Outside a client
+  // completion, or before the slice is over, does nothing.
+  void YieldToFaults();
   // Runs until a stop signal, then drains. Returns the process exit code: 0 when every read
   // group was answered, 1 otherwise.
   int Run();
@@ -191,6 +196,10 @@ class FaultLoop : public DeviceHost {
   std::vector<Deferred> deferred_;  // client completions of the current turn
   bool stopping_ = false;
   bool running_ = false;
+  // While client completions are handled (ProcessCompletions): when the fault queues were last
+  // served; 0 otherwise.
+  uint64_t slice_start_ = 0;
+  int served_in_slices_ = 0;  // completions ServeFaultsNow handled during those completions
   bool reload_requested_ = false;
   uint64_t removed_owed_ = 0;  // groups removed devices left owed, for the exit code
 };

@@ -16,6 +16,10 @@
 
 namespace iopfd {
 
+// Unsent replies past which a connection's calls are no longer read (backpressure); reading
+// resumes once they are all sent.
+constexpr size_t kPauseReadingAbove = 256 << 10;
+
 absl::StatusOr<UniqueFd> ListenControlSocket(const std::string& path, std::optional<gid_t> gid) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -246,12 +250,22 @@ void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
       c.closing = true;
       break;
     }
+    // One read can carry hundreds of calls: page requests that arrived meanwhile are answered
+    // between them, not after all of them.
+    loop.YieldToFaults();
   }
   for (UniqueFd& fd : arrived) c.fds_next.push_back(std::move(fd));
   if (c.out.size() - c.out_sent > options_.max_output) {
     Log(LogLevel::kWarning,
         absl::StrCat("control socket: uid ", c.peer.uid, " is not reading its replies; closing"));
     return Kill(loop, c);
+  }
+  if (c.out.size() - c.out_sent > kPauseReadingAbove) {
+    // Backpressure: its calls wait in the socket (and then in the client) until it reads what
+    // it asked for. A client that never does costs at most this much and one read's replies,
+    // and is closed when its output makes no progress for message_timeout_ms.
+    c.reading_paused = true;
+    return;
   }
   ArmRecv(loop, c);
 }
@@ -275,7 +289,13 @@ void ControlServer::OnSend(FaultLoop& loop, Conn& c, int res) {
   if (c.out_sent >= c.out.size()) {
     c.out.clear();
     c.out_sent = 0;
-    if (c.closing) Kill(loop, c);
+    if (c.closing) return Kill(loop, c);
+    if (c.reading_paused) {
+      c.reading_paused = false;
+      // An unfinished message's clock starts again: iopfd, not the client, held it up.
+      if (c.partial_since != 0) c.partial_since = MonotonicNs();
+      ArmRecv(loop, c);
+    }
   }
 }
 
@@ -374,7 +394,8 @@ std::optional<std::pair<uint64_t, const char*>> ControlServer::DeadlineOf(const 
   auto earlier = [&out](uint64_t at, const char* why) {
     if (!out.has_value() || at < out->first) out = std::make_pair(at, why);
   };
-  if (c.partial_since != 0) {
+  // While its reading is paused the client is not the one that stopped: only its output counts.
+  if (c.partial_since != 0 && !c.reading_paused) {
     earlier(c.partial_since + options_.message_timeout_ns, "sent part of a message and stopped");
   }
   if (c.output_since != 0 && c.out_sent < c.out.size()) {

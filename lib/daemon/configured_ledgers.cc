@@ -42,51 +42,57 @@ absl::StatusOr<InflightLedger::Answered> ConfiguredLedgers::AnswerOnStoredQueue(
   return (*ledger)->AnswerAllLeftovers(stored.device, stored.fault.get());
 }
 
+std::unique_ptr<InflightLedger> ConfiguredLedgers::TakeBack(FdStore::StoredLedger stored,
+                                                            int fault_fd, DeviceStats* stats) {
+  const std::string name = stored.device;
+  absl::StatusOr<bool> same = SameOpenFile(stored.fault.get(), fault_fd);
+  if (same.ok() && *same) {
+    auto ledger = InflightLedger::Open(name, std::move(stored.ledger));
+    if (ledger.ok()) {
+      // The store's entries stay as they are: the same ledger, the same queue.
+      kept_.insert(name);
+      return *std::move(ledger);
+    }
+    Log(LogLevel::kError,
+        absl::StrCat(ledger.status().message(), "; what a crash left unanswered stays unanswered"),
+        {{"DEVICE", name}});
+    store_->ForgetLedger(name);
+    return nullptr;
+  }
+  // Another queue (the owner handed over a new one), or no way to tell: the groups the ledger
+  // recorded came from the stored queue, so they are answered there, and nothing of them can
+  // meet this queue's cookies.
+  auto answered = AnswerOnStoredQueue(stored);
+  store_->ForgetLedger(name);
+  if (!answered.ok()) {
+    Log(LogLevel::kError, std::string(answered.status().message()), {{"DEVICE", name}});
+    return nullptr;
+  }
+  stats->recovered_answers += answered->accepted;
+  stats->recovered_already_answered += answered->rejected;
+  stats->recovered_groups += answered->groups;
+  if (answered->accepted + answered->rejected != 0) {
+    Log(LogLevel::kWarning,
+        absl::StrCat(name,
+                     ": the previous iopfd died owing answers on the fault queue it had then (",
+                     same.ok() ? std::string("the device came back on another")
+                               : absl::StrCat("whether the device came back on it is unknown: ",
+                                              same.status().message()),
+                     "): ", answered->accepted, " answered there now (", answered->groups,
+                     " unresolved group(s) INVALID), ", answered->rejected,
+                     " had reached the kernel already"),
+        {{"DEVICE", name}});
+  }
+  return nullptr;
+}
+
 std::unique_ptr<InflightLedger> ConfiguredLedgers::For(const std::string& name, int fault_fd,
                                                        DeviceStats* stats) {
   if (auto it = stored_.find(name); it != stored_.end()) {
-    FdStore::StoredLedger s = std::move(it->second);
+    FdStore::StoredLedger stored = std::move(it->second);
     stored_.erase(it);
-    absl::StatusOr<bool> same = SameOpenFile(s.fault.get(), fault_fd);
-    if (same.ok() && *same) {
-      auto ledger = InflightLedger::Open(name, std::move(s.ledger));
-      if (ledger.ok()) {
-        // The store's entries stay as they are: the same ledger, the same queue.
-        kept_.insert(name);
-        return *std::move(ledger);
-      }
-      Log(LogLevel::kError,
-          absl::StrCat(ledger.status().message(),
-                       "; what a crash left unanswered stays unanswered"),
-          {{"DEVICE", name}});
-    } else {
-      // Another queue (the owner handed over a new one), or no way to tell: the groups the
-      // ledger recorded came from the stored queue, so they are answered there, and nothing of
-      // them can meet this queue's cookies.
-      auto answered = AnswerOnStoredQueue(s);
-      if (!answered.ok()) {
-        Log(LogLevel::kError, std::string(answered.status().message()), {{"DEVICE", name}});
-      } else {
-        stats->recovered_answers += answered->accepted;
-        stats->recovered_already_answered += answered->rejected;
-        stats->recovered_groups += answered->groups;
-        if (answered->accepted + answered->rejected != 0) {
-          Log(LogLevel::kWarning,
-              absl::StrCat(name,
-                           ": the previous iopfd died owing answers on the fault queue it "
-                           "had then (",
-                           same.ok() ? std::string("the device came back on another")
-                                     : absl::StrCat("whether the device came back on it is "
-                                                    "unknown: ",
-                                                    same.status().message()),
-                           "): ", answered->accepted, " answered there now (", answered->groups,
-                           " unresolved group(s) INVALID), ", answered->rejected,
-                           " had reached the kernel already"),
-              {{"DEVICE", name}});
-        }
-      }
-    }
-    store_->ForgetLedger(name);
+    std::unique_ptr<InflightLedger> same_queue = TakeBack(std::move(stored), fault_fd, stats);
+    if (same_queue != nullptr) return same_queue;
   }
   if (!store_->enabled()) return nullptr;
   auto ledger = InflightLedger::Create(name, capacity_);

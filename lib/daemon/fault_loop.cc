@@ -362,20 +362,26 @@ int FaultLoop::ProcessCompletions() {
     seen += DrainCq();
     std::vector<Deferred> batch;
     batch.swap(deferred_);
-    uint64_t slice_start = MonotonicNs();
+    slice_start_ = MonotonicNs();
+    served_in_slices_ = 0;
     for (const Deferred& d : batch) {
       d.op->in_flight = d.more;
       d.op->client->OnCompletion(*this, *d.op, d.res);
       // A turn can carry hundreds of control calls (each a JSON reply to build). Every slice of
       // that work, page requests that arrived meanwhile are read and answered first, so control
       // load adds at most about one slice to a fault's latency.
-      if (MonotonicNs() - slice_start >= kClientSliceNs) {
-        seen += ServeFaultsNow();
-        slice_start = MonotonicNs();
-      }
+      YieldToFaults();
     }
+    slice_start_ = 0;
+    seen += served_in_slices_;
   }
   return seen;
+}
+
+void FaultLoop::YieldToFaults() {
+  if (slice_start_ == 0 || MonotonicNs() - slice_start_ < kClientSliceNs) return;
+  served_in_slices_ += ServeFaultsNow();
+  slice_start_ = MonotonicNs();
 }
 
 int FaultLoop::Run() {

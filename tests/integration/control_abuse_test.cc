@@ -7,6 +7,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <functional>
@@ -15,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "fake_queue.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "harness.h"
@@ -26,6 +29,7 @@ using iopfd_test::Client;
 using iopfd_test::Iopfd;
 using nlohmann::json;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // Short timeouts so that the test waits little (message_timeout_ms long enough for a big
 // message to arrive where that is the point); a large message limit for the big messages.
@@ -132,6 +136,121 @@ TEST(ControlAbuseTest, AClientThatDoesNotReadItsRepliesIsTimedOut) {
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   EXPECT_TRUE(Healthy(iopfd));
   EXPECT_THAT(iopfd.Log(), HasSubstr("is not reading its replies; closing"));
+  EXPECT_EQ(iopfd.Stop(), 0);
+}
+
+// Backpressure: a client that pipelines calls and reads the replies late is not dropped; iopfd
+// stops reading its calls while its replies go unread (so it holds a few hundred KiB for it, not
+// the 8 MiB that closes a connection) and goes on once they are read. Here tens of MiB of replies
+// are asked for at once; every one arrives, in order, and nothing closes.
+TEST(ControlAbuseTest, APipeliningClientThatReadsLateGetsEveryReply) {
+  Iopfd iopfd(Options(5000));
+  Client late(iopfd.socket());
+  const std::string call = json({{"method", "org.varlink.service.GetInterfaceDescription"},
+                                 {"parameters", {{"interface", "io.iopfd"}}}})
+                               .dump() +
+                           '\0';
+  // 50 calls a send, 120 sends (more than the socket buffers hold), from a thread: 6,000
+  // calls, about 65 MiB of replies.
+  constexpr size_t kPerSend = 50;
+  constexpr size_t kSends = 120;
+  std::string calls;
+  for (size_t i = 0; i < kPerSend; ++i) calls += call;
+  std::atomic<size_t> sends_done{0};
+  std::thread sender([&] {
+    for (size_t i = 0; i < kSends; ++i) {
+      if (!late.Send(calls)) return;
+      ++sends_done;
+    }
+  });
+  // However the test ends, the sender is stopped and joined (a failed ASSERT returns early).
+  struct Joined {
+    std::thread& t;
+    int fd;
+    ~Joined() {
+      if (t.joinable()) {
+        shutdown(fd, SHUT_RDWR);
+        t.join();
+      }
+    }
+  } joined{sender, late.fd()};
+  // The sender stalls: iopfd stopped reading the calls while their replies go unread.
+  size_t before = 0;
+  do {
+    before = sends_done.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  } while (sends_done.load() != before && before < kSends);
+  EXPECT_LT(before, kSends) << "all calls went in with none of their replies read";
+  const size_t sent = kPerSend * kSends;
+  size_t reply_bytes = 0;
+  size_t replies = 0;
+  std::string pending;
+  char buf[65536];
+  while (replies < sent) {
+    pollfd p{late.fd(), POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 5000), 1) << replies << " of " << sent << " replies, then nothing";
+    ssize_t n = recv(late.fd(), buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0) << "closed after " << replies << " of " << sent << " replies";
+    reply_bytes += static_cast<size_t>(n);
+    for (ssize_t i = 0; i < n; ++i) {
+      if (buf[i] != '\0') continue;
+      ++replies;
+    }
+  }
+  sender.join();
+  EXPECT_EQ(sends_done.load(), kSends);
+  EXPECT_EQ(replies, sent);
+  // More than 8 MiB went to this client: without backpressure it would have been closed.
+  EXPECT_GT(reply_bytes, size_t{8} << 20) << sent << " calls";
+  EXPECT_TRUE(Healthy(iopfd));
+  EXPECT_THAT(iopfd.Log(), Not(HasSubstr("is not reading its replies")));
+  EXPECT_EQ(iopfd.Stop(), 0);
+}
+
+// One read of the control socket can carry hundreds of calls; page requests that arrive while
+// they are handled are answered between them (FaultLoop::YieldToFaults), not after the last.
+// Replies go out only once the whole read is handled, so a page request sent while iopfd is
+// busy with such a read must be answered before the first of those replies arrives.
+TEST(ControlAbuseTest, APageRequestIsAnsweredBetweenTheCallsOfOneRead) {
+  iopfd_test::FakeQueue q;
+  iopfd_test::IopfdOptions o = Options(5000);
+  o.devices = {{"v.toml", iopfd_test::DeviceText("v")}};
+  o.fds = {{"v.iommufd", q.iommufd}, {"v.fault", q.theirs}};
+  Iopfd iopfd(o);
+  ASSERT_TRUE(Healthy(iopfd));
+  Client busy(iopfd.socket());
+  // 150 calls of the largest reply in one send (the server reads 16 KiB at a time): tens of
+  // milliseconds of work in one read.
+  const std::string call = json({{"method", "org.varlink.service.GetInterfaceDescription"},
+                                 {"parameters", {{"interface", "io.iopfd"}}}})
+                               .dump() +
+                           '\0';
+  std::string calls;
+  while (calls.size() + call.size() <= 16384) calls += call;
+  int passes = 0;
+  for (int round = 0; round < 8; ++round) {
+    ASSERT_TRUE(busy.Send(calls));
+    // Let the read start, then ask.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    const uint32_t cookie = q.Fault(0x100000);
+    pollfd p[2] = {{q.ours, POLLIN, 0}, {busy.fd(), POLLIN, 0}};
+    ASSERT_GT(poll(p, 2, 10000), 0) << "neither an answer nor a reply";
+    const bool answered_first = (p[0].revents & POLLIN) != 0 && (p[1].revents & POLLIN) == 0;
+    passes += answered_first ? 1 : 0;
+    EXPECT_EQ(q.Responses(1, 10)[cookie], 1);
+    // Read every reply of the round before the next.
+    size_t replies = 0;
+    char buf[65536];
+    while (replies < calls.size() / call.size()) {
+      ssize_t n = recv(busy.fd(), buf, sizeof(buf), 0);
+      ASSERT_GT(n, 0);
+      replies += static_cast<size_t>(std::count(buf, buf + n, '\0'));
+    }
+  }
+  // Every round, unless the whole read was done within the 2 ms (a fast machine): then the
+  // answer and the replies race, and the round says nothing. Without the yield no round shows
+  // it; at least 3 of 8 must.
+  EXPECT_GE(passes, 3) << "the page request waited for the calls of the read it came during";
   EXPECT_EQ(iopfd.Stop(), 0);
 }
 

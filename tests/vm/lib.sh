@@ -1,16 +1,42 @@
 # Shared by the VM tier's runners (run-vm.sh, systemd/run-systemd-vm.sh); sourced, not run.
 
-# vm_results OUT PER_CASE: after a guest ran, writes OUT/results.txt (its IOPF-RESULT lines from
-# OUT/console.log plus a kernel_log_clean verdict) and returns non-zero when the guest did not
-# run to the end or reported a failure. With PER_CASE=1 (CTest's fixture) a case's FAIL verdict
-# alone does not fail the run: CTest's per-case tests (check-result.sh) fail for it by name.
+# vm_results OUT PER_CASE [LEAKS]: after a guest ran, writes OUT/results.txt (its IOPF-RESULT
+# lines from OUT/console.log plus a kernel_log_clean verdict) and returns non-zero when the guest
+# did not run to the end or reported a failure. With PER_CASE=1 (CTest's fixture) a case's FAIL
+# verdict alone does not fail the run: CTest's per-case tests (check-result.sh) fail for it by
+# name. With LEAKS=1 the guest ran with kmemleak=on and must have scanned (init.sh): a missing
+# scan or any suspected leak fails kernel_log_clean.
+# vm_leaks_of_iopfd CONSOLE: prints the kmemleak reports (first line of each) of objects the
+# kernel allocated for iopfd: its threads (comm "iopfd") and its io_uring workers ("iou-wrk-*",
+# "iou-sqp-*"). Others are counted on stderr, not failed: objects the harness allocated through
+# the self-test ioctls (the mock devices) are reported after the fault-injection case although no
+# injection reached them (docs/RELIABILITY.md, "Kernel fault injection").
+vm_leaks_of_iopfd() {
+  awk '
+    /^IOPF-KMEMLEAK unreferenced object/ { head = $0; want = 1; next }
+    want && /^IOPF-KMEMLEAK +comm / {
+      want = 0
+      if ($0 ~ /comm "(iopfd|iou-wrk-[0-9]+|iou-sqp-[0-9]+)"/) { print head " " $3 " " $4; ours++ }
+      else others++
+    }
+    END { if (others) printf "vm: kmemleak: %d suspected leak(s) allocated by other processes (see the console)\n", others > "/dev/stderr" }
+  ' "$1" | head -5
+}
+
 vm_results() {
-  local out=$1 per_case=$2 bad exit_line
+  local out=$1 per_case=$2 leaks=${3:-0} bad exit_line
   grep '^IOPF-RESULT ' "$out/console.log" > "$out/results.txt" || true
   # The kernel must not have warned: a WARN/BUG/oops, or the IOPF core aborting a request
-  # (which it does when a handler fails), fails the run.
-  bad=$(grep -nE 'WARNING:|BUG:|Oops|Call Trace|general protection|iopf with pasid .* aborted' \
+  # (which it does when a handler fails), fails the run; nor leaked, when kmemleak watched.
+  bad=$(grep -nE 'WARNING:|BUG:|Oops|Call Trace|general protection|iopf with pasid .* aborted|IOPF-KMEMLEAK unavailable' \
     "$out/console.log" | head -5 || true)
+  if [ -z "$bad" ] && [ "$leaks" = 1 ]; then
+    if ! grep -q '^IOPF-KMEMLEAK scanned' "$out/console.log"; then
+      bad="kmemleak did not scan (the guest did not reach its end, or debugfs is missing)"
+    else
+      bad=$(vm_leaks_of_iopfd "$out/console.log")
+    fi
+  fi
   if [ -z "$bad" ]; then
     echo "IOPF-RESULT kernel_log_clean PASS" >> "$out/results.txt"
   else
