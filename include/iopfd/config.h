@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -23,6 +24,22 @@ struct SourceLocation {
   int column = 0;
 };
 
+// A value a setting carries along but that is not part of it: where the setting was read from.
+// Equal to any other, so that the defaulted operator== of the settings below compares settings
+// only: a reload keeps a device whose settings are unchanged, whichever file or line they now
+// come from. Otherwise it is the value it wraps (its members, its conversions; compared with a
+// T it compares as a T).
+template <typename T>
+struct NotASetting : T {
+  NotASetting() = default;
+  explicit NotASetting(T value) : T(std::move(value)) {}
+  NotASetting& operator=(T value) {
+    T::operator=(std::move(value));
+    return *this;
+  }
+  friend bool operator==(const NotASetting&, const NotASetting&) { return true; }
+};
+
 // One problem found while loading or validating configuration.
 struct ConfigError {
   SourceLocation where;
@@ -31,7 +48,46 @@ struct ConfigError {
   std::string ToString() const;
 };
 
+// The name of one value of an enum, as configuration files and every output spell it. Each enum
+// has one table of them, which parsing and printing both use.
+template <typename E>
+struct EnumName {
+  E value;
+  std::string_view name;
+};
+
+// Returns the name of `value` in `table` ("" when the table lacks it, which a test rules out).
+template <typename E, size_t N>
+constexpr std::string_view NameOf(const EnumName<E> (&table)[N], E value) {
+  for (const EnumName<E>& e : table) {
+    if (e.value == value) return e.name;
+  }
+  return "";
+}
+
+// Returns the value `table` names `name`, or nullopt when it names none.
+template <typename E, size_t N>
+constexpr std::optional<E> ValueNamed(const EnumName<E> (&table)[N], std::string_view name) {
+  for (const EnumName<E>& e : table) {
+    if (e.name == name) return e.value;
+  }
+  return std::nullopt;
+}
+
+// Returns the names for an error message: "\"a\", \"b\" or \"c\"".
+template <typename E, size_t N>
+std::string NamesForMessage(const EnumName<E> (&table)[N]) {
+  std::string out;
+  for (size_t i = 0; i < N; ++i) {
+    if (i > 0) out += i + 1 == N ? " or " : ", ";
+    out.append("\"").append(table[i].name).append("\"");
+  }
+  return out;
+}
+
 enum class AttachMode { kAdopt, kVfio };
+inline constexpr EnumName<AttachMode> kAttachModeNames[] = {{AttachMode::kAdopt, "adopt"},
+                                                            {AttachMode::kVfio, "vfio"}};
 
 enum class BackingKind {
   kFile,         // a shared file: /dev/shm/..., /dev/hugepages/..., any shmem or hugetlbfs file
@@ -52,7 +108,8 @@ struct RegionConfig {
   // The page size mappings are made in: 4 KiB, or the huge page size of a hugetlbfs backing.
   // Filled in by validation (it stats the backing); 0 until then.
   uint64_t page_size = 0;
-  SourceLocation where;
+  NotASetting<SourceLocation> where;
+  bool operator==(const RegionConfig&) const = default;
 };
 
 // The IO virtual address space of one PASID (or of requests without a PASID).
@@ -64,7 +121,8 @@ struct SpaceConfig {
   // 0 otherwise.
   uint32_t hwpt_id = 0;
   std::vector<RegionConfig> regions;  // sorted by iova, non-overlapping after validation
-  SourceLocation where;
+  NotASetting<SourceLocation> where;
+  bool operator==(const SpaceConfig&) const = default;
 };
 
 struct AdoptConfig {
@@ -80,11 +138,13 @@ struct AdoptConfig {
   std::string switch_target;
   // Returns true when iopfd can park the device's attachments.
   bool can_switch() const { return !device_fd.empty() || !switch_module.empty(); }
+  bool operator==(const AdoptConfig&) const = default;
 };
 
 struct VfioConfig {
   std::string cdev;  // /dev/vfio/devices/vfioN, or empty when pci is given
   std::string pci;   // PCI address DDDD:BB:DD.F, resolved through sysfs to the cdev
+  bool operator==(const VfioConfig&) const = default;
 };
 
 struct DeviceLimits {
@@ -92,6 +152,7 @@ struct DeviceLimits {
   uint32_t max_group_records = 512;
   // Upper bound on what one fault may map through prefetch and the length hint.
   uint64_t max_fault_map_bytes = 2ull << 20;
+  bool operator==(const DeviceLimits&) const = default;
 };
 
 // How a drain stops the device's DMA before its page requests are halted ([drain]).
@@ -100,16 +161,22 @@ enum class HaltMethod : uint8_t {
   kReset,      // the function level reset (VFIO_DEVICE_RESET) after the park is the DMA stop
   kBusMaster,  // iopfd clears Bus Master Enable (the config region) and sets it at resume
 };
+inline constexpr EnumName<HaltMethod> kHaltMethodNames[] = {{HaltMethod::kOwner, "owner"},
+                                                            {HaltMethod::kReset, "reset"},
+                                                            {HaltMethod::kBusMaster, "bus-master"}};
 
 struct DrainConfig {
   HaltMethod halt = HaltMethod::kOwner;
   // owner: how long a drain waits for the owner's Halt before it quarantines the device.
   uint32_t halt_timeout_ms = 10000;
+  bool operator==(const DrainConfig&) const = default;
 };
 
+// Two device configurations are equal when every setting is (not where they were read from):
+// Reload restarts a device exactly when its configuration is not equal to the one it runs with.
 struct DeviceConfig {
-  std::string name;  // unique across devices; [A-Za-z0-9_.-]{1,64}
-  std::string file;  // the file it was read from
+  std::string name;               // unique across devices; [A-Za-z0-9_.-]{1,64}
+  NotASetting<std::string> file;  // the file it was read from
   AttachMode mode = AttachMode::kAdopt;
   // The device in sysfs ("/sys/devices/..."), whose uevents iopfd follows; empty: derived from
   // the VFIO device in vfio mode, none in adopt mode.
@@ -119,9 +186,14 @@ struct DeviceConfig {
   std::vector<SpaceConfig> spaces;  // at most one per PASID and one without
   DeviceLimits limits;
   DrainConfig drain;
+  bool operator==(const DeviceConfig&) const = default;
 };
 
 enum class LogLevel { kError, kWarning, kInfo, kDebug };
+inline constexpr EnumName<LogLevel> kLogLevelNames[] = {{LogLevel::kError, "error"},
+                                                        {LogLevel::kWarning, "warning"},
+                                                        {LogLevel::kInfo, "info"},
+                                                        {LogLevel::kDebug, "debug"}};
 
 // The control socket ([control] in the global file).
 struct ControlConfig {

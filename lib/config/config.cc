@@ -710,12 +710,13 @@ void ParseDrain(Reporter& rep, const toml::table& table, std::optional<AttachMod
                 const AdoptConfig& adopt, DrainConfig* drain) {
   CheckKeys(rep, table, "drain", {"halt", "halt_timeout_ms"});
   if (auto halt = GetString(rep, table, "drain", "halt", /*required=*/false)) {
-    if (halt->value == "owner") {
+    const std::optional<HaltMethod> method = ValueNamed(kHaltMethodNames, halt->value);
+    if (method == HaltMethod::kOwner) {
       drain->halt = HaltMethod::kOwner;
-    } else if (halt->value == "reset" || halt->value == "bus-master") {
+    } else if (method.has_value()) {
       // Both act on the VFIO device fd (VFIO_DEVICE_RESET; the config region): vfio mode, or
       // adopt.device_fd. A switch module may reset too (checked when it is loaded).
-      const bool reset = halt->value == "reset";
+      const bool reset = method == HaltMethod::kReset;
       if (mode == AttachMode::kAdopt && adopt.device_fd.empty() &&
           !(reset && !adopt.switch_module.empty())) {
         rep.At(*halt->node,
@@ -724,10 +725,10 @@ void ParseDrain(Reporter& rep, const toml::table& table, std::optional<AttachMod
                    reset ? ", or a switch module that resets" : "",
                    "); otherwise the owner stops the device (\"owner\")"));
       } else {
-        drain->halt = reset ? HaltMethod::kReset : HaltMethod::kBusMaster;
+        drain->halt = *method;
       }
     } else {
-      rep.At(*halt->node, Cat("drain.halt: must be \"owner\", \"reset\" or \"bus-master\" (got ",
+      rep.At(*halt->node, Cat("drain.halt: must be ", NamesForMessage(kHaltMethodNames), " (got ",
                               Quote(halt->value), ")"));
     }
   }
@@ -764,13 +765,10 @@ void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backing
   std::optional<AttachMode> mode;
   const auto attach = GetString(rep, root, "", "attach", /*required=*/true);
   if (attach) {
-    if (attach->value == "adopt") {
-      mode = AttachMode::kAdopt;
-    } else if (attach->value == "vfio") {
-      mode = AttachMode::kVfio;
-    } else {
-      rep.At(*attach->node,
-             Cat("attach: must be \"adopt\" or \"vfio\" (got ", Quote(attach->value), ")"));
+    mode = ValueNamed(kAttachModeNames, attach->value);
+    if (!mode.has_value()) {
+      rep.At(*attach->node, Cat("attach: must be ", NamesForMessage(kAttachModeNames), " (got ",
+                                Quote(attach->value), ")"));
     }
   }
   if (mode) device.mode = *mode;
@@ -979,16 +977,11 @@ void ParseGlobal(std::string_view text, const std::string& file, GlobalConfig* g
     CheckKeys(rep, *daemon, p,
               {"log_level", "devices_dir", "ring_entries", "read_records", "max_read_records"});
     if (auto level = GetString(rep, *daemon, p, "log_level", /*required=*/false)) {
-      constexpr LogLevel kLevels[] = {LogLevel::kError, LogLevel::kWarning, LogLevel::kInfo,
-                                      LogLevel::kDebug};
-      auto it = std::find_if(std::begin(kLevels), std::end(kLevels),
-                             [&](LogLevel l) { return LogLevelName(l) == level->value; });
-      if (it != std::end(kLevels)) {
-        global->log_level = *it;
+      if (auto l = ValueNamed(kLogLevelNames, level->value)) {
+        global->log_level = *l;
       } else {
-        rep.At(*level->node, Cat("daemon.log_level: must be \"error\", \"warning\", \"info\" or "
-                                 "\"debug\" (got ",
-                                 Quote(level->value), ")"));
+        rep.At(*level->node, Cat("daemon.log_level: must be ", NamesForMessage(kLogLevelNames),
+                                 " (got ", Quote(level->value), ")"));
       }
     }
     if (auto dir = GetString(rep, *daemon, p, "devices_dir", /*required=*/false)) {
@@ -1085,19 +1078,7 @@ std::string ConfigError::ToString() const {
   return Cat(where.file, ":", where.line, ":", where.column, ": ", message);
 }
 
-std::string_view LogLevelName(LogLevel level) {
-  switch (level) {
-    case LogLevel::kError:
-      return "error";
-    case LogLevel::kWarning:
-      return "warning";
-    case LogLevel::kInfo:
-      return "info";
-    case LogLevel::kDebug:
-      return "debug";
-  }
-  return "unknown";
-}
+std::string_view LogLevelName(LogLevel level) { return NameOf(kLogLevelNames, level); }
 
 absl::StatusOr<uint64_t> ParseSize(std::string_view text) {
   const auto invalid = [&](std::string_view why) {
@@ -1230,26 +1211,6 @@ LoadResult LoadConfig(const LoadOptions& options) {
   return result;
 }
 
-bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b) {
-  auto same_region = [](const RegionConfig& x, const RegionConfig& y) {
-    return x.iova == y.iova && x.size == y.size && x.backing == y.backing && x.path == y.path &&
-           x.fd_name == y.fd_name && x.offset == y.offset && x.access == y.access &&
-           x.prefetch == y.prefetch && x.page_size == y.page_size;
-  };
-  auto same_space = [&](const SpaceConfig& x, const SpaceConfig& y) {
-    return x.pasid == y.pasid && x.ioas_id == y.ioas_id && x.hwpt_id == y.hwpt_id &&
-           std::equal(x.regions.begin(), x.regions.end(), y.regions.begin(), y.regions.end(),
-                      same_region);
-  };
-  return a.name == b.name && a.mode == b.mode && a.sysfs == b.sysfs &&
-         a.adopt.iommufd_fd == b.adopt.iommufd_fd && a.adopt.fault_fd == b.adopt.fault_fd &&
-         a.adopt.device_id == b.adopt.device_id && a.adopt.device_fd == b.adopt.device_fd &&
-         a.adopt.switch_module == b.adopt.switch_module &&
-         a.adopt.switch_target == b.adopt.switch_target && a.vfio.cdev == b.vfio.cdev &&
-         a.vfio.pci == b.vfio.pci && a.limits.max_group_records == b.limits.max_group_records &&
-         a.limits.max_fault_map_bytes == b.limits.max_fault_map_bytes &&
-         a.drain.halt == b.drain.halt && a.drain.halt_timeout_ms == b.drain.halt_timeout_ms &&
-         std::equal(a.spaces.begin(), a.spaces.end(), b.spaces.begin(), b.spaces.end(), same_space);
-}
+bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b) { return a == b; }
 
 }  // namespace iopfd

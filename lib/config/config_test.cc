@@ -627,6 +627,115 @@ TEST(DeviceDrainTest, ChangingTheDrainSettingsIsAChange) {
   EXPECT_TRUE(SameDeviceSettings(a.config.devices[0], a.config.devices[0]));
 }
 
+// How many members an aggregate has: the most initializers T{...} accepts (each an AnyValue,
+// which converts to any member type).
+struct AnyValue {
+  template <typename T>
+  operator T() const;  // NOLINT(google-explicit-constructor): declared only, never called
+};
+template <typename T, typename... Init>
+constexpr size_t MemberCount() {
+  if constexpr (requires { T{Init{}..., AnyValue{}}; }) {
+    return MemberCount<T, Init..., AnyValue>();
+  } else {
+    return sizeof...(Init);
+  }
+}
+
+// Reload restarts a device exactly when its settings changed (SameDeviceSettings, the settings'
+// defaulted operator==). Each member of every settings struct is changed here, one at a time,
+// and must make a difference; where a setting was read from must not. A member added to one of
+// these structs fails the count below until its change is added to the list: that is how a new
+// key cannot be left out of the comparison.
+TEST(DeviceSettingsTest, EveryMemberIsComparedAndOnlySettingsAre) {
+  static_assert(MemberCount<RegionConfig>() == 10, "add the new member's change below");
+  static_assert(MemberCount<SpaceConfig>() == 5, "add the new member's change below");
+  static_assert(MemberCount<AdoptConfig>() == 6, "add the new member's change below");
+  static_assert(MemberCount<VfioConfig>() == 2, "add the new member's change below");
+  static_assert(MemberCount<DeviceLimits>() == 2, "add the new member's change below");
+  static_assert(MemberCount<DrainConfig>() == 2, "add the new member's change below");
+  static_assert(MemberCount<DeviceConfig>() == 9, "add the new member's change below");
+  DeviceConfig base;
+  base.name = "d";
+  base.spaces.emplace_back();
+  base.spaces[0].regions.emplace_back();
+  using Change = std::function<void(DeviceConfig&)>;
+  const std::vector<std::pair<std::string, Change>> settings = {
+      {"region.iova", [](DeviceConfig& d) { d.spaces[0].regions[0].iova = 1; }},
+      {"region.size", [](DeviceConfig& d) { d.spaces[0].regions[0].size = 1; }},
+      {"region.backing",
+       [](DeviceConfig& d) { d.spaces[0].regions[0].backing = BackingKind::kFile; }},
+      {"region.path", [](DeviceConfig& d) { d.spaces[0].regions[0].path = "/p"; }},
+      {"region.fd_name", [](DeviceConfig& d) { d.spaces[0].regions[0].fd_name = "f"; }},
+      {"region.offset", [](DeviceConfig& d) { d.spaces[0].regions[0].offset = 1; }},
+      {"region.access", [](DeviceConfig& d) { d.spaces[0].regions[0].access = 1; }},
+      {"region.prefetch", [](DeviceConfig& d) { d.spaces[0].regions[0].prefetch = 1; }},
+      {"region.page_size", [](DeviceConfig& d) { d.spaces[0].regions[0].page_size = 1; }},
+      {"space.pasid", [](DeviceConfig& d) { d.spaces[0].pasid = 1; }},
+      {"space.ioas_id", [](DeviceConfig& d) { d.spaces[0].ioas_id = 1; }},
+      {"space.hwpt_id", [](DeviceConfig& d) { d.spaces[0].hwpt_id = 1; }},
+      {"space.regions", [](DeviceConfig& d) { d.spaces[0].regions.emplace_back(); }},
+      {"adopt.iommufd_fd", [](DeviceConfig& d) { d.adopt.iommufd_fd = "i"; }},
+      {"adopt.fault_fd", [](DeviceConfig& d) { d.adopt.fault_fd = "f"; }},
+      {"adopt.device_id", [](DeviceConfig& d) { d.adopt.device_id = 1; }},
+      {"adopt.device_fd", [](DeviceConfig& d) { d.adopt.device_fd = "v"; }},
+      {"adopt.switch_module", [](DeviceConfig& d) { d.adopt.switch_module = "/m.so"; }},
+      {"adopt.switch_target", [](DeviceConfig& d) { d.adopt.switch_target = "t"; }},
+      {"vfio.cdev", [](DeviceConfig& d) { d.vfio.cdev = "/dev/vfio/devices/vfio0"; }},
+      {"vfio.pci", [](DeviceConfig& d) { d.vfio.pci = "0000:00:01.0"; }},
+      {"limits.max_group_records", [](DeviceConfig& d) { d.limits.max_group_records = 1; }},
+      {"limits.max_fault_map_bytes", [](DeviceConfig& d) { d.limits.max_fault_map_bytes = 1; }},
+      {"drain.halt", [](DeviceConfig& d) { d.drain.halt = HaltMethod::kReset; }},
+      {"drain.halt_timeout_ms", [](DeviceConfig& d) { d.drain.halt_timeout_ms = 1; }},
+      {"name", [](DeviceConfig& d) { d.name = "e"; }},
+      {"mode", [](DeviceConfig& d) { d.mode = AttachMode::kVfio; }},
+      {"sysfs", [](DeviceConfig& d) { d.sysfs = "/sys/devices/x"; }},
+      {"spaces", [](DeviceConfig& d) { d.spaces.emplace_back(); }},
+  };
+  for (const auto& [what, change] : settings) {
+    DeviceConfig changed = base;
+    change(changed);
+    EXPECT_FALSE(SameDeviceSettings(base, changed)) << what << " is not compared";
+  }
+  const std::vector<std::pair<std::string, Change>> provenance = {
+      {"file", [](DeviceConfig& d) { d.file = "/etc/iopfd/devices.d/other.toml"; }},
+      {"space.where",
+       [](DeviceConfig& d) {
+         d.spaces[0].where = SourceLocation{"x.toml", 3, 1};
+       }},
+      {"region.where",
+       [](DeviceConfig& d) {
+         d.spaces[0].regions[0].where = SourceLocation{"x.toml", 9, 2};
+       }},
+  };
+  for (const auto& [what, change] : provenance) {
+    DeviceConfig moved = base;
+    change(moved);
+    EXPECT_TRUE(SameDeviceSettings(base, moved)) << what << " is not a setting";
+  }
+}
+
+// Each enum's one table of names: every value once, each name parses back to its value, and the
+// error message lists them all.
+template <typename E, size_t N>
+void ExpectRoundTrip(const EnumName<E> (&table)[N], E last) {
+  EXPECT_EQ(N, static_cast<size_t>(last) + 1) << "a value without a name";
+  for (size_t i = 0; i < N; ++i) {
+    EXPECT_EQ(static_cast<size_t>(table[i].value), i);
+    EXPECT_EQ(ValueNamed(table, NameOf(table, table[i].value)), table[i].value);
+  }
+  EXPECT_EQ(ValueNamed(table, "no such name"), std::nullopt);
+}
+
+TEST(EnumNamesTest, EveryValueHasOneNameThatParsesBack) {
+  ExpectRoundTrip(kAttachModeNames, AttachMode::kVfio);
+  ExpectRoundTrip(kHaltMethodNames, HaltMethod::kBusMaster);
+  ExpectRoundTrip(kLogLevelNames, LogLevel::kDebug);
+  EXPECT_EQ(NamesForMessage(kHaltMethodNames), "\"owner\", \"reset\" or \"bus-master\"");
+  EXPECT_EQ(NamesForMessage(kAttachModeNames), "\"adopt\" or \"vfio\"");
+  EXPECT_EQ(LogLevelName(LogLevel::kWarning), "warning");
+}
+
 TEST(DeviceErrorTest, UnknownKeyInVfioTable) {
   EXPECT_THAT(Errors(R"(name = "d"
 attach = "vfio"

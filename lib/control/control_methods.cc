@@ -83,18 +83,6 @@ const char* StateOf(const DaemonState* state, const Device& d) {
   return drain == nullptr ? "running" : DrainStateName(drain->state());
 }
 
-const char* HaltName(HaltMethod m) {
-  switch (m) {
-    case HaltMethod::kReset:
-      return "reset";
-    case HaltMethod::kBusMaster:
-      return "bus-master";
-    case HaltMethod::kOwner:
-      break;
-  }
-  return "owner";
-}
-
 Device* FindDevice(DaemonState* state, const std::string& name) {
   return state->manager->Find(name);
 }
@@ -464,11 +452,11 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
       const DeviceStats& st = d->stats();
       list.push_back(
           {{"name", d->name()},
-           {"attach", d->mode() == AttachMode::kAdopt ? "adopt" : "vfio"},
+           {"attach", NameOf(kAttachModeNames, d->mode())},
            {"origin", state->manager->IsAdoptedAtRunTime(d->name()) ? "adopted" : "config"},
            {"state", StateOf(state, *d)},
            {"epoch", st.drain_epoch},
-           {"halt", HaltName(d->config().drain.halt)},
+           {"halt", NameOf(kHaltMethodNames, d->config().drain.halt)},
            {"pasids", pasids},
            {"no_pasid_space", no_pasid},
            {"counters",
@@ -515,14 +503,11 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
         VarlinkReply error;
         auto level = StringParam(call, "level", true, &error);
         if (!level) return error;
-        for (LogLevel l :
-             {LogLevel::kError, LogLevel::kWarning, LogLevel::kInfo, LogLevel::kDebug}) {
-          if (LogLevelName(l) == *level) {
-            SetLogLevel(l);
-            Log(LogLevel::kInfo, absl::StrCat("log level set to ", *level, " by uid ", peer.uid));
-            state->events->Publish("log_level", {}, absl::StrCat(*level, " (uid ", peer.uid, ")"));
-            return VarlinkReply::Ok();
-          }
+        if (std::optional<LogLevel> l = ValueNamed(kLogLevelNames, *level)) {
+          SetLogLevel(*l);
+          Log(LogLevel::kInfo, absl::StrCat("log level set to ", *level, " by uid ", peer.uid));
+          state->events->Publish("log_level", {}, absl::StrCat(*level, " (uid ", peer.uid, ")"));
+          return VarlinkReply::Ok();
         }
         return VarlinkReply::Error("org.varlink.service.InvalidParameter",
                                    {{"parameter", "level"}});

@@ -61,9 +61,8 @@ absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds
     if (!st.ok()) Log(LogLevel::kError, std::string(st.message()), {{"DEVICE", config.name}});
   }
   Log(LogLevel::kInfo,
-      absl::StrCat(config.name, ": attached (",
-                   config.mode == AttachMode::kAdopt ? "adopt" : "vfio", ", ", config.spaces.size(),
-                   " address space(s))"),
+      absl::StrCat(config.name, ": attached (", std::string(NameOf(kAttachModeNames, config.mode)),
+                   ", ", config.spaces.size(), " address space(s))"),
       {{"DEVICE", config.name}});
   devices_.push_back(*std::move(dev));
   Device* d = devices_.back().get();
