@@ -207,6 +207,8 @@ absl::Status ReplayStored(iopfd::DeviceManager* manager, iopfd::FdStore::Stored*
 
 }  // namespace
 
+// Longer than 60 lines: the wiring of every part in start-up order; issue 13 moves it into a
+// Daemon class with one method per stage.
 int main(int argc, char** argv) {
   Flags flags;
   if (int rc = ParseFlags(argc, argv, &flags); rc >= 0) return rc;

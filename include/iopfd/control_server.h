@@ -105,6 +105,10 @@ class ControlServer : public RingClient {
   void OnAccept(FaultLoop& loop, int res);
   void OnRecv(FaultLoop& loop, Conn& c, int res);
   void OnSend(FaultLoop& loop, Conn& c, int res);
+  // Hands every message a read completed to the service, in order, with the descriptors that
+  // came with each (those of this read, `arrived`, go to the message they belong to; what is
+  // left belongs to the unfinished one), appending the replies to c's output.
+  void HandleMessages(FaultLoop& loop, Conn& c, std::vector<UniqueFd>* arrived);
   // Starts or stops c's timeout clocks after a read: an unfinished message's, and the idle one
   // when the read completed calls.
   void NoteReceived(Conn& c, bool completed_messages);

@@ -165,6 +165,14 @@ class DeviceManager {
   // configured_ledger gives). Returns the attach error otherwise.
   absl::Status AttachAndServe(const DeviceConfig& config, ListenFds* fds,
                               std::unique_ptr<InflightLedger> ledger, bool configured);
+  // Apply's first step: removes the configured devices `wanted` no longer names and those whose
+  // settings changed (their fds back to the pool), reporting each in *report. Returns the
+  // configurations of the changed ones, to attach again.
+  std::vector<const DeviceConfig*> RemoveChanged(
+      const std::map<std::string, const DeviceConfig*>& wanted, ReloadReport* report);
+  // Apply's last step: attaches each of to_attach (new, restarted or failed before) and reports
+  // each outcome in *report (a restarted device that fails to attach again is removed).
+  void AttachAll(const std::vector<const DeviceConfig*>& to_attach, ReloadReport* report);
   // Stops serving the device at index i and destroys it; its adopt fds go to the pool when
   // keep_fds, else they are closed. Returns its final statistics.
   DeviceStats RemoveAt(size_t i, bool keep_fds);

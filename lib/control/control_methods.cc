@@ -301,6 +301,8 @@ VarlinkReply DrainCall(DaemonState* state, const std::string& method, const Varl
 
 }  // namespace
 
+// Longer than 60 lines: one family per counter, written out; issue 13's table of counters
+// generates it instead.
 std::string PrometheusText(const std::vector<const Device*>& devices,
                            const std::function<const char*(const Device&)>& state_of) {
   std::string out;
@@ -402,6 +404,8 @@ const std::vector<std::pair<std::string, Access>>& IopfdMethodAccess() {
   return *kTable;
 }
 
+// Longer than 60 lines: every method's registration in one place, as the IDL lists them; issue
+// 13 moves each method's body beside its declaration.
 void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
   for (const auto& [name, access] : IopfdMethodAccess()) service->SetAccess(name, access);
   service->AddInterface("io.iopfd", kIopfdInterfaceDescription);

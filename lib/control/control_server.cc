@@ -229,31 +229,7 @@ void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
                      options_.max_message, " bytes; closing"));
     return Kill(loop, c);
   }
-  std::vector<std::string> messages;
-  while (auto msg = c.in.Next()) messages.push_back(*std::move(msg));
-  NoteReceived(c, !messages.empty());
-  // AF_UNIX stream sockets end a read right after the data that carried descriptors
-  // (unix_stream_read_generic), so they came with the message this read ends in: the last one
-  // completed now, or the one still incomplete. Descriptors held from an earlier read belong to
-  // the first message completed now.
-  const bool ends_on_boundary = c.in.buffered() == 0;
-  for (size_t k = 0; k < messages.size(); ++k) {
-    std::vector<UniqueFd> fds;
-    if (k == 0) fds.swap(c.fds_next);
-    if (k + 1 == messages.size() && ends_on_boundary) {
-      for (UniqueFd& fd : arrived) fds.push_back(std::move(fd));
-      arrived.clear();
-    }
-    bool close = false;
-    c.out += service_->Handle(messages[k], c.peer, &close, c.channel, &fds);
-    if (close) {
-      c.closing = true;
-      break;
-    }
-    // One read can carry hundreds of calls: page requests that arrived meanwhile are answered
-    // between them, not after all of them.
-    loop.YieldToFaults();
-  }
+  HandleMessages(loop, c, &arrived);
   for (UniqueFd& fd : arrived) c.fds_next.push_back(std::move(fd));
   if (c.out.size() - c.out_sent > options_.max_output) {
     Log(LogLevel::kWarning,
@@ -268,6 +244,34 @@ void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
     return;
   }
   ArmRecv(loop, c);
+}
+
+void ControlServer::HandleMessages(FaultLoop& loop, Conn& c, std::vector<UniqueFd>* arrived) {
+  std::vector<std::string> messages;
+  while (auto msg = c.in.Next()) messages.push_back(*std::move(msg));
+  NoteReceived(c, !messages.empty());
+  // AF_UNIX stream sockets end a read right after the data that carried descriptors
+  // (unix_stream_read_generic), so they came with the message this read ends in: the last one
+  // completed now, or the one still incomplete. Descriptors held from an earlier read belong to
+  // the first message completed now.
+  const bool ends_on_boundary = c.in.buffered() == 0;
+  for (size_t k = 0; k < messages.size(); ++k) {
+    std::vector<UniqueFd> fds;
+    if (k == 0) fds.swap(c.fds_next);
+    if (k + 1 == messages.size() && ends_on_boundary) {
+      for (UniqueFd& fd : *arrived) fds.push_back(std::move(fd));
+      arrived->clear();
+    }
+    bool close = false;
+    c.out += service_->Handle(messages[k], c.peer, &close, c.channel, &fds);
+    if (close) {
+      c.closing = true;
+      break;
+    }
+    // One read can carry hundreds of calls: page requests that arrived meanwhile are answered
+    // between them, not after all of them.
+    loop.YieldToFaults();
+  }
 }
 
 void ControlServer::NoteReceived(Conn& c, bool completed_messages) {

@@ -218,33 +218,7 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
   for (const DeviceConfig& c : devices) wanted[c.name] = &c;
 
   // Removals first: they free names and return fds to the pool for what is attached next.
-  std::vector<const DeviceConfig*> to_attach;
-  for (size_t i = 0; i < devices_.size();) {
-    const std::string name = devices_[i]->name();
-    if (runtime_.count(name) != 0) {
-      ++i;
-      continue;
-    }
-    auto it = wanted.find(name);
-    if (it == wanted.end()) {
-      // Handed back: its fds are closed (see the class comment).
-      const DeviceStats st = RemoveAt(i, /*keep_fds=*/false);
-      report.unanswered += st.outstanding() + st.responses_abandoned;
-      report.removed.push_back(name);
-      Log(LogLevel::kInfo, name + ": removed (no longer configured)", {{"DEVICE", name}});
-      Emit("device_removed", name, "no longer configured");
-      continue;
-    }
-    if (!SameDeviceSettings(devices_[i]->config(), *it->second)) {
-      const DeviceStats st = RemoveAt(i, /*keep_fds=*/true);
-      report.unanswered += st.outstanding() + st.responses_abandoned;
-      report.restarted.push_back(name);
-      to_attach.push_back(it->second);
-      continue;
-    }
-    report.kept.push_back(name);
-    ++i;
-  }
+  std::vector<const DeviceConfig*> to_attach = RemoveChanged(wanted, &report);
   for (const DeviceConfig& c : devices) {
     if (runtime_.count(c.name) != 0) {
       std::string why = c.name + ": the name is taken by a device adopted at run time";
@@ -267,18 +241,62 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
     }
     to_attach.push_back(&c);
   }
+  AttachAll(to_attach, &report);
+  configured_.clear();
+  for (const DeviceConfig& c : devices) configured_.emplace(c.name, c);
+  // A detached device no longer configured is forgotten.
+  for (auto it = detached_.begin(); it != detached_.end();) {
+    it = wanted.count(it->first) != 0 ? std::next(it) : detached_.erase(it);
+  }
+  return report;
+}
+
+std::vector<const DeviceConfig*> DeviceManager::RemoveChanged(
+    const std::map<std::string, const DeviceConfig*>& wanted, ReloadReport* report) {
+  std::vector<const DeviceConfig*> to_attach;
+  for (size_t i = 0; i < devices_.size();) {
+    const std::string name = devices_[i]->name();
+    if (runtime_.count(name) != 0) {
+      ++i;
+      continue;
+    }
+    auto it = wanted.find(name);
+    if (it == wanted.end()) {
+      // Handed back: its fds are closed (see the class comment).
+      const DeviceStats st = RemoveAt(i, /*keep_fds=*/false);
+      report->unanswered += st.outstanding() + st.responses_abandoned;
+      report->removed.push_back(name);
+      Log(LogLevel::kInfo, name + ": removed (no longer configured)", {{"DEVICE", name}});
+      Emit("device_removed", name, "no longer configured");
+      continue;
+    }
+    if (!SameDeviceSettings(devices_[i]->config(), *it->second)) {
+      const DeviceStats st = RemoveAt(i, /*keep_fds=*/true);
+      report->unanswered += st.outstanding() + st.responses_abandoned;
+      report->restarted.push_back(name);
+      to_attach.push_back(it->second);
+      continue;
+    }
+    report->kept.push_back(name);
+    ++i;
+  }
+  return to_attach;
+}
+
+void DeviceManager::AttachAll(const std::vector<const DeviceConfig*>& to_attach,
+                              ReloadReport* report) {
   for (const DeviceConfig* c : to_attach) {
-    bool restart = std::find(report.restarted.begin(), report.restarted.end(), c->name) !=
-                   report.restarted.end();
+    bool restart = std::find(report->restarted.begin(), report->restarted.end(), c->name) !=
+                   report->restarted.end();
     absl::Status st = AttachAndServe(*c, &pool_, nullptr, /*configured=*/true);
     if (!st.ok()) {
       Log(LogLevel::kError, std::string(st.message()), {{"DEVICE", c->name}});
-      report.failed.push_back({c->name, std::string(st.message())});
+      report->failed.push_back({c->name, std::string(st.message())});
       Emit("device_attach_failed", c->name, std::string(st.message()));
       if (restart) {
-        report.restarted.erase(
-            std::find(report.restarted.begin(), report.restarted.end(), c->name));
-        report.removed.push_back(c->name);
+        report->restarted.erase(
+            std::find(report->restarted.begin(), report->restarted.end(), c->name));
+        report->removed.push_back(c->name);
         Emit("device_removed", c->name, "configuration changed; attaching it again failed");
       }
       continue;
@@ -287,17 +305,10 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
       Log(LogLevel::kInfo, c->name + ": restarted (configuration changed)", {{"DEVICE", c->name}});
       Emit("device_restarted", c->name, "configuration changed");
     } else {
-      report.added.push_back(c->name);
+      report->added.push_back(c->name);
       Emit("device_added", c->name, c->file);
     }
   }
-  configured_.clear();
-  for (const DeviceConfig& c : devices) configured_.emplace(c.name, c);
-  // A detached device no longer configured is forgotten.
-  for (auto it = detached_.begin(); it != detached_.end();) {
-    it = wanted.count(it->first) != 0 ? std::next(it) : detached_.erase(it);
-  }
-  return report;
 }
 
 absl::Status DeviceManager::Adopt(const DeviceConfig& config, ListenFds fds,
