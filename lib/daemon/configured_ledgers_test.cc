@@ -60,6 +60,28 @@ void DieOwing(InflightLedger* ledger) {
   ledger->Owe(2, uapi::kRespSuccess);
 }
 
+// A process that attaches `device` on fault_fd with a store, and dies owing (DieOwing).
+void CrashOwing(FakeServiceManager* systemd, const std::string& device, int fault_fd) {
+  FdStore store(systemd->sender(), 16);
+  ConfiguredLedgers ledgers(&store, 64);
+  DeviceStats stats;
+  std::unique_ptr<InflightLedger> ledger = ledgers.For(device, fault_fd, &stats);
+  ASSERT_NE(ledger, nullptr);
+  DieOwing(ledger.get());
+}
+
+// The next process: its store and ledgers, with what the store handed back taken.
+struct NextProcess {
+  FdStore store;
+  ConfiguredLedgers ledgers;
+  std::vector<std::string> problems;
+  explicit NextProcess(FakeServiceManager* systemd)
+      : store(systemd->sender(), 16), ledgers(&store, 64) {
+    ListenFds inherited = systemd->Restart();
+    ledgers.TakeStored(&inherited, &problems);
+  }
+};
+
 TEST(SameOpenFileTest, TellsDuplicatesFromOtherFiles) {
   Queue a, b;
   UniqueFd copy(dup(a.iopfd.get()));
@@ -106,21 +128,12 @@ TEST(ConfiguredLedgersTest, ANewLedgerIsStoredWithTheQueueBeforeItIsUsed) {
 TEST(ConfiguredLedgersTest, AfterACrashOnTheSameQueueTheDeviceGetsTheLedgerAsItWas) {
   FakeServiceManager systemd;
   Queue q;
-  {
-    FdStore store(systemd.sender(), 16);
-    ConfiguredLedgers ledgers(&store, 64);
-    DeviceStats stats;
-    std::unique_ptr<InflightLedger> ledger = ledgers.For("vm", q.iopfd.get(), &stats);
-    ASSERT_NE(ledger, nullptr);
-    DieOwing(ledger.get());
-  }
+  ASSERT_NO_FATAL_FAILURE(CrashOwing(&systemd, "vm", q.iopfd.get()));
   systemd.messages.clear();
-  FdStore store(systemd.sender(), 16);
-  ConfiguredLedgers ledgers(&store, 64);
-  ListenFds inherited = systemd.Restart();
-  std::vector<std::string> problems;
-  ledgers.TakeStored(&inherited, &problems);
-  EXPECT_THAT(problems, IsEmpty());
+  NextProcess next(&systemd);
+  FdStore& store = next.store;
+  ConfiguredLedgers& ledgers = next.ledgers;
+  EXPECT_THAT(next.problems, IsEmpty());
   DeviceStats stats;
   // LISTEN_FDS hands the same queue back (a copy of the same file).
   UniqueFd again(dup(q.iopfd.get()));
@@ -141,19 +154,10 @@ TEST(ConfiguredLedgersTest, AfterACrashOnTheSameQueueTheDeviceGetsTheLedgerAsItW
 TEST(ConfiguredLedgersTest, AfterACrashOnAnotherQueueTheOldQueueIsAnsweredAndANewLedgerKept) {
   FakeServiceManager systemd;
   Queue old_queue, new_queue;
-  {
-    FdStore store(systemd.sender(), 16);
-    ConfiguredLedgers ledgers(&store, 64);
-    DeviceStats stats;
-    std::unique_ptr<InflightLedger> ledger = ledgers.For("vm", old_queue.iopfd.get(), &stats);
-    ASSERT_NE(ledger, nullptr);
-    DieOwing(ledger.get());
-  }
-  FdStore store(systemd.sender(), 16);
-  ConfiguredLedgers ledgers(&store, 64);
-  ListenFds inherited = systemd.Restart();
-  std::vector<std::string> problems;
-  ledgers.TakeStored(&inherited, &problems);
+  ASSERT_NO_FATAL_FAILURE(CrashOwing(&systemd, "vm", old_queue.iopfd.get()));
+  NextProcess next(&systemd);
+  FdStore& store = next.store;
+  ConfiguredLedgers& ledgers = next.ledgers;
   DeviceStats stats;
   std::unique_ptr<InflightLedger> ledger = ledgers.For("vm", new_queue.iopfd.get(), &stats);
   ASSERT_NE(ledger, nullptr);
@@ -179,19 +183,10 @@ TEST(ConfiguredLedgersTest, AfterACrashOnAnotherQueueTheOldQueueIsAnsweredAndANe
 TEST(ConfiguredLedgersTest, UnclaimedLedgersAreAnsweredOnTheirQueueAndRemoved) {
   FakeServiceManager systemd;
   Queue q;
-  {
-    FdStore store(systemd.sender(), 16);
-    ConfiguredLedgers ledgers(&store, 64);
-    DeviceStats stats;
-    std::unique_ptr<InflightLedger> ledger = ledgers.For("gone", q.iopfd.get(), &stats);
-    ASSERT_NE(ledger, nullptr);
-    DieOwing(ledger.get());
-  }
-  FdStore store(systemd.sender(), 16);
-  ConfiguredLedgers ledgers(&store, 64);
-  ListenFds inherited = systemd.Restart();
-  std::vector<std::string> problems;
-  ledgers.TakeStored(&inherited, &problems);
+  ASSERT_NO_FATAL_FAILURE(CrashOwing(&systemd, "gone", q.iopfd.get()));
+  NextProcess next(&systemd);
+  FdStore& store = next.store;
+  ConfiguredLedgers& ledgers = next.ledgers;
   EXPECT_THAT(ledgers.SettleUnclaimed(), ElementsAre("gone"));
   EXPECT_EQ(q.Answers().size(), 4u);
   EXPECT_THAT(systemd.Names(), IsEmpty());
@@ -210,11 +205,9 @@ TEST(ConfiguredLedgersTest, AStoredFileThatIsNoLedgerIsReplaced) {
     ASSERT_EQ(ftruncate(junk.get(), 4096), 0);
     ASSERT_TRUE(store.KeepLedger("vm", junk.get(), q.iopfd.get()).ok());
   }
-  FdStore store(systemd.sender(), 16);
-  ConfiguredLedgers ledgers(&store, 64);
-  ListenFds inherited = systemd.Restart();
-  std::vector<std::string> problems;
-  ledgers.TakeStored(&inherited, &problems);
+  NextProcess next(&systemd);
+  FdStore& store = next.store;
+  ConfiguredLedgers& ledgers = next.ledgers;
   DeviceStats stats;
   std::unique_ptr<InflightLedger> ledger = ledgers.For("vm", q.iopfd.get(), &stats);
   ASSERT_NE(ledger, nullptr);

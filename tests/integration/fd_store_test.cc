@@ -369,22 +369,32 @@ TEST(FdStoreTest, AStoredDeviceWhoseNameADeviceFileTookIsHandedBack) {
 // before its first read.
 const std::vector<std::string> kLedgerStored = {"iopfd-ledger/v", "iopfd-ledger/v/fault"};
 
-TEST(FdStoreTest, AConfiguredAdoptModeDeviceGetsWhatACrashLeftAnswered) {
-  FakeSystemd systemd;
-  FakeQueue q;
+// The options of an iopfd serving "v" from a device file, its descriptors handed over on q
+// (as a launcher would), with systemd's fd store.
+IopfdOptions ConfiguredOn(const FakeSystemd& systemd, const FakeQueue& q) {
   IopfdOptions o;
   o.env = systemd.Env();
   o.devices = {{"v.toml", DeviceText("v")}};
-  const std::vector<std::pair<std::string, int>> launcher = {{"v.iommufd", q.iommufd},
-                                                             {"v.fault", q.theirs}};
-  o.fds = launcher;
+  o.fds = {{"v.iommufd", q.iommufd}, {"v.fault", q.theirs}};
+  return o;
+}
+
+// Runs iopfd with o until its ledger is stored, floods q and kills it (FloodAndKill).
+void CrashConfigured(FakeSystemd* systemd, FakeQueue* q, const IopfdOptions& o, uint32_t total) {
+  auto first = std::make_unique<Iopfd>(o);
+  ASSERT_TRUE(systemd->WaitFor(kLedgerStored));
+  ASSERT_NO_FATAL_FAILURE(FloodAndKill(first.get(), q, total));
+  first.reset();
+  systemd->Receive(50);
+}
+
+TEST(FdStoreTest, AConfiguredAdoptModeDeviceGetsWhatACrashLeftAnswered) {
+  FakeSystemd systemd;
+  FakeQueue q;
+  IopfdOptions o = ConfiguredOn(systemd, q);
+  const std::vector<std::pair<std::string, int>> launcher = o.fds;
   constexpr uint32_t kTotal = 1500;
-  {
-    auto first = std::make_unique<Iopfd>(o);
-    ASSERT_TRUE(systemd.WaitFor(kLedgerStored));
-    ASSERT_NO_FATAL_FAILURE(FloodAndKill(first.get(), &q, kTotal));
-  }
-  systemd.Receive(50);
+  ASSERT_NO_FATAL_FAILURE(CrashConfigured(&systemd, &q, o, kTotal));
   ASSERT_EQ(systemd.Names(), kLedgerStored);
   auto answers = std::async(std::launch::async, [&] { return q.Responses(kTotal, 30); });
   o.fds = launcher;
@@ -418,17 +428,9 @@ TEST(FdStoreTest, AConfiguredAdoptModeDeviceGetsWhatACrashLeftAnswered) {
 TEST(FdStoreTest, AConfiguredDeviceOnANewQueueHasTheOldQueueAnswered) {
   FakeSystemd systemd;
   FakeQueue old_queue, new_queue;
-  IopfdOptions o;
-  o.env = systemd.Env();
-  o.devices = {{"v.toml", DeviceText("v")}};
-  o.fds = {{"v.iommufd", old_queue.iommufd}, {"v.fault", old_queue.theirs}};
+  IopfdOptions o = ConfiguredOn(systemd, old_queue);
   constexpr uint32_t kTotal = 800;
-  {
-    auto first = std::make_unique<Iopfd>(o);
-    ASSERT_TRUE(systemd.WaitFor(kLedgerStored));
-    ASSERT_NO_FATAL_FAILURE(FloodAndKill(first.get(), &old_queue, kTotal));
-  }
-  systemd.Receive(50);
+  ASSERT_NO_FATAL_FAILURE(CrashConfigured(&systemd, &old_queue, o, kTotal));
   auto answers = std::async(std::launch::async, [&] { return old_queue.Responses(kTotal, 30); });
   o.fds = {{"v.iommufd", new_queue.iommufd}, {"v.fault", new_queue.theirs}};
   for (const auto& entry : systemd.Fds()) o.fds.push_back(entry);
@@ -449,17 +451,9 @@ TEST(FdStoreTest, AConfiguredDeviceOnANewQueueHasTheOldQueueAnswered) {
 TEST(FdStoreTest, ALedgerWhoseDeviceIsGoneIsAnsweredAndRemoved) {
   FakeSystemd systemd;
   FakeQueue q;
-  IopfdOptions o;
-  o.env = systemd.Env();
-  o.devices = {{"v.toml", DeviceText("v")}};
-  o.fds = {{"v.iommufd", q.iommufd}, {"v.fault", q.theirs}};
+  IopfdOptions o = ConfiguredOn(systemd, q);
   constexpr uint32_t kTotal = 300;
-  {
-    auto first = std::make_unique<Iopfd>(o);
-    ASSERT_TRUE(systemd.WaitFor(kLedgerStored));
-    ASSERT_NO_FATAL_FAILURE(FloodAndKill(first.get(), &q, kTotal));
-  }
-  systemd.Receive(50);
+  ASSERT_NO_FATAL_FAILURE(CrashConfigured(&systemd, &q, o, kTotal));
   auto answers = std::async(std::launch::async, [&] { return q.Responses(kTotal, 30); });
   o.devices = {};
   o.fds = systemd.Fds();
