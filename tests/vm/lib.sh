@@ -9,8 +9,9 @@
 # vm_leaks_of_iopfd CONSOLE: prints the kmemleak reports (first line of each) of objects the
 # kernel allocated for iopfd: its threads (comm "iopfd") and its io_uring workers ("iou-wrk-*",
 # "iou-sqp-*"). Others are counted on stderr, not failed: objects the harness allocated through
-# the self-test ioctls (the mock devices) are reported after the fault-injection case although no
-# injection reached them (docs/RELIABILITY.md, "Kernel fault injection").
+# the self-test ioctls (the mock devices) are reported after the cases that replace attachments
+# through the switch module, with or without injection (docs/RELIABILITY.md, "Kernel fault
+# injection").
 vm_leaks_of_iopfd() {
   awk '
     /^IOPF-KMEMLEAK unreferenced object/ { head = $0; want = 1; next }
