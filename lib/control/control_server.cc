@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -122,7 +123,7 @@ class ControlServer::Channel : public ReplyChannel {
 ControlServer::ControlServer(UniqueFd listener, VarlinkService* service,
                              ControlServerOptions options)
     : listener_(std::move(listener)), service_(service), options_(options) {
-  accept_op_ = {this, kAccept, nullptr, false};
+  for (RingOp& op : accept_ops_) op = {this, kAccept, nullptr, false};
   accept_cancel_op_ = {this, kCancel, nullptr, false};
 }
 
@@ -131,15 +132,17 @@ ControlServer::~ControlServer() = default;
 void ControlServer::Start(FaultLoop& loop) { ArmAccept(loop); }
 
 void ControlServer::ArmAccept(FaultLoop& loop) {
-  if (stopping_ || accept_op_.in_flight) return;
-  io_uring_sqe* sqe = loop.GetSqe();
-  // Multishot: one completion per connection, the whole backlog at once. A one-shot accept
-  // re-armed per completion takes one connection per loop turn, and a turn carrying many busy
-  // clients' calls is long, so clients queued in the backlog waited for minutes (seen with 200
-  // clients in the VM under load). Every kernel with iommufd fault queues has it (5.19+).
-  io_uring_prep_multishot_accept(sqe, listener_.get(), nullptr, nullptr,
-                                 SOCK_CLOEXEC | SOCK_NONBLOCK);
-  loop.Bind(sqe, &accept_op_);
+  if (stopping_ || accept_cancel_op_.in_flight) return;
+  // Several one-shot accepts rather than one re-armed per completion: that took one connection
+  // per loop turn, and a turn carrying many busy clients' calls is long, so clients queued in
+  // the backlog waited for minutes (seen with 200 clients in the VM under load). Rather than a
+  // multishot accept: see kAcceptDepth.
+  for (RingOp& op : accept_ops_) {
+    if (op.in_flight) continue;
+    io_uring_sqe* sqe = loop.GetSqe();
+    io_uring_prep_accept(sqe, listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    loop.Bind(sqe, &op);
+  }
 }
 
 void ControlServer::ArmRecv(FaultLoop& loop, Conn& c) {
@@ -167,7 +170,7 @@ void ControlServer::OnAccept(FaultLoop& loop, int res) {
   }
   UniqueFd fd(res);
   if (stopping_) {
-    // Accepted just before the stop (a multishot accept's completion delivered after Stop):
+    // Accepted just before the stop (an accept's completion delivered after Stop):
     // closing it is the answer; a connection kept now would never be reaped.
     return;
   }
@@ -373,9 +376,11 @@ void ControlServer::Reap(Conn& c) {
 
 void ControlServer::Stop(FaultLoop& loop) {
   stopping_ = true;
-  if (accept_op_.in_flight) {
+  if (std::any_of(accept_ops_.begin(), accept_ops_.end(),
+                  [](const RingOp& op) { return op.in_flight; })) {
+    // All of them with one cancel: every accept in flight is on the listener.
     io_uring_sqe* sqe = loop.GetSqe();
-    io_uring_prep_cancel(sqe, &accept_op_, 0);
+    io_uring_prep_cancel_fd(sqe, listener_.get(), IORING_ASYNC_CANCEL_ALL);
     loop.Bind(sqe, &accept_cancel_op_);
   }
   // Copy: Kill may erase from the list.
@@ -439,7 +444,9 @@ void ControlServer::Tick(FaultLoop& loop, uint64_t now_ns) {
 }
 
 bool ControlServer::Busy() const {
-  return accept_op_.in_flight || accept_cancel_op_.in_flight || !conns_.empty();
+  return std::any_of(accept_ops_.begin(), accept_ops_.end(),
+                     [](const RingOp& op) { return op.in_flight; }) ||
+         accept_cancel_op_.in_flight || !conns_.empty();
 }
 
 }  // namespace iopfd

@@ -224,8 +224,8 @@ TEST(ControlBacklogTest, QueuedClientsAreAcceptedTogetherWhileOthersKeepItBusy) 
   EXPECT_EQ(iopfd.Stop(), 0);
 }
 
-// Connections accepted in the turn the stop signal arrives (a multishot accept delivers the
-// whole backlog at once) must not keep the daemon from exiting.
+// Connections accepted in the turn the stop signal arrives (the accepts in flight deliver
+// up to 16 at once) must not keep the daemon from exiting.
 TEST(ControlBacklogTest, AStopWithConnectionsArrivingStillExits) {
   iopfd_test::IopfdOptions options;
   options.global = "[control]\nmax_connections = 256\nmax_connections_per_uid = 256\n";
