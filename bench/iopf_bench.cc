@@ -442,18 +442,18 @@ Result RunIopfd(int n, int k, const Load& load = {}) {
     // many completed drains as the drainer counted.
     auto so = ReadStats(d, "mockD");
     r.other_sent = other.sent.load();
-    r.other_drains = so["drains"];
-    r.other_resets = so["function_resets"];
+    r.other_drains = so["drain.drains"];
+    r.other_resets = so["drain.function_resets"];
     r.ok = r.ok && other.bad.load() == 0 &&
-           so["drains"] == other.drains.load() + other.resets.load() &&
-           so["function_resets"] == other.resets.load() &&
+           so["drain.drains"] == other.drains.load() + other.resets.load() &&
+           so["drain.function_resets"] == other.resets.load() &&
            so["groups"] == so["responses_written"] + so["responses_stale_dropped"] &&
            so["responses_rejected"] == 0 && so["outstanding"] == 0;
     if (other.bad.load() != 0)
       std::printf("IOPF-BENCH mockD drain failed: %s\n", other.bad_reply.c_str());
   }
-  r.served_p50_us = static_cast<double>(s["latency_p50_ns"]) / 1000;
-  r.served_p99_us = static_cast<double>(s["latency_p99_ns"]) / 1000;
+  r.served_p50_us = static_cast<double>(s["latency_ns.p50"]) / 1000;
+  r.served_p99_us = static_cast<double>(s["latency_ns.p99"]) / 1000;
   r.control_replies = replies.load();
   return r;
 }

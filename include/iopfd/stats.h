@@ -108,7 +108,8 @@ struct DeviceStats {
 
 // Returns a multi-line human summary of one device's stats.
 std::string FormatStatsText(std::string_view device, const DeviceStats& stats);
-// Returns a JSON object (one line) with every counter and the latency/batch percentiles.
+// Returns StatsJson(device, stats) on one line (stat_table.h): --stats-json and the
+// final-counters journal entry.
 std::string FormatStatsJson(std::string_view device, const DeviceStats& stats);
 
 }  // namespace iopfd

@@ -25,6 +25,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "iopfd/uapi.h"
+#include "testing/member_count.h"
 
 namespace iopfd {
 namespace {
@@ -627,20 +628,7 @@ TEST(DeviceDrainTest, ChangingTheDrainSettingsIsAChange) {
   EXPECT_TRUE(SameDeviceSettings(a.config.devices[0], a.config.devices[0]));
 }
 
-// How many members an aggregate has: the most initializers T{...} accepts (each an AnyValue,
-// which converts to any member type).
-struct AnyValue {
-  template <typename T>
-  operator T() const;  // NOLINT(google-explicit-constructor): declared only, never called
-};
-template <typename T, typename... Init>
-constexpr size_t MemberCount() {
-  if constexpr (requires { T{Init{}..., AnyValue{}}; }) {
-    return MemberCount<T, Init..., AnyValue>();
-  } else {
-    return sizeof...(Init);
-  }
-}
+using iopfd_testing::MemberCount;
 
 // Reload restarts a device exactly when its settings changed (SameDeviceSettings, the settings'
 // defaulted operator==). Each member of every settings struct is changed here, one at a time,

@@ -6,62 +6,12 @@
 #include "iopfd/drain.h"
 #include "iopfd/fault_loop.h"
 #include "iopfd/log.h"
+#include "iopfd/stat_table.h"
 
 namespace iopfd {
 namespace {
 
 using nlohmann::json;
-
-json PercentilesJson(const Histogram& h) {
-  return {{"count", h.count()},
-          {"p50", h.Percentile(0.5)},
-          {"p99", h.Percentile(0.99)},
-          {"max", h.max()}};
-}
-
-json StatsJson(const std::string& name, const DeviceStats& s) {
-  json by_reason = json::object();
-  for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
-    by_reason[std::string(InvalidReasonName(static_cast<InvalidReason>(r)))] =
-        s.invalid_by_reason[r];
-  }
-  return {{"name", name},
-          {"reads", s.reads},
-          {"empty_reads", s.empty_reads},
-          {"read_grows", s.read_grows},
-          {"records", s.records},
-          {"groups", s.groups},
-          {"responses_success", s.responses_success},
-          {"responses_invalid", s.responses_invalid},
-          {"invalid_by_reason", by_reason},
-          {"map_calls", s.map_calls},
-          {"map_failures", s.map_failures},
-          {"bytes_mapped", s.bytes_mapped},
-          {"pages_already_mapped", s.pages_already_mapped},
-          {"pages_deduped", s.pages_deduped},
-          {"pages_prefetched", s.pages_prefetched},
-          {"writes", s.writes},
-          {"responses_written", s.responses_written},
-          {"responses_rejected", s.responses_rejected},
-          {"responses_abandoned", s.responses_abandoned},
-          {"responses_stale_dropped", s.responses_stale_dropped},
-          {"stale_epoch_blocked", s.stale_epoch_blocked},
-          {"drain",
-           {{"epoch", s.drain_epoch},
-            {"transitions", s.drain_transitions},
-            {"drains", s.drains},
-            {"function_resets", s.function_resets},
-            {"quarantines", s.quarantines},
-            {"unaccounted", s.drain_unaccounted}}},
-          {"recovered_answers", s.recovered_answers},
-          {"recovered_already_answered", s.recovered_already_answered},
-          {"recovered_groups", s.recovered_groups},
-          {"guard_answered", s.guard_answered},
-          {"duplicate_cookies", s.duplicate_cookies},
-          {"outstanding", s.outstanding()},
-          {"batch", PercentilesJson(s.batch_records)},
-          {"latency_ns", PercentilesJson(s.latency_ns)}};
-}
 
 json FdStoreJson(const FdStore* store) {
   if (store == nullptr) return {{"enabled", false}, {"kept", 0}, {"room", 0}};
@@ -301,92 +251,21 @@ VarlinkReply DrainCall(DaemonState* state, const std::string& method, const Varl
 
 }  // namespace
 
-// Longer than 60 lines: one family per counter, written out; issue 13's table of counters
-// generates it instead.
 std::string PrometheusText(const std::vector<const Device*>& devices,
                            const std::function<const char*(const Device&)>& state_of) {
-  std::string out;
-  auto family = [&](const char* name, const char* type, const char* help, auto value_of) {
-    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
-    for (const Device* d : devices) value_of(*d, name);
-  };
-  auto sample = [&out](const char* name, const Device& d, const std::string& extra_labels,
-                       uint64_t v) {
-    absl::StrAppend(&out, name, "{device=\"", d.name(), "\"", extra_labels, "} ", v, "\n");
-  };
-  auto counter = [&](const char* name, const char* help, uint64_t DeviceStats::*field) {
-    family(name, "counter", help,
-           [&](const Device& d, const char* n) { sample(n, d, "", d.stats().*field); });
-  };
-  counter("iopfd_page_requests_total", "Page request records read from the fault queue.",
-          &DeviceStats::records);
-  counter("iopfd_groups_total", "Page request groups read.", &DeviceStats::groups);
-  family("iopfd_responses_total", "counter", "Responses by code and, for INVALID, reason.",
-         [&](const Device& d, const char* n) {
-           const DeviceStats& s = d.stats();
-           sample(n, d, ",code=\"success\"", s.responses_success);
-           for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
-             sample(
-                 n, d,
-                 absl::StrCat(",code=\"invalid\",reason=\"",
-                              std::string(InvalidReasonName(static_cast<InvalidReason>(r))), "\""),
-                 s.invalid_by_reason[r]);
-           }
-         });
-  counter("iopfd_map_calls_total", "IOMMU map calls issued.", &DeviceStats::map_calls);
-  counter("iopfd_map_failures_total", "IOMMU map calls that failed.", &DeviceStats::map_failures);
-  counter("iopfd_mapped_bytes_total", "Bytes mapped into IO page tables.",
-          &DeviceStats::bytes_mapped);
-  counter("iopfd_responses_rejected_total", "Responses the kernel refused (unknown cookie).",
-          &DeviceStats::responses_rejected);
-  counter("iopfd_responses_abandoned_total", "Responses dropped because the fault fd failed.",
-          &DeviceStats::responses_abandoned);
-  counter("iopfd_drain_transitions_total", "Drain state machine transitions.",
-          &DeviceStats::drain_transitions);
-  counter("iopfd_drains_total", "Drains and resets that reached running again.",
-          &DeviceStats::drains);
-  counter("iopfd_function_resets_total", "Function level resets issued by drains.",
-          &DeviceStats::function_resets);
-  counter("iopfd_quarantines_total", "Times a device was quarantined.", &DeviceStats::quarantines);
-  counter("iopfd_responses_stale_dropped_total",
-          "Responses dropped unwritten because their attachment was parked.",
-          &DeviceStats::responses_stale_dropped);
-  counter("iopfd_recovered_answers_total",
-          "Answers a crashed iopfd owed, written by the next one and accepted.",
-          &DeviceStats::recovered_answers);
-  counter("iopfd_recovered_groups_total",
-          "Groups a crashed iopfd read and never resolved, resolved by the next one.",
-          &DeviceStats::recovered_groups);
-  family("iopfd_invariant_violations_total", "counter",
-         "Bugs caught and contained, by kind (each should stay 0).",
-         [&](const Device& d, const char* n) {
-           const DeviceStats& s = d.stats();
-           sample(n, d, ",kind=\"guard_answered\"", s.guard_answered);
-           sample(n, d, ",kind=\"duplicate_cookie\"", s.duplicate_cookies);
-           sample(n, d, ",kind=\"stale_epoch_blocked\"", s.stale_epoch_blocked);
-           sample(n, d, ",kind=\"drain_unaccounted\"", s.drain_unaccounted);
-         });
+  std::vector<std::pair<std::string, const DeviceStats*>> stats;
+  stats.reserve(devices.size());
+  for (const Device* d : devices) stats.emplace_back(d->name(), &d->stats());
+  std::string out = StatsPrometheus(stats);
+  // The state is the device's, not a counter: it is not in the table.
   if (state_of) {
-    family("iopfd_device_state", "gauge", "1 for the state the device is in.",
-           [&](const Device& d, const char* n) {
-             sample(n, d, absl::StrCat(",state=\"", state_of(d), "\""), 1);
-           });
+    absl::StrAppend(&out, "# HELP iopfd_device_state 1 for the state the device is in.\n",
+                    "# TYPE iopfd_device_state gauge\n");
+    for (const Device* d : devices) {
+      absl::StrAppend(&out, "iopfd_device_state{device=\"", PrometheusLabelValue(d->name()),
+                      "\",state=\"", state_of(*d), "\"} 1\n");
+    }
   }
-  family("iopfd_drain_epoch", "gauge", "The device's drain epoch (incremented at every resume).",
-         [&](const Device& d, const char* n) { sample(n, d, "", d.stats().drain_epoch); });
-  family("iopfd_outstanding_groups", "gauge", "Groups read and not yet answered.",
-         [&](const Device& d, const char* n) { sample(n, d, "", d.stats().outstanding()); });
-  family("iopfd_response_latency_seconds", "summary",
-         "Read completion to response write completion.", [&](const Device& d, const char* n) {
-           const Histogram& h = d.stats().latency_ns;
-           for (double q : {0.5, 0.99}) {
-             absl::StrAppend(&out, n, "{device=\"", d.name(), "\",quantile=\"", q, "\"} ",
-                             static_cast<double>(h.Percentile(q)) / 1e9, "\n");
-           }
-           absl::StrAppend(&out, n, "_sum{device=\"", d.name(), "\"} ",
-                           static_cast<double>(h.sum()) / 1e9, "\n");
-           absl::StrAppend(&out, n, "_count{device=\"", d.name(), "\"} ", h.count(), "\n");
-         });
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "iopfd/stat_table.h"
 
 namespace iopfd {
 namespace {
@@ -51,11 +52,6 @@ std::string CountOf(const Json* value) {
 }
 
 std::string CountField(const Json& obj, const char* key) { return CountOf(Member(obj, key)); }
-
-std::string BytesField(const Json& obj, const char* key) {
-  auto u = UnsignedField(obj, key);
-  return u ? FormatBytes(*u) : std::string(kMissing);
-}
 
 // Renders value in the largest of units it reaches (each `base` times the one before), with one
 // decimal above the first unit.
@@ -147,105 +143,88 @@ std::string PasidCell(const Json& device) {
   return cell.empty() ? std::string(kMissing) : cell;
 }
 
-// The reasons in the order the daemon defines them, so output is stable and grouped sensibly.
-constexpr std::array<const char*, 9> kInvalidReasons = {
-    "no_space",        "no_region", "permission", "map_failed", "foreign_device",
-    "oversized_group", "malformed", "refused",    "unresolved"};
+// A row's value as the daemon sent it, at the row's key ("-" when missing).
+const Json* MemberAt(const Json& device, const StatField& f) {
+  if (f.group().empty()) return Member(device, f.key.c_str());
+  const Json* group = Member(device, std::string(f.group()).c_str());
+  return group == nullptr ? nullptr : Member(*group, std::string(f.leaf()).c_str());
+}
 
-struct CounterRow {
-  const char* key;
-  const char* label;
-  bool bytes;
-};
+std::string ValueCell(const Json& device, const StatField& f) {
+  const Json* v = MemberAt(device, f);
+  if (f.unit == "bytes") {
+    auto n = Unsigned(v);
+    return n ? FormatBytes(*n) : std::string(kMissing);
+  }
+  return CountOf(v);
+}
 
-constexpr CounterRow kCounterRows[] = {
-    {"reads", "reads", false},
-    {"empty_reads", "empty reads", false},
-    {"read_grows", "read grows", false},
-    {"records", "records", false},
-    {"groups", "groups", false},
-    {"responses_success", "success", false},
-    {"responses_invalid", "invalid", false},
-    {"map_calls", "map calls", false},
-    {"map_failures", "map failures", false},
-    {"bytes_mapped", "bytes mapped", true},
-    {"pages_already_mapped", "pages already mapped", false},
-    {"pages_deduped", "pages deduped", false},
-    {"pages_prefetched", "pages prefetched", false},
-    {"writes", "writes", false},
-    {"responses_written", "responses written", false},
-    {"responses_rejected", "responses rejected", false},
-    {"responses_abandoned", "responses abandoned", false},
-    {"responses_stale_dropped", "stale dropped", false},
-    {"stale_epoch_blocked", "stale epoch blocked", false},
-    {"guard_answered", "guard answered", false},
-    {"duplicate_cookies", "duplicate cookies", false},
-    {"outstanding", "outstanding", false},
-};
+// The INVALID reasons, non-zero ones only, in the table's order; then reasons a newer daemon
+// added (nlohmann keeps keys sorted). "none" only when the daemon said so; a daemon that sent no
+// breakdown gets "-".
+void AddReasons(const Json& device, Table* counters) {
+  const Json* reasons = Member(device, "invalid_by_reason");
+  if (reasons == nullptr || !reasons->is_object()) {
+    counters->Add({"invalid by reason", kMissing});
+    return;
+  }
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::string> known;
+  auto add = [&rows](const std::string& name, const Json& value) {
+    auto n = Unsigned(&value);
+    if (n && *n == 0) return;
+    rows.push_back({absl::StrCat("  ", name), CountOf(&value)});
+  };
+  for (const StatField& f : StatFields()) {
+    if (f.group() != "invalid_by_reason") continue;
+    known.emplace_back(f.leaf());
+    if (const Json* v = Member(*reasons, known.back().c_str())) add(known.back(), *v);
+  }
+  for (const auto& item : reasons->items()) {
+    if (std::find(known.begin(), known.end(), item.key()) == known.end()) {
+      add(item.key(), item.value());
+    }
+  }
+  counters->Add({"invalid by reason", rows.empty() ? "none" : ""});
+  for (auto& row : rows) counters->Add(std::move(row));
+}
 
+std::vector<std::string> PercentilesRow(const Json& device, const StatField& f) {
+  const Json* p = MemberAt(device, f);
+  std::vector<std::string> row = {f.label, kMissing, kMissing, kMissing, kMissing};
+  if (p == nullptr) return row;
+  auto count = UnsignedField(*p, "count");
+  row[1] = CountField(*p, "count");
+  // With nothing recorded the percentiles are 0 by construction, not a measured 0.
+  if (count && *count > 0) {
+    const char* fields[] = {"p50", "p99", "max"};
+    for (size_t i = 0; i < 3; ++i) {
+      auto v = UnsignedField(*p, fields[i]);
+      row[i + 2] = !v ? std::string(kMissing) : f.unit == "ns" ? FormatNanos(*v) : FormatCount(*v);
+    }
+  }
+  return row;
+}
+
+// One device's stats: the rows of the table of counters (stat_table.h), by section.
 std::string StatsBlock(const Json& device) {
   Table counters({false, true});
-  for (const CounterRow& row : kCounterRows) {
-    counters.Add(
-        {row.label, row.bytes ? BytesField(device, row.key) : CountField(device, row.key)});
-  }
-  const Json* reasons = Member(device, "invalid_by_reason");
-  std::vector<std::vector<std::string>> reason_rows;
-  if (reasons != nullptr && reasons->is_object()) {
-    auto add = [&reason_rows](const std::string& name, const Json& value) {
-      auto n = Unsigned(&value);
-      if (n && *n == 0) return;
-      reason_rows.push_back({absl::StrCat("  ", name), CountOf(&value)});
-    };
-    for (const char* name : kInvalidReasons) {
-      if (const Json* v = Member(*reasons, name)) add(name, *v);
-    }
-    // Reasons a newer daemon added, after the known ones (nlohmann keeps keys sorted).
-    for (const auto& item : reasons->items()) {
-      const std::string& name = item.key();
-      if (std::find_if(kInvalidReasons.begin(), kInvalidReasons.end(),
-                       [&](const char* known) { return name == known; }) == kInvalidReasons.end()) {
-        add(name, item.value());
-      }
-    }
-  }
-  // "none" only when the daemon said so; a daemon that sent no breakdown gets "-".
-  bool have_reasons = reasons != nullptr && reasons->is_object();
-  counters.Add({"invalid by reason", !have_reasons ? kMissing : reason_rows.empty() ? "none" : ""});
-  for (auto& row : reason_rows) counters.Add(std::move(row));
-
+  Table drain({false, true});
   Table percentiles({false, true, true, true, true});
   percentiles.Add({"percentiles", "COUNT", "P50", "P99", "MAX"});
-  auto add_percentiles = [&](const char* label, const char* key, bool nanos) {
-    const Json* p = Member(device, key);
-    std::vector<std::string> row = {label, kMissing, kMissing, kMissing, kMissing};
-    if (p != nullptr) {
-      auto count = UnsignedField(*p, "count");
-      row[1] = CountField(*p, "count");
-      // With nothing recorded the percentiles are 0 by construction, not a measured 0.
-      if (count && *count > 0) {
-        const char* fields[] = {"p50", "p99", "max"};
-        for (size_t i = 0; i < 3; ++i) {
-          auto v = UnsignedField(*p, fields[i]);
-          row[i + 2] = !v ? std::string(kMissing) : nanos ? FormatNanos(*v) : FormatCount(*v);
-        }
-      }
-    }
-    percentiles.Add(std::move(row));
-  };
-  add_percentiles("batch", "batch", false);
-  add_percentiles("latency", "latency_ns", true);
-
   // The drain block only from a daemon that sends it.
-  Table drain({false, true});
-  if (const Json* d = Member(device, "drain"); d != nullptr && d->is_object()) {
-    drain.Add({"drain epoch", CountField(*d, "epoch")});
-    drain.Add({"drain transitions", CountField(*d, "transitions")});
-    drain.Add({"drains completed", CountField(*d, "drains")});
-    drain.Add({"function resets", CountField(*d, "function_resets")});
-    drain.Add({"quarantines", CountField(*d, "quarantines")});
-    drain.Add({"drain unaccounted", CountField(*d, "unaccounted")});
+  const Json* drain_group = Member(device, "drain");
+  const bool has_drain = drain_group != nullptr && drain_group->is_object();
+  for (const StatField& f : StatFields()) {
+    if (f.kind == StatField::Kind::kPercentiles) {
+      percentiles.Add(PercentilesRow(device, f));
+    } else if (f.group().empty()) {
+      counters.Add({f.label, ValueCell(device, f)});
+    } else if (f.group() == "drain" && has_drain) {
+      drain.Add({f.label, ValueCell(device, f)});
+    }
   }
+  AddReasons(device, &counters);
   return absl::StrCat(StringField(device, "name"), "\n", counters.Render("  "), drain.Render("  "),
                       percentiles.Render("  "));
 }

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "iopfd/stat_table.h"
 
 namespace iopfd {
 
@@ -132,55 +133,8 @@ std::string FormatStatsText(std::string_view device, const DeviceStats& s) {
 }
 
 std::string FormatStatsJson(std::string_view device, const DeviceStats& s) {
-  std::string out =
-      absl::StrCat("{\"device\":\"", absl::string_view(device.data(), device.size()), "\"");
-  auto field = [&out](const std::string& key, uint64_t v) {
-    absl::StrAppend(&out, ",\"", key, "\":", v);
-  };
-  field("reads", s.reads);
-  field("empty_reads", s.empty_reads);
-  field("read_grows", s.read_grows);
-  field("records", s.records);
-  field("groups", s.groups);
-  field("responses_success", s.responses_success);
-  field("responses_invalid", s.responses_invalid);
-  for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
-    field("invalid_" + std::string(InvalidReasonName(static_cast<InvalidReason>(r))),
-          s.invalid_by_reason[r]);
-  }
-  field("map_calls", s.map_calls);
-  field("map_failures", s.map_failures);
-  field("bytes_mapped", s.bytes_mapped);
-  field("pages_already_mapped", s.pages_already_mapped);
-  field("pages_deduped", s.pages_deduped);
-  field("pages_prefetched", s.pages_prefetched);
-  field("writes", s.writes);
-  field("responses_written", s.responses_written);
-  field("responses_rejected", s.responses_rejected);
-  field("responses_abandoned", s.responses_abandoned);
-  field("responses_stale_dropped", s.responses_stale_dropped);
-  field("recovered_answers", s.recovered_answers);
-  field("recovered_already_answered", s.recovered_already_answered);
-  field("recovered_groups", s.recovered_groups);
-  field("guard_answered", s.guard_answered);
-  field("duplicate_cookies", s.duplicate_cookies);
-  field("stale_epoch_blocked", s.stale_epoch_blocked);
-  field("drain_epoch", s.drain_epoch);
-  field("drain_transitions", s.drain_transitions);
-  field("drains", s.drains);
-  field("function_resets", s.function_resets);
-  field("quarantines", s.quarantines);
-  field("drain_unaccounted", s.drain_unaccounted);
-  field("outstanding", s.outstanding());
-  field("batch_p50", s.batch_records.Percentile(0.5));
-  field("batch_p99", s.batch_records.Percentile(0.99));
-  field("batch_max", s.batch_records.max());
-  field("latency_count", s.latency_ns.count());
-  field("latency_p50_ns", s.latency_ns.Percentile(0.5));
-  field("latency_p99_ns", s.latency_ns.Percentile(0.99));
-  field("latency_max_ns", s.latency_ns.max());
-  out += "}";
-  return out;
+  // Device names are checked when configured; replace keeps a bad byte from throwing anyway.
+  return StatsJson(device, s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace iopfd

@@ -75,7 +75,7 @@ bool CaseOutOfRegion() {
   auto s = ReadStats(d);
   ExpectClean(v, rc, s, 2);
   v.ExpectEq(s, "responses_invalid", 2);
-  v.ExpectEq(s, "invalid_no_region", 2);
+  v.ExpectEq(s, "invalid_by_reason.no_region", 2);
   v.ExpectEq(s, "map_calls", 0);
   return v.Report();
 }
@@ -97,7 +97,7 @@ bool CaseWriteToReadOnly() {
   int rc = Stop(d);
   auto s = ReadStats(d);
   ExpectClean(v, rc, s, 2);
-  v.ExpectEq(s, "invalid_permission", 1);
+  v.ExpectEq(s, "invalid_by_reason.permission", 1);
   v.ExpectEq(s, "responses_success", 1);
   v.ExpectEq(s, "map_calls", 1);
   return v.Report();
@@ -203,10 +203,10 @@ bool CaseBurst(int n) {
       "IOPF-INFO burst: %d faults, %llu reads, batch p50 %llu max %llu, latency p50 %lluns p99 "
       "%lluns\n",
       n, static_cast<unsigned long long>(s["reads"]),
-      static_cast<unsigned long long>(s["batch_p50"]),
-      static_cast<unsigned long long>(s["batch_max"]),
-      static_cast<unsigned long long>(s["latency_p50_ns"]),
-      static_cast<unsigned long long>(s["latency_p99_ns"]));
+      static_cast<unsigned long long>(s["batch.p50"]),
+      static_cast<unsigned long long>(s["batch.max"]),
+      static_cast<unsigned long long>(s["latency_ns.p50"]),
+      static_cast<unsigned long long>(s["latency_ns.p99"]));
   return v.Report();
 }
 
@@ -360,8 +360,8 @@ bool CaseControlSocketUnderLoad() {
   std::printf(
       "IOPF-INFO control load: %d clients, %d GetStats replies during %d faults; fault "
       "latency p50 %lluns p99 %lluns\n",
-      kClients, replies.load(), kFaults, static_cast<unsigned long long>(s["latency_p50_ns"]),
-      static_cast<unsigned long long>(s["latency_p99_ns"]));
+      kClients, replies.load(), kFaults, static_cast<unsigned long long>(s["latency_ns.p50"]),
+      static_cast<unsigned long long>(s["latency_ns.p99"]));
   return v.Report();
 }
 
@@ -477,7 +477,8 @@ bool CaseAdoptAndDetach() {
     Trigger(e, kR0 + (i % 64) * kPage, IOMMU_PGFAULT_PERM_READ, false, i % 512);
   }
   reply = ctl.Call(R"({"method":"io.iopfd.Detach","parameters":{"device":"mockD"}})");
-  auto s = ParseCounters(reply);
+  // The stats object of the reply: {"parameters":{"stats":{...}}}.
+  auto s = ParseCounters(After(reply, "\"stats\":"));
   v.ExpectEq(s, "groups", 2 * kN);
   v.ExpectEq(s, "responses_written", 2 * kN);
   v.ExpectEq(s, "responses_rejected", 0);
@@ -598,14 +599,14 @@ bool CaseDrainAndResetDuringAFlood() {
   v.Expect(rc == 0, Format("iopfd exit %d", rc));
   for (const char* key :
        {"responses_rejected", "responses_abandoned", "outstanding", "guard_answered",
-        "duplicate_cookies", "stale_epoch_blocked", "drain_unaccounted", "quarantines"}) {
+        "duplicate_cookies", "stale_epoch_blocked", "drain.unaccounted", "drain.quarantines"}) {
     v.ExpectEq(s, key, 0);
   }
   // Drains and resets that ran to completion (the hold and its resume is not one), and the
   // epoch moved at every resume, the hold's included.
-  v.ExpectEq(s, "drains", 3 + kMore);
-  v.ExpectEq(s, "function_resets", 1);
-  v.ExpectEq(s, "drain_epoch", 4 + kMore);
+  v.ExpectEq(s, "drain.drains", 3 + kMore);
+  v.ExpectEq(s, "drain.function_resets", 1);
+  v.ExpectEq(s, "drain.epoch", 4 + kMore);
   // Every group read was either answered and accepted, or dropped because the park answered it.
   v.Expect(s["groups"] > 0 && s["groups"] == s["responses_written"] + s["responses_stale_dropped"],
            Format("groups %llu = written %llu + stale dropped %llu",
@@ -617,8 +618,8 @@ bool CaseDrainAndResetDuringAFlood() {
   std::printf(
       "IOPF-INFO drain: mockB (never drained) %llu faults, latency p50 %.1f us p99 %.1f us\n",
       static_cast<unsigned long long>(b_sent.load()),
-      static_cast<double>(sb["latency_p50_ns"]) / 1e3,
-      static_cast<double>(sb["latency_p99_ns"]) / 1e3);
+      static_cast<double>(sb["latency_ns.p50"]) / 1e3,
+      static_cast<double>(sb["latency_ns.p99"]) / 1e3);
   std::printf(
       "IOPF-INFO drain: %llu page requests sent during %d iopfctl steps and %d drains; "
       "iopfd read %llu groups, %llu answers dropped as stale at a park\n",
@@ -1022,7 +1023,7 @@ int RunDemo(int n, const std::string& log_level) {
       static_cast<unsigned long long>(s["groups"]),
       static_cast<unsigned long long>(s["responses_success"]),
       static_cast<unsigned long long>(s["responses_invalid"]),
-      static_cast<unsigned long long>(s["invalid_no_region"]), invalid);
+      static_cast<unsigned long long>(s["invalid_by_reason.no_region"]), invalid);
   std::printf("  responses accepted by the kernel %llu, rejected %llu, left unanswered %llu\n",
               static_cast<unsigned long long>(s["responses_written"]),
               static_cast<unsigned long long>(s["responses_rejected"]),
@@ -1034,11 +1035,11 @@ int RunDemo(int n, const std::string& log_level) {
               static_cast<unsigned long long>(s["pages_already_mapped"]));
   std::printf("  reads %llu, records per read p50 %llu p99 %llu max %llu\n",
               static_cast<unsigned long long>(s["reads"]),
-              static_cast<unsigned long long>(s["batch_p50"]),
-              static_cast<unsigned long long>(s["batch_p99"]),
-              static_cast<unsigned long long>(s["batch_max"]));
+              static_cast<unsigned long long>(s["batch.p50"]),
+              static_cast<unsigned long long>(s["batch.p99"]),
+              static_cast<unsigned long long>(s["batch.max"]));
   std::printf("  latency read->response written: p50 %.1f us, p99 %.1f us, max %.1f us\n",
-              s["latency_p50_ns"] / 1e3, s["latency_p99_ns"] / 1e3, s["latency_max_ns"] / 1e3);
+              s["latency_ns.p50"] / 1e3, s["latency_ns.p99"] / 1e3, s["latency_ns.max"] / 1e3);
   std::printf("  MD_CHECK_MAP: mapped IOVAs translate to their backing pages: %s\n",
               mapped ? "yes" : "NO");
   bool ok = rc == 0 && mapped && s["outstanding"] == 0 && s["responses_rejected"] == 0 &&

@@ -587,30 +587,54 @@ struct Verdict {
   }
 };
 
-// The numeric fields of one flat JSON object (iopfd's FormatStatsJson lines).
-inline std::map<std::string, uint64_t> ParseCounters(const std::string& line) {
+// The unsigned numbers of the JSON text that starts with one device's stats object (a
+// --stats-json line, a final-counters entry from its "{"), keyed by their path in it: "groups",
+// "drain.epoch", "latency_ns.p99" (keys of nested objects joined with dots). The guest has no
+// JSON library; this reads the shape iopfd writes (keys without escapes).
+inline std::map<std::string, uint64_t> ParseCounters(const std::string& text) {
   std::map<std::string, uint64_t> out;
-  size_t pos = 0;
-  while ((pos = line.find('"', pos)) != std::string::npos) {
-    size_t end = line.find('"', pos + 1);
-    if (end == std::string::npos) break;
-    std::string key = line.substr(pos + 1, end - pos - 1);
-    if (end + 1 < line.size() && line[end + 1] == ':' && end + 2 < line.size() &&
-        std::isdigit(static_cast<unsigned char>(line[end + 2]))) {
-      out[key] = std::strtoull(line.c_str() + end + 2, nullptr, 10);
+  std::vector<std::string> path;  // the key of each object and array we are in
+  std::string key;                // the last key read, until its value
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '"') {
+      size_t end = text.find('"', i + 1);
+      if (end == std::string::npos) break;
+      size_t j = end + 1;
+      while (j < text.size() && std::isspace(static_cast<unsigned char>(text[j]))) ++j;
+      // A key when a colon follows; otherwise a string value, which ends the key's value.
+      key = j < text.size() && text[j] == ':' ? text.substr(i + 1, end - i - 1) : "";
+      i = end;
+    } else if (c == '{' || c == '[') {
+      path.push_back(key);
+      key.clear();
+    } else if (c == '}' || c == ']') {
+      if (!path.empty()) path.pop_back();
+      key.clear();
+    } else if (std::isdigit(static_cast<unsigned char>(c)) && !key.empty()) {
+      std::string full;
+      for (const std::string& p : path) full += p.empty() ? "" : p + ".";
+      out[full + key] = std::strtoull(text.c_str() + i, nullptr, 10);
+      while (i + 1 < text.size() && std::isdigit(static_cast<unsigned char>(text[i + 1]))) ++i;
+      key.clear();
     }
-    pos = end + 1;
   }
   return out;
+}
+
+// What follows marker in text ("" when it is not there).
+inline std::string After(const std::string& text, const std::string& marker) {
+  size_t at = text.find(marker);
+  return at == std::string::npos ? std::string() : text.substr(at + marker.size());
 }
 
 // The counters of iopfd's --stats-json line for `device` (empty when it has none).
 inline std::map<std::string, uint64_t> ReadStats(const Daemon& d,
                                                  const std::string& device = "mock0") {
   std::ifstream f(d.stats_path);
-  const std::string tag = "{\"device\":\"" + device + "\"";
+  const std::string tag = "\"name\":\"" + device + "\"";
   for (std::string line; std::getline(f, line);) {
-    if (line.rfind(tag, 0) == 0) return ParseCounters(line);
+    if (line.find(tag) != std::string::npos) return ParseCounters(line);
   }
   return {};
 }

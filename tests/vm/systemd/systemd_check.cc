@@ -69,7 +69,8 @@ std::map<std::string, uint64_t> FinalCountersOf(const std::string& pid, const st
 
 // The live counters of `device` in the running iopfd (GetStats through iopfctl).
 std::map<std::string, uint64_t> LiveCounters(const std::string& device) {
-  return ParseCounters(JsonOf("iopfctl --json stats " + device));
+  // {"devices":[{...}]}: the one device's object.
+  return ParseCounters(After(JsonOf("iopfctl --json stats " + device), "\"devices\":["));
 }
 
 // What the checks share: the mock device (owned here, as a VMM owns its device) and how many
