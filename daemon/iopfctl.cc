@@ -96,14 +96,13 @@ int UsageError(const std::string& message) {
   return kUsageError;
 }
 
-// Returns -1 to go on, or the exit code.
-int Parse(int argc, char** argv, Invocation* inv) {
-  std::vector<std::string> positional;
+// The options, into inv; the rest into *positional. Returns -1 to go on, or the exit code.
+int ParseOptions(int argc, char** argv, Invocation* inv, std::vector<std::string>* positional) {
   bool options_done = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (options_done || a.empty() || a[0] != '-' || a == "-") {
-      positional.push_back(a);
+      positional->push_back(a);
     } else if (a == "--") {
       options_done = true;
     } else if (a == "--help" || a == "-h") {
@@ -125,6 +124,39 @@ int Parse(int argc, char** argv, Invocation* inv) {
       return UsageError(absl::StrCat("unknown option '", a, "'"));
     }
   }
+  return -1;
+}
+
+// The command's own arguments: drain's PASID, log-level's level. Returns -1, or the exit code.
+int CheckArguments(Invocation* inv) {
+  const std::string_view name = inv->command->name;
+  if (name == "drain" && inv->args.size() == 2) {
+    // Decimal or 0x-prefixed hex, as PASIDs are written in kernel logs and lspci.
+    const std::string& text = inv->args[1];
+    const bool hex = text.rfind("0x", 0) == 0 || text.rfind("0X", 0) == 0;
+    const char* first = text.data() + (hex ? 2 : 0);
+    const char* last = text.data() + text.size();
+    uint64_t pasid = 0;
+    auto [end, ec] = std::from_chars(first, last, pasid, hex ? 16 : 10);
+    if (first == last || ec != std::errc() || end != last || pasid == 0 || pasid > 0xfffff) {
+      return UsageError(absl::StrCat("drain: PASID '", text, "' is not a number in 1..1048575"));
+    }
+    inv->pasid = static_cast<uint32_t>(pasid);
+  }
+  if (name == "log-level") {
+    const std::string& level = inv->args[0];
+    if (level != "error" && level != "warning" && level != "info" && level != "debug") {
+      return UsageError(
+          absl::StrCat("log-level: '", level, "' is not one of error, warning, info, debug"));
+    }
+  }
+  return -1;
+}
+
+// Returns -1 to go on, or the exit code.
+int Parse(int argc, char** argv, Invocation* inv) {
+  std::vector<std::string> positional;
+  if (int rc = ParseOptions(argc, argv, inv, &positional); rc >= 0) return rc;
   if (inv->socket.empty()) return UsageError("--control-socket needs a non-empty path");
   if (positional.empty()) return UsageError("no command given");
   for (const Command& c : kCommands) {
@@ -141,27 +173,7 @@ int Parse(int argc, char** argv, Invocation* inv) {
   if (inv->prometheus && c.output != Output::kStats) {
     return UsageError("--prometheus goes with the stats command only");
   }
-  if (std::string_view(c.name) == "drain" && inv->args.size() == 2) {
-    // Decimal or 0x-prefixed hex, as PASIDs are written in kernel logs and lspci.
-    const std::string& text = inv->args[1];
-    const bool hex = text.rfind("0x", 0) == 0 || text.rfind("0X", 0) == 0;
-    const char* first = text.data() + (hex ? 2 : 0);
-    const char* last = text.data() + text.size();
-    uint64_t pasid = 0;
-    auto [end, ec] = std::from_chars(first, last, pasid, hex ? 16 : 10);
-    if (first == last || ec != std::errc() || end != last || pasid == 0 || pasid > 0xfffff) {
-      return UsageError(absl::StrCat("drain: PASID '", text, "' is not a number in 1..1048575"));
-    }
-    inv->pasid = static_cast<uint32_t>(pasid);
-  }
-  if (std::string_view(c.name) == "log-level") {
-    const std::string& level = inv->args[0];
-    if (level != "error" && level != "warning" && level != "info" && level != "debug") {
-      return UsageError(
-          absl::StrCat("log-level: '", level, "' is not one of error, warning, info, debug"));
-    }
-  }
-  return -1;
+  return CheckArguments(inv);
 }
 
 nlohmann::json Parameters(const Invocation& inv) {
@@ -258,6 +270,39 @@ absl::StatusOr<nlohmann::json> WaitSettled(iopfd::VarlinkClient& client, const s
       absl::StrCat(device, " still ", last["state"].dump(), " after ", kLimitMs / 1000, " s"));
 }
 
+// A drain reply in a transient state: waits for the device to settle (WaitSettled) and puts
+// the settled {state, epoch} in *params. Returns -1 to print it, or the exit code of a drain
+// that did not end running or halted (the error said on stderr).
+int FollowDrain(iopfd::VarlinkClient& client, const Invocation& inv, nlohmann::json* params) {
+  if (!iopfd::IsTransientState((*params)["state"])) return -1;
+  const char* method = inv.command->method;
+  const std::string& device = inv.args[0];
+  absl::StatusOr<nlohmann::json> settled = WaitSettled(client, device, *params);
+  if (!settled.ok()) {
+    std::fprintf(stderr, "iopfctl: %s: waiting for %s to settle: %s\n", method, device.c_str(),
+                 std::string(settled.status().message()).c_str());
+    return kErrorReply;
+  }
+  *params = *settled;
+  if ((*settled)["state"] == "quarantined") {
+    std::fflush(stdout);
+    std::fprintf(stderr,
+                 "iopfctl: %s: %s was quarantined while it finished (see the daemon's log or "
+                 "`iopfctl monitor`); `iopfctl resume %s` when it is fit again\n",
+                 method, device.c_str(), device.c_str());
+    return kErrorReply;
+  }
+  if ((*settled)["state"] == "failed") {
+    std::fflush(stdout);
+    std::fprintf(stderr,
+                 "iopfctl: %s: %s's fault queue failed while it finished (see the daemon's "
+                 "log); it is no longer served\n",
+                 method, device.c_str());
+    return kErrorReply;
+  }
+  return -1;
+}
+
 void EndMonitor(int) {
   // Ctrl-C is the ordinary way to stop watching, not a failure; every event line was already
   // flushed, so nothing is lost by leaving without running exit handlers.
@@ -301,31 +346,8 @@ int Run(const Invocation& inv) {
                    iopfd::FormatError(method, reply->error, reply->parameters).c_str());
       return kErrorReply;
     }
-    if (inv.command->output == Output::kDrain &&
-        iopfd::IsTransientState(reply->parameters["state"])) {
-      absl::StatusOr<nlohmann::json> settled = WaitSettled(*client, inv.args[0], reply->parameters);
-      if (!settled.ok()) {
-        std::fprintf(stderr, "iopfctl: %s: waiting for %s to settle: %s\n", method.c_str(),
-                     inv.args[0].c_str(), std::string(settled.status().message()).c_str());
-        return kErrorReply;
-      }
-      reply->parameters = *settled;
-      if ((*settled)["state"] == "quarantined") {
-        std::fflush(stdout);
-        std::fprintf(stderr,
-                     "iopfctl: %s: %s was quarantined while it finished (see the daemon's log or "
-                     "`iopfctl monitor`); `iopfctl resume %s` when it is fit again\n",
-                     method.c_str(), inv.args[0].c_str(), inv.args[0].c_str());
-        return kErrorReply;
-      }
-      if ((*settled)["state"] == "failed") {
-        std::fflush(stdout);
-        std::fprintf(stderr,
-                     "iopfctl: %s: %s's fault queue failed while it finished (see the daemon's "
-                     "log); it is no longer served\n",
-                     method.c_str(), inv.args[0].c_str());
-        return kErrorReply;
-      }
+    if (inv.command->output == Output::kDrain) {
+      if (int rc = FollowDrain(*client, inv, &reply->parameters); rc >= 0) return rc;
     }
     int rc = Print(inv, reply->parameters);
     if (rc != kOk) return rc;

@@ -12,7 +12,7 @@ pkgs=(
   nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # lint
-  clang-format clang-tidy
+  clang-format clang-tidy universal-ctags
   # fuzzing (scripts/fuzz.sh): clang and its libFuzzer runtime
   clang libclang-rt-14-dev
   # the service's units (systemd-analyze verify/security, systemd.pc) and man pages (groff, man)

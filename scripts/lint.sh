@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lint: clang-format (Google base, 100 columns) over every C++ file, then clang-tidy (the
 # repository's .clang-tidy, warnings are errors) over the daemon and library sources, using the
-# compile commands of a configured build directory (argument 1, default "build").
+# compile commands of a configured build directory (argument 1, default "build"); then the
+# function length rule (scripts/function-length.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -17,3 +18,5 @@ fi
 mapfile -t sources < <(git ls-files '*.cc' | grep -vE '^(tests/vm|bench)/')
 printf '%s\n' "${sources[@]}" | xargs -P"$(nproc)" -n1 clang-tidy -p "$build" --quiet 2>/dev/null
 echo "lint: clang-tidy clean (${#sources[@]} files)"
+# No function in lib/ or daemon/ over 60 lines without a reason beside it (docs/ARCHITECTURE.md).
+scripts/function-length.sh

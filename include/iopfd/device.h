@@ -216,6 +216,18 @@ class Device {
 
  private:
   absl::Status Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records);
+  // Setup's steps. Adopt mode: the owner's iommufd and fault queue from fds, and what parks
+  // its attachments (the VFIO device fd, or a switch module). Vfio mode: iommufd opened, the
+  // device bound, an IOAS and a faulting HWPT per space attached. Each sets *dev_id and the
+  // spaces' IOAS ids.
+  absl::Status SetUpAdopt(ListenFds* fds, DeviceId* dev_id, std::vector<IoasId>* ioas);
+  absl::Status SetUpVfio(DeviceId* dev_id, std::vector<IoasId>* ioas);
+  // The uevent DEVPATH that names this device (removal, error recovery), when it has one.
+  void FindDevpath();
+  // The backings mapped, the address spaces, the counters, the response queue, the mapper and
+  // the fault processor.
+  absl::Status SetUpFaultPath(ListenFds* fds, DeviceId dev_id, const std::vector<IoasId>& ioas,
+                              uint32_t read_records);
   explicit Device(const DeviceConfig& config)
       : name_(config.name), mode_(config.mode), config_(config) {}
 

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 
@@ -91,142 +92,166 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Attach(const DeviceConfig& confi
   return d;
 }
 
+namespace {
+// include/uapi/linux/iommufd.h: once any PASID is attached, every domain of the device, the
+// non-PASID one included, must have been allocated with IOMMU_HWPT_ALLOC_PASID.
+bool UsesPasid(const DeviceConfig& config) {
+  return std::any_of(config.spaces.begin(), config.spaces.end(),
+                     [](const SpaceConfig& s) { return s.pasid.has_value(); });
+}
+
+// Takes the inherited fd a config key names, or NotFound naming the device and the key.
+absl::StatusOr<UniqueFd> TakeNamed(ListenFds* fds, const std::string& device, const char* key,
+                                   const std::string& fd_name) {
+  auto fd = fds->Take(fd_name);
+  if (!fd.ok()) {
+    return absl::NotFoundError(
+        absl::StrCat(device, ": ", key, ": ", std::string(fd.status().message())));
+  }
+  return fd;
+}
+}  // namespace
+
 absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records) {
-  const DeviceConfig& config = config_;
-  Device* d = this;
   sys_ = sys;
-  const std::string& name = config.name;
   DeviceId dev_id;
-  std::vector<IoasId> ioas(config.spaces.size());
+  std::vector<IoasId> ioas(config_.spaces.size());
+  absl::Status st = config_.mode == AttachMode::kAdopt ? SetUpAdopt(fds, &dev_id, &ioas)
+                                                       : SetUpVfio(&dev_id, &ioas);
+  if (!st.ok()) return st;
+  FindDevpath();
+  st = MakeNonBlocking(fault_fd_.get(), config_.name);
+  if (!st.ok()) return st;
+  return SetUpFaultPath(fds, dev_id, ioas, read_records);
+}
 
-  if (config.mode == AttachMode::kAdopt) {
-    auto iommufd = fds->Take(config.adopt.iommufd_fd);
-    if (!iommufd.ok())
-      return absl::NotFoundError(
-          absl::StrCat(name, ": iommufd_fd: ", std::string(iommufd.status().message())));
-    d->iommufd_.emplace(*std::move(iommufd), sys, name);
-    auto fault = fds->Take(config.adopt.fault_fd);
-    if (!fault.ok())
-      return absl::NotFoundError(
-          absl::StrCat(name, ": fault_fd: ", std::string(fault.status().message())));
-    d->fault_fd_ = *std::move(fault);
-    dev_id = DeviceId(config.adopt.device_id);
-    for (size_t i = 0; i < config.spaces.size(); ++i) ioas[i] = IoasId(config.spaces[i].ioas_id);
-    if (!config.adopt.device_fd.empty()) {
-      auto dev_fd = fds->Take(config.adopt.device_fd);
-      if (!dev_fd.ok())
-        return absl::NotFoundError(
-            absl::StrCat(name, ": device_fd: ", std::string(dev_fd.status().message())));
-      d->vfio_.emplace(VfioDevice::FromFd(*std::move(dev_fd), sys, name, dev_id));
-      d->switch_ = &*d->vfio_;
-    } else if (!config.adopt.switch_module.empty()) {
-      auto module = ModuleSwitch::Load(sys, name, config.adopt.switch_module,
-                                       config.adopt.switch_target, d->iommufd_->fd(), dev_id);
-      if (!module.ok()) return module.status();
-      d->module_ = *std::move(module);
-      d->switch_ = d->module_.get();
-      if (config.drain.halt == HaltMethod::kReset && !d->module_->can_reset()) {
-        return absl::FailedPreconditionError(
-            absl::StrCat(name, ": drain.halt = \"reset\" but the switch module ",
-                         config.adopt.switch_module, " does not export " IOPFD_RESET_SYMBOL));
-      }
-    }
-    if (d->switch_ != nullptr) {
-      // The owner's HWPTs were allocated PASID-capable when it uses PASIDs (the kernel insists
-      // every domain of such a device is); the park HWPTs must match.
-      bool uses_pasid = false;
-      for (const SpaceConfig& s : config.spaces) uses_pasid |= s.pasid.has_value();
-      for (size_t i = 0; i < config.spaces.size(); ++i) {
-        const SpaceConfig& s = config.spaces[i];
-        auto park = d->iommufd_->HwptAlloc(dev_id, ioas[i], FaultId(), uses_pasid);
-        if (!park.ok()) return park.status();
-        d->attachments_.push_back(
-            {s.pasid ? *s.pasid : kNoPasidAttachment, s.pasid, HwptId(s.hwpt_id), *park, false});
-      }
-    }
-  } else {
-    std::string cdev = config.vfio.cdev;
-    if (cdev.empty()) {
-      auto resolved = VfioCdevForPci(config.vfio.pci);
-      if (!resolved.ok())
-        return absl::NotFoundError(
-            absl::StrCat(name, ": ", std::string(resolved.status().message())));
-      cdev = *resolved;
-    }
-    auto iommufd = Iommufd::Open(sys, name);
-    if (!iommufd.ok()) return iommufd.status();
-    d->iommufd_.emplace(*std::move(iommufd));
-    auto vfio = VfioDevice::Bind(sys, name, cdev, *d->iommufd_);
-    if (!vfio.ok()) return vfio.status();
-    d->vfio_.emplace(*std::move(vfio));
-    d->switch_ = &*d->vfio_;
-    dev_id = d->vfio_->id();
-    auto fault = d->iommufd_->FaultQueueAlloc();
-    if (!fault.ok()) return fault.status();
-    d->fault_fd_ = std::move(fault->second);
-    // include/uapi/linux/iommufd.h: once any PASID is attached, every domain of the device,
-    // the non-PASID one included, must have been allocated with IOMMU_HWPT_ALLOC_PASID.
-    bool uses_pasid = false;
-    for (const SpaceConfig& s : config.spaces) uses_pasid |= s.pasid.has_value();
-    for (size_t i = 0; i < config.spaces.size(); ++i) {
-      const SpaceConfig& s = config.spaces[i];
-      auto id = d->iommufd_->IoasAlloc();
-      if (!id.ok()) return id.status();
-      ioas[i] = *id;
-      auto hwpt = d->iommufd_->HwptAlloc(dev_id, *id, fault->first, uses_pasid);
-      if (!hwpt.ok()) return hwpt.status();
-      // The park HWPT: same IOAS, so the same mappings, but no fault queue. Switching to it
-      // makes the kernel flush the attachment's page requests (a drain), and back resumes.
-      auto park = d->iommufd_->HwptAlloc(dev_id, *id, FaultId(), uses_pasid);
-      if (!park.ok()) return park.status();
-      absl::Status st = d->vfio_->Attach(*hwpt, s.pasid);
-      if (!st.ok()) return st;
-      d->attachments_.push_back(
-          {s.pasid ? *s.pasid : kNoPasidAttachment, s.pasid, *hwpt, *park, false});
+absl::Status Device::SetUpAdopt(ListenFds* fds, DeviceId* dev_id, std::vector<IoasId>* ioas) {
+  const DeviceConfig& config = config_;
+  const std::string& name = config.name;
+  auto iommufd = TakeNamed(fds, name, "iommufd_fd", config.adopt.iommufd_fd);
+  if (!iommufd.ok()) return iommufd.status();
+  iommufd_.emplace(*std::move(iommufd), sys_, name);
+  auto fault = TakeNamed(fds, name, "fault_fd", config.adopt.fault_fd);
+  if (!fault.ok()) return fault.status();
+  fault_fd_ = *std::move(fault);
+  *dev_id = DeviceId(config.adopt.device_id);
+  for (size_t i = 0; i < config.spaces.size(); ++i) (*ioas)[i] = IoasId(config.spaces[i].ioas_id);
+  if (!config.adopt.device_fd.empty()) {
+    auto dev_fd = TakeNamed(fds, name, "device_fd", config.adopt.device_fd);
+    if (!dev_fd.ok()) return dev_fd.status();
+    vfio_.emplace(VfioDevice::FromFd(*std::move(dev_fd), sys_, name, *dev_id));
+    switch_ = &*vfio_;
+  } else if (!config.adopt.switch_module.empty()) {
+    auto module = ModuleSwitch::Load(sys_, name, config.adopt.switch_module,
+                                     config.adopt.switch_target, iommufd_->fd(), *dev_id);
+    if (!module.ok()) return module.status();
+    module_ = *std::move(module);
+    switch_ = module_.get();
+    if (config.drain.halt == HaltMethod::kReset && !module_->can_reset()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(name, ": drain.halt = \"reset\" but the switch module ",
+                       config.adopt.switch_module, " does not export " IOPFD_RESET_SYMBOL));
     }
   }
-  if (!config.sysfs.empty()) {
-    d->devpath_ = DevpathOf(config.sysfs);
-  } else if (config.mode == AttachMode::kVfio) {
-    // /sys/class/vfio-dev/vfioN/device is the PCI function (drivers/vfio/vfio_main.c).
-    std::string sysfs = !config.vfio.pci.empty()
-                            ? "/sys/bus/pci/devices/" + config.vfio.pci
-                            : "/sys/class/vfio-dev/" +
-                                  std::filesystem::path(config.vfio.cdev).filename().string() +
-                                  "/device";
-    std::error_code ec;
-    if (std::filesystem::exists(sysfs, ec)) d->devpath_ = DevpathOf(sysfs);
-  }
-  absl::Status nb = MakeNonBlocking(d->fault_fd_.get(), name);
-  if (!nb.ok()) return nb;
-
-  std::vector<AddressSpace> spaces;
-  size_t region_index = 0;
+  if (switch_ == nullptr) return absl::OkStatus();  // the owner parks; iopfd cannot drain
+  // The owner's HWPTs were allocated PASID-capable when it uses PASIDs (the kernel insists
+  // every domain of such a device is); the park HWPTs must match.
   for (size_t i = 0; i < config.spaces.size(); ++i) {
     const SpaceConfig& s = config.spaces[i];
+    auto park = iommufd_->HwptAlloc(*dev_id, (*ioas)[i], FaultId(), UsesPasid(config));
+    if (!park.ok()) return park.status();
+    attachments_.push_back(
+        {s.pasid ? *s.pasid : kNoPasidAttachment, s.pasid, HwptId(s.hwpt_id), *park, false});
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Device::SetUpVfio(DeviceId* dev_id, std::vector<IoasId>* ioas) {
+  const DeviceConfig& config = config_;
+  const std::string& name = config.name;
+  std::string cdev = config.vfio.cdev;
+  if (cdev.empty()) {
+    auto resolved = VfioCdevForPci(config.vfio.pci);
+    if (!resolved.ok()) {
+      return absl::NotFoundError(
+          absl::StrCat(name, ": ", std::string(resolved.status().message())));
+    }
+    cdev = *resolved;
+  }
+  auto iommufd = Iommufd::Open(sys_, name);
+  if (!iommufd.ok()) return iommufd.status();
+  iommufd_.emplace(*std::move(iommufd));
+  auto vfio = VfioDevice::Bind(sys_, name, cdev, *iommufd_);
+  if (!vfio.ok()) return vfio.status();
+  vfio_.emplace(*std::move(vfio));
+  switch_ = &*vfio_;
+  *dev_id = vfio_->id();
+  auto fault = iommufd_->FaultQueueAlloc();
+  if (!fault.ok()) return fault.status();
+  fault_fd_ = std::move(fault->second);
+  const bool uses_pasid = UsesPasid(config);
+  for (size_t i = 0; i < config.spaces.size(); ++i) {
+    const SpaceConfig& s = config.spaces[i];
+    auto id = iommufd_->IoasAlloc();
+    if (!id.ok()) return id.status();
+    (*ioas)[i] = *id;
+    auto hwpt = iommufd_->HwptAlloc(*dev_id, *id, fault->first, uses_pasid);
+    if (!hwpt.ok()) return hwpt.status();
+    // The park HWPT: same IOAS, so the same mappings, but no fault queue. Switching to it
+    // makes the kernel flush the attachment's page requests (a drain), and back resumes.
+    auto park = iommufd_->HwptAlloc(*dev_id, *id, FaultId(), uses_pasid);
+    if (!park.ok()) return park.status();
+    absl::Status st = vfio_->Attach(*hwpt, s.pasid);
+    if (!st.ok()) return st;
+    attachments_.push_back({s.pasid ? *s.pasid : kNoPasidAttachment, s.pasid, *hwpt, *park, false});
+  }
+  return absl::OkStatus();
+}
+
+void Device::FindDevpath() {
+  if (!config_.sysfs.empty()) {
+    devpath_ = DevpathOf(config_.sysfs);
+  } else if (config_.mode == AttachMode::kVfio) {
+    // /sys/class/vfio-dev/vfioN/device is the PCI function (drivers/vfio/vfio_main.c).
+    std::string sysfs = !config_.vfio.pci.empty()
+                            ? "/sys/bus/pci/devices/" + config_.vfio.pci
+                            : "/sys/class/vfio-dev/" +
+                                  std::filesystem::path(config_.vfio.cdev).filename().string() +
+                                  "/device";
+    std::error_code ec;
+    if (std::filesystem::exists(sysfs, ec)) devpath_ = DevpathOf(sysfs);
+  }
+}
+
+absl::Status Device::SetUpFaultPath(ListenFds* fds, DeviceId dev_id,
+                                    const std::vector<IoasId>& ioas, uint32_t read_records) {
+  std::vector<AddressSpace> spaces;
+  size_t region_index = 0;
+  for (size_t i = 0; i < config_.spaces.size(); ++i) {
+    const SpaceConfig& s = config_.spaces[i];
     std::vector<Region> regions;
     for (const RegionConfig& r : s.regions) {
-      auto backing = OpenBacking(config, r, region_index++, fds, sys);
+      auto backing = OpenBacking(config_, r, region_index++, fds, sys_);
       if (!backing.ok()) return backing.status();
-      d->backings_.push_back(*std::move(backing));
-      const Backing& b = d->backings_.back();
+      backings_.push_back(*std::move(backing));
+      const Backing& b = backings_.back();
       regions.emplace_back(r.iova, r.size, r.page_size ? r.page_size : 4096, r.access, r.prefetch,
                            b.fd(), r.offset, b.va());
     }
     spaces.emplace_back(s.pasid, ioas[i], std::move(regions));
   }
-  d->spaces_ = std::make_unique<SpaceTable>(std::move(spaces));
-  d->stats_ = std::make_unique<DeviceStats>();
-  d->responses_ = std::make_unique<ResponseQueue>(d->stats_.get());
-  d->mapper_ = std::make_unique<IommufdMapper>(&*d->iommufd_);
+  spaces_ = std::make_unique<SpaceTable>(std::move(spaces));
+  stats_ = std::make_unique<DeviceStats>();
+  responses_ = std::make_unique<ResponseQueue>(stats_.get());
+  mapper_ = std::make_unique<IommufdMapper>(&*iommufd_);
   FaultProcessorOptions opts;
   opts.device_id = dev_id.value();
-  opts.max_group_records = config.limits.max_group_records;
-  opts.max_fault_map_bytes = config.limits.max_fault_map_bytes;
-  d->processor_ = std::make_unique<FaultProcessor>(opts, d->spaces_.get(), d->mapper_.get(),
-                                                   d->responses_.get(), d->stats_.get());
-  d->read_records_ = read_records > 0 ? read_records : 1;
-  d->read_buffer_.resize(d->read_records_);
+  opts.max_group_records = config_.limits.max_group_records;
+  opts.max_fault_map_bytes = config_.limits.max_fault_map_bytes;
+  processor_ = std::make_unique<FaultProcessor>(opts, spaces_.get(), mapper_.get(),
+                                                responses_.get(), stats_.get());
+  read_records_ = read_records > 0 ? read_records : 1;
+  read_buffer_.resize(read_records_);
   return absl::OkStatus();
 }
 

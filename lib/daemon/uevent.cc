@@ -41,6 +41,49 @@ size_t ControlCharAt(absl::string_view v) {
 
 }  // namespace
 
+namespace {
+
+// The header, ACTION@DEVPATH: sets *action and *devpath, or says what is wrong and where.
+absl::Status ParseHeader(absl::string_view header, absl::string_view* action,
+                         absl::string_view* devpath) {
+  const size_t at = header.find('@');
+  if (at == absl::string_view::npos) return Bad(0, "header is not ACTION@DEVPATH");
+  *action = header.substr(0, at);
+  *devpath = header.substr(at + 1);
+  if (std::find(kActions.begin(), kActions.end(), *action) == kActions.end()) {
+    return Bad(0, absl::StrCat("unknown action '", action->substr(0, 32), "'"));
+  }
+  if (devpath->empty() || (*devpath)[0] != '/') {
+    return Bad(at + 1, "DEVPATH in the header does not start with '/'");
+  }
+  if (size_t c = ControlCharAt(*devpath); c != absl::string_view::npos) {
+    return Bad(at + 1 + c, "control character in the header");
+  }
+  return absl::OkStatus();
+}
+
+// One KEY=VALUE field, at byte pos of the message: added to ev->env, or says what is wrong.
+absl::Status ParseField(absl::string_view field, size_t pos, Uevent* ev) {
+  if (field.empty()) return Bad(pos, "empty field");
+  const size_t eq = field.find('=');
+  if (eq == absl::string_view::npos || eq == 0) return Bad(pos, "field is not KEY=VALUE");
+  const absl::string_view key = field.substr(0, eq);
+  if (key.size() > kMaxKey) return Bad(pos, absl::StrCat("key longer than ", kMaxKey));
+  if (!std::all_of(key.begin(), key.end(), KeyChar)) {
+    return Bad(pos, "key has characters other than A-Z 0-9 _");
+  }
+  const absl::string_view value = field.substr(eq + 1);
+  if (size_t c = ControlCharAt(value); c != absl::string_view::npos) {
+    return Bad(pos + eq + 1 + c, absl::StrCat("control character in the value of ", key));
+  }
+  if (!ev->env.emplace(std::string(key), std::string(value)).second) {
+    return Bad(pos, absl::StrCat("duplicate key ", key));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<Uevent> ParseUevent(std::span<const char> message) {
   if (message.empty()) return Bad(0, "empty message");
   if (message.size() > kMaxUeventBytes) {
@@ -49,47 +92,21 @@ absl::StatusOr<Uevent> ParseUevent(std::span<const char> message) {
   }
   if (message.back() != '\0') return Bad(message.size() - 1, "not NUL-terminated");
   const absl::string_view all(message.data(), message.size());
-
-  // The header: ACTION@DEVPATH.
   size_t end = all.find('\0');
-  const absl::string_view header = all.substr(0, end);
-  const size_t at = header.find('@');
-  if (at == absl::string_view::npos) return Bad(0, "header is not ACTION@DEVPATH");
-  const absl::string_view action = header.substr(0, at);
-  const absl::string_view devpath = header.substr(at + 1);
-  if (std::find(kActions.begin(), kActions.end(), action) == kActions.end()) {
-    return Bad(0, absl::StrCat("unknown action '", action.substr(0, 32), "'"));
-  }
-  if (devpath.empty() || devpath[0] != '/') {
-    return Bad(at + 1, "DEVPATH in the header does not start with '/'");
-  }
-  if (size_t c = ControlCharAt(devpath); c != absl::string_view::npos) {
-    return Bad(at + 1 + c, "control character in the header");
-  }
+  absl::string_view action;
+  absl::string_view devpath;
+  if (absl::Status st = ParseHeader(all.substr(0, end), &action, &devpath); !st.ok()) return st;
 
   Uevent ev;
-  size_t pos = end + 1;
   size_t fields = 0;
-  while (pos < all.size()) {
+  for (size_t pos = end + 1; pos < all.size(); pos = end + 1) {
     end = all.find('\0', pos);  // found: the message ends with NUL
     const absl::string_view field = all.substr(pos, end - pos);
-    if (field.empty()) return Bad(pos, "empty field");
-    if (++fields > kMaxFields) return Bad(pos, absl::StrCat("more than ", kMaxFields, " fields"));
-    const size_t eq = field.find('=');
-    if (eq == absl::string_view::npos || eq == 0) return Bad(pos, "field is not KEY=VALUE");
-    const absl::string_view key = field.substr(0, eq);
-    if (key.size() > kMaxKey) return Bad(pos, absl::StrCat("key longer than ", kMaxKey));
-    if (!std::all_of(key.begin(), key.end(), KeyChar)) {
-      return Bad(pos, "key has characters other than A-Z 0-9 _");
+    // An empty field is that error (ParseField), not one more field.
+    if (!field.empty() && ++fields > kMaxFields) {
+      return Bad(pos, absl::StrCat("more than ", kMaxFields, " fields"));
     }
-    const absl::string_view value = field.substr(eq + 1);
-    if (size_t c = ControlCharAt(value); c != absl::string_view::npos) {
-      return Bad(pos + eq + 1 + c, absl::StrCat("control character in the value of ", key));
-    }
-    if (!ev.env.emplace(std::string(key), std::string(value)).second) {
-      return Bad(pos, absl::StrCat("duplicate key ", key));
-    }
-    pos = end + 1;
+    if (absl::Status st = ParseField(field, pos, &ev); !st.ok()) return st;
   }
   for (const char* required : {"ACTION", "DEVPATH", "SUBSYSTEM", "SEQNUM"}) {
     if (ev.env.count(required) == 0) return Bad(all.size(), absl::StrCat("no ", required));
