@@ -14,6 +14,7 @@
 #include "iopfd/address_space.h"
 #include "iopfd/config.h"
 #include "iopfd/fault_processor.h"
+#include "iopfd/fault_queue.h"
 #include "iopfd/fd.h"
 #include "iopfd/inflight_ledger.h"
 #include "iopfd/iommufd.h"
@@ -79,10 +80,10 @@ class Device {
   // Attaches a configured device. Adopt mode takes the iommufd and fault fd named in the config
   // from `fds`; vfio mode opens /dev/iommu, binds the cdev, allocates an IOAS, a fault queue and
   // an IOPF-capable HWPT per address space, and attaches them (per PASID where configured).
-  // Errors name the device, the step and the errno. read_records is the initial read buffer in
-  // records. On failure, the fds taken from `fds` are put back.
+  // Errors name the device, the step and the errno. limits size the read buffer. On failure,
+  // the fds taken from `fds` are put back.
   static absl::StatusOr<std::unique_ptr<Device>> Attach(const DeviceConfig& config, ListenFds* fds,
-                                                        Syscalls* sys, uint32_t read_records);
+                                                        Syscalls* sys, ReadLimits limits);
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
   ~Device();
@@ -102,19 +103,12 @@ class Device {
   const DeviceStats& stats() const { return *stats_; }
   SpaceTable& spaces() { return *spaces_; }
 
-  // The buffer reads land in: a whole number of records (in the ledger when there is one).
-  std::span<uapi::PageFault> read_buffer() {
-    return ledger_ != nullptr ? ledger_->Buffer(read_records_)
-                              : std::span<uapi::PageFault>(read_buffer_);
-  }
-  // The buffer for the read about to be issued (with a ledger: numbered and marked live there).
-  std::span<uapi::PageFault> BeginRead() {
-    return ledger_ != nullptr ? ledger_->BeginRead(read_records_)
-                              : std::span<uapi::PageFault>(read_buffer_);
-  }
-  // Processes the first `records` records of the read buffer (a read's result) and, with a
-  // ledger, marks them consumed once their answers are queued.
-  void ProcessRead(size_t records, uint64_t read_ns);
+  // Its fault queue: reading, the read buffer, answering, and when the queue is given up.
+  FaultQueue& queue() { return *queue_; }
+  // The buffer reads land in (FaultQueue::read_buffer).
+  std::span<uapi::PageFault> read_buffer() { return queue_->read_buffer(); }
+  // The buffer for the read about to be issued (FaultQueue::BeginRead).
+  std::span<uapi::PageFault> BeginRead() { return queue_->BeginRead(); }
 
   // Keeps what a crash would lose in `ledger` from now on (inflight_ledger.h): reads go to its
   // buffer and every owed answer is recorded. First answers what a previous process left in it:
@@ -125,28 +119,16 @@ class Device {
   absl::Status UseLedger(std::unique_ptr<InflightLedger> ledger);
   // The ledger, or nullptr.
   const InflightLedger* ledger() const { return ledger_.get(); }
-  // Doubles the read buffer after a read failed with EINVAL (the first pending group is larger
-  // than the buffer). Returns false when it is already at max_records.
-  bool GrowReadBuffer(uint32_t max_records);
 
-  // Reads the fault queue until it is empty (or deadline_ns passes) and processes what it
-  // reads, synchronously through the syscall seam (a drain, a removal, the exit); the read
-  // buffer grows up to max_records when a group does not fit. Returns an error naming the
-  // device and errno when a read fails otherwise (nothing is lost: the group stays queued).
-  absl::Status ReadAvailable(uint64_t deadline_ns, uint32_t max_records);
-  // Writes every queued response synchronously. When the fd fails for good the responses are
-  // abandoned (counted), the device is marked write-failed and the error is returned, naming
-  // device and errno; a device already write-failed abandons what is queued and returns OK.
-  absl::Status WriteQueued();
-
-  // Reading stops when the fault fd's read fails for good (a group larger than the biggest
-  // buffer, or persistent errors); responses already owed are still written.
-  bool read_failed() const { return read_failed_; }
-  void MarkReadFailed() { read_failed_ = true; }
-  // Writing stops when write() fails in a way that means the fd is dead; what is owed is then
-  // abandoned (and counted), and reading stops too: nothing read could be answered.
-  bool write_failed() const { return write_failed_; }
-  void MarkWriteFailed() { write_failed_ = read_failed_ = true; }
+  // Reads the fault queue until it is empty (or deadline_ns passes), synchronously
+  // (FaultQueue::ReadAvailable). Returns a transient read error naming the device and errno.
+  absl::Status ReadAvailable(uint64_t deadline_ns) { return queue_->ReadAvailable(deadline_ns); }
+  // Writes every queued response synchronously (FaultQueue::WriteQueued). Returns the error of
+  // a write that gave the queue up, naming device and errno.
+  absl::Status WriteQueued() { return queue_->WriteQueued(); }
+  // True once reading (or writing: then both) was given up (FaultQueue).
+  bool read_failed() const { return queue_->read_failed(); }
+  bool write_failed() const { return queue_->write_failed(); }
   // --- Draining.
   // Returns true when the device can be parked: each attachment has a fault-less "park" HWPT
   // over the same IOAS next to its IOPF-capable one, and iopfd can switch between them: vfio
@@ -200,10 +182,6 @@ class Device {
     return keys;
   }
 
-  // Consecutive read errors and empty reads, for the loop's limits.
-  int read_errors = 0;
-  int empty_reads_in_a_row = 0;
-
   // Hands the inherited fds back into `pool` under the names the configuration gave them, so
   // that a later attach can take them again: the iommufd and fault queue in adopt mode, fd:
   // backings in either mode (vfio mode's own fds close with the device). Only for a device no
@@ -215,7 +193,7 @@ class Device {
   std::vector<std::pair<std::string, int>> HeldFds() const;
 
  private:
-  absl::Status Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records);
+  absl::Status Setup(ListenFds* fds, Syscalls* sys, ReadLimits limits);
   // Setup's steps. Adopt mode: the owner's iommufd and fault queue from fds, and what parks
   // its attachments (the VFIO device fd, or a switch module). Vfio mode: iommufd opened, the
   // device bound, an IOAS and a faulting HWPT per space attached. Each sets *dev_id and the
@@ -227,7 +205,7 @@ class Device {
   // The backings mapped, the address spaces, the counters, the response queue, the mapper and
   // the fault processor.
   absl::Status SetUpFaultPath(ListenFds* fds, DeviceId dev_id, const std::vector<IoasId>& ioas,
-                              uint32_t read_records);
+                              ReadLimits limits);
   explicit Device(const DeviceConfig& config)
       : name_(config.name), mode_(config.mode), config_(config) {}
 
@@ -251,8 +229,7 @@ class Device {
   std::unique_ptr<ResponseQueue> responses_;
   std::unique_ptr<IommufdMapper> mapper_;
   std::unique_ptr<FaultProcessor> processor_;
-  std::vector<uapi::PageFault> read_buffer_;  // without a ledger
-  uint32_t read_records_ = 0;                 // the read buffer's size in records
+  std::unique_ptr<FaultQueue> queue_;  // refers to the four above: goes first
   // Adopt mode: destroys the park HWPTs iopfd allocated in the owner's iommufd (its own
   // objects would otherwise outlive the device there). One still attached is left, logged.
   void DestroyParkHwpts();
@@ -268,8 +245,6 @@ class Device {
   void SetRefusing(std::optional<uint32_t> pasid, bool refusing);
   bool quarantined_ = false;
   bool bus_master_stopped_ = false;  // iopfd cleared Bus Master Enable; it sets it back
-  bool read_failed_ = false;
-  bool write_failed_ = false;
 };
 
 }  // namespace iopfd

@@ -67,9 +67,9 @@ struct ReloadReport {
 // Not thread-safe: used from the fault loop's thread only.
 class DeviceManager {
  public:
-  // host and sys must outlive the manager. `pool` holds the inherited fds; read_records is
-  // each device's initial read buffer (records).
-  DeviceManager(DeviceHost* host, Syscalls* sys, ListenFds pool, uint32_t read_records);
+  // host and sys must outlive the manager. `pool` holds the inherited fds; limits size each
+  // device's read buffer (daemon.read_records, daemon.max_read_records).
+  DeviceManager(DeviceHost* host, Syscalls* sys, ListenFds pool, ReadLimits limits);
   ~DeviceManager();
   DeviceManager(const DeviceManager&) = delete;
   DeviceManager& operator=(const DeviceManager&) = delete;
@@ -184,7 +184,7 @@ class DeviceManager {
   DeviceHost* host_;
   Syscalls* sys_;
   ListenFds pool_;
-  uint32_t read_records_;
+  ReadLimits limits_;
   std::vector<std::unique_ptr<Device>> devices_;
   std::map<std::string, DeviceConfig> configured_;  // the configuration last applied
   std::map<std::string, DeviceConfig> detached_;    // configured devices Detach took away

@@ -81,9 +81,9 @@ std::string DevpathOf(const std::string& sysfs) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Device>> Device::Attach(const DeviceConfig& config, ListenFds* fds,
-                                                       Syscalls* sys, uint32_t read_records) {
+                                                       Syscalls* sys, ReadLimits limits) {
   std::unique_ptr<Device> d(new Device(config));
-  absl::Status st = d->Setup(fds, sys, read_records);
+  absl::Status st = d->Setup(fds, sys, limits);
   if (!st.ok()) {
     // Inherited fds taken so far go back, so that a corrected configuration can use them.
     d->ReleaseFds(fds);
@@ -112,7 +112,7 @@ absl::StatusOr<UniqueFd> TakeNamed(ListenFds* fds, const std::string& device, co
 }
 }  // namespace
 
-absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records) {
+absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, ReadLimits limits) {
   sys_ = sys;
   DeviceId dev_id;
   std::vector<IoasId> ioas(config_.spaces.size());
@@ -122,7 +122,7 @@ absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, uint32_t read_records)
   FindDevpath();
   st = MakeNonBlocking(fault_fd_.get(), config_.name);
   if (!st.ok()) return st;
-  return SetUpFaultPath(fds, dev_id, ioas, read_records);
+  return SetUpFaultPath(fds, dev_id, ioas, limits);
 }
 
 absl::Status Device::SetUpAdopt(ListenFds* fds, DeviceId* dev_id, std::vector<IoasId>* ioas) {
@@ -224,7 +224,7 @@ void Device::FindDevpath() {
 }
 
 absl::Status Device::SetUpFaultPath(ListenFds* fds, DeviceId dev_id,
-                                    const std::vector<IoasId>& ioas, uint32_t read_records) {
+                                    const std::vector<IoasId>& ioas, ReadLimits limits) {
   std::vector<AddressSpace> spaces;
   size_t region_index = 0;
   for (size_t i = 0; i < config_.spaces.size(); ++i) {
@@ -250,21 +250,14 @@ absl::Status Device::SetUpFaultPath(ListenFds* fds, DeviceId dev_id,
   opts.max_fault_map_bytes = config_.limits.max_fault_map_bytes;
   processor_ = std::make_unique<FaultProcessor>(opts, spaces_.get(), mapper_.get(),
                                                 responses_.get(), stats_.get());
-  read_records_ = read_records > 0 ? read_records : 1;
-  read_buffer_.resize(read_records_);
+  queue_ = std::make_unique<FaultQueue>(name_, fault_fd_.get(), sys_, limits, stats_.get(),
+                                        responses_.get(), processor_.get());
   return absl::OkStatus();
-}
-
-void Device::ProcessRead(size_t records, uint64_t read_ns) {
-  processor_->Process(read_buffer().first(records), read_ns);
-  if (ledger_ != nullptr) ledger_->Consumed(records);
 }
 
 absl::Status Device::UseLedger(std::unique_ptr<InflightLedger> ledger) {
   ledger_ = std::move(ledger);
-  std::vector<uapi::PageFault>().swap(read_buffer_);
-  read_records_ = std::min(read_records_, ledger_->capacity());
-  responses_->set_ledger(ledger_.get());
+  queue_->set_ledger(ledger_.get());
   InflightLedger::Leftovers left = ledger_->FindLeftovers();
   absl::Status result;
   for (const uapi::PageResponse& r : left.owed) {
@@ -508,55 +501,6 @@ absl::Status Device::ResetFunction() {
         name_ + ": cannot reset: iopfd holds no VFIO device fd and no switch module reset");
   }
   return switch_->Reset();
-}
-
-absl::Status Device::ReadAvailable(uint64_t deadline_ns, uint32_t max_records) {
-  while (!read_failed_ && MonotonicNs() < deadline_ns) {
-    auto buf = BeginRead();
-    ssize_t n = sys_->Read(fault_fd(), buf.data(), buf.size_bytes());
-    if (n > 0) {
-      ++stats_->reads;
-      ProcessRead(static_cast<size_t>(n) / sizeof(uapi::PageFault), MonotonicNs());
-    } else if (n == -EINVAL && GrowReadBuffer(max_records)) {
-      continue;
-    } else if (n == 0 || n == -EAGAIN || n == -EINTR) {
-      return absl::OkStatus();  // the queue is empty
-    } else {
-      return ErrnoStatus(static_cast<int>(-n), name_, "read fault fd (synchronous)");
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Device::WriteQueued() {
-  ResponseQueue& q = *responses_;
-  // The ring is writing this device's answers: never begin a second write of the same batch
-  // (it would answer those cookies twice); the ring's completion goes on with the rest.
-  if (q.write_in_flight()) return absl::OkStatus();
-  while (q.HasUnwritten()) {
-    if (write_failed_) {
-      q.AbandonAll();
-      return absl::OkStatus();
-    }
-    auto span = q.BeginWrite();
-    ssize_t w = sys_->Write(fault_fd(), span.data(), span.size_bytes());
-    if (!q.CompleteWrite(w, MonotonicNs())) {
-      MarkWriteFailed();
-      return ErrnoStatus(static_cast<int>(-w), name_, "write fault responses (synchronous)");
-    }
-  }
-  return absl::OkStatus();
-}
-
-bool Device::GrowReadBuffer(uint32_t max_records) {
-  // A ledger's buffer has the size max_read_records had when it was made.
-  if (ledger_ != nullptr) max_records = std::min(max_records, ledger_->capacity());
-  if (read_records_ >= max_records) return false;
-  read_records_ =
-      static_cast<uint32_t>(std::min<uint64_t>(uint64_t{read_records_} * 2, max_records));
-  if (ledger_ == nullptr) read_buffer_.resize(read_records_);
-  ++stats_->read_grows;
-  return true;
 }
 
 }  // namespace iopfd

@@ -29,8 +29,8 @@ std::vector<std::string> FdNamesOf(const DeviceConfig& c) {
 
 }  // namespace
 
-DeviceManager::DeviceManager(DeviceHost* host, Syscalls* sys, ListenFds pool, uint32_t read_records)
-    : host_(host), sys_(sys), pool_(std::move(pool)), read_records_(read_records) {}
+DeviceManager::DeviceManager(DeviceHost* host, Syscalls* sys, ListenFds pool, ReadLimits limits)
+    : host_(host), sys_(sys), pool_(std::move(pool)), limits_(limits) {}
 
 DeviceManager::~DeviceManager() = default;
 
@@ -49,7 +49,7 @@ void DeviceManager::Emit(const std::string& event, const std::string& device,
 absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds* fds,
                                            std::unique_ptr<InflightLedger> ledger,
                                            bool configured) {
-  auto dev = Device::Attach(config, fds, sys_, read_records_);
+  auto dev = Device::Attach(config, fds, sys_, limits_);
   if (!dev.ok()) return dev.status();
   if (ledger == nullptr && configured && config.mode == AttachMode::kAdopt && configured_ledger) {
     ledger = configured_ledger(**dev);

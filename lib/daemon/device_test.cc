@@ -142,7 +142,7 @@ DeviceConfig VfioDevice(bool with_pasid) {
 TEST(DeviceAttachTest, VfioModeBindsAllocatesAndAttachesPerPasid) {
   FakeSyscalls sys;
   ListenFds fds;
-  auto dev = Device::Attach(VfioDevice(true), &fds, &sys, 64);
+  auto dev = Device::Attach(VfioDevice(true), &fds, &sys, ReadLimits{64});
   ASSERT_TRUE(dev.ok()) << dev.status();
   EXPECT_THAT(sys.opened, ElementsAre("/dev/iommu", "/dev/vfio/devices/vfio3"));
   // Per space: the IOPF-capable HWPT, then its park HWPT over the same IOAS without a fault.
@@ -171,7 +171,7 @@ TEST(DeviceAttachTest, VfioModeBindsAllocatesAndAttachesPerPasid) {
 TEST(DeviceAttachTest, VfioWithoutPasidsDoesNotAskForPasidCapableHwpts) {
   FakeSyscalls sys;
   ListenFds fds;
-  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 64);
+  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, ReadLimits{64});
   ASSERT_TRUE(dev.ok()) << dev.status();
   ASSERT_EQ(sys.hwpt_allocs.size(), 2u);
   EXPECT_EQ(sys.hwpt_allocs[0].flags, uapi::kHwptFaultIdValid);
@@ -183,7 +183,7 @@ DeviceConfig AdoptDevice();
 TEST(DeviceParkTest, ParkAndUnparkSwitchHwptsPerAttachment) {
   FakeSyscalls sys;
   ListenFds fds;
-  auto dev = Device::Attach(VfioDevice(true), &fds, &sys, 64);
+  auto dev = Device::Attach(VfioDevice(true), &fds, &sys, ReadLimits{64});
   ASSERT_TRUE(dev.ok()) << dev.status();
   Device& d = **dev;
   ASSERT_TRUE(d.can_park());
@@ -221,7 +221,7 @@ TEST(DeviceParkTest, AdoptModeCannotPark) {
   fds.Add("vmm-iommufd", UniqueFd(sys.NewFd()));
   fds.Add("vmm-fault", UniqueFd(sys.NewFd()));
   fds.Add("guest-ram", UniqueFd(sys.NewFd()));
-  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, 16);
+  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, ReadLimits{16});
   ASSERT_TRUE(dev.ok()) << dev.status();
   EXPECT_FALSE((*dev)->can_park());
   EXPECT_EQ((*dev)->Park(std::nullopt).code(), absl::StatusCode::kFailedPrecondition);
@@ -232,7 +232,7 @@ TEST(DeviceAttachTest, OldKernelErrorNamesDeviceStepErrnoAndWhy) {
   FakeSyscalls sys;
   sys.fail[uapi::kIommuHwptAlloc] = EOPNOTSUPP;
   ListenFds fds;
-  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 64);
+  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, ReadLimits{64});
   ASSERT_FALSE(dev.ok());
   EXPECT_EQ(dev.status().message(),
             "dsa0: IOMMU_HWPT_ALLOC: EOPNOTSUPP (Operation not supported): kernel lacks "
@@ -251,7 +251,7 @@ TEST(DeviceAttachTest, EachVfioStepNamesItselfOnFailure) {
     FakeSyscalls sys;
     sys.fail[step.ioctl] = EBUSY;
     ListenFds fds;
-    auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 64);
+    auto dev = Device::Attach(VfioDevice(false), &fds, &sys, ReadLimits{64});
     ASSERT_FALSE(dev.ok()) << step.name;
     EXPECT_THAT(std::string(dev.status().message()),
                 HasSubstr(std::string("dsa0: ") + step.name + ": EBUSY"));
@@ -259,7 +259,7 @@ TEST(DeviceAttachTest, EachVfioStepNamesItselfOnFailure) {
   FakeSyscalls sys;
   sys.open_fail["/dev/iommu"] = ENOENT;
   ListenFds fds;
-  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 64);
+  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, ReadLimits{64});
   ASSERT_FALSE(dev.ok());
   EXPECT_THAT(std::string(dev.status().message()),
               HasSubstr("dsa0: open /dev/iommu: ENOENT (No such file or directory): kernel without "
@@ -285,7 +285,7 @@ TEST(DeviceAttachTest, AdoptModeTakesNamedFdsAndAllocatesNothing) {
   fds.Add("vmm-fault", UniqueFd(sys.NewFd()));
   fds.Add("guest-ram", UniqueFd(sys.NewFd()));
   fds.Add("stray", UniqueFd(sys.NewFd()));
-  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, 16);
+  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, ReadLimits{16});
   ASSERT_TRUE(dev.ok()) << dev.status();
   EXPECT_TRUE(sys.calls.empty());  // no ioctl: the owner made every object
   EXPECT_THAT(fds.Untaken(), ElementsAre("stray"));
@@ -296,7 +296,7 @@ TEST(DeviceAttachTest, AdoptModeMissingFdNamesDeviceKeyAndName) {
   FakeSyscalls sys;
   ListenFds fds;
   fds.Add("vmm-iommufd", UniqueFd(sys.NewFd()));
-  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, 16);
+  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, ReadLimits{16});
   ASSERT_FALSE(dev.ok());
   EXPECT_THAT(std::string(dev.status().message()),
               HasSubstr("dsa0: fault_fd: no fd named 'vmm-fault' was handed over"));
@@ -312,7 +312,7 @@ TEST(DeviceAttachTest, AdoptModeReleaseHandsEveryInheritedFdBackUnderItsName) {
     numbers[name] = sys.NewFd();
     fds.Add(name, UniqueFd(numbers[name]));
   }
-  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, 16);
+  auto dev = Device::Attach(AdoptDevice(), &fds, &sys, ReadLimits{16});
   ASSERT_TRUE(dev.ok()) << dev.status();
   EXPECT_EQ(fds.size(), 0u);
   ListenFds pool;
@@ -329,7 +329,7 @@ TEST(DeviceAttachTest, AdoptModeReleaseHandsEveryInheritedFdBackUnderItsName) {
 TEST(DeviceAttachTest, VfioModeReleasesNothing) {
   FakeSyscalls sys;
   ListenFds fds;
-  auto dev = Device::Attach(VfioDevice(true), &fds, &sys, 16);
+  auto dev = Device::Attach(VfioDevice(true), &fds, &sys, ReadLimits{16});
   ASSERT_TRUE(dev.ok()) << dev.status();
   ListenFds pool;
   (*dev)->ReleaseFds(&pool);
@@ -371,17 +371,29 @@ TEST(IommufdMapTest, MapFileCarriesFdOffsetAndFixedIova) {
   EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists);
 }
 
-TEST(ReadBufferTest, GrowsByDoublingUpToTheLimit) {
+// The buffer grows from daemon.read_records up to daemon.max_read_records on EINVAL reads (a
+// group larger than the buffer), whoever issued the read; past the limit reading is given up,
+// and whoever serves the device hears of it once.
+TEST(ReadBufferTest, GrowsByDoublingUpToTheLimitThenGivesUp) {
   FakeSyscalls sys;
   ListenFds fds;
-  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, 3);
+  auto dev = Device::Attach(VfioDevice(false), &fds, &sys, ReadLimits{.initial = 3, .max = 10});
   ASSERT_TRUE(dev.ok());
-  EXPECT_TRUE((*dev)->GrowReadBuffer(10));
+  FaultQueue& q = (*dev)->queue();
+  std::vector<std::string> failures;
+  q.on_failed = [&failures](const std::string& why) { failures.push_back(why); };
+  using R = FaultQueue::ReadResult;
+  EXPECT_EQ(q.OnRead(-EINVAL, FaultQueue::ReadMode::kPolled, 0), R::kGrown);
   EXPECT_EQ((*dev)->read_buffer().size(), 6u);
-  EXPECT_TRUE((*dev)->GrowReadBuffer(10));
+  EXPECT_EQ(q.OnRead(-EINVAL, FaultQueue::ReadMode::kUntilEmpty, 0), R::kGrown);
   EXPECT_EQ((*dev)->read_buffer().size(), 10u);
-  EXPECT_FALSE((*dev)->GrowReadBuffer(10));
+  EXPECT_EQ(q.OnRead(-EINVAL, FaultQueue::ReadMode::kPolled, 0), R::kFailed);
+  EXPECT_TRUE((*dev)->read_failed());
   EXPECT_EQ((*dev)->stats().read_grows, 2u);
+  ASSERT_EQ(failures.size(), 1u);
+  EXPECT_THAT(failures[0], HasSubstr("exceeds 10 records (max_read_records)"));
+  q.MarkReadFailed("again");
+  EXPECT_EQ(failures.size(), 1u) << "a queue given up is reported once";
 }
 
 TEST(VfioCdevForPciTest, ResolvesThroughSysfsAndExplainsFailure) {

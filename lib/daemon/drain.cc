@@ -12,8 +12,6 @@ namespace {
 // How long one synchronous flush may read: a device that never stops faulting cannot hold the
 // loop (its requests go on being answered by the ring once it is re-armed).
 constexpr uint64_t kFlushReadNs = 100'000'000;
-// The read buffer's limit during a flush (records).
-constexpr uint32_t kFlushMaxRecords = 65536;
 }  // namespace
 
 const char* DrainStateName(DrainState state) {
@@ -140,7 +138,7 @@ void DrainController::Tick(uint64_t now_ns) {
 }
 
 absl::Status DrainController::FlushQueue(const std::string& when) {
-  absl::Status st = device_->ReadAvailable(MonotonicNs() + kFlushReadNs, kFlushMaxRecords);
+  absl::Status st = device_->ReadAvailable(MonotonicNs() + kFlushReadNs);
   if (st.ok()) st = device_->WriteQueued();
   if (!st.ok()) return Quarantine(absl::StrCat("flush ", when, ": ", st.message()));
   return absl::OkStatus();

@@ -16,10 +16,6 @@
 
 namespace iopfd {
 namespace {
-// Consecutive failed reads of one fault fd before iopfd stops reading it.
-constexpr int kMaxReadErrors = 100;
-// Consecutive empty reads after a poll said readable before iopfd stops reading a fault fd.
-constexpr int kMaxEmptyReads = 1000;
 // Control work done between two looks at the fault queues (ProcessCompletions).
 constexpr uint64_t kClientSliceNs = 50000;
 }  // namespace
@@ -49,6 +45,12 @@ FaultLoop::~FaultLoop() {
 }
 
 void FaultLoop::Add(Device* device) {
+  // However the queue fails (the ring's read or write, or a synchronous one of a drain), the
+  // daemon hears of it once.
+  device->queue().on_failed = [this, device](const std::string& why) {
+    Log(LogLevel::kError, absl::StrCat(device->name(), ": ", why), {{"DEVICE", device->name()}});
+    if (on_device_failed) on_device_failed(*device, why);
+  };
   auto slot = std::make_unique<Slot>();
   slot->device = device;
   slot->poll = {OpKind::kPoll, slot.get()};
@@ -120,6 +122,7 @@ std::optional<uint64_t> FaultLoop::Remove(Device* device) {
   WriteAll(device);
   const DeviceStats& st = device->stats();
   removed_owed_ += st.outstanding();
+  device->queue().on_failed = nullptr;  // the loop no longer answers for it
   slots_.erase(std::find_if(slots_.begin(), slots_.end(), [device](const std::unique_ptr<Slot>& s) {
     return s->device == device;
   }));
@@ -184,50 +187,18 @@ void FaultLoop::SubmitWrites() {
 
 void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
   slot.read.in_flight = false;
-  Device* d = slot.device;
-  DeviceStats& st = d->stats();
-  if (res > 0) {
-    d->read_errors = 0;
-    d->empty_reads_in_a_row = 0;
-    ++st.reads;
-    size_t n = static_cast<size_t>(res) / sizeof(uapi::PageFault);
-    d->ProcessRead(n, now);
-  } else if (res == 0 || res == -EAGAIN) {
-    // Another reader emptied the queue between poll and read (adopt mode shares the file). A
-    // fault fd does that rarely; one that polls readable and reads nothing every time is not a
-    // fault queue (a wrong descriptor handed over, a peer gone) and would spin the loop.
-    ++st.empty_reads;
-    if (++d->empty_reads_in_a_row >= kMaxEmptyReads) {
-      std::string why = absl::StrCat(kMaxEmptyReads,
-                                     " reads in a row found nothing although the fd polled "
-                                     "readable: not a working fault queue; no longer reading");
-      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why), {{"DEVICE", d->name()}});
-      d->MarkReadFailed();
-      if (on_device_failed) on_device_failed(*d, why);
-    }
-  } else if (res == -EINVAL) {
-    // The first queued group has more records than the buffer holds (eventq.c returns EINVAL
-    // only then, when nothing was copied).
-    if (!d->GrowReadBuffer(config_.max_read_records)) {
-      std::string why = absl::StrCat("a page request group exceeds ", config_.max_read_records,
-                                     " records (max_read_records); no longer reading");
-      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why), {{"DEVICE", d->name()}});
-      d->MarkReadFailed();
-      if (on_device_failed) on_device_failed(*d, why);
-    }
-  } else if (res == -ECANCELED) {
-    return;
-  } else if (res != -EINTR) {
-    // EFAULT, ENOMEM (the cookie allocation) and the like: the group stays queued in the kernel,
-    // so retry; give up reading after a run of failures. Responses owed still go out.
-    Log(LogLevel::kError, std::string(ErrnoStatus(-res, d->name(), "read fault fd").message()),
-        {{"DEVICE", d->name()}});
-    if (++d->read_errors >= kMaxReadErrors) {
-      std::string why = absl::StrCat(kMaxReadErrors, " read errors in a row; no longer reading");
-      Log(LogLevel::kError, absl::StrCat(d->name(), ": ", why), {{"DEVICE", d->name()}});
-      d->MarkReadFailed();
-      if (on_device_failed) on_device_failed(*d, why);
-    }
+  FaultQueue& q = slot.device->queue();
+  switch (q.OnRead(res, FaultQueue::ReadMode::kPolled, now)) {
+    case FaultQueue::ReadResult::kCanceled:
+    case FaultQueue::ReadResult::kFailed:
+      return;  // not read again (a failure was reported through on_failed: see Add)
+    case FaultQueue::ReadResult::kRetry:
+      if (!q.error().ok()) Log(LogLevel::kError, std::string(q.error().message()));
+      break;
+    case FaultQueue::ReadResult::kProcessed:
+    case FaultQueue::ReadResult::kEmpty:
+    case FaultQueue::ReadResult::kGrown:
+      break;
   }
   if (!stopping_) ArmRead(slot);
 }
@@ -239,10 +210,8 @@ void FaultLoop::HandlePollFailure(Slot& slot, int res) {
   // too and no completion will come for it.
   slot.read.in_flight = false;
   if (res != -ECANCELED) {
-    std::string why(ErrnoStatus(-res, slot.device->name(), "poll fault fd").message());
-    Log(LogLevel::kError, why);
-    slot.device->MarkReadFailed();
-    if (on_device_failed) on_device_failed(*slot.device, why);
+    slot.device->queue().MarkReadFailed(
+        std::string(ErrnoStatus(-res, "", "poll fault fd").message()));
     return;
   }
   if (!stopping_) ArmRead(slot);
@@ -250,12 +219,8 @@ void FaultLoop::HandlePollFailure(Slot& slot, int res) {
 
 void FaultLoop::HandleWrite(Slot& slot, int res, uint64_t now) {
   slot.write.in_flight = false;
-  if (!slot.device->responses().CompleteWrite(res, now)) {
-    std::string why(ErrnoStatus(-res, slot.device->name(), "write fault responses").message());
-    Log(LogLevel::kError, why);
-    slot.device->MarkWriteFailed();
-    if (on_device_failed) on_device_failed(*slot.device, why);
-  }
+  // A dead fd is reported through on_failed (see Add).
+  (void)slot.device->queue().OnWrite(res, now);
 }
 
 void FaultLoop::HandleSignal(int res) {
@@ -485,18 +450,13 @@ void FaultLoop::Drain() {
 }
 
 void FaultLoop::ReadRemaining(Device* d, uint64_t deadline) {
-  absl::Status st = d->ReadAvailable(deadline, config_.max_read_records);
+  absl::Status st = d->ReadAvailable(deadline);
   if (!st.ok()) Log(LogLevel::kError, std::string(st.message()));
 }
 
 void FaultLoop::WriteAll(Device* d) {
-  const bool failed_before = d->write_failed();
-  absl::Status st = d->WriteQueued();
-  if (!st.ok() && !failed_before) {
-    std::string why(st.message());
-    Log(LogLevel::kError, why);
-    if (on_device_failed) on_device_failed(*d, why);
-  }
+  // A failure is reported through on_failed (see Add), once.
+  (void)d->WriteQueued();
 }
 
 }  // namespace iopfd

@@ -162,9 +162,8 @@ absl::Status Daemon::TakeInherited() {
   // of the inherited fds now; they are adopted again after the configured devices attached.
   std::vector<std::string> problems;
   stored_ = fd_store_.TakeStored(&inherited_, &problems);
-  // Room for the largest read a drain's flush makes, whatever max_read_records says now: a
-  // ledger outlives restarts that may raise it (the file is sparse; untouched pages cost
-  // nothing).
+  // Room for the largest read max_read_records may allow after a restart that raises it (up
+  // to 65536; a ledger outlives restarts): the file is sparse, untouched pages cost nothing.
   ledger_capacity_ = std::max<uint32_t>(global_.max_read_records, 65536);
   // And the ledgers of configured adopt-mode devices: what a crash left on their queues is
   // answered as each attaches, before its first read.
@@ -175,8 +174,9 @@ absl::Status Daemon::TakeInherited() {
 }
 
 void Daemon::CreateManager() {
-  manager_ = std::make_unique<DeviceManager>(loop_.get(), &RealSyscalls(), std::move(inherited_),
-                                             global_.read_records);
+  manager_ = std::make_unique<DeviceManager>(
+      loop_.get(), &RealSyscalls(), std::move(inherited_),
+      ReadLimits{.initial = global_.read_records, .max = global_.max_read_records});
   // Function resets run on a worker thread: the loop serves the other devices meanwhile.
   if (absl::Status st = blocking_.Init(); st.ok()) {
     loop_->AddClient(&blocking_);

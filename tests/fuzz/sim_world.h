@@ -98,7 +98,7 @@ class SimWorld {
   sim::SimKernel kernel{&function};
   SyncHost host;
   EventfdWatcher irqs;
-  DeviceManager manager{&host, &kernel, ListenFds(), 64};
+  DeviceManager manager{&host, &kernel, ListenFds(), ReadLimits{64}};
   EventBus events;
   DaemonState state;
   VarlinkService service{"iopfd", "iopfd", "fuzz", "man:iopfd(8)"};

@@ -137,7 +137,7 @@ class DrainControlTest : public ::testing::Test {
   SimKernel kernel_{&function_};
   TestHost host_;
   EventfdWatcher irqs_;
-  DeviceManager manager_{&host_, &kernel_, ListenFds(), 64};
+  DeviceManager manager_{&host_, &kernel_, ListenFds(), ReadLimits{64}};
   EventBus events_;
   DaemonState state_;
   VarlinkService service_{"iopfd", "iopfd", "test", "man:iopfd(8)"};
@@ -733,7 +733,7 @@ TEST_F(DrainControlTest, ARemovedDeviceIsDetachedAndItsHeldAnswersDropped) {
   Start({});
   Fault(std::nullopt, 0);
   Fault(kPasid, 1);
-  ASSERT_TRUE(manager_.Find("sim0")->ReadAvailable(~0ull, 64).ok());  // answers held
+  ASSERT_TRUE(manager_.Find("sim0")->ReadAvailable(~0ull).ok());  // answers held
   std::string log;
   SetLogSink([&log](LogLevel, const std::string& line) { log += line + "\n"; });
   EXPECT_EQ(manager_.OnUevent(KernelEvent("remove")), "sim0");
@@ -783,8 +783,8 @@ TEST_F(DrainControlTest, ARequestInterruptParksAndReleasesTheDevice) {
   Start({});
   Fault(std::nullopt, 0);
   Fault(kPasid, 1);
-  ASSERT_TRUE(manager_.Find("sim0")->ReadAvailable(~0ull, 64).ok());  // answers held
-  Fault(kPasid, 2);                                                   // queued
+  ASSERT_TRUE(manager_.Find("sim0")->ReadAvailable(~0ull).ok());  // answers held
+  Fault(kPasid, 2);                                               // queued
   std::string log;
   SetLogSink([&log](LogLevel, const std::string& line) { log += line + "\n"; });
   EXPECT_TRUE(manager_.OnVfioIrq("sim0", uapi::kVfioPciReqIrqIndex));

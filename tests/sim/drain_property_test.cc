@@ -52,8 +52,8 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
   PriDevice function({.allocation = 16, .prg_indices = 8});
   SimKernel kernel(&function, policy);
   ListenFds none;
-  auto attached =
-      Device::Attach(SimVfioDevice("prop0", {std::nullopt, kPasid}, 256 * 4096), &none, &kernel, 4);
+  auto attached = Device::Attach(SimVfioDevice("prop0", {std::nullopt, kPasid}, 256 * 4096), &none,
+                                 &kernel, ReadLimits{4, 64});
   if (!attached.ok()) return "attach: " + std::string(attached.status().message());
   Device& device = **attached;
   NoRing io;
@@ -104,7 +104,7 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
         break;
       }
       case 4:  // the loop reads and resolves, answers held for a later write
-        (void)device.ReadAvailable(~0ull, 64);
+        (void)device.ReadAvailable(~0ull);
         log << "read ";
         break;
       case 5:
@@ -175,7 +175,7 @@ std::string RunOne(uint64_t seed, HaltMethod method, SimKernel::PriPolicy policy
     }
   }
   for (int i = 0; i < 3; ++i) {
-    (void)device.ReadAvailable(~0ull, 64);
+    (void)device.ReadAvailable(~0ull);
     (void)device.WriteQueued();
   }
   std::ostringstream failure;

@@ -36,8 +36,8 @@ class DrainTest : public ::testing::Test {
  protected:
   void Build(DrainOptions options) {
     ListenFds none;
-    auto d =
-        Device::Attach(SimVfioDevice("sim0", {std::nullopt, kPasid}, 1 << 20), &none, &kernel_, 64);
+    auto d = Device::Attach(SimVfioDevice("sim0", {std::nullopt, kPasid}, 1 << 20), &none, &kernel_,
+                            ReadLimits{64});
     ASSERT_TRUE(d.ok()) << d.status();
     device_ = *std::move(d);
     drain_.emplace(device_.get(), &io_, options);
@@ -51,7 +51,7 @@ class DrainTest : public ::testing::Test {
     return g[0];
   }
   // One turn of the loop, through the seam: read what is queued, resolve, but keep the answers.
-  void ReadOnly() { ASSERT_TRUE(device_->ReadAvailable(~0ull, 1024).ok()); }
+  void ReadOnly() { ASSERT_TRUE(device_->ReadAvailable(~0ull).ok()); }
   void Turn() {
     ReadOnly();
     ASSERT_TRUE(device_->WriteQueued().ok());

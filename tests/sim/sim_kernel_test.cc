@@ -26,7 +26,8 @@ class SimKernelTest : public ::testing::Test {
   explicit SimKernelTest(SimKernel::PriPolicy policy = SimKernel::PriPolicy::kIntel)
       : kernel_(&function_, policy) {
     ListenFds none;
-    auto d = Device::Attach(SimVfioDevice("sim0", {std::nullopt}, 1 << 20), &none, &kernel_, 64);
+    auto d = Device::Attach(SimVfioDevice("sim0", {std::nullopt}, 1 << 20), &none, &kernel_,
+                            ReadLimits{64});
     EXPECT_TRUE(d.ok()) << d.status();
     if (d.ok()) device_ = *std::move(d);
   }

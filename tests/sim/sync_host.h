@@ -20,7 +20,7 @@ class SyncHost : public DeviceHost {
  public:
   void AddDevice(Device* d) override { served.push_back(d); }
   std::optional<uint64_t> RemoveDevice(Device* d) override {
-    (void)d->ReadAvailable(~0ull, 1024);
+    (void)d->ReadAvailable(~0ull);
     (void)d->WriteQueued();
     std::erase(served, d);
     return d->stats().outstanding();
@@ -49,7 +49,7 @@ class SyncHost : public DeviceHost {
   absl::Status TurnStatus() {
     absl::Status first;
     for (Device* d : std::vector<Device*>(served)) {
-      if (absl::Status st = d->ReadAvailable(~0ull, 1024); !st.ok() && first.ok()) first = st;
+      if (absl::Status st = d->ReadAvailable(~0ull); !st.ok() && first.ok()) first = st;
       if (absl::Status st = d->WriteQueued(); !st.ok() && first.ok()) first = st;
     }
     return first;
