@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "iopfd/fault_loop.h"
 #include "iopfd/fd.h"
+#include "iopfd/ring.h"
 
 namespace iopfd {
 
@@ -49,15 +49,15 @@ class BlockingWorker : public RingClient {
   size_t pending() const { return pending_; }
 
   // RingClient.
-  void Start(FaultLoop& loop) override;
-  void OnCompletion(FaultLoop& loop, RingOp& op, int res) override;
-  void Flush(FaultLoop& /*loop*/) override {}
+  void Start(Ring& loop) override;
+  void OnCompletion(Ring& loop, RingOp& op, int res) override;
+  void Flush(Ring& /*loop*/) override {}
   // Waits for the running job (the thread is joined); cancels the eventfd's read.
-  void Stop(FaultLoop& loop) override;
+  void Stop(Ring& loop) override;
   bool Busy() const override { return read_op_.in_flight || cancel_op_.in_flight; }
 
  private:
-  void Arm(FaultLoop& loop);
+  void Arm(Ring& loop);
   void ThreadMain();
   // Calls `done` of every job that has finished (of `key` only, when given).
   void Collect(const void* key = nullptr);

@@ -269,7 +269,7 @@ absl::StatusOr<uint64_t> ParseSize(std::string_view text);
 absl::StatusOr<uint32_t> ParseAccess(std::string_view text);
 
 // Returns "error", "warning", "info" or "debug".
-std::string_view LogLevelName(LogLevel level);
+constexpr std::string_view LogLevelName(LogLevel level) { return NameOf(kLogLevelNames, level); }
 
 }  // namespace iopfd
 

@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "iopfd/fault_loop.h"
 #include "iopfd/fd.h"
+#include "iopfd/ring.h"
 #include "iopfd/varlink.h"
 
 namespace iopfd {
@@ -55,10 +55,10 @@ class ControlServer : public RingClient {
   ControlServer(UniqueFd listener, VarlinkService* service, ControlServerOptions options);
   ~ControlServer() override;
 
-  void Start(FaultLoop& loop) override;
-  void OnCompletion(FaultLoop& loop, RingOp& op, int res) override;
-  void Flush(FaultLoop& loop) override;
-  void Stop(FaultLoop& loop) override;
+  void Start(Ring& loop) override;
+  void OnCompletion(Ring& loop, RingOp& op, int res) override;
+  void Flush(Ring& loop) override;
+  void Stop(Ring& loop) override;
   bool Busy() const override;
 
   // Returns the number of open connections.
@@ -66,7 +66,7 @@ class ControlServer : public RingClient {
   // Returns when the next connection times out (message or idle timeout), or nullopt.
   std::optional<uint64_t> NextDeadline() const;
   // Closes the connections whose time ran out by now_ns, saying why in the log.
-  void Tick(FaultLoop& loop, uint64_t now_ns);
+  void Tick(Ring& loop, uint64_t now_ns);
   // Connections closed for a timeout so far.
   uint64_t timed_out() const { return timed_out_; }
 
@@ -102,20 +102,20 @@ class ControlServer : public RingClient {
   using ConnList = std::list<std::unique_ptr<Conn>>;
 
   // Arms every accept of accept_ops_ that is not in flight.
-  void ArmAccept(FaultLoop& loop);
-  void ArmRecv(FaultLoop& loop, Conn& c);
-  void OnAccept(FaultLoop& loop, int res);
-  void OnRecv(FaultLoop& loop, Conn& c, int res);
-  void OnSend(FaultLoop& loop, Conn& c, int res);
+  void ArmAccept(Ring& loop);
+  void ArmRecv(Ring& loop, Conn& c);
+  void OnAccept(Ring& loop, int res);
+  void OnRecv(Ring& loop, Conn& c, int res);
+  void OnSend(Ring& loop, Conn& c, int res);
   // Hands every message a read completed to the service, in order, with the descriptors that
   // came with each (those of this read, `arrived`, go to the message they belong to; what is
   // left belongs to the unfinished one), appending the replies to c's output.
-  void HandleMessages(FaultLoop& loop, Conn& c, std::vector<UniqueFd>* arrived);
+  void HandleMessages(Ring& loop, Conn& c, std::vector<UniqueFd>* arrived);
   // Starts or stops c's timeout clocks after a read: an unfinished message's, and the idle one
   // when the read completed calls.
   void NoteReceived(Conn& c, bool completed_messages);
   // Marks c dead, cancels what it has in flight, and frees it once nothing is.
-  void Kill(FaultLoop& loop, Conn& c);
+  void Kill(Ring& loop, Conn& c);
   void Reap(Conn& c);
   // When c times out, and why (nullopt: it does not).
   std::optional<std::pair<uint64_t, const char*>> DeadlineOf(const Conn& c) const;

@@ -18,6 +18,7 @@
 #include "iopfd/eventfd_watcher.h"
 #include "iopfd/fault_loop.h"
 #include "iopfd/fd_store.h"
+#include "iopfd/ring.h"
 #include "iopfd/service_notify.h"
 #include "iopfd/uevent.h"
 #include "iopfd/varlink.h"
@@ -47,7 +48,8 @@ class StatusLine {
 
 // Owns every part of a running iopfd. Members are declared in start-up order, so they are torn
 // down in the reverse: the control socket and uevents before the state they read, the device
-// manager (which answers what is outstanding) before the loop whose ring it uses.
+// manager (which answers what is outstanding) before the fault loop, the fault loop before the
+// ring.
 class Daemon {
  public:
   // Starts everything but the loop: signals blocked (they are read on the ring), inherited
@@ -89,6 +91,7 @@ class Daemon {
   DaemonOptions options_;
   GlobalConfig global_;  // the settings in force: Reload updates those that apply at run time
   std::vector<DeviceConfig> initial_devices_;
+  std::unique_ptr<Ring> ring_;
   std::unique_ptr<FaultLoop> loop_;
   ListenFds inherited_;
   absl::StatusOr<UniqueFd> listener_ = absl::NotFoundError("not taken yet");

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "iopfd/fault_loop.h"
 #include "iopfd/fd.h"
+#include "iopfd/ring.h"
 
 namespace iopfd {
 
@@ -32,10 +32,10 @@ class EventfdWatcher : public RingClient {
   size_t watched() const;
 
   // RingClient.
-  void Start(FaultLoop& loop) override;
-  void OnCompletion(FaultLoop& loop, RingOp& op, int res) override;
-  void Flush(FaultLoop& /*loop*/) override {}
-  void Stop(FaultLoop& loop) override;
+  void Start(Ring& loop) override;
+  void OnCompletion(Ring& loop, RingOp& op, int res) override;
+  void Flush(Ring& /*loop*/) override {}
+  void Stop(Ring& loop) override;
   bool Busy() const override;
 
  private:
@@ -52,7 +52,7 @@ class EventfdWatcher : public RingClient {
   void Cancel(Entry& e);
   void Reap();
 
-  FaultLoop* loop_ = nullptr;
+  Ring* loop_ = nullptr;
   bool stopping_ = false;
   Entry* dispatching_ = nullptr;  // whose callback runs: never freed under it
   std::vector<std::unique_ptr<Entry>> entries_;

@@ -14,7 +14,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "iopfd/fault_loop.h"
+#include "iopfd/ring.h"
 
 struct nl_sock;
 
@@ -80,15 +80,15 @@ class UeventListener : public RingClient {
   void Deliver(std::span<const char> message, uint32_t sender_port, bool truncated);
 
   // RingClient.
-  void Start(FaultLoop& loop) override;
-  void OnCompletion(FaultLoop& loop, RingOp& op, int res) override;
-  void Flush(FaultLoop& /*loop*/) override {}
-  void Stop(FaultLoop& loop) override;
+  void Start(Ring& loop) override;
+  void OnCompletion(Ring& loop, RingOp& op, int res) override;
+  void Flush(Ring& /*loop*/) override {}
+  void Stop(Ring& loop) override;
   bool Busy() const override { return op_.in_flight || cancel_.in_flight; }
 
  private:
   explicit UeventListener(nl_sock* sock);
-  void Arm(FaultLoop& loop);
+  void Arm(Ring& loop);
 
   nl_sock* sock_;
   int fd_;

@@ -1083,7 +1083,6 @@ std::string ConfigError::ToString() const {
   return Cat(where.file, ":", where.line, ":", where.column, ": ", message);
 }
 
-std::string_view LogLevelName(LogLevel level) { return NameOf(kLogLevelNames, level); }
 
 absl::StatusOr<uint64_t> ParseSize(std::string_view text) {
   const auto invalid = [&](std::string_view why) {

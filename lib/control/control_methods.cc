@@ -3,8 +3,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "iopfd/clock.h"
 #include "iopfd/drain.h"
-#include "iopfd/fault_loop.h"
 #include "iopfd/log.h"
 #include "iopfd/stat_table.h"
 

@@ -129,9 +129,9 @@ ControlServer::ControlServer(UniqueFd listener, VarlinkService* service,
 
 ControlServer::~ControlServer() = default;
 
-void ControlServer::Start(FaultLoop& loop) { ArmAccept(loop); }
+void ControlServer::Start(Ring& loop) { ArmAccept(loop); }
 
-void ControlServer::ArmAccept(FaultLoop& loop) {
+void ControlServer::ArmAccept(Ring& loop) {
   if (stopping_ || accept_cancel_op_.in_flight) return;
   // Several one-shot accepts rather than one re-armed per completion: that took one connection
   // per loop turn, and a turn carrying many busy clients' calls is long, so clients queued in
@@ -145,7 +145,7 @@ void ControlServer::ArmAccept(FaultLoop& loop) {
   }
 }
 
-void ControlServer::ArmRecv(FaultLoop& loop, Conn& c) {
+void ControlServer::ArmRecv(Ring& loop, Conn& c) {
   if (c.recv_op.in_flight || c.closing || c.dead || stopping_) return;
   io_uring_sqe* sqe = loop.GetSqe();
   // recvmsg rather than recv: a client may pass descriptors with a call (Adopt).
@@ -159,7 +159,7 @@ void ControlServer::ArmRecv(FaultLoop& loop, Conn& c) {
   loop.Bind(sqe, &c.recv_op);
 }
 
-void ControlServer::OnAccept(FaultLoop& loop, int res) {
+void ControlServer::OnAccept(Ring& loop, int res) {
   if (res < 0) {
     if (res != -ECANCELED) {
       Log(LogLevel::kWarning, std::string(ErrnoStatus(-res, "control socket", "accept").message()));
@@ -198,7 +198,7 @@ void ControlServer::OnAccept(FaultLoop& loop, int res) {
   ArmAccept(loop);
 }
 
-void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
+void ControlServer::OnRecv(Ring& loop, Conn& c, int res) {
   if (c.dead) {
     // The connection died while this read was completing: descriptors it carried were
     // installed in our table all the same, and are closed here.
@@ -249,7 +249,7 @@ void ControlServer::OnRecv(FaultLoop& loop, Conn& c, int res) {
   ArmRecv(loop, c);
 }
 
-void ControlServer::HandleMessages(FaultLoop& loop, Conn& c, std::vector<UniqueFd>* arrived) {
+void ControlServer::HandleMessages(Ring& loop, Conn& c, std::vector<UniqueFd>* arrived) {
   std::vector<std::string> messages;
   while (auto msg = c.in.Next()) messages.push_back(*std::move(msg));
   NoteReceived(c, !messages.empty());
@@ -273,7 +273,7 @@ void ControlServer::HandleMessages(FaultLoop& loop, Conn& c, std::vector<UniqueF
     }
     // One read can carry hundreds of calls: page requests that arrived meanwhile are answered
     // between them, not after all of them.
-    loop.YieldToFaults();
+    loop.Yield();
   }
 }
 
@@ -288,7 +288,7 @@ void ControlServer::NoteReceived(Conn& c, bool completed_messages) {
   }
 }
 
-void ControlServer::OnSend(FaultLoop& loop, Conn& c, int res) {
+void ControlServer::OnSend(Ring& loop, Conn& c, int res) {
   if (c.dead) return Reap(c);
   if (res < 0) return Kill(loop, c);  // EPIPE, ECONNRESET: the client left
   c.out_sent += static_cast<size_t>(res);
@@ -306,7 +306,7 @@ void ControlServer::OnSend(FaultLoop& loop, Conn& c, int res) {
   }
 }
 
-void ControlServer::Flush(FaultLoop& loop) {
+void ControlServer::Flush(Ring& loop) {
   std::vector<Conn*> overflowing;
   for (auto& c : conns_) {
     // Streamed events can pile up for a subscriber that stopped reading, too.
@@ -333,7 +333,7 @@ void ControlServer::Flush(FaultLoop& loop) {
   }
 }
 
-void ControlServer::OnCompletion(FaultLoop& loop, RingOp& op, int res) {
+void ControlServer::OnCompletion(Ring& loop, RingOp& op, int res) {
   switch (op.kind) {
     case kAccept:
       OnAccept(loop, res);
@@ -352,7 +352,7 @@ void ControlServer::OnCompletion(FaultLoop& loop, RingOp& op, int res) {
   }
 }
 
-void ControlServer::Kill(FaultLoop& loop, Conn& c) {
+void ControlServer::Kill(Ring& loop, Conn& c) {
   if (!c.dead) {
     c.dead = true;
     c.channel->Detach();
@@ -374,7 +374,7 @@ void ControlServer::Reap(Conn& c) {
   conns_.remove_if([&c](const std::unique_ptr<Conn>& p) { return p.get() == &c; });
 }
 
-void ControlServer::Stop(FaultLoop& loop) {
+void ControlServer::Stop(Ring& loop) {
   stopping_ = true;
   if (std::any_of(accept_ops_.begin(), accept_ops_.end(),
                   [](const RingOp& op) { return op.in_flight; })) {
@@ -428,7 +428,7 @@ std::optional<uint64_t> ControlServer::NextDeadline() const {
   return next;
 }
 
-void ControlServer::Tick(FaultLoop& loop, uint64_t now_ns) {
+void ControlServer::Tick(Ring& loop, uint64_t now_ns) {
   std::vector<std::pair<Conn*, const char*>> expired;
   for (auto& c : conns_) {
     if (auto d = DeadlineOf(*c); d.has_value() && d->first <= now_ns) {

@@ -105,18 +105,18 @@ void BlockingWorker::Join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void BlockingWorker::Start(FaultLoop& loop) {
+void BlockingWorker::Start(Ring& loop) {
   if (efd_.valid()) Arm(loop);
 }
 
-void BlockingWorker::Arm(FaultLoop& loop) {
+void BlockingWorker::Arm(Ring& loop) {
   if (stopping_ || read_op_.in_flight) return;
   io_uring_sqe* sqe = loop.GetSqe();
   io_uring_prep_read(sqe, efd_.get(), &value_, sizeof(value_), 0);
   loop.Bind(sqe, &read_op_);
 }
 
-void BlockingWorker::OnCompletion(FaultLoop& loop, RingOp& op, int res) {
+void BlockingWorker::OnCompletion(Ring& loop, RingOp& op, int res) {
   if (&op == &cancel_op_) return;
   if (res < 0 && res != -EAGAIN && res != -EINTR) {
     if (res != -ECANCELED) {
@@ -141,7 +141,7 @@ void BlockingWorker::OnCompletion(FaultLoop& loop, RingOp& op, int res) {
   Arm(loop);
 }
 
-void BlockingWorker::Stop(FaultLoop& loop) {
+void BlockingWorker::Stop(Ring& loop) {
   stopping_ = true;
   Join();
   if (read_op_.in_flight && !cancel_op_.in_flight) {

@@ -63,12 +63,12 @@ size_t EventfdWatcher::watched() const {
       std::count_if(entries_.begin(), entries_.end(), [](const auto& e) { return !e->closing; }));
 }
 
-void EventfdWatcher::Start(FaultLoop& loop) {
+void EventfdWatcher::Start(Ring& loop) {
   loop_ = &loop;
   for (auto& e : entries_) Arm(*e);
 }
 
-void EventfdWatcher::OnCompletion(FaultLoop& /*loop*/, RingOp& op, int res) {
+void EventfdWatcher::OnCompletion(Ring& /*loop*/, RingOp& op, int res) {
   auto* e = static_cast<Entry*>(op.owner);
   if (&op == &e->read && !e->closing) {
     if (res == static_cast<int>(sizeof(e->value))) {
@@ -87,7 +87,7 @@ void EventfdWatcher::OnCompletion(FaultLoop& /*loop*/, RingOp& op, int res) {
   Reap();
 }
 
-void EventfdWatcher::Stop(FaultLoop& /*loop*/) {
+void EventfdWatcher::Stop(Ring& /*loop*/) {
   stopping_ = true;
   for (auto& e : entries_) Cancel(*e);
 }

@@ -1,48 +1,21 @@
 #include "iopfd/fault_loop.h"
 
 #include <poll.h>
-#include <sys/signalfd.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <csignal>
 
 #include "absl/strings/str_cat.h"
 #include "iopfd/blocking_worker.h"
+#include "iopfd/clock.h"
 #include "iopfd/errors.h"
 #include "iopfd/log.h"
 
 namespace iopfd {
-namespace {
-// Control work done between two looks at the fault queues (ProcessCompletions).
-constexpr uint64_t kClientSliceNs = 50000;
-}  // namespace
 
-absl::StatusOr<std::unique_ptr<FaultLoop>> FaultLoop::Create(const GlobalConfig& config) {
-  std::unique_ptr<FaultLoop> loop(new FaultLoop(config));
-  // One thread owns the ring: SINGLE_ISSUER and COOP_TASKRUN spare the kernel the cross-thread
-  // wakeups (Linux >= 6.0). Older kernels refuse the flags with EINVAL; retry without them.
-  io_uring_params params{};
-  params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
-  int rc = io_uring_queue_init_params(config.ring_entries, &loop->ring_, &params);
-  if (rc == -EINVAL) rc = io_uring_queue_init(config.ring_entries, &loop->ring_, 0);
-  if (rc < 0) return ErrnoStatus(-rc, "", "io_uring_queue_init");
-  loop->ring_ready_ = true;
+FaultLoop::FaultLoop(Ring* ring) : ring_(ring) { ring_->SetPriorityClient(this); }
 
-  sigset_t set;
-  sigemptyset(&set);
-  for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGHUP}) sigaddset(&set, sig);
-  int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-  if (fd < 0) return ErrnoStatus(errno, "", "signalfd");
-  loop->signal_fd_.Reset(fd);
-  return loop;
-}
-
-FaultLoop::~FaultLoop() {
-  if (ring_ready_) io_uring_queue_exit(&ring_);
-}
+FaultLoop::~FaultLoop() = default;
 
 void FaultLoop::Add(Device* device) {
   // However the queue fails (the ring's read or write, or a synchronous one of a drain), the
@@ -53,12 +26,12 @@ void FaultLoop::Add(Device* device) {
   };
   auto slot = std::make_unique<Slot>();
   slot->device = device;
-  slot->poll = {OpKind::kPoll, slot.get()};
-  slot->read = {OpKind::kRead, slot.get()};
-  slot->write = {OpKind::kWrite, slot.get()};
+  slot->poll = {this, kPoll, slot.get(), false};
+  slot->read = {this, kRead, slot.get(), false};
+  slot->write = {this, kWrite, slot.get(), false};
   Slot& ref = *slot;
   slots_.push_back(std::move(slot));
-  if (running_ && !stopping_) ArmRead(ref);
+  if (ring_->running() && !ring_->stopping()) ArmRead(ref);
 }
 
 FaultLoop::Slot* FaultLoop::SlotOf(const Device* device) {
@@ -68,30 +41,23 @@ FaultLoop::Slot* FaultLoop::SlotOf(const Device* device) {
   return nullptr;
 }
 
+void FaultLoop::CancelRead(Slot& slot) {
+  if (!slot.read.in_flight) return;
+  // Cancelling the poll fails the linked read (no completion of its own); a read already past
+  // its poll completes normally and its records are processed like any others.
+  io_uring_sqe* sqe = ring_->GetSqe();
+  io_uring_prep_cancel(sqe, &slot.poll, 0);
+  ring_->BindIgnored(sqe);
+}
+
 bool FaultLoop::QuiesceSlot(Slot& slot) {
   slot.quiesced = true;
-  if (slot.read.in_flight) {
-    // Cancelling the poll fails the linked read (no completion of its own); a read already past
-    // its poll completes normally and its records are processed like any others.
-    io_uring_sqe* sqe = GetSqe();
-    io_uring_prep_cancel(sqe, &slot.poll, 0);
-    io_uring_sqe_set_data(sqe, &cancel_op_);
-  }
+  CancelRead(slot);
   // Wait for this device's operations only. Other devices' completions are handled and their
-  // responses written as usual; clients' are deferred (DrainCq) and served at the next turn,
-  // so no client handler runs inside the one that called us.
-  while (slot.read.in_flight || slot.write.in_flight) {
-    SubmitWrites();
-    int rc = io_uring_submit_and_wait(&ring_, 1);
-    if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
-      Log(LogLevel::kError,
-          std::string(ErrnoStatus(-rc, slot.device->name(), "io_uring_submit_and_wait (quiesce)")
-                          .message()));
-      break;
-    }
-    DrainCq();
-  }
-  return !slot.read.in_flight && !slot.write.in_flight;
+  // responses written as usual; clients' are deferred and served at the next turn, so no client
+  // handler runs inside the one that called us.
+  return ring_->WaitUntil([&slot] { return !slot.read.in_flight && !slot.write.in_flight; },
+                          slot.device->name().c_str());
 }
 
 bool FaultLoop::Quiesce(Device* device) {
@@ -103,7 +69,7 @@ void FaultLoop::Rearm(Device* device) {
   Slot* slot = SlotOf(device);
   if (slot == nullptr) return;
   slot->quiesced = false;
-  if (running_ && !stopping_) ArmRead(*slot);
+  if (ring_->running() && !ring_->stopping()) ArmRead(*slot);
 }
 
 std::optional<uint64_t> FaultLoop::Remove(Device* device) {
@@ -129,16 +95,6 @@ std::optional<uint64_t> FaultLoop::Remove(Device* device) {
   return st.outstanding() + st.responses_abandoned;
 }
 
-io_uring_sqe* FaultLoop::GetSqe() {
-  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  if (sqe == nullptr) {
-    // The submission queue is full: hand it to the kernel and take a fresh entry.
-    io_uring_submit(&ring_);
-    sqe = io_uring_get_sqe(&ring_);
-  }
-  return sqe;
-}
-
 void FaultLoop::ArmRead(Slot& slot) {
   Device* d = slot.device;
   if (d->read_failed() || slot.read.in_flight || slot.quiesced) return;
@@ -148,24 +104,15 @@ void FaultLoop::ArmRead(Slot& slot) {
   // instead of waiting (io_rw_init_file). So readiness is made explicit: a one-shot POLL_ADD
   // linked to the READ. The read is issued only once groups are queued and then runs inline;
   // the poll's own completion is skipped on success.
-  if (io_uring_sq_space_left(&ring_) < 2) io_uring_submit(&ring_);
-  io_uring_sqe* poll = GetSqe();
+  io_uring_sqe* poll = ring_->GetSqes(2);
   io_uring_prep_poll_add(poll, d->fault_fd(), POLLIN);
   io_uring_sqe_set_data(poll, &slot.poll);
   poll->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
-  io_uring_sqe* sqe = GetSqe();
+  io_uring_sqe* sqe = ring_->GetSqe();
   auto buf = d->BeginRead();
   // Offset 0: the fault fd's read insists on *ppos == 0 and never advances it.
   io_uring_prep_read(sqe, d->fault_fd(), buf.data(), static_cast<unsigned>(buf.size_bytes()), 0);
-  io_uring_sqe_set_data(sqe, &slot.read);
-  slot.read.in_flight = true;
-}
-
-void FaultLoop::ArmSignal() {
-  io_uring_sqe* sqe = GetSqe();
-  io_uring_prep_read(sqe, signal_fd_.get(), siginfo_, sizeof(signalfd_siginfo), 0);
-  io_uring_sqe_set_data(sqe, &signal_op_);
-  signal_op_.in_flight = true;
+  ring_->Bind(sqe, &slot.read);
 }
 
 void FaultLoop::SubmitWrites() {
@@ -177,16 +124,35 @@ void FaultLoop::SubmitWrites() {
       continue;
     }
     auto span = q.BeginWrite();
-    io_uring_sqe* sqe = GetSqe();
+    io_uring_sqe* sqe = ring_->GetSqe();
     io_uring_prep_write(sqe, slot->device->fault_fd(), span.data(),
                         static_cast<unsigned>(span.size_bytes()), 0);
-    io_uring_sqe_set_data(sqe, &slot->write);
-    slot->write.in_flight = true;
+    ring_->Bind(sqe, &slot->write);
+  }
+}
+
+void FaultLoop::OnCompletion(Ring& /*ring*/, RingOp& op, int res) {
+  Slot& slot = *static_cast<Slot*>(op.owner);
+  if (GetLogLevel() >= LogLevel::kDebug) {
+    Log(LogLevel::kDebug,
+        absl::StrCat("cqe kind=", op.kind, " res=", res, " dev=", slot.device->name()));
+  }
+  switch (op.kind) {
+    case kRead:
+      HandleRead(slot, res, MonotonicNs());
+      break;
+    case kWrite:
+      HandleWrite(slot, res, MonotonicNs());
+      break;
+    case kPoll:
+      HandlePollFailure(slot, res);
+      break;
+    default:
+      break;
   }
 }
 
 void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
-  slot.read.in_flight = false;
   FaultQueue& q = slot.device->queue();
   switch (q.OnRead(res, FaultQueue::ReadMode::kPolled, now)) {
     case FaultQueue::ReadResult::kCanceled:
@@ -200,7 +166,7 @@ void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
     case FaultQueue::ReadResult::kGrown:
       break;
   }
-  if (!stopping_) ArmRead(slot);
+  if (!ring_->stopping()) ArmRead(slot);
 }
 
 void FaultLoop::HandlePollFailure(Slot& slot, int res) {
@@ -214,39 +180,12 @@ void FaultLoop::HandlePollFailure(Slot& slot, int res) {
         std::string(ErrnoStatus(-res, "", "poll fault fd").message()));
     return;
   }
-  if (!stopping_) ArmRead(slot);
+  if (!ring_->stopping()) ArmRead(slot);
 }
 
 void FaultLoop::HandleWrite(Slot& slot, int res, uint64_t now) {
-  slot.write.in_flight = false;
   // A dead fd is reported through on_failed (see Add).
   (void)slot.device->queue().OnWrite(res, now);
-}
-
-void FaultLoop::HandleSignal(int res) {
-  signal_op_.in_flight = false;
-  if (res == static_cast<int>(sizeof(signalfd_siginfo))) {
-    const auto* info = reinterpret_cast<const signalfd_siginfo*>(siginfo_);
-    switch (info->ssi_signo) {
-      case SIGTERM:
-      case SIGINT:
-        Log(LogLevel::kInfo, absl::StrCat("signal ", info->ssi_signo, ": stopping"));
-        stopping_ = true;
-        if (on_stopping) on_stopping();
-        break;
-      case SIGUSR1:
-        if (on_stats) on_stats();
-        break;
-      case SIGHUP:
-        // Not here: a reload adds and removes devices, which must not happen while this
-        // batch of completions is being walked.
-        reload_requested_ = true;
-        break;
-      default:
-        break;
-    }
-  }
-  if (!stopping_) ArmSignal();
 }
 
 void FaultLoop::RunBlocking(const Device& device, std::function<absl::Status()> job,
@@ -262,142 +201,32 @@ void FaultLoop::FinishBlocking(const Device& device) {
   if (blocking_ != nullptr) blocking_->Finish(&device);
 }
 
-int FaultLoop::DrainCq() {
-  io_uring_cqe* cqe;
-  unsigned head;
-  int seen = 0;
-  const uint64_t now = MonotonicNs();
-  io_uring_for_each_cqe(&ring_, head, cqe) {
-    ++seen;
-    auto* ring_op = static_cast<RingOp*>(io_uring_cqe_get_data(cqe));
-    if (ring_op == nullptr) continue;
-    if (ring_op->client != nullptr) {
-      // Deferred: control work runs after this turn's fault responses are on their way. The op
-      // stays "in flight" until it is delivered, so that a client freeing its owner on an
-      // earlier completion of this batch cannot free one that still has a completion to come.
-      deferred_.push_back({ring_op, cqe->res, (cqe->flags & IORING_CQE_F_MORE) != 0});
-      continue;
-    }
-    auto* op = static_cast<Op*>(ring_op);
-    if (GetLogLevel() >= LogLevel::kDebug) {
-      Log(LogLevel::kDebug,
-          absl::StrCat("cqe kind=", static_cast<int>(op->op_kind), " res=", cqe->res,
-                       op->slot ? " dev=" + op->slot->device->name() : ""));
-    }
-    switch (op->op_kind) {
-      case OpKind::kRead:
-        HandleRead(*op->slot, cqe->res, now);
-        break;
-      case OpKind::kWrite:
-        HandleWrite(*op->slot, cqe->res, now);
-        break;
-      case OpKind::kSignal:
-        HandleSignal(cqe->res);
-        break;
-      case OpKind::kPoll:
-        HandlePollFailure(*op->slot, cqe->res);
-        break;
-      case OpKind::kCancel:
-        break;
-    }
-  }
-  io_uring_cq_advance(&ring_, seen);
-  return seen;
+void FaultLoop::Start(Ring& /*ring*/) {
+  for (auto& slot : slots_) ArmRead(*slot);
 }
 
-int FaultLoop::ServeFaultsNow() {
-  // Entering the kernel runs the task work that completes polls and reads (COOP_TASKRUN defers
-  // it to our next kernel entry); the reads' records are then processed, and the responses
-  // written (inline) and reaped. Client completions that come in are deferred as usual.
-  io_uring_submit_and_get_events(&ring_);
-  int seen = DrainCq();
-  SubmitWrites();
-  io_uring_submit(&ring_);
-  return seen + DrainCq();
+void FaultLoop::Stop(Ring& /*ring*/) {
+  // The armed reads are cancelled; a read that raced the cancel and returned records is
+  // processed like any other before the ring's stop is over.
+  for (auto& slot : slots_) CancelRead(*slot);
 }
 
-int FaultLoop::ProcessCompletions() {
-  int seen = DrainCq();
-  if (!deferred_.empty()) {
-    // Fault responses first: queue this turn's writes and hand them to the kernel (they run
-    // inline), collect their completions, and only then serve the clients. A burst of control
-    // calls thus never sits between a page request and its answer, nor in its measured latency.
-    SubmitWrites();
-    io_uring_submit(&ring_);
-    seen += DrainCq();
-    std::vector<Deferred> batch;
-    batch.swap(deferred_);
-    slice_start_ = MonotonicNs();
-    served_in_slices_ = 0;
-    for (const Deferred& d : batch) {
-      d.op->in_flight = d.more;
-      d.op->client->OnCompletion(*this, *d.op, d.res);
-      // A turn can carry hundreds of control calls (each a JSON reply to build). Every slice of
-      // that work, page requests that arrived meanwhile are read and answered first, so control
-      // load adds at most about one slice to a fault's latency.
-      YieldToFaults();
-    }
-    slice_start_ = 0;
-    seen += served_in_slices_;
-  }
-  return seen;
-}
-
-void FaultLoop::YieldToFaults() {
-  if (slice_start_ == 0 || MonotonicNs() - slice_start_ < kClientSliceNs) return;
-  served_in_slices_ += ServeFaultsNow();
-  slice_start_ = MonotonicNs();
+bool FaultLoop::Busy() const {
+  return std::any_of(slots_.begin(), slots_.end(), [](const std::unique_ptr<Slot>& s) {
+    return s->read.in_flight || s->write.in_flight;
+  });
 }
 
 int FaultLoop::Run() {
-  for (auto& slot : slots_) ArmRead(*slot);
-  ArmSignal();
-  for (RingClient* c : clients_) c->Start(*this);
-  running_ = true;
-  while (!stopping_) {
-    if (reload_requested_) {
-      reload_requested_ = false;
-      if (on_reload) {
-        on_reload();
-      } else {
-        Log(LogLevel::kWarning, "SIGHUP: nothing to reload");
-      }
-    }
-    // ~0: no deadline (a plain uint64_t: GCC 12 misjudges an optional here as uninitialized).
-    auto next = [this] { return next_deadline ? next_deadline().value_or(~uint64_t{0}) : ~0ull; };
-    uint64_t deadline = next();
-    if (deadline != ~uint64_t{0} && MonotonicNs() >= deadline) {
-      if (on_deadline) on_deadline(MonotonicNs());
-      deadline = next();
-    }
-    SubmitWrites();
-    for (RingClient* c : clients_) c->Flush(*this);
-    // A stop signal handled inside a reload's removal (the signal read is not re-armed once
-    // stopping): drain now rather than wait for a completion that may never come.
-    if (stopping_) break;
-    int rc;
-    if (!deferred_.empty()) {
-      // Completions deferred by a Remove are waiting: do not sleep before serving them.
-      rc = io_uring_submit(&ring_);
-    } else if (deadline != ~uint64_t{0}) {
-      const uint64_t now = MonotonicNs();
-      const uint64_t wait = deadline > now ? deadline - now : 0;
-      __kernel_timespec ts{static_cast<int64_t>(wait / 1'000'000'000),
-                           static_cast<long long>(wait % 1'000'000'000)};
-      io_uring_cqe* cqe = nullptr;
-      rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
-      if (rc == -ETIME) rc = 0;
-    } else {
-      rc = io_uring_submit_and_wait(&ring_, 1);
-    }
-    if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
-      Log(LogLevel::kError,
-          std::string(ErrnoStatus(-rc, "", "io_uring_submit_and_wait").message()));
-      break;
-    }
-    ProcessCompletions();
+  ring_->Run();
+  // Then read what is still queued and answer everything, synchronously: the fault fd's read
+  // and write never block. Bounded so that a device faulting without pause cannot hold up the
+  // exit.
+  const uint64_t deadline = MonotonicNs() + 1000000000ull;
+  for (auto& slot : slots_) {
+    ReadRemaining(slot->device, deadline);
+    WriteAll(slot->device);
   }
-  Drain();
   uint64_t owed = removed_owed_;
   for (auto& slot : slots_) owed += slot->device->stats().outstanding();
   if (owed != 0) {
@@ -405,48 +234,6 @@ int FaultLoop::Run() {
     return 1;
   }
   return 0;
-}
-
-void FaultLoop::Drain() {
-  // 1. Cancel the armed reads (and the signal read) and collect every completion still owed by
-  //    the ring: a read that raced the cancel and returned records is processed like any other.
-  for (auto& slot : slots_) {
-    if (!slot->read.in_flight) continue;
-    io_uring_sqe* sqe = GetSqe();
-    // Cancelling the poll fails the linked read with -ECANCELED; a read already past its poll
-    // completes normally and is processed.
-    io_uring_prep_cancel(sqe, &slot->poll, 0);
-    io_uring_sqe_set_data(sqe, &cancel_op_);
-  }
-  if (signal_op_.in_flight) {
-    io_uring_sqe* sqe = GetSqe();
-    io_uring_prep_cancel(sqe, &signal_op_, 0);
-    io_uring_sqe_set_data(sqe, &cancel_op_);
-  }
-  for (RingClient* c : clients_) c->Stop(*this);
-  auto busy = [this] {
-    if (signal_op_.in_flight) return true;
-    for (RingClient* c : clients_) {
-      if (c->Busy()) return true;
-    }
-    for (auto& slot : slots_) {
-      if (slot->read.in_flight || slot->write.in_flight) return true;
-    }
-    return false;
-  };
-  while (busy()) {
-    int rc = io_uring_submit_and_wait(&ring_, 1);
-    if (rc < 0 && rc != -EINTR && rc != -EBUSY) break;
-    ProcessCompletions();
-  }
-
-  // 2. Read what is still queued and answer everything, synchronously: the fault fd's read and
-  //    write never block. Bounded so that a device faulting without pause cannot hold up exit.
-  const uint64_t deadline = MonotonicNs() + 1000000000ull;
-  for (auto& slot : slots_) {
-    ReadRemaining(slot->device, deadline);
-    WriteAll(slot->device);
-  }
 }
 
 void FaultLoop::ReadRemaining(Device* d, uint64_t deadline) {

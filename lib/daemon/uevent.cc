@@ -156,9 +156,9 @@ UeventListener::UeventListener(nl_sock* sock) : sock_(sock), fd_(nl_socket_get_f
 
 UeventListener::~UeventListener() { nl_socket_free(sock_); }
 
-void UeventListener::Start(FaultLoop& loop) { Arm(loop); }
+void UeventListener::Start(Ring& loop) { Arm(loop); }
 
-void UeventListener::Arm(FaultLoop& loop) {
+void UeventListener::Arm(Ring& loop) {
   if (stopping_ || op_.in_flight) return;
   iov_ = {buf_, sizeof(buf_)};
   msg_ = {};
@@ -198,7 +198,7 @@ void UeventListener::Deliver(std::span<const char> message, uint32_t sender_port
   if (on_uevent) on_uevent(*ev);
 }
 
-void UeventListener::OnCompletion(FaultLoop& loop, RingOp& op, int res) {
+void UeventListener::OnCompletion(Ring& loop, RingOp& op, int res) {
   if (&op == &cancel_) return;
   if (res >= 0) {
     Deliver(std::span<const char>(buf_, static_cast<size_t>(res)), from_.nl_pid,
@@ -217,7 +217,7 @@ void UeventListener::OnCompletion(FaultLoop& loop, RingOp& op, int res) {
   Arm(loop);
 }
 
-void UeventListener::Stop(FaultLoop& loop) {
+void UeventListener::Stop(Ring& loop) {
   stopping_ = true;
   if (op_.in_flight) {
     io_uring_sqe* sqe = loop.GetSqe();

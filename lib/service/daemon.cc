@@ -140,9 +140,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options, con
 
   std::unique_ptr<Daemon> d(new Daemon(std::move(options), config));
   if (absl::Status st = d->TakeInherited(); !st.ok()) return st;
-  auto loop = FaultLoop::Create(d->global_);
-  if (!loop.ok()) return loop.status();
-  d->loop_ = *std::move(loop);
+  auto ring = Ring::Create(d->global_.ring_entries);
+  if (!ring.ok()) return ring.status();
+  d->ring_ = *std::move(ring);
+  d->loop_ = std::make_unique<FaultLoop>(d->ring_.get());
   d->CreateManager();
   d->AttachAll(d->initial_devices_);
   if (absl::Status st = d->StartControl(); !st.ok()) return st;
@@ -179,7 +180,7 @@ void Daemon::CreateManager() {
       ReadLimits{.initial = global_.read_records, .max = global_.max_read_records});
   // Function resets run on a worker thread: the loop serves the other devices meanwhile.
   if (absl::Status st = blocking_.Init(); st.ok()) {
-    loop_->AddClient(&blocking_);
+    ring_->AddClient(&blocking_);
     loop_->set_blocking_worker(&blocking_);
   } else {
     Log(LogLevel::kWarning,
@@ -187,7 +188,7 @@ void Daemon::CreateManager() {
   }
   // VFIO's error and request interrupts of vfio-mode devices (read on the loop's ring).
   manager_->set_irq_watcher(&irq_watcher_);
-  loop_->AddClient(&irq_watcher_);
+  ring_->AddClient(&irq_watcher_);
   manager_->on_event = [this](const std::string& event, const std::string& device,
                               const std::string& detail) {
     events_.Publish(event, device, detail);
@@ -276,7 +277,7 @@ absl::Status Daemon::StartControl() {
   state_.manager = manager_.get();
   state_.events = &events_;
   state_.reload = [this] { return Reload(); };
-  state_.stopping = [this] { return loop_->stopping(); };
+  state_.stopping = [this] { return ring_->stopping(); };
   state_.fd_store = &fd_store_;
   if (fd_store_.enabled()) {
     // A device the store keeps across restarts also keeps what a crash would lose.
@@ -309,7 +310,7 @@ absl::Status Daemon::StartControl() {
                            .max_connections_per_uid = cc.max_connections_per_uid,
                            .message_timeout_ns = uint64_t{cc.message_timeout_ms} * 1000000,
                            .idle_timeout_ns = uint64_t{cc.idle_timeout_ms} * 1000000});
-  loop_->AddClient(control_.get());
+  ring_->AddClient(control_.get());
   return absl::OkStatus();
 }
 
@@ -326,7 +327,7 @@ void Daemon::FollowUevents() {
                         {{"action", ev.action}, {"devpath", ev.devpath}});
       }
     };
-    loop_->AddClient(uevents_.get());
+    ring_->AddClient(uevents_.get());
     state_.uevents = uevents_.get();
   } else {
     Log(LogLevel::kWarning,
@@ -344,16 +345,16 @@ void Daemon::FollowUevents() {
 }
 
 void Daemon::HookLoop() {
-  loop_->on_stats = [this] { PrintStats(manager_->devices(), /*at_exit=*/false); };
-  loop_->on_stopping = [this] {
+  ring_->on_stats = [this] { PrintStats(manager_->devices(), /*at_exit=*/false); };
+  ring_->on_stopping = [this] {
     notifier_.Stopping();
     events_.Close("stopping");
   };
-  loop_->on_reload = [this] { Reload(); };
+  ring_->on_reload = [this] { Reload(); };
   // Drain deadlines (an owner that never confirms its halt), the service manager's watchdog and
   // status, and control connections that time out (half a message, replies not read, idle)
   // wake the loop.
-  loop_->next_deadline = [this]() -> std::optional<uint64_t> {
+  ring_->next_deadline = [this]() -> std::optional<uint64_t> {
     std::optional<uint64_t> next;
     for (std::optional<uint64_t> d :
          {manager_->NextDeadline(), notifier_.NextTick(), control_->NextDeadline()}) {
@@ -361,10 +362,10 @@ void Daemon::HookLoop() {
     }
     return next;
   };
-  loop_->on_deadline = [this](uint64_t now) {
+  ring_->on_deadline = [this](uint64_t now) {
     manager_->Tick(now);
     notifier_.Tick(now);
-    control_->Tick(*loop_, now);
+    control_->Tick(*ring_, now);
   };
   loop_->on_device_failed = [this](const Device& d, const std::string& why) {
     events_.Publish("device_failed", d.name(), why);

@@ -208,7 +208,7 @@ TEST(ControlAbuseTest, APipeliningClientThatReadsLateGetsEveryReply) {
 }
 
 // One read of the control socket can carry hundreds of calls; page requests that arrive while
-// they are handled are answered between them (FaultLoop::YieldToFaults), not after the last.
+// they are handled are answered between them (Ring::Yield), not after the last.
 // Replies go out only once the whole read is handled, so a page request sent while iopfd is
 // busy with such a read must be answered before the first of those replies arrives.
 TEST(ControlAbuseTest, APageRequestIsAnsweredBetweenTheCallsOfOneRead) {
