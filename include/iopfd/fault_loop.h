@@ -24,10 +24,10 @@ class BlockingWorker;  // iopfd/blocking_worker.h
 // everything still queued is answered.
 class FaultLoop : public RingClient, public DeviceHost {
  public:
-  // Serves devices on `ring`, as its priority client (ring.h): fault completions are handled
-  // as they are reaped and answers submitted before any other client's work. The ring must
-  // outlive the loop.
-  explicit FaultLoop(Ring* ring);
+  // Serves devices through `ring` (the daemon's Ring, where the loop is the priority client:
+  // fault completions handled as they are reaped, answers submitted before any other client's
+  // work; or the simulated kernel's SimRing). The ring must outlive the loop.
+  explicit FaultLoop(RingIo* ring);
   ~FaultLoop() override;
   FaultLoop(const FaultLoop&) = delete;
   FaultLoop& operator=(const FaultLoop&) = delete;
@@ -72,13 +72,22 @@ class FaultLoop : public RingClient, public DeviceHost {
   // queued. Returns the process exit code: 0 when every read group was answered, 1 otherwise.
   int Run();
 
-  // RingClient: arms the devices' reads, handles their completions, submits their answers,
-  // cancels their reads at the stop.
-  void Start(Ring& ring) override;
-  void OnCompletion(Ring& ring, RingOp& op, int res) override;
-  void Flush(Ring& /*ring*/) override { SubmitWrites(); }
-  void Stop(Ring& ring) override;
+  // What any ring driving the loop calls: ArmAll arms every device's read; Complete handles a
+  // completion of one of the loop's operations; SubmitAnswers writes what was answered (one
+  // write per device); CancelAll cancels the reads (the stop); Busy is true while an
+  // operation is in flight.
+  void ArmAll();
+  void Complete(RingOp& op, int res);
+  void SubmitAnswers();
+  void CancelAll();
+  // RingClient (the daemon's Ring): the same.
+  void Start(Ring& /*ring*/) override { ArmAll(); }
+  void OnCompletion(Ring& /*ring*/, RingOp& op, int res) override { Complete(op, res); }
+  void Flush(Ring& /*ring*/) override { SubmitAnswers(); }
+  void Stop(Ring& /*ring*/) override { CancelAll(); }
   bool Busy() const override;
+  // The devices the loop serves, in the order they were added.
+  std::vector<Device*> served() const;
 
   // A device's fault queue failed for reading or writing (why says which and how).
   std::function<void(const Device&, const std::string& why)> on_device_failed;
@@ -94,7 +103,6 @@ class FaultLoop : public RingClient, public DeviceHost {
   };
 
   void ArmRead(Slot& slot);
-  void SubmitWrites();
   Slot* SlotOf(const Device* device);
   // Quiesce's work on a slot; false when the ring failed with operations in flight.
   bool QuiesceSlot(Slot& slot);
@@ -107,7 +115,7 @@ class FaultLoop : public RingClient, public DeviceHost {
   // Writes every queued response of the device synchronously.
   void WriteAll(Device* d);
 
-  Ring* ring_;
+  RingIo* ring_;
   std::vector<std::unique_ptr<Slot>> slots_;
   BlockingWorker* blocking_ = nullptr;
   uint64_t removed_owed_ = 0;  // groups removed devices left owed, for the exit code

@@ -11,6 +11,7 @@
 
 #include <liburing.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -52,7 +53,33 @@ class RingClient {
   virtual bool Busy() const = 0;
 };
 
-class Ring {
+// The operations the fault path issues, as an interface so that the simulated kernel can carry
+// them out (tests/sim/sim_ring.h) and the sim tier drives the same fault path as the daemon.
+// Ring carries them out on io_uring. Completions go to the op's client.
+class RingIo {
+ public:
+  virtual ~RingIo() = default;
+  // Reads len bytes of fd into buf (at offset 0) once fd polls readable. The read's completion
+  // comes on `read`; only when the poll fails (or is cancelled) a completion comes on `poll`,
+  // and then none on `read`.
+  virtual void ReadWhenReadable(int fd, void* buf, size_t len, RingOp* poll, RingOp* read) = 0;
+  // Writes len bytes of buf to fd (at offset 0); the completion comes on `op`.
+  virtual void Write(int fd, const void* buf, size_t len, RingOp* op) = 0;
+  // Cancels the poll of a ReadWhenReadable: its completion comes with -ECANCELED, unless the
+  // read had begun (its own completion then comes as usual).
+  virtual void CancelPoll(RingOp* poll) = 0;
+  // Waits until done() is true, delivering the completions of the priority client's operations
+  // as they come (others wait for the next turn). Returns false when the ring failed first (or
+  // nothing that could make done() true is in flight).
+  virtual bool WaitUntil(const std::function<bool()>& done, const char* what) = 0;
+  // Runs the ring until it stops (see Ring::Run). Returns false when it failed.
+  virtual bool Run() = 0;
+  // True once the ring serves (operations armed now complete); true once it is stopping.
+  virtual bool running() const = 0;
+  virtual bool stopping() const = 0;
+};
+
+class Ring : public RingIo {
  public:
   // Creates the ring (`entries` SQEs) and a signalfd for SIGTERM, SIGINT, SIGUSR1 and SIGHUP,
   // which the caller must have blocked in every thread. Errors name io_uring_queue_init or
@@ -85,20 +112,25 @@ class Ring {
   // arrived for it, handles it and submits its work before the client goes on. Outside a
   // client completion, or before the slice is over, does nothing.
   void Yield();
-  // Waits until done() is true, handling the priority client's completions as they come and
-  // submitting its work (other clients' completions are deferred to the next turn, so no client
-  // handler runs inside the caller). Returns false when the ring failed first (logged, naming
-  // `what`). For the priority client, from a handler or a hook.
-  bool WaitUntil(const std::function<bool()>& done, const char* what);
+  // RingIo::WaitUntil: the priority client's work is submitted as it waits (other clients'
+  // completions are deferred to the next turn, so no client handler runs inside the caller).
+  // The failure is logged, naming `what`. For the priority client, from a handler or a hook.
+  bool WaitUntil(const std::function<bool()>& done, const char* what) override;
+
+  // RingIo on io_uring: the poll is a one-shot POLL_ADD linked to the READ, its own completion
+  // skipped on success.
+  void ReadWhenReadable(int fd, void* buf, size_t len, RingOp* poll, RingOp* read) override;
+  void Write(int fd, const void* buf, size_t len, RingOp* op) override;
+  void CancelPoll(RingOp* poll) override;
 
   // Runs until a stop signal (or RequestStop, or a failure of the ring), then stops every
   // client and collects their completions until none is busy. Returns false when the ring
   // failed.
-  bool Run();
+  bool Run() override;
   // Returns true once Run started arming operations.
-  bool running() const { return running_; }
+  bool running() const override { return running_; }
   // Returns true once a stop signal arrived (or RequestStop).
-  bool stopping() const { return stopping_; }
+  bool stopping() const override { return stopping_; }
   // Stops the ring as SIGTERM does (from the ring's thread: a hook or a client).
   void RequestStop() { stopping_ = true; }
 

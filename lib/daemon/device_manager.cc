@@ -125,9 +125,11 @@ bool DeviceManager::OnVfioIrq(const std::string& name, uint32_t index) {
 void DeviceManager::RemoveGone(size_t i, const std::string& cause) {
   Device* d = devices_[i].get();
   std::string name = d->name();
-  // The read must be stopped first (a write may be in flight); the park then drops what iopfd
-  // held for the attachments (a device that is gone fails the park: drop it all anyway, the
-  // kernel answered its groups when their attachments went with it).
+  // The read must be stopped first (a write may be in flight; the loop writes the answers
+  // already resolved while it waits, before the park, while the function still holds their
+  // tags); the park then drops whatever iopfd still holds for the attachments (a device that
+  // is gone fails the park: drop it all anyway, the kernel answered its groups when their
+  // attachments went with it).
   const bool quiet = host_->Quiesce(*d);
   drains_[d]->Detach(cause);
   if (quiet) d->responses().DropAttachment(std::nullopt);

@@ -1,7 +1,5 @@
 #include "iopfd/fault_loop.h"
 
-#include <poll.h>
-
 #include <algorithm>
 #include <cerrno>
 
@@ -13,7 +11,7 @@
 
 namespace iopfd {
 
-FaultLoop::FaultLoop(Ring* ring) : ring_(ring) { ring_->SetPriorityClient(this); }
+FaultLoop::FaultLoop(RingIo* ring) : ring_(ring) {}
 
 FaultLoop::~FaultLoop() = default;
 
@@ -45,9 +43,7 @@ void FaultLoop::CancelRead(Slot& slot) {
   if (!slot.read.in_flight) return;
   // Cancelling the poll fails the linked read (no completion of its own); a read already past
   // its poll completes normally and its records are processed like any others.
-  io_uring_sqe* sqe = ring_->GetSqe();
-  io_uring_prep_cancel(sqe, &slot.poll, 0);
-  ring_->BindIgnored(sqe);
+  ring_->CancelPoll(&slot.poll);
 }
 
 bool FaultLoop::QuiesceSlot(Slot& slot) {
@@ -102,20 +98,14 @@ void FaultLoop::ArmRead(Slot& slot) {
   // loop_rw_iter (io_uring/rw.c), which refuses IOCB_NOWAIT unless the file is O_NONBLOCK; and
   // on an O_NONBLOCK file without FMODE_NOWAIT io_uring sets REQ_F_NOWAIT and hands EAGAIN back
   // instead of waiting (io_rw_init_file). So readiness is made explicit: a one-shot POLL_ADD
-  // linked to the READ. The read is issued only once groups are queued and then runs inline;
-  // the poll's own completion is skipped on success.
-  io_uring_sqe* poll = ring_->GetSqes(2);
-  io_uring_prep_poll_add(poll, d->fault_fd(), POLLIN);
-  io_uring_sqe_set_data(poll, &slot.poll);
-  poll->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
-  io_uring_sqe* sqe = ring_->GetSqe();
+  // linked to the READ (Ring::ReadWhenReadable). The read is issued only once groups are
+  // queued and then runs inline. Offset 0: the fault fd's read insists on *ppos == 0 and never
+  // advances it.
   auto buf = d->BeginRead();
-  // Offset 0: the fault fd's read insists on *ppos == 0 and never advances it.
-  io_uring_prep_read(sqe, d->fault_fd(), buf.data(), static_cast<unsigned>(buf.size_bytes()), 0);
-  ring_->Bind(sqe, &slot.read);
+  ring_->ReadWhenReadable(d->fault_fd(), buf.data(), buf.size_bytes(), &slot.poll, &slot.read);
 }
 
-void FaultLoop::SubmitWrites() {
+void FaultLoop::SubmitAnswers() {
   for (auto& slot : slots_) {
     ResponseQueue& q = slot->device->responses();
     if (slot->write.in_flight || !q.HasUnwritten()) continue;
@@ -124,14 +114,11 @@ void FaultLoop::SubmitWrites() {
       continue;
     }
     auto span = q.BeginWrite();
-    io_uring_sqe* sqe = ring_->GetSqe();
-    io_uring_prep_write(sqe, slot->device->fault_fd(), span.data(),
-                        static_cast<unsigned>(span.size_bytes()), 0);
-    ring_->Bind(sqe, &slot->write);
+    ring_->Write(slot->device->fault_fd(), span.data(), span.size_bytes(), &slot->write);
   }
 }
 
-void FaultLoop::OnCompletion(Ring& /*ring*/, RingOp& op, int res) {
+void FaultLoop::Complete(RingOp& op, int res) {
   Slot& slot = *static_cast<Slot*>(op.owner);
   if (GetLogLevel() >= LogLevel::kDebug) {
     Log(LogLevel::kDebug,
@@ -201,11 +188,18 @@ void FaultLoop::FinishBlocking(const Device& device) {
   if (blocking_ != nullptr) blocking_->Finish(&device);
 }
 
-void FaultLoop::Start(Ring& /*ring*/) {
+void FaultLoop::ArmAll() {
   for (auto& slot : slots_) ArmRead(*slot);
 }
 
-void FaultLoop::Stop(Ring& /*ring*/) {
+std::vector<Device*> FaultLoop::served() const {
+  std::vector<Device*> out;
+  out.reserve(slots_.size());
+  for (const auto& slot : slots_) out.push_back(slot->device);
+  return out;
+}
+
+void FaultLoop::CancelAll() {
   // The armed reads are cancelled; a read that raced the cancel and returned records is
   // processed like any other before the ring's stop is over.
   for (auto& slot : slots_) CancelRead(*slot);

@@ -1,5 +1,6 @@
 #include "iopfd/ring.h"
 
+#include <poll.h>
 #include <sys/signalfd.h>
 #include <time.h>
 
@@ -55,6 +56,31 @@ io_uring_sqe* Ring::GetSqes(unsigned n) {
   // Linked entries must be submitted together: make room for all of them first.
   if (io_uring_sq_space_left(&ring_) < n) io_uring_submit(&ring_);
   return GetSqe();
+}
+
+void Ring::ReadWhenReadable(int fd, void* buf, size_t len, RingOp* poll, RingOp* read) {
+  io_uring_sqe* p = GetSqes(2);
+  io_uring_prep_poll_add(p, fd, POLLIN);
+  io_uring_sqe_set_data(p, poll);
+  // Only a failed poll posts a completion; when the head of a link marked
+  // IOSQE_CQE_SKIP_SUCCESS fails, io_uring suppresses the linked requests' completions too
+  // (req_set_fail, io_fail_links), so the read then never completes.
+  p->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+  io_uring_sqe* r = GetSqe();
+  io_uring_prep_read(r, fd, buf, static_cast<unsigned>(len), 0);
+  Bind(r, read);
+}
+
+void Ring::Write(int fd, const void* buf, size_t len, RingOp* op) {
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_write(sqe, fd, buf, static_cast<unsigned>(len), 0);
+  Bind(sqe, op);
+}
+
+void Ring::CancelPoll(RingOp* poll) {
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_cancel(sqe, poll, 0);
+  BindIgnored(sqe);
 }
 
 void Ring::ArmSignal() {

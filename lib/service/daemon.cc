@@ -144,6 +144,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options, con
   if (!ring.ok()) return ring.status();
   d->ring_ = *std::move(ring);
   d->loop_ = std::make_unique<FaultLoop>(d->ring_.get());
+  d->ring_->SetPriorityClient(d->loop_.get());
   d->CreateManager();
   d->AttachAll(d->initial_devices_);
   if (absl::Status st = d->StartControl(); !st.ok()) return st;

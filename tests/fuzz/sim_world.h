@@ -17,17 +17,18 @@
 #include "iopfd/eventfd_watcher.h"
 #include "iopfd/log.h"
 #include "sim_kernel.h"
-#include "sync_host.h"
+#include "sim_ring.h"
 
 namespace iopfd::fuzz {
 
 inline constexpr const char* kSimSysfs = "/sys/devices/pci0000:00/0000:00:04.0";
 inline constexpr uint32_t kSimPasid = 5;
 
-// The loop's part, synchronously (tests/sim/sync_host.h); a failing read or write is the
-// device's business (a failed queue), not the harness's.
-class SyncHost : public sim::SyncHost {
+// The daemon's fault loop on the simulated kernel (tests/sim/sim_ring.h); a failing read or
+// write is the device's business (a failed queue), not the harness's.
+class SimHost : public sim::SimHost {
  public:
+  using sim::SimHost::SimHost;
   void Turn() { (void)TurnStatus(); }
 };
 
@@ -96,7 +97,7 @@ class SimWorld {
 
   sim::PriDevice function;
   sim::SimKernel kernel{&function};
-  SyncHost host;
+  SimHost host{&kernel};
   EventfdWatcher irqs;
   DeviceManager manager{&host, &kernel, ListenFds(), ReadLimits{64}};
   EventBus events;
