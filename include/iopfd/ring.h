@@ -85,7 +85,7 @@ class Ring : public RingIo {
   // which the caller must have blocked in every thread. Errors name io_uring_queue_init or
   // signalfd and the errno.
   static absl::StatusOr<std::unique_ptr<Ring>> Create(uint32_t entries);
-  ~Ring();
+  ~Ring() override;
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
 
