@@ -41,13 +41,14 @@
 
 #include "absl/status/statusor.h"
 #include "iopfd/fd.h"
+#include "iopfd/syscalls.h"
 #include "iopfd/uapi.h"
 
 namespace iopfd {
 
-// Writes one answer to a fault fd, waiting (up to about 5 s) while the fd is not ready.
-// Returns write(2)'s result, or -errno.
-ssize_t WriteWaiting(int fd, const uapi::PageResponse& answer);
+// Writes one answer to a fault fd through the syscall seam, waiting (up to about 5 s) while the
+// fd is not ready. Returns the write's result (bytes, or -errno).
+ssize_t WriteWaiting(Syscalls& sys, int fd, const uapi::PageResponse& answer);
 
 class InflightLedger {
  public:
@@ -116,7 +117,16 @@ class InflightLedger {
     size_t rejected = 0;
     size_t groups = 0;
   };
-  absl::StatusOr<Answered> AnswerAllLeftovers(const std::string& device, int fault_fd);
+  absl::StatusOr<Answered> AnswerAllLeftovers(const std::string& device, int fault_fd,
+                                              Syscalls& sys);
+
+  // For a device served again on the same queue: writes the owed answers of `left` on
+  // fault_fd, settling each (Device::UseLedger resolves the unprocessed groups itself). Returns
+  // how many the kernel accepted and how many it rejected (a dead process's write that had
+  // reached the kernel; harmless); *error gets the first other failure, naming device and
+  // errno (that answer is given up, the others are still written).
+  Answered WriteOwed(const Leftovers& left, const std::string& device, int fault_fd, Syscalls& sys,
+                     absl::Status* error);
 
   // Groups not recorded because their cookie was too large.
   uint64_t untracked() const { return untracked_; }

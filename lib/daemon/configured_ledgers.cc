@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "iopfd/errors.h"
 #include "iopfd/log.h"
+#include "iopfd/syscalls.h"
 
 namespace iopfd {
 
@@ -39,7 +40,7 @@ absl::StatusOr<InflightLedger::Answered> ConfiguredLedgers::AnswerOnStoredQueue(
     FdStore::StoredLedger& stored) {
   auto ledger = InflightLedger::Open(stored.device, std::move(stored.ledger));
   if (!ledger.ok()) return ledger.status();
-  return (*ledger)->AnswerAllLeftovers(stored.device, stored.fault.get());
+  return (*ledger)->AnswerAllLeftovers(stored.device, stored.fault.get(), RealSyscalls());
 }
 
 std::unique_ptr<InflightLedger> ConfiguredLedgers::TakeBack(FdStore::StoredLedger stored,

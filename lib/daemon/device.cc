@@ -260,21 +260,9 @@ absl::Status Device::UseLedger(std::unique_ptr<InflightLedger> ledger) {
   queue_->set_ledger(ledger_.get());
   InflightLedger::Leftovers left = ledger_->FindLeftovers();
   absl::Status result;
-  for (const uapi::PageResponse& r : left.owed) {
-    ssize_t n = WriteWaiting(fault_fd(), r);
-    if (n == static_cast<ssize_t>(sizeof(r))) {
-      ++stats_->recovered_answers;
-    } else if (n == -EINVAL) {
-      // The dead process's write had reached the kernel; its completion had not reached it.
-      ++stats_->recovered_already_answered;
-    } else if (result.ok()) {
-      result = ErrnoStatus(n < 0 ? static_cast<int>(-n) : EIO, name_,
-                           "write an answer a previous iopfd owed");
-    }
-    ledger_->Settled(r.cookie);
-  }
-  // Answers the kernel had accepted before their cookies went to the buffered groups.
-  for (uint32_t c : left.stale) ledger_->Settled(c);
+  InflightLedger::Answered owed = ledger_->WriteOwed(left, name_, fault_fd(), *sys_, &result);
+  stats_->recovered_answers += owed.accepted;
+  stats_->recovered_already_answered += owed.rejected;
   if (!left.unprocessed.empty()) {
     const uint64_t before = stats_->groups;
     processor_->Process(left.unprocessed, MonotonicNs());

@@ -1,7 +1,6 @@
 #include "iopfd/inflight_ledger.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,7 +8,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -255,7 +256,7 @@ InflightLedger::Leftovers InflightLedger::FindLeftovers() const {
 }
 
 absl::StatusOr<InflightLedger::Answered> InflightLedger::AnswerAllLeftovers(
-    const std::string& device, int fault_fd) {
+    const std::string& device, int fault_fd, Syscalls& sys) {
   Leftovers left = FindLeftovers();
   std::vector<uapi::PageResponse> answers = left.owed;
   absl::flat_hash_set<uint32_t> seen;
@@ -265,7 +266,7 @@ absl::StatusOr<InflightLedger::Answered> InflightLedger::AnswerAllLeftovers(
   Answered out;
   out.groups = answers.size() - left.owed.size();
   for (const uapi::PageResponse& a : answers) {
-    ssize_t n = WriteWaiting(fault_fd, a);
+    ssize_t n = WriteWaiting(sys, fault_fd, a);
     if (n == static_cast<ssize_t>(sizeof(a))) {
       ++out.accepted;
     } else if (n == -EINVAL) {
@@ -281,17 +282,36 @@ absl::StatusOr<InflightLedger::Answered> InflightLedger::AnswerAllLeftovers(
   return out;
 }
 
-ssize_t WriteWaiting(int fd, const uapi::PageResponse& answer) {
+InflightLedger::Answered InflightLedger::WriteOwed(const Leftovers& left, const std::string& device,
+                                                   int fault_fd, Syscalls& sys,
+                                                   absl::Status* error) {
+  Answered out;
+  for (const uapi::PageResponse& r : left.owed) {
+    ssize_t n = WriteWaiting(sys, fault_fd, r);
+    if (n == static_cast<ssize_t>(sizeof(r))) {
+      ++out.accepted;
+    } else if (n == -EINVAL) {
+      // The dead process's write had reached the kernel; its completion had not reached it.
+      ++out.rejected;
+    } else if (error->ok()) {
+      *error = ErrnoStatus(n < 0 ? static_cast<int>(-n) : EIO, device,
+                           "write an answer a previous iopfd owed");
+    }
+    Settled(r.cookie);
+  }
+  // Answers the kernel had accepted before their cookies went to the buffered groups.
+  for (uint32_t c : left.stale) Settled(c);
+  return out;
+}
+
+ssize_t WriteWaiting(Syscalls& sys, int fd, const uapi::PageResponse& answer) {
   // A fault fd's write never waits, but the fd is whatever the owner handed over: one that is
   // not ready gets a few seconds, not an answer lost.
   ssize_t n = 0;
   for (int tries = 0; tries < 50; ++tries) {
-    n = write(fd, &answer, sizeof(answer));
-    if (n >= 0) return n;
-    n = -errno;
-    if (n != -EAGAIN && n != -EINTR) return n;
-    pollfd p = {fd, POLLOUT, 0};
-    (void)poll(&p, 1, 100);
+    n = sys.Write(fd, &answer, sizeof(answer));
+    if (n >= 0 || (n != -EAGAIN && n != -EINTR)) return n;
+    if (n == -EAGAIN) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return n;
 }

@@ -199,7 +199,7 @@ TEST(InflightLedgerTest, AnswerAllLeftoversAnswersOwedAndUnresolvedGroups) {
   l->Owe(6, uapi::kRespSuccess);  // an earlier read's group, answer not yet written
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-  auto answered = l->AnswerAllLeftovers("dev0", sv[1]);
+  auto answered = l->AnswerAllLeftovers("dev0", sv[1], RealSyscalls());
   ASSERT_TRUE(answered.ok()) << answered.status();
   EXPECT_EQ(answered->accepted, 3u);
   std::vector<std::pair<uint32_t, uint32_t>> got;

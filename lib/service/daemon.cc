@@ -44,7 +44,7 @@ void PrintStats(const std::vector<std::unique_ptr<Device>>& devices, bool at_exi
 void AnswerOrphans(const std::string& device, UniqueFd ledger_fd, int fault_fd) {
   auto orphan = InflightLedger::Open(device, std::move(ledger_fd));
   if (!orphan.ok()) return;
-  auto answered = (*orphan)->AnswerAllLeftovers(device, fault_fd);
+  auto answered = (*orphan)->AnswerAllLeftovers(device, fault_fd, RealSyscalls());
   if (!answered.ok()) {
     Log(LogLevel::kError, std::string(answered.status().message()), {{"DEVICE", device}});
   } else if (answered->accepted + answered->rejected != 0) {

@@ -60,7 +60,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   int p[2];
   if (pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) Fail("pipe2");
   fcntl(p[1], F_SETPIPE_SZ, 1 << 20);  // NOLINT(cppcoreguidelines-pro-type-vararg)
-  auto answered = l.AnswerAllLeftovers("fuzz0", p[1]);
+  auto answered = l.AnswerAllLeftovers("fuzz0", p[1], RealSyscalls());
   FUZZ_CHECK(answered.ok(), std::string(answered.status().message()));
   std::set<uint32_t> written;
   uapi::PageResponse r{};
