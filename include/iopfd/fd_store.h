@@ -33,7 +33,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "iopfd/device.h"
+#include "iopfd/listen_fds.h"
 
 namespace iopfd {
 

@@ -1,3 +1,5 @@
+#include "iopfd/listen_fds.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -7,7 +9,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "iopfd/device.h"
 
 namespace iopfd {
 
