@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "iopfd/address_space.h"
+#include "iopfd/attachment_switch.h"
 #include "iopfd/config.h"
 #include "iopfd/fault_processor.h"
 #include "iopfd/fault_queue.h"
@@ -22,6 +23,7 @@
 #include "iopfd/response_queue.h"
 #include "iopfd/stats.h"
 #include "iopfd/syscalls.h"
+#include "iopfd/vfio_device.h"
 
 namespace iopfd {
 
