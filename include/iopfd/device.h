@@ -12,7 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "iopfd/address_space.h"
-#include "iopfd/attachment_switch.h"
+#include "iopfd/attachments.h"
 #include "iopfd/config.h"
 #include "iopfd/fault_processor.h"
 #include "iopfd/fault_queue.h"
@@ -114,10 +114,10 @@ class Device {
   // Returns true when the device can be parked: each attachment has a fault-less "park" HWPT
   // over the same IOAS next to its IOPF-capable one, and iopfd can switch between them: vfio
   // mode, or adopt mode with adopt.device_fd or adopt.switch_module.
-  bool can_park() const { return switch_ != nullptr; }
+  bool can_park() const { return attachments_.can_switch(); }
   // Returns true when ResetFunction can work (iopfd holds the VFIO device fd, or the switch
   // module exports a reset).
-  bool can_reset() const { return switch_ != nullptr && switch_->can_reset(); }
+  bool can_reset() const { return attachments_.can_reset(); }
   // Parks `which` attachment (every one when nullopt): replaces its IOPF-capable HWPT by its
   // park HWPT. The kernel then answers INVALID to every group of it, queued or read
   // (docs/KERNEL_FACTS.md section 2), so the answers iopfd still holds for it are dropped
@@ -131,7 +131,7 @@ class Device {
   // Returns true when the attachment (or, for nullopt, any) is parked.
   bool parked(std::optional<AttachmentKey> which) const;
   // Returns true when iopfd can clear the device's Bus Master Enable (it holds the VFIO fd).
-  bool can_stop_bus_master() const { return vfio_.has_value(); }
+  bool can_stop_bus_master() const { return attachments_.vfio() != nullptr; }
   // Clears Bus Master Enable through the VFIO config region, remembering that iopfd did (only
   // then does RestoreBusMaster set it again: a function whose owner left it clear, as vfio-pci
   // does at open, never gets bus mastering from iopfd). FailedPrecondition without the VFIO
@@ -141,7 +141,7 @@ class Device {
   // Errors as StopBusMaster's (iopfd still counts the bit as its own to restore).
   absl::Status RestoreBusMaster();
   // Returns true while Bus Master Enable is clear because iopfd cleared it.
-  bool bus_master_stopped() const { return bus_master_stopped_; }
+  bool bus_master_stopped() const { return attachments_.bus_master_stopped(); }
   // OK when Bus Master Enable is still clear after StopBusMaster; FailedPrecondition naming
   // the device when something (the owner, a guest) set it again meanwhile; else the read's
   // error.
@@ -157,11 +157,7 @@ class Device {
   void SetQuarantined(bool quarantined);
   bool quarantined() const { return quarantined_; }
   // The attachments' keys (when it can park), in configuration order.
-  std::vector<AttachmentKey> attachment_keys() const {
-    std::vector<AttachmentKey> keys;
-    for (const Attachment& a : attachments_) keys.push_back(a.key);
-    return keys;
-  }
+  std::vector<AttachmentKey> attachment_keys() const { return attachments_.keys(); }
 
   // Hands the inherited fds back into `pool` under the names the configuration gave them, so
   // that a later attach can take them again: the iommufd and fault queue in adopt mode, fd:
@@ -180,6 +176,8 @@ class Device {
   // device bound, an IOAS and a faulting HWPT per space attached. Each sets *dev_id and the
   // spaces' IOAS ids.
   absl::Status SetUpAdopt(ListenFds* fds, DeviceId* dev_id, std::vector<IoasId>* ioas);
+  // True when a space has a PASID: every HWPT of the device must then be PASID-capable.
+  static bool UsesPasid(const DeviceConfig& config);
   absl::Status SetUpVfio(DeviceId* dev_id, std::vector<IoasId>* ioas);
   // The uevent DEVPATH that names this device (removal, error recovery), when it has one.
   void FindDevpath();
@@ -198,9 +196,9 @@ class Device {
   // Declaration order is teardown order reversed: the processor goes first, the iommufd last,
   // so nothing refers to an fd or mapping that is already gone.
   std::optional<Iommufd> iommufd_;
-  std::optional<VfioDevice> vfio_;        // vfio mode, or adopt mode with adopt.device_fd
-  std::unique_ptr<ModuleSwitch> module_;  // adopt mode with adopt.switch_module
-  AttachmentSwitch* switch_ = nullptr;    // one of the two, when the device can park
+  // The VFIO device (vfio mode, or adopt mode with adopt.device_fd) or switch module, and the
+  // attachments with their park HWPTs.
+  Attachments attachments_{name_};
   UniqueFd fault_fd_;
   std::vector<Backing> backings_;
   // Before the queue and the processor, which record in it: it goes after them.
@@ -211,21 +209,12 @@ class Device {
   std::unique_ptr<IommufdMapper> mapper_;
   std::unique_ptr<FaultProcessor> processor_;
   std::unique_ptr<FaultQueue> queue_;  // refers to the four above: goes first
-  // Adopt mode: destroys the park HWPTs iopfd allocated in the owner's iommufd (its own
-  // objects would otherwise outlive the device there). One still attached is left, logged.
+  // Adopt mode: gives the attachments back as the owner handed them over and destroys the
+  // park HWPTs iopfd allocated in the owner's iommufd (its own objects would otherwise outlive
+  // the device there). One still attached is left, logged.
   void DestroyParkHwpts();
-  // Each attachment's two HWPTs and whether it is parked (when it can park).
-  struct Attachment {
-    AttachmentKey key;
-    std::optional<uint32_t> pasid;
-    HwptId iopf;
-    HwptId park;
-    bool parked = false;
-  };
-  std::vector<Attachment> attachments_;
   void SetRefusing(std::optional<uint32_t> pasid, bool refusing);
   bool quarantined_ = false;
-  bool bus_master_stopped_ = false;  // iopfd cleared Bus Master Enable; it sets it back
 };
 
 }  // namespace iopfd

@@ -92,25 +92,12 @@ absl::StatusOr<std::unique_ptr<Device>> Device::Attach(const DeviceConfig& confi
   return d;
 }
 
-namespace {
 // include/uapi/linux/iommufd.h: once any PASID is attached, every domain of the device, the
 // non-PASID one included, must have been allocated with IOMMU_HWPT_ALLOC_PASID.
-bool UsesPasid(const DeviceConfig& config) {
+bool Device::UsesPasid(const DeviceConfig& config) {
   return std::any_of(config.spaces.begin(), config.spaces.end(),
                      [](const SpaceConfig& s) { return s.pasid.has_value(); });
 }
-
-// Takes the inherited fd a config key names, or NotFound naming the device and the key.
-absl::StatusOr<UniqueFd> TakeNamed(ListenFds* fds, const std::string& device, const char* key,
-                                   const std::string& fd_name) {
-  auto fd = fds->Take(fd_name);
-  if (!fd.ok()) {
-    return absl::NotFoundError(
-        absl::StrCat(device, ": ", key, ": ", std::string(fd.status().message())));
-  }
-  return fd;
-}
-}  // namespace
 
 absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, ReadLimits limits) {
   sys_ = sys;
@@ -123,89 +110,6 @@ absl::Status Device::Setup(ListenFds* fds, Syscalls* sys, ReadLimits limits) {
   st = MakeNonBlocking(fault_fd_.get(), config_.name);
   if (!st.ok()) return st;
   return SetUpFaultPath(fds, dev_id, ioas, limits);
-}
-
-absl::Status Device::SetUpAdopt(ListenFds* fds, DeviceId* dev_id, std::vector<IoasId>* ioas) {
-  const DeviceConfig& config = config_;
-  const std::string& name = config.name;
-  auto iommufd = TakeNamed(fds, name, "iommufd_fd", config.adopt.iommufd_fd);
-  if (!iommufd.ok()) return iommufd.status();
-  iommufd_.emplace(*std::move(iommufd), sys_, name);
-  auto fault = TakeNamed(fds, name, "fault_fd", config.adopt.fault_fd);
-  if (!fault.ok()) return fault.status();
-  fault_fd_ = *std::move(fault);
-  *dev_id = DeviceId(config.adopt.device_id);
-  for (size_t i = 0; i < config.spaces.size(); ++i) (*ioas)[i] = IoasId(config.spaces[i].ioas_id);
-  if (!config.adopt.device_fd.empty()) {
-    auto dev_fd = TakeNamed(fds, name, "device_fd", config.adopt.device_fd);
-    if (!dev_fd.ok()) return dev_fd.status();
-    vfio_.emplace(VfioDevice::FromFd(*std::move(dev_fd), sys_, name, *dev_id));
-    switch_ = &*vfio_;
-  } else if (!config.adopt.switch_module.empty()) {
-    auto module = ModuleSwitch::Load(sys_, name, config.adopt.switch_module,
-                                     config.adopt.switch_target, iommufd_->fd(), *dev_id);
-    if (!module.ok()) return module.status();
-    module_ = *std::move(module);
-    switch_ = module_.get();
-    if (config.drain.halt == HaltMethod::kReset && !module_->can_reset()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(name, ": drain.halt = \"reset\" but the switch module ",
-                       config.adopt.switch_module, " does not export " IOPFD_RESET_SYMBOL));
-    }
-  }
-  if (switch_ == nullptr) return absl::OkStatus();  // the owner parks; iopfd cannot drain
-  // The owner's HWPTs were allocated PASID-capable when it uses PASIDs (the kernel insists
-  // every domain of such a device is); the park HWPTs must match.
-  for (size_t i = 0; i < config.spaces.size(); ++i) {
-    const SpaceConfig& s = config.spaces[i];
-    auto park = iommufd_->HwptAlloc(*dev_id, (*ioas)[i], FaultId(), UsesPasid(config));
-    if (!park.ok()) return park.status();
-    attachments_.push_back(
-        {s.pasid ? *s.pasid : kNoPasidAttachment, s.pasid, HwptId(s.hwpt_id), *park, false});
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Device::SetUpVfio(DeviceId* dev_id, std::vector<IoasId>* ioas) {
-  const DeviceConfig& config = config_;
-  const std::string& name = config.name;
-  std::string cdev = config.vfio.cdev;
-  if (cdev.empty()) {
-    auto resolved = VfioCdevForPci(config.vfio.pci);
-    if (!resolved.ok()) {
-      return absl::NotFoundError(
-          absl::StrCat(name, ": ", std::string(resolved.status().message())));
-    }
-    cdev = *resolved;
-  }
-  auto iommufd = Iommufd::Open(sys_, name);
-  if (!iommufd.ok()) return iommufd.status();
-  iommufd_.emplace(*std::move(iommufd));
-  auto vfio = VfioDevice::Bind(sys_, name, cdev, *iommufd_);
-  if (!vfio.ok()) return vfio.status();
-  vfio_.emplace(*std::move(vfio));
-  switch_ = &*vfio_;
-  *dev_id = vfio_->id();
-  auto fault = iommufd_->FaultQueueAlloc();
-  if (!fault.ok()) return fault.status();
-  fault_fd_ = std::move(fault->second);
-  const bool uses_pasid = UsesPasid(config);
-  for (size_t i = 0; i < config.spaces.size(); ++i) {
-    const SpaceConfig& s = config.spaces[i];
-    auto id = iommufd_->IoasAlloc();
-    if (!id.ok()) return id.status();
-    (*ioas)[i] = *id;
-    auto hwpt = iommufd_->HwptAlloc(*dev_id, *id, fault->first, uses_pasid);
-    if (!hwpt.ok()) return hwpt.status();
-    // The park HWPT: same IOAS, so the same mappings, but no fault queue. Switching to it
-    // makes the kernel flush the attachment's page requests (a drain), and back resumes.
-    auto park = iommufd_->HwptAlloc(*dev_id, *id, FaultId(), uses_pasid);
-    if (!park.ok()) return park.status();
-    absl::Status st = vfio_->Attach(*hwpt, s.pasid);
-    if (!st.ok()) return st;
-    attachments_.push_back({s.pasid ? *s.pasid : kNoPasidAttachment, s.pasid, *hwpt, *park, false});
-  }
-  return absl::OkStatus();
 }
 
 void Device::FindDevpath() {
@@ -289,46 +193,14 @@ Device::~Device() {
   if (mode_ == AttachMode::kAdopt) DestroyParkHwpts();
 }
 
-void Device::DestroyParkHwpts() {
-  if (!iommufd_ || iommufd_->fd() < 0) return;
-  // A parked attachment goes back to the owner's IOPF-capable HWPT first (a reload restart, a
-  // Detach of a halted device): the owner gets its device as it handed it over, and the park
-  // HWPT is free to go.
-  if (switch_ != nullptr && parked(std::nullopt)) {
-    if (absl::Status st = Unpark(std::nullopt); !st.ok()) {
-      Log(LogLevel::kWarning, absl::StrCat(st.message(), " (giving the device back)"));
-    }
-  }
-  // And with bus mastering as it was handed over (a quarantine or a restart mid-drain leaves
-  // it clear): only after the unpark, so its page requests have a handler; a device left
-  // parked keeps it clear.
-  if (!parked(std::nullopt)) {
-    if (absl::Status st = RestoreBusMaster(); !st.ok()) {
-      Log(LogLevel::kWarning, absl::StrCat(st.message(), " (giving the device back)"));
-    }
-  }
-  for (Attachment& a : attachments_) {
-    if (!a.park.valid()) continue;
-    absl::Status st = iommufd_->Destroy(a.park.value());
-    if (!st.ok()) {
-      // Still attached (the device is left parked, say after a quarantine): the owner's replace
-      // or its closing the iommufd frees it.
-      Log(LogLevel::kWarning,
-          absl::StrCat(std::string(st.message()), " (park HWPT ", a.park.value(),
-                       a.parked ? ", still attached" : "", ")"));
-    }
-    a.park = HwptId();
-  }
-}
-
 void Device::ReleaseFds(ListenFds* pool) {
   // The iommufd and fault fd are inherited in adopt mode only; fd: backings in either mode.
   if (mode_ == AttachMode::kAdopt) {
     DestroyParkHwpts();  // while iopfd still holds the iommufd
     if (iommufd_ && iommufd_->fd() >= 0) pool->Add(config_.adopt.iommufd_fd, iommufd_->ReleaseFd());
     if (fault_fd_.valid()) pool->Add(config_.adopt.fault_fd, std::move(fault_fd_));
-    if (vfio_ && !config_.adopt.device_fd.empty()) {
-      UniqueFd fd = vfio_->ReleaseFd();
+    if (attachments_.vfio() != nullptr && !config_.adopt.device_fd.empty()) {
+      UniqueFd fd = attachments_.vfio()->ReleaseFd();
       if (fd.valid()) pool->Add(config_.adopt.device_fd, std::move(fd));
     }
   }
@@ -349,8 +221,9 @@ std::vector<std::pair<std::string, int>> Device::HeldFds() const {
   if (mode_ == AttachMode::kAdopt) {
     if (iommufd_ && iommufd_->fd() >= 0) out.emplace_back(config_.adopt.iommufd_fd, iommufd_->fd());
     if (fault_fd_.valid()) out.emplace_back(config_.adopt.fault_fd, fault_fd_.get());
-    if (vfio_ && !config_.adopt.device_fd.empty() && vfio_->fd() >= 0) {
-      out.emplace_back(config_.adopt.device_fd, vfio_->fd());
+    const VfioDevice* vfio = attachments_.vfio();
+    if (vfio != nullptr && !config_.adopt.device_fd.empty() && vfio->fd() >= 0) {
+      out.emplace_back(config_.adopt.device_fd, vfio->fd());
     }
   }
   size_t i = 0;
@@ -366,57 +239,23 @@ std::vector<std::pair<std::string, int>> Device::HeldFds() const {
 }
 
 absl::Status Device::Park(std::optional<AttachmentKey> which) {
-  if (switch_ == nullptr) {
-    return absl::FailedPreconditionError(
-        name_ +
-        ": cannot park: the attachments belong to the owner (adopt mode without "
-        "adopt.device_fd or adopt.switch_module)");
-  }
-  if (responses_->write_in_flight()) {
+  if (can_park() && responses_->write_in_flight()) {
     return absl::FailedPreconditionError(name_ + ": cannot park with a response write in flight");
   }
-  bool found = false;
-  for (Attachment& a : attachments_) {
-    if (which && a.key != *which) continue;
-    found = true;
-    if (a.parked) continue;
-    absl::Status st = switch_->Attach(a.park, a.pasid);
-    if (!st.ok()) return st;
-    a.parked = true;
+  return attachments_.Park(which, [this](const Attachments::Attachment& a) {
     SetRefusing(a.pasid, true);
     // From here the kernel has answered this attachment's groups: what iopfd holds is stale.
     responses_->DropAttachment(a.key);
     // And whatever is still being resolved for it (nothing, single-threaded as the loop is)
     // will never be written either: the epoch fence.
     responses_->Fence(a.key);
-  }
-  if (!found) {
-    return absl::NotFoundError(absl::StrCat(name_, ": no attachment for PASID ", *which));
-  }
-  return absl::OkStatus();
+  });
 }
 
 absl::Status Device::Unpark(std::optional<AttachmentKey> which) {
-  if (switch_ == nullptr) {
-    return absl::FailedPreconditionError(
-        name_ +
-        ": cannot unpark: the attachments belong to the owner (adopt mode without "
-        "adopt.device_fd or adopt.switch_module)");
-  }
-  bool found = false;
-  for (Attachment& a : attachments_) {
-    if (which && a.key != *which) continue;
-    found = true;
-    if (!a.parked) continue;
-    absl::Status st = switch_->Attach(a.iopf, a.pasid);
-    if (!st.ok()) return st;
-    a.parked = false;
+  return attachments_.Unpark(which, [this](const Attachments::Attachment& a) {
     if (!quarantined_) SetRefusing(a.pasid, false);
-  }
-  if (!found) {
-    return absl::NotFoundError(absl::StrCat(name_, ": no attachment for PASID ", *which));
-  }
-  return absl::OkStatus();
+  });
 }
 
 void Device::SetRefusing(std::optional<uint32_t> pasid, bool refusing) {
@@ -428,67 +267,28 @@ void Device::SetRefusing(std::optional<uint32_t> pasid, bool refusing) {
 void Device::SetQuarantined(bool quarantined) {
   quarantined_ = quarantined;
   for (AddressSpace& s : spaces_->spaces()) {
-    bool parked_space = false;
-    for (const Attachment& a : attachments_) parked_space |= a.parked && a.pasid == s.pasid();
-    s.set_refusing(quarantined || parked_space);
+    s.set_refusing(quarantined || attachments_.parked_pasid(s.pasid()));
   }
 }
 
-bool Device::parked(std::optional<AttachmentKey> which) const {
-  for (const Attachment& a : attachments_) {
-    if ((!which || a.key == *which) && a.parked) return true;
-  }
-  return false;
-}
+bool Device::parked(std::optional<AttachmentKey> which) const { return attachments_.parked(which); }
 
-absl::Status Device::StopBusMaster() {
-  if (!vfio_) {
-    return absl::FailedPreconditionError(name_ + ": no VFIO device fd for Bus Master Enable");
-  }
-  absl::StatusOr<bool> was = vfio_->SetBusMaster(false);
-  if (!was.ok()) return was.status();
-  bus_master_stopped_ = bus_master_stopped_ || *was;
-  return absl::OkStatus();
-}
+absl::Status Device::StopBusMaster() { return attachments_.StopBusMaster(); }
 
-absl::Status Device::RestoreBusMaster() {
-  if (!bus_master_stopped_) return absl::OkStatus();
-  if (!vfio_) {
-    return absl::FailedPreconditionError(name_ + ": no VFIO device fd for Bus Master Enable");
-  }
-  absl::StatusOr<bool> was = vfio_->SetBusMaster(true);
-  if (!was.ok()) return was.status();
-  bus_master_stopped_ = false;
-  return absl::OkStatus();
-}
+absl::Status Device::RestoreBusMaster() { return attachments_.RestoreBusMaster(); }
 
 absl::Status Device::CheckBusMasterStillStopped() {
-  if (!bus_master_stopped_ || !vfio_) return absl::OkStatus();
-  absl::StatusOr<bool> on = vfio_->BusMaster();
-  if (!on.ok()) return on.status();
-  if (*on) {
-    return absl::FailedPreconditionError(
-        name_ +
-        ": Bus Master Enable was set again during the drain (by the device's owner?): "
-        "its DMA did not stay stopped");
-  }
-  return absl::OkStatus();
+  return attachments_.CheckBusMasterStillStopped();
 }
 
 absl::Status Device::SetIrqEventfd(uint32_t index, int eventfd) {
-  if (mode_ != AttachMode::kVfio || !vfio_) {
+  if (mode_ != AttachMode::kVfio || attachments_.vfio() == nullptr) {
     return absl::FailedPreconditionError(name_ +
                                          ": the device's interrupts are its owner's (adopt mode)");
   }
-  return vfio_->SetIrqEventfd(index, eventfd);
+  return attachments_.vfio()->SetIrqEventfd(index, eventfd);
 }
 
-absl::Status Device::ResetFunction() {
-  if (!can_reset()) {
-    return absl::FailedPreconditionError(
-        name_ + ": cannot reset: iopfd holds no VFIO device fd and no switch module reset");
-  }
-  return switch_->Reset();
-}
+absl::Status Device::ResetFunction() { return attachments_.Reset(); }
 
 }  // namespace iopfd
