@@ -18,6 +18,7 @@
 #include "iopfd/eventfd_watcher.h"
 #include "iopfd/fault_loop.h"
 #include "iopfd/fd_store.h"
+#include "iopfd/loop_host.h"
 #include "iopfd/ring.h"
 #include "iopfd/service_notify.h"
 #include "iopfd/uevent.h"
@@ -93,6 +94,7 @@ class Daemon {
   std::vector<DeviceConfig> initial_devices_;
   std::unique_ptr<Ring> ring_;
   std::unique_ptr<FaultLoop> loop_;
+  std::unique_ptr<LoopHost> host_;
   ListenFds inherited_;
   absl::StatusOr<UniqueFd> listener_ = absl::NotFoundError("not taken yet");
   FdStore fd_store_;

@@ -1,4 +1,4 @@
-// The fault path on the ring: every served device's fault queue read and answered.
+// The fault path on the ring: every served fault queue read and answered.
 #ifndef IOPFD_FAULT_LOOP_H_
 #define IOPFD_FAULT_LOOP_H_
 
@@ -9,22 +9,20 @@
 #include <string>
 #include <vector>
 
-#include "iopfd/device.h"
-#include "iopfd/device_manager.h"
+#include "iopfd/fault_queue.h"
 #include "iopfd/ring.h"
 
 namespace iopfd {
 
-class BlockingWorker;  // iopfd/blocking_worker.h
-
-// All fault fds on one ring. Each device has one poll-linked read in flight (the read runs
+// All fault queues on one ring. Each queue has one poll-linked read in flight (the read runs
 // inline once groups are queued, so no worker thread is involved; see ArmRead); all responses
 // of one turn go out in one write per fault fd, submitted together with the next wait. What a
-// result means is the device's FaultQueue's to say. When the ring stops, everything read and
-// everything still queued is answered.
-class FaultLoop : public RingClient, public DeviceHost {
+// result means is the FaultQueue's to say. When the ring stops, everything read and
+// everything still queued is answered. It knows no device: the device layer serves its
+// devices' queues through it (LoopHost, lib/device/loop_host.cc).
+class FaultLoop : public RingClient {
  public:
-  // Serves devices through `ring` (the daemon's Ring, where the loop is the priority client:
+  // Serves fault queues through `ring` (the daemon's Ring, where the loop is the priority client:
   // fault completions handled as they are reaped, answers submitted before any other client's
   // work; or the simulated kernel's SimRing). The ring must outlive the loop.
   explicit FaultLoop(RingIo* ring);
@@ -32,49 +30,37 @@ class FaultLoop : public RingClient, public DeviceHost {
   FaultLoop(const FaultLoop&) = delete;
   FaultLoop& operator=(const FaultLoop&) = delete;
 
-  // Adds a device. Before Run its first read is armed when Run starts; while running (from a
-  // client's completion or a hook), at once. The device must stay alive until Remove returns
-  // or the loop is destroyed.
-  void Add(Device* device);
-  // Stops serving a device while the loop runs: cancels its read, waits for its operations in
-  // flight (handling other devices' completions meanwhile; clients' are deferred to the next
+  // Adds a queue. Before Run its first read is armed when Run starts; while running (from a
+  // client's completion or a hook), at once. The queue must stay alive until Remove returns or
+  // the loop is destroyed.
+  void Add(FaultQueue* queue);
+  // Stops serving a queue while the loop runs: cancels its read, waits for its operations in
+  // flight (handling other queues' completions meanwhile; clients' are deferred to the next
   // turn), then reads what is still queued and answers everything it read, synchronously and
-  // bounded by 100 ms of reading. Afterwards the loop no longer refers to the device. Returns
+  // bounded by 100 ms of reading. Afterwards the loop no longer refers to the queue. Returns
   // the number of groups read from it that were never answered (left owed, or abandoned when
   // its fd failed; 0 normally). Returns nullopt when the ring failed while operations of the
-  // device were in flight: the loop then still refers to the device, which must be kept
-  // alive. Call it from a client's completion handler or a hook, never from inside the fault
-  // path. Returns 0 and does nothing for a device the loop does not serve.
-  std::optional<uint64_t> Remove(Device* device);
-  // Stops the ring's reading of a device the loop serves: cancels its read and waits for its
-  // operations in flight, handling other devices' completions meanwhile (clients' are deferred),
+  // queue were in flight: the loop then still refers to the queue, which must be kept alive.
+  // Call it from a client's completion handler or a hook, never from inside the fault path.
+  // Returns 0 and does nothing for a queue the loop does not serve.
+  std::optional<uint64_t> Remove(FaultQueue* queue);
+  // Stops the ring's reading of a queue the loop serves: cancels its read and waits for its
+  // operations in flight, handling other queues' completions meanwhile (clients' are deferred),
   // so that the caller may then read and write its fault fd synchronously (a drain). Returns
-  // false when the ring failed with operations of the device still in flight (nothing may then
+  // false when the ring failed with operations of the queue still in flight (nothing may then
   // touch its buffers) or the loop does not serve it. Same calling rules as Remove.
-  bool Quiesce(Device* device);
-  // Resumes reading a device Quiesce stopped.
-  void Rearm(Device* device);
-
-  // DeviceHost: the same as Add, Remove, Quiesce and Rearm.
-  void AddDevice(Device* device) override { Add(device); }
-  std::optional<uint64_t> RemoveDevice(Device* device) override { return Remove(device); }
-  bool Quiesce(Device& device) override { return Quiesce(&device); }
-  void Rearm(Device& device) override { Rearm(&device); }
-  // On the worker set with set_blocking_worker (a client of this loop), else now.
-  void RunBlocking(const Device& device, std::function<absl::Status()> job,
-                   std::function<void(absl::Status)> done) override;
-  void FinishBlocking(const Device& device) override;
-  // Where RunBlocking's jobs run; it must be one of the loop's clients and outlive it.
-  void set_blocking_worker(BlockingWorker* worker) { blocking_ = worker; }
+  bool Quiesce(FaultQueue* queue);
+  // Resumes reading a queue Quiesce stopped.
+  void Rearm(FaultQueue* queue);
   // Returns true once the ring is stopping (a stop signal arrived).
   bool stopping() const { return ring_->stopping(); }
   // Runs the ring until a stop signal, then answers everything read and everything still
   // queued. Returns the process exit code: 0 when every read group was answered, 1 otherwise.
   int Run();
 
-  // What any ring driving the loop calls: ArmAll arms every device's read; Complete handles a
+  // What any ring driving the loop calls: ArmAll arms every queue's read; Complete handles a
   // completion of one of the loop's operations; SubmitAnswers writes what was answered (one
-  // write per device); CancelAll cancels the reads (the stop); Busy is true while an
+  // write per queue); CancelAll cancels the reads (the stop); Busy is true while an
   // operation is in flight.
   void ArmAll();
   void Complete(RingOp& op, int res);
@@ -86,16 +72,13 @@ class FaultLoop : public RingClient, public DeviceHost {
   void Flush(Ring& /*ring*/) override { SubmitAnswers(); }
   void Stop(Ring& /*ring*/) override { CancelAll(); }
   bool Busy() const override;
-  // The devices the loop serves, in the order they were added.
-  std::vector<Device*> served() const;
-
-  // A device's fault queue failed for reading or writing (why says which and how).
-  std::function<void(const Device&, const std::string& why)> on_device_failed;
+  // The queues the loop serves, in the order they were added.
+  std::vector<FaultQueue*> served() const;
 
  private:
   enum OpKind { kPoll = 1, kRead, kWrite };
   struct Slot {
-    Device* device;
+    FaultQueue* queue;
     RingOp poll;  // linked ahead of read; see ArmRead
     RingOp read;
     RingOp write;
@@ -103,22 +86,19 @@ class FaultLoop : public RingClient, public DeviceHost {
   };
 
   void ArmRead(Slot& slot);
-  Slot* SlotOf(const Device* device);
+  Slot* SlotOf(const FaultQueue* queue);
   // Quiesce's work on a slot; false when the ring failed with operations in flight.
   bool QuiesceSlot(Slot& slot);
   void CancelRead(Slot& slot);
   void HandleRead(Slot& slot, int res, uint64_t now);
   void HandlePollFailure(Slot& slot, int res);
   void HandleWrite(Slot& slot, int res, uint64_t now);
-  // Reads the device's queue empty (until deadline) and processes what it read, synchronously.
-  void ReadRemaining(Device* d, uint64_t deadline);
-  // Writes every queued response of the device synchronously.
-  void WriteAll(Device* d);
+  // Reads the queue empty (until deadline) and processes what it read, synchronously.
+  void ReadRemaining(FaultQueue* q, uint64_t deadline);
 
   RingIo* ring_;
   std::vector<std::unique_ptr<Slot>> slots_;
-  BlockingWorker* blocking_ = nullptr;
-  uint64_t removed_owed_ = 0;  // groups removed devices left owed, for the exit code
+  uint64_t removed_owed_ = 0;  // groups removed queues left owed, for the exit code
 };
 
 }  // namespace iopfd

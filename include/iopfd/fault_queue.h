@@ -56,6 +56,10 @@ class FaultQueue {
              ResponseQueue* responses, FaultProcessor* processor);
 
   int fd() const { return fd_; }
+  // The device's name, its answers, its counters.
+  const std::string& name() const { return name_; }
+  ResponseQueue& responses() { return *responses_; }
+  const DeviceStats& stats() const { return *stats_; }
 
   // Reads go to the ledger's buffer from now on (inflight_ledger.h), never larger than its
   // capacity.

@@ -145,6 +145,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options, con
   d->ring_ = *std::move(ring);
   d->loop_ = std::make_unique<FaultLoop>(d->ring_.get());
   d->ring_->SetPriorityClient(d->loop_.get());
+  d->host_ = std::make_unique<LoopHost>(d->loop_.get());
   d->CreateManager();
   d->AttachAll(d->initial_devices_);
   if (absl::Status st = d->StartControl(); !st.ok()) return st;
@@ -177,12 +178,12 @@ absl::Status Daemon::TakeInherited() {
 
 void Daemon::CreateManager() {
   manager_ = std::make_unique<DeviceManager>(
-      loop_.get(), &RealSyscalls(), std::move(inherited_),
+      host_.get(), &RealSyscalls(), std::move(inherited_),
       ReadLimits{.initial = global_.read_records, .max = global_.max_read_records});
   // Function resets run on a worker thread: the loop serves the other devices meanwhile.
   if (absl::Status st = blocking_.Init(); st.ok()) {
     ring_->AddClient(&blocking_);
-    loop_->set_blocking_worker(&blocking_);
+    host_->set_blocking_worker(&blocking_);
   } else {
     Log(LogLevel::kWarning,
         absl::StrCat(st.message(), "; function resets run on the fault loop's thread"));
@@ -368,7 +369,7 @@ void Daemon::HookLoop() {
     notifier_.Tick(now);
     control_->Tick(*ring_, now);
   };
-  loop_->on_device_failed = [this](const Device& d, const std::string& why) {
+  host_->on_device_failed = [this](const Device& d, const std::string& why) {
     events_.Publish("device_failed", d.name(), why);
     // A failed fault queue is not taken back after a restart: its owner has to hand it over.
     // Nor is it kept open by the store for a ledger's sake.
@@ -389,7 +390,7 @@ int Daemon::Run() {
                      " ms from the fault loop"));
   }
   int rc = loop_->Run();
-  loop_->set_blocking_worker(nullptr);  // joined by Run's stop; destroyed before the loop
+  host_->set_blocking_worker(nullptr);  // joined by Run's stop; destroyed before the host
   return Finish(rc);
 }
 

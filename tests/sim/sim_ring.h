@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "iopfd/errors.h"
 #include "iopfd/fault_loop.h"
+#include "iopfd/loop_host.h"
 #include "iopfd/ring.h"
 #include "sim_kernel.h"
 
@@ -146,12 +147,15 @@ class SimRing : public RingIo {
   bool stopping_ = false;
 };
 
-// The daemon's FaultLoop on a SimRing, with what tests watch: how often the drain stopped and
-// resumed a device's reading, and blocking jobs (a function reset) that run at once or, with
-// defer_blocking, when the test runs them (as the worker thread would, while the loop goes on).
-class SimHost : public FaultLoop {
+// The daemon's FaultLoop and LoopHost on a SimRing, with what tests watch: how often the drain
+// stopped and resumed a device's reading, and blocking jobs (a function reset) that run at once
+// or, with defer_blocking, when the test runs them (as the worker thread would, while the loop
+// goes on).
+class SimHost : public LoopHost {
  public:
-  explicit SimHost(SimKernel* kernel) : FaultLoop(&ring_), ring_(kernel) { ring_.set_loop(this); }
+  explicit SimHost(SimKernel* kernel) : LoopHost(&loop_), ring_(kernel), loop_(&ring_) {
+    ring_.set_loop(&loop_);
+  }
 
   // One loop turn (SimRing::Turn). Returns the first error a read or write gave.
   absl::Status TurnStatus() { return ring_.Turn(); }
@@ -159,11 +163,11 @@ class SimHost : public FaultLoop {
 
   bool Quiesce(Device& d) override {
     ++quiesces;
-    return FaultLoop::Quiesce(d);
+    return LoopHost::Quiesce(d);
   }
   void Rearm(Device& d) override {
     ++rearms;
-    FaultLoop::Rearm(d);
+    LoopHost::Rearm(d);
   }
   void RunBlocking(const Device& /*d*/, std::function<absl::Status()> job,
                    std::function<void(absl::Status)> done) override {
@@ -189,6 +193,7 @@ class SimHost : public FaultLoop {
 
  private:
   SimRing ring_;
+  FaultLoop loop_;
 };
 
 }  // namespace iopfd::sim

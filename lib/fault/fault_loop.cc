@@ -4,7 +4,6 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/blocking_worker.h"
 #include "iopfd/clock.h"
 #include "iopfd/errors.h"
 #include "iopfd/log.h"
@@ -15,15 +14,9 @@ FaultLoop::FaultLoop(RingIo* ring) : ring_(ring) {}
 
 FaultLoop::~FaultLoop() = default;
 
-void FaultLoop::Add(Device* device) {
-  // However the queue fails (the ring's read or write, or a synchronous one of a drain), the
-  // daemon hears of it once.
-  device->queue().on_failed = [this, device](const std::string& why) {
-    Log(LogLevel::kError, absl::StrCat(device->name(), ": ", why), {{"DEVICE", device->name()}});
-    if (on_device_failed) on_device_failed(*device, why);
-  };
+void FaultLoop::Add(FaultQueue* queue) {
   auto slot = std::make_unique<Slot>();
-  slot->device = device;
+  slot->queue = queue;
   slot->poll = {this, kPoll, slot.get(), false};
   slot->read = {this, kRead, slot.get(), false};
   slot->write = {this, kWrite, slot.get(), false};
@@ -32,9 +25,9 @@ void FaultLoop::Add(Device* device) {
   if (ring_->running() && !ring_->stopping()) ArmRead(ref);
 }
 
-FaultLoop::Slot* FaultLoop::SlotOf(const Device* device) {
+FaultLoop::Slot* FaultLoop::SlotOf(const FaultQueue* queue) {
   for (auto& s : slots_) {
-    if (s->device == device) return s.get();
+    if (s->queue == queue) return s.get();
   }
   return nullptr;
 }
@@ -49,51 +42,49 @@ void FaultLoop::CancelRead(Slot& slot) {
 bool FaultLoop::QuiesceSlot(Slot& slot) {
   slot.quiesced = true;
   CancelRead(slot);
-  // Wait for this device's operations only. Other devices' completions are handled and their
+  // Wait for this queue's operations only. Other queues' completions are handled and their
   // responses written as usual; clients' are deferred and served at the next turn, so no client
   // handler runs inside the one that called us.
   return ring_->WaitUntil([&slot] { return !slot.read.in_flight && !slot.write.in_flight; },
-                          slot.device->name().c_str());
+                          slot.queue->name().c_str());
 }
 
-bool FaultLoop::Quiesce(Device* device) {
-  Slot* slot = SlotOf(device);
+bool FaultLoop::Quiesce(FaultQueue* queue) {
+  Slot* slot = SlotOf(queue);
   return slot != nullptr && QuiesceSlot(*slot);
 }
 
-void FaultLoop::Rearm(Device* device) {
-  Slot* slot = SlotOf(device);
+void FaultLoop::Rearm(FaultQueue* queue) {
+  Slot* slot = SlotOf(queue);
   if (slot == nullptr) return;
   slot->quiesced = false;
   if (ring_->running() && !ring_->stopping()) ArmRead(*slot);
 }
 
-std::optional<uint64_t> FaultLoop::Remove(Device* device) {
-  Slot* found = SlotOf(device);
+std::optional<uint64_t> FaultLoop::Remove(FaultQueue* queue) {
+  Slot* found = SlotOf(queue);
   if (found == nullptr) return 0;
   Slot& slot = *found;
   if (!QuiesceSlot(slot)) {
     // The ring failed under us: the read buffer and the responses may still be the kernel's.
-    // Keep the slot, and the caller keeps the device, rather than free memory the kernel may
+    // Keep the slot, and the caller keeps the queue, rather than free memory the kernel may
     // write or answer a group a second time.
     Log(LogLevel::kError,
-        absl::StrCat(device->name(), ": operations still in flight; cannot release it"));
+        absl::StrCat(queue->name(), ": operations still in flight; cannot release it"));
     return std::nullopt;
   }
-  ReadRemaining(device, MonotonicNs() + 100000000ull);
-  WriteAll(device);
-  const DeviceStats& st = device->stats();
+  ReadRemaining(queue, MonotonicNs() + 100000000ull);
+  (void)queue->WriteQueued();  // a failure is reported through on_failed, once
+  const DeviceStats& st = queue->stats();
   removed_owed_ += st.outstanding();
-  device->queue().on_failed = nullptr;  // the loop no longer answers for it
-  slots_.erase(std::find_if(slots_.begin(), slots_.end(), [device](const std::unique_ptr<Slot>& s) {
-    return s->device == device;
-  }));
+  slots_.erase(std::find_if(slots_.begin(), slots_.end(),
+                            [queue](const std::unique_ptr<Slot>& s) { return s->queue == queue; }));
   return st.outstanding() + st.responses_abandoned;
 }
 
 void FaultLoop::ArmRead(Slot& slot) {
-  Device* d = slot.device;
-  if (d->read_failed() || slot.read.in_flight || slot.quiesced) return;
+  FaultQueue* q = slot.queue;
+  if (q->read_failed() || slot.read.in_flight || slot.quiesced) return;
   // The fault fd has ->read but not ->read_iter and no FMODE_NOWAIT. io_uring serves it through
   // loop_rw_iter (io_uring/rw.c), which refuses IOCB_NOWAIT unless the file is O_NONBLOCK; and
   // on an O_NONBLOCK file without FMODE_NOWAIT io_uring sets REQ_F_NOWAIT and hands EAGAIN back
@@ -101,20 +92,20 @@ void FaultLoop::ArmRead(Slot& slot) {
   // linked to the READ (Ring::ReadWhenReadable). The read is issued only once groups are
   // queued and then runs inline. Offset 0: the fault fd's read insists on *ppos == 0 and never
   // advances it.
-  auto buf = d->BeginRead();
-  ring_->ReadWhenReadable(d->fault_fd(), buf.data(), buf.size_bytes(), &slot.poll, &slot.read);
+  auto buf = q->BeginRead();
+  ring_->ReadWhenReadable(q->fd(), buf.data(), buf.size_bytes(), &slot.poll, &slot.read);
 }
 
 void FaultLoop::SubmitAnswers() {
   for (auto& slot : slots_) {
-    ResponseQueue& q = slot->device->responses();
-    if (slot->write.in_flight || !q.HasUnwritten()) continue;
-    if (slot->device->write_failed()) {
-      q.AbandonAll();
+    ResponseQueue& answers = slot->queue->responses();
+    if (slot->write.in_flight || !answers.HasUnwritten()) continue;
+    if (slot->queue->write_failed()) {
+      answers.AbandonAll();
       continue;
     }
-    auto span = q.BeginWrite();
-    ring_->Write(slot->device->fault_fd(), span.data(), span.size_bytes(), &slot->write);
+    auto span = answers.BeginWrite();
+    ring_->Write(slot->queue->fd(), span.data(), span.size_bytes(), &slot->write);
   }
 }
 
@@ -122,7 +113,7 @@ void FaultLoop::Complete(RingOp& op, int res) {
   Slot& slot = *static_cast<Slot*>(op.owner);
   if (GetLogLevel() >= LogLevel::kDebug) {
     Log(LogLevel::kDebug,
-        absl::StrCat("cqe kind=", op.kind, " res=", res, " dev=", slot.device->name()));
+        absl::StrCat("cqe kind=", op.kind, " res=", res, " dev=", slot.queue->name()));
   }
   switch (op.kind) {
     case kRead:
@@ -140,11 +131,11 @@ void FaultLoop::Complete(RingOp& op, int res) {
 }
 
 void FaultLoop::HandleRead(Slot& slot, int res, uint64_t now) {
-  FaultQueue& q = slot.device->queue();
+  FaultQueue& q = *slot.queue;
   switch (q.OnRead(res, FaultQueue::ReadMode::kPolled, now)) {
     case FaultQueue::ReadResult::kCanceled:
     case FaultQueue::ReadResult::kFailed:
-      return;  // not read again (a failure was reported through on_failed: see Add)
+      return;  // not read again (a failure was reported through on_failed)
     case FaultQueue::ReadResult::kRetry:
       if (!q.error().ok()) Log(LogLevel::kError, std::string(q.error().message()));
       break;
@@ -163,39 +154,25 @@ void FaultLoop::HandlePollFailure(Slot& slot, int res) {
   // too and no completion will come for it.
   slot.read.in_flight = false;
   if (res != -ECANCELED) {
-    slot.device->queue().MarkReadFailed(
-        std::string(ErrnoStatus(-res, "", "poll fault fd").message()));
+    slot.queue->MarkReadFailed(std::string(ErrnoStatus(-res, "", "poll fault fd").message()));
     return;
   }
   if (!ring_->stopping()) ArmRead(slot);
 }
 
 void FaultLoop::HandleWrite(Slot& slot, int res, uint64_t now) {
-  // A dead fd is reported through on_failed (see Add).
-  (void)slot.device->queue().OnWrite(res, now);
-}
-
-void FaultLoop::RunBlocking(const Device& device, std::function<absl::Status()> job,
-                            std::function<void(absl::Status)> done) {
-  if (blocking_ == nullptr) {
-    done(job());
-    return;
-  }
-  blocking_->Post(&device, std::move(job), std::move(done));
-}
-
-void FaultLoop::FinishBlocking(const Device& device) {
-  if (blocking_ != nullptr) blocking_->Finish(&device);
+  // A dead fd is reported through on_failed.
+  (void)slot.queue->OnWrite(res, now);
 }
 
 void FaultLoop::ArmAll() {
   for (auto& slot : slots_) ArmRead(*slot);
 }
 
-std::vector<Device*> FaultLoop::served() const {
-  std::vector<Device*> out;
+std::vector<FaultQueue*> FaultLoop::served() const {
+  std::vector<FaultQueue*> out;
   out.reserve(slots_.size());
-  for (const auto& slot : slots_) out.push_back(slot->device);
+  for (const auto& slot : slots_) out.push_back(slot->queue);
   return out;
 }
 
@@ -218,11 +195,11 @@ int FaultLoop::Run() {
   // exit.
   const uint64_t deadline = MonotonicNs() + 1000000000ull;
   for (auto& slot : slots_) {
-    ReadRemaining(slot->device, deadline);
-    WriteAll(slot->device);
+    ReadRemaining(slot->queue, deadline);
+    (void)slot->queue->WriteQueued();  // a failure is reported through on_failed, once
   }
   uint64_t owed = removed_owed_;
-  for (auto& slot : slots_) owed += slot->device->stats().outstanding();
+  for (auto& slot : slots_) owed += slot->queue->stats().outstanding();
   if (owed != 0) {
     Log(LogLevel::kError, absl::StrCat(owed, " page request groups left unanswered at exit"));
     return 1;
@@ -230,14 +207,9 @@ int FaultLoop::Run() {
   return 0;
 }
 
-void FaultLoop::ReadRemaining(Device* d, uint64_t deadline) {
-  absl::Status st = d->ReadAvailable(deadline);
+void FaultLoop::ReadRemaining(FaultQueue* q, uint64_t deadline) {
+  absl::Status st = q->ReadAvailable(deadline);
   if (!st.ok()) Log(LogLevel::kError, std::string(st.message()));
-}
-
-void FaultLoop::WriteAll(Device* d) {
-  // A failure is reported through on_failed (see Add), once.
-  (void)d->WriteQueued();
 }
 
 }  // namespace iopfd
