@@ -14,9 +14,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "iopfd/ctl_format.h"
-#include "iopfd/errors.h"
-#include "iopfd/varlink_client.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/control/ctl_format.h"
+#include "iopfd/control/varlink_client.h"
 #include "nlohmann/json.hpp"
 
 namespace {

@@ -4,9 +4,9 @@
 #include <string>
 #include <vector>
 
-#include "iopfd/config.h"
-#include "iopfd/daemon.h"
-#include "iopfd/log.h"
+#include "iopfd/config/config.h"
+#include "iopfd/service/daemon.h"
+#include "iopfd/service/log.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "iopfd/errors.h"
+#include "iopfd/base/errors.h"
 
 #include <cerrno>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "iopfd/errors.h"
+#include "iopfd/base/errors.h"
 
 #include <unistd.h>
 
@@ -6,7 +6,7 @@
 #include <csignal>
 
 #include "gtest/gtest.h"
-#include "iopfd/fd.h"
+#include "iopfd/base/fd.h"
 
 namespace iopfd {
 namespace {

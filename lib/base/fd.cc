@@ -1,4 +1,4 @@
-#include "iopfd/fd.h"
+#include "iopfd/base/fd.h"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-#include "iopfd/json.h"
+#include "iopfd/base/json.h"
 
 #include <string>
 

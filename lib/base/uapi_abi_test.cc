@@ -1,5 +1,5 @@
-// Checks iopfd's own ABI definitions (include/iopfd/uapi.h) against the kernel's UAPI header of
-// the newer kernel (Debian's linux-libc-dev from trixie-backports, fetched at build time by
+// Checks iopfd's own ABI definitions (include/iopfd/base/uapi.h) against the kernel's UAPI header
+// of the newer kernel (Debian's linux-libc-dev from trixie-backports, fetched at build time by
 // scripts/kernel-headers.sh; the build puts it first on the include path for this test only).
 #include <linux/iommufd.h>
 #include <linux/vfio.h>
@@ -7,7 +7,7 @@
 #include <cstddef>
 
 #include "gtest/gtest.h"
-#include "iopfd/uapi.h"
+#include "iopfd/base/uapi.h"
 
 namespace iopfd {
 namespace {

@@ -1,4 +1,4 @@
-#include "iopfd/config.h"
+#include "iopfd/config/config.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -29,10 +29,10 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "iopfd/errors.h"
-#include "iopfd/fd.h"
-#include "iopfd/toml_guard.h"
-#include "iopfd/uapi.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/base/fd.h"
+#include "iopfd/base/uapi.h"
+#include "iopfd/config/toml_guard.h"
 
 namespace iopfd {
 namespace {
@@ -47,7 +47,7 @@ constexpr int64_t kMaxI64 = std::numeric_limits<int64_t>::max();
 constexpr size_t kMaxConfigFileBytes = size_t{16} << 20;
 // systemd's limit on a LISTEN_FDNAMES name (FileDescriptorName=).
 constexpr size_t kMaxFdNameLength = 255;
-// Keep in step with FdStore's names (include/iopfd/fd_store.h).
+// Keep in step with FdStore's names (include/iopfd/service/fd_store.h).
 constexpr std::string_view kReservedFdNamePrefixes[] = {"iopfd-adopted/", "iopfd-ledger/"};
 constexpr size_t kMaxDeviceNameLength = 64;
 
@@ -1082,7 +1082,6 @@ std::string ConfigError::ToString() const {
   }
   return Cat(where.file, ":", where.line, ":", where.column, ": ", message);
 }
-
 
 absl::StatusOr<uint64_t> ParseSize(std::string_view text) {
   const auto invalid = [&](std::string_view why) {

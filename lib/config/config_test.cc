@@ -1,4 +1,4 @@
-#include "iopfd/config.h"
+#include "iopfd/config/config.h"
 
 #include <fcntl.h>
 #include <grp.h>
@@ -24,7 +24,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "iopfd/uapi.h"
+#include "iopfd/base/uapi.h"
 #include "testing/member_count.h"
 
 namespace iopfd {

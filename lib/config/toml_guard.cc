@@ -1,4 +1,4 @@
-#include "iopfd/toml_guard.h"
+#include "iopfd/config/toml_guard.h"
 
 #include <cstdint>
 

@@ -1,4 +1,4 @@
-#include "iopfd/toml_guard.h"
+#include "iopfd/config/toml_guard.h"
 
 #include <toml++/toml.h>
 
@@ -9,7 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "iopfd/config.h"
+#include "iopfd/config/config.h"
 
 namespace iopfd {
 namespace {

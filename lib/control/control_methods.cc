@@ -1,12 +1,12 @@
-#include "iopfd/control_methods.h"
+#include "iopfd/control/control_methods.h"
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/clock.h"
-#include "iopfd/drain.h"
-#include "iopfd/log.h"
-#include "iopfd/stat_table.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/device/drain.h"
+#include "iopfd/fault/stat_table.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 namespace {

@@ -1,4 +1,4 @@
-#include "iopfd/control_server.h"
+#include "iopfd/control/control_server.h"
 
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -11,9 +11,9 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/clock.h"
-#include "iopfd/errors.h"
-#include "iopfd/log.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 

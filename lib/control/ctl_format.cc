@@ -1,4 +1,4 @@
-#include "iopfd/ctl_format.h"
+#include "iopfd/control/ctl_format.h"
 
 #include <algorithm>
 #include <array>
@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/stat_table.h"
+#include "iopfd/fault/stat_table.h"
 
 namespace iopfd {
 namespace {

@@ -1,4 +1,4 @@
-#include "iopfd/ctl_format.h"
+#include "iopfd/control/ctl_format.h"
 
 #include <cstdint>
 #include <limits>

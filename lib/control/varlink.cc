@@ -1,9 +1,9 @@
-#include "iopfd/varlink.h"
+#include "iopfd/control/varlink.h"
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/json.h"
+#include "iopfd/base/json.h"
 
 namespace iopfd {
 

@@ -1,4 +1,4 @@
-#include "iopfd/varlink_client.h"
+#include "iopfd/control/varlink_client.h"
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -9,8 +9,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/errors.h"
-#include "iopfd/json.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/base/json.h"
 
 namespace iopfd {
 namespace {

@@ -1,4 +1,4 @@
-#include "iopfd/varlink_client.h"
+#include "iopfd/control/varlink_client.h"
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -11,7 +11,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "iopfd/errors.h"
+#include "iopfd/base/errors.h"
 #include "varlink_test_util.h"
 
 namespace iopfd {

@@ -1,4 +1,4 @@
-#include "iopfd/varlink.h"
+#include "iopfd/control/varlink.h"
 
 #include <string>
 

@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "iopfd/fd.h"
+#include "iopfd/base/fd.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;

@@ -3,7 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/device.h"
+#include "iopfd/device/device.h"
 
 namespace iopfd {
 namespace {

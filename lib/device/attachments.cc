@@ -1,9 +1,9 @@
-#include "iopfd/attachments.h"
+#include "iopfd/device/attachments.h"
 
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/log.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 

@@ -1,4 +1,4 @@
-#include "iopfd/blocking_worker.h"
+#include "iopfd/device/blocking_worker.h"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -6,8 +6,8 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/errors.h"
-#include "iopfd/log.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 

@@ -1,7 +1,7 @@
 // The blocking worker on a real fault loop's ring: a job that blocks does not hold up the
 // loop (an eventfd signalled meanwhile is served while the job waits), its result comes back
 // on the loop's thread, jobs run in order, Finish waits for them, and Stop joins the thread.
-#include "iopfd/blocking_worker.h"
+#include "iopfd/device/blocking_worker.h"
 
 #include <unistd.h>
 
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "iopfd/eventfd_watcher.h"
+#include "iopfd/device/eventfd_watcher.h"
 
 namespace iopfd {
 namespace {

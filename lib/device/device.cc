@@ -1,4 +1,4 @@
-#include "iopfd/device.h"
+#include "iopfd/device/device.h"
 
 #include <fcntl.h>
 
@@ -7,10 +7,10 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/clock.h"
-#include "iopfd/errors.h"
-#include "iopfd/log.h"
-#include "iopfd/uapi.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/base/uapi.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 namespace {

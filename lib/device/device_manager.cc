@@ -1,13 +1,13 @@
-#include "iopfd/device_manager.h"
+#include "iopfd/device/device_manager.h"
 
 #include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/clock.h"
-#include "iopfd/eventfd_watcher.h"
-#include "iopfd/log.h"
-#include "iopfd/uevent.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/device/eventfd_watcher.h"
+#include "iopfd/device/uevent.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 namespace {

@@ -1,4 +1,4 @@
-#include "iopfd/device.h"
+#include "iopfd/device/device.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -16,8 +16,8 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "iopfd/errors.h"
-#include "iopfd/uapi.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/base/uapi.h"
 
 namespace iopfd {
 namespace {

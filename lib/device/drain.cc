@@ -1,11 +1,11 @@
-#include "iopfd/drain.h"
+#include "iopfd/device/drain.h"
 
 #include <memory>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/clock.h"
-#include "iopfd/log.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 namespace {

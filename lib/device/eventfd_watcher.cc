@@ -1,12 +1,12 @@
-#include "iopfd/eventfd_watcher.h"
+#include "iopfd/device/eventfd_watcher.h"
 
 #include <sys/eventfd.h>
 
 #include <algorithm>
 #include <cerrno>
 
-#include "iopfd/errors.h"
-#include "iopfd/log.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 

@@ -1,7 +1,7 @@
 // The eventfd watcher on a real fault loop's ring: signals reach their callback (several
 // between two reads as one call), an unwatched fd is never called back, and the loop stops
 // with nothing of the watcher's in flight.
-#include "iopfd/eventfd_watcher.h"
+#include "iopfd/device/eventfd_watcher.h"
 
 #include <unistd.h>
 

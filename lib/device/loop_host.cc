@@ -1,11 +1,11 @@
-#include "iopfd/loop_host.h"
+#include "iopfd/device/loop_host.h"
 
 #include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/blocking_worker.h"
-#include "iopfd/log.h"
+#include "iopfd/device/blocking_worker.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 

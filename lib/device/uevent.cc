@@ -1,4 +1,4 @@
-#include "iopfd/uevent.h"
+#include "iopfd/device/uevent.h"
 
 #include <netlink/netlink.h>
 #include <netlink/socket.h>
@@ -10,8 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "iopfd/errors.h"
-#include "iopfd/log.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 namespace {

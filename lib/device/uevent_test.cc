@@ -1,6 +1,6 @@
 // The uevent parser against well-formed kernel messages (as lib/kobject_uevent.c builds them)
 // and hostile ones, and the listener's rules for what it passes on.
-#include "iopfd/uevent.h"
+#include "iopfd/device/uevent.h"
 
 #include <random>
 #include <string>
@@ -8,7 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "iopfd/log.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 namespace {

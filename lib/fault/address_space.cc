@@ -1,8 +1,8 @@
-#include "iopfd/address_space.h"
+#include "iopfd/fault/address_space.h"
 
 #include <algorithm>
 
-#include "iopfd/uapi.h"
+#include "iopfd/base/uapi.h"
 
 namespace iopfd {
 

@@ -1,12 +1,12 @@
-#include "iopfd/fault_loop.h"
+#include "iopfd/fault/fault_loop.h"
 
 #include <algorithm>
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/clock.h"
-#include "iopfd/errors.h"
-#include "iopfd/log.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 

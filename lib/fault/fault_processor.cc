@@ -1,10 +1,10 @@
-#include "iopfd/fault_processor.h"
+#include "iopfd/fault/fault_processor.h"
 
 #include <algorithm>
 #include <cerrno>
 #include <functional>
 
-#include "iopfd/errors.h"
+#include "iopfd/base/errors.h"
 
 namespace iopfd {
 

@@ -1,4 +1,4 @@
-#include "iopfd/fault_processor.h"
+#include "iopfd/fault/fault_processor.h"
 
 #include <cerrno>
 #include <optional>
@@ -6,7 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "iopfd/errors.h"
+#include "iopfd/base/errors.h"
 
 namespace iopfd {
 namespace {

@@ -1,12 +1,12 @@
-#include "iopfd/fault_queue.h"
+#include "iopfd/fault/fault_queue.h"
 
 #include <algorithm>
 #include <cerrno>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/clock.h"
-#include "iopfd/errors.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/base/errors.h"
 
 namespace iopfd {
 

@@ -1,4 +1,4 @@
-#include "iopfd/fault_queue.h"
+#include "iopfd/fault/fault_queue.h"
 
 #include <cerrno>
 #include <deque>

@@ -1,4 +1,4 @@
-#include "iopfd/inflight_ledger.h"
+#include "iopfd/fault/inflight_ledger.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -14,7 +14,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "iopfd/errors.h"
+#include "iopfd/base/errors.h"
 
 namespace iopfd {
 namespace {

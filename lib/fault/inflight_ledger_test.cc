@@ -1,4 +1,4 @@
-#include "iopfd/inflight_ledger.h"
+#include "iopfd/fault/inflight_ledger.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -9,7 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "iopfd/response_queue.h"
+#include "iopfd/fault/response_queue.h"
 
 namespace iopfd {
 namespace {

@@ -1,4 +1,4 @@
-#include "iopfd/response_queue.h"
+#include "iopfd/fault/response_queue.h"
 
 #include <cerrno>
 

@@ -1,4 +1,4 @@
-#include "iopfd/stat_table.h"
+#include "iopfd/fault/stat_table.h"
 
 #include <cstdint>
 #include <fstream>

@@ -1,4 +1,4 @@
-#include "iopfd/stats.h"
+#include "iopfd/fault/stats.h"
 
 #include <algorithm>
 #include <bit>
@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "iopfd/stat_table.h"
+#include "iopfd/fault/stat_table.h"
 
 namespace iopfd {
 

@@ -1,12 +1,12 @@
-#include "iopfd/iommufd.h"
+#include "iopfd/iommu/iommufd.h"
 
 #include <fcntl.h>
 
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/errors.h"
-#include "iopfd/uapi.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/base/uapi.h"
 
 namespace iopfd {
 

@@ -1,8 +1,8 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/attachment_switch.h"
-#include "iopfd/errors.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/iommu/attachment_switch.h"
 
 namespace iopfd {
 

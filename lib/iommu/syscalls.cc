@@ -1,4 +1,4 @@
-#include "iopfd/syscalls.h"
+#include "iopfd/iommu/syscalls.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-#include "iopfd/vfio_device.h"
+#include "iopfd/iommu/vfio_device.h"
 
 #include <endian.h>
 #include <fcntl.h>
@@ -9,8 +9,8 @@
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/errors.h"
-#include "iopfd/uapi.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/base/uapi.h"
 
 namespace iopfd {
 

@@ -1,4 +1,4 @@
-#include "iopfd/ring.h"
+#include "iopfd/loop/ring.h"
 
 #include <poll.h>
 #include <sys/signalfd.h>
@@ -8,9 +8,9 @@
 #include <csignal>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/clock.h"
-#include "iopfd/errors.h"
-#include "iopfd/log.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 namespace {

@@ -1,4 +1,4 @@
-#include "iopfd/configured_ledgers.h"
+#include "iopfd/service/configured_ledgers.h"
 
 #include <linux/kcmp.h>
 #include <sys/syscall.h>
@@ -8,9 +8,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/errors.h"
-#include "iopfd/log.h"
-#include "iopfd/syscalls.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/iommu/syscalls.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 

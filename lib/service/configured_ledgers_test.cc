@@ -1,4 +1,4 @@
-#include "iopfd/configured_ledgers.h"
+#include "iopfd/service/configured_ledgers.h"
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -13,11 +13,11 @@
 #include "fake_service_manager.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "iopfd/fd.h"
-#include "iopfd/fd_store.h"
-#include "iopfd/inflight_ledger.h"
-#include "iopfd/stats.h"
-#include "iopfd/uapi.h"
+#include "iopfd/base/fd.h"
+#include "iopfd/base/uapi.h"
+#include "iopfd/fault/inflight_ledger.h"
+#include "iopfd/fault/stats.h"
+#include "iopfd/service/fd_store.h"
 
 namespace iopfd {
 namespace {

@@ -1,4 +1,4 @@
-#include "iopfd/daemon.h"
+#include "iopfd/service/daemon.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -10,11 +10,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "iopfd/clock.h"
-#include "iopfd/inflight_ledger.h"
-#include "iopfd/log.h"
-#include "iopfd/stats.h"
-#include "iopfd/syscalls.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/fault/inflight_ledger.h"
+#include "iopfd/fault/stats.h"
+#include "iopfd/iommu/syscalls.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 namespace {

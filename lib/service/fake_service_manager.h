@@ -13,9 +13,9 @@
 
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
-#include "iopfd/device.h"
-#include "iopfd/fd.h"
-#include "iopfd/fd_store.h"
+#include "iopfd/base/fd.h"
+#include "iopfd/device/device.h"
+#include "iopfd/service/fd_store.h"
 
 namespace iopfd {
 

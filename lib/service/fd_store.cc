@@ -1,4 +1,4 @@
-#include "iopfd/fd_store.h"
+#include "iopfd/service/fd_store.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -13,9 +13,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "iopfd/errors.h"
-#include "iopfd/json.h"
-#include "iopfd/log.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/base/json.h"
+#include "iopfd/service/log.h"
 #include "nlohmann/json.hpp"
 
 namespace iopfd {

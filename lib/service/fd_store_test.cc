@@ -1,4 +1,4 @@
-#include "iopfd/fd_store.h"
+#include "iopfd/service/fd_store.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -14,7 +14,7 @@
 #include "fake_service_manager.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "iopfd/fd.h"
+#include "iopfd/base/fd.h"
 
 namespace iopfd {
 namespace {

@@ -1,4 +1,4 @@
-#include "iopfd/listen_fds.h"
+#include "iopfd/service/listen_fds.h"
 
 #include <fcntl.h>
 #include <unistd.h>

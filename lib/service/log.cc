@@ -1,4 +1,4 @@
-#include "iopfd/log.h"
+#include "iopfd/service/log.h"
 
 #include <sys/stat.h>
 #include <sys/uio.h>

@@ -1,5 +1,5 @@
 // The journal entry a message becomes, and when stderr counts as the journal.
-#include "iopfd/log.h"
+#include "iopfd/service/log.h"
 
 #include <sys/stat.h>
 #include <unistd.h>

@@ -1,13 +1,13 @@
-#include "iopfd/service_notify.h"
+#include "iopfd/service/service_notify.h"
 
 #include <systemd/sd-daemon.h>
 
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "iopfd/clock.h"
-#include "iopfd/errors.h"
-#include "iopfd/log.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 

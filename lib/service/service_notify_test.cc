@@ -1,6 +1,6 @@
 // The notifications iopfd sends systemd, through a fake sender: what each call says, when the
 // watchdog is pinged, and that STATUS= is refreshed only when due and changed.
-#include "iopfd/service_notify.h"
+#include "iopfd/service/service_notify.h"
 
 #include <string>
 #include <vector>

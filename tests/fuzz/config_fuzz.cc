@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "fuzz_input.h"
-#include "iopfd/config.h"
-#include "iopfd/control_methods.h"
+#include "iopfd/config/config.h"
+#include "iopfd/control/control_methods.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace iopfd;        // NOLINT(google-build-using-namespace)

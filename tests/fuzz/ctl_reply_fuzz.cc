@@ -11,8 +11,8 @@
 #include <thread>
 
 #include "fuzz_input.h"
-#include "iopfd/ctl_format.h"
-#include "iopfd/varlink_client.h"
+#include "iopfd/control/ctl_format.h"
+#include "iopfd/control/varlink_client.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using iopfd::fuzz::Fail;

@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "fuzz_input.h"
-#include "iopfd/errors.h"
-#include "iopfd/fault_processor.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/fault/fault_processor.h"
 
 namespace iopfd::fuzz {
 namespace {

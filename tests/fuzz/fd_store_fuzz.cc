@@ -16,11 +16,11 @@
 #include <vector>
 
 #include "fuzz_input.h"
-#include "iopfd/configured_ledgers.h"
-#include "iopfd/control_methods.h"
-#include "iopfd/fd_store.h"
-#include "iopfd/inflight_ledger.h"
-#include "iopfd/log.h"
+#include "iopfd/control/control_methods.h"
+#include "iopfd/fault/inflight_ledger.h"
+#include "iopfd/service/configured_ledgers.h"
+#include "iopfd/service/fd_store.h"
+#include "iopfd/service/log.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace iopfd;        // NOLINT(google-build-using-namespace)

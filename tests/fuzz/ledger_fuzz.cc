@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "fuzz_input.h"
-#include "iopfd/inflight_ledger.h"
+#include "iopfd/fault/inflight_ledger.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace iopfd;        // NOLINT(google-build-using-namespace)

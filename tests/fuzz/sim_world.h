@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "fuzz_input.h"
-#include "iopfd/control_methods.h"
-#include "iopfd/device_manager.h"
-#include "iopfd/eventfd_watcher.h"
-#include "iopfd/log.h"
+#include "iopfd/control/control_methods.h"
+#include "iopfd/device/device_manager.h"
+#include "iopfd/device/eventfd_watcher.h"
+#include "iopfd/service/log.h"
 #include "sim_kernel.h"
 #include "sim_ring.h"
 

@@ -10,7 +10,7 @@
 #include <string>
 
 #include "fuzz_input.h"
-#include "iopfd/uevent.h"
+#include "iopfd/device/uevent.h"
 #include "sim_world.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "fuzz_input.h"
-#include "iopfd/json.h"
-#include "iopfd/varlink.h"
+#include "iopfd/base/json.h"
+#include "iopfd/control/varlink.h"
 #include "sim_world.h"
 
 namespace iopfd::fuzz {

@@ -26,7 +26,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "harness.h"
-#include "iopfd/inflight_ledger.h"
+#include "iopfd/fault/inflight_ledger.h"
 #include "nlohmann/json.hpp"
 
 namespace {

@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "iopfd/drain.h"
-#include "iopfd/log.h"
+#include "iopfd/device/drain.h"
+#include "iopfd/service/log.h"
 #include "sim_kernel.h"
 
 namespace iopfd::sim {

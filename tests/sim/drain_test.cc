@@ -1,7 +1,7 @@
 // The drain state machine driving iopfd's real Device and fault processor on the simulated
 // kernel and PRI function: every sequence ends with the function having seen no stale or
 // unexpected answer and no group lost.
-#include "iopfd/drain.h"
+#include "iopfd/device/drain.h"
 
 #include <string>
 #include <vector>

@@ -33,10 +33,10 @@
 #include <string>
 #include <vector>
 
-#include "iopfd/config.h"
-#include "iopfd/device.h"
-#include "iopfd/syscalls.h"
-#include "iopfd/uapi.h"
+#include "iopfd/base/uapi.h"
+#include "iopfd/config/config.h"
+#include "iopfd/device/device.h"
+#include "iopfd/iommu/syscalls.h"
 #include "pri_device.h"
 
 namespace iopfd::sim {

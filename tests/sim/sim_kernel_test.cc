@@ -7,7 +7,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "iopfd/device.h"
+#include "iopfd/device/device.h"
 
 namespace iopfd::sim {
 namespace {

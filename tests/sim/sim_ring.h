@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "iopfd/errors.h"
-#include "iopfd/fault_loop.h"
-#include "iopfd/loop_host.h"
-#include "iopfd/ring.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/device/loop_host.h"
+#include "iopfd/fault/fault_loop.h"
+#include "iopfd/loop/ring.h"
 #include "sim_kernel.h"
 
 namespace iopfd::sim {

@@ -1,0 +1,69 @@
+// One iommufd context (/dev/iommu, opened or inherited) and the objects iopfd makes in it.
+#ifndef IOPFD_IOMMU_IOMMUFD_H_
+#define IOPFD_IOMMU_IOMMUFD_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "iopfd/base/fd.h"
+#include "iopfd/base/ids.h"
+#include "iopfd/fault/address_space.h"
+#include "iopfd/iommu/syscalls.h"
+
+namespace iopfd {
+
+// Wraps an iommufd file descriptor. Every method returns OK or a Status naming the owner
+// (`name`, the device), the ioctl and the errno (see ErrnoStatus).
+class Iommufd {
+ public:
+  // Takes fd (opened from /dev/iommu or inherited from a VMM). sys must outlive this.
+  Iommufd(UniqueFd fd, Syscalls* sys, std::string name)
+      : fd_(std::move(fd)), sys_(sys), name_(std::move(name)) {}
+
+  // Opens /dev/iommu. Errors: NotFound (ENOENT: kernel without CONFIG_IOMMUFD), others as open.
+  static absl::StatusOr<Iommufd> Open(Syscalls* sys, std::string name);
+
+  int fd() const { return fd_.get(); }
+  const std::string& name() const { return name_; }
+  // Gives the fd back (adopt mode hands it on); this object is unusable afterwards.
+  UniqueFd ReleaseFd() { return std::move(fd_); }
+
+  // IOMMU_IOAS_ALLOC: returns the new IOAS.
+  absl::StatusOr<IoasId> IoasAlloc();
+  // IOMMU_FAULT_QUEUE_ALLOC: returns the fault object and its fd (made O_NONBLOCK, see .cc).
+  absl::StatusOr<std::pair<FaultId, UniqueFd>> FaultQueueAlloc();
+  // IOMMU_HWPT_ALLOC of a paging HWPT over `ioas` for `dev`, delivering page requests to
+  // `fault` (when valid) and usable for PASID attachment when `pasid_capable`. Unimplemented
+  // (EOPNOTSUPP) on kernels before 7.x, which only accept a fault id on nested HWPTs.
+  absl::StatusOr<HwptId> HwptAlloc(DeviceId dev, IoasId ioas, FaultId fault, bool pasid_capable);
+  // IOMMU_DESTROY of any object id.
+  absl::Status Destroy(uint32_t id);
+  // Maps req at its fixed IOVA: IOMMU_IOAS_MAP_FILE from req.fd, or, on a kernel without it
+  // (ENOTTY/EOPNOTSUPP, remembered), IOMMU_IOAS_MAP from req.user_va. AlreadyExists (EEXIST)
+  // when part of the range is mapped.
+  absl::Status Map(const MapRequest& req);
+
+ private:
+  UniqueFd fd_;
+  Syscalls* sys_;
+  std::string name_;
+  bool has_map_file_ = true;
+};
+
+// The Mapper the daemon uses: maps through an Iommufd.
+class IommufdMapper : public Mapper {
+ public:
+  explicit IommufdMapper(Iommufd* iommufd) : iommufd_(iommufd) {}
+  absl::Status Map(const MapRequest& req) override { return iommufd_->Map(req); }
+
+ private:
+  Iommufd* iommufd_;
+};
+
+}  // namespace iopfd
+
+#endif  // IOPFD_IOMMU_IOMMUFD_H_
