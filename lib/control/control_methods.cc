@@ -249,6 +249,107 @@ VarlinkReply DrainCall(DaemonState* state, const std::string& method, const Varl
   return VarlinkReply::Ok({{"state", now_state}, {"epoch", drain->epoch()}});
 }
 
+VarlinkReply GetStatus(DaemonState* state) {
+  const DeviceManager& m = *state->manager;
+  size_t running = 0, adopted = 0, quarantined = 0;
+  bool failed = false;
+  for (const auto& d : m.devices()) {
+    // A drain in progress or a Halt holding the device are wanted states: the device is still
+    // served. A failed fault queue or a quarantine is not.
+    const std::string s = StateOf(state, *d);
+    const bool bad = s == "failed" || s == "quarantined";
+    quarantined += s == "quarantined";
+    if (m.IsAdoptedAtRunTime(d->name())) {
+      ++adopted;
+    } else if (!bad) {
+      ++running;
+    }
+    failed |= bad;
+  }
+  // Detached devices are out by request, not by failure.
+  bool ok = !failed && running + m.detached() == m.configured();
+  return VarlinkReply::Ok({{"version", state->version},
+                           {"uptime_usec", (MonotonicNs() - state->start_ns) / 1000},
+                           {"devices_configured", m.configured()},
+                           {"devices_running", running},
+                           {"devices_detached", m.detached()},
+                           {"devices_adopted", adopted},
+                           {"devices_quarantined", quarantined},
+                           {"uevents", UeventsJson(state->uevents)},
+                           {"fd_store", FdStoreJson(state->fd_store)},
+                           {"health", ok ? "ok" : "degraded"}});
+}
+
+VarlinkReply ListDevices(DaemonState* state) {
+  json list = json::array();
+  for (const auto& d : state->manager->devices()) {
+    json pasids = json::array();
+    bool no_pasid = false;
+    for (AddressSpace& s : d->spaces().spaces()) {
+      if (s.pasid()) {
+        pasids.push_back(*s.pasid());
+      } else {
+        no_pasid = true;
+      }
+    }
+    const DeviceStats& st = d->stats();
+    list.push_back(
+        {{"name", d->name()},
+         {"attach", NameOf(kAttachModeNames, d->mode())},
+         {"origin", state->manager->IsAdoptedAtRunTime(d->name()) ? "adopted" : "config"},
+         {"state", StateOf(state, *d)},
+         {"epoch", st.drain_epoch},
+         {"halt", NameOf(kHaltMethodNames, d->config().drain.halt)},
+         {"pasids", pasids},
+         {"no_pasid_space", no_pasid},
+         {"counters",
+          {{"records", st.records},
+           {"groups", st.groups},
+           {"success", st.responses_success},
+           {"invalid", st.responses_invalid},
+           {"outstanding", st.outstanding()}}}});
+  }
+  return VarlinkReply::Ok({{"devices", list}});
+}
+
+VarlinkReply GetStats(DaemonState* state, const VarlinkCall& call) {
+  VarlinkReply error;
+  auto device = StringParam(call, "device", false, &error);
+  auto format = StringParam(call, "format", false, &error);
+  if (!error.error.empty()) return error;
+  if (format && *format != "json" && *format != "prometheus") {
+    return VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", "format"}});
+  }
+  std::vector<const Device*> chosen;
+  if (device) {
+    Device* d = FindDevice(state, *device);
+    if (d == nullptr) return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
+    chosen.push_back(d);
+  } else {
+    for (const auto& d : state->manager->devices()) chosen.push_back(d.get());
+  }
+  json list = json::array();
+  for (const Device* d : chosen) list.push_back(StatsJson(d->name(), d->stats()));
+  json params = {{"devices", list}};
+  if (format && *format == "prometheus") {
+    params["text"] = PrometheusText(chosen, [state](const Device& d) { return StateOf(state, d); });
+  }
+  return VarlinkReply::Ok(params);
+}
+
+VarlinkReply SetLogLevelCall(DaemonState* state, const VarlinkCall& call, const Peer& peer) {
+  VarlinkReply error;
+  auto level = StringParam(call, "level", true, &error);
+  if (!level) return error;
+  if (std::optional<LogLevel> l = ValueNamed(kLogLevelNames, *level)) {
+    SetLogLevel(*l);
+    Log(LogLevel::kInfo, absl::StrCat("log level set to ", *level, " by uid ", peer.uid));
+    state->events->Publish("log_level", {}, absl::StrCat(*level, " (uid ", peer.uid, ")"));
+    return VarlinkReply::Ok();
+  }
+  return VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", "level"}});
+}
+
 }  // namespace
 
 std::string PrometheusText(const std::vector<const Device*>& devices,
@@ -283,118 +384,24 @@ const std::vector<std::pair<std::string, Access>>& IopfdMethodAccess() {
   return *kTable;
 }
 
-// Longer than 60 lines: every method's registration in one place, as the IDL lists them; issue
-// 13 moves each method's body beside its declaration.
 void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
   for (const auto& [name, access] : IopfdMethodAccess()) service->SetAccess(name, access);
   service->AddInterface("io.iopfd", kIopfdInterfaceDescription);
 
-  service->AddMethod("io.iopfd.GetStatus", {}, [state](const VarlinkCall&, const Peer&) {
-    const DeviceManager& m = *state->manager;
-    size_t running = 0, adopted = 0, quarantined = 0;
-    bool failed = false;
-    for (const auto& d : m.devices()) {
-      // A drain in progress or a Halt holding the device are wanted states: the device is still
-      // served. A failed fault queue or a quarantine is not.
-      const std::string s = StateOf(state, *d);
-      const bool bad = s == "failed" || s == "quarantined";
-      quarantined += s == "quarantined";
-      if (m.IsAdoptedAtRunTime(d->name())) {
-        ++adopted;
-      } else if (!bad) {
-        ++running;
-      }
-      failed |= bad;
-    }
-    // Detached devices are out by request, not by failure.
-    bool ok = !failed && running + m.detached() == m.configured();
-    return VarlinkReply::Ok({{"version", state->version},
-                             {"uptime_usec", (MonotonicNs() - state->start_ns) / 1000},
-                             {"devices_configured", m.configured()},
-                             {"devices_running", running},
-                             {"devices_detached", m.detached()},
-                             {"devices_adopted", adopted},
-                             {"devices_quarantined", quarantined},
-                             {"uevents", UeventsJson(state->uevents)},
-                             {"fd_store", FdStoreJson(state->fd_store)},
-                             {"health", ok ? "ok" : "degraded"}});
-  });
+  service->AddMethod("io.iopfd.GetStatus", {},
+                     [state](const VarlinkCall&, const Peer&) { return GetStatus(state); });
 
-  service->AddMethod("io.iopfd.ListDevices", {}, [state](const VarlinkCall&, const Peer&) {
-    json list = json::array();
-    for (const auto& d : state->manager->devices()) {
-      json pasids = json::array();
-      bool no_pasid = false;
-      for (AddressSpace& s : d->spaces().spaces()) {
-        if (s.pasid()) {
-          pasids.push_back(*s.pasid());
-        } else {
-          no_pasid = true;
-        }
-      }
-      const DeviceStats& st = d->stats();
-      list.push_back(
-          {{"name", d->name()},
-           {"attach", NameOf(kAttachModeNames, d->mode())},
-           {"origin", state->manager->IsAdoptedAtRunTime(d->name()) ? "adopted" : "config"},
-           {"state", StateOf(state, *d)},
-           {"epoch", st.drain_epoch},
-           {"halt", NameOf(kHaltMethodNames, d->config().drain.halt)},
-           {"pasids", pasids},
-           {"no_pasid_space", no_pasid},
-           {"counters",
-            {{"records", st.records},
-             {"groups", st.groups},
-             {"success", st.responses_success},
-             {"invalid", st.responses_invalid},
-             {"outstanding", st.outstanding()}}}});
-    }
-    return VarlinkReply::Ok({{"devices", list}});
-  });
+  service->AddMethod("io.iopfd.ListDevices", {},
+                     [state](const VarlinkCall&, const Peer&) { return ListDevices(state); });
 
   service->AddMethod(
-      "io.iopfd.GetStats", {"device", "format"}, [state](const VarlinkCall& call, const Peer&) {
-        VarlinkReply error;
-        auto device = StringParam(call, "device", false, &error);
-        auto format = StringParam(call, "format", false, &error);
-        if (!error.error.empty()) return error;
-        if (format && *format != "json" && *format != "prometheus") {
-          return VarlinkReply::Error("org.varlink.service.InvalidParameter",
-                                     {{"parameter", "format"}});
-        }
-        std::vector<const Device*> chosen;
-        if (device) {
-          Device* d = FindDevice(state, *device);
-          if (d == nullptr)
-            return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
-          chosen.push_back(d);
-        } else {
-          for (const auto& d : state->manager->devices()) chosen.push_back(d.get());
-        }
-        json list = json::array();
-        for (const Device* d : chosen) list.push_back(StatsJson(d->name(), d->stats()));
-        json params = {{"devices", list}};
-        if (format && *format == "prometheus") {
-          params["text"] =
-              PrometheusText(chosen, [state](const Device& d) { return StateOf(state, d); });
-        }
-        return VarlinkReply::Ok(params);
-      });
+      "io.iopfd.GetStats", {"device", "format"},
+      [state](const VarlinkCall& call, const Peer&) { return GetStats(state, call); });
 
-  service->AddMethod(
-      "io.iopfd.SetLogLevel", {"level"}, [state](const VarlinkCall& call, const Peer& peer) {
-        VarlinkReply error;
-        auto level = StringParam(call, "level", true, &error);
-        if (!level) return error;
-        if (std::optional<LogLevel> l = ValueNamed(kLogLevelNames, *level)) {
-          SetLogLevel(*l);
-          Log(LogLevel::kInfo, absl::StrCat("log level set to ", *level, " by uid ", peer.uid));
-          state->events->Publish("log_level", {}, absl::StrCat(*level, " (uid ", peer.uid, ")"));
-          return VarlinkReply::Ok();
-        }
-        return VarlinkReply::Error("org.varlink.service.InvalidParameter",
-                                   {{"parameter", "level"}});
-      });
+  service->AddMethod("io.iopfd.SetLogLevel", {"level"},
+                     [state](const VarlinkCall& call, const Peer& peer) {
+                       return SetLogLevelCall(state, call, peer);
+                     });
 
   for (const char* name : {"Drain", "Reset", "Halt", "Resume"}) {
     std::string method = name;
