@@ -1,6 +1,8 @@
 #include "iopfd/config/toml_guard.h"
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 
@@ -146,6 +148,13 @@ class Checker {
       return Problem(
           absl::StrFormat("a quote right after '%c' (no string can start there)", prev_));
     }
+    // After a dot, only in a key (`a."b"`): in a value, toml++ 3.3.0 reads a float's `1.` on
+    // into the quoted part as bare characters (a fuzzer found `a = 1."\xc3\xa9"` reaching
+    // __builtin_unreachable), and no value has a dot before a quote anyway.
+    if ((c == '"' || c == '\'') && prev_ == '.' && value_) {
+      return Problem("a quote right after '.' in a value (no string can start there)");
+    }
+    TrackContext(c);
     if (c == '\n') {
       prev_ = '\0';
     } else if (c != ' ' && c != '\t' && c != '\r' && c != '"' && c != '\'') {
@@ -172,6 +181,39 @@ class Checker {
     return std::nullopt;
   }
 
+  // Whether the text is in a key or a value: '=' starts a value; an inline table's '{' and ','
+  // start keys, an array's '[' and ',' values; a closing bracket ends an inner value (a table
+  // header's ']' ends the header); a new line outside brackets starts a key.
+  void TrackContext(char c) {
+    switch (c) {
+      case '=':
+        value_ = true;
+        break;
+      case '{':
+        open_.push_back('{');
+        value_ = false;
+        break;
+      case '[':
+        open_.push_back(value_ ? '[' : 'h');
+        break;
+      case ',':
+        if (!open_.empty()) value_ = open_.back() == '[';
+        break;
+      case '}':
+      case ']':
+        if (!open_.empty()) {
+          value_ = open_.back() != 'h';
+          open_.pop_back();
+        }
+        break;
+      case '\n':
+        if (open_.empty()) value_ = false;
+        break;
+      default:
+        break;
+    }
+  }
+
   // A multi-line string closes at three quotes; one or two more right after are its last
   // characters (TOML 1.0), so the string ends after up to five.
   std::optional<TomlTextProblem> CloseMultiline(char quote) {
@@ -189,6 +231,7 @@ class Checker {
   void EndLine() {
     state_ = State::kNormal;
     prev_ = '\0';
+    if (open_.empty()) value_ = false;  // a comment's or a broken string's end of line
   }
 
   // A backslash in a basic string: an escape of one ASCII character, or (multi-line strings)
@@ -230,6 +273,8 @@ class Checker {
   char prev_ = '\0';
   int brackets_ = 0;
   int key_dots_ = 0;
+  bool value_ = false;      // in a value (TrackContext)
+  std::vector<char> open_;  // '[' array, '{' inline table, 'h' table header, innermost last
 };
 
 }  // namespace

@@ -212,6 +212,25 @@ TEST(TomlGuardTest, AQuoteWhereNoStringCanStartIsRefused) {
   }
 }
 
+// A quote after a dot starts a quoted key part, but only in a key: in a value toml++ reads a
+// float's "1." on into it (found by the fuzzer: `a = 1."\xc3\xa9"` in a device file reached
+// __builtin_unreachable). Keys of inline tables, in arrays too, and table headers keep them.
+TEST(TomlGuardTest, AQuoteAfterADotInAValueIsRefused) {
+  const std::string cp = Utf8(0xE9);
+  for (const char* bad : {"a = 1.\"@\"", "a = 1.'@'", "a = [1.\"@\"]", "a = 1.\"\"\"@\"\"\"",
+                          "a = {b = 1.\"@\"}", "a = [{b = 1}, 2.'@']", "zame = 1.\"d@\\u"}) {
+    auto p = CheckTomlText(Fill(bad, cp));
+    ASSERT_TRUE(p.has_value()) << bad;
+    EXPECT_THAT(p->message, HasSubstr("right after '.' in a value")) << bad;
+  }
+  for (const char* good :
+       {"1.\"@\" = 1", "a.1.\"@\" = 1", "[1.\"@\"]", "[[a.'@']]", "a = {1.\"@\" = 1}",
+        "a = [{b.\"@\" = 1}]", "a = {x = 1, b.'@' = 2}", "a = 1 # c\nb.\"@\" = 1",
+        "a = [\n 1,\n]\nb.\"@\" = 2", "[t]\nb.\"@\" = 1"}) {
+    EXPECT_FALSE(CheckTomlText(Fill(good, cp)).has_value()) << good;
+  }
+}
+
 // Strings are found exactly: escaped quotes do not end them, and the quotes that may follow a
 // multi-line string's closing delimiter are its own.
 TEST(TomlGuardTest, StringsEndWhereTomlSaysTheyDo) {

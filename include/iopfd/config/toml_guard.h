@@ -32,8 +32,10 @@ struct TomlTextProblem {
 // Returns nullopt when text may be given to toml++: valid UTF-8 (an optional byte order mark
 // first), non-ASCII characters only inside strings and comments and never right after a
 // backslash in a string (TOML has no such escape; a line-ending backslash followed by one, which
-// TOML allows, is refused too: toml++ 3.3.0 cannot parse it), and nesting within the bounds
-// above. Otherwise returns the first problem. Linear, no recursion.
+// TOML allows, is refused too: toml++ 3.3.0 cannot parse it), quotes only where a string can
+// start (after a dot only in a key: in a value toml++ reads `1."..."` on as bare characters),
+// and nesting within the bounds above. Otherwise returns the first problem. Linear, no
+// recursion.
 std::optional<TomlTextProblem> CheckTomlText(std::string_view text);
 
 }  // namespace iopfd
