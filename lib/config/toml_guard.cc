@@ -139,21 +139,7 @@ class Checker {
     } else if ((c == ']' || c == '}') && brackets_ > 0) {
       --brackets_;
     }
-    // A quote starts a string only where TOML can have one: a key (first on a line, or after
-    // '{', ',', '.' or '['), or a value (after '=', '[', ','). Elsewhere toml++ does not take it
-    // for a string and reads on into it as bare characters, non-ASCII ones included (a fuzzer
-    // found `x =0"\xc3\xa4"` reaching __builtin_unreachable that way).
-    if ((c == '"' || c == '\'') && prev_ != '\0' && prev_ != '=' && prev_ != '[' && prev_ != '{' &&
-        prev_ != ',' && prev_ != '.') {
-      return Problem(
-          absl::StrFormat("a quote right after '%c' (no string can start there)", prev_));
-    }
-    // After a dot, only in a key (`a."b"`): in a value, toml++ 3.3.0 reads a float's `1.` on
-    // into the quoted part as bare characters (a fuzzer found `a = 1."\xc3\xa9"` reaching
-    // __builtin_unreachable), and no value has a dot before a quote anyway.
-    if ((c == '"' || c == '\'') && prev_ == '.' && value_) {
-      return Problem("a quote right after '.' in a value (no string can start there)");
-    }
+    if (auto p = QuoteProblem(c)) return p;
     TrackContext(c);
     if (c == '\n') {
       prev_ = '\0';
@@ -178,6 +164,26 @@ class Checker {
       state_ = State::kLiteral;
     }
     Advance(1);
+    return std::nullopt;
+  }
+
+  // A quote where no string can start (see the comments inside), or nullopt.
+  std::optional<TomlTextProblem> QuoteProblem(char c) const {
+    // A quote starts a string only where TOML can have one: a key (first on a line, or after
+    // '{', ',', '.' or '['), or a value (after '=', '[', ','). Elsewhere toml++ does not take it
+    // for a string and reads on into it as bare characters, non-ASCII ones included (a fuzzer
+    // found `x =0"\xc3\xa4"` reaching __builtin_unreachable that way).
+    if ((c == '"' || c == '\'') && prev_ != '\0' && prev_ != '=' && prev_ != '[' && prev_ != '{' &&
+        prev_ != ',' && prev_ != '.') {
+      return Problem(
+          absl::StrFormat("a quote right after '%c' (no string can start there)", prev_));
+    }
+    // After a dot, only in a key (`a."b"`): in a value, toml++ 3.3.0 reads a float's `1.` on
+    // into the quoted part as bare characters (a fuzzer found `a = 1."\xc3\xa9"` reaching
+    // __builtin_unreachable), and no value has a dot before a quote anyway.
+    if ((c == '"' || c == '\'') && prev_ == '.' && value_) {
+      return Problem("a quote right after '.' in a value (no string can start there)");
+    }
     return std::nullopt;
   }
 
