@@ -88,8 +88,6 @@ class Device {
   FaultQueue& queue() { return *queue_; }
   // The buffer reads land in (FaultQueue::read_buffer).
   std::span<uapi::PageFault> read_buffer() { return queue_->read_buffer(); }
-  // The buffer for the read about to be issued (FaultQueue::BeginRead).
-  std::span<uapi::PageFault> BeginRead() { return queue_->BeginRead(); }
 
   // Keeps what a crash would lose in `ledger` from now on (inflight_ledger.h): reads go to its
   // buffer and every owed answer is recorded. First answers what a previous process left in it:
