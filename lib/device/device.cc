@@ -189,6 +189,34 @@ absl::Status Device::UseLedger(std::unique_ptr<InflightLedger> ledger) {
   return result;
 }
 
+void Device::RecordRecovered(const InflightLedger::Answered& answered) {
+  stats_->recovered_answers += answered.accepted;
+  stats_->recovered_already_answered += answered.rejected;
+  stats_->recovered_groups += answered.groups;
+}
+
+void Device::RecordDrain(DrainEvent event, uint64_t epoch, bool mid_drain) {
+  DeviceStats& s = *stats_;
+  switch (event) {
+    case DrainEvent::kTransition:
+      ++s.drain_transitions;
+      return;
+    case DrainEvent::kFunctionReset:
+      ++s.function_resets;
+      return;
+    case DrainEvent::kUnaccounted:
+      ++s.drain_unaccounted;
+      return;
+    case DrainEvent::kQuarantine:
+      ++s.quarantines;
+      return;
+    case DrainEvent::kCompleted:
+      s.drain_epoch = epoch;
+      if (mid_drain) ++s.drains;
+      return;
+  }
+}
+
 Device::~Device() {
   if (mode_ == AttachMode::kAdopt) DestroyParkHwpts();
 }

@@ -44,7 +44,7 @@ DrainController::~DrainController() = default;
 void DrainController::Enter(DrainState next, const std::string& cause) {
   DrainTransition t{state_, next, cause, epoch_};
   state_ = next;
-  ++device_->stats().drain_transitions;
+  device_->RecordDrain(Device::DrainEvent::kTransition);
   LogFields fields = {{"DEVICE", device_->name()},
                       {"STATE", DrainStateName(next)},
                       {"PREVIOUS_STATE", DrainStateName(t.from)},
@@ -170,7 +170,7 @@ absl::Status DrainController::Continue(const std::string& cause) {
       return Quarantine(std::string(st.message()));
     }
     Enter(DrainState::kResetting, cause);
-    ++device_->stats().function_resets;
+    device_->RecordDrain(Device::DrainEvent::kFunctionReset);
     // An FLR takes 100 ms and more (PCIe: no config request for 100 ms after it), a switch
     // module's reset is the owner's code: neither may hold up the other devices' faults. The
     // device stays quiesced and parked meanwhile, so the loop has nothing of it to serve; the
@@ -213,7 +213,7 @@ absl::Status DrainController::Finish(const std::string& cause) {
   // ring reads nothing while quiesced. A group still counted outstanding is a bookkeeping bug:
   // say so and count it (it is not silently carried into the next epoch).
   if (uint64_t owed = device_->stats().outstanding(); owed != 0) {
-    ++device_->stats().drain_unaccounted;
+    device_->RecordDrain(Device::DrainEvent::kUnaccounted);
     Log(LogLevel::kError, absl::StrCat(device_->name(), ": INVARIANT: ", owed,
                                        " group(s) read and unaccounted for after the flush"));
   }
@@ -250,8 +250,7 @@ absl::Status DrainController::Resume(const std::string& cause, uint64_t /*now_ns
   }
   device_->SetQuarantined(false);
   ++epoch_;
-  device_->stats().drain_epoch = epoch_;
-  if (mid_drain) ++device_->stats().drains;
+  device_->RecordDrain(Device::DrainEvent::kCompleted, epoch_, mid_drain);
   goal_ = Goal::kNone;
   scope_.reset();
   io_->Rearm(*device_);
@@ -285,7 +284,7 @@ absl::Status DrainController::Quarantine(const std::string& why) {
   }
   goal_ = Goal::kNone;
   scope_.reset();
-  ++device_->stats().quarantines;
+  device_->RecordDrain(Device::DrainEvent::kQuarantine);
   Enter(DrainState::kQuarantined,
         absl::StrCat(why, bus_master, park.ok() ? "" : absl::StrCat("; park: ", park.message())));
   return absl::AbortedError(absl::StrCat(device_->name(), ": quarantined: ", why));

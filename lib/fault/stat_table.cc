@@ -53,32 +53,6 @@ StatField Percentiles(std::string key, std::string label, std::string help, std:
 constexpr const char* kResponses = "iopfd_responses_total";
 constexpr const char* kInvariants = "iopfd_invariant_violations_total";
 
-std::string_view ReasonHelp(InvalidReason r) {
-  switch (r) {
-    case InvalidReason::kNoSpace:
-      return "No address space for the request's PASID (or for requests without one).";
-    case InvalidReason::kNoRegion:
-      return "The address is outside every region of the space.";
-    case InvalidReason::kPermission:
-      return "The request asks for access its region does not grant.";
-    case InvalidReason::kMapFailed:
-      return "The IOMMU map call failed.";
-    case InvalidReason::kForeignDevice:
-      return "The record names a device this fault queue does not serve.";
-    case InvalidReason::kOversizedGroup:
-      return "The group has more records than limits.max_group_records.";
-    case InvalidReason::kMalformed:
-      return "Inconsistent records (mixed PASIDs or devices in one group).";
-    case InvalidReason::kUnresolved:
-      return "Answered by the exactly-once guard: resolution never finished (a bug).";
-    case InvalidReason::kRefused:
-      return "The space was parked by a drain, or the device is quarantined.";
-    case InvalidReason::kCount:
-      break;
-  }
-  return "";
-}
-
 // Longer than 60 lines: it is the table, one row per counter, in the order outputs list them.
 std::vector<StatField> MakeFields() {
   std::vector<StatField> t;
@@ -111,7 +85,7 @@ std::vector<StatField> MakeFields() {
     const std::string name(InvalidReasonName(static_cast<InvalidReason>(r)));
     StatField f = Labelled(
         Counter("invalid_by_reason." + name, name,
-                std::string(ReasonHelp(static_cast<InvalidReason>(r))), kResponses, nullptr),
+                std::string(InvalidReasonHelp(static_cast<InvalidReason>(r))), kResponses, nullptr),
         absl::StrCat("code=\"invalid\",reason=\"", name, "\""));
     f.index = r;
     t.push_back(std::move(f));

@@ -1,6 +1,7 @@
 #include "iopfd/fault/stats.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 
@@ -57,30 +58,61 @@ void Histogram::Merge(const Histogram& other) {
   min_ = std::min(min_, other.min_);
 }
 
-std::string_view InvalidReasonName(InvalidReason reason) {
-  switch (reason) {
-    case InvalidReason::kNoSpace:
-      return "no_space";
-    case InvalidReason::kNoRegion:
-      return "no_region";
-    case InvalidReason::kPermission:
-      return "permission";
-    case InvalidReason::kMapFailed:
-      return "map_failed";
-    case InvalidReason::kForeignDevice:
-      return "foreign_device";
-    case InvalidReason::kOversizedGroup:
-      return "oversized_group";
-    case InvalidReason::kMalformed:
-      return "malformed";
-    case InvalidReason::kRefused:
-      return "refused";
-    case InvalidReason::kUnresolved:
-      return "unresolved";
-    case InvalidReason::kCount:
-      break;
+namespace {
+
+// One row per reason, in the enum's order (checked at compile time below): its name in every
+// output, and the help text of its counter (Prometheus HELP, the IDL, docs/CONTROL.md).
+struct ReasonRow {
+  InvalidReason reason;
+  std::string_view name;
+  std::string_view help;
+};
+
+constexpr std::array<ReasonRow, static_cast<size_t>(InvalidReason::kCount)> kReasons = {{
+    {InvalidReason::kNoSpace, "no_space",
+     "No address space for the request's PASID (or for requests without one)."},
+    {InvalidReason::kNoRegion, "no_region", "The address is outside every region of the space."},
+    {InvalidReason::kPermission, "permission",
+     "The request asks for access its region does not grant."},
+    {InvalidReason::kMapFailed, "map_failed", "The IOMMU map call failed."},
+    {InvalidReason::kForeignDevice, "foreign_device",
+     "The record names a device this fault queue does not serve."},
+    {InvalidReason::kOversizedGroup, "oversized_group",
+     "The group has more records than limits.max_group_records."},
+    {InvalidReason::kMalformed, "malformed",
+     "Inconsistent records (mixed PASIDs or devices in one group)."},
+    {InvalidReason::kUnresolved, "unresolved",
+     "Answered by the exactly-once guard: resolution never finished (a bug)."},
+    {InvalidReason::kRefused, "refused",
+     "The space was parked by a drain, or the device is quarantined."},
+}};
+
+constexpr bool RowsInEnumOrder() {
+  for (size_t i = 0; i < kReasons.size(); ++i) {
+    if (static_cast<size_t>(kReasons[i].reason) != i || kReasons[i].name.empty() ||
+        kReasons[i].help.empty()) {
+      return false;
+    }
   }
-  return "unknown";
+  return true;
+}
+static_assert(RowsInEnumOrder(), "kReasons needs one row per InvalidReason, in the enum's order");
+
+const ReasonRow* RowOf(InvalidReason reason) {
+  auto i = static_cast<size_t>(reason);
+  return i < kReasons.size() ? &kReasons[i] : nullptr;
+}
+
+}  // namespace
+
+std::string_view InvalidReasonName(InvalidReason reason) {
+  const ReasonRow* row = RowOf(reason);
+  return row != nullptr ? row->name : "unknown";
+}
+
+std::string_view InvalidReasonHelp(InvalidReason reason) {
+  const ReasonRow* row = RowOf(reason);
+  return row != nullptr ? row->help : "";
 }
 
 namespace {

@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "iopfd/base/errors.h"
-#include "iopfd/iommu/syscalls.h"
+#include "iopfd/base/syscalls.h"
 #include "iopfd/service/log.h"
 
 namespace iopfd {
@@ -43,8 +43,8 @@ absl::StatusOr<InflightLedger::Answered> ConfiguredLedgers::AnswerOnStoredQueue(
   return (*ledger)->AnswerAllLeftovers(stored.device, stored.fault.get(), RealSyscalls());
 }
 
-std::unique_ptr<InflightLedger> ConfiguredLedgers::TakeBack(FdStore::StoredLedger stored,
-                                                            int fault_fd, DeviceStats* stats) {
+std::unique_ptr<InflightLedger> ConfiguredLedgers::TakeBack(
+    FdStore::StoredLedger stored, int fault_fd, InflightLedger::Answered* answered_elsewhere) {
   const std::string name = stored.device;
   absl::StatusOr<bool> same = SameOpenFile(stored.fault.get(), fault_fd);
   if (same.ok() && *same) {
@@ -69,9 +69,9 @@ std::unique_ptr<InflightLedger> ConfiguredLedgers::TakeBack(FdStore::StoredLedge
     Log(LogLevel::kError, std::string(answered.status().message()), {{"DEVICE", name}});
     return nullptr;
   }
-  stats->recovered_answers += answered->accepted;
-  stats->recovered_already_answered += answered->rejected;
-  stats->recovered_groups += answered->groups;
+  answered_elsewhere->accepted += answered->accepted;
+  answered_elsewhere->rejected += answered->rejected;
+  answered_elsewhere->groups += answered->groups;
   if (answered->accepted + answered->rejected != 0) {
     Log(LogLevel::kWarning,
         absl::StrCat(name,
@@ -87,12 +87,13 @@ std::unique_ptr<InflightLedger> ConfiguredLedgers::TakeBack(FdStore::StoredLedge
   return nullptr;
 }
 
-std::unique_ptr<InflightLedger> ConfiguredLedgers::For(const std::string& name, int fault_fd,
-                                                       DeviceStats* stats) {
+std::unique_ptr<InflightLedger> ConfiguredLedgers::For(
+    const std::string& name, int fault_fd, InflightLedger::Answered* answered_elsewhere) {
   if (auto it = stored_.find(name); it != stored_.end()) {
     FdStore::StoredLedger stored = std::move(it->second);
     stored_.erase(it);
-    std::unique_ptr<InflightLedger> same_queue = TakeBack(std::move(stored), fault_fd, stats);
+    std::unique_ptr<InflightLedger> same_queue =
+        TakeBack(std::move(stored), fault_fd, answered_elsewhere);
     if (same_queue != nullptr) return same_queue;
   }
   if (!store_->enabled()) return nullptr;

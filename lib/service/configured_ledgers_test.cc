@@ -16,7 +16,6 @@
 #include "iopfd/base/fd.h"
 #include "iopfd/base/uapi.h"
 #include "iopfd/fault/inflight_ledger.h"
-#include "iopfd/fault/stats.h"
 #include "iopfd/service/fd_store.h"
 
 namespace iopfd {
@@ -64,7 +63,7 @@ void DieOwing(InflightLedger* ledger) {
 void CrashOwing(FakeServiceManager* systemd, const std::string& device, int fault_fd) {
   FdStore store(systemd->sender(), 16);
   ConfiguredLedgers ledgers(&store, 64);
-  DeviceStats stats;
+  InflightLedger::Answered stats;
   std::unique_ptr<InflightLedger> ledger = ledgers.For(device, fault_fd, &stats);
   ASSERT_NE(ledger, nullptr);
   DieOwing(ledger.get());
@@ -98,7 +97,7 @@ TEST(ConfiguredLedgersTest, WithoutAStoreThereIsNoLedger) {
   FdStore store(systemd.sender(), 0);
   ConfiguredLedgers ledgers(&store, 64);
   Queue q;
-  DeviceStats stats;
+  InflightLedger::Answered stats;
   EXPECT_EQ(ledgers.For("vm", q.iopfd.get(), &stats), nullptr);
   EXPECT_THAT(systemd.messages, IsEmpty());
 }
@@ -108,7 +107,7 @@ TEST(ConfiguredLedgersTest, ANewLedgerIsStoredWithTheQueueBeforeItIsUsed) {
   FdStore store(systemd.sender(), 16);
   ConfiguredLedgers ledgers(&store, 64);
   Queue q;
-  DeviceStats stats;
+  InflightLedger::Answered stats;
   std::unique_ptr<InflightLedger> ledger = ledgers.For("vm", q.iopfd.get(), &stats);
   ASSERT_NE(ledger, nullptr);
   EXPECT_EQ(ledger->capacity(), 64u);
@@ -134,7 +133,7 @@ TEST(ConfiguredLedgersTest, AfterACrashOnTheSameQueueTheDeviceGetsTheLedgerAsItW
   FdStore& store = next.store;
   ConfiguredLedgers& ledgers = next.ledgers;
   EXPECT_THAT(next.problems, IsEmpty());
-  DeviceStats stats;
+  InflightLedger::Answered stats;
   // LISTEN_FDS hands the same queue back (a copy of the same file).
   UniqueFd again(dup(q.iopfd.get()));
   std::unique_ptr<InflightLedger> ledger = ledgers.For("vm", again.get(), &stats);
@@ -158,7 +157,7 @@ TEST(ConfiguredLedgersTest, AfterACrashOnAnotherQueueTheOldQueueIsAnsweredAndANe
   NextProcess next(&systemd);
   FdStore& store = next.store;
   ConfiguredLedgers& ledgers = next.ledgers;
-  DeviceStats stats;
+  InflightLedger::Answered stats;
   std::unique_ptr<InflightLedger> ledger = ledgers.For("vm", new_queue.iopfd.get(), &stats);
   ASSERT_NE(ledger, nullptr);
   EXPECT_EQ(old_queue.Answers(), (std::map<uint32_t, uint32_t>{{1, uapi::kRespSuccess},
@@ -166,9 +165,9 @@ TEST(ConfiguredLedgersTest, AfterACrashOnAnotherQueueTheOldQueueIsAnsweredAndANe
                                                                {3, uapi::kRespInvalid},
                                                                {4, uapi::kRespInvalid}}));
   EXPECT_THAT(new_queue.Answers(), IsEmpty());
-  EXPECT_EQ(stats.recovered_answers, 4u);
-  EXPECT_EQ(stats.recovered_groups, 2u);
-  EXPECT_EQ(stats.recovered_already_answered, 0u);
+  EXPECT_EQ(stats.accepted, 4u);
+  EXPECT_EQ(stats.groups, 2u);
+  EXPECT_EQ(stats.rejected, 0u);
   InflightLedger::Leftovers left = ledger->FindLeftovers();
   EXPECT_THAT(left.owed, IsEmpty());
   EXPECT_THAT(left.unprocessed, IsEmpty());
@@ -208,7 +207,7 @@ TEST(ConfiguredLedgersTest, AStoredFileThatIsNoLedgerIsReplaced) {
   NextProcess next(&systemd);
   FdStore& store = next.store;
   ConfiguredLedgers& ledgers = next.ledgers;
-  DeviceStats stats;
+  InflightLedger::Answered stats;
   std::unique_ptr<InflightLedger> ledger = ledgers.For("vm", q.iopfd.get(), &stats);
   ASSERT_NE(ledger, nullptr);
   EXPECT_THAT(q.Answers(), IsEmpty());
@@ -222,7 +221,7 @@ TEST(ConfiguredLedgersTest, ForgetAllRemovesEveryLedger) {
   FdStore store(systemd.sender(), 16);
   ConfiguredLedgers ledgers(&store, 64);
   Queue a, b;
-  DeviceStats stats;
+  InflightLedger::Answered stats;
   auto la = ledgers.For("a", a.iopfd.get(), &stats);
   auto lb = ledgers.For("b", b.iopfd.get(), &stats);
   EXPECT_EQ(store.kept(), 4u);

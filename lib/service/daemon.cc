@@ -1,6 +1,5 @@
 #include "iopfd/service/daemon.h"
 
-#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -11,9 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "iopfd/base/clock.h"
-#include "iopfd/fault/inflight_ledger.h"
+#include "iopfd/base/syscalls.h"
 #include "iopfd/fault/stats.h"
-#include "iopfd/iommu/syscalls.h"
 #include "iopfd/service/log.h"
 
 namespace iopfd {
@@ -36,65 +34,6 @@ void PrintStats(const std::vector<std::unique_ptr<Device>>& devices, bool at_exi
     std::string text = FormatStatsText(d->name(), d->stats());
     (void)!::write(STDERR_FILENO, text.data(), text.size());
   }
-}
-
-// When a device the fd store kept cannot be served again: what the crashed process read from
-// its queue and did not answer is answered now (owed answers as they were, unresolved groups
-// INVALID), so the owner gets its device back with nothing pending that iopfd read.
-void AnswerOrphans(const std::string& device, UniqueFd ledger_fd, int fault_fd) {
-  auto orphan = InflightLedger::Open(device, std::move(ledger_fd));
-  if (!orphan.ok()) return;
-  auto answered = (*orphan)->AnswerAllLeftovers(device, fault_fd, RealSyscalls());
-  if (!answered.ok()) {
-    Log(LogLevel::kError, std::string(answered.status().message()), {{"DEVICE", device}});
-  } else if (answered->accepted + answered->rejected != 0) {
-    Log(LogLevel::kWarning,
-        absl::StrCat(device, ": answered ", answered->accepted,
-                     " group(s) the previous iopfd read and did not answer (", answered->rejected,
-                     " had been answered) before handing it back"),
-        {{"DEVICE", device}});
-  }
-}
-
-// Adopts a device the fd store kept, checked as an Adopt call is, with its in-flight ledger
-// (absent when an iopfd without one stored it); when it cannot be, AnswerOrphans. Returns why
-// it was not adopted.
-absl::Status ReplayStored(DeviceManager* manager, FdStore::Stored* s) {
-  AdoptRequest parsed = ParseAdoptConfig(s->config_text);
-  if (!parsed.config.has_value()) {
-    return absl::InvalidArgumentError(absl::StrJoin(parsed.errors, "; "));
-  }
-  if (parsed.config->name != s->device) {
-    return absl::InvalidArgumentError("the record's config names device " + parsed.config->name);
-  }
-  auto dup = [](int fd) { return UniqueFd(fcntl(fd, F_DUPFD_CLOEXEC, 3)); };
-  UniqueFd ledger_copy;
-  std::unique_ptr<InflightLedger> ledger;
-  if (auto fd = s->fds.Take(kLedgerFdName); fd.ok()) {
-    ledger_copy = dup(fd->get());
-    auto opened = InflightLedger::Open(s->device, *std::move(fd));
-    if (opened.ok()) {
-      ledger = *std::move(opened);
-    } else {
-      Log(LogLevel::kError,
-          absl::StrCat(opened.status().message(),
-                       "; what a crash left unanswered stays unanswered"),
-          {{"DEVICE", s->device}});
-      ledger_copy = UniqueFd();
-    }
-  }
-  // Adopt closes every fd it was given when it fails: keep the fault queue for the answers.
-  UniqueFd fault_copy;
-  const std::string& fault_name = parsed.config->adopt.fault_fd;
-  if (auto fd = s->fds.Take(fault_name); fd.ok()) {
-    fault_copy = dup(fd->get());
-    s->fds.Add(fault_name, *std::move(fd));
-  }
-  absl::Status st = manager->Adopt(*parsed.config, std::move(s->fds), std::move(ledger));
-  if (!st.ok() && ledger_copy.valid() && fault_copy.valid()) {
-    AnswerOrphans(s->device, std::move(ledger_copy), fault_copy.get());
-  }
-  return st;
 }
 
 }  // namespace
@@ -161,17 +100,11 @@ absl::Status Daemon::TakeInherited() {
   // The control socket: systemd's (socket activation) when it passed one, else our own (made in
   // StartControl). Taken out of the inherited fds first: the rest are the devices' pool.
   listener_ = inherited_.Take("control");
-  // Devices adopted before a restart come back from systemd's fd store: take their entries out
-  // of the inherited fds now; they are adopted again after the configured devices attached.
+  // What the fd store kept for devices a previous process served (crash_recovery.h): taken out
+  // of the inherited fds now, used as the devices attach.
   std::vector<std::string> problems;
-  stored_ = fd_store_.TakeStored(&inherited_, &problems);
-  // Room for the largest read max_read_records may allow after a restart that raises it (up
-  // to 65536; a ledger outlives restarts): the file is sparse, untouched pages cost nothing.
-  ledger_capacity_ = std::max<uint32_t>(global_.max_read_records, 65536);
-  // And the ledgers of configured adopt-mode devices: what a crash left on their queues is
-  // answered as each attaches, before its first read.
-  ledgers_ = std::make_unique<ConfiguredLedgers>(&fd_store_, ledger_capacity_);
-  ledgers_->TakeStored(&inherited_, &problems);
+  recovery_ = std::make_unique<CrashRecovery>(&fd_store_, global_.max_read_records);
+  recovery_->TakeStored(&inherited_, &problems);
   for (const std::string& p : problems) Log(LogLevel::kError, p);
   return absl::OkStatus();
 }
@@ -204,10 +137,10 @@ void Daemon::CreateManager() {
          {"cause", t.cause},
          {"epoch", t.epoch}});
   };
-  manager_->configured_ledger = [this](Device& d) {
-    return ledgers_->For(d.name(), d.fault_fd(), &d.stats());
+  manager_->configured_ledger = [this](Device& d) { return recovery_->LedgerForConfigured(d); };
+  manager_->on_configured_gone = [this](const std::string& name) {
+    recovery_->Forget(name, /*adopted_at_run_time=*/false);
   };
-  manager_->on_configured_gone = [this](const std::string& name) { ledgers_->Forget(name); };
 }
 
 void Daemon::AttachAll(const std::vector<DeviceConfig>& devices) {
@@ -215,27 +148,13 @@ void Daemon::AttachAll(const std::vector<DeviceConfig>& devices) {
   ReloadReport started = manager_->Apply(devices);
   Log(LogLevel::kInfo,
       absl::StrCat("serving ", started.added.size(), " of ", devices.size(), " device(s)"));
-  // Then the adoptions the fd store kept, checked as an Adopt call would be. A name a device
-  // file took meanwhile wins: the stored one is handed back.
-  for (FdStore::Stored& s : stored_) {
-    absl::Status st = ReplayStored(manager_.get(), &s);
-    if (st.ok()) {
-      Log(LogLevel::kInfo,
-          s.device + ": adopted again from the fd store (handed over before the restart)",
-          {{"DEVICE", s.device}});
-    } else {
-      Log(LogLevel::kError,
-          absl::StrCat(s.device, ": not adopted again from the fd store: ", st.message(),
-                       "; its descriptors are closed (handed back)"),
-          {{"DEVICE", s.device}});
-      fd_store_.Forget(s.device);
-    }
-  }
-  stored_.clear();
-  (void)ledgers_->SettleUnclaimed();
+  // Then the adoptions the fd store kept, checked as an Adopt call would be.
+  recovery_->ReplayStored(manager_.get());
   Log(LogLevel::kInfo, fd_store_.Describe());
   // Adoptions at run time are kept in the store; a device handed back leaves it.
-  manager_->on_adopted_gone = [this](const std::string& name) { fd_store_.Forget(name); };
+  manager_->on_adopted_gone = [this](const std::string& name) {
+    recovery_->Forget(name, /*adopted_at_run_time=*/true);
+  };
 }
 
 ReloadOutcome Daemon::Reload() {
@@ -283,20 +202,12 @@ absl::Status Daemon::StartControl() {
   state_.fd_store = &fd_store_;
   if (fd_store_.enabled()) {
     // A device the store keeps across restarts also keeps what a crash would lose.
-    state_.make_ledger = [capacity = ledger_capacity_](const std::string& device) {
-      auto ledger = InflightLedger::Create(device, capacity);
-      if (ledger.ok()) return *std::move(ledger);
-      Log(LogLevel::kWarning,
-          absl::StrCat(ledger.status().message(), "; a crash would leave what it read unanswered"),
-          {{"DEVICE", device}});
-      return std::unique_ptr<InflightLedger>();
+    state_.make_ledger = [this](const std::string& device) {
+      return recovery_->LedgerForAdopted(device);
     };
   }
   state_.on_adopted = [this](const Device& d, const std::string& text) {
-    std::vector<std::pair<std::string, int>> held = d.HeldFds();
-    if (d.ledger() != nullptr) held.emplace_back(kLedgerFdName, d.ledger()->fd());
-    absl::Status st = fd_store_.Keep(d.name(), text, held);
-    if (!st.ok()) Log(LogLevel::kWarning, std::string(st.message()), {{"DEVICE", d.name()}});
+    recovery_->KeepAdopted(d, text);
   };
   RegisterIopfdMethods(service_.get(), &state_);
   socket_path_ = options_.control_socket.empty() ? cc.socket : options_.control_socket;
@@ -373,11 +284,7 @@ void Daemon::HookLoop() {
     events_.Publish("device_failed", d.name(), why);
     // A failed fault queue is not taken back after a restart: its owner has to hand it over.
     // Nor is it kept open by the store for a ledger's sake.
-    if (manager_->IsAdoptedAtRunTime(d.name())) {
-      fd_store_.Forget(d.name());
-    } else {
-      ledgers_->Forget(d.name());
-    }
+    recovery_->Forget(d.name(), manager_->IsAdoptedAtRunTime(d.name()));
   };
   notifier_.status_text = [this](uint64_t now) { return (*status_line_)(now); };
 }
@@ -397,9 +304,7 @@ int Daemon::Run() {
 int Daemon::Finish(int rc) {
   // A configured device whose every read was answered leaves nothing for a ledger to recover:
   // the store stops holding its owner's queue. One that still owes keeps it, for the next start.
-  for (const auto& d : manager_->devices()) {
-    if (d->stats().outstanding() == 0) ledgers_->Forget(d->name());
-  }
+  recovery_->SettleAtStop(manager_->devices());
   if (own_socket_) unlink(socket_path_.c_str());
   PrintStats(manager_->devices(), /*at_exit=*/true);
   if (!options_.stats_json.empty()) {

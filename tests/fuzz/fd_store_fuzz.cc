@@ -84,7 +84,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const std::string& p : inherited.Untaken())
     FUZZ_CHECK(p.rfind(kLedgerStorePrefix, 0) != 0, p);
   UniqueFd queue(memfd_create("fuzz-queue", MFD_CLOEXEC));
-  DeviceStats stats;
+  InflightLedger::Answered stats;
   attaching = true;
   std::unique_ptr<InflightLedger> ledger = ledgers.For("a", queue.get(), &stats);
   attaching = false;

@@ -36,7 +36,7 @@
 #include "iopfd/base/uapi.h"
 #include "iopfd/config/config.h"
 #include "iopfd/device/device.h"
-#include "iopfd/iommu/syscalls.h"
+#include "iopfd/base/syscalls.h"
 #include "pri_device.h"
 
 namespace iopfd::sim {

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "iopfd/base/fd.h"
+#include "iopfd/base/syscalls.h"
 #include "iopfd/config/config.h"
 #include "iopfd/device/attachments.h"
 #include "iopfd/fault/address_space.h"
@@ -21,7 +22,6 @@
 #include "iopfd/fault/response_queue.h"
 #include "iopfd/fault/stats.h"
 #include "iopfd/iommu/iommufd.h"
-#include "iopfd/iommu/syscalls.h"
 #include "iopfd/iommu/vfio_device.h"
 #include "iopfd/service/listen_fds.h"
 
@@ -80,8 +80,16 @@ class Device {
   int fault_fd() const { return fault_fd_.get(); }
   FaultProcessor& processor() { return *processor_; }
   ResponseQueue& responses() { return *responses_; }
-  DeviceStats& stats() { return *stats_; }
+  // Its counters, read-only: the fault path (processor, response queue, fault queue) writes
+  // them through the pointer it was built with, the drain controller through RecordDrain.
   const DeviceStats& stats() const { return *stats_; }
+  // What the drain controller records. Counts the event in the drain counters; kCompleted also
+  // sets drain_epoch to `epoch` (and counts a drain only when `mid_drain`).
+  enum class DrainEvent { kTransition, kFunctionReset, kUnaccounted, kQuarantine, kCompleted };
+  void RecordDrain(DrainEvent event, uint64_t epoch = 0, bool mid_drain = false);
+  // What crash recovery answered for this device on a queue it no longer reads (a dead
+  // process's, CrashRecovery::LedgerForConfigured): added to its recovered_* counters.
+  void RecordRecovered(const InflightLedger::Answered& answered);
   SpaceTable& spaces() { return *spaces_; }
 
   // Its fault queue: reading, the read buffer, answering, and when the queue is given up.

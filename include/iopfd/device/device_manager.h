@@ -17,7 +17,7 @@
 #include "iopfd/device/device.h"
 #include "iopfd/device/drain.h"
 #include "iopfd/fault/stats.h"
-#include "iopfd/iommu/syscalls.h"
+#include "iopfd/base/syscalls.h"
 
 namespace iopfd {
 

@@ -22,7 +22,7 @@
 #include "iopfd/fault/inflight_ledger.h"
 #include "iopfd/fault/response_queue.h"
 #include "iopfd/fault/stats.h"
-#include "iopfd/iommu/syscalls.h"
+#include "iopfd/base/syscalls.h"
 
 namespace iopfd {
 

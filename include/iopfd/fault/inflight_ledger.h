@@ -42,7 +42,7 @@
 #include "absl/status/statusor.h"
 #include "iopfd/base/fd.h"
 #include "iopfd/base/uapi.h"
-#include "iopfd/iommu/syscalls.h"
+#include "iopfd/base/syscalls.h"
 
 namespace iopfd {
 

@@ -51,8 +51,12 @@ enum class InvalidReason : int {
   kCount,
 };
 
-// Returns a snake_case name for a reason ("no_region").
+// Returns a snake_case name for a reason ("no_region"), or "unknown" for a value outside the
+// enum (a ledger a crashed process left may hold anything).
 std::string_view InvalidReasonName(InvalidReason reason);
+// Returns one sentence saying when a group is answered INVALID for this reason (the help text of
+// its counter), or "" for a value outside the enum. Names and help come from one table.
+std::string_view InvalidReasonHelp(InvalidReason reason);
 
 struct DeviceStats {
   uint64_t reads = 0;        // fault fd reads that returned records

@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "iopfd/base/ids.h"
-#include "iopfd/iommu/syscalls.h"
+#include "iopfd/base/syscalls.h"
 #include "iopfd/switch_module.h"
 
 namespace iopfd {

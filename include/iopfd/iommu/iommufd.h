@@ -12,7 +12,7 @@
 #include "iopfd/base/fd.h"
 #include "iopfd/base/ids.h"
 #include "iopfd/fault/address_space.h"
-#include "iopfd/iommu/syscalls.h"
+#include "iopfd/base/syscalls.h"
 
 namespace iopfd {
 

@@ -11,7 +11,7 @@
 #include "iopfd/base/ids.h"
 #include "iopfd/iommu/attachment_switch.h"
 #include "iopfd/iommu/iommufd.h"
-#include "iopfd/iommu/syscalls.h"
+#include "iopfd/base/syscalls.h"
 
 namespace iopfd {
 

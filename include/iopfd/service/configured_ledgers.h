@@ -24,7 +24,6 @@
 #include "absl/status/statusor.h"
 #include "iopfd/device/device.h"
 #include "iopfd/fault/inflight_ledger.h"
-#include "iopfd/fault/stats.h"
 #include "iopfd/service/fd_store.h"
 
 namespace iopfd {
@@ -46,16 +45,17 @@ class ConfiguredLedgers {
   void TakeStored(ListenFds* inherited, std::vector<std::string>* problems);
 
   // For the configured adopt-mode device `device`, attached and not yet served (nothing read
-  // from its fault queue `fault_fd`; its counters *stats). Returns the ledger the device is to
+  // from its fault queue `fault_fd`). Returns the ledger the device is to
   // record its reads in (Device::UseLedger), or nullptr when the store is disabled or cannot keep
   // one (logged: the device is served without). When a ledger for the device came back from the
   // store:
   //  - recorded on this same fault queue: it is returned as it is, and UseLedger answers what
   //    it holds (owed answers as they were, unresolved groups resolved);
   //  - recorded on another queue, or the kernel cannot tell: what it holds is answered on the
-  //    stored copy of that queue (owed answers as they were, unresolved groups INVALID), counted
-  //    in the device's recovered_* counters, and a new ledger is made and kept.
-  std::unique_ptr<InflightLedger> For(const std::string& device, int fault_fd, DeviceStats* stats);
+  //    stored copy of that queue (owed answers as they were, unresolved groups INVALID), added to
+  //    *answered_elsewhere (the device's recovered_* counters), and a new ledger is made and kept.
+  std::unique_ptr<InflightLedger> For(const std::string& device, int fault_fd,
+                                      InflightLedger::Answered* answered_elsewhere);
 
   // The device is no longer served from the configuration (removed, restarted by a reload,
   // detached, its fault queue failed): what is stored for it goes, so that the store does not
@@ -75,10 +75,10 @@ class ConfiguredLedgers {
 
  private:
   // A ledger that came back for a device about to be served on fault_fd: returns it when it
-  // recorded that same queue; otherwise answers what it holds on its stored queue (counted in
-  // *stats, logged), removes it from the store and returns nullptr.
+  // recorded that same queue; otherwise answers what it holds on its stored queue (added to
+  // *answered_elsewhere, logged), removes it from the store and returns nullptr.
   std::unique_ptr<InflightLedger> TakeBack(FdStore::StoredLedger stored, int fault_fd,
-                                           DeviceStats* stats);
+                                           InflightLedger::Answered* answered_elsewhere);
   // Answers what `stored` holds on its own fault queue; returns the summary, or an error naming
   // the device and errno.
   static absl::StatusOr<InflightLedger::Answered> AnswerOnStoredQueue(

@@ -20,7 +20,7 @@
 #include "iopfd/device/uevent.h"
 #include "iopfd/fault/fault_loop.h"
 #include "iopfd/loop/ring.h"
-#include "iopfd/service/configured_ledgers.h"
+#include "iopfd/service/crash_recovery.h"
 #include "iopfd/service/fd_store.h"
 #include "iopfd/service/service_notify.h"
 
@@ -98,9 +98,7 @@ class Daemon {
   ListenFds inherited_;
   absl::StatusOr<UniqueFd> listener_ = absl::NotFoundError("not taken yet");
   FdStore fd_store_;
-  std::vector<FdStore::Stored> stored_;
-  std::unique_ptr<ConfiguredLedgers> ledgers_;
-  uint32_t ledger_capacity_ = 0;
+  std::unique_ptr<CrashRecovery> recovery_;
   std::unique_ptr<DeviceManager> manager_;
   BlockingWorker blocking_;
   EventfdWatcher irq_watcher_;

@@ -1,4 +1,4 @@
-#include "iopfd/iommu/syscalls.h"
+#include "iopfd/base/syscalls.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>

@@ -1,7 +1,7 @@
 // The narrow syscall seam: every ioctl, open and memory mapping iopfd makes against the kernel
 // goes through this interface, so device setup is testable without /dev/iommu.
-#ifndef IOPFD_IOMMU_SYSCALLS_H_
-#define IOPFD_IOMMU_SYSCALLS_H_
+#ifndef IOPFD_BASE_SYSCALLS_H_
+#define IOPFD_BASE_SYSCALLS_H_
 
 #include <sys/types.h>
 
@@ -48,4 +48,4 @@ Syscalls& RealSyscalls();
 
 }  // namespace iopfd
 
-#endif  // IOPFD_IOMMU_SYSCALLS_H_
+#endif  // IOPFD_BASE_SYSCALLS_H_
