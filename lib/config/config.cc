@@ -184,6 +184,33 @@ LoadResult ParseDeviceText(std::string_view text, const std::string& file, bool 
   return result;
 }
 
+namespace {
+
+// [daemon] max_resident must hold the largest map unit of any device: one that cannot hold a
+// single unit could map nothing at all.
+void CheckDaemonBudget(const Config& config, std::vector<ConfigError>* errors) {
+  const std::optional<uint64_t>& budget = config.global.paging.max_resident;
+  if (!budget) return;
+  for (const DeviceConfig& d : config.devices) {
+    for (const SpaceConfig& s : d.spaces) {
+      for (const RegionConfig& r : s.regions) {
+        const uint64_t unit =
+            r.map_unit != 0 ? r.map_unit : std::max<uint64_t>(r.page_size, uint64_t{64} << 10);
+        if (*budget < unit) {
+          errors->push_back(ConfigError{
+              config.global.paging.max_resident_where,
+              Cat("daemon.max_resident: ", *budget, " bytes cannot hold one map unit of device ",
+                  Quote(d.name), " (", unit, " bytes, ", r.where.file, ":", r.where.line,
+                  "); make it at least that")});
+          return;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
 LoadResult LoadConfig(const LoadOptions& options) {
   LoadResult result;
   Config& config = result.config;
@@ -228,6 +255,7 @@ LoadResult LoadConfig(const LoadOptions& options) {
     }
     config.devices.push_back(std::move(parse->device));
   }
+  CheckDaemonBudget(config, &result.errors);
   return result;
 }
 

@@ -462,11 +462,11 @@ access = "r"
           "dev.toml:8:1: adopt.fault: unknown key (expected one of iommufd_fd, fault_fd, "
           "device_id, device_fd, switch_module, switch_target)",
           "dev.toml:10:1: limits.max_records: unknown key (expected one of max_group_records, "
-          "max_fault_map_bytes)",
+          "max_fault_map_bytes, max_resident)",
           "dev.toml:13:1: space[0].pasdi: unknown key (expected one of pasid, ioas_id, hwpt_id, "
-          "region)",
+          "max_resident, region)",
           "dev.toml:16:1: space[0].region[0].sise: unknown key (expected one of iova, size, "
-          "backing, offset, access, prefetch)",
+          "backing, offset, access, prefetch, map_unit)",
           "dev.toml:20:2: extra: unknown key (expected one of name, attach, sysfs, adopt, vfio, "
           "limits, drain, space)"));
 }
@@ -636,11 +636,11 @@ using iopfd_testing::MemberCount;
 // these structs fails the count below until its change is added to the list: that is how a new
 // key cannot be left out of the comparison.
 TEST(DeviceSettingsTest, EveryMemberIsComparedAndOnlySettingsAre) {
-  static_assert(MemberCount<RegionConfig>() == 10, "add the new member's change below");
-  static_assert(MemberCount<SpaceConfig>() == 5, "add the new member's change below");
+  static_assert(MemberCount<RegionConfig>() == 11, "add the new member's change below");
+  static_assert(MemberCount<SpaceConfig>() == 6, "add the new member's change below");
   static_assert(MemberCount<AdoptConfig>() == 6, "add the new member's change below");
   static_assert(MemberCount<VfioConfig>() == 2, "add the new member's change below");
-  static_assert(MemberCount<DeviceLimits>() == 2, "add the new member's change below");
+  static_assert(MemberCount<DeviceLimits>() == 3, "add the new member's change below");
   static_assert(MemberCount<DrainConfig>() == 2, "add the new member's change below");
   static_assert(MemberCount<DeviceConfig>() == 9, "add the new member's change below");
   DeviceConfig base;
@@ -659,6 +659,9 @@ TEST(DeviceSettingsTest, EveryMemberIsComparedAndOnlySettingsAre) {
       {"region.access", [](DeviceConfig& d) { d.spaces[0].regions[0].access = 1; }},
       {"region.prefetch", [](DeviceConfig& d) { d.spaces[0].regions[0].prefetch = 1; }},
       {"region.page_size", [](DeviceConfig& d) { d.spaces[0].regions[0].page_size = 1; }},
+      {"region.map_unit", [](DeviceConfig& d) { d.spaces[0].regions[0].map_unit = 1; }},
+      {"space.max_resident", [](DeviceConfig& d) { d.spaces[0].max_resident = 1; }},
+      {"limits.max_resident", [](DeviceConfig& d) { d.limits.max_resident = 1; }},
       {"space.pasid", [](DeviceConfig& d) { d.spaces[0].pasid = 1; }},
       {"space.ioas_id", [](DeviceConfig& d) { d.spaces[0].ioas_id = 1; }},
       {"space.hwpt_id", [](DeviceConfig& d) { d.spaces[0].hwpt_id = 1; }},
@@ -1411,10 +1414,12 @@ TEST(GlobalConfigTest, Errors) {
   EXPECT_THAT(GlobalErrors("[daemon]\nring_entries = \"256\"\n"),
               ElementsAre("iopfd.toml:2:16: daemon.ring_entries: expected an integer, got a "
                           "string"));
-  EXPECT_THAT(GlobalErrors("[daemon]\nlog_lvl = \"info\"\n[server]\n"),
-              ElementsAre("iopfd.toml:2:1: daemon.log_lvl: unknown key (expected one of "
-                          "log_level, devices_dir, ring_entries, read_records, max_read_records)",
-                          "iopfd.toml:3:2: server: unknown key (expected one of daemon, control)"));
+  EXPECT_THAT(
+      GlobalErrors("[daemon]\nlog_lvl = \"info\"\n[server]\n"),
+      ElementsAre("iopfd.toml:2:1: daemon.log_lvl: unknown key (expected one of "
+                  "log_level, devices_dir, ring_entries, read_records, max_read_records, "
+                  "max_resident)",
+                  "iopfd.toml:3:2: server: unknown key (expected one of daemon, control, paging)"));
   EXPECT_THAT(GlobalErrors("daemon = 1\n"),
               ElementsAre("iopfd.toml:1:10: daemon: expected a table, got an integer"));
   EXPECT_THAT(GlobalErrors("[daemon\n"), ElementsAre(HasSubstr("iopfd.toml:1:8: invalid TOML: ")));
@@ -1849,6 +1854,109 @@ TEST(BackingTest, HugetlbfsFileUsesTheHugePageSize) {
                           HasSubstr("space[0].region[0].size: must be a multiple of the page "
                                     "size " +
                                     std::to_string(huge))));
+}
+
+}  // namespace
+}  // namespace iopfd
+
+namespace iopfd {
+namespace {
+
+// ---- Paging keys (docs/PAGING.md).
+
+TEST(PagingConfigTest, MapUnitAndBudgetsAreRead) {
+  LoadResult result = Parse(WithRegion(
+      "iova = 0x100000\nsize = \"1MiB\"\nbacking = \"anonymous\"\naccess = \"r\"\n"
+      "map_unit = \"16KiB\"\n[limits]\nmax_resident = \"256KiB\"\n"));
+  ASSERT_THAT(ErrorStrings(result), IsEmpty());
+  const DeviceConfig& d = result.config.devices[0];
+  EXPECT_EQ(d.spaces[0].regions[0].map_unit, 16u << 10);
+  EXPECT_EQ(d.limits.max_resident, 256u << 10);
+  EXPECT_FALSE(d.spaces[0].max_resident.has_value());
+  // Absent: the default unit and no budget (unbounded).
+  LoadResult plain = Parse(WithRegion(
+      "iova = 0x100000\nsize = \"1MiB\"\nbacking = \"anonymous\"\naccess = \"r\"\n"));
+  ASSERT_THAT(ErrorStrings(plain), IsEmpty());
+  EXPECT_EQ(plain.config.devices[0].spaces[0].regions[0].map_unit, 0u);
+  EXPECT_FALSE(plain.config.devices[0].limits.max_resident.has_value());
+}
+
+TEST(PagingConfigTest, SpaceBudgetIsRead) {
+  LoadResult result = Parse(std::string(kAdoptHeader) +
+                            "[[space]]\nioas_id = 2\nmax_resident = \"1MiB\"\n"
+                            "[[space.region]]\niova = 0x100000\nsize = \"4MiB\"\n"
+                            "backing = \"anonymous\"\naccess = \"r\"\n");
+  ASSERT_THAT(ErrorStrings(result), IsEmpty());
+  EXPECT_EQ(result.config.devices[0].spaces[0].max_resident, 1u << 20);
+}
+
+TEST(PagingConfigTest, BadMapUnits) {
+  const auto unit = [](std::string_view value) {
+    return Errors(WithRegion(std::string("iova = 0x100000\nsize = \"1MiB\"\nbacking = "
+                                         "\"anonymous\"\naccess = \"r\"\nmap_unit = ") +
+                             std::string(value) + "\n"));
+  };
+  EXPECT_THAT(unit("12288"), ElementsAre("dev.toml:14:12: space[0].region[0].map_unit: must be a "
+                                         "power of two (got 12288)"));
+  EXPECT_THAT(unit("2048"), ElementsAre("dev.toml:14:12: space[0].region[0].map_unit: must be at "
+                                        "least the page size 4096 (got 2048)"));
+  EXPECT_THAT(unit("\"4MiB\""),
+              ElementsAre("dev.toml:14:12: space[0].region[0].map_unit: must not exceed "
+                          "limits.max_fault_map_bytes (2097152) (got 4194304)"));
+  EXPECT_THAT(unit("\"2MiB\""), IsEmpty());
+  EXPECT_THAT(unit("\"lots\""),
+              ElementsAre("dev.toml:14:12: space[0].region[0].map_unit: invalid size \"lots\": "
+                          "expected a number of bytes, optionally followed by a unit"));
+}
+
+// A budget that cannot hold one map unit could map nothing: refused where it is set.
+TEST(PagingConfigTest, BudgetsSmallerThanAMapUnit) {
+  EXPECT_THAT(Errors(WithRegion("iova = 0x100000\nsize = \"1MiB\"\nbacking = \"anonymous\"\n"
+                                "access = \"r\"\n[limits]\nmax_resident = \"32KiB\"\n")),
+              ElementsAre("dev.toml:15:16: limits.max_resident: 32768 bytes cannot hold one map "
+                          "unit (65536 bytes, the region at line 9); make it at least that"));
+  EXPECT_THAT(Errors(std::string(kAdoptHeader) +
+                     "[[space]]\nioas_id = 2\nmax_resident = 8192\n"
+                     "[[space.region]]\niova = 0x100000\nsize = \"1MiB\"\n"
+                     "backing = \"anonymous\"\naccess = \"r\"\nmap_unit = 16384\n"),
+              ElementsAre("dev.toml:9:16: space[0].max_resident: 8192 bytes cannot hold one map "
+                          "unit (16384 bytes, the region at line 10); make it at least that"));
+}
+
+TEST(PagingConfigTest, GlobalKeys) {
+  TempDir dir;
+  const std::string devices = dir.Devices();
+  dir.Write(devices + "/a.toml",
+            "name = \"a\"\nattach = \"adopt\"\n[adopt]\niommufd_fd = \"i\"\nfault_fd = \"f\"\n"
+            "device_id = 1\n[[space]]\nioas_id = 1\n[[space.region]]\niova = 0x100000\n"
+            "size = \"1MiB\"\nbacking = \"anonymous\"\naccess = \"r\"\nmap_unit = \"256KiB\"\n");
+  const std::string global =
+      dir.Write("iopfd.toml",
+                "[daemon]\nmax_resident = \"1GiB\"\n[paging]\npolicy = \"fifo\"\n"
+                "thrash_window_us = 1000\nthrash_events = 5\nthrash_protect_ms = 20\n");
+  LoadResult result = LoadConfig(Options(global, devices, false));
+  ASSERT_THAT(ErrorStrings(result), IsEmpty());
+  const PagingConfig& p = result.config.global.paging;
+  EXPECT_EQ(p.max_resident, 1u << 30);
+  EXPECT_EQ(p.policy, EvictionPolicy::kFifo);
+  EXPECT_EQ(p.thrash_window_us, 1000u);
+  EXPECT_EQ(p.thrash_events, 5u);
+  EXPECT_EQ(p.thrash_protect_ms, 20u);
+  // A daemon budget smaller than a device's unit is refused at the global key.
+  dir.Write("iopfd.toml", "[daemon]\nmax_resident = \"128KiB\"\n");
+  std::vector<std::string> errors = ErrorStrings(LoadConfig(Options(global, devices, false)));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_THAT(errors[0], ::testing::HasSubstr("iopfd.toml:2:16: daemon.max_resident: 131072 "
+                                              "bytes cannot hold one map unit of device \"a\" "
+                                              "(262144 bytes, "));
+  EXPECT_THAT(GlobalErrors("[paging]\npolicy = \"lru\"\n"),
+              ElementsAre("iopfd.toml:2:10: paging.policy: must be \"workingset\" or \"fifo\" "
+                          "(got \"lru\")"));
+  EXPECT_THAT(GlobalErrors("[paging]\nthrash_events = 0\n"),
+              ElementsAre(::testing::HasSubstr("iopfd.toml:2:17: paging.thrash_events: ")));
+  EXPECT_THAT(GlobalErrors("[daemon]\nmax_resident = 100\n"),
+              ElementsAre("iopfd.toml:2:16: daemon.max_resident: must be at least 4096 bytes "
+                          "(got 100)"));
 }
 
 }  // namespace

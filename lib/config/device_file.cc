@@ -72,6 +72,53 @@ bool ParseBacking(Reporter& rep, const Field<std::string>& backing, const std::s
   return false;
 }
 
+// The effective map unit of a parsed region (its map_unit, or the default for its page size).
+uint64_t MapUnitOf(const RegionConfig& region) {
+  return region.map_unit != 0 ? region.map_unit
+                              : std::max<uint64_t>(region.page_size, uint64_t{64} << 10);
+}
+
+// A region's map_unit: a power of two, a multiple of its page size, and no more than one fault
+// may map (limits.max_fault_map_bytes, or one page when a page is larger).
+void ParseMapUnit(Reporter& rep, const toml::table& table, const std::string& prefix,
+                  const DeviceLimits& limits, RegionConfig* region) {
+  const auto unit = GetSize(rep, table, prefix, "map_unit", /*required=*/false);
+  if (!unit) return;
+  const std::string path = JoinPath(prefix, "map_unit");
+  const uint64_t page = region->page_size;
+  const uint64_t most = std::max(limits.max_fault_map_bytes, page);
+  if (unit->value == 0 || (unit->value & (unit->value - 1)) != 0) {
+    rep.At(*unit->node, Cat(path, ": must be a power of two (got ", unit->value, ")"));
+  } else if (unit->value < page) {
+    rep.At(*unit->node,
+           Cat(path, ": must be at least the page size ", page, " (got ", unit->value, ")"));
+  } else if (unit->value > most) {
+    rep.At(*unit->node, Cat(path, ": must not exceed limits.max_fault_map_bytes (", most, ") (got ",
+                            unit->value, ")"));
+  } else {
+    region->map_unit = unit->value;
+  }
+}
+
+// A budget (max_resident) must hold the largest map unit it covers: one that cannot hold a
+// single unit could map nothing at all.
+void CheckBudget(Reporter& rep, const Field<uint64_t>& budget, const std::string& path,
+                 const std::vector<const RegionConfig*>& regions) {
+  uint64_t largest = 0;
+  const RegionConfig* which = nullptr;
+  for (const RegionConfig* r : regions) {
+    if (MapUnitOf(*r) > largest) {
+      largest = MapUnitOf(*r);
+      which = r;
+    }
+  }
+  if (which != nullptr && budget.value < largest) {
+    rep.At(*budget.node,
+           Cat(path, ": ", budget.value, " bytes cannot hold one map unit (", largest,
+               " bytes, the region at line ", which->where.line, "); make it at least that"));
+  }
+}
+
 // Parses and validates one [[space.region]]. Returns true when its IOVA range is valid, so that
 // it can take part in the overlap check.
 // Longer than 60 lines: a region's keys checked in turn, each check using the values read
@@ -79,7 +126,8 @@ bool ParseBacking(Reporter& rep, const Field<std::string>& backing, const std::s
 // passed around.
 bool ParseRegion(Reporter& rep, const toml::table& table, const std::string& prefix,
                  const DeviceLimits& limits, bool check_backings, RegionConfig* region) {
-  CheckKeys(rep, table, prefix, {"iova", "size", "backing", "offset", "access", "prefetch"});
+  CheckKeys(rep, table, prefix,
+            {"iova", "size", "backing", "offset", "access", "prefetch", "map_unit"});
   region->where = rep.Where(table);
   region->page_size = kBasePageSize;
 
@@ -147,6 +195,7 @@ bool ParseRegion(Reporter& rep, const toml::table& table, const std::string& pre
                  limits.max_fault_map_bytes, ") (got ", region->prefetch, ")"));
     }
   }
+  ParseMapUnit(rep, table, prefix, limits, region);
   // The file is only examined when everything it is checked against parsed.
   const bool offset_ok = offset.has_value() || !table.contains("offset");
   if (file_backing && check_backings && region->access != 0 && range_ok && offset_ok) {
@@ -194,7 +243,7 @@ void SortAndCheckOverlaps(Reporter& rep, const std::string& space_path,
 void ParseSpace(Reporter& rep, const toml::table& table, const std::string& prefix,
                 std::optional<AttachMode> mode, const DeviceLimits& limits, bool check_backings,
                 SpaceConfig* space, const toml::node** pasid_node, bool* pasid_present) {
-  CheckKeys(rep, table, prefix, {"pasid", "ioas_id", "hwpt_id", "region"});
+  CheckKeys(rep, table, prefix, {"pasid", "ioas_id", "hwpt_id", "max_resident", "region"});
   space->where = rep.Where(table);
   *pasid_present = table.contains("pasid");
   if (auto pasid = GetInt(rep, table, prefix, "pasid", /*required=*/false, 1, kMaxPasid)) {
@@ -232,6 +281,12 @@ void ParseSpace(Reporter& rep, const toml::table& table, const std::string& pref
     regions.push_back(std::move(parsed));
   }
   SortAndCheckOverlaps(rep, prefix, regions, space);
+  if (auto budget = GetSize(rep, table, prefix, "max_resident", /*required=*/false)) {
+    space->max_resident = budget->value;
+    std::vector<const RegionConfig*> all;
+    for (const RegionConfig& r : space->regions) all.push_back(&r);
+    CheckBudget(rep, *budget, JoinPath(prefix, "max_resident"), all);
+  }
 }
 
 void ParseAdopt(Reporter& rep, const toml::table& table, AdoptConfig* adopt) {
@@ -314,7 +369,10 @@ void ParseVfio(Reporter& rep, const toml::table& table, VfioConfig* vfio) {
 }
 
 void ParseLimits(Reporter& rep, const toml::table& table, DeviceLimits* limits) {
-  CheckKeys(rep, table, "limits", {"max_group_records", "max_fault_map_bytes"});
+  CheckKeys(rep, table, "limits", {"max_group_records", "max_fault_map_bytes", "max_resident"});
+  if (auto budget = GetSize(rep, table, "limits", "max_resident", /*required=*/false)) {
+    limits->max_resident = budget->value;  // checked against the map units once they are read
+  }
   if (auto records =
           GetInt(rep, table, "limits", "max_group_records", /*required=*/false, 1, 65536)) {
     limits->max_group_records = static_cast<uint32_t>(records->value);
@@ -509,6 +567,16 @@ void ParseDeviceTable(Reporter& rep, const toml::table& root, bool check_backing
   }
   ParseSpaces(rep, root, mode, check_backings, &device);
   if (device.mode == AttachMode::kAdopt) CheckAdoptSpaces(rep, device);
+  if (const toml::table* limits = root["limits"].as_table()) {
+    if (const toml::node* node = limits->get("max_resident"); node && device.limits.max_resident) {
+      std::vector<const RegionConfig*> all;
+      for (const SpaceConfig& s : device.spaces) {
+        for (const RegionConfig& r : s.regions) all.push_back(&r);
+      }
+      CheckBudget(rep, Field<uint64_t>{*device.limits.max_resident, node}, "limits.max_resident",
+                  all);
+    }
+  }
 }
 
 }  // namespace

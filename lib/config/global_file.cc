@@ -93,6 +93,84 @@ void ParseControl(Reporter& rep, const toml::table& table, ControlConfig* contro
   }
 }
 
+// [paging]: the eviction policy and its thrash protection.
+void ParsePaging(Reporter& rep, const toml::table& table, PagingConfig* paging) {
+  const std::string_view p = "paging";
+  CheckKeys(rep, table, p, {"policy", "thrash_window_us", "thrash_events", "thrash_protect_ms"});
+  if (auto policy = GetString(rep, table, p, "policy", /*required=*/false)) {
+    if (auto v = ValueNamed(kEvictionPolicyNames, policy->value)) {
+      paging->policy = *v;
+    } else {
+      rep.At(*policy->node, Cat("paging.policy: must be ", NamesForMessage(kEvictionPolicyNames),
+                                " (got ", Quote(policy->value), ")"));
+    }
+  }
+  if (auto n = GetInt(rep, table, p, "thrash_window_us", /*required=*/false, 0, 10'000'000)) {
+    paging->thrash_window_us = static_cast<uint32_t>(n->value);
+  }
+  if (auto n = GetInt(rep, table, p, "thrash_events", /*required=*/false, 1, 255)) {
+    paging->thrash_events = static_cast<uint32_t>(n->value);
+  }
+  if (auto n = GetInt(rep, table, p, "thrash_protect_ms", /*required=*/false, 0, 600'000)) {
+    paging->thrash_protect_ms = static_cast<uint32_t>(n->value);
+  }
+}
+
+// [daemon]: the loop's sizes, where device files are, the log level, the daemon's budget.
+void ParseDaemon(Reporter& rep, const toml::table& daemon, GlobalConfig* global) {
+  const std::string_view p = "daemon";
+  CheckKeys(rep, daemon, p,
+            {"log_level", "devices_dir", "ring_entries", "read_records", "max_read_records",
+             "max_resident"});
+  if (auto budget = GetSize(rep, daemon, p, "max_resident", /*required=*/false)) {
+    // At least one page; against the devices' map units it is checked by LoadConfig.
+    if (budget->value < 4096) {
+      rep.At(*budget->node,
+             Cat("daemon.max_resident: must be at least 4096 bytes (got ", budget->value, ")"));
+    } else {
+      global->paging.max_resident = budget->value;
+      global->paging.max_resident_where = rep.Where(*budget->node);
+    }
+  }
+  if (auto level = GetString(rep, daemon, p, "log_level", /*required=*/false)) {
+    if (auto l = ValueNamed(kLogLevelNames, level->value)) {
+      global->log_level = *l;
+    } else {
+      rep.At(*level->node, Cat("daemon.log_level: must be ", NamesForMessage(kLogLevelNames),
+                               " (got ", Quote(level->value), ")"));
+    }
+  }
+  if (auto dir = GetString(rep, daemon, p, "devices_dir", /*required=*/false)) {
+    if (dir->value.empty() || dir->value[0] != '/') {
+      rep.At(*dir->node,
+             Cat("daemon.devices_dir: must be an absolute path (got ", Quote(dir->value), ")"));
+    } else {
+      global->devices_dir = dir->value;
+    }
+  }
+  if (auto ring = GetInt(rep, daemon, p, "ring_entries", /*required=*/false, 8, 32768)) {
+    if ((ring->value & (ring->value - 1)) != 0) {
+      rep.At(*ring->node,
+             Cat("daemon.ring_entries: must be a power of two (got ", ring->value, ")"));
+    } else {
+      global->ring_entries = static_cast<uint32_t>(ring->value);
+    }
+  }
+  constexpr int64_t kMaxRecords = 1 << 20;
+  const auto max_records =
+      GetInt(rep, daemon, p, "max_read_records", /*required=*/false, 1, kMaxRecords);
+  if (max_records) global->max_read_records = static_cast<uint32_t>(max_records->value);
+  const auto records = GetInt(rep, daemon, p, "read_records", /*required=*/false, 1, kMaxRecords);
+  if (records) global->read_records = static_cast<uint32_t>(records->value);
+  if (global->read_records > global->max_read_records) {
+    // Blame read_records when it was given, else the max that undercuts its default.
+    const toml::node* node = records ? records->node : max_records->node;
+    rep.At(*node,
+           Cat("daemon.read_records (", global->read_records,
+               ") must not exceed daemon.max_read_records (", global->max_read_records, ")"));
+  }
+}
+
 }  // namespace
 
 void ParseGlobal(std::string_view text, const std::string& file, GlobalConfig* global,
@@ -101,53 +179,15 @@ void ParseGlobal(std::string_view text, const std::string& file, GlobalConfig* g
   std::optional<toml::table> root = ParseToml(text, file, errors);
   if (!root) return;
   Reporter rep(file, &*root, errors);
-  CheckKeys(rep, *root, "", {"daemon", "control"});
+  CheckKeys(rep, *root, "", {"daemon", "control", "paging"});
+  if (const toml::table* paging = GetTable(rep, *root, "", "paging")) {
+    ParsePaging(rep, *paging, &global->paging);
+  }
   if (const toml::table* control = GetTable(rep, *root, "", "control")) {
     ParseControl(rep, *control, &global->control);
   }
-  const toml::table* daemon = GetTable(rep, *root, "", "daemon");
-  if (daemon != nullptr) {
-    const std::string_view p = "daemon";
-    CheckKeys(rep, *daemon, p,
-              {"log_level", "devices_dir", "ring_entries", "read_records", "max_read_records"});
-    if (auto level = GetString(rep, *daemon, p, "log_level", /*required=*/false)) {
-      if (auto l = ValueNamed(kLogLevelNames, level->value)) {
-        global->log_level = *l;
-      } else {
-        rep.At(*level->node, Cat("daemon.log_level: must be ", NamesForMessage(kLogLevelNames),
-                                 " (got ", Quote(level->value), ")"));
-      }
-    }
-    if (auto dir = GetString(rep, *daemon, p, "devices_dir", /*required=*/false)) {
-      if (dir->value.empty() || dir->value[0] != '/') {
-        rep.At(*dir->node,
-               Cat("daemon.devices_dir: must be an absolute path (got ", Quote(dir->value), ")"));
-      } else {
-        global->devices_dir = dir->value;
-      }
-    }
-    if (auto ring = GetInt(rep, *daemon, p, "ring_entries", /*required=*/false, 8, 32768)) {
-      if ((ring->value & (ring->value - 1)) != 0) {
-        rep.At(*ring->node,
-               Cat("daemon.ring_entries: must be a power of two (got ", ring->value, ")"));
-      } else {
-        global->ring_entries = static_cast<uint32_t>(ring->value);
-      }
-    }
-    constexpr int64_t kMaxRecords = 1 << 20;
-    const auto max_records =
-        GetInt(rep, *daemon, p, "max_read_records", /*required=*/false, 1, kMaxRecords);
-    if (max_records) global->max_read_records = static_cast<uint32_t>(max_records->value);
-    const auto records =
-        GetInt(rep, *daemon, p, "read_records", /*required=*/false, 1, kMaxRecords);
-    if (records) global->read_records = static_cast<uint32_t>(records->value);
-    if (global->read_records > global->max_read_records) {
-      // Blame read_records when it was given, else the max that undercuts its default.
-      const toml::node* node = records ? records->node : max_records->node;
-      rep.At(*node,
-             Cat("daemon.read_records (", global->read_records,
-                 ") must not exceed daemon.max_read_records (", global->max_read_records, ")"));
-    }
+  if (const toml::table* daemon = GetTable(rep, *root, "", "daemon")) {
+    ParseDaemon(rep, *daemon, global);
   }
   SortErrorsFrom(errors, first_error);
 }

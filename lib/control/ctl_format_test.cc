@@ -210,9 +210,10 @@ TEST(FormatStatsTest, Blocks) {
             "  function resets     1\n"
             "  quarantines         1\n"
             "  drain unaccounted   0\n"
-            "  percentiles    COUNT      P50     P99     MAX\n"
-            "  batch          1,204       16      64     128\n"
-            "  latency      123,456  12.3 us  1.2 ms  4.5 ms\n"
+            "  percentiles      COUNT      P50     P99     MAX\n"
+            "  batch            1,204       16      64     128\n"
+            "  latency        123,456  12.3 us  1.2 ms  4.5 ms\n"
+            "  unmap latency        -        -       -       -\n"
             "\n"
             "nic1\n"
             "  reads                         0\n"
@@ -243,9 +244,10 @@ TEST(FormatStatsTest, Blocks) {
             "  invalid by reason\n"
             "    malformed                   1\n"
             "    future_reason               2\n"
-            "  percentiles  COUNT  P50  P99  MAX\n"
-            "  batch            0    -    -    -\n"
-            "  latency          0    -    -    -\n");
+            "  percentiles    COUNT  P50  P99  MAX\n"
+            "  batch              0    -    -    -\n"
+            "  latency            0    -    -    -\n"
+            "  unmap latency      -    -    -    -\n");
 }
 
 TEST(FormatStatsTest, SparseDeviceShowsDashes) {
@@ -278,9 +280,10 @@ TEST(FormatStatsTest, SparseDeviceShowsDashes) {
             "  duplicate cookies           -\n"
             "  outstanding                 -\n"
             "  invalid by reason           -\n"
-            "  percentiles  COUNT  P50  P99  MAX\n"
-            "  batch            -    -    -    -\n"
-            "  latency          5    -    -    -\n");
+            "  percentiles    COUNT  P50  P99  MAX\n"
+            "  batch              -    -    -    -\n"
+            "  latency            5    -    -    -\n"
+            "  unmap latency      -    -    -    -\n");
 }
 
 TEST(FormatStatsTest, AllZeroReasonsSayNone) {

@@ -139,8 +139,9 @@ absl::Status Device::SetUpFaultPath(ListenFds* fds, DeviceId dev_id,
       if (!backing.ok()) return backing.status();
       backings_.push_back(*std::move(backing));
       const Backing& b = backings_.back();
-      regions.emplace_back(r.iova, r.size, r.page_size ? r.page_size : 4096, r.access, r.prefetch,
-                           b.fd(), r.offset, b.va());
+      const uint64_t page = r.page_size ? r.page_size : 4096;
+      regions.emplace_back(r.iova, r.size, page, r.access, r.prefetch, b.fd(), r.offset, b.va(),
+                           r.map_unit != 0 ? r.map_unit : DefaultMapUnit(page));
     }
     spaces.emplace_back(s.pasid, ioas[i], std::move(regions));
   }
@@ -218,7 +219,19 @@ void Device::RecordDrain(DrainEvent event, uint64_t epoch, bool mid_drain) {
 }
 
 Device::~Device() {
+  // Its mappings go with its IOAS (vfio mode) or stay with the owner's (adopt mode): either way
+  // they leave the daemon's count.
+  if (pager_ != nullptr) pager_->RemoveDevice(paged_);
   if (mode_ == AttachMode::kAdopt) DestroyParkHwpts();
+}
+
+void Device::UsePager(Pager* pager) {
+  pager_ = pager;
+  paged_ = pager->AddDevice(name_, config_.limits.max_resident, &stats_->paging, responses_.get());
+  for (size_t i = 0; i < config_.spaces.size(); ++i) {
+    pager->AddSpace(paged_, &spaces_->spaces()[i], mapper_.get(), config_.spaces[i].max_resident);
+  }
+  processor_->set_pager(pager);
 }
 
 void Device::ReleaseFds(ListenFds* pool) {
@@ -274,6 +287,8 @@ absl::Status Device::Park(std::optional<AttachmentKey> which) {
     SetRefusing(a.pasid, true);
     // From here the kernel has answered this attachment's groups: what iopfd holds is stale.
     responses_->DropAttachment(a.key);
+    // Groups of it waiting for room (pager.h) were answered by the kernel too.
+    processor_->DismissDeferred(a.key, /*fd_dead=*/false);
     // And whatever is still being resolved for it (nothing, single-threaded as the loop is)
     // will never be written either: the epoch fence.
     responses_->Fence(a.key);

@@ -51,6 +51,8 @@ absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds
                                            bool configured) {
   auto dev = Device::Attach(config, fds, sys_, limits_);
   if (!dev.ok()) return dev.status();
+  // Budgets before anything is mapped (a ledger's leftovers are resolved just below).
+  if (pager_ != nullptr) (*dev)->UsePager(pager_);
   if (ledger == nullptr && configured && config.mode == AttachMode::kAdopt && configured_ledger) {
     ledger = configured_ledger(**dev);
   }
@@ -132,7 +134,10 @@ void DeviceManager::RemoveGone(size_t i, const std::string& cause) {
   // attachments went with it).
   const bool quiet = host_->Quiesce(*d);
   drains_[d]->Detach(cause);
-  if (quiet) d->responses().DropAttachment(std::nullopt);
+  if (quiet) {
+    d->responses().DropAttachment(std::nullopt);
+    d->processor().DismissDeferred(std::nullopt, /*fd_dead=*/false);
+  }
   recovering_.erase(name);
   (void)RemoveAt(i, /*keep_fds=*/false);
   Emit("device_removed", name, cause);

@@ -7,7 +7,7 @@
 namespace iopfd {
 
 Region::Region(uint64_t iova, uint64_t size, uint64_t page_size, uint32_t access, uint64_t prefetch,
-               int backing_fd, uint64_t backing_offset, void* backing_va)
+               int backing_fd, uint64_t backing_offset, void* backing_va, uint64_t unit_bytes)
     : iova_(iova),
       size_(size),
       page_size_(page_size),
@@ -16,20 +16,23 @@ Region::Region(uint64_t iova, uint64_t size, uint64_t page_size, uint32_t access
       backing_fd_(backing_fd),
       backing_offset_(backing_offset),
       backing_va_(backing_va),
-      mapped_((size / page_size + 63) / 64, 0) {}
+      unit_pages_(std::max<uint64_t>(unit_bytes / page_size, 1)),
+      units_((size / page_size + unit_pages_ - 1) / unit_pages_) {}
 
-void Region::MarkMapped(uint64_t first, uint64_t count) {
-  for (uint64_t p = first; p < first + count; ++p) {
-    uint64_t& word = mapped_[p / 64];
-    uint64_t bit = uint64_t{1} << (p % 64);
-    if (!(word & bit)) {
-      word |= bit;
-      ++mapped_count_;
-    }
-  }
+void Region::MarkPagePresent(uint64_t page) {
+  if (present_.empty()) present_.assign((pages() + 63) / 64, 0);
+  present_[page / 64] |= uint64_t{1} << (page % 64);
 }
 
-MapRequest Region::MakeRequest(IoasId ioas, uint64_t first, uint64_t count) const {
+MapRequest Region::MakeUnitRequest(IoasId ioas, uint32_t unit) const {
+  return MakeRange(ioas, UnitFirstPage(unit), UnitPageCount(unit));
+}
+
+MapRequest Region::MakePageRequest(IoasId ioas, uint64_t page) const {
+  return MakeRange(ioas, page, 1);
+}
+
+MapRequest Region::MakeRange(IoasId ioas, uint64_t first, uint64_t count) const {
   MapRequest req;
   req.ioas = ioas;
   req.iova = iova_ + first * page_size_;

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <functional>
 
 #include "iopfd/base/errors.h"
 
@@ -22,7 +21,6 @@ void FaultProcessor::Process(std::span<const uapi::PageFault> records, uint64_t 
   groups_.clear();
   record_group_.clear();
   group_of_cookie_.clear();
-  needs_.clear();
   stats_->records += records.size();
   stats_->batch_records.Record(records.size());
 
@@ -51,24 +49,79 @@ void FaultProcessor::Process(std::span<const uapi::PageFault> records, uint64_t 
     record_group_.push_back(index);
   }
   stats_->groups += groups_.size();
+  ResolveBatch(records, read_ns, /*final_round=*/false);
+}
 
-  // Pass 2: route and check each record; collect the pages to map.
+void FaultProcessor::ResolveBatch(std::span<const uapi::PageFault> records, uint64_t now_ns,
+                                  bool final_round) {
+  needs_.clear();
+  queue_->BeginBatch();
+  // Route and check each record; collect the pages to map.
   for (size_t i = 0; i < records.size(); ++i) Resolve(records[i], record_group_[i]);
-
-  MapNeeds();
-
+  CountPages();
+  MapGroups(now_ns, final_round);
   // A group succeeds only if the page of every one of its records is now mapped.
   for (const Need& n : needs_) {
-    if (!n.region->IsMapped(n.page)) Fail(groups_[n.group], InvalidReason::kMapFailed);
+    Group& g = groups_[n.group];
+    if (!g.waiting && !n.region->IsMapped(n.page)) Fail(g, InvalidReason::kMapFailed);
   }
-  for (Group& g : groups_) {
+  AnswerGroups(records);
+  queue_->EndBatch();
+  // Groups left waiting with no answer outstanding would wait for a write that never comes:
+  // they get a last round now, with every pin released.
+  if (!deferred_.empty() && !final_round && queue_->outstanding() == 0 &&
+      !queue_->write_in_flight()) {
+    RetryDeferred(now_ns);
+  }
+}
+
+void FaultProcessor::AnswerGroups(std::span<const uapi::PageFault> records) {
+  for (uint32_t gi = 0; gi < groups_.size(); ++gi) {
+    Group& g = groups_[gi];
     if (g.failed) {
       ++stats_->invalid_by_reason[static_cast<int>(g.reason)];
       g.obligation.Answer(uapi::kRespInvalid);
+    } else if (g.waiting) {
+      // Until it is answered, a crash must not leave it pending in the kernel.
+      g.obligation.OweIfLost();
+      ++stats_->paging.deferred_groups;
+      Deferred& d = deferred_.emplace_back();
+      for (size_t i = 0; i < records.size(); ++i) {
+        if (record_group_[i] == gi) d.records.push_back(records[i]);
+      }
+      g.waiting = false;
+      d.group = std::move(g);
     } else {
       g.obligation.Answer(uapi::kRespSuccess);
     }
   }
+}
+
+void FaultProcessor::RetryDeferred(uint64_t now_ns) {
+  if (deferred_.empty()) return;
+  const bool final_round = queue_->outstanding() == 0 && !queue_->write_in_flight();
+  std::vector<Deferred> waiting;
+  waiting.swap(deferred_);
+  groups_.clear();
+  record_group_.clear();
+  retry_records_.clear();
+  for (Deferred& d : waiting) {
+    const auto index = static_cast<uint32_t>(groups_.size());
+    groups_.push_back(std::move(d.group));
+    for (const uapi::PageFault& r : d.records) {
+      retry_records_.push_back(r);
+      record_group_.push_back(index);
+    }
+  }
+  ResolveBatch(retry_records_, now_ns, final_round);
+}
+
+void FaultProcessor::DismissDeferred(std::optional<AttachmentKey> attachment, bool fd_dead) {
+  std::erase_if(deferred_, [&](Deferred& d) {
+    if (attachment && d.group.obligation.attachment() != *attachment) return false;
+    d.group.obligation.Dismiss(fd_dead);
+    return true;
+  });
 }
 
 void FaultProcessor::Resolve(const uapi::PageFault& rec, uint32_t group_index) {
@@ -109,93 +162,159 @@ void FaultProcessor::Resolve(const uapi::PageFault& rec, uint32_t group_index) {
   needs_.push_back({region, space, page, end, group_index});
 }
 
-void FaultProcessor::MapNeeds() {
-  if (needs_.empty()) return;
-  order_.assign(needs_.begin(), needs_.end());
-  std::less<const Region*> before;
-  std::sort(order_.begin(), order_.end(), [&before](const Need& a, const Need& b) {
-    if (a.region != b.region) return before(a.region, b.region);
-    return a.page < b.page;
-  });
-
-  // Count what the batch asks for: each distinct page once, repeats as deduplicated, pages
-  // already mapped as answered without a map.
-  uint64_t wanted_unmapped = 0;
-  for (size_t i = 0; i < order_.size(); ++i) {
-    const Need& n = order_[i];
-    if (i > 0 && order_[i - 1].region == n.region && order_[i - 1].page == n.page) {
+void FaultProcessor::CountPages() {
+  // What the batch asks for: each distinct page once, repeats as deduplicated, pages already
+  // mapped as answered without a map.
+  seen_pages_.clear();
+  wanted_unmapped_ = 0;
+  batch_mapped_pages_ = 0;
+  for (const Need& n : needs_) {
+    if (!seen_pages_.insert({n.region, n.page}).second) {
       ++stats_->pages_deduped;
     } else if (n.region->IsMapped(n.page)) {
       ++stats_->pages_already_mapped;
     } else {
-      ++wanted_unmapped;
+      ++wanted_unmapped_;
     }
   }
-  batch_mapped_pages_ = 0;
+}
 
-  // Merge overlapping and adjacent page ranges of one region into runs; each run is then mapped
-  // in as few calls as its already-mapped holes allow.
+void FaultProcessor::MapGroups(uint64_t now_ns, bool final_round) {
+  if (needs_.empty()) return;
+  // Group by group, in the order they were read: a group's own units are pinned before room is
+  // made for the rest of them, so making room never takes what the group already has. (Needs
+  // are in record order; a cookie seen again later in the buffer is the only reordering.)
+  std::stable_sort(needs_.begin(), needs_.end(),
+                   [](const Need& a, const Need& b) { return a.group < b.group; });
   size_t i = 0;
-  while (i < order_.size()) {
-    Region* region = order_[i].region;
-    AddressSpace* space = order_[i].space;
-    uint64_t first = order_[i].page;
-    uint64_t end = order_[i].end;
+  while (i < needs_.size()) {
     size_t j = i + 1;
-    while (j < order_.size() && order_[j].region == region && order_[j].page <= end) {
-      end = std::max(end, order_[j].end);
-      ++j;
-    }
-    MapRun(space, region, first, end);
-    // If a multi-page call failed, the pages the requests need are retried one by one so that a
-    // bad prefetch page (or a page someone else mapped) cannot fail its neighbours' requests.
-    for (size_t k = i; k < j; ++k) {
-      const Need& n = order_[k];
-      if (!n.region->IsMapped(n.page)) MapPages(space, region, n.page, 1);
-    }
+    while (j < needs_.size() && needs_[j].group == needs_[i].group) ++j;
+    MapGroup(i, j, now_ns, final_round);
     i = j;
   }
   // Whatever was mapped beyond the pages asked for was mapped ahead.
-  if (batch_mapped_pages_ > wanted_unmapped) {
-    stats_->pages_prefetched += batch_mapped_pages_ - wanted_unmapped;
+  if (batch_mapped_pages_ > wanted_unmapped_) {
+    stats_->pages_prefetched += batch_mapped_pages_ - wanted_unmapped_;
   }
 }
 
-void FaultProcessor::MapRun(AddressSpace* space, Region* region, uint64_t first, uint64_t end) {
-  uint64_t p = first;
-  while (p < end) {
-    while (p < end && region->IsMapped(p)) ++p;
-    uint64_t start = p;
-    while (p < end && !region->IsMapped(p)) ++p;
-    if (p > start) MapPages(space, region, start, p - start);
+void FaultProcessor::MapGroup(size_t first, size_t end, uint64_t now_ns, bool final_round) {
+  Group& g = groups_[needs_[first].group];
+  if (g.failed) return;
+  for (size_t k = first; k < end; ++k) {
+    const Need& n = needs_[k];
+    if (n.region->IsMapped(n.page)) Pin(n.space, n.region, n.page);
+  }
+  for (size_t k = first; k < end && !g.failed && !g.waiting; ++k) {
+    const Need& n = needs_[k];
+    if (n.region->IsMapped(n.page)) continue;
+    switch (MapUnit(n.space, n.region, n.region->UnitOf(n.page), n.page, /*needed=*/true, now_ns,
+                    final_round)) {
+      case UnitResult::kMapped:
+        Pin(n.space, n.region, n.page);
+        break;
+      case UnitResult::kWait:
+        g.waiting = true;
+        break;
+      case UnitResult::kNoRoom:
+        Fail(g, InvalidReason::kOverBudget);
+        break;
+      case UnitResult::kFailed:
+        break;  // the group fails as map_failed once every need was tried
+    }
+  }
+  if (g.failed || g.waiting) return;
+  // Map ahead: the units after the faulting page's, up to what the length hint and the
+  // prefetch window reach, where they fit without evicting anything.
+  for (size_t k = first; k < end; ++k) {
+    const Need& n = needs_[k];
+    if (n.end <= n.page + 1) continue;
+    const uint32_t last = n.region->UnitOf(n.end - 1);
+    for (uint32_t u = n.region->UnitOf(n.page) + 1; u <= last; ++u) {
+      if (n.region->unit(u).mapped()) continue;
+      if (MapUnit(n.space, n.region, u, n.region->UnitFirstPage(u), /*needed=*/false, now_ns,
+                  final_round) == UnitResult::kNoRoom) {
+        break;
+      }
+    }
   }
 }
 
-bool FaultProcessor::MapPages(AddressSpace* space, Region* region, uint64_t first, uint64_t count) {
-  MapRequest req = region->MakeRequest(space->ioas(), first, count);
+FaultProcessor::UnitResult FaultProcessor::MapUnit(AddressSpace* space, Region* region,
+                                                   uint32_t unit, uint64_t page, bool needed,
+                                                   uint64_t now_ns, bool final_round) {
+  PagedSpace* paging = pager_ != nullptr ? space->paging() : nullptr;
+  Unit& u = region->unit(unit);
+  if (u.state == Unit::State::kStuck) {
+    // Part of it is someone else's: pages are mapped one by one.
+    if (!needed) return UnitResult::kFailed;
+    MapRequest req = region->MakePageRequest(space->ioas(), page);
+    if (CallMap(req) || ErrnoOf(last_map_status_) == EEXIST) {
+      region->MarkPagePresent(page);
+      if (last_map_status_.ok()) batch_mapped_pages_ += 1;
+      return UnitResult::kMapped;
+    }
+    return UnitResult::kFailed;
+  }
+  if (paging != nullptr) {
+    switch (pager_->MakeRoom(*paging, region->UnitLength(unit), now_ns, /*may_evict=*/needed)) {
+      case Pager::Room::kOk:
+        break;
+      case Pager::Room::kPinned:
+        if (!needed) return UnitResult::kNoRoom;
+        ++stats_->paging.over_budget;
+        return final_round ? UnitResult::kNoRoom : UnitResult::kWait;
+      case Pager::Room::kNoRoom:
+        if (needed) ++stats_->paging.over_budget;
+        return UnitResult::kNoRoom;
+    }
+  }
+  MapRequest req = region->MakeUnitRequest(space->ioas(), unit);
+  if (CallMap(req)) {
+    stats_->bytes_mapped += req.length;
+    batch_mapped_pages_ += region->UnitPageCount(unit);
+    MarkMapped(space, region, unit, now_ns);
+    return UnitResult::kMapped;
+  }
+  if (ErrnoOf(last_map_status_) != EEXIST || !needed) return UnitResult::kFailed;
+  // Part of the unit is mapped already: by the device's owner, or by an iopfd before a restart
+  // (with these or other bounds). Not iopfd's to unmap: the unit is stuck, its pages mapped one
+  // by one from now on; a page found mapped is present (the device's retry will translate).
+  u.state = Unit::State::kStuck;
+  return MapUnit(space, region, unit, page, needed, now_ns, final_round);
+}
+
+bool FaultProcessor::CallMap(const MapRequest& req) {
   ++stats_->map_calls;
-  absl::Status st = mapper_->Map(req);
+  last_map_status_ = mapper_->Map(req);
   // ENOMEM is the kernel failing one allocation on the way (the area, the page array, a page
   // table): no state changed, and the same call a moment later usually succeeds. Answering
   // INVALID at once would turn a transient shortage into a failed translation on the device.
-  for (int retry = 0; retry < kMapRetries && !st.ok() && ErrnoOf(st) == ENOMEM; ++retry) {
+  for (int retry = 0;
+       retry < kMapRetries && !last_map_status_.ok() && ErrnoOf(last_map_status_) == ENOMEM;
+       ++retry) {
     ++stats_->map_calls;
-    st = mapper_->Map(req);
+    last_map_status_ = mapper_->Map(req);
   }
-  if (st.ok()) {
-    region->MarkMapped(first, count);
-    stats_->bytes_mapped += req.length;
-    batch_mapped_pages_ += count;
-    return true;
+  if (!last_map_status_.ok() && ErrnoOf(last_map_status_) != EEXIST) ++stats_->map_failures;
+  return last_map_status_.ok();
+}
+
+void FaultProcessor::MarkMapped(AddressSpace* space, Region* region, uint32_t unit,
+                                uint64_t now_ns) {
+  PagedSpace* paging = pager_ != nullptr ? space->paging() : nullptr;
+  if (paging != nullptr) {
+    pager_->Mapped(*paging, UnitRef{space->IndexOf(region), unit}, now_ns);
+    return;
   }
-  ++stats_->map_failures;
-  // A single page that is already mapped (by the device's owner, or by a mapping iopfd made
-  // before a restart) is present: the device's retry will translate, so it counts as mapped.
-  if (count == 1 && ErrnoOf(st) == EEXIST) {
-    region->MarkMapped(first, 1);
-    return true;
-  }
-  return false;
+  region->unit(unit).state = Unit::State::kInactive;
+  region->NoteUnitMapped(unit);
+}
+
+void FaultProcessor::Pin(AddressSpace* space, Region* region, uint64_t page) {
+  PagedSpace* paging = pager_ != nullptr ? space->paging() : nullptr;
+  if (paging != nullptr) Pager::Pin(*paging, UnitRef{space->IndexOf(region), region->UnitOf(page)});
 }
 
 }  // namespace iopfd

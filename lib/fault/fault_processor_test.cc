@@ -7,34 +7,17 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "iopfd/base/errors.h"
+#include "testing/fake_mapper.h"
 
 namespace iopfd {
 namespace {
 
+using iopfd_testing::FakeMapper;
 using ::testing::ElementsAre;
 
 constexpr uint64_t kPage = 4096;
 constexpr uint32_t kDev = 7;
 constexpr uint32_t kRW = uapi::kPermRead | uapi::kPermWrite;
-
-// Records every map call; fails calls that touch a page in fail_pages with fail_errno.
-class FakeMapper : public Mapper {
- public:
-  absl::Status Map(const MapRequest& req) override {
-    calls.push_back(req);
-    for (uint64_t iova : fail_iovas) {
-      if (iova >= req.iova && iova < req.iova + req.length && fail_times != 0) {
-        if (fail_times > 0) --fail_times;
-        return ErrnoStatus(fail_errno, "fake", "IOMMU_IOAS_MAP");
-      }
-    }
-    return absl::OkStatus();
-  }
-  std::vector<MapRequest> calls;
-  std::vector<uint64_t> fail_iovas;
-  int fail_errno = ENOMEM;
-  int fail_times = -1;  // how many calls fail (-1: all)
-};
 
 uapi::PageFault Rec(uint32_t cookie, uint64_t addr, uint32_t perm = uapi::kPermRead,
                     std::optional<uint32_t> pasid = std::nullopt, uint32_t length = 0) {
@@ -56,10 +39,11 @@ class FaultProcessorTest : public ::testing::Test {
   // 16 KiB prefetch window. Space of PASID 5: [1 MiB, 1 MiB + 64 KiB) rw, IOAS 9.
   void SetUp() override { Build(); }
 
-  void Build(FaultProcessorOptions opts = {.device_id = kDev}) {
+  void Build(FaultProcessorOptions opts = {.device_id = kDev}, uint64_t unit_bytes = 0) {
     std::vector<Region> none;
-    none.emplace_back(1 << 20, 16 * kPage, kPage, kRW, 0, 100, 0, nullptr);
-    none.emplace_back(2 << 20, 16 * kPage, kPage, uapi::kPermRead, 4 * kPage, 101, 8192, nullptr);
+    none.emplace_back(1 << 20, 16 * kPage, kPage, kRW, 0, 100, 0, nullptr, unit_bytes);
+    none.emplace_back(2 << 20, 16 * kPage, kPage, uapi::kPermRead, 4 * kPage, 101, 8192, nullptr,
+                      unit_bytes);
     std::vector<Region> p5;
     p5.emplace_back(1 << 20, 16 * kPage, kPage, kRW, 0, 102, 0, nullptr);
     std::vector<AddressSpace> spaces;
@@ -151,16 +135,23 @@ TEST_F(FaultProcessorTest, ManyFaultsToOnePageMapOnce) {
   EXPECT_EQ(stats_.pages_already_mapped, 1u);
 }
 
-TEST_F(FaultProcessorTest, AdjacentPagesCoalesceIntoOneCall) {
+// A map call maps a whole unit, aligned to the region's start: pages of one unit share it, and
+// each unit is its own call (so that it can be unmapped alone).
+TEST_F(FaultProcessorTest, PagesOfOneUnitMapInOneCallAndEachUnitInItsOwn) {
+  Build({.device_id = kDev}, /*unit_bytes=*/4 * kPage);
   std::vector<uapi::PageFault> recs = {Rec(1, (1 << 20) + 2 * kPage), Rec(2, (1 << 20) + 0),
-                                       Rec(3, (1 << 20) + kPage), Rec(4, (1 << 20) + 8 * kPage)};
+                                       Rec(3, (1 << 20) + kPage), Rec(4, (1 << 20) + 8 * kPage),
+                                       Rec(5, (1 << 20) + 4 * kPage)};
   proc_->Process(recs, 0);
-  EXPECT_EQ(Flush().size(), 4u);
-  ASSERT_EQ(mapper_.calls.size(), 2u);
-  EXPECT_EQ(mapper_.calls[0].iova, 1u << 20);
-  EXPECT_EQ(mapper_.calls[0].length, 3 * kPage);
+  EXPECT_EQ(Flush().size(), 5u);
+  ASSERT_EQ(mapper_.calls.size(), 3u);
+  EXPECT_EQ(mapper_.calls[0].iova, (1u << 20));
+  EXPECT_EQ(mapper_.calls[0].length, 4 * kPage);
   EXPECT_EQ(mapper_.calls[1].iova, (1u << 20) + 8 * kPage);
-  EXPECT_EQ(mapper_.calls[1].length, kPage);
+  EXPECT_EQ(mapper_.calls[1].length, 4 * kPage);
+  EXPECT_EQ(mapper_.calls[2].iova, (1u << 20) + 4 * kPage);
+  EXPECT_EQ(stats_.pages_prefetched, 12u - 5u) << "the unit's pages nobody asked for";
+  EXPECT_EQ(table_->spaces()[0].regions()[0].mapped_pages(), 12u);
 }
 
 TEST_F(FaultProcessorTest, CoalescingSkipsPagesAlreadyMapped) {
@@ -182,17 +173,19 @@ TEST_F(FaultProcessorTest, PrefetchWindowMapsAheadClippedAtRegionEnd) {
   std::vector<uapi::PageFault> recs = {Rec(1, (2 << 20) + kPage)};
   proc_->Process(recs, 0);
   Flush();
-  ASSERT_EQ(mapper_.calls.size(), 1u);
+  // The faulting page's unit, then one call per unit ahead (units of one page here).
+  ASSERT_EQ(mapper_.calls.size(), 5u);
   EXPECT_EQ(mapper_.calls[0].iova, (2u << 20) + kPage);
-  EXPECT_EQ(mapper_.calls[0].length, 5 * kPage);
+  EXPECT_EQ(mapper_.calls[0].length, kPage);
   EXPECT_EQ(mapper_.calls[0].file_offset, 8192 + kPage);
   EXPECT_EQ(mapper_.calls[0].flags, uapi::kIoasMapReadable);
+  EXPECT_EQ(mapper_.calls[4].iova, (2u << 20) + 5 * kPage);
   EXPECT_EQ(stats_.pages_prefetched, 4u);
   std::vector<uapi::PageFault> tail = {Rec(2, (2 << 20) + 14 * kPage)};
   proc_->Process(tail, 0);
   Flush();
-  ASSERT_EQ(mapper_.calls.size(), 2u);
-  EXPECT_EQ(mapper_.calls[1].length, 2 * kPage);  // clipped at the region's 16th page
+  ASSERT_EQ(mapper_.calls.size(), 7u);  // clipped at the region's 16th page
+  EXPECT_EQ(mapper_.calls[6].iova, (2u << 20) + 15 * kPage);
 }
 
 TEST_F(FaultProcessorTest, LengthHintMapsAheadCappedPerFault) {
@@ -201,8 +194,8 @@ TEST_F(FaultProcessorTest, LengthHintMapsAheadCappedPerFault) {
       Rec(1, 1 << 20, uapi::kPermRead, std::nullopt, static_cast<uint32_t>(10 * kPage))};
   proc_->Process(recs, 0);
   Flush();
-  ASSERT_EQ(mapper_.calls.size(), 1u);
-  EXPECT_EQ(mapper_.calls[0].length, 4 * kPage);
+  ASSERT_EQ(mapper_.calls.size(), 4u);
+  EXPECT_EQ(mapper_.calls[3].iova, (1u << 20) + 3 * kPage);
 }
 
 TEST_F(FaultProcessorTest, MultiRecordGroupGetsOneResponseAndFailsAsAWhole) {
@@ -265,13 +258,13 @@ TEST_F(FaultProcessorTest, AMapThatRanOutOfMemoryOnceIsRetried) {
   std::vector<uapi::PageFault> more = {Rec(2, (1 << 20) + kPage)};
   proc_->Process(more, 0);
   EXPECT_THAT(Flush(), ElementsAre(Resp(2u, uapi::kRespInvalid)));
-  EXPECT_EQ(mapper_.calls.size(), 6u);  // the call and two retries, then the page alone likewise
+  EXPECT_EQ(mapper_.calls.size(), 3u);  // the call and two retries
   mapper_.fail_errno = EFAULT;
   mapper_.calls.clear();
   std::vector<uapi::PageFault> other = {Rec(3, (1 << 20) + 2 * kPage)};
   proc_->Process(other, 0);
   EXPECT_THAT(Flush(), ElementsAre(Resp(3u, uapi::kRespInvalid)));
-  EXPECT_EQ(mapper_.calls.size(), 2u);  // no retries: the call, then the page alone
+  EXPECT_EQ(mapper_.calls.size(), 1u);  // no retries
 }
 
 TEST_F(FaultProcessorTest, ForeignDeviceAndMixedGroupsAreInvalid) {
@@ -294,10 +287,10 @@ TEST_F(FaultProcessorTest, MapFailureFailsOnlyTheGroupsThatNeedTheBadPage) {
   proc_->Process(recs, 0);
   EXPECT_THAT(Flush(), ElementsAre(Resp(1u, uapi::kRespSuccess), Resp(2u, uapi::kRespSuccess),
                                    Resp(3u, uapi::kRespInvalid)));
-  // One coalesced call failed, then each needed page was tried alone.
-  EXPECT_EQ(mapper_.calls.size(), 4u);
+  // One call per unit (a page here); only the bad one failed.
+  EXPECT_EQ(mapper_.calls.size(), 3u);
   EXPECT_EQ(stats_.invalid_by_reason[static_cast<int>(InvalidReason::kMapFailed)], 1u);
-  EXPECT_EQ(stats_.map_failures, 2u);
+  EXPECT_EQ(stats_.map_failures, 1u);
 }
 
 TEST_F(FaultProcessorTest, PrefetchFailureDoesNotFailTheFaultingPage) {

@@ -121,7 +121,14 @@ absl::Status FaultQueue::ReadAvailable(uint64_t deadline_ns) {
 }
 
 bool FaultQueue::OnWrite(ssize_t res, uint64_t now_ns) {
-  if (responses_->CompleteWrite(res, now_ns)) return true;
+  if (responses_->CompleteWrite(res, now_ns)) {
+    // Answers settled release the units they pinned: groups waiting for room try again (their
+    // answers go out with the next write).
+    if (processor_ != nullptr && processor_->deferred() != 0 && !responses_->write_in_flight()) {
+      processor_->RetryDeferred(now_ns);
+    }
+    return true;
+  }
   MarkWriteFailed(
       std::string(ErrnoStatus(static_cast<int>(-res), "", "write fault responses").message()));
   return false;
@@ -131,6 +138,11 @@ absl::Status FaultQueue::WriteQueued() {
   // The ring is writing this queue's answers: never begin a second write of the same batch (it
   // would answer those cookies twice); the ring's completion goes on with the rest.
   if (responses_->write_in_flight()) return absl::OkStatus();
+  // Groups waiting for room with nothing else to write: their last round (the synchronous
+  // paths are a drain's flush, a removal, the exit: everything read is answered before).
+  if (processor_ != nullptr && processor_->deferred() != 0 && !responses_->HasUnwritten()) {
+    processor_->RetryDeferred(MonotonicNs());
+  }
   while (responses_->HasUnwritten()) {
     if (write_failed_) {
       responses_->AbandonAll();
@@ -156,6 +168,8 @@ void FaultQueue::MarkWriteFailed(const std::string& why) {
   // Reported even when reading was given up before (a group too large, say): a dead fd is
   // news, and from now on what is owed is abandoned.
   write_failed_ = read_failed_ = true;
+  // Nothing read can be answered any more, the groups waiting for room included.
+  if (processor_ != nullptr) processor_->DismissDeferred(std::nullopt, /*fd_dead=*/true);
   if (on_failed) on_failed(why);
 }
 

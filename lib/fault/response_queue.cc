@@ -1,5 +1,6 @@
 #include "iopfd/fault/response_queue.h"
 
+#include <algorithm>
 #include <cerrno>
 
 namespace iopfd {
@@ -111,6 +112,7 @@ std::span<const uapi::PageResponse> ResponseQueue::BeginWrite() {
     inflight_ts_.clear();
     inflight_att_.clear();
     inflight_pos_ = 0;
+    write_batch_ = resolving_ ? batch_ - 1 : batch_;
     // The epoch fence: a response to a group read before its attachment was parked must never
     // be written (its cookie may name a newer group). DropAttachment at the park removes them
     // all, so finding one here is a bug: it is dropped and counted, never written.
@@ -170,6 +172,7 @@ bool ResponseQueue::CompleteWrite(ssize_t result, uint64_t now_ns) {
       Settle(inflight_pos_, false, now_ns);
       ++inflight_pos_;
     }
+    if (inflight_pos_ >= inflight_.size()) settled_batch_ = std::max(settled_batch_, write_batch_);
     return true;
   }
   const int err = static_cast<int>(-result);
@@ -178,6 +181,7 @@ bool ResponseQueue::CompleteWrite(ssize_t result, uint64_t now_ns) {
     // the kernel itself on detach). Drop it; the rest are re-sent.
     Settle(inflight_pos_, false, now_ns);
     ++inflight_pos_;
+    if (inflight_pos_ >= inflight_.size()) settled_batch_ = std::max(settled_batch_, write_batch_);
     return true;
   }
   // Nothing consumed; write the same again. ENOMEM included: the fault fd's write allocates
@@ -225,6 +229,21 @@ void ResponseObligation::GuardAnswer() {
   ++stats_->invalid_by_reason[static_cast<int>(InvalidReason::kUnresolved)];
   queue_->Add(cookie_, uapi::kRespInvalid, read_ns_, attachment_, epoch_);
   queue_ = nullptr;
+}
+
+void ResponseObligation::Dismiss(bool fd_dead) {
+  if (queue_ == nullptr) return;
+  if (fd_dead) {
+    ++stats_->responses_abandoned;
+  } else {
+    ++stats_->responses_stale_dropped;
+  }
+  queue_->SettleInLedger(cookie_);
+  queue_ = nullptr;
+}
+
+void ResponseObligation::OweIfLost() {
+  if (queue_ != nullptr) queue_->OweInLedger(cookie_);
 }
 
 bool ResponseObligation::Answer(uint32_t code) {

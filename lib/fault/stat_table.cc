@@ -136,6 +136,46 @@ std::vector<StatField> MakeFields() {
                        "queued after it): a bug, dropped, never written.",
                        kInvariants, [](const DeviceStats& s) { return s.stale_epoch_blocked; }),
                "kind=\"stale_epoch_blocked\""));
+  // Demand paging (docs/PAGING.md): this device's scope.
+  t.push_back(Gauge("paging.resident_bytes", "resident bytes",
+                    "Bytes iopfd holds mapped (and so pinned) for the device now.",
+                    "iopfd_resident_bytes",
+                    [](const DeviceStats& s) { return s.paging.resident_bytes; }));
+  t.push_back(Gauge("paging.budget_bytes", "budget bytes",
+                    "The device's max_resident budget ([limits]); 0 when unbounded.",
+                    "iopfd_resident_budget_bytes",
+                    [](const DeviceStats& s) { return s.paging.budget_bytes; }));
+  t.push_back(Counter("paging.evicted_units", "evicted units",
+                      "Map units unmapped to stay within a budget.", "iopfd_evicted_units_total",
+                      [](const DeviceStats& s) { return s.paging.evicted_units; }));
+  t.push_back(Counter(
+      "paging.evicted_bytes", "evicted bytes", "Bytes unmapped to stay within a budget.",
+      "iopfd_evicted_bytes_total", [](const DeviceStats& s) { return s.paging.evicted_bytes; },
+      "bytes"));
+  t.push_back(Counter("paging.unmap_calls", "unmap calls",
+                      "IOMMU unmap calls issued (adjacent evicted units share one).",
+                      "iopfd_unmap_calls_total",
+                      [](const DeviceStats& s) { return s.paging.unmap_calls; }));
+  t.push_back(Counter("paging.unmap_failures", "unmap failures",
+                      "IOMMU unmap calls that failed (the unit stays mapped, never evicted).",
+                      "iopfd_unmap_failures_total",
+                      [](const DeviceStats& s) { return s.paging.unmap_failures; }));
+  t.push_back(Counter("paging.refaults", "refaults", "Map units mapped again after an eviction.",
+                      "iopfd_refaults_total",
+                      [](const DeviceStats& s) { return s.paging.refaults; }));
+  t.push_back(Counter("paging.thrash_protections", "thrash protections",
+                      "Map units protected from eviction after re-faulting quickly, repeatedly.",
+                      "iopfd_thrash_protections_total",
+                      [](const DeviceStats& s) { return s.paging.thrash_protections; }));
+  t.push_back(Counter("paging.over_budget", "over budget",
+                      "Map units that could not be mapped within a budget (the group waited, or "
+                      "was answered INVALID when it could never fit).",
+                      "iopfd_over_budget_total",
+                      [](const DeviceStats& s) { return s.paging.over_budget; }));
+  t.push_back(Counter("paging.deferred_groups", "deferred groups",
+                      "Groups that waited for room until answers were written.",
+                      "iopfd_deferred_groups_total",
+                      [](const DeviceStats& s) { return s.paging.deferred_groups; }));
   // The drain state machine.
   t.push_back(Gauge("drain.epoch", "drain epoch",
                     "Incremented at every resume: answers to page requests read in an older "
@@ -194,6 +234,10 @@ std::vector<StatField> MakeFields() {
   t.push_back(Percentiles("latency_ns", "latency", "Read completion to response write completion.",
                           "iopfd_response_latency_seconds", "ns",
                           [](const DeviceStats& s) -> const Histogram& { return s.latency_ns; }));
+  t.push_back(Percentiles(
+      "paging.unmap_ns", "unmap latency", "Duration of each IOMMU unmap call (evictions).",
+      "iopfd_unmap_latency_seconds", "ns",
+      [](const DeviceStats& s) -> const Histogram& { return s.paging.unmap_ns; }));
   return t;
 }
 
@@ -277,12 +321,21 @@ const std::vector<StatField>& StatFields() {
 }
 
 const std::vector<StatGroup>& StatGroups() {
-  static const auto* const kGroups = new std::vector<StatGroup>{
-      {"invalid_by_reason", "[string]int",
-       "INVALID answers by reason: no_space, no_region, permission, map_failed, foreign_device, "
-       "oversized_group, malformed, unresolved, refused (docs/CONTROL.md, Counters)."},
-      {"drain", "DrainCounters", "What the drain state machine did to the device."},
-  };
+  static const auto* const kGroups = [] {
+    std::string reasons;
+    for (int r = 0; r < static_cast<int>(InvalidReason::kCount); ++r) {
+      absl::StrAppend(&reasons, r == 0 ? "" : ", ",
+                      std::string(InvalidReasonName(static_cast<InvalidReason>(r))));
+    }
+    return new std::vector<StatGroup>{
+        {"invalid_by_reason", "[string]int",
+         absl::StrCat("INVALID answers by reason: ", reasons, " (docs/CONTROL.md, Counters).")},
+        {"paging", "PagingCounters",
+         "Demand paging in the device's scope: what it holds mapped within its budget, and what "
+         "was evicted (docs/PAGING.md)."},
+        {"drain", "DrainCounters", "What the drain state machine did to the device."},
+    };
+  }();
   return *kGroups;
 }
 
@@ -377,13 +430,15 @@ std::string StatsPrometheus(
 std::string StatsIdl() {
   std::vector<std::string> top = IdlFields("");
   top.insert(top.begin(), "  name: string");
-  std::string drain_help;
+  // A type for each group of rows (the others are maps, or made by hand: Percentiles).
+  std::string out;
   for (const StatGroup& g : StatGroups()) {
-    if (g.key == "drain") drain_help = g.help;
+    if (g.idl_type.empty() || g.idl_type[0] == '[') continue;
+    absl::StrAppend(&out, "# ", g.help, "\n", IdlType(g.idl_type, IdlFields(g.key)), "\n");
   }
-  return absl::StrCat("# ", drain_help, "\n", IdlType("DrainCounters", IdlFields("drain")),
-                      "\n# One device's counters (docs/CONTROL.md, Counters).\n",
-                      IdlType("DeviceStats", top));
+  absl::StrAppend(&out, "# One device's counters (docs/CONTROL.md, Counters).\n",
+                  IdlType("DeviceStats", top));
+  return out;
 }
 
 std::string StatsMarkdown() {

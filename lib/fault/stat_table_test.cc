@@ -51,16 +51,27 @@ std::vector<uint64_t DeviceStats::*> PlainMembers() {
           &DeviceStats::drain_unaccounted};
 }
 
+// The plain members of DeviceStats::paging (all but the unmap histogram).
+std::vector<uint64_t PagingCounters::*> PagingMembers() {
+  return {&PagingCounters::resident_bytes, &PagingCounters::budget_bytes,
+          &PagingCounters::evicted_units,  &PagingCounters::evicted_bytes,
+          &PagingCounters::unmap_calls,    &PagingCounters::unmap_failures,
+          &PagingCounters::refaults,       &PagingCounters::thrash_protections,
+          &PagingCounters::over_budget,    &PagingCounters::deferred_groups};
+}
+
 // Each plain member i holds 1000 + i, each reason r holds 5000 + r; groups is large enough that
 // outstanding() stays positive.
 DeviceStats Distinct() {
   DeviceStats s;
   uint64_t v = 1000;
   for (auto m : PlainMembers()) s.*m = v++;
+  for (auto m : PagingMembers()) s.paging.*m = v++;
   s.groups = 1'000'000;
   for (size_t r = 0; r < s.invalid_by_reason.size(); ++r) s.invalid_by_reason[r] = 5000 + r;
   s.batch_records.Record(7);
   s.latency_ns.Record(2'000'000);
+  s.paging.unmap_ns.Record(3'000);
   return s;
 }
 
@@ -85,16 +96,22 @@ std::string ReadSource(const std::string& path) {
 // A member added to DeviceStats fails here until it is listed in PlainMembers() (or is a
 // histogram), and then in EveryCounterHasItsOwnRow until the table has a row for it.
 TEST(StatTableTest, EveryMemberOfDeviceStatsIsListed) {
-  static_assert(iopfd_testing::MemberCount<DeviceStats>() == 33,
+  static_assert(iopfd_testing::MemberCount<DeviceStats>() == 34,
                 "a member was added to DeviceStats: list it in PlainMembers() and give it a row "
                 "in StatFields()");
-  EXPECT_EQ(PlainMembers().size() + 3, 33u) << "plain members + invalid_by_reason + 2 histograms";
+  EXPECT_EQ(PlainMembers().size() + 4, 34u)
+      << "plain members + invalid_by_reason + paging + 2 histograms";
+  static_assert(iopfd_testing::MemberCount<PagingCounters>() == 11,
+                "a member was added to PagingCounters: list it in PagingMembers() and give it a "
+                "row in StatFields()");
+  EXPECT_EQ(PagingMembers().size() + 1, 11u) << "plain members + the unmap histogram";
 }
 
 TEST(StatTableTest, EveryCounterHasItsOwnRow) {
   const DeviceStats s = Distinct();
   std::set<uint64_t> wanted;
   for (auto m : PlainMembers()) wanted.insert(s.*m);
+  for (auto m : PagingMembers()) wanted.insert(s.paging.*m);
   for (uint64_t r : s.invalid_by_reason) wanted.insert(r);
   std::set<uint64_t> shown;
   std::set<std::string> keys;
@@ -178,6 +195,16 @@ TEST(StatTableTest, PrometheusHasOneHelpAndTypePerFamilyAndEverySample) {
   EXPECT_THAT(text, HasSubstr("iopfd_responses_total{device=\"a\",code=\"success\"} "));
   EXPECT_THAT(text, HasSubstr("iopfd_invariant_violations_total{device=\"a\",kind="
                               "\"duplicate_cookie\"} "));
+}
+
+// A row in a group the table does not declare would be missing from the interface file.
+TEST(StatTableTest, EveryGroupOfRowsIsDeclared) {
+  for (const StatField& f : StatFields()) {
+    if (f.group().empty()) continue;
+    bool declared = false;
+    for (const StatGroup& g : StatGroups()) declared |= g.key == f.group();
+    EXPECT_TRUE(declared) << f.key << ": group " << f.group() << " is not in StatGroups()";
+  }
 }
 
 // The IDL and the docs are made from the table: when a row changes, paste what this prints.

@@ -85,6 +85,8 @@ constexpr std::array<ReasonRow, static_cast<size_t>(InvalidReason::kCount)> kRea
      "Answered by the exactly-once guard: resolution never finished (a bug)."},
     {InvalidReason::kRefused, "refused",
      "The space was parked by a drain, or the device is quarantined."},
+    {InvalidReason::kOverBudget, "over_budget",
+     "The units it needs cannot fit in a max_resident budget, even after eviction."},
 }};
 
 constexpr bool RowsInEnumOrder() {

@@ -102,4 +102,24 @@ absl::Status Iommufd::Map(const MapRequest& req) {
   return absl::OkStatus();
 }
 
+absl::Status Iommufd::Unmap(IoasId ioas, uint64_t iova, uint64_t length) {
+  uapi::IommuIoasUnmap cmd{};
+  cmd.size = sizeof(cmd);
+  cmd.ioas_id = ioas.value();
+  cmd.iova = iova;
+  cmd.length = length;
+  int rc = sys_->Ioctl(fd(), uapi::kIommuIoasUnmap, &cmd);
+  if (rc < 0) {
+    return ErrnoStatus(-rc, name_, "IOMMU_IOAS_UNMAP",
+                       absl::StrCat("iova 0x", absl::Hex(iova), " length ", length));
+  }
+  // The kernel reports what it unmapped in length: with whole units it is all of the range.
+  if (cmd.length != length) {
+    return ErrnoStatus(
+        EIO, name_, "IOMMU_IOAS_UNMAP",
+        absl::StrCat("unmapped ", cmd.length, " of ", length, " bytes at 0x", absl::Hex(iova)));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace iopfd

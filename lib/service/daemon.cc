@@ -113,6 +113,19 @@ void Daemon::CreateManager() {
   manager_ = std::make_unique<DeviceManager>(
       host_.get(), &RealSyscalls(), std::move(inherited_),
       ReadLimits{.initial = global_.read_records, .max = global_.max_read_records});
+  // Demand paging: what devices map stays within budgets ([paging], max_resident keys).
+  const PagingConfig& pc = global_.paging;
+  pager_ = std::make_unique<Pager>(
+      PagerOptions{.policy = pc.policy,
+                   .max_resident = pc.max_resident,
+                   .thrash_window_ns = uint64_t{pc.thrash_window_us} * 1000,
+                   .thrash_events = pc.thrash_events,
+                   .thrash_protect_ns = uint64_t{pc.thrash_protect_ms} * 1000000});
+  pager_->on_event = [this](const std::string& device, const std::string& what) {
+    Log(LogLevel::kInfo, what, device.empty() ? LogFields{} : LogFields{{"DEVICE", device}});
+    events_.Publish("paging", device, what);
+  };
+  manager_->set_pager(pager_.get());
   // Function resets run on a worker thread: the loop serves the other devices meanwhile.
   if (absl::Status st = blocking_.Init(); st.ok()) {
     ring_->AddClient(&blocking_);

@@ -38,6 +38,19 @@ class FakeMapper : public Mapper {
     mapped.emplace_back(req.iova, req.length);
     return absl::OkStatus();
   }
+  // The kernel's rule (io_pagetable.c): only whole mappings, ENOENT for a cut or for nothing.
+  absl::Status Unmap(IoasId /*ioas*/, uint64_t iova, uint64_t length) override {
+    size_t found = 0;
+    for (const auto& [at, len] : mapped) {
+      if (at >= iova + length || at + len <= iova) continue;
+      if (at < iova || at + len > iova + length) Fail("an unmap that cuts a mapping");
+      ++found;
+    }
+    if (found == 0) return ErrnoStatus(ENOENT, "fake", "IOMMU_IOAS_UNMAP");
+    std::erase_if(mapped,
+                  [&](const auto& m) { return m.first >= iova && m.first < iova + length; });
+    return absl::OkStatus();
+  }
   bool Covers(uint64_t addr) const {
     for (const auto& [iova, len] : mapped) {
       if (addr >= iova && addr - iova < len) return true;

@@ -225,6 +225,29 @@ int SimKernel::DoIoctl(int fd, unsigned long request, void* arg) {
       mappings_[{ioas, iova}] = length;
       return 0;
     }
+    case uapi::kIommuIoasUnmap: {
+      // io_pagetable.c iopt_unmap_iova_range: every mapping in the range must lie wholly inside
+      // it (a range that cuts one is ENOENT), and a range holding none is ENOENT too.
+      auto* c = static_cast<uapi::IommuIoasUnmap*>(arg);
+      if (ioas_.count(c->ioas_id) == 0) return -ENOENT;
+      const uint64_t end = c->iova + c->length;
+      std::vector<std::pair<uint32_t, uint64_t>> inside;
+      uint64_t unmapped = 0;
+      for (const auto& [key, len] : mappings_) {
+        if (key.first != c->ioas_id || key.second >= end || key.second + len <= c->iova) continue;
+        if (key.second < c->iova || key.second + len > end) {
+          ++unmap_splits_refused_;
+          return -ENOENT;
+        }
+        inside.push_back(key);
+        unmapped += len;
+      }
+      if (inside.empty()) return -ENOENT;
+      for (const auto& key : inside) mappings_.erase(key);
+      ++unmap_calls_;
+      c->length = unmapped;
+      return 0;
+    }
     case uapi::kVfioDeviceBindIommufd: {
       if (fd != vfio_fd_) return -ENOTTY;
       auto* c = static_cast<uapi::VfioDeviceBindIommufd*>(arg);

@@ -33,10 +33,10 @@
 #include <string>
 #include <vector>
 
+#include "iopfd/base/syscalls.h"
 #include "iopfd/base/uapi.h"
 #include "iopfd/config/config.h"
 #include "iopfd/device/device.h"
-#include "iopfd/base/syscalls.h"
 #include "pri_device.h"
 
 namespace iopfd::sim {
@@ -147,6 +147,15 @@ class SimKernel : public Syscalls {
   size_t hwpt_count() const { return hwpts_.size(); }
   // Mappings made through IOMMU_IOAS_MAP(_FILE), as (ioas, iova) -> length.
   const std::map<std::pair<uint32_t, uint64_t>, uint64_t>& mappings() const { return mappings_; }
+  // Bytes mapped (and so pinned) in `ioas` now.
+  uint64_t MappedBytes(uint32_t ioas) const {
+    uint64_t total = 0;
+    for (const auto& [key, len] : mappings_) total += key.first == ioas ? len : 0;
+    return total;
+  }
+  // IOMMU_IOAS_UNMAP calls that succeeded, and those refused because they cut a mapping.
+  uint64_t unmap_calls() const { return unmap_calls_; }
+  uint64_t unmap_splits_refused() const { return unmap_splits_refused_; }
 
  private:
   // The ioctls themselves (Ioctl runs the hooks around them).
@@ -191,6 +200,8 @@ class SimKernel : public Syscalls {
   // Requests of unfinished groups, by PRG index (io-pgfault.c keeps a partial list).
   std::map<uint32_t, std::vector<PageRequest>> partial_;
   std::map<std::pair<uint32_t, uint64_t>, uint64_t> mappings_;
+  uint64_t unmap_calls_ = 0;
+  uint64_t unmap_splits_refused_ = 0;
   uint64_t auto_responses_ = 0, refused_responses_ = 0;
   int switch_calls_ = 0;
   int resets_ = 0;

@@ -105,6 +105,9 @@ struct RegionConfig {
   uint64_t offset = 0;    // byte offset into the backing; aligned to the page size
   uint32_t access = 0;    // uapi::PgfaultPerm bits a request may ask for (READ|WRITE|EXEC|PRIV)
   uint64_t prefetch = 0;  // bytes mapped ahead of a faulting page (0 = only what is asked)
+  // What one map call maps and one eviction unmaps (docs/PAGING.md): a power of two, a multiple
+  // of the page size; 0 = the default (DefaultMapUnit: 64 KiB, or the huge page size).
+  uint64_t map_unit = 0;
   // The page size mappings are made in: 4 KiB, or the huge page size of a hugetlbfs backing.
   // Filled in by validation (it stats the backing); 0 until then.
   uint64_t page_size = 0;
@@ -121,6 +124,8 @@ struct SpaceConfig {
   // 0 otherwise.
   uint32_t hwpt_id = 0;
   std::vector<RegionConfig> regions;  // sorted by iova, non-overlapping after validation
+  // Bytes iopfd may hold mapped in this space (pager.h); nullopt: unbounded.
+  std::optional<uint64_t> max_resident;
   NotASetting<SourceLocation> where;
   bool operator==(const SpaceConfig&) const = default;
 };
@@ -152,6 +157,8 @@ struct DeviceLimits {
   uint32_t max_group_records = 512;
   // Upper bound on what one fault may map through prefetch and the length hint.
   uint64_t max_fault_map_bytes = 2ull << 20;
+  // Bytes iopfd may hold mapped for the device, all its spaces together; nullopt: unbounded.
+  std::optional<uint64_t> max_resident;
   bool operator==(const DeviceLimits&) const = default;
 };
 
@@ -214,12 +221,33 @@ struct ControlConfig {
   uint32_t idle_timeout_ms = 300000;
 };
 
+// Which map units eviction takes first (pager.h).
+enum class EvictionPolicy : uint8_t {
+  kWorkingset,  // probation first in, first out; units that come back soon are protected
+  kFifo,        // the unit mapped longest ago
+};
+inline constexpr EnumName<EvictionPolicy> kEvictionPolicyNames[] = {
+    {EvictionPolicy::kWorkingset, "workingset"}, {EvictionPolicy::kFifo, "fifo"}};
+
+// [paging] of the global file, and [daemon] max_resident.
+struct PagingConfig {
+  std::optional<uint64_t> max_resident;  // all devices together; nullopt: unbounded
+  SourceLocation max_resident_where;     // where it was set (checked against map units)
+  EvictionPolicy policy = EvictionPolicy::kWorkingset;
+  // Thrashing: a unit faulted again within thrash_window_us of its eviction, thrash_events times
+  // in a row, is not evicted for thrash_protect_ms.
+  uint32_t thrash_window_us = 500;
+  uint32_t thrash_events = 3;
+  uint32_t thrash_protect_ms = 150;
+};
+
 struct GlobalConfig {
   LogLevel log_level = LogLevel::kInfo;
   std::string devices_dir = "/etc/iopfd/devices.d";
   uint32_t ring_entries = 256;        // io_uring submission queue size, power of two 8..32768
   uint32_t read_records = 256;        // records per fault fd read buffer at start
   uint32_t max_read_records = 65536;  // the buffer grows (doubling) up to this on EINVAL
+  PagingConfig paging;
   ControlConfig control;
 };
 

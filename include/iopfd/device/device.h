@@ -19,6 +19,7 @@
 #include "iopfd/fault/fault_processor.h"
 #include "iopfd/fault/fault_queue.h"
 #include "iopfd/fault/inflight_ledger.h"
+#include "iopfd/fault/pager.h"
 #include "iopfd/fault/response_queue.h"
 #include "iopfd/fault/stats.h"
 #include "iopfd/iommu/iommufd.h"
@@ -80,6 +81,11 @@ class Device {
   int fault_fd() const { return fault_fd_.get(); }
   FaultProcessor& processor() { return *processor_; }
   ResponseQueue& responses() { return *responses_; }
+  // Keeps what the device maps within its budgets ([[space]] and [limits] max_resident) and
+  // the daemon's, through `pager` (which must outlive the device), from now on: registers the
+  // device and its spaces. Call once, before the first read.
+  void UsePager(Pager* pager);
+
   // Its counters, read-only: the fault path (processor, response queue, fault queue) writes
   // them through the pointer it was built with, the drain controller through RecordDrain.
   const DeviceStats& stats() const { return *stats_; }
@@ -211,6 +217,8 @@ class Device {
   std::unique_ptr<InflightLedger> ledger_;
   std::unique_ptr<SpaceTable> spaces_;
   std::unique_ptr<DeviceStats> stats_;
+  Pager* pager_ = nullptr;        // UsePager
+  PagedDevice* paged_ = nullptr;  // its registration there
   std::unique_ptr<ResponseQueue> responses_;
   std::unique_ptr<IommufdMapper> mapper_;
   std::unique_ptr<FaultProcessor> processor_;

@@ -13,11 +13,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "iopfd/base/syscalls.h"
 #include "iopfd/config/config.h"
 #include "iopfd/device/device.h"
 #include "iopfd/device/drain.h"
 #include "iopfd/fault/stats.h"
-#include "iopfd/base/syscalls.h"
 
 namespace iopfd {
 
@@ -137,6 +137,9 @@ class DeviceManager {
   // interrupt (the kernel asks for the device back: unbind, hot-unplug) of each device are
   // eventfds the watcher reads on the loop. Set before the first Apply/Adopt; may stay null.
   void set_irq_watcher(EventfdWatcher* watcher) { irqs_ = watcher; }
+  // Keeps every device attached from now on within its budgets and the daemon's (pager.h); the
+  // pager must outlive the manager's devices.
+  void set_pager(Pager* pager) { pager_ = pager; }
   // A VFIO interrupt of the device `name`: ERR holds it halted like BEGIN_RECOVERY (the
   // recovery's SUCCESSFUL_RECOVERY uevent resumes it); REQ drains it (everything parked, held
   // answers dropped) and releases it, closing its fds so the kernel can take the device.
@@ -190,6 +193,7 @@ class DeviceManager {
   std::map<std::string, DeviceConfig> detached_;    // configured devices Detach took away
   std::set<std::string> runtime_;                   // names adopted at run time
   EventfdWatcher* irqs_ = nullptr;
+  Pager* pager_ = nullptr;
   std::map<const Device*, std::vector<int>> irq_fds_;  // the eventfds watched for a device
   // Devices a PCI error recovery holds (BEGIN_RECOVERY seen, no outcome yet).
   std::set<std::string> recovering_;

@@ -1,8 +1,13 @@
 // The address spaces iopfd resolves page requests against: per PASID (or none), a sorted set of
-// regions, each backed by a shared file, with a record of which pages iopfd has mapped.
+// regions, each backed by a shared file, divided into map units, with what iopfd holds mapped.
+//
+// A map unit is what one map call maps and what one eviction unmaps: IOMMU_IOAS_UNMAP cannot
+// split or truncate a mapping (io_pagetable.c refuses a range that cuts an area with ENOENT), so
+// a unit, once mapped alone, can be unmapped alone, and adjacent units in one call.
 #ifndef IOPFD_FAULT_ADDRESS_SPACE_H_
 #define IOPFD_FAULT_ADDRESS_SPACE_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -11,6 +16,14 @@
 #include "iopfd/base/ids.h"
 
 namespace iopfd {
+
+class PagedSpace;
+
+// The map unit when the configuration names none (region.map_unit): 64 KiB, or the page size
+// of a hugetlbfs backing when larger. See docs/PAGING.md for the measurements behind it.
+inline uint64_t DefaultMapUnit(uint64_t page_size) {
+  return std::max<uint64_t>(page_size, uint64_t{64} << 10);
+}
 
 // One map call: [iova, iova + length) of an IOAS from [file_offset, file_offset + length) of a
 // shmem or hugetlbfs file. user_va is the same memory in iopfd's address space, for kernels
@@ -33,15 +46,52 @@ class Mapper {
   // Maps req at a fixed IOVA. Returns OK, or an error carrying the errno (see ErrnoOf):
   // AlreadyExists (EEXIST) when part of the range is already mapped by anyone.
   virtual absl::Status Map(const MapRequest& req) = 0;
+  // Unmaps [iova, iova + length) of `ioas`, which must cover whole mappings (ENOENT otherwise,
+  // and when nothing is mapped there). Returns OK or an error carrying the errno.
+  virtual absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) = 0;
+};
+
+// Names a map unit of an address space: its region's index and the unit's index in it.
+struct UnitRef {
+  static constexpr uint32_t kNone = ~uint32_t{0};
+  uint32_t region = kNone;
+  uint32_t unit = 0;
+  bool valid() const { return region != kNone; }
+  bool operator==(const UnitRef&) const = default;
+};
+
+// What the pager knows of one map unit (pager.h). No IOMMU has an accessed bit and a resident
+// unit never faults again, so what is known is when it was mapped and evicted.
+struct Unit {
+  enum class State : uint8_t {
+    kUnmapped,
+    kInactive,  // mapped; on the space's probation (first in, first out) list
+    kActive,    // mapped; came back soon after an eviction: on the protected list
+    // Not iopfd's alone: its unmap failed, or part of it was mapped by someone else (its pages
+    // are then mapped one by one, Region::MarkPagePresent). Never evicted.
+    kStuck,
+  };
+  State state = State::kUnmapped;
+  uint8_t quick_refaults = 0;    // re-faults in a row within the thrash window
+  uint8_t heat = 0;              // working-set re-faults not yet spent as second chances
+  uint64_t mapped_ns = 0;        // when it was last mapped
+  uint64_t evicted_ns = 0;       // when it was last evicted (0: never)
+  uint64_t evicted_seq = 0;      // the space's eviction count when it was evicted
+  uint64_t pin_batch = 0;        // the device's batch whose answers rely on it
+  uint64_t protected_until = 0;  // thrash protection: not evicted before this time
+  UnitRef prev, next;            // its place on the list its state names
+  bool mapped() const { return state != State::kUnmapped; }
 };
 
 // A region at run time. The backing (fd, user_va) is owned by whoever built the region and must
 // outlive it.
 class Region {
  public:
-  // iova, size and offset must be multiples of page_size (config validation guarantees it).
+  // iova, size and offset must be multiples of page_size, unit_bytes a power of two multiple of
+  // page_size (config validation guarantees it; 0 means one page). Units are aligned to the
+  // region's start; the last one ends at the region's end.
   Region(uint64_t iova, uint64_t size, uint64_t page_size, uint32_t access, uint64_t prefetch,
-         int backing_fd, uint64_t backing_offset, void* backing_va);
+         int backing_fd, uint64_t backing_offset, void* backing_va, uint64_t unit_bytes = 0);
 
   uint64_t iova() const { return iova_; }
   uint64_t size() const { return size_; }
@@ -54,22 +104,51 @@ class Region {
   // Index of the page holding iova (which must be inside the region).
   uint64_t PageIndex(uint64_t iova) const { return (iova - iova_) / page_size_; }
 
-  bool IsMapped(uint64_t page) const { return (mapped_[page / 64] >> (page % 64)) & 1; }
-  void MarkMapped(uint64_t first, uint64_t count);
-  // Returns the number of pages iopfd has mapped in this region.
-  uint64_t mapped_pages() const { return mapped_count_; }
+  // Map units: their size, count, the unit holding a page, and each unit's pages.
+  uint64_t unit_pages() const { return unit_pages_; }
+  uint64_t unit_bytes() const { return unit_pages_ * page_size_; }
+  uint32_t unit_count() const { return static_cast<uint32_t>(units_.size()); }
+  uint32_t UnitOf(uint64_t page) const { return static_cast<uint32_t>(page / unit_pages_); }
+  uint64_t UnitFirstPage(uint32_t unit) const { return uint64_t{unit} * unit_pages_; }
+  uint64_t UnitPageCount(uint32_t unit) const {
+    return std::min(unit_pages_, pages() - UnitFirstPage(unit));
+  }
+  uint64_t UnitLength(uint32_t unit) const { return UnitPageCount(unit) * page_size_; }
+  uint64_t UnitIova(uint32_t unit) const { return iova_ + UnitFirstPage(unit) * page_size_; }
+  Unit& unit(uint32_t index) { return units_[index]; }
+  const Unit& unit(uint32_t index) const { return units_[index]; }
 
-  // Builds the map request for pages [first, first + count) of this region into `ioas`.
-  MapRequest MakeRequest(IoasId ioas, uint64_t first, uint64_t count) const;
+  // A page is mapped when its unit is (for a stuck unit: when the page was marked present).
+  bool IsMapped(uint64_t page) const {
+    const Unit& u = units_[UnitOf(page)];
+    if (u.state != Unit::State::kStuck) return u.mapped();
+    return !present_.empty() && ((present_[page / 64] >> (page % 64)) & 1) != 0;
+  }
+  // Marks one page of a stuck unit as present (mapped alone, or found mapped by someone else).
+  void MarkPagePresent(uint64_t page);
+  // Returns the number of pages iopfd holds mapped in this region.
+  uint64_t mapped_pages() const { return mapped_count_; }
+  // Keeps mapped_pages() current as a unit is mapped or unmapped (the pager's bookkeeping).
+  void NoteUnitMapped(uint32_t unit) { mapped_count_ += UnitPageCount(unit); }
+  void NoteUnitUnmapped(uint32_t unit) { mapped_count_ -= UnitPageCount(unit); }
+
+  // Builds the map request for unit `unit` of this region into `ioas`.
+  MapRequest MakeUnitRequest(IoasId ioas, uint32_t unit) const;
+  // Builds the map request for the single page `page` into `ioas`.
+  MapRequest MakePageRequest(IoasId ioas, uint64_t page) const;
 
  private:
+  MapRequest MakeRange(IoasId ioas, uint64_t first, uint64_t count) const;
+
   uint64_t iova_, size_, page_size_;
   uint32_t access_;
   uint64_t prefetch_;
   int backing_fd_;
   uint64_t backing_offset_;
   void* backing_va_;
-  std::vector<uint64_t> mapped_;
+  uint64_t unit_pages_;
+  std::vector<Unit> units_;
+  std::vector<uint64_t> present_;  // pages of stuck units present (allocated when first set)
   uint64_t mapped_count_ = 0;
 };
 
@@ -89,10 +168,21 @@ class AddressSpace {
   bool refusing() const { return refusing_; }
   void set_refusing(bool refusing) { refusing_ = refusing; }
 
+  // Its paging state (pager.h): set when the space is registered with a pager, nullptr before.
+  PagedSpace* paging() const { return paging_; }
+  void set_paging(PagedSpace* paging) { paging_ = paging; }
+  // Returns the unit `ref` names.
+  Unit& unit(UnitRef ref) { return regions_[ref.region].unit(ref.unit); }
+  // Returns the index of `region`, which must be one of this space's.
+  uint32_t IndexOf(const Region* region) const {
+    return static_cast<uint32_t>(region - regions_.data());
+  }
+
  private:
   std::optional<uint32_t> pasid_;
   IoasId ioas_;
   bool refusing_ = false;
+  PagedSpace* paging_ = nullptr;
   std::vector<Region> regions_;
 };
 

@@ -3,12 +3,16 @@
 #define IOPFD_FAULT_FAULT_PROCESSOR_H_
 
 #include <cstdint>
+#include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "iopfd/base/uapi.h"
 #include "iopfd/fault/address_space.h"
+#include "iopfd/fault/pager.h"
 #include "iopfd/fault/response_queue.h"
 #include "iopfd/fault/stats.h"
 
@@ -24,11 +28,18 @@ struct FaultProcessorOptions {
 // Resolves batches of page requests for one device. Not thread-safe; one per fault fd.
 //
 // For each batch: records are grouped by cookie; each record is routed to the address space of
-// its PASID and the region holding its address, and checked against the region's access; the
-// pages the batch needs are deduplicated, pages iopfd already mapped are skipped, adjacent pages
-// are coalesced into one map call, and each region's prefetch window (and the record's length
-// hint) maps ahead. Then every group gets exactly one response: SUCCESS when every one of its
-// records' pages is mapped, otherwise INVALID with the first reason found, counted in stats.
+// its PASID and the region holding its address, and checked against the region's access. Then,
+// group by group, the map units its pages lie in are mapped (one call per unit, address_space.h;
+// a unit already mapped is not mapped again), and the units the region's prefetch window and the
+// record's length hint reach are mapped ahead where they fit without evicting. Every group gets
+// exactly one response: SUCCESS when every one of its records' pages is mapped, otherwise
+// INVALID with the first reason found, counted in stats.
+//
+// With a pager (pager.h), a unit is mapped only where its space, device and the daemon have room
+// within their budgets, evicting cold units first. The units a SUCCESS answer relies on are
+// pinned until the answer is written. A group whose units cannot fit because pinned units hold
+// the room waits (deferred, OweIfLost in the ledger) and is resolved again when answers are
+// settled (RetryDeferred); one that cannot fit at all is answered INVALID (over_budget).
 class FaultProcessor {
  public:
   // All pointers must outlive the processor.
@@ -39,6 +50,20 @@ class FaultProcessor {
   // read_ns is when the read completed, for the latency histogram.
   void Process(std::span<const uapi::PageFault> records, uint64_t read_ns);
 
+  // Uses `pager` to keep what is mapped within budgets (its spaces must be registered with it).
+  // Without one, units are mapped and never evicted.
+  void set_pager(Pager* pager) { pager_ = pager; }
+
+  // Groups waiting for room (see above).
+  size_t deferred() const { return deferred_.size(); }
+  // Resolves the waiting groups again; the response queue's settled answers have released pins.
+  // Called after a write completed. Groups that still cannot fit wait on, unless nothing is
+  // left for them to wait for (no answer outstanding): those are answered INVALID.
+  void RetryDeferred(uint64_t now_ns);
+  // Ends the waiting groups of `attachment` (all when nullopt) without an answer: a drain parked
+  // it and the kernel answered them (counted stale-dropped), or the fault fd died (abandoned).
+  void DismissDeferred(std::optional<AttachmentKey> attachment, bool fd_dead);
+
  private:
   struct Group {
     ResponseObligation obligation;
@@ -47,10 +72,11 @@ class FaultProcessor {
     uint32_t pasid = 0;
     bool pasid_valid = false;
     bool failed = false;
+    bool waiting = false;  // deferred for room
     InvalidReason reason = InvalidReason::kCount;
   };
   // The pages one record needs: page `page` of `region` must be mapped; pages up to `end`
-  // (exclusive) are mapped too if possible.
+  // (exclusive) are mapped too where they fit.
   struct Need {
     Region* region;
     AddressSpace* space;
@@ -58,12 +84,28 @@ class FaultProcessor {
     uint64_t end;
     uint32_t group;
   };
+  // A group waiting for room, with a copy of its records (the read buffer is reused).
+  struct Deferred {
+    Group group;
+    std::vector<uapi::PageFault> records;
+  };
+  // What mapping one unit came to.
+  enum class UnitResult { kMapped, kFailed, kWait, kNoRoom };
 
   void Fail(Group& g, InvalidReason reason);
   void Resolve(const uapi::PageFault& rec, uint32_t group_index);
-  void MapNeeds();
-  void MapRun(AddressSpace* space, Region* region, uint64_t first, uint64_t end);
-  bool MapPages(AddressSpace* space, Region* region, uint64_t first, uint64_t count);
+  // Resolves groups_ (records[i] belongs to record_group_[i]) and answers or defers each. In a
+  // final round nothing is deferred.
+  void ResolveBatch(std::span<const uapi::PageFault> records, uint64_t now_ns, bool final_round);
+  void CountPages();
+  void MapGroups(uint64_t now_ns, bool final_round);
+  void MapGroup(size_t first, size_t end, uint64_t now_ns, bool final_round);
+  UnitResult MapUnit(AddressSpace* space, Region* region, uint32_t unit, uint64_t page, bool needed,
+                     uint64_t now_ns, bool final_round);
+  bool CallMap(const MapRequest& req);
+  void MarkMapped(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns);
+  void Pin(AddressSpace* space, Region* region, uint64_t page);
+  void AnswerGroups(std::span<const uapi::PageFault> records);
 
   // Map calls that fail ENOMEM are made again this many times before the group fails.
   static constexpr int kMapRetries = 2;
@@ -73,13 +115,18 @@ class FaultProcessor {
   Mapper* mapper_;
   ResponseQueue* queue_;
   DeviceStats* stats_;
+  Pager* pager_ = nullptr;
+  std::vector<Deferred> deferred_;
   // Scratch reused across batches so a steady state allocates nothing.
   std::vector<Group> groups_;
   std::vector<uint32_t> record_group_;
   absl::flat_hash_map<uint32_t, uint32_t> group_of_cookie_;
   std::vector<Need> needs_;
-  std::vector<Need> order_;
+  absl::flat_hash_set<std::pair<const Region*, uint64_t>> seen_pages_;
+  std::vector<uapi::PageFault> retry_records_;
   uint64_t batch_mapped_pages_ = 0;
+  uint64_t wanted_unmapped_ = 0;
+  absl::Status last_map_status_;  // of the last CallMap
 };
 
 }  // namespace iopfd

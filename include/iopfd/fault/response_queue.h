@@ -82,11 +82,38 @@ class ResponseQueue {
   // write is in flight (returns 0 and drops nothing then).
   size_t DropAttachment(std::optional<AttachmentKey> attachment);
 
+  // Batches (pager.h): the fault processor brackets the resolution of each batch of groups with
+  // BeginBatch (which returns the batch's number) and EndBatch. A map unit a batch's answers rely
+  // on is pinned until settled_batch() reaches that number.
+  uint64_t BeginBatch() {
+    resolving_ = true;
+    return ++batch_;
+  }
+  void EndBatch() { resolving_ = false; }
+  uint64_t batch() const { return batch_; }
+  // Returns the newest batch whose every answer is settled (accepted, rejected, dropped or
+  // abandoned): all of them when nothing is queued or being written (but not the batch being
+  // resolved), else the batch of the last write that settled completely.
+  uint64_t settled_batch() const {
+    if (!writing_ && inflight_pos_ >= inflight_.size() && pending_.empty()) {
+      return resolving_ ? batch_ - 1 : batch_;
+    }
+    return settled_batch_;
+  }
+
   // Returns the number of responses queued or in flight that are not yet accounted for.
   size_t outstanding() const { return outstanding_.size() + untracked_; }
   // Records every answer owed, and its settling, in `ledger` (nullptr: none), so that a process
   // after a crash can write them (inflight_ledger.h). The ledger must outlive the queue.
   void set_ledger(InflightLedger* ledger) { ledger_ = ledger; }
+  // For ResponseObligation: records INVALID as owed in the ledger for a group not yet answered
+  // (OweIfLost), and clears that record (Dismiss).
+  void OweInLedger(uint32_t cookie) {
+    if (ledger_ != nullptr) ledger_->Owe(cookie, uapi::kRespInvalid);
+  }
+  void SettleInLedger(uint32_t cookie) {
+    if (ledger_ != nullptr) ledger_->Settled(cookie);
+  }
 
  private:
   void Settle(size_t index, bool accepted, uint64_t now_ns);
@@ -108,6 +135,10 @@ class ResponseQueue {
   absl::flat_hash_set<uint32_t> outstanding_;
   size_t untracked_ = 0;  // duplicates queued while their cookie was outstanding
   uint64_t epoch_ = 0;
+  uint64_t batch_ = 0;          // the last batch begun
+  uint64_t write_batch_ = 0;    // the newest batch whose answers are all in the current write
+  uint64_t settled_batch_ = 0;  // see settled_batch()
+  bool resolving_ = false;
   InflightLedger* ledger_ = nullptr;
   uint64_t fence_all_ = 0;                                  // epoch of the last whole fence
   std::vector<std::pair<AttachmentKey, uint64_t>> fences_;  // per attachment; few of them
@@ -141,7 +172,15 @@ class ResponseObligation {
   ~ResponseObligation();
 
   uint32_t cookie() const { return cookie_; }
+  AttachmentKey attachment() const { return attachment_; }
   bool pending() const { return queue_ != nullptr; }
+  // Ends the obligation without an answer: the group is gone (its attachment was parked and the
+  // kernel answered it, counted in stats.responses_stale_dropped; or its fault fd died, counted
+  // in stats.responses_abandoned). A second call does nothing.
+  void Dismiss(bool fd_dead);
+  // While the group waits to be resolved (pager.h: deferred for room), a crash must not leave
+  // it pending: the in-flight ledger owes INVALID for it until it is answered.
+  void OweIfLost();
   // Queues the response; a second call does nothing (and returns false).
   bool Answer(uint32_t code);
 

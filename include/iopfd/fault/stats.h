@@ -48,6 +48,7 @@ enum class InvalidReason : int {
   kMalformed,       // inconsistent records (mixed PASIDs or devices in one group)
   kUnresolved,      // answered by the exactly-once guard: resolution never finished
   kRefused,         // the space is parked or quarantined (a drain): nothing is mapped for it
+  kOverBudget,      // the units it needs cannot fit in a budget (max_resident) at all
   kCount,
 };
 
@@ -57,6 +58,23 @@ std::string_view InvalidReasonName(InvalidReason reason);
 // Returns one sentence saying when a group is answered INVALID for this reason (the help text of
 // its counter), or "" for a value outside the enum. Names and help come from one table.
 std::string_view InvalidReasonHelp(InvalidReason reason);
+
+// Demand paging in one scope (an address space, a device, or the daemon; pager.h).
+struct PagingCounters {
+  uint64_t resident_bytes = 0;  // gauge: bytes iopfd holds mapped (and so pinned) now
+  uint64_t budget_bytes = 0;    // gauge: max_resident (0: unbounded)
+  uint64_t evicted_units = 0;   // map units unmapped to stay within a budget
+  uint64_t evicted_bytes = 0;
+  uint64_t unmap_calls = 0;         // IOAS unmap ioctls issued (adjacent units share one)
+  uint64_t unmap_failures = 0;      // unmap ioctls that failed (the units stay, counted stuck)
+  uint64_t refaults = 0;            // units mapped again after an eviction
+  uint64_t thrash_protections = 0;  // units protected after re-faulting quickly, again and again
+  // Units that could not be mapped within the budget: the group waited for answers to be
+  // written (deferred) or, when the budget cannot hold it at all, was answered INVALID.
+  uint64_t over_budget = 0;
+  uint64_t deferred_groups = 0;  // groups that waited for room (resolved again later)
+  Histogram unmap_ns;            // duration of each unmap call
+};
 
 struct DeviceStats {
   uint64_t reads = 0;        // fault fd reads that returned records
@@ -100,6 +118,7 @@ struct DeviceStats {
   uint64_t quarantines = 0;        // times the device was quarantined
   // Drains that found a group read and not accounted for after the flush (a bug; reported).
   uint64_t drain_unaccounted = 0;
+  PagingCounters paging;    // this device's scope (pager.h)
   Histogram batch_records;  // records per read
   Histogram latency_ns;     // read completion -> response write completion
 

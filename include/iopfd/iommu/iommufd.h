@@ -11,8 +11,8 @@
 #include "absl/status/statusor.h"
 #include "iopfd/base/fd.h"
 #include "iopfd/base/ids.h"
-#include "iopfd/fault/address_space.h"
 #include "iopfd/base/syscalls.h"
+#include "iopfd/fault/address_space.h"
 
 namespace iopfd {
 
@@ -46,6 +46,10 @@ class Iommufd {
   // (ENOTTY/EOPNOTSUPP, remembered), IOMMU_IOAS_MAP from req.user_va. AlreadyExists (EEXIST)
   // when part of the range is mapped.
   absl::Status Map(const MapRequest& req);
+  // Unmaps [iova, iova + length) of `ioas` with IOMMU_IOAS_UNMAP. The range must cover whole
+  // mappings (io_pagetable.c: ENOENT for a range that cuts one, or holds none). Returns OK, or
+  // the error naming the device, the call and the errno.
+  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length);
 
  private:
   UniqueFd fd_;
@@ -59,6 +63,9 @@ class IommufdMapper : public Mapper {
  public:
   explicit IommufdMapper(Iommufd* iommufd) : iommufd_(iommufd) {}
   absl::Status Map(const MapRequest& req) override { return iommufd_->Map(req); }
+  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) override {
+    return iommufd_->Unmap(ioas, iova, length);
+  }
 
  private:
   Iommufd* iommufd_;

@@ -99,6 +99,8 @@ class Daemon {
   absl::StatusOr<UniqueFd> listener_ = absl::NotFoundError("not taken yet");
   FdStore fd_store_;
   std::unique_ptr<CrashRecovery> recovery_;
+  // Before the manager: the devices leave it when they go.
+  std::unique_ptr<Pager> pager_;
   std::unique_ptr<DeviceManager> manager_;
   BlockingWorker blocking_;
   EventfdWatcher irq_watcher_;

@@ -1,0 +1,218 @@
+// Demand paging: what iopfd holds mapped, within budgets, and what it evicts.
+//
+// The point of serving page faults is not having to pin all of a device's memory. iopfd maps a
+// unit when a page request needs it (fault_processor.h) and, where a budget (max_resident)
+// bounds an address space, a device or the whole daemon, unmaps cold units to stay within it.
+// Every mapped byte is pinned by iommufd (charged to the owner's locked memory), so resident
+// bytes are pinned bytes.
+//
+// Scopes nest: a space's units count against the space, its device and the daemon. Before a
+// unit is mapped, every scope on that chain with a budget must have room for it; where one does
+// not, eviction runs in that scope from its high watermark (the budget) down to its low one
+// (an eighth below), so that it runs once per burst rather than once per fault, and its unmaps
+// are batched: adjacent units go in one IOMMU_IOAS_UNMAP (each is a whole mapping, so the range
+// cuts none), since each unmap costs an IOTLB and ATC invalidation.
+//
+// Which units go (the policy): no IOMMU gives an accessed bit and a resident unit never faults
+// again, so recency cannot be observed; what can is when a unit was mapped and how soon it came
+// back after an eviction.
+//  - kFifo: the unit mapped longest ago goes first. The baseline.
+//  - kWorkingset: new units go on a probation list, evicted first-in first-out. A unit that
+//    faults again after its eviction is measured by its refault distance, the evictions its
+//    space made in between: when that is within what the space holds resident, a budget that
+//    size would have kept it, so it is part of the working set and goes on the protected list
+//    (the idea of Linux's workingset shadow entries, mm/workingset.c). The protected list holds
+//    at most half of what is resident; beyond that its oldest unit goes back on probation.
+//    Eviction takes from probation first.
+// Thrashing: a unit that faults again within thrash_window of its eviction, thrash_events times
+// in a row, is protected from eviction for thrash_protect (the reference point is NVIDIA UVM's
+// published defaults: 3 events within 500 us, pinned for 150 ms); counted.
+//
+// Invariants (each tested in pager_test.cc and fault_processor_test.cc):
+//  - a unit a group's SUCCESS answer relies on is pinned until the device's answers of that
+//    batch are settled (written, rejected, dropped or abandoned): never evicted before;
+//  - what cannot fit because pinned units hold the room is deferred (the group waits for the
+//    answers to be written and is resolved again then), what cannot fit at all (a scope's budget
+//    is smaller than the units one group needs, or thrash-protected units hold it) is answered
+//    INVALID (reason over_budget); both are counted, neither loops;
+//  - resident bytes never exceed a budget after a map: room is made before the call.
+//
+// Not thread-safe: the fault loop's thread only.
+#ifndef IOPFD_FAULT_PAGER_H_
+#define IOPFD_FAULT_PAGER_H_
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "iopfd/config/config.h"
+#include "iopfd/fault/address_space.h"
+#include "iopfd/fault/response_queue.h"
+#include "iopfd/fault/stats.h"
+
+namespace iopfd {
+
+struct PagerOptions {
+  EvictionPolicy policy = EvictionPolicy::kWorkingset;
+  std::optional<uint64_t> max_resident;  // the daemon's budget; nullopt: unbounded
+  uint64_t thrash_window_ns = 500'000;
+  uint32_t thrash_events = 3;
+  uint64_t thrash_protect_ns = 150'000'000;
+};
+
+// One budget scope: a space, a device, or the daemon.
+struct ResidencyScope {
+  std::string name;                // "dev", "dev pasid 5", "dev no-PASID space", "daemon"
+  std::string device;              // the device's name ("" for the daemon's scope)
+  std::optional<uint64_t> budget;  // max_resident; nullopt: unbounded
+  PagingCounters* counters = nullptr;
+  ResidencyScope* parent = nullptr;
+  bool at_budget_reported = false;  // for the first-time-at-budget event
+};
+
+// What the pager holds for one device: its scope, and the answers its pins wait for.
+class PagedDevice {
+ public:
+  PagedDevice(std::string name, std::optional<uint64_t> budget, PagingCounters* counters,
+              const ResponseQueue* answers, ResidencyScope* daemon)
+      : name_(std::move(name)), answers_(answers) {
+    scope_.name = name_;
+    scope_.device = name_;
+    scope_.budget = budget;
+    scope_.counters = counters;
+    scope_.parent = daemon;
+    counters->budget_bytes = budget.value_or(0);
+  }
+  const std::string& name() const { return name_; }
+  ResidencyScope& scope() { return scope_; }
+
+  // The batch being resolved (ResponseQueue::BeginBatch): a unit its answers rely on is pinned
+  // with its number until the device's answers up to that batch are settled.
+  uint64_t batch() const { return answers_->batch(); }
+  bool Pinned(const Unit& u) const { return u.pin_batch > answers_->settled_batch(); }
+
+ private:
+  std::string name_;
+  const ResponseQueue* answers_;
+  ResidencyScope scope_;
+};
+
+// What the pager holds for one address space: its scope, its lists, its mapper.
+class PagedSpace {
+ public:
+  PagedSpace(AddressSpace* space, PagedDevice* device, Mapper* mapper,
+             std::optional<uint64_t> budget);
+  AddressSpace& space() { return *space_; }
+  PagedDevice& device() { return *device_; }
+  Mapper& mapper() { return *mapper_; }
+  ResidencyScope& scope() { return scope_; }
+  PagingCounters& counters() { return counters_; }
+  // Units on probation and protected, oldest first.
+  struct List {
+    UnitRef head, tail;
+    uint64_t units = 0;
+  };
+  List& probation() { return probation_; }
+  List& protected_list() { return protected_; }
+  uint64_t evictions() const { return evictions_; }
+  void CountEviction() { ++evictions_; }
+  uint64_t resident_units() const { return probation_.units + protected_.units + stuck_units_; }
+  void CountStuck() { ++stuck_units_; }
+
+ private:
+  AddressSpace* space_;
+  PagedDevice* device_;
+  Mapper* mapper_;
+  PagingCounters counters_;
+  ResidencyScope scope_;
+  List probation_, protected_;
+  uint64_t evictions_ = 0;
+  uint64_t stuck_units_ = 0;
+};
+
+class Pager {
+ public:
+  explicit Pager(PagerOptions options);
+  ~Pager();
+  Pager(const Pager&) = delete;
+  Pager& operator=(const Pager&) = delete;
+
+  const PagerOptions& options() const { return options_; }
+  // The daemon's scope and counters (all devices).
+  ResidencyScope& daemon_scope() { return daemon_; }
+  const PagingCounters& totals() const { return totals_; }
+
+  // Registers a device (its counters live in its DeviceStats; `answers` is its response queue,
+  // whose settled batches release pins) and returns its handle, valid until RemoveDevice.
+  PagedDevice* AddDevice(const std::string& name, std::optional<uint64_t> budget,
+                         PagingCounters* counters, const ResponseQueue* answers);
+  // Registers one of the device's spaces, mapped through `mapper`; sets space->paging(). What
+  // the space already holds mapped is not known (a new space holds nothing).
+  PagedSpace* AddSpace(PagedDevice* device, AddressSpace* space, Mapper* mapper,
+                       std::optional<uint64_t> budget);
+  // Forgets a device and its spaces: their resident bytes leave the daemon's count. Nothing is
+  // unmapped (the device's IOAS goes with it, or goes back to its owner with its mappings).
+  void RemoveDevice(PagedDevice* device);
+
+  // What MakeRoom found.
+  enum class Room {
+    kOk,      // the unit fits in every scope (after evicting what had to go)
+    kPinned,  // it would fit once answers not yet written are settled: wait
+    kNoRoom,  // it cannot fit: the budget is smaller, or protected units hold it
+  };
+  // Makes room for `bytes` more in `space` and every scope above it, evicting (unless
+  // `may_evict` is false: prefetch only takes free room) what the policy picks, in batched
+  // unmaps. Returns kOk when the map may be made.
+  Room MakeRoom(PagedSpace& space, uint64_t bytes, uint64_t now_ns, bool may_evict = true);
+  // A unit of `space` was mapped (by a map call that succeeded, or found mapped by one made
+  // before a restart): counts it resident, detects a re-fault, and puts it on its list.
+  void Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns);
+  // Pins a mapped unit to the device's current batch (its answers rely on it).
+  static void Pin(PagedSpace& space, UnitRef ref) {
+    space.space().unit(ref).pin_batch = space.device().batch();
+  }
+
+  // Returns the bytes resident in `scope`.
+  static uint64_t Resident(const ResidencyScope& scope) { return scope.counters->resident_bytes; }
+
+  // Called the first time a scope reaches its budget, and the first time a unit in a space
+  // is thrash-protected (the device's name, which scope, a description): Monitor events.
+  std::function<void(const std::string& device, const std::string& what)> on_event;
+
+ private:
+  // Evicts in `scope` until `bytes` more fit under its low watermark (or nothing more can go).
+  void EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns);
+  // Picks the next victim among `candidates` (the spaces under the scope); false when none is
+  // evictable.
+  bool PickVictim(const std::vector<PagedSpace*>& candidates, uint64_t now_ns, PagedSpace** space,
+                  UnitRef* ref);
+  // Unmaps the victims (batched by adjacency) and accounts for them.
+  void Unmap(PagedSpace& space, std::vector<UnitRef>& victims, uint64_t now_ns);
+  // One unmap call over `count` adjacent units from `first`, timed and counted.
+  absl::Status UnmapRun(PagedSpace& space, UnitRef first, uint32_t count);
+  // Accounts for a unit unmapped, and remembers when (re-fault detection).
+  void Evicted(PagedSpace& space, UnitRef ref, uint64_t now_ns);
+  // A unit whose unmap failed: it stays mapped and counted, and is never evicted again.
+  void MarkStuck(PagedSpace& space, UnitRef ref, const absl::Status& why);
+  void Account(PagedSpace& space, int64_t bytes);
+  bool InScope(PagedSpace& space, const ResidencyScope& scope) const;
+  bool Evictable(PagedSpace& space, const Unit& u, uint64_t now_ns) const;
+  void Link(PagedSpace& space, PagedSpace::List& list, UnitRef ref);
+  void Unlink(PagedSpace& space, PagedSpace::List& list, UnitRef ref);
+  PagedSpace::List& ListOf(PagedSpace& space, const Unit& u);
+
+  PagerOptions options_;
+  PagingCounters totals_;
+  ResidencyScope daemon_;
+  std::list<std::unique_ptr<PagedDevice>> devices_;
+  std::list<std::unique_ptr<PagedSpace>> spaces_;
+};
+
+}  // namespace iopfd
+
+#endif  // IOPFD_FAULT_PAGER_H_

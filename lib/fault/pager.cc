@@ -1,0 +1,370 @@
+#include "iopfd/fault/pager.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "iopfd/base/clock.h"
+#include "iopfd/base/errors.h"
+#include "iopfd/service/log.h"
+
+namespace iopfd {
+namespace {
+
+// A re-fault within this many evictions marks a unit as part of the working set: the protected
+// list's size (a protected list that much smaller would have made room for it on probation, as
+// in mm/workingset.c), but at least a quarter of what is resident, so that a space whose
+// protected list is empty can start one.
+uint64_t WorkingSetDistance(PagedSpace& space) {
+  return std::max(space.protected_list().units, space.resident_units() / 4);
+}
+
+// Second chances a unit can hold on the protected list (working-set re-faults, pager.h).
+constexpr uint8_t kMaxHeat = 3;
+// Working-set re-faults in a row that put a unit on the protected list.
+constexpr uint8_t kActivateHeat = 2;
+
+// Calls fn(counters) for the space's scope and every scope above it.
+template <typename Fn>
+void ForChain(ResidencyScope& scope, Fn fn) {
+  for (ResidencyScope* s = &scope; s != nullptr; s = s->parent) fn(*s->counters);
+}
+
+std::string SpaceName(const std::string& device, const AddressSpace& space) {
+  return space.pasid().has_value() ? absl::StrCat(device, " pasid ", *space.pasid())
+                                   : absl::StrCat(device, " no-PASID space");
+}
+
+}  // namespace
+
+PagedSpace::PagedSpace(AddressSpace* space, PagedDevice* device, Mapper* mapper,
+                       std::optional<uint64_t> budget)
+    : space_(space), device_(device), mapper_(mapper) {
+  scope_.name = SpaceName(device->name(), *space);
+  scope_.device = device->name();
+  scope_.budget = budget;
+  scope_.counters = &counters_;
+  scope_.parent = &device->scope();
+  counters_.budget_bytes = budget.value_or(0);
+}
+
+Pager::Pager(PagerOptions options) : options_(options) {
+  daemon_.name = "daemon";
+  daemon_.budget = options_.max_resident;
+  daemon_.counters = &totals_;
+  totals_.budget_bytes = options_.max_resident.value_or(0);
+}
+
+Pager::~Pager() {
+  for (auto& s : spaces_) s->space().set_paging(nullptr);
+}
+
+PagedDevice* Pager::AddDevice(const std::string& name, std::optional<uint64_t> budget,
+                              PagingCounters* counters, const ResponseQueue* answers) {
+  devices_.push_back(std::make_unique<PagedDevice>(name, budget, counters, answers, &daemon_));
+  return devices_.back().get();
+}
+
+PagedSpace* Pager::AddSpace(PagedDevice* device, AddressSpace* space, Mapper* mapper,
+                            std::optional<uint64_t> budget) {
+  spaces_.push_back(std::make_unique<PagedSpace>(space, device, mapper, budget));
+  space->set_paging(spaces_.back().get());
+  return spaces_.back().get();
+}
+
+void Pager::RemoveDevice(PagedDevice* device) {
+  for (auto it = spaces_.begin(); it != spaces_.end();) {
+    if (&(*it)->device() != device) {
+      ++it;
+      continue;
+    }
+    totals_.resident_bytes -= (*it)->counters().resident_bytes;
+    (*it)->space().set_paging(nullptr);
+    it = spaces_.erase(it);
+  }
+  devices_.remove_if([device](const std::unique_ptr<PagedDevice>& d) { return d.get() == device; });
+}
+
+void Pager::Account(PagedSpace& space, int64_t bytes) {
+  ForChain(space.scope(), [bytes](PagingCounters& c) {
+    c.resident_bytes = static_cast<uint64_t>(static_cast<int64_t>(c.resident_bytes) + bytes);
+  });
+}
+
+bool Pager::InScope(PagedSpace& space, const ResidencyScope& scope) const {
+  for (const ResidencyScope* s = &space.scope(); s != nullptr; s = s->parent) {
+    if (s == &scope) return true;
+  }
+  return false;
+}
+
+bool Pager::Evictable(PagedSpace& space, const Unit& u, uint64_t now_ns) const {
+  return (u.state == Unit::State::kInactive || u.state == Unit::State::kActive) &&
+         !space.device().Pinned(u) && u.protected_until <= now_ns;
+}
+
+PagedSpace::List& Pager::ListOf(PagedSpace& space, const Unit& u) {
+  return u.state == Unit::State::kActive ? space.protected_list() : space.probation();
+}
+
+void Pager::Link(PagedSpace& space, PagedSpace::List& list, UnitRef ref) {
+  Unit& u = space.space().unit(ref);
+  u.prev = list.tail;
+  u.next = UnitRef{};
+  if (list.tail.valid()) {
+    space.space().unit(list.tail).next = ref;
+  } else {
+    list.head = ref;
+  }
+  list.tail = ref;
+  ++list.units;
+}
+
+void Pager::Unlink(PagedSpace& space, PagedSpace::List& list, UnitRef ref) {
+  Unit& u = space.space().unit(ref);
+  if (u.prev.valid()) {
+    space.space().unit(u.prev).next = u.next;
+  } else {
+    list.head = u.next;
+  }
+  if (u.next.valid()) {
+    space.space().unit(u.next).prev = u.prev;
+  } else {
+    list.tail = u.prev;
+  }
+  u.prev = u.next = UnitRef{};
+  --list.units;
+}
+
+void Pager::Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
+  Unit& u = space.space().unit(ref);
+  if (u.mapped()) return;
+  Region& region = space.space().regions()[ref.region];
+  bool working_set = false;
+  if (u.evicted_ns != 0) {
+    ForChain(space.scope(), [](PagingCounters& c) { ++c.refaults; });
+    // Thrashing: back within the window of its eviction, again and again.
+    if (now_ns - u.evicted_ns <= options_.thrash_window_ns) {
+      if (++u.quick_refaults >= options_.thrash_events) {
+        u.quick_refaults = 0;
+        u.protected_until = now_ns + options_.thrash_protect_ns;
+        ForChain(space.scope(), [](PagingCounters& c) { ++c.thrash_protections; });
+        if (on_event) {
+          on_event(space.device().name(),
+                   absl::StrCat(space.scope().name, ": thrashing; a unit at 0x",
+                                absl::Hex(region.UnitIova(ref.unit)), " protected for ",
+                                options_.thrash_protect_ns / 1000000, " ms"));
+        }
+      }
+    } else {
+      u.quick_refaults = 0;
+    }
+    // Its refault distance: the evictions since its own. Within what the space holds, a budget
+    // that size would have kept it: it is part of the working set.
+    if (space.evictions() - u.evicted_seq <= WorkingSetDistance(space)) {
+      if (u.heat < kMaxHeat) ++u.heat;
+    } else {
+      u.heat = 0;
+    }
+    working_set = u.heat >= kActivateHeat;
+  }
+  u.mapped_ns = now_ns;
+  region.NoteUnitMapped(ref.unit);
+  Account(space, static_cast<int64_t>(region.UnitLength(ref.unit)));
+  if (options_.policy == EvictionPolicy::kWorkingset && working_set) {
+    u.state = Unit::State::kActive;
+    Link(space, space.protected_list(), ref);
+    // The protected list holds at most half of what is resident. A resident unit never faults,
+    // so its oldest member is not the coldest: each working-set re-fault earned a unit a
+    // second chance (heat), spent by going round to the list's tail again; a unit with none
+    // left goes back on probation (as if just mapped: the newest there).
+    while (space.protected_list().units * 2 > space.resident_units()) {
+      UnitRef oldest = space.protected_list().head;
+      Unlink(space, space.protected_list(), oldest);
+      Unit& o = space.space().unit(oldest);
+      if (o.heat > kActivateHeat - 1) {
+        --o.heat;
+        Link(space, space.protected_list(), oldest);
+        continue;
+      }
+      o.state = Unit::State::kInactive;
+      o.mapped_ns = now_ns;
+      Link(space, space.probation(), oldest);
+    }
+  } else {
+    u.state = Unit::State::kInactive;
+    Link(space, space.probation(), ref);
+  }
+}
+
+bool Pager::PickVictim(const std::vector<PagedSpace*>& candidates, uint64_t now_ns,
+                       PagedSpace** space, UnitRef* ref) {
+  // Probation first, then the protected list; among the spaces, the unit that entered its list
+  // longest ago.
+  for (bool protected_list : {false, true}) {
+    PagedSpace* best_space = nullptr;
+    UnitRef best;
+    uint64_t best_ns = 0;
+    for (PagedSpace* s : candidates) {
+      PagedSpace::List& list = protected_list ? s->protected_list() : s->probation();
+      for (UnitRef r = list.head; r.valid(); r = s->space().unit(r).next) {
+        const Unit& u = s->space().unit(r);
+        if (!Evictable(*s, u, now_ns)) continue;
+        if (best_space == nullptr || u.mapped_ns < best_ns) {
+          best_space = s;
+          best = r;
+          best_ns = u.mapped_ns;
+        }
+        break;  // the list is in order: its first evictable unit is its oldest
+      }
+    }
+    if (best_space != nullptr) {
+      *space = best_space;
+      *ref = best;
+      return true;
+    }
+  }
+  return false;
+}
+
+void Pager::EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns) {
+  const uint64_t budget = *scope.budget;
+  if (!scope.at_budget_reported) {
+    scope.at_budget_reported = true;
+    if (on_event) {
+      on_event(scope.device, absl::StrCat(scope.name, ": reached its budget (max_resident ", budget,
+                                          " bytes); evicting"));
+    }
+  }
+  // Down to the low watermark, an eighth below the budget, with room for what is to be mapped;
+  // when the low watermark has no room for it, to the budget.
+  const uint64_t low = budget - budget / 8;
+  const uint64_t target = low >= bytes ? low - bytes : (budget >= bytes ? budget - bytes : 0);
+  std::vector<PagedSpace*> candidates;
+  for (auto& s : spaces_) {
+    if (InScope(*s, scope)) candidates.push_back(s.get());
+  }
+  std::vector<std::pair<PagedSpace*, std::vector<UnitRef>>> victims;
+  uint64_t resident = Resident(scope);
+  while (resident > target) {
+    PagedSpace* s = nullptr;
+    UnitRef r;
+    if (!PickVictim(candidates, now_ns, &s, &r)) break;
+    Unit& u = s->space().unit(r);
+    Unlink(*s, ListOf(*s, u), r);
+    u.state = Unit::State::kUnmapped;  // off every list; Unmap decides what it becomes
+    auto it =
+        std::find_if(victims.begin(), victims.end(), [s](const auto& v) { return v.first == s; });
+    if (it == victims.end()) it = victims.insert(victims.end(), {s, {}});
+    it->second.push_back(r);
+    resident -= s->space().regions()[r.region].UnitLength(r.unit);
+  }
+  for (auto& [s, refs] : victims) Unmap(*s, refs, now_ns);
+}
+
+absl::Status Pager::UnmapRun(PagedSpace& space, UnitRef first, uint32_t count) {
+  AddressSpace& as = space.space();
+  Region& region = as.regions()[first.region];
+  const uint32_t last = first.unit + count - 1;
+  const uint64_t iova = region.UnitIova(first.unit);
+  const uint64_t length = region.UnitIova(last) + region.UnitLength(last) - iova;
+  const uint64_t start = MonotonicNs();
+  absl::Status st = space.mapper().Unmap(as.ioas(), iova, length);
+  const uint64_t took = MonotonicNs() - start;
+  ForChain(space.scope(), [took](PagingCounters& c) {
+    ++c.unmap_calls;
+    c.unmap_ns.Record(took);
+  });
+  return st;
+}
+
+void Pager::Evicted(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
+  Region& region = space.space().regions()[ref.region];
+  Unit& u = space.space().unit(ref);
+  space.CountEviction();
+  u.state = Unit::State::kUnmapped;
+  u.evicted_ns = std::max<uint64_t>(now_ns, 1);
+  u.evicted_seq = space.evictions();
+  region.NoteUnitUnmapped(ref.unit);
+  const uint64_t len = region.UnitLength(ref.unit);
+  Account(space, -static_cast<int64_t>(len));
+  ForChain(space.scope(), [len](PagingCounters& c) {
+    ++c.evicted_units;
+    c.evicted_bytes += len;
+  });
+}
+
+void Pager::MarkStuck(PagedSpace& space, UnitRef ref, const absl::Status& why) {
+  ForChain(space.scope(), [](PagingCounters& c) { ++c.unmap_failures; });
+  // Still mapped, all of it: its pages stay present, and it is never evicted again.
+  space.space().unit(ref).state = Unit::State::kStuck;
+  Region& region = space.space().regions()[ref.region];
+  for (uint64_t p = 0; p < region.UnitPageCount(ref.unit); ++p) {
+    region.MarkPagePresent(region.UnitFirstPage(ref.unit) + p);
+  }
+  space.CountStuck();
+  Log(LogLevel::kWarning,
+      absl::StrCat(space.scope().name, ": ", why.message(),
+                   "; the unit stays mapped and is no longer evicted"),
+      {{"DEVICE", space.device().name()}});
+}
+
+void Pager::Unmap(PagedSpace& space, std::vector<UnitRef>& victims, uint64_t now_ns) {
+  std::sort(victims.begin(), victims.end(), [](const UnitRef& a, const UnitRef& b) {
+    return a.region != b.region ? a.region < b.region : a.unit < b.unit;
+  });
+  size_t i = 0;
+  while (i < victims.size()) {
+    // A run of adjacent units: each is a whole mapping, so one range covers them all.
+    size_t j = i + 1;
+    while (j < victims.size() && victims[j].region == victims[i].region &&
+           victims[j].unit == victims[j - 1].unit + 1) {
+      ++j;
+    }
+    const auto count = static_cast<uint32_t>(j - i);
+    absl::Status st = UnmapRun(space, victims[i], count);
+    if (st.ok()) {
+      for (size_t k = i; k < j; ++k) Evicted(space, victims[k], now_ns);
+    } else {
+      // A run that failed as a whole is tried unit by unit: one unit whose mapping is not its
+      // own (one made before a restart with other bounds) must not keep its neighbours.
+      for (size_t k = i; k < j; ++k) {
+        absl::Status one = count == 1 ? st : UnmapRun(space, victims[k], 1);
+        if (one.ok()) {
+          Evicted(space, victims[k], now_ns);
+        } else {
+          MarkStuck(space, victims[k], one);
+        }
+      }
+    }
+    i = j;
+  }
+}
+
+Pager::Room Pager::MakeRoom(PagedSpace& space, uint64_t bytes, uint64_t now_ns, bool may_evict) {
+  for (ResidencyScope* scope = &space.scope(); scope != nullptr; scope = scope->parent) {
+    if (!scope->budget.has_value() || Resident(*scope) + bytes <= *scope->budget) continue;
+    if (!may_evict) return Room::kNoRoom;
+    EvictIn(*scope, bytes, now_ns);
+    if (Resident(*scope) + bytes <= *scope->budget) continue;
+    if (bytes > *scope->budget) return Room::kNoRoom;
+    // Would units pinned by answers not yet written make the room once they are settled?
+    uint64_t pinned = 0;
+    for (auto& s : spaces_) {
+      if (!InScope(*s, *scope)) continue;
+      for (PagedSpace::List* list : {&s->probation(), &s->protected_list()}) {
+        for (UnitRef r = list->head; r.valid(); r = s->space().unit(r).next) {
+          const Unit& u = s->space().unit(r);
+          if (s->device().Pinned(u) && u.protected_until <= now_ns) {
+            pinned += s->space().regions()[r.region].UnitLength(r.unit);
+          }
+        }
+      }
+    }
+    return *scope->budget - std::min(*scope->budget, Resident(*scope)) + pinned >= bytes
+               ? Room::kPinned
+               : Room::kNoRoom;
+  }
+  return Room::kOk;
+}
+
+}  // namespace iopfd

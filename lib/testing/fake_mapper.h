@@ -1,0 +1,90 @@
+// Test helper: a Mapper that records every call and keeps the kernel's rules for what is mapped
+// (EEXIST for a map over a mapping, ENOENT for an unmap that cuts one or finds none), with
+// failures injected on demand.
+#ifndef IOPFD_LIB_TESTING_FAKE_MAPPER_H_
+#define IOPFD_LIB_TESTING_FAKE_MAPPER_H_
+
+#include <cerrno>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "iopfd/base/errors.h"
+#include "iopfd/fault/address_space.h"
+
+namespace iopfd_testing {
+
+using iopfd::ErrnoStatus;
+using iopfd::IoasId;
+using iopfd::MapRequest;
+
+// Records every call; fails map calls that touch an address in fail_iovas with fail_errno
+// (fail_times of them; -1: all).
+class FakeMapper : public iopfd::Mapper {
+ public:
+  struct Mapping {
+    uint32_t ioas;
+    uint64_t iova;
+    uint64_t length;
+  };
+  absl::Status Map(const MapRequest& req) override {
+    calls.push_back(req);
+    for (uint64_t iova : fail_iovas) {
+      if (iova >= req.iova && iova < req.iova + req.length && fail_times != 0) {
+        if (fail_times > 0) --fail_times;
+        return ErrnoStatus(fail_errno, "fake", "IOMMU_IOAS_MAP");
+      }
+    }
+    for (const Mapping& m : mapped) {
+      if (m.ioas == req.ioas.value() && m.iova < req.iova + req.length &&
+          req.iova < m.iova + m.length) {
+        return ErrnoStatus(EEXIST, "fake", "IOMMU_IOAS_MAP");
+      }
+    }
+    mapped.push_back({req.ioas.value(), req.iova, req.length});
+    return absl::OkStatus();
+  }
+  // The kernel's rule (io_pagetable.c): only whole mappings; ENOENT for a cut, or for nothing.
+  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) override {
+    unmaps.push_back({ioas.value(), iova, length});
+    size_t found = 0;
+    for (const Mapping& m : mapped) {
+      if (m.ioas != ioas.value() || m.iova >= iova + length || m.iova + m.length <= iova) continue;
+      if (m.iova < iova || m.iova + m.length > iova + length) {
+        ++splits;
+        return ErrnoStatus(ENOENT, "fake", "IOMMU_IOAS_UNMAP");
+      }
+      ++found;
+    }
+    if (found == 0 || fail_unmaps) return ErrnoStatus(ENOENT, "fake", "IOMMU_IOAS_UNMAP");
+    std::erase_if(mapped, [&](const Mapping& m) {
+      return m.ioas == ioas.value() && m.iova >= iova && m.iova < iova + length;
+    });
+    return absl::OkStatus();
+  }
+  // Bytes mapped now in `ioas`.
+  uint64_t MappedBytes(uint32_t ioas) const {
+    uint64_t total = 0;
+    for (const Mapping& m : mapped) total += m.ioas == ioas ? m.length : 0;
+    return total;
+  }
+  // Returns true when addr is mapped in `ioas`.
+  bool Covers(uint32_t ioas, uint64_t addr) const {
+    for (const Mapping& m : mapped) {
+      if (m.ioas == ioas && addr >= m.iova && addr - m.iova < m.length) return true;
+    }
+    return false;
+  }
+  std::vector<Mapping> mapped;
+  std::vector<Mapping> unmaps;
+  int splits = 0;            // unmaps refused for cutting a mapping (a bug in the caller)
+  bool fail_unmaps = false;  // every unmap fails ENOENT
+  std::vector<MapRequest> calls;
+  std::vector<uint64_t> fail_iovas;
+  int fail_errno = ENOMEM;
+  int fail_times = -1;  // how many calls fail (-1: all)
+};
+
+}  // namespace iopfd_testing
+
+#endif  // IOPFD_LIB_TESTING_FAKE_MAPPER_H_
