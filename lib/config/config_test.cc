@@ -1865,17 +1865,17 @@ namespace {
 // ---- Paging keys (docs/PAGING.md).
 
 TEST(PagingConfigTest, MapUnitAndBudgetsAreRead) {
-  LoadResult result = Parse(WithRegion(
-      "iova = 0x100000\nsize = \"1MiB\"\nbacking = \"anonymous\"\naccess = \"r\"\n"
-      "map_unit = \"16KiB\"\n[limits]\nmax_resident = \"256KiB\"\n"));
+  LoadResult result =
+      Parse(WithRegion("iova = 0x100000\nsize = \"1MiB\"\nbacking = \"anonymous\"\naccess = \"r\"\n"
+                       "map_unit = \"16KiB\"\n[limits]\nmax_resident = \"256KiB\"\n"));
   ASSERT_THAT(ErrorStrings(result), IsEmpty());
   const DeviceConfig& d = result.config.devices[0];
   EXPECT_EQ(d.spaces[0].regions[0].map_unit, 16u << 10);
   EXPECT_EQ(d.limits.max_resident, 256u << 10);
   EXPECT_FALSE(d.spaces[0].max_resident.has_value());
   // Absent: the default unit and no budget (unbounded).
-  LoadResult plain = Parse(WithRegion(
-      "iova = 0x100000\nsize = \"1MiB\"\nbacking = \"anonymous\"\naccess = \"r\"\n"));
+  LoadResult plain = Parse(
+      WithRegion("iova = 0x100000\nsize = \"1MiB\"\nbacking = \"anonymous\"\naccess = \"r\"\n"));
   ASSERT_THAT(ErrorStrings(plain), IsEmpty());
   EXPECT_EQ(plain.config.devices[0].spaces[0].regions[0].map_unit, 0u);
   EXPECT_FALSE(plain.config.devices[0].limits.max_resident.has_value());
