@@ -2,14 +2,13 @@
 // refuses an unmap that cuts a mapping (io_pagetable.c) and checks that every SUCCESS answer
 // finds its pages mapped: budgets hold, nothing is evicted under a queued answer, every group is
 // answered once, and drains compose with eviction.
-#include "iopfd/fault/pager.h"
-
 #include <optional>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "iopfd/device/drain.h"
+#include "iopfd/fault/pager.h"
 #include "sim_kernel.h"
 
 namespace iopfd::sim {
@@ -59,8 +58,8 @@ class PagingSimTest : public ::testing::Test {
   void ExpectClean() {
     Turn();
     function_.CheckNothingLost();
-    EXPECT_THAT(function_.violations(), IsEmpty())
-      << ViolationName(function_.violations()[0].kind) << ": " << function_.violations()[0].detail;
+    EXPECT_THAT(function_.violations(), IsEmpty()) << ViolationName(function_.violations()[0].kind)
+                                                   << ": " << function_.violations()[0].detail;
     EXPECT_THAT(kernel_.violations(), IsEmpty()) << kernel_.violations()[0];
     EXPECT_EQ(kernel_.unmap_splits_refused(), 0u);
     EXPECT_EQ(device_->stats().outstanding(), 0u);

@@ -17,12 +17,12 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "iopfd/base/syscalls.h"
 #include "iopfd/base/uapi.h"
 #include "iopfd/fault/fault_processor.h"
 #include "iopfd/fault/inflight_ledger.h"
 #include "iopfd/fault/response_queue.h"
 #include "iopfd/fault/stats.h"
-#include "iopfd/base/syscalls.h"
 
 namespace iopfd {
 

@@ -41,8 +41,8 @@
 
 #include "absl/status/statusor.h"
 #include "iopfd/base/fd.h"
-#include "iopfd/base/uapi.h"
 #include "iopfd/base/syscalls.h"
+#include "iopfd/base/uapi.h"
 
 namespace iopfd {
 

@@ -9,9 +9,9 @@
 #include "absl/status/statusor.h"
 #include "iopfd/base/fd.h"
 #include "iopfd/base/ids.h"
+#include "iopfd/base/syscalls.h"
 #include "iopfd/iommu/attachment_switch.h"
 #include "iopfd/iommu/iommufd.h"
-#include "iopfd/base/syscalls.h"
 
 namespace iopfd {
 
