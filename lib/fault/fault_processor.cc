@@ -49,6 +49,7 @@ void FaultProcessor::Process(std::span<const uapi::PageFault> records, uint64_t 
     record_group_.push_back(index);
   }
   stats_->groups += groups_.size();
+  if (!deferred_.empty()) DropReusedCookies();
   ResolveBatch(records, read_ns, /*final_round=*/false);
 }
 
@@ -82,6 +83,8 @@ void FaultProcessor::AnswerGroups(std::span<const uapi::PageFault> records) {
       ++stats_->invalid_by_reason[static_cast<int>(g.reason)];
       g.obligation.Answer(uapi::kRespInvalid);
     } else if (g.waiting) {
+      // An older answer still queued for its cookie is stale: it must not reach this group.
+      queue_->ReadAgain(g.obligation.cookie());
       // Until it is answered, a crash must not leave it pending in the kernel.
       g.obligation.OweIfLost();
       ++stats_->paging.deferred_groups;
@@ -114,6 +117,20 @@ void FaultProcessor::RetryDeferred(uint64_t now_ns) {
     }
   }
   ResolveBatch(retry_records_, now_ns, final_round);
+}
+
+void FaultProcessor::DropReusedCookies() {
+  // The kernel hands a cookie out again only once its group was answered. A waiting group's
+  // cookie read again means the kernel answered that group itself (the owner replaced or
+  // detached the attachment behind iopfd's back, eventq.c iommufd_auto_response_faults): its
+  // answer would now reach the new group. It goes unanswered, like a stale queued answer
+  // (ResponseQueue::Add).
+  std::erase_if(deferred_, [&](Deferred& d) {
+    if (!group_of_cookie_.contains(d.group.obligation.cookie())) return false;
+    ++stats_->duplicate_cookies;
+    d.group.obligation.Dismiss(/*fd_dead=*/false);
+    return true;
+  });
 }
 
 void FaultProcessor::DismissDeferred(std::optional<AttachmentKey> attachment, bool fd_dead) {

@@ -14,25 +14,7 @@ void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns, Attach
     // cookie names the new group now, so the old answer is stale: drop it if it is not yet on
     // its way. One already being written races the new group's answer; both are accounted.
     ++stats_->duplicate_cookies;
-    bool dropped = false;
-    for (size_t i = 0; i < pending_.size() && !dropped; ++i) {
-      if (pending_[i].cookie != cookie) continue;
-      pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
-      pending_ts_.erase(pending_ts_.begin() + static_cast<std::ptrdiff_t>(i));
-      pending_att_.erase(pending_att_.begin() + static_cast<std::ptrdiff_t>(i));
-      pending_epoch_.erase(pending_epoch_.begin() + static_cast<std::ptrdiff_t>(i));
-      dropped = true;
-    }
-    // The unsettled rest of the last write (after a short write or EINVAL) is re-sent before
-    // anything newer: the old answer there would meet the new group first.
-    for (size_t i = inflight_pos_; !writing_ && i < inflight_.size() && !dropped; ++i) {
-      if (inflight_[i].cookie != cookie) continue;
-      inflight_.erase(inflight_.begin() + static_cast<std::ptrdiff_t>(i));
-      inflight_ts_.erase(inflight_ts_.begin() + static_cast<std::ptrdiff_t>(i));
-      inflight_att_.erase(inflight_att_.begin() + static_cast<std::ptrdiff_t>(i));
-      dropped = true;
-    }
-    if (dropped) {
+    if (DropUnsent(cookie)) {
       ++stats_->responses_stale_dropped;
     } else {
       ++untracked_;  // being written right now: it races the new group's answer
@@ -48,6 +30,37 @@ void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns, Attach
   pending_ts_.push_back(read_ns);
   pending_att_.push_back(attachment);
   pending_epoch_.push_back(epoch.value_or(epoch_));
+}
+
+bool ResponseQueue::DropUnsent(uint32_t cookie) {
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    if (pending_[i].cookie != cookie) continue;
+    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+    pending_ts_.erase(pending_ts_.begin() + static_cast<std::ptrdiff_t>(i));
+    pending_att_.erase(pending_att_.begin() + static_cast<std::ptrdiff_t>(i));
+    pending_epoch_.erase(pending_epoch_.begin() + static_cast<std::ptrdiff_t>(i));
+    return true;
+  }
+  // The unsettled rest of the last write (after a short write or EINVAL) is re-sent before
+  // anything newer: the old answer there would meet the new group first.
+  for (size_t i = inflight_pos_; !writing_ && i < inflight_.size(); ++i) {
+    if (inflight_[i].cookie != cookie) continue;
+    inflight_.erase(inflight_.begin() + static_cast<std::ptrdiff_t>(i));
+    inflight_ts_.erase(inflight_ts_.begin() + static_cast<std::ptrdiff_t>(i));
+    inflight_att_.erase(inflight_att_.begin() + static_cast<std::ptrdiff_t>(i));
+    return true;
+  }
+  return false;
+}
+
+void ResponseQueue::ReadAgain(uint32_t cookie) {
+  if (!outstanding_.contains(cookie)) return;
+  // Being written right now: the race Add accounts for when the new group is answered.
+  if (!DropUnsent(cookie)) return;
+  ++stats_->duplicate_cookies;
+  ++stats_->responses_stale_dropped;
+  outstanding_.erase(cookie);
+  if (ledger_ != nullptr) ledger_->Settled(cookie);
 }
 
 void ResponseQueue::Fence(std::optional<AttachmentKey> attachment) {

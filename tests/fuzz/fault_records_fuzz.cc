@@ -9,6 +9,7 @@
 // Invariant, per batch: every distinct cookie in it gets exactly one response, SUCCESS only when
 // every page its records asked for was mapped (or lay in a successful map call), and nothing
 // else is answered.
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -19,15 +20,21 @@
 #include "fuzz_input.h"
 #include "iopfd/base/errors.h"
 #include "iopfd/fault/fault_processor.h"
+#include "iopfd/fault/pager.h"
 
 namespace iopfd::fuzz {
 namespace {
 
 constexpr uint64_t kPage = 4096;
 
-// Records map calls; fails those touching an odd page when told to.
+// Records map calls, per IOAS, with the kernel's rules: a map over a mapping is EEXIST, an
+// unmap must cover whole mappings (io_pagetable.c). Fails maps touching an odd page when told to.
 class FakeMapper : public Mapper {
  public:
+  struct Mapping {
+    uint32_t ioas;
+    uint64_t iova, length;
+  };
   absl::Status Map(const MapRequest& req) override {
     if (req.length == 0 || req.iova % kPage != 0) Fail("a map call not page aligned");
     if (fail_odd) {
@@ -35,29 +42,41 @@ class FakeMapper : public Mapper {
         if ((iova / kPage) % 2 == 1) return ErrnoStatus(ENOMEM, "fake", "IOMMU_IOAS_MAP");
       }
     }
-    mapped.emplace_back(req.iova, req.length);
+    for (const Mapping& m : mapped) {
+      if (m.ioas == req.ioas.value() && m.iova < req.iova + req.length &&
+          req.iova < m.iova + m.length) {
+        return ErrnoStatus(EEXIST, "fake", "IOMMU_IOAS_MAP");
+      }
+    }
+    mapped.push_back({req.ioas.value(), req.iova, req.length});
     return absl::OkStatus();
   }
-  // The kernel's rule (io_pagetable.c): only whole mappings, ENOENT for a cut or for nothing.
-  absl::Status Unmap(IoasId /*ioas*/, uint64_t iova, uint64_t length) override {
+  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) override {
     size_t found = 0;
-    for (const auto& [at, len] : mapped) {
-      if (at >= iova + length || at + len <= iova) continue;
-      if (at < iova || at + len > iova + length) Fail("an unmap that cuts a mapping");
+    for (const Mapping& m : mapped) {
+      if (m.ioas != ioas.value() || m.iova >= iova + length || m.iova + m.length <= iova) continue;
+      if (m.iova < iova || m.iova + m.length > iova + length) Fail("an unmap that cuts a mapping");
       ++found;
     }
     if (found == 0) return ErrnoStatus(ENOENT, "fake", "IOMMU_IOAS_UNMAP");
-    std::erase_if(mapped,
-                  [&](const auto& m) { return m.first >= iova && m.first < iova + length; });
+    std::erase_if(mapped, [&](const Mapping& m) {
+      return m.ioas == ioas.value() && m.iova >= iova && m.iova < iova + length;
+    });
     return absl::OkStatus();
   }
-  bool Covers(uint64_t addr) const {
-    for (const auto& [iova, len] : mapped) {
-      if (addr >= iova && addr - iova < len) return true;
+  bool Covers(uint32_t ioas, uint64_t addr) const {
+    for (const Mapping& m : mapped) {
+      if (m.ioas == ioas && addr >= m.iova && addr - m.iova < m.length) return true;
     }
     return false;
   }
-  std::vector<std::pair<uint64_t, uint64_t>> mapped;
+  // Bytes mapped in `ioas`.
+  uint64_t MappedBytes(uint32_t ioas) const {
+    uint64_t total = 0;
+    for (const Mapping& m : mapped) total += m.ioas == ioas ? m.length : 0;
+    return total;
+  }
+  std::vector<Mapping> mapped;
   bool fail_odd = false;
 };
 
@@ -73,13 +92,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.max_group_records = 1 + (opts & 0xF);
   options.device_id = (opts & 0x10) != 0 ? 7 : 0;
   const uint64_t huge = (opts >> 6) != 0 ? 2 << 20 : kPage;
+  // Paging (pager.h): a budget of 1..8 units on the no-PASID space or on the device.
+  const uint8_t paging = in.Byte();
+  const bool paged = (paging & 1) != 0;
+  const uint64_t unit = kPage << std::array<int, 4>{0, 1, 2, 4}[(paging >> 5) & 3];
+  const uint64_t budget = (1 + ((paging >> 2) & 7)) * unit;
 
   // Space without PASID: rw at 1 MiB (64 KiB), read-only with prefetch at 2 MiB; PASID 5: rw at
   // 1 MiB; a hugepage-sized region at 64 MiB when asked.
   std::vector<Region> none;
   none.emplace_back(1 << 20, 16 * kPage, kPage, uapi::kPermRead | uapi::kPermWrite, 0, 100, 0,
-                    nullptr);
-  none.emplace_back(2 << 20, 16 * kPage, kPage, uapi::kPermRead, 4 * kPage, 101, 8192, nullptr);
+                    nullptr, unit);
+  none.emplace_back(2 << 20, 16 * kPage, kPage, uapi::kPermRead, 4 * kPage, 101, 8192, nullptr,
+                    unit);
   none.emplace_back(64 << 20, 4 * huge, huge, uapi::kPermRead | uapi::kPermWrite, huge, 103, 0,
                     nullptr);
   std::vector<Region> p5;
@@ -94,10 +119,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FakeMapper mapper;
   mapper.fail_odd = (opts & 0x20) != 0;
   FaultProcessor proc(options, &table, &mapper, &queue, &stats);
+  std::optional<Pager> pager;
+  if (paged) {
+    pager.emplace(PagerOptions{.policy = (paging & 2) != 0 ? EvictionPolicy::kFifo
+                                                           : EvictionPolicy::kWorkingset});
+    const bool on_device = (paging & 0x80) != 0;
+    PagedDevice* dev = pager->AddDevice("fuzz", on_device ? std::optional(budget) : std::nullopt,
+                                        &stats.paging, &queue);
+    pager->AddSpace(dev, &table.spaces()[0], &mapper,
+                    on_device ? std::nullopt : std::optional(budget));
+    pager->AddSpace(dev, &table.spaces()[1], &mapper, std::nullopt);
+    proc.set_pager(&*pager);
+  }
 
   uint64_t now = 1000;
+  // Groups read and not yet written: a batch byte with its top bit set holds its answers back
+  // over the next batch (as the ring does when a read completes before the write), so that a
+  // unit an unwritten answer relies on is exposed to the next batch's evictions.
+  std::vector<std::vector<uapi::PageFault>> unwritten;  // batch by batch
   while (!in.empty()) {
-    const size_t count = 1 + in.Byte() % 64;
+    const uint8_t batch = in.Byte();
+    const size_t count = 1 + batch % 64;
+    const bool hold = (batch & 0x80) != 0 && !in.empty();
     std::vector<uapi::PageFault> records;
     for (size_t i = 0; i < count && !in.empty(); ++i) {
       uapi::PageFault r{};
@@ -108,26 +151,50 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (records.empty()) break;
     proc.Process(records, now);
     now += 1000;
+    unwritten.push_back(std::move(records));
+    if (hold) continue;
 
-    auto span = queue.BeginWrite();
-    std::vector<uapi::PageResponse> answers(span.begin(), span.end());
-    queue.CompleteWrite(static_cast<ssize_t>(span.size_bytes()), 0);
-
+    // A cookie read again in a later held batch is the kernel handing it out again (as it does
+    // after answering the first group itself): the older group's answer is dropped as stale,
+    // and the one answer written is the newer group's.
     std::map<uint32_t, std::vector<const uapi::PageFault*>> groups;
-    for (const auto& r : records) groups[r.cookie].push_back(&r);
-    std::set<uint32_t> answered;
-    for (const auto& a : answers) {
-      FUZZ_CHECK(groups.count(a.cookie) != 0, "an answer for a cookie that was not read");
-      FUZZ_CHECK(answered.insert(a.cookie).second, "a cookie answered twice");
-      FUZZ_CHECK(a.code == uapi::kRespSuccess || a.code == uapi::kRespInvalid);
-      if (a.code == uapi::kRespSuccess) {
-        for (const uapi::PageFault* r : groups[a.cookie]) {
-          FUZZ_CHECK(mapper.Covers(r->addr), "SUCCESS for a page that was never mapped");
+    for (const auto& batch_records : unwritten) {
+      std::map<uint32_t, std::vector<const uapi::PageFault*>> in_batch;
+      for (const auto& r : batch_records) in_batch[r.cookie].push_back(&r);
+      for (auto& [cookie, recs] : in_batch) groups[cookie] = std::move(recs);
+    }
+    std::map<uint32_t, int> answers_of;
+    // Write until nothing is left: groups that waited for room are answered after the writes
+    // that settle the answers holding it. Each SUCCESS must find its pages mapped when written.
+    for (int round = 0; queue.HasUnwritten(); ++round) {
+      FUZZ_CHECK(round < 1000, "answers keep coming: a deferral loop");
+      auto span = queue.BeginWrite();
+      std::vector<uapi::PageResponse> answers(span.begin(), span.end());
+      for (const auto& a : answers) {
+        FUZZ_CHECK(groups.count(a.cookie) != 0, "an answer for a cookie that was not read");
+        FUZZ_CHECK(++answers_of[a.cookie] == 1, "a cookie answered twice");
+        FUZZ_CHECK(a.code == uapi::kRespSuccess || a.code == uapi::kRespInvalid);
+        if (a.code == uapi::kRespSuccess) {
+          for (const uapi::PageFault* r : groups[a.cookie]) {
+            const uint32_t ioas = (r->flags & uapi::kPgfaultPasidValid) != 0 ? 9 : 3;
+            FUZZ_CHECK(mapper.Covers(ioas, r->addr), "SUCCESS for a page that is not mapped");
+          }
         }
       }
+      queue.CompleteWrite(static_cast<ssize_t>(span.size_bytes()), 0);
+      proc.RetryDeferred(now);
     }
-    FUZZ_CHECK(answered.size() == groups.size(), "a cookie was never answered");
+    FUZZ_CHECK(proc.deferred() == 0, "a group still waits with nothing left to wait for");
+    if (paged) {
+      // Checked against the mapper's own count, not the pager's: the space's (IOAS 3) or the
+      // whole device's budget.
+      const uint64_t held = (paging & 0x80) != 0 ? mapper.MappedBytes(3) + mapper.MappedBytes(9)
+                                                 : mapper.MappedBytes(3);
+      FUZZ_CHECK(held <= budget, "a budget was exceeded");
+    }
+    FUZZ_CHECK(answers_of.size() == groups.size(), "a cookie was never answered");
     FUZZ_CHECK(stats.outstanding() == 0, "the stats count a group outstanding");
+    unwritten.clear();
   }
   return 0;
 }

@@ -102,7 +102,9 @@ write("corpus", "uevent", "unbind-other", uevent("unbind", 6, DRIVER="vfio-pci")
       b"add@/devices/virtual/misc/iommu\0ACTION=add\0DEVPATH=/devices/virtual/misc/iommu\0"
       b"SUBSYSTEM=misc\0SEQNUM=7\0")
 
-# ---- fault_records: options byte, then batches (count byte, 40-byte records).
+# ---- fault_records: options byte, paging byte (bit 0 on, bit 1 fifo, bits 2-4 budget in units
+# minus one, bits 5-6 unit size 1/2/4/16 pages, bit 7 the budget on the device instead of the
+# space), then batches (count byte, 40-byte records).
 FLAGS_LAST, FLAGS_PASID = 1 << 1, 1 << 0
 
 
@@ -117,11 +119,19 @@ batch1 = [rec(1, 0x100000), rec(2, 0x100000 + 5 * 4096, 2), rec(3, 0x101000, pas
 batch2 = [rec(7, 0x100000, last=False), rec(7, 0x101000, last=False), rec(7, 0x102000),
           rec(8, 0x200000, 2), rec(9, 0x103000, pasid=6)]
 write("corpus", "fault_records", "mixed",
-      bytes([0x13]) + bytes([len(batch1)]) + b"".join(batch1) + bytes([len(batch2)]) +
+      bytes([0x13, 0x00]) + bytes([len(batch1)]) + b"".join(batch1) + bytes([len(batch2)]) +
       b"".join(batch2))
 write("corpus", "fault_records", "limit-and-failures",
-      bytes([0x21 | 0x40]) + bytes([8]) + b"".join(rec(11, 0x100000 + i * 4096, last=(i == 7))
+      bytes([0x21 | 0x40, 0x00]) + bytes([8]) + b"".join(rec(11, 0x100000 + i * 4096, last=(i == 7))
                                                   for i in range(8)))
+
+# Paging: a two-unit budget of 4-page units, batches wider than it (groups wait for room), the
+# first held unwritten over the second (the second's evictions must not take its units).
+wide = [rec(20 + i, 0x100000 + i * 4 * 4096) for i in range(4)]
+again = [rec(30 + i, 0x100000 + (3 - i) * 4 * 4096 + 4096) for i in range(4)]
+write("corpus", "fault_records", "paging-budget",
+      bytes([0x13, 0x01 | (1 << 2) | (2 << 5)]) + bytes([0x80 | len(wide)]) + b"".join(wide) +
+      bytes([len(again)]) + b"".join(again))
 
 # ---- ledger: capacity byte, then patches (u32 offset, length byte, bytes). Layout: header
 # page (magic, version, record_size, capacity, cookie_slots, buffer_in_use, read_seq,

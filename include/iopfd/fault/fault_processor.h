@@ -93,6 +93,8 @@ class FaultProcessor {
   enum class UnitResult { kMapped, kFailed, kWait, kNoRoom };
 
   void Fail(Group& g, InvalidReason reason);
+  // Drops waiting groups whose cookie this batch read again (see the definition).
+  void DropReusedCookies();
   void Resolve(const uapi::PageFault& rec, uint32_t group_index);
   // Resolves groups_ (records[i] belongs to record_group_[i]) and answers or defers each. In a
   // final round nothing is deferred.

@@ -59,7 +59,7 @@ namespace iopfd {
 
 struct PagerOptions {
   EvictionPolicy policy = EvictionPolicy::kWorkingset;
-  std::optional<uint64_t> max_resident;  // the daemon's budget; nullopt: unbounded
+  std::optional<uint64_t> max_resident = std::nullopt;  // the daemon's budget; nullopt: unbounded
   uint64_t thrash_window_ns = 500'000;
   uint32_t thrash_events = 3;
   uint64_t thrash_protect_ns = 150'000'000;

@@ -48,6 +48,13 @@ class ResponseQueue {
            AttachmentKey attachment = kNoPasidAttachment,
            std::optional<uint64_t> epoch = std::nullopt);
 
+  // A group with `cookie` was read and will be answered later (it waits for room, pager.h): an
+  // answer still queued for that cookie is stale (the kernel hands a cookie out again only once
+  // it was answered, so it answered the old group itself) and is dropped now, as Add does, so
+  // that it cannot reach the new group first. Counted in stats.duplicate_cookies and
+  // responses_stale_dropped.
+  void ReadAgain(uint32_t cookie);
+
   // The epoch fence of a drain. Returns the current epoch: groups read now carry it.
   uint64_t epoch() const { return epoch_; }
   // Starts a new epoch and fences `attachment` (every attachment when nullopt): from now on a
@@ -116,6 +123,9 @@ class ResponseQueue {
   }
 
  private:
+  // Removes the queued (or unsent, after a short write) answer for cookie; false when there is
+  // none or it is being written.
+  bool DropUnsent(uint32_t cookie);
   void Settle(size_t index, bool accepted, uint64_t now_ns);
   // Removes cookie from the outstanding set (or one untracked duplicate) and from the ledger.
   void Forget(uint32_t cookie);
