@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "iopfd/base/errors.h"
+#include "iopfd/config/config.h"
 #include "iopfd/control/ctl_format.h"
 #include "iopfd/control/varlink_client.h"
 #include "nlohmann/json.hpp"
@@ -48,6 +49,12 @@ constexpr char kUsage[] =
     "  monitor                print events as they happen, until the daemon ends the\n"
     "                         stream or Ctrl-C\n"
     "  log-level LEVEL        set the log level: error, warning, info or debug\n"
+    "  budget DEV [PASID] SIZE|unbounded\n"
+    "                         set the device's max_resident budget (or a PASID space's);\n"
+    "                         SIZE like \"512MiB\"; what is held beyond it is evicted\n"
+    "  evict DEV [PASID] IOVA LENGTH\n"
+    "                         unmap what iopfd mapped in a range of the device's space\n"
+    "                         (the no-PASID one, or PASID's); IOVA in hex or decimal\n"
     "Options:\n"
     "  --control-socket PATH  the daemon's socket (default /run/iopfd/io.iopfd)\n"
     "  --json                 print each reply's parameters as JSON\n"
@@ -58,7 +65,18 @@ constexpr char kDefaultSocket[] = "/run/iopfd/io.iopfd";
 
 enum ExitCode : int { kOk = 0, kErrorReply = 1, kUsageError = 2, kUnreachable = 3 };
 
-enum class Output { kNone, kStatus, kDevices, kStats, kReload, kDetach, kMonitor, kDrain };
+enum class Output {
+  kNone,
+  kStatus,
+  kDevices,
+  kStats,
+  kReload,
+  kDetach,
+  kMonitor,
+  kDrain,
+  kBudget,
+  kEvict
+};
 
 struct Command {
   const char* name;
@@ -80,6 +98,8 @@ constexpr Command kCommands[] = {
     {"detach", "Detach", 1, 1, Output::kDetach},
     {"monitor", "Monitor", 0, 0, Output::kMonitor},
     {"log-level", "SetLogLevel", 1, 1, Output::kNone},
+    {"budget", "SetBudget", 2, 3, Output::kBudget},
+    {"evict", "Evict", 3, 4, Output::kEvict},
 };
 
 struct Invocation {
@@ -88,7 +108,9 @@ struct Invocation {
   bool prometheus = false;
   const Command* command = nullptr;
   std::vector<std::string> args;
-  std::optional<uint32_t> pasid;  // drain DEV PASID
+  std::optional<uint32_t> pasid;  // drain DEV PASID, budget DEV PASID SIZE, evict DEV PASID ...
+  std::optional<uint64_t> size;   // budget: nullopt is "unbounded"
+  uint64_t iova = 0, length = 0;  // evict
 };
 
 int UsageError(const std::string& message) {
@@ -127,22 +149,63 @@ int ParseOptions(int argc, char** argv, Invocation* inv, std::vector<std::string
   return -1;
 }
 
-// The command's own arguments: drain's PASID, log-level's level. Returns -1, or the exit code.
+// Parses a decimal or 0x-prefixed hex number (PASIDs and IOVAs are written both ways in kernel
+// logs and lspci). Returns nullopt when `text` is not one.
+std::optional<uint64_t> ParseNumber(const std::string& text) {
+  const bool hex = text.rfind("0x", 0) == 0 || text.rfind("0X", 0) == 0;
+  const char* first = text.data() + (hex ? 2 : 0);
+  const char* last = text.data() + text.size();
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(first, last, value, hex ? 16 : 10);
+  if (first == last || ec != std::errc() || end != last) return std::nullopt;
+  return value;
+}
+
+// Reads the PASID argument of drain, budget and evict. Returns -1, or the exit code.
+int PasidArgument(Invocation* inv, const std::string& text) {
+  std::optional<uint64_t> pasid = ParseNumber(text);
+  if (!pasid || *pasid == 0 || *pasid > 0xfffff) {
+    return UsageError(
+        absl::StrCat(inv->command->name, ": PASID '", text, "' is not a number in 1..1048575"));
+  }
+  inv->pasid = static_cast<uint32_t>(*pasid);
+  return -1;
+}
+
+// budget DEV [PASID] SIZE|unbounded and evict DEV [PASID] IOVA LENGTH. Returns -1, or the exit
+// code.
+int PagingArguments(Invocation* inv) {
+  const std::string_view name = inv->command->name;
+  const size_t own = name == "budget" ? 1 : 2;  // the arguments after DEV [PASID]
+  if (inv->args.size() == own + 2) {
+    if (int rc = PasidArgument(inv, inv->args[1]); rc >= 0) return rc;
+  }
+  const size_t at = inv->args.size() - own;
+  if (name == "budget") {
+    const std::string& text = inv->args[at];
+    if (text == "unbounded") return -1;
+    absl::StatusOr<uint64_t> size = iopfd::ParseSize(text);
+    if (!size.ok()) return UsageError(absl::StrCat("budget: ", size.status().message()));
+    inv->size = *size;
+    return -1;
+  }
+  std::optional<uint64_t> iova = ParseNumber(inv->args[at]);
+  absl::StatusOr<uint64_t> length = iopfd::ParseSize(inv->args[at + 1]);
+  if (!iova) return UsageError(absl::StrCat("evict: IOVA '", inv->args[at], "' is not a number"));
+  if (!length.ok()) return UsageError(absl::StrCat("evict: ", length.status().message()));
+  inv->iova = *iova;
+  inv->length = *length;
+  return -1;
+}
+
+// The command's own arguments: drain's PASID, log-level's level, budget's and evict's. Returns
+// -1, or the exit code.
 int CheckArguments(Invocation* inv) {
   const std::string_view name = inv->command->name;
   if (name == "drain" && inv->args.size() == 2) {
-    // Decimal or 0x-prefixed hex, as PASIDs are written in kernel logs and lspci.
-    const std::string& text = inv->args[1];
-    const bool hex = text.rfind("0x", 0) == 0 || text.rfind("0X", 0) == 0;
-    const char* first = text.data() + (hex ? 2 : 0);
-    const char* last = text.data() + text.size();
-    uint64_t pasid = 0;
-    auto [end, ec] = std::from_chars(first, last, pasid, hex ? 16 : 10);
-    if (first == last || ec != std::errc() || end != last || pasid == 0 || pasid > 0xfffff) {
-      return UsageError(absl::StrCat("drain: PASID '", text, "' is not a number in 1..1048575"));
-    }
-    inv->pasid = static_cast<uint32_t>(pasid);
+    if (int rc = PasidArgument(inv, inv->args[1]); rc >= 0) return rc;
   }
+  if (name == "budget" || name == "evict") return PagingArguments(inv);
   if (name == "log-level") {
     const std::string& level = inv->args[0];
     if (level != "error" && level != "warning" && level != "info" && level != "debug") {
@@ -187,10 +250,32 @@ nlohmann::json Parameters(const Invocation& inv) {
   } else if (name == "drain") {
     p["device"] = inv.args[0];
     if (inv.pasid) p["pasid"] = *inv.pasid;
+  } else if (name == "budget") {
+    p["device"] = inv.args[0];
+    if (inv.pasid) p["pasid"] = *inv.pasid;
+    p["max_resident"] = inv.size ? nlohmann::json(*inv.size) : nlohmann::json(nullptr);
+  } else if (name == "evict") {
+    p["device"] = inv.args[0];
+    if (inv.pasid) p["pasid"] = *inv.pasid;
+    p["iova"] = inv.iova;
+    p["length"] = inv.length;
   } else if (!inv.args.empty()) {
     p["device"] = inv.args[0];
   }
   return p;
+}
+
+// The line budget and evict print.
+std::string PagingReply(const Invocation& inv, const nlohmann::json& p) {
+  auto n = [&p](const char* key) { return p.is_object() ? p.value(key, uint64_t{0}) : 0; };
+  if (inv.command->output == Output::kBudget) {
+    return absl::StrCat(inv.args[0], ": max_resident ",
+                        inv.size ? absl::StrCat(*inv.size, " bytes") : "unbounded", "; resident ",
+                        n("resident_bytes"), " bytes\n");
+  }
+  return absl::StrCat(inv.args[0], ": evicted ", n("evicted_bytes"), " bytes (", n("evicted_units"),
+                      " units); left mapped: ", n("pinned_units"), " pinned by unwritten answers, ",
+                      n("stuck_units"), " not iopfd's to unmap\n");
 }
 
 // Prints one successful reply; returns the exit code.
@@ -238,6 +323,10 @@ int Print(const Invocation& inv, const nlohmann::json& p) {
       break;
     case Output::kDrain:
       out = iopfd::FormatDrainReply(inv.args[0], p);
+      break;
+    case Output::kBudget:
+    case Output::kEvict:
+      out = PagingReply(inv, p);
       break;
   }
   std::fputs(out.c_str(), stdout);

@@ -261,4 +261,12 @@ LoadResult LoadConfig(const LoadOptions& options) {
 
 bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b) { return a == b; }
 
+bool SameDeviceSettingsBesidesBudgets(const DeviceConfig& a, const DeviceConfig& b) {
+  if (a.spaces.size() != b.spaces.size()) return false;
+  DeviceConfig x = a;
+  x.limits.max_resident = b.limits.max_resident;
+  for (size_t i = 0; i < x.spaces.size(); ++i) x.spaces[i].max_resident = b.spaces[i].max_resident;
+  return x == b;
+}
+
 }  // namespace iopfd

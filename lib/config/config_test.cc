@@ -1959,5 +1959,23 @@ TEST(PagingConfigTest, GlobalKeys) {
                           "(got 100)"));
 }
 
+// Reload applies changed budgets to a running device and restarts it for anything else.
+TEST(PagingConfigTest, BudgetsAloneDoNotMakeADifferentDevice) {
+  DeviceConfig a;
+  a.name = "d";
+  a.spaces.emplace_back();
+  a.spaces[0].regions.emplace_back();
+  DeviceConfig b = a;
+  b.limits.max_resident = 1 << 20;
+  b.spaces[0].max_resident = 1 << 19;
+  EXPECT_FALSE(SameDeviceSettings(a, b));
+  EXPECT_TRUE(SameDeviceSettingsBesidesBudgets(a, b));
+  b.spaces[0].regions[0].map_unit = 1 << 16;
+  EXPECT_FALSE(SameDeviceSettingsBesidesBudgets(a, b)) << "a unit change remaps: a restart";
+  DeviceConfig c = a;
+  c.spaces.emplace_back();
+  EXPECT_FALSE(SameDeviceSettingsBesidesBudgets(a, c));
+}
+
 }  // namespace
 }  // namespace iopfd

@@ -249,6 +249,91 @@ VarlinkReply DrainCall(DaemonState* state, const std::string& method, const Varl
   return VarlinkReply::Ok({{"state", now_state}, {"epoch", drain->epoch()}});
 }
 
+// The optional "pasid" parameter of SetBudget and Evict: absent or null is the device (SetBudget)
+// or the no-PASID space (Evict). Returns false with *error set when it is not a PASID.
+bool PasidParam(const VarlinkCall& call, std::optional<AttachmentKey>* pasid, VarlinkReply* error) {
+  auto it = call.parameters.find("pasid");
+  if (it == call.parameters.end() || it->is_null()) return true;
+  if (!it->is_number_unsigned() || it->get<uint64_t>() == 0 || it->get<uint64_t>() > 0xfffff) {
+    *error = InvalidParameter("pasid");
+    return false;
+  }
+  *pasid = static_cast<AttachmentKey>(it->get<uint64_t>());
+  return true;
+}
+
+// Returns the reply for a Device::SetBudget/Evict error.
+VarlinkReply PagingError(const std::string& device, std::optional<AttachmentKey> pasid,
+                         const absl::Status& st) {
+  if (st.code() == absl::StatusCode::kNotFound) {
+    return VarlinkReply::Error("io.iopfd.NoSuchPasid",
+                               {{"device", device}, {"pasid", pasid.value_or(0)}});
+  }
+  if (st.code() == absl::StatusCode::kInvalidArgument) {
+    return VarlinkReply::Error("io.iopfd.InvalidRange",
+                               {{"device", device}, {"reason", std::string(st.message())}});
+  }
+  return VarlinkReply::Error("io.iopfd.NotSupported",
+                             {{"method", "paging"}, {"reason", std::string(st.message())}});
+}
+
+// SetBudget(device, pasid?, max_resident?): the device's budget, or a space's; null max_resident
+// is unbounded. Errors: NoSuchDevice, NoSuchPasid, InvalidRange (smaller than a map unit).
+VarlinkReply SetBudgetCall(DaemonState* state, const VarlinkCall& call, const Peer& peer) {
+  if (state->stopping && state->stopping()) return Stopping();
+  VarlinkReply error;
+  auto device = StringParam(call, "device", true, &error);
+  if (!device) return error;
+  Device* d = state->manager->Find(*device);
+  if (d == nullptr) return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
+  std::optional<AttachmentKey> pasid;
+  if (!PasidParam(call, &pasid, &error)) return error;
+  std::optional<uint64_t> bytes;
+  if (auto it = call.parameters.find("max_resident");
+      it != call.parameters.end() && !it->is_null()) {
+    if (!it->is_number_unsigned()) return InvalidParameter("max_resident");
+    bytes = it->get<uint64_t>();
+  }
+  if (absl::Status st = d->SetBudget(pasid, bytes); !st.ok()) {
+    return PagingError(*device, pasid, st);
+  }
+  Log(LogLevel::kInfo,
+      absl::StrCat(*device, pasid ? absl::StrCat(" PASID ", *pasid) : "", ": max_resident ",
+                   bytes ? absl::StrCat(*bytes, " bytes") : "unbounded", " (uid ", peer.uid, ")"),
+      {{"DEVICE", *device}});
+  const PagingCounters& c = d->stats().paging;
+  return VarlinkReply::Ok({{"resident_bytes", c.resident_bytes}});
+}
+
+// Evict(device, pasid?, iova, length). Errors: NoSuchDevice, NoSuchPasid, InvalidRange.
+VarlinkReply EvictCall(DaemonState* state, const VarlinkCall& call, const Peer& peer) {
+  if (state->stopping && state->stopping()) return Stopping();
+  VarlinkReply error;
+  auto device = StringParam(call, "device", true, &error);
+  if (!device) return error;
+  Device* d = state->manager->Find(*device);
+  if (d == nullptr) return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
+  std::optional<AttachmentKey> pasid;
+  if (!PasidParam(call, &pasid, &error)) return error;
+  uint64_t range[2] = {0, 0};
+  const char* keys[2] = {"iova", "length"};
+  for (int i = 0; i < 2; ++i) {
+    auto it = call.parameters.find(keys[i]);
+    if (it == call.parameters.end() || !it->is_number_unsigned()) return InvalidParameter(keys[i]);
+    range[i] = it->get<uint64_t>();
+  }
+  auto report = d->Evict(pasid, range[0], range[1]);
+  if (!report.ok()) return PagingError(*device, pasid, report.status());
+  Log(LogLevel::kInfo,
+      absl::StrCat(*device, ": evicted ", report->bytes, " bytes at 0x", absl::Hex(range[0]),
+                   " (uid ", peer.uid, ")"),
+      {{"DEVICE", *device}});
+  return VarlinkReply::Ok({{"evicted_bytes", report->bytes},
+                           {"evicted_units", report->units},
+                           {"pinned_units", report->pinned},
+                           {"stuck_units", report->stuck}});
+}
+
 VarlinkReply GetStatus(DaemonState* state) {
   const DeviceManager& m = *state->manager;
   size_t running = 0, adopted = 0, quarantined = 0;
@@ -380,6 +465,7 @@ const std::vector<std::pair<std::string, Access>>& IopfdMethodAccess() {
       {"io.iopfd.Reset", Access::kAdmin},       {"io.iopfd.Halt", Access::kAdmin},
       {"io.iopfd.Resume", Access::kAdmin},      {"io.iopfd.Reload", Access::kAdmin},
       {"io.iopfd.Adopt", Access::kAdmin},       {"io.iopfd.Detach", Access::kAdmin},
+      {"io.iopfd.SetBudget", Access::kAdmin},   {"io.iopfd.Evict", Access::kAdmin},
   };
   return *kTable;
 }
@@ -420,6 +506,13 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
   service->AddMethod(
       "io.iopfd.Detach", {"device"},
       [state](const VarlinkCall& call, const Peer& peer) { return Detach(state, call, peer); });
+  service->AddMethod("io.iopfd.SetBudget", {"device", "pasid", "max_resident"},
+                     [state](const VarlinkCall& call, const Peer& peer) {
+                       return SetBudgetCall(state, call, peer);
+                     });
+  service->AddMethod(
+      "io.iopfd.Evict", {"device", "pasid", "iova", "length"},
+      [state](const VarlinkCall& call, const Peer& peer) { return EvictCall(state, call, peer); });
   service->AddStreamingMethod(
       "io.iopfd.Monitor", {},
       [state](const VarlinkCall&, const Peer&, std::shared_ptr<ReplyChannel> channel) {

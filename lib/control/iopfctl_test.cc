@@ -83,6 +83,14 @@ TEST_F(IopfctlTest, UsageErrorsExit2) {
       {"reset", "gpu0", "5"},
       {"devices", "--prometheus"},
       {"log-level", "verbose"},
+      {"budget", "gpu0"},
+      {"budget", "gpu0", "lots"},
+      {"budget", "gpu0", "0", "1GiB"},
+      {"budget", "gpu0", "5", "2MB"},
+      {"evict", "gpu0", "0x1000"},
+      {"evict", "gpu0", "zz", "4096"},
+      {"evict", "gpu0", "0x1000", "1.5KiB"},
+      {"evict", "gpu0", "0x2000000", "0x1000", "4096"},
       {"--control-socket"},
       {"--control-socket", "", "status"},
   };
@@ -306,6 +314,14 @@ TEST_F(IopfctlTest, CommandsSendTheirParameters) {
        R"({"method":"io.iopfd.SetLogLevel","parameters":{"level":"debug"}})"},
       {{"--", "drain", "-odd-name"},
        R"({"method":"io.iopfd.Drain","parameters":{"device":"-odd-name"}})"},
+      {{"budget", "gpu0", "512MiB"},
+       R"({"method":"io.iopfd.SetBudget","parameters":{"device":"gpu0","max_resident":536870912}})"},
+      {{"budget", "gpu0", "0x5", "unbounded"},
+       R"({"method":"io.iopfd.SetBudget","parameters":{"device":"gpu0","max_resident":null,"pasid":5}})"},
+      {{"evict", "gpu0", "0x100000", "64KiB"},
+       R"({"method":"io.iopfd.Evict","parameters":{"device":"gpu0","iova":1048576,"length":65536}})"},
+      {{"evict", "gpu0", "7", "4096", "8192"},
+       R"({"method":"io.iopfd.Evict","parameters":{"device":"gpu0","iova":4096,"length":8192,"pasid":7}})"},
   };
   for (const Case& c : cases) {
     std::string what = ::testing::PrintToString(c.args);
@@ -385,7 +401,7 @@ class CompletionTest : public IopfctlTest {
 TEST_F(CompletionTest, Commands) {
   EXPECT_EQ(Complete({""}).out,
             "status\ndevices\nstats\ndrain\nreset\nhalt\nresume\nreload\ndetach\nmonitor\n"
-            "log-level\n");
+            "log-level\nbudget\nevict\n");
   EXPECT_EQ(Complete({"re"}).out, "reset\nresume\nreload\n");
   EXPECT_EQ(Complete({"--json", "dev"}).out, "devices\n");
 }

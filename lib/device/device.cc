@@ -190,6 +190,95 @@ absl::Status Device::UseLedger(std::unique_ptr<InflightLedger> ledger) {
   return result;
 }
 
+namespace {
+
+// The largest map unit among `spaces`' regions.
+uint64_t LargestUnit(const std::vector<const AddressSpace*>& spaces) {
+  uint64_t largest = 0;
+  for (const AddressSpace* s : spaces) {
+    for (const Region& r : s->regions()) largest = std::max(largest, r.unit_bytes());
+  }
+  return largest;
+}
+
+}  // namespace
+
+absl::Status Device::SetBudget(std::optional<AttachmentKey> space, std::optional<uint64_t> bytes) {
+  if (pager_ == nullptr) return absl::FailedPreconditionError(name_ + ": not paged");
+  std::vector<const AddressSpace*> covered;
+  AddressSpace* one = nullptr;
+  for (AddressSpace& s : spaces_->spaces()) {
+    const AttachmentKey key = AttachmentOf(s.pasid().has_value(), s.pasid().value_or(0));
+    if (!space || key == *space) covered.push_back(&s);
+    if (space && key == *space) one = &s;
+  }
+  if (space && one == nullptr) {
+    return absl::NotFoundError(absl::StrCat(name_, ": no address space for PASID ", *space));
+  }
+  if (bytes && *bytes < LargestUnit(covered)) {
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": a budget of ", *bytes,
+                                                   " bytes cannot hold one map unit (",
+                                                   LargestUnit(covered), " bytes)"));
+  }
+  const uint64_t now = MonotonicNs();
+  if (one == nullptr) {
+    config_.limits.max_resident = bytes;
+    pager_->SetBudget(paged_->scope(), bytes, now);
+    return absl::OkStatus();
+  }
+  config_.spaces[static_cast<size_t>(one - spaces_->spaces().data())].max_resident = bytes;
+  pager_->SetBudget(one->paging()->scope(), bytes, now);
+  return absl::OkStatus();
+}
+
+absl::Status Device::ApplyBudgets(const DeviceConfig& config) {
+  absl::Status result = SetBudget(std::nullopt, config.limits.max_resident);
+  for (const SpaceConfig& s : config.spaces) {
+    absl::Status st =
+        SetBudget(AttachmentOf(s.pasid.has_value(), s.pasid.value_or(0)), s.max_resident);
+    if (result.ok()) result = st;
+  }
+  return result;
+}
+
+absl::StatusOr<Pager::EvictReport> Device::Evict(std::optional<AttachmentKey> space, uint64_t iova,
+                                                 uint64_t length) {
+  if (pager_ == nullptr) return absl::FailedPreconditionError(name_ + ": not paged");
+  AddressSpace* as =
+      spaces_->Find(space.has_value() && *space != kNoPasidAttachment, space.value_or(0));
+  if (as == nullptr) {
+    return absl::NotFoundError(absl::StrCat(name_, ": no address space for ",
+                                            space ? absl::StrCat("PASID ", *space) : "no PASID"));
+  }
+  if (length == 0 || iova + length < iova) {
+    return absl::InvalidArgumentError(absl::StrCat(name_, ": evict: an empty or wrapping range"));
+  }
+  // Every byte of the range must lie in one of the space's regions.
+  for (uint64_t at = iova; at < iova + length;) {
+    Region* r = as->Find(at);
+    if (r == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name_, ": evict: 0x", absl::Hex(at), " is outside every region of the ",
+                       space ? absl::StrCat("PASID ", *space) : "no-PASID", " space"));
+    }
+    at = std::min(r->end(), iova + length);
+  }
+  Pager::EvictReport total;
+  for (uint64_t at = iova; at < iova + length;) {
+    Region* r = as->Find(at);
+    const uint64_t end = std::min(r->end(), iova + length);
+    Pager::EvictReport part =
+        pager_->EvictUnits(*as->paging(), as->IndexOf(r), r->UnitOf(r->PageIndex(at)),
+                           r->UnitOf(r->PageIndex(end - 1)), MonotonicNs());
+    total.units += part.units;
+    total.bytes += part.bytes;
+    total.pinned += part.pinned;
+    total.stuck += part.stuck;
+    at = end;
+  }
+  return total;
+}
+
 void Device::RecordRecovered(const InflightLedger::Answered& answered) {
   stats_->recovered_answers += answered.accepted;
   stats_->recovered_already_answered += answered.rejected;

@@ -277,6 +277,16 @@ std::vector<const DeviceConfig*> DeviceManager::RemoveChanged(
       Emit("device_removed", name, "no longer configured");
       continue;
     }
+    // Only budgets changed: taken in place, the device is not disturbed.
+    if (!SameDeviceSettings(devices_[i]->config(), *it->second) &&
+        SameDeviceSettingsBesidesBudgets(devices_[i]->config(), *it->second) &&
+        devices_[i]->ApplyBudgets(*it->second).ok()) {
+      Log(LogLevel::kInfo, name + ": budgets changed (max_resident); applied in place",
+          {{"DEVICE", name}});
+      report->kept.push_back(name);
+      ++i;
+      continue;
+    }
     if (!SameDeviceSettings(devices_[i]->config(), *it->second)) {
       const DeviceStats st = RemoveAt(i, /*keep_fds=*/true);
       report->unanswered += st.outstanding() + st.responses_abandoned;

@@ -340,6 +340,41 @@ void Pager::Unmap(PagedSpace& space, std::vector<UnitRef>& victims, uint64_t now
   }
 }
 
+void Pager::SetBudget(ResidencyScope& scope, std::optional<uint64_t> budget, uint64_t now_ns) {
+  scope.budget = budget;
+  scope.counters->budget_bytes = budget.value_or(0);
+  scope.at_budget_reported = false;
+  if (budget && Resident(scope) > *budget) EvictIn(scope, 0, now_ns);
+}
+
+Pager::EvictReport Pager::EvictUnits(PagedSpace& space, uint32_t region, uint32_t first,
+                                     uint32_t last, uint64_t now_ns) {
+  EvictReport report;
+  std::vector<UnitRef> victims;
+  Region& r = space.space().regions()[region];
+  for (uint32_t u = first; u <= last && u < r.unit_count(); ++u) {
+    Unit& unit = r.unit(u);
+    if (!unit.mapped()) continue;
+    if (unit.state == Unit::State::kStuck) {
+      ++report.stuck;
+    } else if (space.device().Pinned(unit)) {
+      ++report.pinned;
+    } else {
+      Unlink(space, ListOf(space, unit), UnitRef{region, u});
+      unit.state = Unit::State::kUnmapped;
+      victims.push_back(UnitRef{region, u});
+    }
+  }
+  const uint64_t evicted_before = space.counters().evicted_units;
+  const uint64_t bytes_before = space.counters().evicted_bytes;
+  const uint64_t stuck_before = space.counters().unmap_failures;
+  Unmap(space, victims, now_ns);
+  report.units = space.counters().evicted_units - evicted_before;
+  report.bytes = space.counters().evicted_bytes - bytes_before;
+  report.stuck += space.counters().unmap_failures - stuck_before;
+  return report;
+}
+
 Pager::Room Pager::MakeRoom(PagedSpace& space, uint64_t bytes, uint64_t now_ns, bool may_evict) {
   for (ResidencyScope* scope = &space.scope(); scope != nullptr; scope = scope->parent) {
     if (!scope->budget.has_value() || Resident(*scope) + bytes <= *scope->budget) continue;

@@ -16,6 +16,7 @@
 #include "iopfd/device/device_manager.h"
 #include "iopfd/device/eventfd_watcher.h"
 #include "iopfd/device/uevent.h"
+#include "iopfd/fault/pager.h"
 #include "iopfd/service/log.h"
 #include "sim_kernel.h"
 #include "sim_ring.h"
@@ -66,6 +67,7 @@ class DrainControlTest : public ::testing::Test {
     config.drain = drain;
     config.sysfs = "/sys/devices/pci0000:00/0000:00:04.0";
     manager_.set_irq_watcher(&irqs_);
+    manager_.set_pager(&pager_);
     ReloadReport r = manager_.Apply({config});
     ASSERT_THAT(r.failed, IsEmpty());
     StartService();
@@ -136,6 +138,7 @@ class DrainControlTest : public ::testing::Test {
 
   PriDevice function_;
   SimKernel kernel_{&function_};
+  Pager pager_{PagerOptions{}};
   TestHost host_{&kernel_};
   EventfdWatcher irqs_;
   DeviceManager manager_{&host_, &kernel_, ListenFds(), ReadLimits{64}};
@@ -845,6 +848,8 @@ TEST_F(DrainControlTest, EveryMethodIsAuthorizedAsItsTableSays) {
       {"io.iopfd.Resume", {{"device", "sim0"}}},        {"io.iopfd.Drain", {{"device", "sim0"}}},
       {"io.iopfd.Reset", {{"device", "sim0"}}},         {"io.iopfd.Reload", Json::object()},
       {"io.iopfd.Adopt", {{"config", "name = \"x\""}}}, {"io.iopfd.Detach", {{"device", "nosuch"}}},
+      {"io.iopfd.SetBudget", {{"device", "sim0"}, {"max_resident", nullptr}}},
+      {"io.iopfd.Evict", {{"device", "sim0"}, {"iova", 0x100000}, {"length", 4096}}},
   };
   std::vector<std::string> listed;
   listed.reserve(read_only.size() + admin_only.size());
@@ -878,6 +883,84 @@ TEST_F(DrainControlTest, EveryMethodIsAuthorizedAsItsTableSays) {
     }
     host_.Turn();
   }
+}
+
+}  // namespace
+}  // namespace iopfd::sim
+
+namespace iopfd::sim {
+namespace {
+
+// Bytes the simulated kernel holds mapped, all IOAS together.
+uint64_t KernelMapped(const SimKernel& kernel) {
+  uint64_t total = 0;
+  for (const auto& [key, len] : kernel.mappings()) total += len;
+  return total;
+}
+
+// Budgets and eviction as an operator or a VMM drives them: SetBudget lowers what the device
+// holds at once, Evict unmaps a range and a later fault maps it again; errors name what is wrong.
+TEST_F(DrainControlTest, SetBudgetAndEvictOverTheControlSocket) {
+  Start({});
+  for (uint64_t page = 0; page < 128; page += 16) Fault(std::nullopt, page);  // 8 units of 64 KiB
+  host_.Turn();
+  ASSERT_EQ(KernelMapped(kernel_), 8u * 65536);
+  Json r = Call("io.iopfd.SetBudget", {{"device", "sim0"}, {"max_resident", 4 * 65536}});
+  ASSERT_FALSE(r.contains("error")) << r.dump();
+  EXPECT_LE(r["parameters"]["resident_bytes"].get<uint64_t>(), 4u * 65536);
+  EXPECT_LE(KernelMapped(kernel_), 4u * 65536) << "lowered at once, not at the next fault";
+  EXPECT_EQ(Stats().paging.budget_bytes, 4u * 65536);
+  // Faults beyond it are served within it.
+  for (uint64_t page = 128; page < 256; page += 16) Fault(std::nullopt, page);
+  host_.Turn();
+  EXPECT_LE(KernelMapped(kernel_), 4u * 65536);
+  // Evict the unit at 0x100000 + 240 pages: gone from the kernel, and mapped again on a fault.
+  const uint64_t unit = 0x100000 + 240 * 4096;
+  ASSERT_TRUE(kernel_.mappings().count({kernel_.mappings().begin()->first.first, unit}) != 0);
+  r = Call("io.iopfd.Evict", {{"device", "sim0"}, {"iova", unit + 4096}, {"length", 4096}});
+  ASSERT_FALSE(r.contains("error")) << r.dump();
+  EXPECT_EQ(r["parameters"]["evicted_bytes"], 65536) << "the unit the range cuts goes whole";
+  EXPECT_EQ(kernel_.mappings().count({kernel_.mappings().begin()->first.first, unit}), 0u);
+  Fault(std::nullopt, 241);
+  host_.Turn();
+  EXPECT_EQ(Stats().responses_invalid, 0u);
+  // Unbounded again.
+  r = Call("io.iopfd.SetBudget", {{"device", "sim0"}, {"max_resident", nullptr}});
+  ASSERT_FALSE(r.contains("error")) << r.dump();
+  EXPECT_EQ(Stats().paging.budget_bytes, 0u);
+  // Errors.
+  r = Call("io.iopfd.SetBudget", {{"device", "sim0"}, {"max_resident", 4096}});
+  EXPECT_EQ(r["error"], "io.iopfd.InvalidRange");
+  EXPECT_THAT(r["parameters"]["reason"].get<std::string>(), HasSubstr("cannot hold one map unit"));
+  r = Call("io.iopfd.SetBudget", {{"device", "sim0"}, {"pasid", 77}, {"max_resident", 1 << 20}});
+  EXPECT_EQ(r["error"], "io.iopfd.NoSuchPasid");
+  r = Call("io.iopfd.SetBudget", {{"device", "nope"}, {"max_resident", 1 << 20}});
+  EXPECT_EQ(r["error"], "io.iopfd.NoSuchDevice");
+  r = Call("io.iopfd.Evict", {{"device", "sim0"}, {"iova", 0x10}, {"length", 4096}});
+  EXPECT_EQ(r["error"], "io.iopfd.InvalidRange");
+  EXPECT_THAT(r["parameters"]["reason"].get<std::string>(),
+              HasSubstr("0x10 is outside every region"));
+  r = Call("io.iopfd.Evict", {{"device", "sim0"}, {"iova", 0x100000}});
+  EXPECT_EQ(r["error"], "org.varlink.service.InvalidParameter");
+  ExpectClean();
+}
+
+// A Reload whose only change is a budget applies it to the running device: not restarted.
+TEST_F(DrainControlTest, AReloadThatChangesOnlyABudgetKeepsTheDevice) {
+  Start({});
+  for (uint64_t page = 0; page < 128; page += 16) Fault(std::nullopt, page);
+  host_.Turn();
+  const Device* before = manager_.Find("sim0");
+  DeviceConfig config = before->config();
+  config.limits.max_resident = 2 * 65536;
+  config.spaces[0].max_resident = 65536;
+  ReloadReport r = manager_.Apply({config});
+  EXPECT_THAT(r.kept, ElementsAre("sim0"));
+  EXPECT_THAT(r.restarted, IsEmpty());
+  EXPECT_EQ(manager_.Find("sim0"), before);
+  EXPECT_EQ(Stats().paging.budget_bytes, 2u * 65536);
+  EXPECT_LE(KernelMapped(kernel_), 65536u) << "the space's budget, applied at once";
+  ExpectClean();
 }
 
 }  // namespace

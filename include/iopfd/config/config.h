@@ -285,6 +285,9 @@ LoadResult ParseDeviceText(std::string_view text, const std::string& file, bool 
 // Returns true when a and b configure the same device the same way, whatever file, line and
 // column they were written at (a reload restarts a device only when this is false).
 bool SameDeviceSettings(const DeviceConfig& a, const DeviceConfig& b);
+// Returns true when a and b differ at most in their budgets (limits.max_resident and the
+// spaces' max_resident), which a running device takes without a restart (Device::SetBudget).
+bool SameDeviceSettingsBesidesBudgets(const DeviceConfig& a, const DeviceConfig& b);
 
 // Parses a size: a plain integer (bytes) or an integer with a unit suffix B, KiB, MiB, GiB, TiB
 // (also K, M, G, T meaning the same binary multiples). Returns InvalidArgument naming the

@@ -86,6 +86,22 @@ class Device {
   // device and its spaces. Call once, before the first read.
   void UsePager(Pager* pager);
 
+  // Changes a budget at run time: the device's (`space` nullopt) or one space's (its PASID, or
+  // kNoPasidAttachment); `bytes` nullopt makes it unbounded. What is held beyond a lowered
+  // budget is evicted at once. Returns NotFound (no such space), FailedPrecondition (the device
+  // has no pager), InvalidArgument (smaller than the largest map unit the budget covers).
+  absl::Status SetBudget(std::optional<AttachmentKey> space, std::optional<uint64_t> bytes);
+  // Takes the budgets of `config` (which differs from config() at most in them): the device's
+  // and each space's. Returns the first SetBudget error (the others are still applied).
+  absl::Status ApplyBudgets(const DeviceConfig& config);
+  // Unmaps what iopfd mapped in [iova, iova + length) of a space (a VMM ballooning or unplugging
+  // guest memory) and forgets it; a unit the range cuts goes whole (an unmap cannot split one).
+  // Units an unwritten answer relies on, and units not iopfd's to unmap, stay (reported).
+  // Returns the report, or NotFound (no such space), InvalidArgument (an empty range, or one
+  // not wholly inside the space's regions, named), FailedPrecondition (no pager).
+  absl::StatusOr<Pager::EvictReport> Evict(std::optional<AttachmentKey> space, uint64_t iova,
+                                           uint64_t length);
+
   // Its counters, read-only: the fault path (processor, response queue, fault queue) writes
   // them through the pointer it was built with, the drain controller through RecordDrain.
   const DeviceStats& stats() const { return *stats_; }

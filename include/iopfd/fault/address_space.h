@@ -163,6 +163,7 @@ class AddressSpace {
   // Returns the region containing iova, or nullptr. O(log regions).
   Region* Find(uint64_t iova);
   std::vector<Region>& regions() { return regions_; }
+  const std::vector<Region>& regions() const { return regions_; }
   // While set (its attachment is parked, or the device quarantined), requests for this space
   // are answered INVALID without mapping anything.
   bool refusing() const { return refusing_; }

@@ -177,6 +177,23 @@ class Pager {
     space.space().unit(ref).pin_batch = space.device().batch();
   }
 
+  // Sets a scope's budget (nullopt: unbounded) and, when it now holds more, evicts down to the
+  // new budget's low watermark at once (units pinned by unwritten answers stay; the next map
+  // finishes the job).
+  void SetBudget(ResidencyScope& scope, std::optional<uint64_t> budget, uint64_t now_ns);
+
+  // What an explicit eviction did.
+  struct EvictReport {
+    uint64_t units = 0;   // units unmapped
+    uint64_t bytes = 0;   // their bytes (whole units: a unit cut by the range goes whole)
+    uint64_t pinned = 0;  // units left mapped: an answer not yet written relies on them
+    uint64_t stuck = 0;   // units left mapped: not iopfd's to unmap, or their unmap failed
+  };
+  // Unmaps what iopfd holds mapped in units [first, last] of region `region` of `space`
+  // (explicit eviction: a VMM ballooning or unplugging memory), in batched unmaps.
+  EvictReport EvictUnits(PagedSpace& space, uint32_t region, uint32_t first, uint32_t last,
+                         uint64_t now_ns);
+
   // Returns the bytes resident in `scope`.
   static uint64_t Resident(const ResidencyScope& scope) { return scope.counters->resident_bytes; }
 
