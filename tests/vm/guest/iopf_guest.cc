@@ -162,6 +162,85 @@ bool CaseOnePageManyFaults() {
   return v.Report();
 }
 
+// Demand paging on the real kernel (docs/PAGING.md): R0 (1 MiB, sixteen 64 KiB units) under a
+// budget of four units, faulted over three times: the kernel never holds more than the budget
+// mapped (MD_CHECK_MAP on every unit), every request is answered, and a unit faulted again after
+// its eviction translates to its own backing pages again. Then the budget lowered at run time
+// (iopfctl budget) holds at once, an eviction (iopfctl evict) unmaps its unit, and a Reload with
+// a budget in the file applies it without restarting the device.
+bool CasePagingWithinABudget() {
+  Verdict v("paging_within_a_budget");
+  Env e;
+  Setup(e, v.name);
+  const std::string file = e.dir + "/devices.d/mock0.toml";
+  std::string text = DeviceFile(e);
+  text.insert(text.find("[[space]]"), "[limits]\nmax_resident = \"256KiB\"\n\n");
+  WriteFile(file, text);
+  Daemon d = Start(e);
+  constexpr uint64_t kUnit = 16 * kPage;
+  auto mapped_units = [&] {
+    int n = 0;
+    for (uint64_t u = 0; u < 16; ++u) {
+      n += CheckMap(e, e.hwpt, kR0 + u * kUnit, kUnit, e.va0 + u * kUnit) ? 1 : 0;
+    }
+    return n;
+  };
+  int most = 0, sent = 0;
+  for (int round = 0; round < 3; ++round) {
+    for (uint64_t u = 0; u < 16; ++u) {
+      const uint64_t page = u * 16 + 3;
+      if (Trigger(e, kR0 + page * kPage, IOMMU_PGFAULT_PERM_READ, false, (sent % 500) + 1) == 0) {
+        ++sent;
+      }
+      v.Expect(
+          WaitFor([&] { return CheckMap(e, e.hwpt, kR0 + u * kUnit, kUnit, e.va0 + u * kUnit); }),
+          Format("round %d unit %llu mapped to its backing", round,
+                 static_cast<unsigned long long>(u)));
+      most = std::max(most, mapped_units());
+    }
+  }
+  v.Expect(most <= 4, Format("at most 4 units mapped at once (saw %d)", most));
+  const std::string sock = e.dir + "/ctl.sock";
+  auto ctl = [&](const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {"/bin/iopfctl", "--control-socket", sock};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCapture(argv);
+  };
+  auto [rc1, out1] = ctl({"budget", "mock0", "128KiB"});
+  v.Expect(rc1 == 0 && out1.find("max_resident 131072 bytes") != std::string::npos,
+           "iopfctl budget: " + out1);
+  v.Expect(mapped_units() <= 2, Format("lowered at once: %d units mapped", mapped_units()));
+  // Unit 15 was faulted last: it is mapped; evict it.
+  v.Expect(CheckMap(e, e.hwpt, kR0 + 15 * kUnit, kUnit, e.va0 + 15 * kUnit), "unit 15 mapped");
+  auto [rc2, out2] =
+      ctl({"evict", "mock0",
+           Format("0x%llx", static_cast<unsigned long long>(kR0 + 15 * kUnit + kPage)), "4096"});
+  v.Expect(rc2 == 0 && out2.find("evicted 65536 bytes") != std::string::npos,
+           "iopfctl evict: " + out2);
+  v.Expect(!CheckMap(e, e.hwpt, kR0 + 15 * kUnit, kPage, e.va0 + 15 * kUnit), "unit 15 unmapped");
+  auto [rc3, out3] = ctl({"evict", "mock0", "0x10", "4096"});
+  v.Expect(rc3 == 1, Format("an eviction outside every region fails (exit %d)", rc3));
+  // A Reload with another budget in the file: kept, and the budget applied.
+  text.replace(text.find("256KiB"), 6, "64KiB");
+  WriteFile(file, text);
+  std::string reply;
+  {
+    ControlClient c(sock);
+    reply = c.Call(R"({"method":"io.iopfd.Reload"})");
+  }
+  v.Expect(reply.find(R"("kept":["mock0"])") != std::string::npos, "Reload reply: " + reply);
+  v.Expect(mapped_units() <= 1,
+           Format("the file's budget applied: %d units mapped", mapped_units()));
+  int rc = Stop(d);
+  auto s = ReadStats(d);
+  ExpectClean(v, rc, s, static_cast<uint64_t>(sent));
+  v.ExpectEq(s, "responses_success", static_cast<uint64_t>(sent));
+  v.Expect(s["paging.evicted_units"] >= 40,
+           Format("evictions: %llu", static_cast<unsigned long long>(s["paging.evicted_units"])));
+  v.ExpectEq(s, "paging.budget_bytes", 65536);
+  return v.Report();
+}
+
 bool CaseCoalesceAdjacent() {
   Verdict v("coalesce_adjacent_pages");
   Env e;
@@ -972,6 +1051,7 @@ int RunTests(const std::vector<std::string>& only) {
       {"pasid_routing", CasePasidRouting},
       {"one_page_many_faults", CaseOnePageManyFaults},
       {"coalesce_adjacent_pages", CaseCoalesceAdjacent},
+      {"paging_within_a_budget", CasePagingWithinABudget},
       {"burst_100k", [] { return CaseBurst(100000); }},
       {"stop_with_faults_outstanding", CaseStopWithOutstanding},
       {"hugetlbfs_maps_huge_pages", CaseHugetlbfsBacking},
