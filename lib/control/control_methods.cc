@@ -353,16 +353,18 @@ VarlinkReply GetStatus(DaemonState* state) {
   }
   // Detached devices are out by request, not by failure.
   bool ok = !failed && running + m.detached() == m.configured();
-  return VarlinkReply::Ok({{"version", state->version},
-                           {"uptime_usec", (MonotonicNs() - state->start_ns) / 1000},
-                           {"devices_configured", m.configured()},
-                           {"devices_running", running},
-                           {"devices_detached", m.detached()},
-                           {"devices_adopted", adopted},
-                           {"devices_quarantined", quarantined},
-                           {"uevents", UeventsJson(state->uevents)},
-                           {"fd_store", FdStoreJson(state->fd_store)},
-                           {"health", ok ? "ok" : "degraded"}});
+  json reply = {{"version", state->version},
+                {"uptime_usec", (MonotonicNs() - state->start_ns) / 1000},
+                {"devices_configured", m.configured()},
+                {"devices_running", running},
+                {"devices_detached", m.detached()},
+                {"devices_adopted", adopted},
+                {"devices_quarantined", quarantined},
+                {"uevents", UeventsJson(state->uevents)},
+                {"fd_store", FdStoreJson(state->fd_store)},
+                {"health", ok ? "ok" : "degraded"}};
+  if (std::optional<uint64_t> limit = MemlockLimit()) reply["memlock_limit_bytes"] = *limit;
+  return VarlinkReply::Ok(reply);
 }
 
 VarlinkReply ListDevices(DaemonState* state) {
@@ -397,6 +399,64 @@ VarlinkReply ListDevices(DaemonState* state) {
   return VarlinkReply::Ok({{"devices", list}});
 }
 
+// One scope's paging counters as JSON: the "paging" object of a DeviceStats (the same table).
+json PagingCountersJson(const PagingCounters& c) {
+  DeviceStats s;
+  s.paging = c;
+  return StatsJson("", s)["paging"];
+}
+
+// GetStats' "paging": the daemon's scope (all devices) and each space's (of `device` only, when
+// given).
+json PagingView(const Pager& pager, const std::optional<std::string>& device) {
+  json spaces = json::array();
+  for (const PagedSpace* s : pager.spaces()) {
+    if (device && s->device().name() != *device) continue;
+    json entry = {{"device", s->device().name()}, {"counters", PagingCountersJson(s->counters())}};
+    if (s->space().pasid()) entry["pasid"] = *s->space().pasid();
+    spaces.push_back(std::move(entry));
+  }
+  return {{"daemon", PagingCountersJson(pager.totals())}, {"spaces", std::move(spaces)}};
+}
+
+// The Prometheus families of the daemon's and the spaces' paging scopes (the devices' are in
+// the table): resident bytes, budget, evicted units.
+std::string PagingPrometheus(const Pager& pager, const std::optional<std::string>& device) {
+  const PagingCounters& t = pager.totals();
+  std::string out = absl::StrCat(
+      "# HELP iopfd_daemon_resident_bytes Bytes iopfd holds mapped (and so pinned), all devices.\n"
+      "# TYPE iopfd_daemon_resident_bytes gauge\niopfd_daemon_resident_bytes ",
+      t.resident_bytes,
+      "\n# HELP iopfd_daemon_resident_budget_bytes The daemon's max_resident; 0 when unbounded.\n"
+      "# TYPE iopfd_daemon_resident_budget_bytes gauge\niopfd_daemon_resident_budget_bytes ",
+      t.budget_bytes, "\n");
+  const struct {
+    const char* name;
+    const char* type;
+    const char* help;
+    uint64_t PagingCounters::*member;
+  } kFamilies[] = {
+      {"iopfd_space_resident_bytes", "gauge", "Bytes iopfd holds mapped in the address space.",
+       &PagingCounters::resident_bytes},
+      {"iopfd_space_resident_budget_bytes", "gauge",
+       "The address space's max_resident; 0 when unbounded.", &PagingCounters::budget_bytes},
+      {"iopfd_space_evicted_units_total", "counter",
+       "Map units of the address space unmapped to stay within a budget.",
+       &PagingCounters::evicted_units},
+  };
+  for (const auto& f : kFamilies) {
+    absl::StrAppend(&out, "# HELP ", f.name, " ", f.help, "\n# TYPE ", f.name, " ", f.type, "\n");
+    for (const PagedSpace* s : pager.spaces()) {
+      if (device && s->device().name() != *device) continue;
+      absl::StrAppend(&out, f.name, "{device=\"", PrometheusLabelValue(s->device().name()),
+                      "\",pasid=\"",
+                      s->space().pasid() ? absl::StrCat(*s->space().pasid()) : "none", "\"} ",
+                      s->counters().*f.member, "\n");
+    }
+  }
+  return out;
+}
+
 VarlinkReply GetStats(DaemonState* state, const VarlinkCall& call) {
   VarlinkReply error;
   auto device = StringParam(call, "device", false, &error);
@@ -416,8 +476,11 @@ VarlinkReply GetStats(DaemonState* state, const VarlinkCall& call) {
   json list = json::array();
   for (const Device* d : chosen) list.push_back(StatsJson(d->name(), d->stats()));
   json params = {{"devices", list}};
+  if (state->pager != nullptr) params["paging"] = PagingView(*state->pager, device);
   if (format && *format == "prometheus") {
     params["text"] = PrometheusText(chosen, [state](const Device& d) { return StateOf(state, d); });
+    if (state->pager != nullptr)
+      params["text"] = params["text"].get<std::string>() + PagingPrometheus(*state->pager, device);
   }
   return VarlinkReply::Ok(params);
 }

@@ -1,5 +1,7 @@
 #include "iopfd/fault/pager.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -35,6 +37,29 @@ std::string SpaceName(const std::string& device, const AddressSpace& space) {
 }
 
 }  // namespace
+
+std::optional<uint64_t> MemlockLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_MEMLOCK, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return std::nullopt;
+  }
+  return static_cast<uint64_t>(limit.rlim_cur);
+}
+
+uint64_t MostResident(const std::optional<uint64_t>& daemon,
+                      const std::vector<DeviceConfig>& devices) {
+  uint64_t total = 0;
+  for (const DeviceConfig& d : devices) {
+    uint64_t device = 0;
+    for (const SpaceConfig& s : d.spaces) {
+      uint64_t space = 0;
+      for (const RegionConfig& r : s.regions) space += r.size;
+      device += s.max_resident ? std::min(*s.max_resident, space) : space;
+    }
+    total += d.limits.max_resident ? std::min(*d.limits.max_resident, device) : device;
+  }
+  return daemon ? std::min(*daemon, total) : total;
+}
 
 PagedSpace::PagedSpace(AddressSpace* space, PagedDevice* device, Mapper* mapper,
                        std::optional<uint64_t> budget)

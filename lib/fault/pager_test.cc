@@ -328,5 +328,23 @@ TEST(PagerPolicyTest, WorkingsetFaultsLessThanFifoOnHotCold) {
   EXPECT_LE(min, ws);
 }
 
+// What iopfd could pin for a configuration, compared with RLIMIT_MEMLOCK at start.
+TEST(MostResidentTest, TheSmallerOfEachBudgetAndWhatItCovers) {
+  DeviceConfig a;
+  a.spaces.resize(2);
+  a.spaces[0].regions.resize(2);
+  a.spaces[0].regions[0].size = 4 << 20;
+  a.spaces[0].regions[1].size = 4 << 20;
+  a.spaces[0].max_resident = 2 << 20;  // 2 of 8 MiB
+  a.spaces[1].regions.resize(1);
+  a.spaces[1].regions[0].size = 1 << 20;  // unbounded: 1 MiB
+  DeviceConfig b = a;
+  b.limits.max_resident = 1 << 20;  // the device's budget below its spaces' 3 MiB
+  EXPECT_EQ(MostResident(std::nullopt, {a}), 3u << 20);
+  EXPECT_EQ(MostResident(std::nullopt, {a, b}), 4u << 20);
+  EXPECT_EQ(MostResident(uint64_t{512} << 10, {a, b}), 512u << 10);
+  EXPECT_EQ(MostResident(std::nullopt, {}), 0u);
+}
+
 }  // namespace
 }  // namespace iopfd

@@ -161,6 +161,20 @@ void Daemon::AttachAll(const std::vector<DeviceConfig>& devices) {
   ReloadReport started = manager_->Apply(devices);
   Log(LogLevel::kInfo,
       absl::StrCat("serving ", started.added.size(), " of ", devices.size(), " device(s)"));
+  // Pinned memory is charged to iopfd's locked-memory limit: say so when the budgets (or
+  // unbounded regions) can go beyond it, before a map fails ENOMEM on a device.
+  if (std::optional<uint64_t> limit = MemlockLimit()) {
+    const uint64_t most = MostResident(global_.paging.max_resident, devices);
+    if (most > *limit) {
+      Log(LogLevel::kWarning,
+          absl::StrCat("the configured devices may pin up to ", most,
+                       " bytes (their regions within their max_resident budgets) but "
+                       "RLIMIT_MEMLOCK is ",
+                       *limit,
+                       " bytes: maps will fail with ENOMEM first; raise the limit "
+                       "(LimitMEMLOCK=) or set a max_resident at most that"));
+    }
+  }
   // Then the adoptions the fd store kept, checked as an Adopt call would be.
   recovery_->ReplayStored(manager_.get());
   Log(LogLevel::kInfo, fd_store_.Describe());
@@ -213,6 +227,7 @@ absl::Status Daemon::StartControl() {
   state_.reload = [this] { return Reload(); };
   state_.stopping = [this] { return ring_->stopping(); };
   state_.fd_store = &fd_store_;
+  state_.pager = pager_.get();
   if (fd_store_.enabled()) {
     // A device the store keeps across restarts also keeps what a crash would lose.
     state_.make_ledger = [this](const std::string& device) {

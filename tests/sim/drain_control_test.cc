@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "iopfd/base/clock.h"
@@ -85,6 +86,7 @@ class DrainControlTest : public ::testing::Test {
     };
     state_.manager = &manager_;
     state_.events = &events_;
+    state_.pager = &pager_;
     state_.reload = [] { return ReloadOutcome{}; };
     state_.stopping = [this] { return stopping_; };
     RegisterIopfdMethods(&service_, &state_);
@@ -844,10 +846,14 @@ TEST_F(DrainControlTest, EveryMethodIsAuthorizedAsItsTableSays) {
       {"io.iopfd.Monitor", Json::object()},
   };
   const std::vector<std::pair<std::string, Json>> admin_only = {
-      {"io.iopfd.SetLogLevel", {{"level", "info"}}},    {"io.iopfd.Halt", {{"device", "sim0"}}},
-      {"io.iopfd.Resume", {{"device", "sim0"}}},        {"io.iopfd.Drain", {{"device", "sim0"}}},
-      {"io.iopfd.Reset", {{"device", "sim0"}}},         {"io.iopfd.Reload", Json::object()},
-      {"io.iopfd.Adopt", {{"config", "name = \"x\""}}}, {"io.iopfd.Detach", {{"device", "nosuch"}}},
+      {"io.iopfd.SetLogLevel", {{"level", "info"}}},
+      {"io.iopfd.Halt", {{"device", "sim0"}}},
+      {"io.iopfd.Resume", {{"device", "sim0"}}},
+      {"io.iopfd.Drain", {{"device", "sim0"}}},
+      {"io.iopfd.Reset", {{"device", "sim0"}}},
+      {"io.iopfd.Reload", Json::object()},
+      {"io.iopfd.Adopt", {{"config", "name = \"x\""}}},
+      {"io.iopfd.Detach", {{"device", "nosuch"}}},
       {"io.iopfd.SetBudget", {{"device", "sim0"}, {"max_resident", nullptr}}},
       {"io.iopfd.Evict", {{"device", "sim0"}, {"iova", 0x100000}, {"length", 4096}}},
   };
@@ -910,6 +916,19 @@ TEST_F(DrainControlTest, SetBudgetAndEvictOverTheControlSocket) {
   EXPECT_LE(r["parameters"]["resident_bytes"].get<uint64_t>(), 4u * 65536);
   EXPECT_LE(KernelMapped(kernel_), 4u * 65536) << "lowered at once, not at the next fault";
   EXPECT_EQ(Stats().paging.budget_bytes, 4u * 65536);
+  // GetStats shows the daemon's scope and each space's, in JSON and in Prometheus.
+  Json stats = Call("io.iopfd.GetStats", {{"format", "prometheus"}})["parameters"];
+  EXPECT_EQ(stats["paging"]["daemon"]["resident_bytes"], KernelMapped(kernel_));
+  ASSERT_EQ(stats["paging"]["spaces"].size(), 2u);
+  EXPECT_EQ(stats["paging"]["spaces"][0]["device"], "sim0");
+  EXPECT_FALSE(stats["paging"]["spaces"][0].contains("pasid"));
+  EXPECT_EQ(stats["paging"]["spaces"][1]["pasid"], kPasid);
+  EXPECT_EQ(stats["paging"]["spaces"][0]["counters"]["resident_bytes"], KernelMapped(kernel_));
+  EXPECT_THAT(
+      stats["text"].get<std::string>(),
+      AllOf(HasSubstr(absl::StrCat("\niopfd_daemon_resident_bytes ", KernelMapped(kernel_), "\n")),
+            HasSubstr("iopfd_space_resident_bytes{device=\"sim0\",pasid=\"none\"} "),
+            HasSubstr("iopfd_space_resident_budget_bytes{device=\"sim0\",pasid=\"5\"} 0\n")));
   // Faults beyond it are served within it.
   for (uint64_t page = 128; page < 256; page += 16) Fault(std::nullopt, page);
   host_.Turn();

@@ -13,6 +13,7 @@
 #include "iopfd/device/device.h"
 #include "iopfd/device/device_manager.h"
 #include "iopfd/device/uevent.h"
+#include "iopfd/fault/pager.h"
 #include "iopfd/service/fd_store.h"
 
 namespace iopfd {
@@ -37,6 +38,9 @@ struct DaemonState {
   // Makes the in-flight ledger of a device being adopted (when the fd store keeps adopted
   // devices across restarts), or returns null (none: the error is logged). May be empty.
   std::function<std::unique_ptr<InflightLedger>(const std::string& device)> make_ledger = nullptr;
+  // The pager (budgets, eviction), for GetStats' daemon-wide and per-space paging counters; may
+  // be null (none reported).
+  const Pager* pager = nullptr;
 };
 
 // An Adopt call's device, or why it cannot be adopted.

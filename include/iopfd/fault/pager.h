@@ -108,7 +108,10 @@ class PagedSpace {
   PagedSpace(AddressSpace* space, PagedDevice* device, Mapper* mapper,
              std::optional<uint64_t> budget);
   AddressSpace& space() { return *space_; }
+  const AddressSpace& space() const { return *space_; }
   PagedDevice& device() { return *device_; }
+  const PagedDevice& device() const { return *device_; }
+  const PagingCounters& counters() const { return counters_; }
   Mapper& mapper() { return *mapper_; }
   ResidencyScope& scope() { return scope_; }
   PagingCounters& counters() { return counters_; }
@@ -135,6 +138,17 @@ class PagedSpace {
   uint64_t stuck_units_ = 0;
 };
 
+// Returns iopfd's RLIMIT_MEMLOCK (soft) in bytes, or nullopt when it is unlimited. iommufd
+// charges the pages a process maps to that process's locked memory (its default accounting
+// mode), so a budget, or unbounded regions, above it fail maps with ENOMEM before they evict.
+std::optional<uint64_t> MemlockLimit();
+
+// Returns the most iopfd could hold mapped for `devices` under their budgets and `daemon`'s:
+// per space the smaller of its budget and its regions' size, per device the smaller of its
+// budget and its spaces' sum, then the smaller of the daemon's budget and the devices' sum.
+uint64_t MostResident(const std::optional<uint64_t>& daemon,
+                      const std::vector<DeviceConfig>& devices);
+
 class Pager {
  public:
   explicit Pager(PagerOptions options);
@@ -146,6 +160,12 @@ class Pager {
   // The daemon's scope and counters (all devices).
   ResidencyScope& daemon_scope() { return daemon_; }
   const PagingCounters& totals() const { return totals_; }
+  // Every registered space, in registration order (GetStats lists them).
+  std::vector<const PagedSpace*> spaces() const {
+    std::vector<const PagedSpace*> out;
+    for (const auto& s : spaces_) out.push_back(s.get());
+    return out;
+  }
 
   // Registers a device (its counters live in its DeviceStats; `answers` is its response queue,
   // whose settled batches release pins) and returns its handle, valid until RemoveDevice.
