@@ -277,17 +277,32 @@ VarlinkReply PagingError(const std::string& device, std::optional<AttachmentKey>
                              {{"method", "paging"}, {"reason", std::string(st.message())}});
 }
 
+// The device and PASID a SetBudget or Evict call names. Returns the device, or null with
+// *error set (Busy while stopping, NoSuchDevice, InvalidParameter).
+Device* PagingTarget(DaemonState* state, const VarlinkCall& call,
+                     std::optional<AttachmentKey>* pasid, VarlinkReply* error) {
+  if (state->stopping && state->stopping()) {
+    *error = Stopping();
+    return nullptr;
+  }
+  auto device = StringParam(call, "device", true, error);
+  if (!device) return nullptr;
+  Device* d = state->manager->Find(*device);
+  if (d == nullptr) {
+    *error = VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
+    return nullptr;
+  }
+  return PasidParam(call, pasid, error) ? d : nullptr;
+}
+
 // SetBudget(device, pasid?, max_resident?): the device's budget, or a space's; null max_resident
 // is unbounded. Errors: NoSuchDevice, NoSuchPasid, InvalidRange (smaller than a map unit).
 VarlinkReply SetBudgetCall(DaemonState* state, const VarlinkCall& call, const Peer& peer) {
-  if (state->stopping && state->stopping()) return Stopping();
   VarlinkReply error;
-  auto device = StringParam(call, "device", true, &error);
-  if (!device) return error;
-  Device* d = state->manager->Find(*device);
-  if (d == nullptr) return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
   std::optional<AttachmentKey> pasid;
-  if (!PasidParam(call, &pasid, &error)) return error;
+  Device* d = PagingTarget(state, call, &pasid, &error);
+  if (d == nullptr) return error;
+  const std::string& device = d->name();
   std::optional<uint64_t> bytes;
   if (auto it = call.parameters.find("max_resident");
       it != call.parameters.end() && !it->is_null()) {
@@ -295,26 +310,23 @@ VarlinkReply SetBudgetCall(DaemonState* state, const VarlinkCall& call, const Pe
     bytes = it->get<uint64_t>();
   }
   if (absl::Status st = d->SetBudget(pasid, bytes); !st.ok()) {
-    return PagingError(*device, pasid, st);
+    return PagingError(device, pasid, st);
   }
   Log(LogLevel::kInfo,
-      absl::StrCat(*device, pasid ? absl::StrCat(" PASID ", *pasid) : "", ": max_resident ",
+      absl::StrCat(device, pasid ? absl::StrCat(" PASID ", *pasid) : "", ": max_resident ",
                    bytes ? absl::StrCat(*bytes, " bytes") : "unbounded", " (uid ", peer.uid, ")"),
-      {{"DEVICE", *device}});
+      {{"DEVICE", device}});
   const PagingCounters& c = d->stats().paging;
   return VarlinkReply::Ok({{"resident_bytes", c.resident_bytes}});
 }
 
 // Evict(device, pasid?, iova, length). Errors: NoSuchDevice, NoSuchPasid, InvalidRange.
 VarlinkReply EvictCall(DaemonState* state, const VarlinkCall& call, const Peer& peer) {
-  if (state->stopping && state->stopping()) return Stopping();
   VarlinkReply error;
-  auto device = StringParam(call, "device", true, &error);
-  if (!device) return error;
-  Device* d = state->manager->Find(*device);
-  if (d == nullptr) return VarlinkReply::Error("io.iopfd.NoSuchDevice", {{"device", *device}});
   std::optional<AttachmentKey> pasid;
-  if (!PasidParam(call, &pasid, &error)) return error;
+  Device* d = PagingTarget(state, call, &pasid, &error);
+  if (d == nullptr) return error;
+  const std::string& device = d->name();
   uint64_t range[2] = {0, 0};
   const char* keys[2] = {"iova", "length"};
   for (int i = 0; i < 2; ++i) {
@@ -323,11 +335,11 @@ VarlinkReply EvictCall(DaemonState* state, const VarlinkCall& call, const Peer& 
     range[i] = it->get<uint64_t>();
   }
   auto report = d->Evict(pasid, range[0], range[1]);
-  if (!report.ok()) return PagingError(*device, pasid, report.status());
+  if (!report.ok()) return PagingError(device, pasid, report.status());
   Log(LogLevel::kInfo,
-      absl::StrCat(*device, ": evicted ", report->bytes, " bytes at 0x", absl::Hex(range[0]),
+      absl::StrCat(device, ": evicted ", report->bytes, " bytes at 0x", absl::Hex(range[0]),
                    " (uid ", peer.uid, ")"),
-      {{"DEVICE", *device}});
+      {{"DEVICE", device}});
   return VarlinkReply::Ok({{"evicted_bytes", report->bytes},
                            {"evicted_units", report->units},
                            {"pinned_units", report->pinned},
