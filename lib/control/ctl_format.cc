@@ -342,11 +342,43 @@ std::string FormatDevices(const Json& p) {
   return table.Render();
 }
 
+// One paging scope's line: resident of budget (or unbounded), evicted units.
+std::string PagingLine(const Json& counters) {
+  auto bytes = [&counters](const char* key) {
+    auto n = UnsignedField(counters, key);
+    return n ? FormatBytes(*n) : std::string(kMissing);
+  };
+  auto budget = UnsignedField(counters, "budget_bytes");
+  return absl::StrCat(bytes("resident_bytes"), " resident of ",
+                      !budget        ? std::string(kMissing)
+                      : *budget == 0 ? std::string("unbounded")
+                                     : FormatBytes(*budget),
+                      ", ", CountField(counters, "evicted_units"), " units evicted");
+}
+
+// GetStats' paging view (docs/PAGING.md): the daemon's scope, then each address space's.
+std::string PagingBlock(const Json& paging) {
+  Table table({false, false});
+  if (const Json* daemon = Member(paging, "daemon"))
+    table.Add({"all devices", PagingLine(*daemon)});
+  for (const Json* s : Elements(paging, "spaces")) {
+    const Json* counters = Member(*s, "counters");
+    auto pasid = UnsignedField(*s, "pasid");
+    table.Add({absl::StrCat(StringField(*s, "device"),
+                            pasid ? absl::StrCat(" pasid ", *pasid) : std::string(" no pasid")),
+               counters != nullptr ? PagingLine(*counters) : std::string(kMissing)});
+  }
+  return absl::StrCat("paging\n", table.Render("  "));
+}
+
 std::string FormatStats(const Json& p) {
   std::vector<const Json*> devices = Elements(p, "devices");
   if (devices.empty()) return "no devices\n";
   std::string out;
   for (const Json* d : devices) absl::StrAppend(&out, out.empty() ? "" : "\n", StatsBlock(*d));
+  if (const Json* paging = Member(p, "paging"); paging != nullptr && paging->is_object()) {
+    absl::StrAppend(&out, "\n", PagingBlock(*paging));
+  }
   return out;
 }
 

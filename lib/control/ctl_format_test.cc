@@ -378,3 +378,31 @@ TEST(FormatTest, NonObjectRepliesDoNotThrow) {
 
 }  // namespace
 }  // namespace iopfd
+
+namespace iopfd {
+namespace {
+
+// GetStats' paging view follows the devices: the daemon's scope, then each address space's.
+TEST(FormatStatsTest, PagingViewAfterTheDevices) {
+  const auto p = nlohmann::json::parse(R"({
+    "devices": [{"name": "gpu0"}],
+    "paging": {
+      "daemon": {"resident_bytes": 1048576, "budget_bytes": 0, "evicted_units": 0},
+      "spaces": [
+        {"device": "gpu0", "counters": {"resident_bytes": 262144, "budget_bytes": 524288,
+                                        "evicted_units": 1234}},
+        {"device": "gpu0", "pasid": 5, "counters": {"resident_bytes": 65536}}
+      ]
+    }
+  })");
+  const std::string out = FormatStats(p);
+  EXPECT_THAT(out, ::testing::HasSubstr(
+                       "\npaging\n"
+                       "  all devices    1.0 MiB resident of unbounded, 0 units evicted\n"
+                       "  gpu0 no pasid  256.0 KiB resident of 512.0 KiB, 1,234 units evicted\n"
+                       "  gpu0 pasid 5   64.0 KiB resident of -, - units evicted\n"))
+      << out;
+}
+
+}  // namespace
+}  // namespace iopfd
