@@ -218,6 +218,17 @@ bool CasePagingWithinABudget() {
   v.Expect(rc2 == 0 && out2.find("evicted 65536 bytes") != std::string::npos,
            "iopfctl evict: " + out2);
   v.Expect(!CheckMap(e, e.hwpt, kR0 + 15 * kUnit, kPage, e.va0 + 15 * kUnit), "unit 15 unmapped");
+  // And unpinned: its backing pages carry no pin any more, while a resident unit's carry one.
+  v.Expect(CheckPins(e, e.va0 + 15 * kUnit, kUnit, 0), "unit 15's pages unpinned");
+  int pinned_units = 0, unpinned_units = 0;
+  for (uint64_t u = 0; u < 16; ++u) {
+    const bool mapped = CheckMap(e, e.hwpt, kR0 + u * kUnit, kUnit, e.va0 + u * kUnit);
+    if (mapped && CheckPins(e, e.va0 + u * kUnit, kUnit, 1)) ++pinned_units;
+    if (!mapped && CheckPins(e, e.va0 + u * kUnit, kUnit, 0)) ++unpinned_units;
+  }
+  v.Expect(pinned_units + unpinned_units == 16,
+           Format("every mapped unit pinned once, every evicted one not at all (%d + %d of 16)",
+                  pinned_units, unpinned_units));
   auto [rc3, out3] = ctl({"evict", "mock0", "0x10", "4096"});
   v.Expect(rc3 == 1, Format("an eviction outside every region fails (exit %d)", rc3));
   // A Reload with another budget in the file: kept, and the budget applied.

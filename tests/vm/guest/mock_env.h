@@ -300,6 +300,17 @@ inline bool CheckMap(const Env& e, uint32_t hwpt, uint64_t iova, uint64_t len, c
   return TestCmd(e.iommufd, &cmd) == 0;
 }
 
+// MD_CHECK_REFS: is every page of [uptr, uptr+len) pinned exactly `pins` times? (The kernel
+// divides each page's refcount by GUP_PIN_COUNTING_BIAS: a pin counts 1024 references.)
+inline bool CheckPins(const Env& e, const void* uptr, uint64_t len, uint32_t pins) {
+  iommu_test_cmd cmd = {};
+  cmd.op = IOMMU_TEST_OP_MD_CHECK_REFS;
+  cmd.check_refs.length = len;
+  cmd.check_refs.uptr = reinterpret_cast<uintptr_t>(uptr);
+  cmd.check_refs.refs = pins;
+  return TestCmd(e.iommufd, &cmd) == 0;
+}
+
 inline bool WaitFor(const std::function<bool()>& pred, int timeout_ms = 10000) {
   auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (std::chrono::steady_clock::now() < end) {
