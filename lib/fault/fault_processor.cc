@@ -201,8 +201,11 @@ void FaultProcessor::MapGroups(uint64_t now_ns, bool final_round) {
   // Group by group, in the order they were read: a group's own units are pinned before room is
   // made for the rest of them, so making room never takes what the group already has. (Needs
   // are in record order; a cookie seen again later in the buffer is the only reordering.)
-  std::stable_sort(needs_.begin(), needs_.end(),
-                   [](const Need& a, const Need& b) { return a.group < b.group; });
+  // stable_sort allocates a buffer: only when a cookie seen again made the order need it.
+  auto by_group = [](const Need& a, const Need& b) { return a.group < b.group; };
+  if (!std::is_sorted(needs_.begin(), needs_.end(), by_group)) {
+    std::stable_sort(needs_.begin(), needs_.end(), by_group);
+  }
   size_t i = 0;
   while (i < needs_.size()) {
     size_t j = i + 1;

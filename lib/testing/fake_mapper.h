@@ -19,7 +19,8 @@ using iopfd::IoasId;
 using iopfd::MapRequest;
 
 // Records every call; fails map calls that touch an address in fail_iovas with fail_errno
-// (fail_times of them; -1: all).
+// (fail_times of them; -1: all), and, with fail_odd_pages, every map touching an odd page with
+// ENOMEM (the fuzz target's way to fail some maps).
 class FakeMapper : public iopfd::Mapper {
  public:
   struct Mapping {
@@ -29,6 +30,11 @@ class FakeMapper : public iopfd::Mapper {
   };
   absl::Status Map(const MapRequest& req) override {
     calls.push_back(req);
+    if (fail_odd_pages) {
+      for (uint64_t iova = req.iova; iova < req.iova + req.length; iova += 4096) {
+        if ((iova / 4096) % 2 == 1) return ErrnoStatus(ENOMEM, "fake", "IOMMU_IOAS_MAP");
+      }
+    }
     for (uint64_t iova : fail_iovas) {
       if (iova >= req.iova && iova < req.iova + req.length && fail_times != 0) {
         if (fail_times > 0) --fail_times;
@@ -79,6 +85,7 @@ class FakeMapper : public iopfd::Mapper {
   std::vector<Mapping> unmaps;
   int splits = 0;            // unmaps refused for cutting a mapping (a bug in the caller)
   bool fail_unmaps = false;  // every unmap fails ENOENT
+  bool fail_odd_pages = false;
   std::vector<MapRequest> calls;
   std::vector<uint64_t> fail_iovas;
   int fail_errno = ENOMEM;

@@ -21,64 +21,16 @@
 #include "iopfd/base/errors.h"
 #include "iopfd/fault/fault_processor.h"
 #include "iopfd/fault/pager.h"
+#include "testing/fake_mapper.h"
 
 namespace iopfd::fuzz {
 namespace {
 
 constexpr uint64_t kPage = 4096;
 
-// Records map calls, per IOAS, with the kernel's rules: a map over a mapping is EEXIST, an
-// unmap must cover whole mappings (io_pagetable.c). Fails maps touching an odd page when told to.
-class FakeMapper : public Mapper {
- public:
-  struct Mapping {
-    uint32_t ioas;
-    uint64_t iova, length;
-  };
-  absl::Status Map(const MapRequest& req) override {
-    if (req.length == 0 || req.iova % kPage != 0) Fail("a map call not page aligned");
-    if (fail_odd) {
-      for (uint64_t iova = req.iova; iova < req.iova + req.length; iova += kPage) {
-        if ((iova / kPage) % 2 == 1) return ErrnoStatus(ENOMEM, "fake", "IOMMU_IOAS_MAP");
-      }
-    }
-    for (const Mapping& m : mapped) {
-      if (m.ioas == req.ioas.value() && m.iova < req.iova + req.length &&
-          req.iova < m.iova + m.length) {
-        return ErrnoStatus(EEXIST, "fake", "IOMMU_IOAS_MAP");
-      }
-    }
-    mapped.push_back({req.ioas.value(), req.iova, req.length});
-    return absl::OkStatus();
-  }
-  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) override {
-    size_t found = 0;
-    for (const Mapping& m : mapped) {
-      if (m.ioas != ioas.value() || m.iova >= iova + length || m.iova + m.length <= iova) continue;
-      if (m.iova < iova || m.iova + m.length > iova + length) Fail("an unmap that cuts a mapping");
-      ++found;
-    }
-    if (found == 0) return ErrnoStatus(ENOENT, "fake", "IOMMU_IOAS_UNMAP");
-    std::erase_if(mapped, [&](const Mapping& m) {
-      return m.ioas == ioas.value() && m.iova >= iova && m.iova < iova + length;
-    });
-    return absl::OkStatus();
-  }
-  bool Covers(uint32_t ioas, uint64_t addr) const {
-    for (const Mapping& m : mapped) {
-      if (m.ioas == ioas && addr >= m.iova && addr - m.iova < m.length) return true;
-    }
-    return false;
-  }
-  // Bytes mapped in `ioas`.
-  uint64_t MappedBytes(uint32_t ioas) const {
-    uint64_t total = 0;
-    for (const Mapping& m : mapped) total += m.ioas == ioas ? m.length : 0;
-    return total;
-  }
-  std::vector<Mapping> mapped;
-  bool fail_odd = false;
-};
+// The test tier's fake mapper (lib/testing/fake_mapper.h): the kernel's rules for maps and
+// unmaps; a cut unmap is counted in `splits`, checked after every batch.
+using iopfd_testing::FakeMapper;
 
 }  // namespace
 }  // namespace iopfd::fuzz
@@ -117,7 +69,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   DeviceStats stats;
   ResponseQueue queue(&stats);
   FakeMapper mapper;
-  mapper.fail_odd = (opts & 0x20) != 0;
+  mapper.fail_odd_pages = (opts & 0x20) != 0;
   FaultProcessor proc(options, &table, &mapper, &queue, &stats);
   std::optional<Pager> pager;
   if (paged) {
@@ -185,6 +137,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       proc.RetryDeferred(now);
     }
     FUZZ_CHECK(proc.deferred() == 0, "a group still waits with nothing left to wait for");
+    FUZZ_CHECK(mapper.splits == 0, "an unmap that cuts a mapping");
+    for (const MapRequest& req : mapper.calls) {
+      FUZZ_CHECK(req.length != 0 && req.iova % kPage == 0, "a map call not page aligned");
+    }
+    mapper.calls.clear();
     if (paged) {
       // Checked against the mapper's own count, not the pager's: the space's (IOAS 3) or the
       // whole device's budget.
