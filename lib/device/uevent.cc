@@ -109,7 +109,11 @@ absl::StatusOr<Uevent> ParseUevent(std::span<const char> message) {
     if (absl::Status st = ParseField(field, pos, &ev); !st.ok()) return st;
   }
   for (const char* required : {"ACTION", "DEVPATH", "SUBSYSTEM", "SEQNUM"}) {
-    if (ev.env.count(required) == 0) return Bad(all.size(), absl::StrCat("no ", required));
+    const auto it = ev.env.find(required);
+    if (it == ev.env.end()) return Bad(all.size(), absl::StrCat("no ", required));
+    // The kernel never sends these empty (kobject_uevent_env fills each from a named kobject);
+    // an empty SUBSYSTEM would otherwise reach the device manager as "no subsystem at all".
+    if (it->second.empty()) return Bad(all.size(), absl::StrCat("empty ", required));
   }
   ev.action = ev.env["ACTION"];
   ev.devpath = ev.env["DEVPATH"];
