@@ -9,7 +9,7 @@
 // Scopes nest: a space's units count against the space, its device and the daemon. Before a
 // unit is mapped, every scope on that chain with a budget must have room for it; where one does
 // not, eviction runs in that scope from its high watermark (the budget) down to its low one
-// (an eighth below), so that it runs once per burst rather than once per fault, and its unmaps
+// (1/32 below), so that it runs once per burst rather than once per fault, and its unmaps
 // are batched: adjacent units go in one IOMMU_IOAS_UNMAP (each is a whole mapping, so the range
 // cuts none), since each unmap costs an IOTLB and ATC invalidation.
 //
@@ -19,11 +19,12 @@
 //  - kFifo: the unit mapped longest ago goes first. The baseline.
 //  - kWorkingset: new units go on a probation list, evicted first-in first-out. A unit that
 //    faults again after its eviction is measured by its refault distance, the evictions its
-//    space made in between: when that is within what the space holds resident, a budget that
-//    size would have kept it, so it is part of the working set and goes on the protected list
-//    (the idea of Linux's workingset shadow entries, mm/workingset.c). The protected list holds
-//    at most half of what is resident; beyond that its oldest unit goes back on probation.
-//    Eviction takes from probation first.
+//    space made in between: a hot unit comes back within a few, a cold one after about as
+//    many as the space holds. Two re-faults in a row within a quarter of what the space holds
+//    resident mark it as part of the working set: it goes on the protected list (the idea of
+//    Linux's workingset shadow entries, mm/workingset.c). The protected list holds at most 7/8
+//    of what is resident; beyond that its oldest unit goes back on probation unless it still
+//    holds a second chance. Eviction takes from probation first.
 // Thrashing: a unit that faults again within thrash_window of its eviction, thrash_events times
 // in a row, is protected from eviction for thrash_protect (the reference point is NVIDIA UVM's
 // published defaults: 3 events within 500 us, pinned for 150 ms); counted.
