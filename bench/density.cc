@@ -1,14 +1,8 @@
 // The density curve, computed: page requests per 1000 accesses against the budget, for four
 // access patterns, through iopfd's own fault processor and pager (FIFO and workingset) on a
-// mapper that keeps the kernel's rules, side by side with two references on the same trace:
-//  - A0, an online policy told each unit's access probability (in the current phase): it keeps
-//    the most probable units. On traces whose accesses are drawn independently (uniform,
-//    hot/cold, phase) no online policy can expect fewer faults (Aho, Denning and Ullman,
-//    "Principles of optimal page replacement", JACM 1971); iopfd knows far less (it never sees
-//    an access to a resident unit).
-//  - Belady's MIN, which sees the future: the optimum no policy reaches online.
-// It measures the policies, not the kernel: the VM benchmark (bench/run-bench.sh) measures fault
-// latency on the real kernel.
+// mapper that keeps the kernel's rules, side by side with A0 (the online bound) and Belady's MIN
+// on the same trace (density_model.h). It measures the policies, not the kernel: the same
+// traces on the mock device in the test VM are bench/run-density.sh's.
 //
 // Usage: iopfd-density [ACCESSES] [CSV]. Prints a table; writes the points to CSV when given
 // (bench/plot-density.py turns that into docs/density.svg).
@@ -24,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "density_model.h"
 #include "iopfd/fault/fault_processor.h"
 #include "iopfd/fault/pager.h"
 
@@ -41,11 +36,14 @@ using iopfd::PagerOptions;
 using iopfd::Region;
 using iopfd::ResponseQueue;
 using iopfd::SpaceTable;
+using iopfd::density::A0Faults;
+using iopfd::density::kUnits;
+using iopfd::density::MinFaults;
+using iopfd::density::Trace;
 
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kUnitPages = 4;
 constexpr uint64_t kUnit = kUnitPages * kPage;
-constexpr uint32_t kUnits = 256;  // W, the working set, in units
 constexpr uint64_t kBase = 1 << 20;
 
 // Maps and unmaps nothing real: it keeps the kernel's rule that only whole mappings unmap.
@@ -65,29 +63,6 @@ class CountingMapper : public iopfd::Mapper {
  private:
   std::map<uint64_t, uint64_t> mapped_;
 };
-
-std::vector<uint32_t> Trace(const std::string& pattern, size_t n) {
-  std::mt19937_64 rng(7);
-  std::vector<uint32_t> t(n);
-  std::uniform_int_distribution<uint32_t> any(0, kUnits - 1);
-  std::uniform_real_distribution<double> coin(0, 1);
-  const uint32_t hot = kUnits / 5;
-  for (size_t i = 0; i < n; ++i) {
-    if (pattern == "uniform") {
-      t[i] = any(rng);
-    } else if (pattern == "scan") {
-      t[i] = static_cast<uint32_t>(i % kUnits);
-    } else {
-      // hot/cold: 80% of accesses to a fifth of W; "phase" moves the hot fifth halfway through.
-      const uint32_t shift = pattern == "phase" && i >= n / 2 ? kUnits / 2 : 0;
-      const uint32_t u = coin(rng) < 0.8
-                             ? std::uniform_int_distribution<uint32_t>(0, hot - 1)(rng)
-                             : std::uniform_int_distribution<uint32_t>(hot, kUnits - 1)(rng);
-      t[i] = (u + shift) % kUnits;
-    }
-  }
-  return t;
-}
 
 struct Result {
   uint64_t faults = 0, evictions = 0, thrash = 0, unmaps = 0;
@@ -138,68 +113,6 @@ Result Run(const std::vector<uint32_t>& trace, uint64_t budget_units, EvictionPo
   return r;
 }
 
-// The probability that access i of `pattern` goes to `unit` (Trace's distributions).
-double Probability(const std::string& pattern, size_t i, size_t n, uint32_t unit) {
-  if (pattern != "hotcold" && pattern != "phase") return 1.0 / kUnits;  // uniform; scan: each once
-  const uint32_t hot = kUnits / 5;
-  const uint32_t shift = pattern == "phase" && i >= n / 2 ? kUnits / 2 : 0;
-  const uint32_t u = (unit + kUnits - shift) % kUnits;
-  return u < hot ? 0.8 / hot : 0.2 / (kUnits - hot);
-}
-
-// A0 with `capacity` units: on a fault with no room, the least probable resident unit goes; among
-// equals, the one mapped last (so a loop over more than fits keeps a fixed part resident).
-uint64_t A0Faults(const std::string& pattern, const std::vector<uint32_t>& trace,
-                  uint64_t capacity) {
-  std::vector<std::pair<uint32_t, size_t>> resident;  // unit, when mapped
-  uint64_t faults = 0;
-  for (size_t i = 0; i < trace.size(); ++i) {
-    if (std::any_of(resident.begin(), resident.end(),
-                    [&](const auto& r) { return r.first == trace[i]; })) {
-      continue;
-    }
-    ++faults;
-    if (resident.size() >= capacity) {
-      auto worst =
-          std::min_element(resident.begin(), resident.end(), [&](const auto& a, const auto& b) {
-            const double pa = Probability(pattern, i, trace.size(), a.first);
-            const double pb = Probability(pattern, i, trace.size(), b.first);
-            return pa != pb ? pa < pb : a.second > b.second;
-          });
-      resident.erase(worst);
-    }
-    resident.emplace_back(trace[i], i);
-  }
-  return faults;
-}
-
-// Belady's MIN with `capacity` units.
-uint64_t MinFaults(const std::vector<uint32_t>& trace, uint64_t capacity) {
-  std::vector<size_t> next(trace.size());
-  std::vector<size_t> seen(kUnits, SIZE_MAX);
-  for (size_t i = trace.size(); i-- > 0;) {
-    next[i] = seen[trace[i]];
-    seen[trace[i]] = i;
-  }
-  std::map<uint32_t, size_t> resident;
-  uint64_t faults = 0;
-  for (size_t i = 0; i < trace.size(); ++i) {
-    auto it = resident.find(trace[i]);
-    if (it != resident.end()) {
-      it->second = next[i];
-      continue;
-    }
-    ++faults;
-    if (resident.size() >= capacity) {
-      resident.erase(
-          std::max_element(resident.begin(), resident.end(),
-                           [](const auto& a, const auto& b) { return a.second < b.second; }));
-    }
-    resident[trace[i]] = next[i];
-  }
-  return faults;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -212,10 +125,10 @@ int main(int argc, char** argv) {
   std::printf("%-8s %6s %8s %10s %8s %8s %7s %7s %9s %8s %11s %6s\n", "pattern", "budget", "fifo",
               "workingset", "A0", "MIN", "ws/A0", "ws/MIN", "ws evicts", "ws unmap", "ws faults/s",
               "thrash");
-  for (const char* pattern : {"uniform", "scan", "hotcold", "phase"}) {
+  for (const std::string& pattern : iopfd::density::Patterns()) {
     const std::vector<uint32_t> trace = Trace(pattern, n);
-    for (double frac : {1.25, 1.0, 0.75, 0.5, 0.25, 0.1}) {
-      const auto units = std::max<uint64_t>(1, static_cast<uint64_t>(frac * kUnits));
+    for (double frac : iopfd::density::BudgetFractions()) {
+      const uint64_t units = iopfd::density::BudgetUnits(frac);
       const Result fifo = Run(trace, units, EvictionPolicy::kFifo);
       const Result ws = Run(trace, units, EvictionPolicy::kWorkingset);
       const uint64_t min = MinFaults(trace, units);
@@ -226,7 +139,7 @@ int main(int argc, char** argv) {
       };
       std::printf("%-8s %5.2fW %8.1f %10.1f %8.1f %8.1f %6.2fx %6.2fx %9" PRIu64 " %8" PRIu64
                   " %11.0f %6" PRIu64 "\n",
-                  pattern, frac, per1000(fifo.faults), per1000(ws.faults), per1000(a0),
+                  pattern.c_str(), frac, per1000(fifo.faults), per1000(ws.faults), per1000(a0),
                   per1000(min), ratio(ws.faults, a0), ratio(ws.faults, min), ws.evictions,
                   ws.unmaps, static_cast<double>(ws.faults) / std::max(ws.seconds, 1e-9),
                   ws.thrash);
@@ -236,8 +149,8 @@ int main(int argc, char** argv) {
               std::tuple{"workingset", ws.faults, ws.evictions, ws.unmaps, ws.thrash},
               std::tuple{"a0", a0, uint64_t{0}, uint64_t{0}, uint64_t{0}},
               std::tuple{"min", min, uint64_t{0}, uint64_t{0}, uint64_t{0}}}) {
-          std::fprintf(csv, "%s,%.2f,%s,%.2f,%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n", pattern, frac,
-                       name, per1000(f), e, u, t);
+          std::fprintf(csv, "%s,%.2f,%s,%.2f,%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n",
+                       pattern.c_str(), frac, name, per1000(f), e, u, t);
         }
       }
     }

@@ -24,6 +24,8 @@ pkgs=(
   debian-archive-keyring
   # the booted-systemd VM test's Debian root (tests/vm/systemd/build-root.sh)
   debootstrap
+  # the density benchmark's plot (bench/plot-density.sh)
+  gnuplot-nox
 )
 
 missing=()

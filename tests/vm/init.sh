@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # /init of the test VM's initramfs: mount the basics, run the guest driver in the mode the
-# kernel command line names (iopf_mode=test|demo|bench, iopf_args=a,b,c), report, power off.
+# kernel command line names (iopf_mode=test|demo|bench|density|soak,
+# iopf_args=a,b,c), report, power off.
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev
@@ -25,6 +26,7 @@ if /bin/busybox grep -q 'kmemleak=on' /proc/cmdline; then
 fi
 case "$mode" in
   bench) /bin/iopf-bench $args ;;
+  density) /bin/iopf-density $args ;;
   *) /bin/iopf-guest ${mode:-test} $args ;;
 esac
 rc=$?

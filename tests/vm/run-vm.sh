@@ -2,7 +2,8 @@
 # Boots the test kernel under qemu (TCG) with an initramfs holding iopfd, the guest driver and
 # busybox, and collects what the guest reports.
 #
-# usage: run-vm.sh --iopfd PATH --out DIR [--mode test|demo] [--args a,b,c] [--per-case]
+# usage: run-vm.sh --iopfd PATH --out DIR [--mode test|demo|bench|density|soak] [--args a,b,c]
+#        [--per-case]
 # Writes DIR/console.log (everything the guest printed) and DIR/results.txt (IOPF-RESULT lines
 # plus a kernel_log_clean verdict). Exits non-zero when the guest did not run to the end or
 # reported a failure; with --per-case (CTest's vm_boot) a case's FAIL verdict alone does not fail
@@ -52,6 +53,7 @@ cflags=(-std=c++20 -O2 -Wall -Wextra -Werror -static -pthread -isystem "$uapi"
         -I"$here/guest")
 g++ "${cflags[@]}" "$here/guest/iopf_guest.cc" -o "$guest"
 g++ "${cflags[@]}" "$top/bench/iopf_bench.cc" -o "$out/iopf-bench"
+g++ "${cflags[@]}" -I"$top/bench" "$top/bench/density_guest.cc" -o "$out/iopf-density"
 # The attachment switch module iopfd loads for the mock device (adopt.switch_module): a shared
 # object against the same headers and iopfd's include/iopfd/switch_module.h.
 g++ -std=c++20 -O2 -Wall -Wextra -Werror -shared -fPIC -isystem "$uapi" \
@@ -69,6 +71,7 @@ mkdir -p "$root/lib/iopfd"
 cp "$out/mock-switch.so" "$root/lib/iopfd/mock-switch.so"
 cp "$guest" "$root/bin/iopf-guest"
 cp "$out/iopf-bench" "$root/bin/iopf-bench"
+cp "$out/iopf-density" "$root/bin/iopf-density"
 cp "$here/init.sh" "$root/init"
 chmod +x "$root/init"
 # Every absolute path ldd names: the libraries (after "=>") and the dynamic loader itself.
