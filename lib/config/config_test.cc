@@ -31,6 +31,7 @@ namespace iopfd {
 namespace {
 
 using ::testing::AllOf;
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -464,7 +465,7 @@ access = "r"
           "dev.toml:10:1: limits.max_records: unknown key (expected one of max_group_records, "
           "max_fault_map_bytes, max_resident)",
           "dev.toml:13:1: space[0].pasdi: unknown key (expected one of pasid, ioas_id, hwpt_id, "
-          "max_resident, region)",
+          "dirty_tracking, max_resident, region)",
           "dev.toml:16:1: space[0].region[0].sise: unknown key (expected one of iova, size, "
           "backing, offset, access, prefetch, map_unit)",
           "dev.toml:20:2: extra: unknown key (expected one of name, attach, sysfs, adopt, vfio, "
@@ -606,6 +607,28 @@ TEST(DeviceDrainTest, HwptIdOnlyWhereIopfdCanSwitch) {
               ElementsAre(HasSubstr("adopt.switch_module: not with adopt.device_fd")));
 }
 
+// space.dirty_tracking: adopt mode, with the owner's HWPT named (hwpt_id), switchable or not.
+TEST(DevicePagingTest, DirtyTrackingNeedsTheHwptInAdoptMode) {
+  std::string t = Switchable("", "hwpt_id = 9\ndirty_tracking = true");
+  t.replace(t.find("halt = \"reset\""), 14, "halt = \"owner\"");
+  LoadResult r = Parse(t);
+  ASSERT_THAT(ErrorStrings(r), IsEmpty());
+  EXPECT_TRUE(r.config.devices[0].spaces[0].dirty_tracking);
+  EXPECT_EQ(r.config.devices[0].spaces[0].hwpt_id, 9u);
+  std::string no_hwpt = Switchable("", "dirty_tracking = true");
+  no_hwpt.replace(no_hwpt.find("halt = \"reset\""), 14, "halt = \"owner\"");
+  EXPECT_THAT(Errors(no_hwpt),
+              ElementsAre("dev.toml:10:1: space[0].hwpt_id: required with dirty_tracking = true "
+                          "(the HWPT whose dirty bits iopfd reads)"));
+  std::string wrong = Switchable("", "hwpt_id = 9\ndirty_tracking = \"yes\"");
+  wrong.replace(wrong.find("halt = \"reset\""), 14, "halt = \"owner\"");
+  EXPECT_THAT(Errors(wrong), Contains("dev.toml:13:18: space[0].dirty_tracking: expected a boolean "
+                                      "(true or false), got a string"));
+  EXPECT_THAT(Errors(std::string(kVfioHead).insert(std::string(kVfioHead).find("[[space.region]]"),
+                                                   "dirty_tracking = true\n")),
+              ElementsAre(HasSubstr("space[0].dirty_tracking: only with attach = \"adopt\"")));
+}
+
 TEST(DeviceDrainTest, BusMasterNeedsTheVfioDeviceFd) {
   LoadResult r = Parse(std::string(kVfioHead) + "[drain]\nhalt = \"bus-master\"\n");
   ASSERT_THAT(ErrorStrings(r), IsEmpty());
@@ -637,7 +660,7 @@ using iopfd_testing::MemberCount;
 // key cannot be left out of the comparison.
 TEST(DeviceSettingsTest, EveryMemberIsComparedAndOnlySettingsAre) {
   static_assert(MemberCount<RegionConfig>() == 11, "add the new member's change below");
-  static_assert(MemberCount<SpaceConfig>() == 6, "add the new member's change below");
+  static_assert(MemberCount<SpaceConfig>() == 7, "add the new member's change below");
   static_assert(MemberCount<AdoptConfig>() == 6, "add the new member's change below");
   static_assert(MemberCount<VfioConfig>() == 2, "add the new member's change below");
   static_assert(MemberCount<DeviceLimits>() == 3, "add the new member's change below");
@@ -665,6 +688,7 @@ TEST(DeviceSettingsTest, EveryMemberIsComparedAndOnlySettingsAre) {
       {"space.pasid", [](DeviceConfig& d) { d.spaces[0].pasid = 1; }},
       {"space.ioas_id", [](DeviceConfig& d) { d.spaces[0].ioas_id = 1; }},
       {"space.hwpt_id", [](DeviceConfig& d) { d.spaces[0].hwpt_id = 1; }},
+      {"space.dirty_tracking", [](DeviceConfig& d) { d.spaces[0].dirty_tracking = true; }},
       {"space.regions", [](DeviceConfig& d) { d.spaces[0].regions.emplace_back(); }},
       {"adopt.iommufd_fd", [](DeviceConfig& d) { d.adopt.iommufd_fd = "i"; }},
       {"adopt.fault_fd", [](DeviceConfig& d) { d.adopt.fault_fd = "f"; }},

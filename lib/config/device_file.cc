@@ -243,7 +243,8 @@ void SortAndCheckOverlaps(Reporter& rep, const std::string& space_path,
 void ParseSpace(Reporter& rep, const toml::table& table, const std::string& prefix,
                 std::optional<AttachMode> mode, const DeviceLimits& limits, bool check_backings,
                 SpaceConfig* space, const toml::node** pasid_node, bool* pasid_present) {
-  CheckKeys(rep, table, prefix, {"pasid", "ioas_id", "hwpt_id", "max_resident", "region"});
+  CheckKeys(rep, table, prefix,
+            {"pasid", "ioas_id", "hwpt_id", "dirty_tracking", "max_resident", "region"});
   space->where = rep.Where(table);
   *pasid_present = table.contains("pasid");
   if (auto pasid = GetInt(rep, table, prefix, "pasid", /*required=*/false, 1, kMaxPasid)) {
@@ -267,6 +268,15 @@ void ParseSpace(Reporter& rep, const toml::table& table, const std::string& pref
     }
   } else if (auto hwpt = GetInt(rep, table, prefix, "hwpt_id", /*required=*/false, 1, kMaxU32)) {
     space->hwpt_id = static_cast<uint32_t>(hwpt->value);
+  }
+  if (auto dirty = GetBool(rep, table, prefix, "dirty_tracking", /*required=*/false)) {
+    if (mode == AttachMode::kVfio) {
+      rep.At(*dirty->node, Cat(JoinPath(prefix, "dirty_tracking"),
+                               ": only with attach = \"adopt\" for now (iopfd allocates vfio "
+                               "mode's HWPTs without dirty tracking)"));
+    } else {
+      space->dirty_tracking = dirty->value;
+    }
   }
 
   std::vector<ParsedRegion> regions;
@@ -526,10 +536,15 @@ void CheckAdoptSpaces(Reporter& rep, const DeviceConfig& device) {
                               device.adopt.device_fd.empty() ? "switch_module" : "device_fd",
                               " (the IOPF-capable HWPT the owner attached, which a drain "
                               "puts back)"));
-    } else if (!device.adopt.can_switch() && space.hwpt_id != 0) {
+    } else if (space.dirty_tracking && space.hwpt_id == 0) {
+      rep.At(space.where, Cat("space[", i,
+                              "].hwpt_id: required with dirty_tracking = true (the HWPT whose "
+                              "dirty bits iopfd reads)"));
+    } else if (!device.adopt.can_switch() && !space.dirty_tracking && space.hwpt_id != 0) {
       rep.At(space.where, Cat("space[", i,
                               "].hwpt_id: only with adopt.device_fd or adopt.switch_module "
-                              "(iopfd cannot switch attachments without one)"));
+                              "(iopfd cannot switch attachments without one) or with "
+                              "dirty_tracking = true"));
     }
   }
   // A region's inherited fd must be memory: naming the device's own iommufd or fault queue there

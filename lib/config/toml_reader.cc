@@ -124,6 +124,18 @@ std::optional<Field<std::string>> GetString(Reporter& rep, const toml::table& ta
   return Field<std::string>{str->get(), node};
 }
 
+std::optional<Field<bool>> GetBool(Reporter& rep, const toml::table& table,
+                                   std::string_view prefix, std::string_view key, bool required) {
+  const toml::node* node = Lookup(rep, table, prefix, key, required);
+  if (node == nullptr) return std::nullopt;
+  const auto* boolean = node->as_boolean();
+  if (boolean == nullptr) {
+    WrongType(rep, *node, JoinPath(prefix, key), "a boolean (true or false)");
+    return std::nullopt;
+  }
+  return Field<bool>{boolean->get(), node};
+}
+
 std::string RangeText(int64_t min, int64_t max) {
   if (max == kMaxI64) return Cat("must be >= ", min);
   return Cat("must be in ", min, "..", max);

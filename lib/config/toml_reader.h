@@ -130,6 +130,11 @@ std::optional<Field<std::string>> GetString(Reporter& rep, const toml::table& ta
                                             std::string_view prefix, std::string_view key,
                                             bool required);
 
+// Returns the boolean at `key`, nullopt when absent (an error when required) or not a boolean
+// (an error naming the key and the type found).
+std::optional<Field<bool>> GetBool(Reporter& rep, const toml::table& table,
+                                   std::string_view prefix, std::string_view key, bool required);
+
 std::string RangeText(int64_t min, int64_t max);
 
 std::optional<Field<int64_t>> GetInt(Reporter& rep, const toml::table& table,

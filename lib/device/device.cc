@@ -311,22 +311,50 @@ Device::~Device() {
   // Its mappings go with its IOAS (vfio mode) or stay with the owner's (adopt mode): either way
   // they leave the daemon's count.
   if (pager_ != nullptr) pager_->RemoveDevice(paged_);
-  if (mode_ == AttachMode::kAdopt) DestroyParkHwpts();
+  if (mode_ == AttachMode::kAdopt) {
+    DestroyParkHwpts();
+    StopDirtyTracking();
+  }
 }
 
 void Device::UsePager(Pager* pager) {
   pager_ = pager;
   paged_ = pager->AddDevice(name_, config_.limits.max_resident, &stats_->paging, responses_.get());
   for (size_t i = 0; i < config_.spaces.size(); ++i) {
-    pager->AddSpace(paged_, &spaces_->spaces()[i], mapper_.get(), config_.spaces[i].max_resident);
+    const SpaceConfig& space = config_.spaces[i];
+    PagedSpace* paged =
+        pager->AddSpace(paged_, &spaces_->spaces()[i], mapper_.get(), space.max_resident);
+    if (!space.dirty_tracking || !iommufd_) continue;
+    // The dirty bits are advice for eviction: without them the device is served all the same.
+    const HwptId hwpt(space.hwpt_id);
+    if (absl::Status st = iommufd_->SetDirtyTracking(hwpt, true); !st.ok()) {
+      Log(LogLevel::kWarning,
+          absl::StrCat(st.message(), "; space.dirty_tracking: evicting without dirty bits"),
+          {{"DEVICE", name_}});
+      continue;
+    }
+    paged->set_dirty_hwpt(hwpt);
+    dirty_hwpts_.push_back(hwpt);
   }
   processor_->set_pager(pager);
+}
+
+void Device::StopDirtyTracking() {
+  // The owner gets its HWPT back as it gave it: tracking off (iopfd turned it on).
+  for (HwptId hwpt : dirty_hwpts_) {
+    if (!iommufd_ || iommufd_->fd() < 0) break;
+    if (absl::Status st = iommufd_->SetDirtyTracking(hwpt, false); !st.ok()) {
+      Log(LogLevel::kWarning, std::string(st.message()), {{"DEVICE", name_}});
+    }
+  }
+  dirty_hwpts_.clear();
 }
 
 void Device::ReleaseFds(ListenFds* pool) {
   // The iommufd and fault fd are inherited in adopt mode only; fd: backings in either mode.
   if (mode_ == AttachMode::kAdopt) {
     DestroyParkHwpts();  // while iopfd still holds the iommufd
+    StopDirtyTracking();
     if (iommufd_ && iommufd_->fd() >= 0) pool->Add(config_.adopt.iommufd_fd, iommufd_->ReleaseFd());
     if (fault_fd_.valid()) pool->Add(config_.adopt.fault_fd, std::move(fault_fd_));
     if (attachments_.vfio() != nullptr && !config_.adopt.device_fd.empty()) {

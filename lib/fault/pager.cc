@@ -209,10 +209,21 @@ void Pager::Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
     // so its oldest member is not the coldest: each working-set re-fault earned a unit a
     // second chance (heat), spent by going round to the list's tail again; a unit with none
     // left goes back on probation (as if just mapped: the newest there).
+    // A unit the device wrote since its bits were last read goes round without spending one
+    // (each at most once per call: the reading cleared its bits).
+    uint64_t dirty_left = space.dirty_hwpt() ? space.protected_list().units : 0;
     while (space.protected_list().units * kProtectedDen > space.resident_units() * kProtectedNum) {
       UnitRef oldest = space.protected_list().head;
       Unlink(space, space.protected_list(), oldest);
       Unit& o = space.space().unit(oldest);
+      if (dirty_left > 0) {
+        --dirty_left;
+        if (TakeDirty(space, oldest)) {
+          ForChain(space.scope(), [](PagingCounters& c) { ++c.dirty_second_chances; });
+          Link(space, space.protected_list(), oldest);
+          continue;
+        }
+      }
       if (o.heat > kActivateHeat - 1) {
         --o.heat;
         Link(space, space.protected_list(), oldest);
@@ -280,11 +291,26 @@ void Pager::EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns) {
   }
   std::vector<std::pair<PagedSpace*, std::vector<UnitRef>>> victims;
   uint64_t resident = Resident(scope);
+  ++evict_run_;
   while (resident > target) {
     PagedSpace* s = nullptr;
     UnitRef r;
     if (!PickVictim(candidates, now_ns, &s, &r)) break;
     Unit& u = s->space().unit(r);
+    // Written since it was last looked at: not now. It goes to its list's tail as if just
+    // mapped; once per run, so a run over units all being written still ends.
+    if (options_.policy == EvictionPolicy::kWorkingset && s->dirty_hwpt() &&
+        u.dirty_run != evict_run_) {
+      u.dirty_run = evict_run_;
+      if (TakeDirty(*s, r)) {
+        ForChain(s->scope(), [](PagingCounters& c) { ++c.dirty_second_chances; });
+        PagedSpace::List& list = ListOf(*s, u);
+        Unlink(*s, list, r);
+        u.mapped_ns = now_ns;
+        Link(*s, list, r);
+        continue;
+      }
+    }
     Unlink(*s, ListOf(*s, u), r);
     u.state = Unit::State::kUnmapped;  // off every list; Unmap decides what it becomes
     auto it =
@@ -294,6 +320,21 @@ void Pager::EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns) {
     resident -= s->space().regions()[r.region].UnitLength(r.unit);
   }
   for (auto& [s, refs] : victims) Unmap(*s, refs, now_ns);
+}
+
+bool Pager::TakeDirty(PagedSpace& space, UnitRef ref) {
+  const Region& region = space.space().regions()[ref.region];
+  absl::StatusOr<bool> dirty =
+      space.mapper().TakeDirty(*space.dirty_hwpt(), region.UnitIova(ref.unit),
+                               region.UnitLength(ref.unit), region.page_size());
+  if (dirty.ok()) return *dirty;
+  // The signal is advice: without it eviction goes on by the lists alone.
+  space.set_dirty_hwpt(std::nullopt);
+  Log(LogLevel::kWarning,
+      absl::StrCat(space.scope().name, ": ", dirty.status().message(),
+                   "; evicting without dirty bits from now on"),
+      {{"DEVICE", space.device().name()}});
+  return false;
 }
 
 absl::Status Pager::UnmapRun(PagedSpace& space, UnitRef first, uint32_t count) {

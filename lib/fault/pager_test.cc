@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -260,6 +261,99 @@ TEST_F(PagerTest, AFailedUnmapLeavesTheUnitStuckAndCounted) {
   EXPECT_EQ(Touch(0).code, uapi::kRespSuccess);
 }
 
+// Dirty bits (space.dirty_tracking): a unit the device wrote since it was last looked at is not
+// taken when it comes up for eviction; it goes round once, and its bits are cleared by reading
+// them. Its clean neighbours go instead, still in one unmap call.
+TEST_F(PagerTest, AUnitTheDeviceWroteGetsASecondChance) {
+  Build({.space = 64 * kUnit});
+  table_->spaces()[0].paging()->set_dirty_hwpt(iopfd::HwptId(7));
+  for (uint32_t u = 0; u < 64; ++u) Touch(u);
+  mapper_.dirty_pages.insert(kBase + kPage);  // the device wrote a page of unit 0
+  Touch(100);
+  // Low watermark 62 units, one more to map: three go, and unit 0 is not one of them.
+  EXPECT_TRUE(mapper_.Covers(3, kBase)) << "the written unit was evicted";
+  ASSERT_EQ(mapper_.unmaps.size(), 1u);
+  EXPECT_EQ(mapper_.unmaps[0].iova, kBase + kUnit);
+  EXPECT_EQ(mapper_.unmaps[0].length, 3 * kUnit);
+  EXPECT_EQ(stats_.paging.dirty_second_chances, 1u);
+  EXPECT_EQ(pager_->totals().dirty_second_chances, 1u);
+  EXPECT_TRUE(mapper_.dirty_pages.empty()) << "reading the bits clears them";
+  EXPECT_EQ(mapper_.dirty_reads, 4) << "unit 0, then 1, 2 and 3, which were clean";
+}
+
+// A run over units that are all being written still ends: each goes round once per run, then
+// the oldest go as they would without dirty bits.
+TEST_F(PagerTest, UnitsAllWrittenAreEvictedOnceEachHadItsChance) {
+  Build({.space = 64 * kUnit});
+  table_->spaces()[0].paging()->set_dirty_hwpt(iopfd::HwptId(7));
+  for (uint32_t u = 0; u < 64; ++u) Touch(u);
+  for (uint32_t u = 0; u < 64; ++u) mapper_.dirty_pages.insert(kBase + u * kUnit);
+  Touch(100);
+  EXPECT_EQ(stats_.paging.dirty_second_chances, 64u);
+  EXPECT_EQ(stats_.paging.evicted_units, 3u);
+  EXPECT_FALSE(mapper_.Covers(3, kBase));
+  EXPECT_LE(mapper_.MappedBytes(3), 64 * kUnit);
+}
+
+// Reading dirty bits that fails (the HWPT went away, the range is refused) stops the reading for
+// the space, with a warning; eviction goes on by the lists alone.
+TEST_F(PagerTest, AFailedDirtyReadStopsTheReadingNotTheEviction) {
+  Build({.space = 64 * kUnit});
+  PagedSpace* space = table_->spaces()[0].paging();
+  space->set_dirty_hwpt(iopfd::HwptId(7));
+  mapper_.fail_dirty_reads = EINVAL;
+  for (uint32_t u = 0; u < 64; ++u) Touch(u);
+  Touch(100);
+  EXPECT_EQ(mapper_.dirty_reads, 1);
+  EXPECT_FALSE(space->dirty_hwpt().has_value());
+  EXPECT_EQ(stats_.paging.evicted_units, 3u);
+  EXPECT_FALSE(mapper_.Covers(3, kBase));
+  Touch(101);
+  Touch(102);
+  Touch(103);
+  EXPECT_EQ(mapper_.dirty_reads, 1) << "no more reads once one failed";
+  EXPECT_EQ(stats_.paging.dirty_second_chances, 0u);
+}
+
+// On the protected list too: a protected unit the device keeps writing keeps its place when the
+// list is full and its oldest members go back on probation, while one left alone goes back. A
+// loop over 17 units with room for 16 brings each back right after its eviction, so each
+// is soon protected and promotions keep the list full.
+TEST_F(PagerTest, AProtectedUnitTheDeviceWritesStaysProtected) {
+  Build({.space = 16 * kUnit});
+  uint64_t now = 1'000'000'000;
+  auto step = [&](uint32_t i) {
+    now += 1'000'000;  // 1 ms apart: no thrash protection in play
+    Touch(i % 17, now);
+  };
+  uint32_t i = 0;
+  for (; i < 60; ++i) step(i);
+  // A unit protected now, to be written from here on.
+  std::optional<uint32_t> written;
+  for (uint32_t u = 0; u < 17 && !written; ++u) {
+    if (region0().unit(u).state == iopfd::Unit::State::kActive) written = u;
+  }
+  ASSERT_TRUE(written.has_value()) << "the loop protected no unit";
+  table_->spaces()[0].paging()->set_dirty_hwpt(iopfd::HwptId(7));
+  std::set<uint32_t> demoted;  // protected units sent back to probation meanwhile
+  std::vector<iopfd::Unit::State> before(17);
+  for (uint32_t end = i + 90; i < end; ++i) {
+    for (uint32_t u = 0; u < 17; ++u) before[u] = region0().unit(u).state;
+    mapper_.dirty_pages.insert(kBase + *written * kUnit);
+    step(i);
+    for (uint32_t u = 0; u < 17; ++u) {
+      if (before[u] == iopfd::Unit::State::kActive &&
+          region0().unit(u).state != iopfd::Unit::State::kActive) {
+        demoted.insert(u);
+      }
+    }
+  }
+  EXPECT_FALSE(demoted.empty()) << "nothing left the protected list: the test shows nothing";
+  EXPECT_EQ(demoted.count(*written), 0u) << "unit " << *written << " was written, and demoted";
+  EXPECT_EQ(region0().unit(*written).state, iopfd::Unit::State::kActive);
+  EXPECT_GT(stats_.paging.dirty_second_chances, 0u);
+}
+
 // Accesses to a working set twice the budget, 80% of them to a fifth of it (units 0..12 of 64).
 std::vector<uint32_t> HotColdTrace() {
   std::mt19937_64 rng(42);
@@ -364,6 +458,40 @@ TEST(PagerPolicyTest, AHotSetLargerThanHalfTheBudgetStaysResident) {
   std::printf("hot/cold, 20000 accesses, budget W/4: workingset %llu, A0 %llu\n",
               static_cast<unsigned long long>(ws), static_cast<unsigned long long>(a0));
   EXPECT_LE(ws * 100, a0 * 125) << "workingset " << ws << " vs A0 " << a0;
+}
+
+// With dirty bits, and every access a write, the pager sees which resident units are in use: on
+// hot/cold more hot units stay, with fewer faults than the lists alone manage (the bits are what
+// the IOMMU offers in place of an accessed bit). The lists are already within 1.06x of A0 here
+// (2,498), so the gain is small: 2,646 faults without, 2,588 with (docs/PAGING.md).
+TEST(PagerPolicyTest, DirtyBitsOfWrittenUnitsCutFaultsOnHotCold) {
+  const std::vector<uint32_t> trace = HotColdTrace();
+  auto faults = [&](bool dirty) {
+    PagingHarness t;
+    t.Build({.space = 32 * kUnit});
+    if (dirty) t.table_->spaces()[0].paging()->set_dirty_hwpt(iopfd::HwptId(7));
+    uint64_t n = 0;
+    uint64_t now = 1'000'000'000;
+    for (uint32_t u : trace) {
+      now += 1'000'000;
+      if (!t.region0().IsMapped(u * 4)) {
+        ++n;
+        EXPECT_EQ(t.Touch(u, now).code, uapi::kRespSuccess);
+      }
+      t.mapper_.dirty_pages.insert(kBase + u * kUnit);  // the device writes what it accesses
+    }
+    return std::pair{n, t.stats_.paging.dirty_second_chances};
+  };
+  const auto [without, none] = faults(false);
+  const auto [with, chances] = faults(true);
+  std::printf(
+      "hot/cold, budget W/2, every access a write: %llu faults without dirty bits, %llu "
+      "with (%llu second chances)\n",
+      static_cast<unsigned long long>(without), static_cast<unsigned long long>(with),
+      static_cast<unsigned long long>(chances));
+  EXPECT_EQ(none, 0u);
+  EXPECT_GT(chances, 0u);
+  EXPECT_LT(with, without) << "with dirty bits vs without";
 }
 
 // What iopfd could pin for a configuration, compared with RLIMIT_MEMLOCK at start.

@@ -167,6 +167,11 @@ std::vector<StatField> MakeFields() {
                       "Map units protected from eviction after re-faulting quickly, repeatedly.",
                       "iopfd_thrash_protections_total",
                       [](const DeviceStats& s) { return s.paging.thrash_protections; }));
+  t.push_back(Counter("paging.dirty_second_chances", "dirty second chances",
+                      "Map units kept once more because the device wrote them since they were "
+                      "last looked at (IOMMU dirty bits, space.dirty_tracking).",
+                      "iopfd_dirty_second_chances_total",
+                      [](const DeviceStats& s) { return s.paging.dirty_second_chances; }));
   t.push_back(Counter("paging.over_budget", "over budget",
                       "Map units that could not be mapped within a budget (the group waited, or "
                       "was answered INVALID when it could never fit).",

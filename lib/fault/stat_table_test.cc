@@ -53,11 +53,17 @@ std::vector<uint64_t DeviceStats::*> PlainMembers() {
 
 // The plain members of DeviceStats::paging (all but the unmap histogram).
 std::vector<uint64_t PagingCounters::*> PagingMembers() {
-  return {&PagingCounters::resident_bytes, &PagingCounters::budget_bytes,
-          &PagingCounters::evicted_units,  &PagingCounters::evicted_bytes,
-          &PagingCounters::unmap_calls,    &PagingCounters::unmap_failures,
-          &PagingCounters::refaults,       &PagingCounters::thrash_protections,
-          &PagingCounters::over_budget,    &PagingCounters::deferred_groups};
+  return {&PagingCounters::resident_bytes,
+          &PagingCounters::budget_bytes,
+          &PagingCounters::evicted_units,
+          &PagingCounters::evicted_bytes,
+          &PagingCounters::unmap_calls,
+          &PagingCounters::unmap_failures,
+          &PagingCounters::refaults,
+          &PagingCounters::thrash_protections,
+          &PagingCounters::dirty_second_chances,
+          &PagingCounters::over_budget,
+          &PagingCounters::deferred_groups};
 }
 
 // Each plain member i holds 1000 + i, each reason r holds 5000 + r; groups is large enough that
@@ -101,10 +107,10 @@ TEST(StatTableTest, EveryMemberOfDeviceStatsIsListed) {
                 "in StatFields()");
   EXPECT_EQ(PlainMembers().size() + 4, 34u)
       << "plain members + invalid_by_reason + paging + 2 histograms";
-  static_assert(iopfd_testing::MemberCount<PagingCounters>() == 11,
+  static_assert(iopfd_testing::MemberCount<PagingCounters>() == 12,
                 "a member was added to PagingCounters: list it in PagingMembers() and give it a "
                 "row in StatFields()");
-  EXPECT_EQ(PagingMembers().size() + 1, 11u) << "plain members + the unmap histogram";
+  EXPECT_EQ(PagingMembers().size() + 1, 12u) << "plain members + the unmap histogram";
 }
 
 TEST(StatTableTest, EveryCounterHasItsOwnRow) {

@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "iopfd/base/errors.h"
@@ -120,6 +122,52 @@ absl::Status Iommufd::Unmap(IoasId ioas, uint64_t iova, uint64_t length) {
         absl::StrCat("unmapped ", cmd.length, " of ", length, " bytes at 0x", absl::Hex(iova)));
   }
   return absl::OkStatus();
+}
+
+absl::Status Iommufd::SetDirtyTracking(HwptId hwpt, bool enable) {
+  uapi::IommuHwptSetDirtyTracking cmd{};
+  cmd.size = sizeof(cmd);
+  cmd.flags = enable ? uapi::kDirtyTrackingEnable : 0;
+  cmd.hwpt_id = hwpt.value();
+  int rc = sys_->Ioctl(fd(), uapi::kIommuHwptSetDirtyTracking, &cmd);
+  if (rc < 0) {
+    return ErrnoStatus(-rc, name_, "IOMMU_HWPT_SET_DIRTY_TRACKING",
+                       -rc == EOPNOTSUPP
+                           ? absl::StrCat("HWPT ", hwpt.value(),
+                                          " was not allocated with dirty tracking "
+                                          "(IOMMU_HWPT_ALLOC_DIRTY_TRACKING), or the IOMMU has none")
+                           : absl::StrCat("HWPT ", hwpt.value()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Iommufd::TakeDirty(HwptId hwpt, uint64_t iova, uint64_t length,
+                                        uint64_t page_size) {
+  // One bit per page; a map unit is at most a few hundred pages (2 MiB of 4 KiB), so the bitmap
+  // lives on the stack up to 4096 pages and is read in chunks beyond that.
+  constexpr uint64_t kWords = 64;
+  uint64_t bitmap[kWords];
+  const uint64_t chunk = kWords * 64 * page_size;
+  bool dirty = false;
+  for (uint64_t at = iova; at < iova + length; at += chunk) {
+    std::fill(std::begin(bitmap), std::end(bitmap), 0);
+    uapi::IommuHwptGetDirtyBitmap cmd{};
+    cmd.size = sizeof(cmd);
+    cmd.hwpt_id = hwpt.value();
+    cmd.iova = at;
+    cmd.length = std::min(chunk, iova + length - at);
+    cmd.page_size = page_size;
+    cmd.data = reinterpret_cast<uintptr_t>(bitmap);
+    int rc = sys_->Ioctl(fd(), uapi::kIommuHwptGetDirtyBitmap, &cmd);
+    if (rc < 0) {
+      return ErrnoStatus(-rc, name_, "IOMMU_HWPT_GET_DIRTY_BITMAP",
+                         absl::StrCat("HWPT ", hwpt.value(), " iova 0x", absl::Hex(at),
+                                      " length ", cmd.length));
+    }
+    // Every chunk is read, even after a dirty one: reading is what clears the bits.
+    for (uint64_t w : bitmap) dirty = dirty || w != 0;
+  }
+  return dirty;
 }
 
 }  // namespace iopfd

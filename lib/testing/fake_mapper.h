@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -68,6 +69,22 @@ class FakeMapper : public iopfd::Mapper {
     });
     return absl::OkStatus();
   }
+  // The kernel's rules for dirty bits (io_pagetable.c): the range must be mapped without a hole
+  // (EINVAL), bits are read and cleared. Pages the "device" wrote are in dirty_pages; the
+  // mappings of every IOAS are searched (a test uses one HWPT per IOAS).
+  absl::StatusOr<bool> TakeDirty(iopfd::HwptId /*hwpt*/, uint64_t iova, uint64_t length,
+                                 uint64_t page_size) override {
+    ++dirty_reads;
+    if (fail_dirty_reads != 0) return ErrnoStatus(fail_dirty_reads, "fake", "GET_DIRTY_BITMAP");
+    for (uint64_t at = iova; at < iova + length; at += page_size) {
+      bool covered = false;
+      for (const Mapping& m : mapped) covered = covered || (at >= m.iova && at - m.iova < m.length);
+      if (!covered) return ErrnoStatus(EINVAL, "fake", "IOMMU_HWPT_GET_DIRTY_BITMAP");
+    }
+    const size_t before = dirty_pages.size();
+    std::erase_if(dirty_pages, [&](uint64_t page) { return page >= iova && page < iova + length; });
+    return dirty_pages.size() != before;
+  }
   // Bytes mapped now in `ioas`.
   uint64_t MappedBytes(uint32_t ioas) const {
     uint64_t total = 0;
@@ -90,6 +107,9 @@ class FakeMapper : public iopfd::Mapper {
   std::vector<uint64_t> fail_iovas;
   int fail_errno = ENOMEM;
   int fail_times = -1;  // how many calls fail (-1: all)
+  std::set<uint64_t> dirty_pages;  // page IOVAs written since their bits were last read
+  int dirty_reads = 0;
+  int fail_dirty_reads = 0;  // an errno every dirty-bit read fails with (0: none)
 };
 
 }  // namespace iopfd_testing

@@ -224,6 +224,7 @@ class Device {
   // Declaration order is teardown order reversed: the processor goes first, the iommufd last,
   // so nothing refers to an fd or mapping that is already gone.
   std::optional<Iommufd> iommufd_;
+  std::vector<HwptId> dirty_hwpts_;  // HWPTs whose dirty tracking iopfd turned on
   // The VFIO device (vfio mode, or adopt mode with adopt.device_fd) or switch module, and the
   // attachments with their park HWPTs.
   Attachments attachments_{name_};
@@ -243,6 +244,9 @@ class Device {
   // park HWPTs iopfd allocated in the owner's iommufd (its own objects would otherwise outlive
   // the device there). One still attached is left, logged.
   void DestroyParkHwpts();
+  // Turns off the dirty tracking UsePager turned on (space.dirty_tracking), while iopfd still
+  // holds the iommufd; failures are logged.
+  void StopDirtyTracking();
   void SetRefusing(std::optional<uint32_t> pasid, bool refusing);
   bool quarantined_ = false;
 };

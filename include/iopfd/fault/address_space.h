@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "iopfd/base/ids.h"
 
 namespace iopfd {
@@ -49,6 +50,13 @@ class Mapper {
   // Unmaps [iova, iova + length) of `ioas`, which must cover whole mappings (ENOENT otherwise,
   // and when nothing is mapped there). Returns OK or an error carrying the errno.
   virtual absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) = 0;
+  // Returns whether the device wrote any page of [iova, iova + length) since the last call
+  // (the IOMMU's dirty bits on `hwpt`, which this clears; the range must be mapped without a
+  // hole), or an error carrying the errno. Unimplemented where the mapper reads no dirty bits.
+  virtual absl::StatusOr<bool> TakeDirty(HwptId /*hwpt*/, uint64_t /*iova*/, uint64_t /*length*/,
+                                         uint64_t /*page_size*/) {
+    return absl::UnimplementedError("this mapper reads no dirty bits");
+  }
 };
 
 // Names a map unit of an address space: its region's index and the unit's index in it.
@@ -74,6 +82,7 @@ struct Unit {
   State state = State::kUnmapped;
   uint8_t quick_refaults = 0;    // re-faults in a row within the thrash window
   uint8_t heat = 0;              // working-set re-faults not yet spent as second chances
+  uint32_t dirty_run = 0;        // the eviction run that last gave it a dirty second chance
   uint64_t mapped_ns = 0;        // when it was last mapped
   uint64_t evicted_ns = 0;       // when it was last evicted (0: never)
   uint64_t evicted_seq = 0;      // the space's eviction count when it was evicted

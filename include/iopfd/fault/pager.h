@@ -25,6 +25,10 @@
 //    Linux's workingset shadow entries, mm/workingset.c). The protected list holds at most 7/8
 //    of what is resident; beyond that its oldest unit goes back on probation unless it still
 //    holds a second chance. Eviction takes from probation first.
+//    Where the space's HWPT has dirty bits (space.dirty_tracking), a unit the device wrote since
+//    it was last looked at is not taken when it comes up for eviction, nor sent back to
+//    probation from the protected list: it goes round to its list's tail (a second chance,
+//    counted), its bits cleared by the reading, once per eviction run.
 // Thrashing: a unit that faults again within thrash_window of its eviction, thrash_events times
 // in a row, is protected from eviction for thrash_protect (the reference point is NVIDIA UVM's
 // published defaults: 3 events within 500 us, pinned for 150 ms); counted.
@@ -127,6 +131,9 @@ class PagedSpace {
   void CountEviction() { ++evictions_; }
   uint64_t resident_units() const { return probation_.units + protected_.units + stuck_units_; }
   void CountStuck() { ++stuck_units_; }
+  // The HWPT whose dirty bits tell which units the device wrote (nullopt: none are read).
+  const std::optional<HwptId>& dirty_hwpt() const { return dirty_hwpt_; }
+  void set_dirty_hwpt(std::optional<HwptId> hwpt) { dirty_hwpt_ = hwpt; }
 
  private:
   AddressSpace* space_;
@@ -137,6 +144,7 @@ class PagedSpace {
   List probation_, protected_;
   uint64_t evictions_ = 0;
   uint64_t stuck_units_ = 0;
+  std::optional<HwptId> dirty_hwpt_;
 };
 
 // Returns iopfd's RLIMIT_MEMLOCK (soft) in bytes, or nullopt when it is unlimited. iommufd
@@ -229,6 +237,9 @@ class Pager {
   // evictable.
   bool PickVictim(const std::vector<PagedSpace*>& candidates, uint64_t now_ns, PagedSpace** space,
                   UnitRef* ref);
+  // Whether the device wrote unit `ref` since its dirty bits were last read (false where the
+  // space reads none; a failed read stops the space's reading, with a warning).
+  bool TakeDirty(PagedSpace& space, UnitRef ref);
   // Unmaps the victims (batched by adjacency) and accounts for them.
   void Unmap(PagedSpace& space, std::vector<UnitRef>& victims, uint64_t now_ns);
   // One unmap call over `count` adjacent units from `first`, timed and counted.
@@ -245,6 +256,7 @@ class Pager {
   PagedSpace::List& ListOf(PagedSpace& space, const Unit& u);
 
   PagerOptions options_;
+  uint32_t evict_run_ = 0;  // eviction runs so far: a unit gets one dirty second chance per run
   PagingCounters totals_;
   ResidencyScope daemon_;
   std::list<std::unique_ptr<PagedDevice>> devices_;

@@ -50,6 +50,14 @@ class Iommufd {
   // mappings (io_pagetable.c: ENOENT for a range that cuts one, or holds none). Returns OK, or
   // the error naming the device, the call and the errno.
   absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length);
+  // IOMMU_HWPT_SET_DIRTY_TRACKING: starts (or stops) the IOMMU's dirty bits on `hwpt`. Errors:
+  // Unimplemented (EOPNOTSUPP) when the HWPT was allocated without IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+  // or the IOMMU has no dirty bits; NotFound (ENOENT) for no such HWPT.
+  absl::Status SetDirtyTracking(HwptId hwpt, bool enable);
+  // IOMMU_HWPT_GET_DIRTY_BITMAP over [iova, iova + length), which must be mapped without a hole
+  // (EINVAL otherwise), in page_size bits: returns whether any page was written since the bits
+  // were last read, and clears them. Errors name the HWPT and the range.
+  absl::StatusOr<bool> TakeDirty(HwptId hwpt, uint64_t iova, uint64_t length, uint64_t page_size);
 
  private:
   UniqueFd fd_;
@@ -65,6 +73,10 @@ class IommufdMapper : public Mapper {
   absl::Status Map(const MapRequest& req) override { return iommufd_->Map(req); }
   absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) override {
     return iommufd_->Unmap(ioas, iova, length);
+  }
+  absl::StatusOr<bool> TakeDirty(HwptId hwpt, uint64_t iova, uint64_t length,
+                                 uint64_t page_size) override {
+    return iommufd_->TakeDirty(hwpt, iova, length, page_size);
   }
 
  private:
