@@ -252,6 +252,83 @@ bool CasePagingWithinABudget() {
   return v.Report();
 }
 
+// IOMMU_TEST_OP_DIRTY: marks the pages of [iova, iova + len) of `hwpt` dirty, as the device's
+// writes would. Returns 0 or the negative errno (EINVAL when tracking is off).
+int MarkDirty(const Env& e, uint32_t hwpt, uint64_t iova, uint64_t len) {
+  std::vector<uint64_t> bitmap((len / kPage + 63) / 64, ~uint64_t{0});
+  iommu_test_cmd cmd = {};
+  cmd.op = IOMMU_TEST_OP_DIRTY;
+  cmd.id = hwpt;
+  cmd.dirty.iova = iova;
+  cmd.dirty.length = len;
+  cmd.dirty.page_size = kPage;
+  cmd.dirty.uptr = reinterpret_cast<uintptr_t>(bitmap.data());
+  return TestCmd(e.iommufd, &cmd);
+}
+
+// Dirty bits as the pager's second chance, on the real kernel (docs/PAGING.md, KERNEL_FACTS
+// section 13): the owner's IOPF HWPT allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING and named
+// with dirty_tracking = true. Four 64 KiB units fill a 256 KiB budget; the device writes unit 0;
+// the fifth unit's eviction takes units 1 and 2 (the oldest after 0) and leaves 0, the written
+// one, mapped. Marking pages dirty works only while tracking is on: iopfd turned it on, and
+// turns it off when it gives the device back.
+bool CasePagingDirtySecondChance() {
+  Verdict v("paging_dirty_second_chance");
+  Env e;
+  Setup(e, v.name);
+  iommu_hwpt_alloc alloc = {};
+  alloc.size = sizeof(alloc);
+  alloc.flags =
+      IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+  alloc.dev_id = e.idev;
+  alloc.pt_id = e.ioas;
+  alloc.fault_id = e.fault_id;
+  if (ioctl(e.iommufd, IOMMU_HWPT_ALLOC, &alloc)) Die("dirty HWPT: %s", strerror(errno));
+  iommu_test_cmd replace = {};
+  replace.op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE;
+  replace.id = e.stdev;
+  replace.mock_domain_replace.pt_id = alloc.out_hwpt_id;
+  if (int rc = TestCmd(e.iommufd, &replace)) Die("MOCK_DOMAIN_REPLACE: %s", strerror(-rc));
+  e.hwpt = alloc.out_hwpt_id;
+  v.Expect(MarkDirty(e, e.hwpt, kR0, kPage) != 0, "no dirty bits before iopfd turns tracking on");
+  std::string text = DeviceFile(e);
+  text.insert(text.find("[[space]]"), "[limits]\nmax_resident = \"256KiB\"\n\n");
+  const size_t ioas_line = text.find("ioas_id = ");
+  text.insert(text.find('\n', ioas_line) + 1,
+              Format("hwpt_id = %u\ndirty_tracking = true\n", e.hwpt));
+  WriteFile(e.dir + "/devices.d/mock0.toml", text);
+  Daemon d = Start(e);
+  constexpr uint64_t kUnit = 16 * kPage;
+  auto fault = [&](uint64_t unit, uint32_t grpid) {
+    Trigger(e, kR0 + unit * kUnit + 5 * kPage, IOMMU_PGFAULT_PERM_READ | IOMMU_PGFAULT_PERM_WRITE,
+            false, grpid);
+    return WaitFor(
+        [&] { return CheckMap(e, e.hwpt, kR0 + unit * kUnit, kUnit, e.va0 + unit * kUnit); });
+  };
+  for (uint64_t u = 0; u < 4; ++u) {
+    v.Expect(fault(u, static_cast<uint32_t>(u + 1)),
+             Format("unit %llu mapped", static_cast<unsigned long long>(u)));
+  }
+  v.Expect(MarkDirty(e, e.hwpt, kR0 + 3 * kPage, kPage) == 0,
+           "the device's write to unit 0 marked (iopfd turned tracking on)");
+  v.Expect(fault(4, 5), "unit 4 mapped");
+  auto mapped = [&](uint64_t u) {
+    return CheckMap(e, e.hwpt, kR0 + u * kUnit, kUnit, e.va0 + u * kUnit);
+  };
+  v.Expect(mapped(0), "unit 0, written, stays mapped");
+  v.Expect(!mapped(1) && !mapped(2), "units 1 and 2, the oldest clean ones, were evicted");
+  v.Expect(mapped(3) && mapped(4), "units 3 and 4 stay mapped");
+  v.Expect(CheckPins(e, e.va0 + kUnit, 2 * kUnit, 0), "units 1 and 2 unpinned");
+  int rc = Stop(d);
+  auto s = ReadStats(d);
+  ExpectClean(v, rc, s, 5);
+  v.ExpectEq(s, "paging.dirty_second_chances", 1);
+  v.ExpectEq(s, "paging.evicted_units", 2);
+  v.Expect(MarkDirty(e, e.hwpt, kR0 + 3 * kUnit, kPage) != 0,
+           "tracking turned off when iopfd gave the device back");
+  return v.Report();
+}
+
 bool CaseCoalesceAdjacent() {
   Verdict v("coalesce_adjacent_pages");
   Env e;
@@ -1063,6 +1140,7 @@ int RunTests(const std::vector<std::string>& only) {
       {"one_page_many_faults", CaseOnePageManyFaults},
       {"coalesce_adjacent_pages", CaseCoalesceAdjacent},
       {"paging_within_a_budget", CasePagingWithinABudget},
+      {"paging_dirty_second_chance", CasePagingDirtySecondChance},
       {"burst_100k", [] { return CaseBurst(100000); }},
       {"stop_with_faults_outstanding", CaseStopWithOutstanding},
       {"hugetlbfs_maps_huge_pages", CaseHugetlbfsBacking},
