@@ -5,7 +5,8 @@
 //
 // Input: an options byte (bits 0-3: max_group_records - 1; bit 4: a device id is required;
 // bit 5: the mapper fails every map of an odd page; bits 6-7: a hugepage region), then batches:
-// a count byte (records in this read, 1..64) followed by that many 40-byte records.
+// a count byte (records in this read, 1..64; bit 6: the device wrote the pages the batch before
+// asked for; bit 7: hold the answers over the next batch) followed by that many 40-byte records.
 // Invariant, per batch: every distinct cookie in it gets exactly one response, SUCCESS only when
 // every page its records asked for was mapped (or lay in a successful map call), and nothing
 // else is answered.
@@ -81,6 +82,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     pager->AddSpace(dev, &table.spaces()[0], &mapper,
                     on_device ? std::nullopt : std::optional(budget));
     pager->AddSpace(dev, &table.spaces()[1], &mapper, std::nullopt);
+    // The no-PASID space reads dirty bits (the workingset policy's second chance).
+    table.spaces()[0].paging()->set_dirty_hwpt(HwptId(11));
     proc.set_pager(&*pager);
   }
 
@@ -89,6 +92,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // over the next batch (as the ring does when a read completes before the write), so that a
   // unit an unwritten answer relies on is exposed to the next batch's evictions.
   std::vector<std::vector<uapi::PageFault>> unwritten;  // batch by batch
+  std::vector<uapi::PageFault> previous;                // the batch before, for bit 6
   while (!in.empty()) {
     const uint8_t batch = in.Byte();
     const size_t count = 1 + batch % 64;
@@ -101,6 +105,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       records.push_back(r);
     }
     if (records.empty()) break;
+    // Bit 6: the device wrote every page the previous batch asked for (dirty bits), so its units
+    // get a second chance at the next eviction.
+    if ((batch & 0x40) != 0) {
+      for (const auto& r : previous) mapper.dirty_pages.insert(r.addr & ~(kPage - 1));
+    }
+    previous = records;
     proc.Process(records, now);
     now += 1000;
     unwritten.push_back(std::move(records));
