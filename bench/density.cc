@@ -15,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -59,8 +60,15 @@ class CountingMapper : public iopfd::Mapper {
     while (it != mapped_.end() && it->first < iova + length) it = mapped_.erase(it);
     return absl::OkStatus();
   }
+  // Dirty bits: a unit is dirty when the device wrote it since the last read (Write).
+  absl::StatusOr<bool> TakeDirty(iopfd::HwptId /*hwpt*/, uint64_t iova, uint64_t /*length*/,
+                                 uint64_t /*page_size*/) override {
+    return dirty_.erase(iova) != 0;
+  }
+  void Write(uint64_t unit_iova) { dirty_.insert(unit_iova); }
 
  private:
+  std::set<uint64_t> dirty_;
   std::map<uint64_t, uint64_t> mapped_;
 };
 
@@ -69,7 +77,10 @@ struct Result {
   double seconds = 0;
 };
 
-Result Run(const std::vector<uint32_t>& trace, uint64_t budget_units, EvictionPolicy policy) {
+// With `writes`, the space reads dirty bits and every access writes its unit (the dirty-bit
+// second chance at its best: docs/PAGING.md).
+Result Run(const std::vector<uint32_t>& trace, uint64_t budget_units, EvictionPolicy policy,
+           bool writes = false) {
   std::vector<Region> regions;
   regions.emplace_back(kBase, kUnits * kUnit, kPage, iopfd::uapi::kPermRead, 0, 100, 0, nullptr,
                        kUnit);
@@ -82,7 +93,8 @@ Result Run(const std::vector<uint32_t>& trace, uint64_t budget_units, EvictionPo
   FaultProcessor proc(FaultProcessorOptions{}, &table, &mapper, &queue, &stats);
   Pager pager(PagerOptions{.policy = policy});
   iopfd::PagedDevice* dev = pager.AddDevice("density", std::nullopt, &stats.paging, &queue);
-  pager.AddSpace(dev, &table.spaces()[0], &mapper, budget_units * kUnit);
+  iopfd::PagedSpace* paged = pager.AddSpace(dev, &table.spaces()[0], &mapper, budget_units * kUnit);
+  if (writes) paged->set_dirty_hwpt(iopfd::HwptId(1));
   proc.set_pager(&pager);
   Region& region = table.spaces()[0].regions()[0];
 
@@ -91,7 +103,8 @@ Result Run(const std::vector<uint32_t>& trace, uint64_t budget_units, EvictionPo
   uint64_t now = 1'000'000'000;
   const auto start = std::chrono::steady_clock::now();
   for (uint32_t u : trace) {
-    now += 100'000;                                 // 100 us between accesses
+    now += 100'000;  // 100 us between accesses
+    if (writes) mapper.Write(kBase + u * kUnit);
     if (region.IsMapped(u * kUnitPages)) continue;  // resident: no page request
     ++r.faults;
     iopfd::uapi::PageFault rec{};
@@ -122,31 +135,34 @@ int main(int argc, char** argv) {
     std::fprintf(csv, "pattern,budget_w,policy,faults_per_1000,evictions,unmap_calls,thrash\n");
   std::printf("W = %u units of %" PRIu64 " KiB, %zu accesses per point; faults per 1000 accesses\n",
               kUnits, kUnit >> 10, n);
-  std::printf("%-8s %6s %8s %10s %8s %8s %7s %7s %9s %8s %11s %6s\n", "pattern", "budget", "fifo",
-              "workingset", "A0", "MIN", "ws/A0", "ws/MIN", "ws evicts", "ws unmap", "ws faults/s",
-              "thrash");
+  std::printf("%-8s %6s %8s %10s %8s %8s %8s %7s %7s %9s %8s %11s %6s\n", "pattern", "budget",
+              "fifo", "workingset", "ws+dirty", "A0", "MIN", "ws/A0", "ws/MIN", "ws evicts",
+              "ws unmap", "ws faults/s", "thrash");
   for (const std::string& pattern : iopfd::density::Patterns()) {
     const std::vector<uint32_t> trace = Trace(pattern, n);
     for (double frac : iopfd::density::BudgetFractions()) {
       const uint64_t units = iopfd::density::BudgetUnits(frac);
       const Result fifo = Run(trace, units, EvictionPolicy::kFifo);
       const Result ws = Run(trace, units, EvictionPolicy::kWorkingset);
+      const Result dirty = Run(trace, units, EvictionPolicy::kWorkingset, /*writes=*/true);
       const uint64_t min = MinFaults(trace, units);
       const uint64_t a0 = A0Faults(pattern, trace, units);
       auto per1000 = [n](uint64_t f) { return 1000.0 * static_cast<double>(f) / n; };
       auto ratio = [](uint64_t a, uint64_t b) {
         return b == 0 ? 1.0 : static_cast<double>(a) / static_cast<double>(b);
       };
-      std::printf("%-8s %5.2fW %8.1f %10.1f %8.1f %8.1f %6.2fx %6.2fx %9" PRIu64 " %8" PRIu64
+      std::printf("%-8s %5.2fW %8.1f %10.1f %8.1f %8.1f %8.1f %6.2fx %6.2fx %9" PRIu64 " %8" PRIu64
                   " %11.0f %6" PRIu64 "\n",
-                  pattern.c_str(), frac, per1000(fifo.faults), per1000(ws.faults), per1000(a0),
-                  per1000(min), ratio(ws.faults, a0), ratio(ws.faults, min), ws.evictions,
-                  ws.unmaps, static_cast<double>(ws.faults) / std::max(ws.seconds, 1e-9),
-                  ws.thrash);
+                  pattern.c_str(), frac, per1000(fifo.faults), per1000(ws.faults),
+                  per1000(dirty.faults), per1000(a0), per1000(min), ratio(ws.faults, a0),
+                  ratio(ws.faults, min), ws.evictions, ws.unmaps,
+                  static_cast<double>(ws.faults) / std::max(ws.seconds, 1e-9), ws.thrash);
       if (csv != nullptr) {
         for (const auto& [name, f, e, u, t] :
              {std::tuple{"fifo", fifo.faults, fifo.evictions, fifo.unmaps, fifo.thrash},
               std::tuple{"workingset", ws.faults, ws.evictions, ws.unmaps, ws.thrash},
+              std::tuple{"workingset_dirty", dirty.faults, dirty.evictions, dirty.unmaps,
+                         dirty.thrash},
               std::tuple{"a0", a0, uint64_t{0}, uint64_t{0}, uint64_t{0}},
               std::tuple{"min", min, uint64_t{0}, uint64_t{0}, uint64_t{0}}}) {
           std::fprintf(csv, "%s,%.2f,%s,%.2f,%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n",
