@@ -24,6 +24,8 @@ TEST(UapiAbiTest, StructSizesMatchTheKernelHeader) {
   EXPECT_SAME_LAYOUT(IommuIoasUnmap, iommu_ioas_unmap);
   EXPECT_SAME_LAYOUT(IommuHwptAlloc, iommu_hwpt_alloc);
   EXPECT_SAME_LAYOUT(IommuFaultAlloc, iommu_fault_alloc);
+  EXPECT_SAME_LAYOUT(IommuHwptSetDirtyTracking, iommu_hwpt_set_dirty_tracking);
+  EXPECT_SAME_LAYOUT(IommuHwptGetDirtyBitmap, iommu_hwpt_get_dirty_bitmap);
   EXPECT_SAME_LAYOUT(PageFault, iommu_hwpt_pgfault);
   EXPECT_SAME_LAYOUT(PageResponse, iommu_hwpt_page_response);
   EXPECT_SAME_LAYOUT(VfioDeviceBindIommufd, vfio_device_bind_iommufd);
@@ -39,6 +41,12 @@ TEST(UapiAbiTest, FieldOffsetsMatchTheKernelHeader) {
   EXPECT_SAME_FIELD(IommuHwptAlloc, out_hwpt_id, iommu_hwpt_alloc, out_hwpt_id);
   EXPECT_SAME_FIELD(IommuHwptAlloc, fault_id, iommu_hwpt_alloc, fault_id);
   EXPECT_SAME_FIELD(IommuFaultAlloc, out_fault_fd, iommu_fault_alloc, out_fault_fd);
+  EXPECT_SAME_FIELD(IommuHwptSetDirtyTracking, hwpt_id, iommu_hwpt_set_dirty_tracking, hwpt_id);
+  EXPECT_SAME_FIELD(IommuHwptGetDirtyBitmap, hwpt_id, iommu_hwpt_get_dirty_bitmap, hwpt_id);
+  EXPECT_SAME_FIELD(IommuHwptGetDirtyBitmap, iova, iommu_hwpt_get_dirty_bitmap, iova);
+  EXPECT_SAME_FIELD(IommuHwptGetDirtyBitmap, length, iommu_hwpt_get_dirty_bitmap, length);
+  EXPECT_SAME_FIELD(IommuHwptGetDirtyBitmap, page_size, iommu_hwpt_get_dirty_bitmap, page_size);
+  EXPECT_SAME_FIELD(IommuHwptGetDirtyBitmap, data, iommu_hwpt_get_dirty_bitmap, data);
   EXPECT_SAME_FIELD(PageFault, pasid, iommu_hwpt_pgfault, pasid);
   EXPECT_SAME_FIELD(PageFault, perm, iommu_hwpt_pgfault, perm);
   EXPECT_SAME_FIELD(PageFault, addr, iommu_hwpt_pgfault, addr);
@@ -66,6 +74,11 @@ TEST(UapiAbiTest, IoctlNumbersAndFlagsMatchTheKernelHeader) {
   EXPECT_EQ(uapi::kIoasMapReadable, IOMMU_IOAS_MAP_READABLE);
   EXPECT_EQ(uapi::kHwptFaultIdValid, IOMMU_HWPT_FAULT_ID_VALID);
   EXPECT_EQ(uapi::kHwptAllocPasid, IOMMU_HWPT_ALLOC_PASID);
+  EXPECT_EQ(uapi::kHwptAllocDirtyTracking, IOMMU_HWPT_ALLOC_DIRTY_TRACKING);
+  EXPECT_EQ(uapi::kIommuHwptSetDirtyTracking, IOMMU_HWPT_SET_DIRTY_TRACKING);
+  EXPECT_EQ(uapi::kIommuHwptGetDirtyBitmap, IOMMU_HWPT_GET_DIRTY_BITMAP);
+  EXPECT_EQ(uapi::kDirtyTrackingEnable, IOMMU_HWPT_DIRTY_TRACKING_ENABLE);
+  EXPECT_EQ(uapi::kGetDirtyNoClear, IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR);
   EXPECT_EQ(uapi::kPgfaultPasidValid, IOMMU_PGFAULT_FLAGS_PASID_VALID);
   EXPECT_EQ(uapi::kPgfaultLastPage, IOMMU_PGFAULT_FLAGS_LAST_PAGE);
   EXPECT_EQ(uapi::kPermRead, IOMMU_PGFAULT_PERM_READ);

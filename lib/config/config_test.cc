@@ -607,7 +607,7 @@ TEST(DeviceDrainTest, HwptIdOnlyWhereIopfdCanSwitch) {
               ElementsAre(HasSubstr("adopt.switch_module: not with adopt.device_fd")));
 }
 
-// space.dirty_tracking: adopt mode, with the owner's HWPT named (hwpt_id), switchable or not.
+// space.dirty_tracking: adopt mode, with the owner's HWPT named (hwpt_id); one space per HWPT.
 TEST(DevicePagingTest, DirtyTrackingNeedsTheHwptInAdoptMode) {
   std::string t = Switchable("", "hwpt_id = 9\ndirty_tracking = true");
   t.replace(t.find("halt = \"reset\""), 14, "halt = \"owner\"");
@@ -627,6 +627,12 @@ TEST(DevicePagingTest, DirtyTrackingNeedsTheHwptInAdoptMode) {
   EXPECT_THAT(Errors(std::string(kVfioHead).insert(std::string(kVfioHead).find("[[space.region]]"),
                                                    "dirty_tracking = true\n")),
               ElementsAre(HasSubstr("space[0].dirty_tracking: only with attach = \"adopt\"")));
+  // A PASID space reading the same HWPT's bits would steal them from the first.
+  std::string twice =
+      t + "\n[[space]]\npasid = 5\nioas_id = 4\nhwpt_id = 9\ndirty_tracking = true\n";
+  EXPECT_THAT(Errors(twice), Contains(HasSubstr("space[1].hwpt_id: 9 reads its dirty bits for "
+                                                "space[0] already (dirty_tracking): one space per "
+                                                "HWPT")));
 }
 
 TEST(DeviceDrainTest, BusMasterNeedsTheVfioDeviceFd) {

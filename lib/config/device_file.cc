@@ -531,6 +531,14 @@ void CheckAdoptSpaces(Reporter& rep, const DeviceConfig& device) {
   // Parking puts the owner's IOPF-capable HWPT back afterwards: iopfd must know it.
   for (size_t i = 0; i < device.spaces.size(); ++i) {
     const SpaceConfig& space = device.spaces[i];
+    // Reading a HWPT's dirty bits clears them: two spaces reading one would steal each other's.
+    for (size_t j = 0; j < i && space.dirty_tracking && space.hwpt_id != 0; ++j) {
+      if (device.spaces[j].dirty_tracking && device.spaces[j].hwpt_id == space.hwpt_id) {
+        rep.At(space.where,
+               Cat("space[", i, "].hwpt_id: ", space.hwpt_id, " reads its dirty bits for space[", j,
+                   "] already (dirty_tracking): one space per HWPT"));
+      }
+    }
     if (device.adopt.can_switch() && space.hwpt_id == 0) {
       rep.At(space.where, Cat("space[", i, "].hwpt_id: required with adopt.",
                               device.adopt.device_fd.empty() ? "switch_module" : "device_fd",

@@ -124,8 +124,8 @@ std::optional<Field<std::string>> GetString(Reporter& rep, const toml::table& ta
   return Field<std::string>{str->get(), node};
 }
 
-std::optional<Field<bool>> GetBool(Reporter& rep, const toml::table& table,
-                                   std::string_view prefix, std::string_view key, bool required) {
+std::optional<Field<bool>> GetBool(Reporter& rep, const toml::table& table, std::string_view prefix,
+                                   std::string_view key, bool required) {
   const toml::node* node = Lookup(rep, table, prefix, key, required);
   if (node == nullptr) return std::nullopt;
   const auto* boolean = node->as_boolean();

@@ -132,8 +132,8 @@ std::optional<Field<std::string>> GetString(Reporter& rep, const toml::table& ta
 
 // Returns the boolean at `key`, nullopt when absent (an error when required) or not a boolean
 // (an error naming the key and the type found).
-std::optional<Field<bool>> GetBool(Reporter& rep, const toml::table& table,
-                                   std::string_view prefix, std::string_view key, bool required);
+std::optional<Field<bool>> GetBool(Reporter& rep, const toml::table& table, std::string_view prefix,
+                                   std::string_view key, bool required);
 
 std::string RangeText(int64_t min, int64_t max);
 

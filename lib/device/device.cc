@@ -325,6 +325,14 @@ void Device::UsePager(Pager* pager) {
     PagedSpace* paged =
         pager->AddSpace(paged_, &spaces_->spaces()[i], mapper_.get(), space.max_resident);
     if (!space.dirty_tracking || !iommufd_) continue;
+    if (pager->options().policy != EvictionPolicy::kWorkingset) {
+      // Only the workingset policy reads them; turning tracking on would only clear the bits.
+      Log(LogLevel::kInfo,
+          absl::StrCat(paged->scope().name,
+                       ": dirty_tracking unused with [paging] policy = \"fifo\"; left off"),
+          {{"DEVICE", name_}});
+      continue;
+    }
     // The dirty bits are advice for eviction: without them the device is served all the same.
     const HwptId hwpt(space.hwpt_id);
     if (absl::Status st = iommufd_->SetDirtyTracking(hwpt, true); !st.ok()) {

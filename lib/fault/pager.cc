@@ -205,37 +205,41 @@ void Pager::Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
   if (options_.policy == EvictionPolicy::kWorkingset && working_set) {
     u.state = Unit::State::kActive;
     Link(space, space.protected_list(), ref);
-    // The protected list holds at most 7/8 of what is resident. A resident unit never faults,
-    // so its oldest member is not the coldest: each working-set re-fault earned a unit a
-    // second chance (heat), spent by going round to the list's tail again; a unit with none
-    // left goes back on probation (as if just mapped: the newest there).
-    // A unit the device wrote since its bits were last read goes round without spending one
-    // (each at most once per call: the reading cleared its bits).
-    uint64_t dirty_left = space.dirty_hwpt() ? space.protected_list().units : 0;
-    while (space.protected_list().units * kProtectedDen > space.resident_units() * kProtectedNum) {
-      UnitRef oldest = space.protected_list().head;
-      Unlink(space, space.protected_list(), oldest);
-      Unit& o = space.space().unit(oldest);
-      if (dirty_left > 0) {
-        --dirty_left;
-        if (TakeDirty(space, oldest)) {
-          ForChain(space.scope(), [](PagingCounters& c) { ++c.dirty_second_chances; });
-          Link(space, space.protected_list(), oldest);
-          continue;
-        }
-      }
-      if (o.heat > kActivateHeat - 1) {
-        --o.heat;
-        Link(space, space.protected_list(), oldest);
-        continue;
-      }
-      o.state = Unit::State::kInactive;
-      o.mapped_ns = now_ns;
-      Link(space, space.probation(), oldest);
-    }
+    BoundProtected(space, now_ns);
   } else {
     u.state = Unit::State::kInactive;
     Link(space, space.probation(), ref);
+  }
+}
+
+void Pager::BoundProtected(PagedSpace& space, uint64_t now_ns) {
+  // The protected list holds at most 7/8 of what is resident. A resident unit never faults,
+  // so its oldest member is not the coldest: each working-set re-fault earned a unit a
+  // second chance (heat), spent by going round to the list's tail again; a unit with none
+  // left goes back on probation (as if just mapped: the newest there).
+  // A unit the device wrote since its bits were last read goes round without spending one
+  // (each at most once per call: the reading cleared its bits).
+  uint64_t dirty_left = space.dirty_hwpt() ? space.protected_list().units : 0;
+  while (space.protected_list().units * kProtectedDen > space.resident_units() * kProtectedNum) {
+    UnitRef oldest = space.protected_list().head;
+    Unlink(space, space.protected_list(), oldest);
+    Unit& o = space.space().unit(oldest);
+    if (dirty_left > 0 && space.dirty_hwpt()) {  // a failed read stops the reading
+      --dirty_left;
+      if (TakeDirty(space, oldest)) {
+        ForChain(space.scope(), [](PagingCounters& c) { ++c.dirty_second_chances; });
+        Link(space, space.protected_list(), oldest);
+        continue;
+      }
+    }
+    if (o.heat > kActivateHeat - 1) {
+      --o.heat;
+      Link(space, space.protected_list(), oldest);
+      continue;
+    }
+    o.state = Unit::State::kInactive;
+    o.mapped_ns = now_ns;
+    Link(space, space.probation(), oldest);
   }
 }
 
@@ -291,7 +295,6 @@ void Pager::EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns) {
   }
   std::vector<std::pair<PagedSpace*, std::vector<UnitRef>>> victims;
   uint64_t resident = Resident(scope);
-  ++evict_run_;
   while (resident > target) {
     PagedSpace* s = nullptr;
     UnitRef r;
@@ -323,6 +326,7 @@ void Pager::EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns) {
 }
 
 bool Pager::TakeDirty(PagedSpace& space, UnitRef ref) {
+  if (!space.dirty_hwpt()) return false;
   const Region& region = space.space().regions()[ref.region];
   absl::StatusOr<bool> dirty =
       space.mapper().TakeDirty(*space.dirty_hwpt(), region.UnitIova(ref.unit),
@@ -420,6 +424,7 @@ void Pager::SetBudget(ResidencyScope& scope, std::optional<uint64_t> budget, uin
   scope.budget = budget;
   scope.counters->budget_bytes = budget.value_or(0);
   scope.at_budget_reported = false;
+  ++evict_run_;
   if (budget && Resident(scope) > *budget) EvictIn(scope, 0, now_ns);
 }
 
@@ -452,6 +457,9 @@ Pager::EvictReport Pager::EvictUnits(PagedSpace& space, uint32_t region, uint32_
 }
 
 Pager::Room Pager::MakeRoom(PagedSpace& space, uint64_t bytes, uint64_t now_ns, bool may_evict) {
+  // One eviction run for every scope this map needs room in: a unit's dirty bits are read once
+  // (each read costs the kernel an IOTLB flush), not once per scope.
+  ++evict_run_;
   for (ResidencyScope* scope = &space.scope(); scope != nullptr; scope = scope->parent) {
     if (!scope->budget.has_value() || Resident(*scope) + bytes <= *scope->budget) continue;
     if (!may_evict) return Room::kNoRoom;

@@ -354,6 +354,40 @@ TEST_F(PagerTest, AProtectedUnitTheDeviceWritesStaysProtected) {
   EXPECT_GT(stats_.paging.dirty_second_chances, 0u);
 }
 
+// A read that fails while the protected list is full and its oldest units still hold second
+// chances: the reading stops there, and the list goes on by its second chances alone. (The
+// budget is raised first, so that no eviction reads the bits before the list does.)
+TEST_F(PagerTest, AFailedDirtyReadOnTheProtectedListStopsTheReading) {
+  Build({.space = 16 * kUnit});
+  uint64_t now = 1'000'000'000;
+  uint32_t i = 0;
+  for (; i < 60; ++i) {
+    now += 1'000'000;
+    Touch(i % 17, now);
+  }
+  PagedSpace* space = table_->spaces()[0].paging();
+  ASSERT_GT(space->protected_list().units, 4u);
+  pager_->SetBudget(space->scope(), 64 * kUnit, now);
+  space->set_dirty_hwpt(iopfd::HwptId(7));
+  mapper_.fail_dirty_reads = EIO;
+  // The one unit of the loop not resident comes back soon after its eviction: protected, it
+  // overfills the list, whose oldest units are read for dirty bits before they go round.
+  uint32_t away = 0;
+  while (away < 17 && region0().IsMapped(away * 4)) ++away;
+  ASSERT_LT(away, 17u);
+  // Every protected unit holds second chances: the list's oldest go round, and the reading
+  // would be asked again at each turn.
+  for (uint32_t u = 0; u < 17; ++u) {
+    if (region0().unit(u).state == iopfd::Unit::State::kActive) region0().unit(u).heat = 3;
+  }
+  now += 1'000'000;
+  EXPECT_EQ(Touch(away, now).code, uapi::kRespSuccess);
+  EXPECT_LE(space->protected_list().units * 8, space->resident_units() * 7) << "bound kept";
+  EXPECT_EQ(mapper_.dirty_reads, 1) << "one failed read, then none";
+  EXPECT_FALSE(space->dirty_hwpt().has_value());
+  EXPECT_EQ(stats_.paging.dirty_second_chances, 0u);
+}
+
 // Accesses to a working set twice the budget, 80% of them to a fifth of it (units 0..12 of 64).
 std::vector<uint32_t> HotColdTrace() {
   std::mt19937_64 rng(42);

@@ -131,12 +131,12 @@ absl::Status Iommufd::SetDirtyTracking(HwptId hwpt, bool enable) {
   cmd.hwpt_id = hwpt.value();
   int rc = sys_->Ioctl(fd(), uapi::kIommuHwptSetDirtyTracking, &cmd);
   if (rc < 0) {
-    return ErrnoStatus(-rc, name_, "IOMMU_HWPT_SET_DIRTY_TRACKING",
-                       -rc == EOPNOTSUPP
-                           ? absl::StrCat("HWPT ", hwpt.value(),
-                                          " was not allocated with dirty tracking "
-                                          "(IOMMU_HWPT_ALLOC_DIRTY_TRACKING), or the IOMMU has none")
-                           : absl::StrCat("HWPT ", hwpt.value()));
+    return ErrnoStatus(
+        -rc, name_, "IOMMU_HWPT_SET_DIRTY_TRACKING",
+        -rc == EOPNOTSUPP ? absl::StrCat("HWPT ", hwpt.value(),
+                                         " was not allocated with dirty tracking "
+                                         "(IOMMU_HWPT_ALLOC_DIRTY_TRACKING), or the IOMMU has none")
+                          : absl::StrCat("HWPT ", hwpt.value()));
   }
   return absl::OkStatus();
 }
@@ -160,9 +160,9 @@ absl::StatusOr<bool> Iommufd::TakeDirty(HwptId hwpt, uint64_t iova, uint64_t len
     cmd.data = reinterpret_cast<uintptr_t>(bitmap);
     int rc = sys_->Ioctl(fd(), uapi::kIommuHwptGetDirtyBitmap, &cmd);
     if (rc < 0) {
-      return ErrnoStatus(-rc, name_, "IOMMU_HWPT_GET_DIRTY_BITMAP",
-                         absl::StrCat("HWPT ", hwpt.value(), " iova 0x", absl::Hex(at),
-                                      " length ", cmd.length));
+      return ErrnoStatus(
+          -rc, name_, "IOMMU_HWPT_GET_DIRTY_BITMAP",
+          absl::StrCat("HWPT ", hwpt.value(), " iova 0x", absl::Hex(at), " length ", cmd.length));
     }
     // Every chunk is read, even after a dirty one: reading is what clears the bits.
     for (uint64_t w : bitmap) dirty = dirty || w != 0;

@@ -67,23 +67,28 @@ class FakeMapper : public iopfd::Mapper {
     std::erase_if(mapped, [&](const Mapping& m) {
       return m.ioas == ioas.value() && m.iova >= iova && m.iova < iova + length;
     });
+    // A page mapped again starts clean.
+    std::erase_if(dirty_pages, [&](uint64_t p) { return p >= iova && p < iova + length; });
     return absl::OkStatus();
   }
-  // The kernel's rules for dirty bits (io_pagetable.c): the range must be mapped without a hole
-  // (EINVAL), bits are read and cleared. Pages the "device" wrote are in dirty_pages; the
-  // mappings of every IOAS are searched (a test uses one HWPT per IOAS).
+  // The kernel's rules for dirty bits (io_pagetable.c, Linux 7.3): bits are read and cleared
+  // from `iova` up to the first page no mapping covers, where the walk stops without an error.
+  // Pages the "device" wrote are in dirty_pages; the mappings of every IOAS are searched (a
+  // test uses one HWPT per IOAS).
   absl::StatusOr<bool> TakeDirty(iopfd::HwptId /*hwpt*/, uint64_t iova, uint64_t length,
                                  uint64_t page_size) override {
     ++dirty_reads;
     if (fail_dirty_reads != 0) return ErrnoStatus(fail_dirty_reads, "fake", "GET_DIRTY_BITMAP");
+    bool dirty = false;
     for (uint64_t at = iova; at < iova + length; at += page_size) {
       bool covered = false;
       for (const Mapping& m : mapped) covered = covered || (at >= m.iova && at - m.iova < m.length);
-      if (!covered) return ErrnoStatus(EINVAL, "fake", "IOMMU_HWPT_GET_DIRTY_BITMAP");
+      if (!covered) break;
+      dirty = std::erase_if(dirty_pages,
+                            [&](uint64_t p) { return p >= at && p < at + page_size; }) != 0 ||
+              dirty;
     }
-    const size_t before = dirty_pages.size();
-    std::erase_if(dirty_pages, [&](uint64_t page) { return page >= iova && page < iova + length; });
-    return dirty_pages.size() != before;
+    return dirty;
   }
   // Bytes mapped now in `ioas`.
   uint64_t MappedBytes(uint32_t ioas) const {
@@ -106,7 +111,7 @@ class FakeMapper : public iopfd::Mapper {
   std::vector<MapRequest> calls;
   std::vector<uint64_t> fail_iovas;
   int fail_errno = ENOMEM;
-  int fail_times = -1;  // how many calls fail (-1: all)
+  int fail_times = -1;             // how many calls fail (-1: all)
   std::set<uint64_t> dirty_pages;  // page IOVAs written since their bits were last read
   int dirty_reads = 0;
   int fail_dirty_reads = 0;  // an errno every dirty-bit read fails with (0: none)

@@ -108,7 +108,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Bit 6: the device wrote every page the previous batch asked for (dirty bits), so its units
     // get a second chance at the next eviction.
     if ((batch & 0x40) != 0) {
-      for (const auto& r : previous) mapper.dirty_pages.insert(r.addr & ~(kPage - 1));
+      // Only what is mapped can be written: the no-PASID space's pages (IOAS 3).
+      for (const auto& r : previous) {
+        const uint64_t page = r.addr & ~(kPage - 1);
+        if ((r.flags & uapi::kPgfaultPasidValid) == 0 && mapper.Covers(3, page)) {
+          mapper.dirty_pages.insert(page);
+        }
+      }
     }
     previous = records;
     proc.Process(records, now);

@@ -100,8 +100,9 @@ struct IommuHwptSetDirtyTracking {
 
 // IOMMU_HWPT_GET_DIRTY_BITMAP: sets bit i of `data` (64-bit words, bit i % 64 of word i / 64)
 // when the page_size page at iova + i * page_size was written, and clears the IOPTEs' dirty
-// bits unless kGetDirtyNoClear. [iova, iova + length) must be covered by mappings without a
-// hole (io_pagetable.c iopt_area_contig_done: EINVAL otherwise).
+// bits unless kGetDirtyNoClear. The walk stops at the first hole in the mappings of
+// [iova, iova + length) and the call still returns 0 (Linux 7.3 drops iova_bitmap_for_each's
+// result): bits past a hole are neither reported nor cleared.
 inline constexpr uint32_t kGetDirtyNoClear = 1;
 struct IommuHwptGetDirtyBitmap {
   uint32_t size;
@@ -224,8 +225,7 @@ inline constexpr unsigned long kIommuFaultQueueAlloc = _IO(kIommufdType, kIommuf
 inline constexpr unsigned long kIommuIoasMapFile = _IO(kIommufdType, kIommufdCmdBase + 0x0f);
 inline constexpr unsigned long kIommuHwptSetDirtyTracking =
     _IO(kIommufdType, kIommufdCmdBase + 0x0b);
-inline constexpr unsigned long kIommuHwptGetDirtyBitmap =
-    _IO(kIommufdType, kIommufdCmdBase + 0x0c);
+inline constexpr unsigned long kIommuHwptGetDirtyBitmap = _IO(kIommufdType, kIommufdCmdBase + 0x0c);
 inline constexpr unsigned long kVfioDeviceBindIommufd = _IO(kIommufdType, kVfioBase + 18);
 inline constexpr unsigned long kVfioDeviceAttachIommufdPt = _IO(kIommufdType, kVfioBase + 19);
 inline constexpr unsigned long kVfioDeviceDetachIommufdPt = _IO(kIommufdType, kVfioBase + 20);
@@ -245,7 +245,8 @@ static_assert(sizeof(IommuHwptAlloc) == 48 && offsetof(IommuHwptAlloc, out_hwpt_
               offsetof(IommuHwptAlloc, data_uptr) == 32 &&
               offsetof(IommuHwptAlloc, fault_id) == 40);
 static_assert(sizeof(IommuHwptSetDirtyTracking) == 16);
-static_assert(sizeof(IommuHwptGetDirtyBitmap) == 48 && offsetof(IommuHwptGetDirtyBitmap, iova) == 16 &&
+static_assert(sizeof(IommuHwptGetDirtyBitmap) == 48 &&
+              offsetof(IommuHwptGetDirtyBitmap, iova) == 16 &&
               offsetof(IommuHwptGetDirtyBitmap, data) == 40);
 static_assert(sizeof(IommuFaultAlloc) == 16 && offsetof(IommuFaultAlloc, out_fault_fd) == 12);
 // 40 bytes: shared/BRIEF.md says 48, but Linux 7.3 has six u32, one u64 and two u32.

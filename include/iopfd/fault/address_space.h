@@ -51,8 +51,9 @@ class Mapper {
   // and when nothing is mapped there). Returns OK or an error carrying the errno.
   virtual absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) = 0;
   // Returns whether the device wrote any page of [iova, iova + length) since the last call
-  // (the IOMMU's dirty bits on `hwpt`, which this clears; the range must be mapped without a
-  // hole), or an error carrying the errno. Unimplemented where the mapper reads no dirty bits.
+  // (the IOMMU's dirty bits on `hwpt`, which this clears; pass a range mapped without a hole:
+  // the kernel stops at one without saying so), or an error carrying the errno. Unimplemented
+  // where the mapper reads no dirty bits.
   virtual absl::StatusOr<bool> TakeDirty(HwptId /*hwpt*/, uint64_t /*iova*/, uint64_t /*length*/,
                                          uint64_t /*page_size*/) {
     return absl::UnimplementedError("this mapper reads no dirty bits");

@@ -231,6 +231,9 @@ class Pager {
   std::function<void(const std::string& device, const std::string& what)> on_event;
 
  private:
+  // Sends the protected list's oldest units back on probation until it holds at most 7/8 of
+  // what `space` holds resident (second chances and dirty bits permitting).
+  void BoundProtected(PagedSpace& space, uint64_t now_ns);
   // Evicts in `scope` until `bytes` more fit under its low watermark (or nothing more can go).
   void EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns);
   // Picks the next victim among `candidates` (the spaces under the scope); false when none is
@@ -256,7 +259,9 @@ class Pager {
   PagedSpace::List& ListOf(PagedSpace& space, const Unit& u);
 
   PagerOptions options_;
-  uint32_t evict_run_ = 0;  // eviction runs so far: a unit gets one dirty second chance per run
+  // Eviction runs so far (one per MakeRoom or SetBudget, whatever scopes it evicts in): a unit
+  // gets one dirty second chance per run.
+  uint32_t evict_run_ = 0;
   PagingCounters totals_;
   ResidencyScope daemon_;
   std::list<std::unique_ptr<PagedDevice>> devices_;

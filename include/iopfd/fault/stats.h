@@ -65,10 +65,10 @@ struct PagingCounters {
   uint64_t budget_bytes = 0;    // gauge: max_resident (0: unbounded)
   uint64_t evicted_units = 0;   // map units unmapped to stay within a budget
   uint64_t evicted_bytes = 0;
-  uint64_t unmap_calls = 0;         // IOAS unmap ioctls issued (adjacent units share one)
-  uint64_t unmap_failures = 0;      // unmap ioctls that failed (the units stay, counted stuck)
-  uint64_t refaults = 0;            // units mapped again after an eviction
-  uint64_t thrash_protections = 0;  // units protected after re-faulting quickly, again and again
+  uint64_t unmap_calls = 0;           // IOAS unmap ioctls issued (adjacent units share one)
+  uint64_t unmap_failures = 0;        // unmap ioctls that failed (the units stay, counted stuck)
+  uint64_t refaults = 0;              // units mapped again after an eviction
+  uint64_t thrash_protections = 0;    // units protected after re-faulting quickly, again and again
   uint64_t dirty_second_chances = 0;  // units kept once more: the device wrote them (dirty bits)
   // Units that could not be mapped within the budget: the group waited for answers to be
   // written (deferred) or, when the budget cannot hold it at all, was answered INVALID.

@@ -54,9 +54,10 @@ class Iommufd {
   // Unimplemented (EOPNOTSUPP) when the HWPT was allocated without IOMMU_HWPT_ALLOC_DIRTY_TRACKING
   // or the IOMMU has no dirty bits; NotFound (ENOENT) for no such HWPT.
   absl::Status SetDirtyTracking(HwptId hwpt, bool enable);
-  // IOMMU_HWPT_GET_DIRTY_BITMAP over [iova, iova + length), which must be mapped without a hole
-  // (EINVAL otherwise), in page_size bits: returns whether any page was written since the bits
-  // were last read, and clears them. Errors name the HWPT and the range.
+  // IOMMU_HWPT_GET_DIRTY_BITMAP over [iova, iova + length), in page_size bits: returns whether
+  // any page was written since the bits were last read, and clears them. The range should be
+  // mapped without a hole: the kernel silently stops at one (KERNEL_FACTS.md section 13). Errors
+  // (ENOENT: no such HWPT; EOPNOTSUPP: no dirty bits; EINVAL: misaligned) name the HWPT and range.
   absl::StatusOr<bool> TakeDirty(HwptId hwpt, uint64_t iova, uint64_t length, uint64_t page_size);
 
  private:
