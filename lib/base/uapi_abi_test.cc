@@ -24,6 +24,7 @@ TEST(UapiAbiTest, StructSizesMatchTheKernelHeader) {
   EXPECT_SAME_LAYOUT(IommuIoasUnmap, iommu_ioas_unmap);
   EXPECT_SAME_LAYOUT(IommuHwptAlloc, iommu_hwpt_alloc);
   EXPECT_SAME_LAYOUT(IommuFaultAlloc, iommu_fault_alloc);
+  EXPECT_SAME_LAYOUT(IommuHwInfo, iommu_hw_info);
   EXPECT_SAME_LAYOUT(IommuHwptSetDirtyTracking, iommu_hwpt_set_dirty_tracking);
   EXPECT_SAME_LAYOUT(IommuHwptGetDirtyBitmap, iommu_hwpt_get_dirty_bitmap);
   EXPECT_SAME_LAYOUT(PageFault, iommu_hwpt_pgfault);
@@ -41,6 +42,10 @@ TEST(UapiAbiTest, FieldOffsetsMatchTheKernelHeader) {
   EXPECT_SAME_FIELD(IommuHwptAlloc, out_hwpt_id, iommu_hwpt_alloc, out_hwpt_id);
   EXPECT_SAME_FIELD(IommuHwptAlloc, fault_id, iommu_hwpt_alloc, fault_id);
   EXPECT_SAME_FIELD(IommuFaultAlloc, out_fault_fd, iommu_fault_alloc, out_fault_fd);
+  EXPECT_SAME_FIELD(IommuHwInfo, dev_id, iommu_hw_info, dev_id);
+  EXPECT_SAME_FIELD(IommuHwInfo, data_uptr, iommu_hw_info, data_uptr);
+  EXPECT_SAME_FIELD(IommuHwInfo, out_data_type, iommu_hw_info, out_data_type);
+  EXPECT_SAME_FIELD(IommuHwInfo, out_capabilities, iommu_hw_info, out_capabilities);
   EXPECT_SAME_FIELD(IommuHwptSetDirtyTracking, hwpt_id, iommu_hwpt_set_dirty_tracking, hwpt_id);
   EXPECT_SAME_FIELD(IommuHwptGetDirtyBitmap, hwpt_id, iommu_hwpt_get_dirty_bitmap, hwpt_id);
   EXPECT_SAME_FIELD(IommuHwptGetDirtyBitmap, iova, iommu_hwpt_get_dirty_bitmap, iova);
@@ -75,6 +80,8 @@ TEST(UapiAbiTest, IoctlNumbersAndFlagsMatchTheKernelHeader) {
   EXPECT_EQ(uapi::kHwptFaultIdValid, IOMMU_HWPT_FAULT_ID_VALID);
   EXPECT_EQ(uapi::kHwptAllocPasid, IOMMU_HWPT_ALLOC_PASID);
   EXPECT_EQ(uapi::kHwptAllocDirtyTracking, IOMMU_HWPT_ALLOC_DIRTY_TRACKING);
+  EXPECT_EQ(uapi::kIommuGetHwInfo, IOMMU_GET_HW_INFO);
+  EXPECT_EQ(uapi::kHwCapDirtyTracking, IOMMU_HW_CAP_DIRTY_TRACKING);
   EXPECT_EQ(uapi::kIommuHwptSetDirtyTracking, IOMMU_HWPT_SET_DIRTY_TRACKING);
   EXPECT_EQ(uapi::kIommuHwptGetDirtyBitmap, IOMMU_HWPT_GET_DIRTY_BITMAP);
   EXPECT_EQ(uapi::kDirtyTrackingEnable, IOMMU_HWPT_DIRTY_TRACKING_ENABLE);

@@ -607,7 +607,8 @@ TEST(DeviceDrainTest, HwptIdOnlyWhereIopfdCanSwitch) {
               ElementsAre(HasSubstr("adopt.switch_module: not with adopt.device_fd")));
 }
 
-// space.dirty_tracking: adopt mode, with the owner's HWPT named (hwpt_id); one space per HWPT.
+// space.dirty_tracking: adopt mode, with the owner's HWPT named (hwpt_id), one space per HWPT;
+// vfio mode, on by default.
 TEST(DevicePagingTest, DirtyTrackingNeedsTheHwptInAdoptMode) {
   std::string t = Switchable("", "hwpt_id = 9\ndirty_tracking = true");
   t.replace(t.find("halt = \"reset\""), 14, "halt = \"owner\"");
@@ -624,9 +625,13 @@ TEST(DevicePagingTest, DirtyTrackingNeedsTheHwptInAdoptMode) {
   wrong.replace(wrong.find("halt = \"reset\""), 14, "halt = \"owner\"");
   EXPECT_THAT(Errors(wrong), Contains("dev.toml:13:18: space[0].dirty_tracking: expected a boolean "
                                       "(true or false), got a string"));
-  EXPECT_THAT(Errors(std::string(kVfioHead).insert(std::string(kVfioHead).find("[[space.region]]"),
-                                                   "dirty_tracking = true\n")),
-              ElementsAre(HasSubstr("space[0].dirty_tracking: only with attach = \"adopt\"")));
+  // Vfio mode: iopfd's own HWPT, with dirty bits where the IOMMU has them unless turned off.
+  LoadResult vfio = Parse(std::string(kVfioHead).insert(
+      std::string(kVfioHead).find("[[space.region]]"), "dirty_tracking = false\n"));
+  ASSERT_THAT(ErrorStrings(vfio), IsEmpty());
+  EXPECT_FALSE(vfio.config.devices[0].spaces[0].WantsDirtyBits(AttachMode::kVfio));
+  EXPECT_TRUE(SpaceConfig{}.WantsDirtyBits(AttachMode::kVfio));
+  EXPECT_FALSE(SpaceConfig{}.WantsDirtyBits(AttachMode::kAdopt));
   // A PASID space reading the same HWPT's bits would steal them from the first.
   std::string twice =
       t + "\n[[space]]\npasid = 5\nioas_id = 4\nhwpt_id = 9\ndirty_tracking = true\n";

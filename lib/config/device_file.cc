@@ -270,13 +270,7 @@ void ParseSpace(Reporter& rep, const toml::table& table, const std::string& pref
     space->hwpt_id = static_cast<uint32_t>(hwpt->value);
   }
   if (auto dirty = GetBool(rep, table, prefix, "dirty_tracking", /*required=*/false)) {
-    if (mode == AttachMode::kVfio) {
-      rep.At(*dirty->node, Cat(JoinPath(prefix, "dirty_tracking"),
-                               ": only with attach = \"adopt\" for now (iopfd allocates vfio "
-                               "mode's HWPTs without dirty tracking)"));
-    } else {
-      space->dirty_tracking = dirty->value;
-    }
+    space->dirty_tracking = dirty->value;
   }
 
   std::vector<ParsedRegion> regions;
@@ -532,8 +526,10 @@ void CheckAdoptSpaces(Reporter& rep, const DeviceConfig& device) {
   for (size_t i = 0; i < device.spaces.size(); ++i) {
     const SpaceConfig& space = device.spaces[i];
     // Reading a HWPT's dirty bits clears them: two spaces reading one would steal each other's.
-    for (size_t j = 0; j < i && space.dirty_tracking && space.hwpt_id != 0; ++j) {
-      if (device.spaces[j].dirty_tracking && device.spaces[j].hwpt_id == space.hwpt_id) {
+    const bool dirty = space.WantsDirtyBits(AttachMode::kAdopt);
+    for (size_t j = 0; j < i && dirty && space.hwpt_id != 0; ++j) {
+      if (device.spaces[j].WantsDirtyBits(AttachMode::kAdopt) &&
+          device.spaces[j].hwpt_id == space.hwpt_id) {
         rep.At(space.where,
                Cat("space[", i, "].hwpt_id: ", space.hwpt_id, " reads its dirty bits for space[", j,
                    "] already (dirty_tracking): one space per HWPT"));
@@ -544,11 +540,11 @@ void CheckAdoptSpaces(Reporter& rep, const DeviceConfig& device) {
                               device.adopt.device_fd.empty() ? "switch_module" : "device_fd",
                               " (the IOPF-capable HWPT the owner attached, which a drain "
                               "puts back)"));
-    } else if (space.dirty_tracking && space.hwpt_id == 0) {
+    } else if (dirty && space.hwpt_id == 0) {
       rep.At(space.where, Cat("space[", i,
                               "].hwpt_id: required with dirty_tracking = true (the HWPT whose "
                               "dirty bits iopfd reads)"));
-    } else if (!device.adopt.can_switch() && !space.dirty_tracking && space.hwpt_id != 0) {
+    } else if (!device.adopt.can_switch() && !dirty && space.hwpt_id != 0) {
       rep.At(space.where, Cat("space[", i,
                               "].hwpt_id: only with adopt.device_fd or adopt.switch_module "
                               "(iopfd cannot switch attachments without one) or with "

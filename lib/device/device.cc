@@ -324,25 +324,30 @@ void Device::UsePager(Pager* pager) {
     const SpaceConfig& space = config_.spaces[i];
     PagedSpace* paged =
         pager->AddSpace(paged_, &spaces_->spaces()[i], mapper_.get(), space.max_resident);
-    if (!space.dirty_tracking || !iommufd_) continue;
+    // The HWPT whose bits to read: the owner's (adopt mode, configured), or iopfd's own when it
+    // was allocated with dirty tracking (vfio mode, SetUpVfio).
+    std::optional<HwptId> hwpt;
+    if (mode_ == AttachMode::kAdopt && space.WantsDirtyBits(mode_)) hwpt = HwptId(space.hwpt_id);
+    if (mode_ == AttachMode::kVfio && i < dirty_capable_.size()) hwpt = dirty_capable_[i];
+    if (!hwpt || !iommufd_) continue;
     if (pager->options().policy != EvictionPolicy::kWorkingset) {
       // Only the workingset policy reads them; turning tracking on would only clear the bits.
       Log(LogLevel::kInfo,
           absl::StrCat(paged->scope().name,
-                       ": dirty_tracking unused with [paging] policy = \"fifo\"; left off"),
+                       ": dirty bits unused with [paging] policy = \"fifo\"; tracking left off"),
           {{"DEVICE", name_}});
       continue;
     }
     // The dirty bits are advice for eviction: without them the device is served all the same.
-    const HwptId hwpt(space.hwpt_id);
-    if (absl::Status st = iommufd_->SetDirtyTracking(hwpt, true); !st.ok()) {
+    if (absl::Status st = iommufd_->SetDirtyTracking(*hwpt, true); !st.ok()) {
       Log(LogLevel::kWarning,
           absl::StrCat(st.message(), "; space.dirty_tracking: evicting without dirty bits"),
           {{"DEVICE", name_}});
       continue;
     }
-    paged->set_dirty_hwpt(hwpt);
-    dirty_hwpts_.push_back(hwpt);
+    paged->set_dirty_hwpt(*hwpt);
+    // iopfd's own HWPTs go with the device; the owner's get tracking turned off again.
+    if (mode_ == AttachMode::kAdopt) dirty_hwpts_.push_back(*hwpt);
   }
   processor_->set_pager(pager);
 }

@@ -3,7 +3,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "iopfd/base/uapi.h"
 #include "iopfd/device/device.h"
+#include "iopfd/service/log.h"
 
 namespace iopfd {
 
@@ -31,13 +33,32 @@ absl::Status Device::SetUpVfio(DeviceId* dev_id, std::vector<IoasId>* ioas) {
   if (!fault.ok()) return fault.status();
   fault_fd_ = std::move(fault->second);
   const bool uses_pasid = UsesPasid(config);
+  // Dirty bits where the IOMMU has them (the pager's second chance, docs/PAGING.md). Without
+  // the capability a HWPT asking for them would be refused; without the answer, none is asked.
+  bool iommu_dirty = false;
+  if (auto caps = iommufd_->HwCapabilities(*dev_id); caps.ok()) {
+    iommu_dirty = (*caps & uapi::kHwCapDirtyTracking) != 0;
+  } else {
+    Log(LogLevel::kInfo, absl::StrCat(caps.status().message(), "; no dirty bits"),
+        {{"DEVICE", name}});
+  }
+  dirty_capable_.assign(config.spaces.size(), std::nullopt);
   for (size_t i = 0; i < config.spaces.size(); ++i) {
     const SpaceConfig& s = config.spaces[i];
     auto id = iommufd_->IoasAlloc();
     if (!id.ok()) return id.status();
     (*ioas)[i] = *id;
-    auto hwpt = iommufd_->HwptAlloc(*dev_id, *id, fault->first, uses_pasid);
+    const bool dirty = iommu_dirty && s.WantsDirtyBits(AttachMode::kVfio);
+    if (!iommu_dirty && s.dirty_tracking.value_or(false)) {
+      Log(LogLevel::kWarning,
+          absl::StrCat(name, ": space[", i,
+                       "].dirty_tracking = true, but the IOMMU has no dirty tracking "
+                       "(IOMMU_GET_HW_INFO); evicting without dirty bits"),
+          {{"DEVICE", name}});
+    }
+    auto hwpt = iommufd_->HwptAlloc(*dev_id, *id, fault->first, uses_pasid, dirty);
     if (!hwpt.ok()) return hwpt.status();
+    if (dirty) dirty_capable_[i] = *hwpt;
     // The park HWPT: same IOAS, so the same mappings, but no fault queue. Switching to it
     // makes the kernel flush the attachment's page requests (a drain), and back resumes.
     auto park = iommufd_->HwptAlloc(*dev_id, *id, FaultId(), uses_pasid);

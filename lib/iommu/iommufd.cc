@@ -40,8 +40,17 @@ absl::StatusOr<std::pair<FaultId, UniqueFd>> Iommufd::FaultQueueAlloc() {
   return std::make_pair(FaultId(cmd.out_fault_id), UniqueFd(static_cast<int>(cmd.out_fault_fd)));
 }
 
+absl::StatusOr<uint64_t> Iommufd::HwCapabilities(DeviceId dev) {
+  uapi::IommuHwInfo cmd{};
+  cmd.size = sizeof(cmd);
+  cmd.dev_id = dev.value();
+  int rc = sys_->Ioctl(fd(), uapi::kIommuGetHwInfo, &cmd);
+  if (rc < 0) return ErrnoStatus(-rc, name_, "IOMMU_GET_HW_INFO");
+  return cmd.out_capabilities;
+}
+
 absl::StatusOr<HwptId> Iommufd::HwptAlloc(DeviceId dev, IoasId ioas, FaultId fault,
-                                          bool pasid_capable) {
+                                          bool pasid_capable, bool dirty_tracking) {
   uapi::IommuHwptAlloc cmd{};
   cmd.size = sizeof(cmd);
   cmd.dev_id = dev.value();
@@ -51,6 +60,7 @@ absl::StatusOr<HwptId> Iommufd::HwptAlloc(DeviceId dev, IoasId ioas, FaultId fau
     cmd.fault_id = fault.value();
   }
   if (pasid_capable) cmd.flags |= uapi::kHwptAllocPasid;
+  if (dirty_tracking) cmd.flags |= uapi::kHwptAllocDirtyTracking;
   int rc = sys_->Ioctl(fd(), uapi::kIommuHwptAlloc, &cmd);
   if (rc < 0) {
     return ErrnoStatus(-rc, name_, "IOMMU_HWPT_ALLOC",

@@ -28,10 +28,12 @@ class NoIo : public DrainIo {
 
 class PagingSimTest : public ::testing::Test {
  protected:
-  void Build(std::optional<uint64_t> space_budget, std::optional<uint64_t> device_budget) {
+  void Build(std::optional<uint64_t> space_budget, std::optional<uint64_t> device_budget,
+             std::optional<bool> dirty_tracking = std::nullopt) {
     DeviceConfig c = SimVfioDevice("sim0", {std::nullopt}, 1 << 20);
     c.spaces[0].regions[0].map_unit = kUnit;
     c.spaces[0].max_resident = space_budget;
+    c.spaces[0].dirty_tracking = dirty_tracking;
     c.limits.max_resident = device_budget;
     ListenFds none;
     auto d = Device::Attach(c, &none, &kernel_, ReadLimits{64});
@@ -49,6 +51,26 @@ class PagingSimTest : public ::testing::Test {
   void Turn() {
     ASSERT_TRUE(device_->ReadAvailable(~0ull).ok());
     ASSERT_TRUE(device_->WriteQueued().ok());
+  }
+  // Whether `unit` is mapped in the no-PASID attachment's IOAS.
+  bool UnitMapped(uint64_t unit) const {
+    const uint32_t ioas = kernel_.IoasOf(kernel_.AttachedHwpt(std::nullopt));
+    return kernel_.mappings().count({ioas, kBase + unit * kUnit}) != 0;
+  }
+  // The function writes a page of `unit`.
+  void Write(uint64_t unit) {
+    kernel_.DeviceWrites(kernel_.IoasOf(kernel_.AttachedHwpt(std::nullopt)),
+                         kBase + unit * kUnit + kPage);
+  }
+  // Fills a four-unit budget with units 0..3, has the function write unit 0, and faults unit 4.
+  void FillWriteAndFaultOneMore() {
+    for (uint64_t u = 0; u < 4; ++u) {
+      Fault(u);
+      Turn();
+    }
+    Write(0);
+    Fault(4);
+    Turn();
   }
   uint64_t Mapped() const {
     uint64_t total = 0;
@@ -114,6 +136,43 @@ TEST_F(PagingSimTest, EvictionComposesWithADrain) {
   EXPECT_LE(Mapped(), 4 * kUnit);
   ExpectClean();
   EXPECT_EQ(device_->stats().responses_success, 12u);
+}
+
+// Vfio mode: where the IOMMU has dirty bits (IOMMU_GET_HW_INFO), iopfd allocates its HWPT with
+// them and turns tracking on; a unit the function wrote is spared by the next eviction, which
+// takes the two oldest clean units (low watermark: 4 units less 1/32, one more to map).
+TEST_F(PagingSimTest, VfioModeUsesTheIommusDirtyBitsWhereItHasThem) {
+  kernel_.hw_capabilities = uapi::kHwCapDirtyTracking;
+  Build(4 * kUnit, std::nullopt);
+  FillWriteAndFaultOneMore();
+  EXPECT_TRUE(UnitMapped(0)) << "the written unit was evicted";
+  EXPECT_FALSE(UnitMapped(1));
+  EXPECT_FALSE(UnitMapped(2));
+  EXPECT_TRUE(UnitMapped(3) && UnitMapped(4));
+  EXPECT_EQ(device_->stats().paging.dirty_second_chances, 1u);
+  EXPECT_GT(kernel_.dirty_reads(), 0u);
+  ExpectClean();
+}
+
+// Without the capability nothing asks for dirty bits (a HWPT asking would be refused), and the
+// oldest unit goes.
+TEST_F(PagingSimTest, NoDirtyBitsWithoutTheCapabilityOrWhenTurnedOff) {
+  Build(4 * kUnit, std::nullopt);
+  FillWriteAndFaultOneMore();
+  EXPECT_FALSE(UnitMapped(0));
+  EXPECT_EQ(kernel_.dirty_reads(), 0u);
+  EXPECT_EQ(device_->stats().paging.dirty_second_chances, 0u);
+  ExpectClean();
+}
+
+// With the capability, dirty_tracking = false leaves it unused.
+TEST_F(PagingSimTest, DirtyTrackingFalseLeavesTheCapabilityUnused) {
+  kernel_.hw_capabilities = uapi::kHwCapDirtyTracking;
+  Build(4 * kUnit, std::nullopt, /*dirty_tracking=*/false);
+  FillWriteAndFaultOneMore();
+  EXPECT_FALSE(UnitMapped(0));
+  EXPECT_EQ(kernel_.dirty_reads(), 0u);
+  ExpectClean();
 }
 
 }  // namespace

@@ -184,10 +184,16 @@ int SimKernel::DoIoctl(int fd, unsigned long request, void* arg) {
       if (fd != iommufd_) return -ENOTTY;
       auto* c = static_cast<uapi::IommuHwptAlloc*>(arg);
       if (ioas_.count(c->pt_id) == 0 || c->dev_id != dev_id_ || !bound_) return -ENOENT;
-      Hwpt h{c->pt_id, 0};
+      Hwpt h;
+      h.ioas = c->pt_id;
       if ((c->flags & uapi::kHwptFaultIdValid) != 0) {
         if (QueueById(c->fault_id) == nullptr) return -ENOENT;
         h.fault = c->fault_id;
+      }
+      // hw_pagetable.c: dirty tracking only where the device's IOMMU is capable.
+      if ((c->flags & uapi::kHwptAllocDirtyTracking) != 0) {
+        if ((hw_capabilities & uapi::kHwCapDirtyTracking) == 0) return -EOPNOTSUPP;
+        h.dirty_capable = true;
       }
       c->out_hwpt_id = next_id_++;
       hwpts_[c->out_hwpt_id] = h;
@@ -244,8 +250,55 @@ int SimKernel::DoIoctl(int fd, unsigned long request, void* arg) {
       }
       if (inside.empty()) return -ENOENT;
       for (const auto& key : inside) mappings_.erase(key);
+      // A page mapped again starts with a clean IOPTE.
+      for (auto& [id, h] : hwpts_) {
+        if (h.ioas == c->ioas_id) {
+          std::erase_if(h.written, [&](uint64_t p) { return p >= c->iova && p < end; });
+        }
+      }
       ++unmap_calls_;
       c->length = unmapped;
+      return 0;
+    }
+    case uapi::kIommuGetHwInfo: {
+      if (fd != iommufd_) return -ENOTTY;
+      auto* c = static_cast<uapi::IommuHwInfo*>(arg);
+      if (!bound_ || c->dev_id != dev_id_) return -ENOENT;
+      c->out_capabilities = hw_capabilities;
+      return 0;
+    }
+    case uapi::kIommuHwptSetDirtyTracking: {
+      if (fd != iommufd_) return -ENOTTY;
+      auto* c = static_cast<uapi::IommuHwptSetDirtyTracking*>(arg);
+      auto it = hwpts_.find(c->hwpt_id);
+      if (it == hwpts_.end()) return -ENOENT;
+      if (!it->second.dirty_capable) return -EOPNOTSUPP;
+      it->second.tracking = (c->flags & uapi::kDirtyTrackingEnable) != 0;
+      it->second.written.clear();  // enabling starts from a clean snapshot
+      return 0;
+    }
+    case uapi::kIommuHwptGetDirtyBitmap: {
+      if (fd != iommufd_) return -ENOTTY;
+      auto* c = static_cast<uapi::IommuHwptGetDirtyBitmap*>(arg);
+      auto it = hwpts_.find(c->hwpt_id);
+      if (it == hwpts_.end()) return -ENOENT;
+      if (!it->second.dirty_capable) return -EOPNOTSUPP;
+      if (c->page_size == 0 || c->length == 0 || c->iova % c->page_size != 0 ||
+          c->length % c->page_size != 0) {
+        return -EINVAL;
+      }
+      ++dirty_reads_;
+      // The user's bitmap, as the kernel's copy_to_user would reach it (an address in the
+      // caller's own memory: the simulation runs in the same process).
+      auto* bits = reinterpret_cast<uint64_t*>(  // NOLINT(performance-no-int-to-ptr)
+          static_cast<uintptr_t>(c->data));
+      // io_pagetable.c: the walk stops at the first page no mapping covers, and the call still
+      // returns 0 (7.3 drops iova_bitmap_for_each's result).
+      for (uint64_t i = 0; i < c->length / c->page_size; ++i) {
+        const uint64_t page = c->iova + i * c->page_size;
+        if (!Covered(it->second.ioas, page)) break;
+        if (it->second.written.erase(page) != 0) bits[i / 64] |= 1ull << (i % 64);
+      }
       return 0;
     }
     case uapi::kVfioDeviceBindIommufd: {
@@ -567,6 +620,21 @@ DeviceConfig SimVfioDevice(const std::string& name,
     c.spaces.push_back(s);
   }
   return c;
+}
+
+bool SimKernel::Covered(uint32_t ioas, uint64_t iova) const {
+  for (const auto& [key, len] : mappings_) {
+    if (key.first == ioas && iova >= key.second && iova - key.second < len) return true;
+  }
+  return false;
+}
+
+void SimKernel::DeviceWrites(uint32_t ioas, uint64_t iova) {
+  const uint64_t page = iova & ~uint64_t{4095};
+  if (!Covered(ioas, page)) return;
+  for (auto& [id, h] : hwpts_) {
+    if (h.ioas == ioas && h.tracking) h.written.insert(page);
+  }
 }
 
 }  // namespace iopfd::sim

@@ -153,6 +153,14 @@ class SimKernel : public Syscalls {
     for (const auto& [key, len] : mappings_) total += key.first == ioas ? len : 0;
     return total;
   }
+  // The IOMMU's capabilities IOMMU_GET_HW_INFO reports (uapi::kHwCapDirtyTracking: HWPTs may
+  // have dirty bits). None by default.
+  uint64_t hw_capabilities = 0;
+  // The function writes the page at `iova` of `ioas`: every HWPT over that IOAS tracking dirty
+  // bits marks it (when it is mapped).
+  void DeviceWrites(uint32_t ioas, uint64_t iova);
+  // IOMMU_HWPT_GET_DIRTY_BITMAP calls that read bits.
+  uint64_t dirty_reads() const { return dirty_reads_; }
   // IOMMU_IOAS_UNMAP calls that succeeded, and those refused because they cut a mapping.
   uint64_t unmap_calls() const { return unmap_calls_; }
   uint64_t unmap_splits_refused() const { return unmap_splits_refused_; }
@@ -172,8 +180,13 @@ class SimKernel : public Syscalls {
   };
   struct Hwpt {
     uint32_t ioas = 0;
-    uint32_t fault = 0;  // fault object id; 0: no page requests (a "park" HWPT)
+    uint32_t fault = 0;          // fault object id; 0: no page requests (a "park" HWPT)
+    bool dirty_capable = false;  // allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+    bool tracking = false;       // IOMMU_HWPT_SET_DIRTY_TRACKING on
+    std::set<uint64_t> written;  // pages written since their bits were last read
   };
+  // Whether a mapping of `ioas` covers `iova`.
+  bool Covered(uint32_t ioas, uint64_t iova) const;
 
   int NewFd();
   FaultQueue* QueueByFd(int fd);
@@ -192,6 +205,7 @@ class SimKernel : public Syscalls {
   int iommufd_ = -1, vfio_fd_ = -1;
   bool bound_ = false;
   uint32_t next_id_ = 1;
+  uint64_t dirty_reads_ = 0;
   uint32_t dev_id_ = 0;
   std::set<uint32_t> ioas_;
   std::map<uint32_t, Hwpt> hwpts_;

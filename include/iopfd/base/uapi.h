@@ -88,6 +88,23 @@ struct IommuHwptAlloc {
   uint32_t reserved2;
 };
 
+// IOMMU_GET_HW_INFO: what the IOMMU behind a bound device can do. iopfd reads only
+// out_capabilities (data_len 0: no driver-specific data is copied); kHwCapDirtyTracking says a
+// HWPT may be allocated with kHwptAllocDirtyTracking
+// (device_iommu_capable(IOMMU_CAP_DIRTY_TRACKING)).
+inline constexpr uint64_t kHwCapDirtyTracking = 1ull << 0;
+struct IommuHwInfo {
+  uint32_t size;
+  uint32_t flags;
+  uint32_t dev_id;
+  uint32_t data_len;
+  alignas(8) uint64_t data_uptr;
+  uint32_t out_data_type;
+  uint8_t out_max_pasid_log2;
+  uint8_t reserved[3];
+  alignas(8) uint64_t out_capabilities;
+};
+
 // IOMMU_HWPT_SET_DIRTY_TRACKING: starts (flags = kDirtyTrackingEnable) or stops the IOMMU's
 // dirty bits on a paging HWPT allocated with kHwptAllocDirtyTracking (EOPNOTSUPP otherwise).
 inline constexpr uint32_t kDirtyTrackingEnable = 1;
@@ -223,6 +240,7 @@ inline constexpr unsigned long kIommuIoasUnmap = _IO(kIommufdType, kIommufdCmdBa
 inline constexpr unsigned long kIommuHwptAlloc = _IO(kIommufdType, kIommufdCmdBase + 0x09);
 inline constexpr unsigned long kIommuFaultQueueAlloc = _IO(kIommufdType, kIommufdCmdBase + 0x0e);
 inline constexpr unsigned long kIommuIoasMapFile = _IO(kIommufdType, kIommufdCmdBase + 0x0f);
+inline constexpr unsigned long kIommuGetHwInfo = _IO(kIommufdType, kIommufdCmdBase + 0x0a);
 inline constexpr unsigned long kIommuHwptSetDirtyTracking =
     _IO(kIommufdType, kIommufdCmdBase + 0x0b);
 inline constexpr unsigned long kIommuHwptGetDirtyBitmap = _IO(kIommufdType, kIommufdCmdBase + 0x0c);
@@ -244,6 +262,8 @@ static_assert(sizeof(IommuIoasUnmap) == 24 && offsetof(IommuIoasUnmap, iova) == 
 static_assert(sizeof(IommuHwptAlloc) == 48 && offsetof(IommuHwptAlloc, out_hwpt_id) == 16 &&
               offsetof(IommuHwptAlloc, data_uptr) == 32 &&
               offsetof(IommuHwptAlloc, fault_id) == 40);
+static_assert(sizeof(IommuHwInfo) == 40 && offsetof(IommuHwInfo, out_data_type) == 24 &&
+              offsetof(IommuHwInfo, out_capabilities) == 32);
 static_assert(sizeof(IommuHwptSetDirtyTracking) == 16);
 static_assert(sizeof(IommuHwptGetDirtyBitmap) == 48 &&
               offsetof(IommuHwptGetDirtyBitmap, iova) == 16 &&

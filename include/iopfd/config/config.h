@@ -123,11 +123,17 @@ struct SpaceConfig {
   // IOPF-capable HWPT the owner attached for this space, which a drain parks and puts back.
   // 0 otherwise.
   uint32_t hwpt_id = 0;
-  // Adopt mode: read the IOMMU's dirty bits on hwpt_id as the pager's second-chance signal (a
-  // unit the device wrote since it was last looked at is not evicted yet; docs/PAGING.md). The
-  // owner must have allocated that HWPT with IOMMU_HWPT_ALLOC_DIRTY_TRACKING and must not use
-  // its dirty bits itself (reading them clears them: a VMM migrating the guest would miss pages).
-  bool dirty_tracking = false;
+  // Read the IOMMU's dirty bits as the pager's second-chance signal (a unit the device wrote
+  // since it was last looked at is not evicted yet; docs/PAGING.md). Adopt mode: on hwpt_id,
+  // when true (default false); the owner must have allocated that HWPT with
+  // IOMMU_HWPT_ALLOC_DIRTY_TRACKING and must not use its dirty bits itself (reading them clears
+  // them: a VMM migrating the guest would miss pages). Vfio mode: on iopfd's own HWPT, allocated
+  // with dirty tracking where the IOMMU has it, unless false (default true).
+  std::optional<bool> dirty_tracking;
+  // Whether dirty bits are wanted for this space in `mode` (the defaults above).
+  bool WantsDirtyBits(AttachMode mode) const {
+    return dirty_tracking.value_or(mode == AttachMode::kVfio);
+  }
   std::vector<RegionConfig> regions;  // sorted by iova, non-overlapping after validation
   // Bytes iopfd may hold mapped in this space (pager.h); nullopt: unbounded.
   std::optional<uint64_t> max_resident;

@@ -224,7 +224,9 @@ class Device {
   // Declaration order is teardown order reversed: the processor goes first, the iommufd last,
   // so nothing refers to an fd or mapping that is already gone.
   std::optional<Iommufd> iommufd_;
-  std::vector<HwptId> dirty_hwpts_;  // HWPTs whose dirty tracking iopfd turned on
+  std::vector<HwptId> dirty_hwpts_;  // the owner's HWPTs whose dirty tracking iopfd turned on
+  // Vfio mode, per space: iopfd's HWPT when it was allocated with dirty tracking.
+  std::vector<std::optional<HwptId>> dirty_capable_;
   // The VFIO device (vfio mode, or adopt mode with adopt.device_fd) or switch module, and the
   // attachments with their park HWPTs.
   Attachments attachments_{name_};

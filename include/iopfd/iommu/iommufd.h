@@ -39,7 +39,13 @@ class Iommufd {
   // IOMMU_HWPT_ALLOC of a paging HWPT over `ioas` for `dev`, delivering page requests to
   // `fault` (when valid) and usable for PASID attachment when `pasid_capable`. Unimplemented
   // (EOPNOTSUPP) on kernels before 7.x, which only accept a fault id on nested HWPTs.
-  absl::StatusOr<HwptId> HwptAlloc(DeviceId dev, IoasId ioas, FaultId fault, bool pasid_capable);
+  // With `dirty_tracking`, the HWPT has the IOMMU's dirty bits (IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+  // EOPNOTSUPP where HwCapabilities lacks kHwCapDirtyTracking).
+  absl::StatusOr<HwptId> HwptAlloc(DeviceId dev, IoasId ioas, FaultId fault, bool pasid_capable,
+                                   bool dirty_tracking = false);
+  // IOMMU_GET_HW_INFO for a bound device: returns its IOMMU's capability bits
+  // (uapi::kHwCapDirtyTracking). Errors: EOPNOTSUPP (no IOMMU), ENOENT (no such device).
+  absl::StatusOr<uint64_t> HwCapabilities(DeviceId dev);
   // IOMMU_DESTROY of any object id.
   absl::Status Destroy(uint32_t id);
   // Maps req at its fixed IOVA: IOMMU_IOAS_MAP_FILE from req.fd, or, on a kernel without it
