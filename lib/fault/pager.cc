@@ -27,6 +27,30 @@ uint64_t WorkingSetDistance(PagedSpace& space) { return space.resident_units() /
 constexpr uint64_t kProtectedNum = 7;
 constexpr uint64_t kProtectedDen = 8;
 
+// Folds a refault distance into the space's recent ones (weights of 1/16: about the last few
+// dozen re-faults count).
+void NoteDistance(PagedSpace& space, uint64_t distance) {
+  PagedSpace::Distances& d = space.distances();
+  const uint64_t x16 = distance * 16;
+  const uint64_t dev16 = x16 > d.mean16 ? x16 - d.mean16 : d.mean16 - x16;
+  if (d.samples == 0) {
+    d.mean16 = x16;
+  } else {
+    d.mean16 = d.mean16 - d.mean16 / 16 + x16 / 16;
+    d.spread16 = d.spread16 - d.spread16 / 16 + dev16 / 16;
+  }
+  ++d.samples;
+}
+
+// Whether the space is looping over more than it holds: its recent refault distances are many,
+// nearly equal (mean deviation under an eighth of the mean) and past the working-set bound.
+// Independent accesses (uniform, hot/cold) spread their distances about as wide as their mean,
+// so this holds only for a loop.
+bool Looping(PagedSpace& space, uint64_t working_set_distance) {
+  const PagedSpace::Distances& d = space.distances();
+  return d.samples >= 32 && d.spread16 * 8 < d.mean16 && d.mean16 > working_set_distance * 16;
+}
+
 // Second chances a unit can hold on the protected list (working-set re-faults, pager.h).
 constexpr uint8_t kMaxHeat = 3;
 // Working-set re-faults in a row that put a unit on the protected list.
@@ -174,30 +198,24 @@ void Pager::Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
   bool working_set = false;
   if (u.evicted_ns != 0) {
     ForChain(space.scope(), [](PagingCounters& c) { ++c.refaults; });
-    // Thrashing: back within the window of its eviction, again and again.
-    if (now_ns - u.evicted_ns <= options_.thrash_window_ns) {
-      if (++u.quick_refaults >= options_.thrash_events) {
-        u.quick_refaults = 0;
-        u.protected_until = now_ns + options_.thrash_protect_ns;
-        ForChain(space.scope(), [](PagingCounters& c) { ++c.thrash_protections; });
-        if (on_event) {
-          on_event(space.device().name(),
-                   absl::StrCat(space.scope().name, ": thrashing; a unit at 0x",
-                                absl::Hex(region.UnitIova(ref.unit)), " protected for ",
-                                options_.thrash_protect_ns / 1000000, " ms"));
-        }
-      }
-    } else {
-      u.quick_refaults = 0;
-    }
+    NoteQuickRefault(space, ref, u, now_ns);
     // Its refault distance: the evictions since its own. Within what the space holds, a budget
     // that size would have kept it: it is part of the working set.
-    if (space.evictions() - u.evicted_seq <= WorkingSetDistance(space)) {
+    const uint64_t distance = space.evictions() - u.evicted_seq;
+    const uint64_t bound = WorkingSetDistance(space);
+    NoteDistance(space, distance);
+    if (distance <= bound) {
       if (u.heat < kMaxHeat) ++u.heat;
     } else {
       u.heat = 0;
     }
     working_set = u.heat >= kActivateHeat;
+    // A loop: keep a fixed part of it, taking room the protected list has, displacing no one.
+    if (!working_set && Looping(space, bound) &&
+        (space.protected_list().units + 1) * kProtectedDen <=
+            (space.resident_units() + 1) * kProtectedNum) {
+      working_set = true;
+    }
   }
   u.mapped_ns = now_ns;
   region.NoteUnitMapped(ref.unit);
@@ -209,6 +227,24 @@ void Pager::Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
   } else {
     u.state = Unit::State::kInactive;
     Link(space, space.probation(), ref);
+  }
+}
+
+void Pager::NoteQuickRefault(PagedSpace& space, UnitRef ref, Unit& u, uint64_t now_ns) {
+  if (now_ns - u.evicted_ns > options_.thrash_window_ns) {
+    u.quick_refaults = 0;
+    return;
+  }
+  if (++u.quick_refaults < options_.thrash_events) return;
+  u.quick_refaults = 0;
+  u.protected_until = now_ns + options_.thrash_protect_ns;
+  ForChain(space.scope(), [](PagingCounters& c) { ++c.thrash_protections; });
+  if (on_event) {
+    const Region& region = space.space().regions()[ref.region];
+    on_event(space.device().name(),
+             absl::StrCat(space.scope().name, ": thrashing; a unit at 0x",
+                          absl::Hex(region.UnitIova(ref.unit)), " protected for ",
+                          options_.thrash_protect_ns / 1000000, " ms"));
   }
 }
 

@@ -25,6 +25,10 @@
 //    Linux's workingset shadow entries, mm/workingset.c). The protected list holds at most 7/8
 //    of what is resident; beyond that its oldest unit goes back on probation unless it still
 //    holds a second chance. Eviction takes from probation first.
+//    A loop over more than the budget brings every unit back at the same distance, past the
+//    working-set bound: while the space's recent distances say so (many, nearly equal), a unit
+//    that comes back joins the protected list where it has room without displacing anyone, so
+//    that a fixed part of the loop stays resident (instead of every access faulting).
 //    Where the space's HWPT has dirty bits (space.dirty_tracking), a unit the device wrote since
 //    it was last looked at is not taken when it comes up for eviction, nor sent back to
 //    probation from the protected list: it goes round to its list's tail (a second chance,
@@ -128,6 +132,14 @@ class PagedSpace {
   List& probation() { return probation_; }
   List& protected_list() { return protected_; }
   uint64_t evictions() const { return evictions_; }
+  // Refault distances seen lately (loop detection, pager.cc): exponentially weighted average
+  // and mean deviation, both in sixteenths of an eviction, and how many were seen.
+  struct Distances {
+    uint64_t mean16 = 0;
+    uint64_t spread16 = 0;
+    uint64_t samples = 0;
+  };
+  Distances& distances() { return distances_; }
   void CountEviction() { ++evictions_; }
   uint64_t resident_units() const { return probation_.units + protected_.units + stuck_units_; }
   void CountStuck() { ++stuck_units_; }
@@ -143,6 +155,7 @@ class PagedSpace {
   ResidencyScope scope_;
   List probation_, protected_;
   uint64_t evictions_ = 0;
+  Distances distances_;
   uint64_t stuck_units_ = 0;
   std::optional<HwptId> dirty_hwpt_;
 };
@@ -234,6 +247,9 @@ class Pager {
   // Sends the protected list's oldest units back on probation until it holds at most 7/8 of
   // what `space` holds resident (second chances and dirty bits permitting).
   void BoundProtected(PagedSpace& space, uint64_t now_ns);
+  // A unit back within the thrash window of its eviction, again and again: protected for a
+  // while (counted, with an event).
+  void NoteQuickRefault(PagedSpace& space, UnitRef ref, Unit& u, uint64_t now_ns);
   // Evicts in `scope` until `bytes` more fit under its low watermark (or nothing more can go).
   void EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns);
   // Picks the next victim among `candidates` (the spaces under the scope); false when none is
