@@ -30,6 +30,10 @@ case "$mode" in
   *) /bin/iopf-guest ${mode:-test} $args ;;
 esac
 rc=$?
+# What memory the guest had left, and whether the OOM killer chose anything (an exit of 137 is a
+# SIGKILL): CI keeps only the console.
+echo "IOPF-MEM $(/bin/busybox grep -E '^(MemTotal|MemAvailable):' /proc/meminfo | /bin/busybox tr -s ' \n' ' ')"
+/bin/busybox dmesg | /bin/busybox grep -iE 'out of memory|oom-kill|killed process' | /bin/busybox sed 's/^/IOPF-OOM /'
 if [ -w "$leaks" ]; then
   # An object is reported only once it is older than 5 s and a scan found no reference to it:
   # scan, let the last objects age, scan again, and print what is suspected (vm_results fails

@@ -61,6 +61,11 @@ vm_results() {
     fi
     echo "vm: the guest finished with ${exit_line#IOPF-EXIT } (see $out/console.log)" >&2
     grep -E 'iopf-(guest|systemd-check):' "$out/console.log" >&2 || true
+    # CI keeps only this output, not the console: name the last case that reported and show
+    # what the kernel and the driver printed last (an exit of 137 is a SIGKILL, most often the
+    # OOM killer, whose report is among these lines).
+    echo "vm: $(grep -c '^IOPF-RESULT ' "$out/console.log" || true) case(s) reported; the last: $(grep '^IOPF-RESULT ' "$out/console.log" | tail -n 1 || true)" >&2
+    grep -vE '^(IOPF-(KMEMLEAK|RESULT)|  iopfd\| )' "$out/console.log" | tail -n 40 >&2 || true
     return 1
   fi
   if grep -q ' FAIL' "$out/results.txt"; then

@@ -8,6 +8,8 @@
 # plus a kernel_log_clean verdict). Exits non-zero when the guest did not run to the end or
 # reported a failure; with --per-case (CTest's vm_boot) a case's FAIL verdict alone does not fail
 # the run, since CTest's per-case tests (check-result.sh) fail for it by name.
+# Environment: IOPFD_VM_TIMEOUT (seconds, default 1500), IOPFD_VM_MEM (guest MiB, default 1024;
+# a smaller guest shows where memory runs short first).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -94,7 +96,7 @@ leaks=0
 case "$mode" in test|soak) append="$append kmemleak=on"; leaks=1 ;; esac
 start=$(date +%s.%N)
 set +e
-timeout "${IOPFD_VM_TIMEOUT:-1500}" qemu-system-x86_64 -accel tcg -smp 2 -m 1024 -nographic \
+timeout "${IOPFD_VM_TIMEOUT:-1500}" qemu-system-x86_64 -accel tcg -smp 2 -m "${IOPFD_VM_MEM:-1024}" -nographic \
   -no-reboot -kernel "$KERNEL_IMAGE" -initrd "$out/initramfs.gz" -append "$append" \
   </dev/null 2>&1 | sed -u 's/\r$//' | tee "$out/console.log" | \
   { if [ "$mode" = demo ]; then grep --line-buffered -vE '^IOPF-(RESULT|SUMMARY)'; else cat >/dev/null; fi; }
