@@ -146,6 +146,7 @@ absl::Status Device::SetUpFaultPath(ListenFds* fds, DeviceId dev_id,
     spaces.emplace_back(s.pasid, ioas[i], std::move(regions));
   }
   spaces_ = std::make_unique<SpaceTable>(std::move(spaces));
+  if (mode_ == AttachMode::kAdopt) SetUpMapRecord();
   stats_ = std::make_unique<DeviceStats>();
   responses_ = std::make_unique<ResponseQueue>(stats_.get());
   mapper_ = std::make_unique<IommufdMapper>(&*iommufd_);

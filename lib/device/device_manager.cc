@@ -48,11 +48,13 @@ void DeviceManager::Emit(const std::string& event, const std::string& device,
 
 absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds* fds,
                                            std::unique_ptr<InflightLedger> ledger,
-                                           bool configured) {
+                                           std::unique_ptr<MapRecord> maps, bool configured) {
   auto dev = Device::Attach(config, fds, sys_, limits_);
   if (!dev.ok()) return dev.status();
-  // Budgets before anything is mapped (a ledger's leftovers are resolved just below).
+  // Budgets before anything is mapped (a ledger's leftovers are resolved just below), and what
+  // a previous process mapped counted against them before that.
   if (pager_ != nullptr) (*dev)->UsePager(pager_);
+  if (maps != nullptr) (void)(*dev)->TakeBackMappings(std::move(maps));
   if (ledger == nullptr && configured && config.mode == AttachMode::kAdopt && configured_ledger) {
     ledger = configured_ledger(**dev);
   }
@@ -305,7 +307,7 @@ void DeviceManager::AttachAll(const std::vector<const DeviceConfig*>& to_attach,
   for (const DeviceConfig* c : to_attach) {
     bool restart = std::find(report->restarted.begin(), report->restarted.end(), c->name) !=
                    report->restarted.end();
-    absl::Status st = AttachAndServe(*c, &pool_, nullptr, /*configured=*/true);
+    absl::Status st = AttachAndServe(*c, &pool_, nullptr, nullptr, /*configured=*/true);
     if (!st.ok()) {
       Log(LogLevel::kError, std::string(st.message()), {{"DEVICE", c->name}});
       report->failed.push_back({c->name, std::string(st.message())});
@@ -329,7 +331,8 @@ void DeviceManager::AttachAll(const std::vector<const DeviceConfig*>& to_attach,
 }
 
 absl::Status DeviceManager::Adopt(const DeviceConfig& config, ListenFds fds,
-                                  std::unique_ptr<InflightLedger> ledger) {
+                                  std::unique_ptr<InflightLedger> ledger,
+                                  std::unique_ptr<MapRecord> maps) {
   if (config.mode != AttachMode::kAdopt) {
     return absl::InvalidArgumentError(
         absl::StrCat(config.name,
@@ -349,7 +352,8 @@ absl::Status DeviceManager::Adopt(const DeviceConfig& config, ListenFds fds,
                                                      "' but the configuration never uses it"));
     }
   }
-  absl::Status st = AttachAndServe(config, &fds, std::move(ledger), /*configured=*/false);
+  absl::Status st = AttachAndServe(config, &fds, std::move(ledger), std::move(maps),
+                                   /*configured=*/false);
   if (!st.ok()) return st;
   runtime_.insert(config.name);
   Emit("device_adopted", config.name, "handed over at run time");

@@ -332,6 +332,12 @@ void FaultProcessor::MarkMapped(AddressSpace* space, Region* region, uint32_t un
   region->NoteUnitMapped(unit);
 }
 
+bool FaultProcessor::TakeBack(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns) {
+  if (region->unit(unit).mapped()) return false;
+  MarkMapped(space, region, unit, now_ns);
+  return true;
+}
+
 void FaultProcessor::Pin(AddressSpace* space, Region* region, uint64_t page) {
   PagedSpace* paging = pager_ != nullptr ? space->paging() : nullptr;
   if (paging != nullptr) Pager::Pin(*paging, UnitRef{space->IndexOf(region), region->UnitOf(page)});

@@ -414,6 +414,7 @@ void Pager::MarkStuck(PagedSpace& space, UnitRef ref, const absl::Status& why) {
   // Still mapped, all of it: its pages stay present, and it is never evicted again.
   space.space().unit(ref).state = Unit::State::kStuck;
   Region& region = space.space().regions()[ref.region];
+  region.RecordHeld(ref.unit, true);  // still iopfd's mapping (Unmap unrecorded it)
   for (uint64_t p = 0; p < region.UnitPageCount(ref.unit); ++p) {
     region.MarkPagePresent(region.UnitFirstPage(ref.unit) + p);
   }
@@ -437,6 +438,9 @@ void Pager::Unmap(PagedSpace& space, std::vector<UnitRef>& victims, uint64_t now
       ++j;
     }
     const auto count = static_cast<uint32_t>(j - i);
+    // Unrecorded before the call (map_record.h): a crash after it must not find them recorded.
+    Region& region = space.space().regions()[victims[i].region];
+    for (size_t k = i; k < j; ++k) region.RecordHeld(victims[k].unit, false);
     absl::Status st = UnmapRun(space, victims[i], count);
     if (st.ok()) {
       for (size_t k = i; k < j; ++k) Evicted(space, victims[k], now_ns);

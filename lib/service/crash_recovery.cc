@@ -43,6 +43,24 @@ void CrashRecovery::AnswerOrphans(const std::string& device, UniqueFd ledger_fd,
   }
 }
 
+namespace {
+
+// What a stored device held mapped in the owner's IOAS (absent when an iopfd without a map
+// record stored it): taken back, or left as someone else's when the file is not one (logged).
+std::unique_ptr<MapRecord> TakeStoredMaps(FdStore::Stored* s) {
+  auto fd = s->fds.Take(kMapRecordFdName);
+  if (!fd.ok()) return nullptr;
+  auto opened = MapRecord::Open(s->device, *std::move(fd));
+  if (opened.ok()) return *std::move(opened);
+  Log(LogLevel::kError,
+      absl::StrCat(opened.status().message(),
+                   "; what the previous iopfd mapped is served as someone else's"),
+      {{"DEVICE", s->device}});
+  return nullptr;
+}
+
+}  // namespace
+
 absl::Status CrashRecovery::AdoptStored(DeviceManager* manager, FdStore::Stored* s) {
   AdoptRequest parsed = ParseAdoptConfig(s->config_text);
   if (!parsed.config.has_value()) {
@@ -68,6 +86,7 @@ absl::Status CrashRecovery::AdoptStored(DeviceManager* manager, FdStore::Stored*
       ledger_copy = UniqueFd();
     }
   }
+  std::unique_ptr<MapRecord> maps = TakeStoredMaps(s);
   // Adopt closes every fd it was given when it fails: keep the fault queue for the answers.
   UniqueFd fault_copy;
   const std::string& fault_name = parsed.config->adopt.fault_fd;
@@ -75,7 +94,17 @@ absl::Status CrashRecovery::AdoptStored(DeviceManager* manager, FdStore::Stored*
     fault_copy = dup(fd->get());
     s->fds.Add(fault_name, *std::move(fd));
   }
-  absl::Status st = manager->Adopt(*parsed.config, std::move(s->fds), std::move(ledger));
+  const int stored_maps_fd = maps != nullptr ? maps->fd() : -1;
+  absl::Status st =
+      manager->Adopt(*parsed.config, std::move(s->fds), std::move(ledger), std::move(maps));
+  if (const Device* d = st.ok() ? manager->Find(s->device) : nullptr;
+      d != nullptr && d->map_record() != nullptr && d->map_record()->fd() != stored_maps_fd) {
+    // The device records in another file than the store keeps (none was stored, or its layout
+    // differs: a default map unit changed with iopfd's version): keep that one instead, the
+    // entries anew (Keep adds; two entries of one name would spoil the next start's).
+    store_->Forget(s->device);
+    KeepAdopted(*d, s->config_text);
+  }
   if (!st.ok() && ledger_copy.valid() && fault_copy.valid()) {
     AnswerOrphans(s->device, std::move(ledger_copy), fault_copy.get());
   }
@@ -123,6 +152,9 @@ std::unique_ptr<InflightLedger> CrashRecovery::LedgerForAdopted(const std::strin
 void CrashRecovery::KeepAdopted(const Device& device, const std::string& config_text) {
   std::vector<std::pair<std::string, int>> held = device.HeldFds();
   if (device.ledger() != nullptr) held.emplace_back(kLedgerFdName, device.ledger()->fd());
+  if (device.map_record() != nullptr) {
+    held.emplace_back(kMapRecordFdName, device.map_record()->fd());
+  }
   absl::Status st = store_->Keep(device.name(), config_text, held);
   if (!st.ok()) Log(LogLevel::kWarning, std::string(st.message()), {{"DEVICE", device.name()}});
 }

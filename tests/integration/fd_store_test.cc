@@ -144,9 +144,10 @@ class FakeSystemd {
   std::vector<std::string> removed_;
 };
 
-// The record, the iommufd, the fault queue and the in-flight ledger.
+// The record, the iommufd, the fault queue, the in-flight ledger and the map record.
 const std::vector<std::string> kStored = {"iopfd-adopted/v", "iopfd-adopted/v/fd0",
-                                          "iopfd-adopted/v/fd1", "iopfd-adopted/v/fd2"};
+                                          "iopfd-adopted/v/fd1", "iopfd-adopted/v/fd2",
+                                          "iopfd-adopted/v/fd3"};
 
 json Adopt(Client* c, FakeQueue* q) {
   return c->CallWithFds(
@@ -166,7 +167,7 @@ TEST(FdStoreTest, AdoptedDeviceSurvivesARestartDuringAFloodWithEveryRequestAnswe
     json r = Adopt(&c, &q);
     ASSERT_FALSE(r.contains("error")) << r.dump();
     json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
-    EXPECT_EQ(st["parameters"]["fd_store"], json({{"enabled", true}, {"kept", 4}, {"room", 16}}));
+    EXPECT_EQ(st["parameters"]["fd_store"], json({{"enabled", true}, {"kept", 5}, {"room", 16}}));
   }
   // The test's own copies go: from now on only iopfd and the store hold the device's fds.
   close(q.theirs);
@@ -213,7 +214,7 @@ TEST(FdStoreTest, AdoptedDeviceSurvivesARestartDuringAFloodWithEveryRequestAnswe
   EXPECT_EQ(devices["parameters"]["devices"][0]["origin"], "adopted");
   // Kept, not stored again: the entries are still systemd's.
   json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
-  EXPECT_EQ(st["parameters"]["fd_store"]["kept"], 4);
+  EXPECT_EQ(st["parameters"]["fd_store"]["kept"], 5);
   systemd.Receive(50);
   EXPECT_EQ(systemd.Names(), kStored);
 
@@ -221,8 +222,9 @@ TEST(FdStoreTest, AdoptedDeviceSurvivesARestartDuringAFloodWithEveryRequestAnswe
   json r = c.CallOne({{"method", "io.iopfd.Detach"}, {"parameters", {{"device", "v"}}}});
   ASSERT_FALSE(r.contains("error")) << r.dump();
   EXPECT_TRUE(systemd.WaitFor({}));
-  EXPECT_THAT(systemd.removed(), ElementsAre("iopfd-adopted/v", "iopfd-adopted/v/fd0",
-                                             "iopfd-adopted/v/fd1", "iopfd-adopted/v/fd2"));
+  EXPECT_THAT(systemd.removed(),
+              ElementsAre("iopfd-adopted/v", "iopfd-adopted/v/fd0", "iopfd-adopted/v/fd1",
+                          "iopfd-adopted/v/fd2", "iopfd-adopted/v/fd3"));
 }
 
 // Sends `total` page requests to the device "v" that `iopfd` serves on q, without reading a

@@ -235,6 +235,7 @@ int SimKernel::DoIoctl(int fd, unsigned long request, void* arg) {
       // io_pagetable.c iopt_unmap_iova_range: every mapping in the range must lie wholly inside
       // it (a range that cuts one is ENOENT), and a range holding none is ENOENT too.
       auto* c = static_cast<uapi::IommuIoasUnmap*>(arg);
+      if (on_unmap) on_unmap(c->ioas_id, c->iova, c->length);
       if (ioas_.count(c->ioas_id) == 0) return -ENOENT;
       const uint64_t end = c->iova + c->length;
       std::vector<std::pair<uint32_t, uint64_t>> inside;

@@ -163,6 +163,8 @@ class SimKernel : public Syscalls {
   uint64_t dirty_reads() const { return dirty_reads_; }
   // IOMMU_IOAS_UNMAP calls that succeeded, and those refused because they cut a mapping.
   uint64_t unmap_calls() const { return unmap_calls_; }
+  // Called with every IOMMU_IOAS_UNMAP's IOAS, IOVA and length before it is carried out.
+  std::function<void(uint32_t ioas, uint64_t iova, uint64_t length)> on_unmap;
   uint64_t unmap_splits_refused() const { return unmap_splits_refused_; }
 
  private:

@@ -129,6 +129,28 @@ class Device {
   // The ledger, or nullptr.
   const InflightLedger* ledger() const { return ledger_.get(); }
 
+  // Adopt mode: the record of which units iopfd holds mapped in the owner's IOAS (map_record.h),
+  // kept in the fd store with the device; nullptr in vfio mode (iopfd's own IOAS goes with the
+  // device) or when it could not be made (logged).
+  const MapRecord* map_record() const { return map_record_.get(); }
+  // What TakeBackMappings did.
+  struct TakenBack {
+    uint64_t units = 0;     // recorded units resident again, counted against the budgets
+    uint64_t bytes = 0;     // their bytes
+    uint64_t remapped = 0;  // of those, found unmapped and mapped again (a stale record bit)
+    uint64_t unmapped = 0;  // recorded units this layout has not (other bounds): unmapped
+    uint64_t evicted = 0;   // units evicted at once to bring the budgets back
+    uint64_t failed = 0;    // recorded units neither taken back nor unmapped (logged)
+  };
+  // Takes over what a previous process recorded in `previous` (its map record, from the fd
+  // store): each unit it held that this layout has too is made resident again, after a map call
+  // that says it is still there (EEXIST) or puts it back; each other one is unmapped, exactly
+  // its range. Mappings nobody recorded are not touched. Then evicts what the budgets no longer
+  // leave room for. With the same layout the device goes on recording in `previous` (the file
+  // the store already keeps); otherwise in its own (the caller stores that one instead). Call
+  // after UsePager and before the first read. Returns what it did (logged when anything).
+  TakenBack TakeBackMappings(std::unique_ptr<MapRecord> previous);
+
   // Reads the fault queue until it is empty (or deadline_ns passes), synchronously
   // (FaultQueue::ReadAvailable). Returns a transient read error naming the device and errno.
   absl::Status ReadAvailable(uint64_t deadline_ns) { return queue_->ReadAvailable(deadline_ns); }
@@ -213,6 +235,13 @@ class Device {
   // the fault processor.
   absl::Status SetUpFaultPath(ListenFds* fds, DeviceId dev_id, const std::vector<IoasId>& ioas,
                               ReadLimits limits);
+  // Adopt mode: makes the map record for the spaces' layout and has every region record in it
+  // (a failure is logged: the device is served without one).
+  void SetUpMapRecord();
+  // Has every region record in `record`, by its index in the layout.
+  void AttachMapRecord(MapRecord* record);
+  // The layout of the spaces' regions, in the order the map record indexes them.
+  std::vector<RecordedRegion> Layout() const;
   explicit Device(const DeviceConfig& config)
       : name_(config.name), mode_(config.mode), config_(config) {}
 
@@ -234,6 +263,8 @@ class Device {
   std::vector<Backing> backings_;
   // Before the queue and the processor, which record in it: it goes after them.
   std::unique_ptr<InflightLedger> ledger_;
+  // Before the spaces, whose regions record in it: it goes after them.
+  std::unique_ptr<MapRecord> map_record_;
   std::unique_ptr<SpaceTable> spaces_;
   std::unique_ptr<DeviceStats> stats_;
   Pager* pager_ = nullptr;        // UsePager

@@ -88,8 +88,11 @@ class DeviceManager {
   // ledger (inflight_ledger.h: the fd store keeps the device across restarts), the device
   // records in it what a crash would lose, after answering what a previous process left there
   // (Device::UseLedger; a recovered answer that cannot be written is logged, not an error).
+  // With `maps` (the map record a previous process kept for the device), it first takes back
+  // what that process held mapped (Device::TakeBackMappings).
   absl::Status Adopt(const DeviceConfig& config, ListenFds fds,
-                     std::unique_ptr<InflightLedger> ledger = nullptr);
+                     std::unique_ptr<InflightLedger> ledger = nullptr,
+                     std::unique_ptr<MapRecord> maps = nullptr);
 
   // Stops serving a device after answering everything read from it, and closes its fds; a
   // configured device stays detached across reloads until its configuration changes. Returns
@@ -165,9 +168,11 @@ class DeviceManager {
 
  private:
   // Attaches config; on success serves it (with `ledger`, or for a configured device the one
-  // configured_ledger gives). Returns the attach error otherwise.
+  // configured_ledger gives), after taking back what `maps` recorded. Returns the attach error
+  // otherwise.
   absl::Status AttachAndServe(const DeviceConfig& config, ListenFds* fds,
-                              std::unique_ptr<InflightLedger> ledger, bool configured);
+                              std::unique_ptr<InflightLedger> ledger,
+                              std::unique_ptr<MapRecord> maps, bool configured);
   // Apply's first step: removes the configured devices `wanted` no longer names and those whose
   // settings changed (their fds back to the pool), reporting each in *report. Returns the
   // configurations of the changed ones, to attach again.

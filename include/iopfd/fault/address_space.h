@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "iopfd/base/ids.h"
+#include "iopfd/fault/map_record.h"
 
 namespace iopfd {
 
@@ -138,9 +139,25 @@ class Region {
   void MarkPagePresent(uint64_t page);
   // Returns the number of pages iopfd holds mapped in this region.
   uint64_t mapped_pages() const { return mapped_count_; }
-  // Keeps mapped_pages() current as a unit is mapped or unmapped (the pager's bookkeeping).
-  void NoteUnitMapped(uint32_t unit) { mapped_count_ += UnitPageCount(unit); }
+  // Keeps mapped_pages() current as a unit is mapped or unmapped (the pager's bookkeeping); a
+  // unit noted mapped is recorded as held (AttachRecord).
+  void NoteUnitMapped(uint32_t unit) {
+    mapped_count_ += UnitPageCount(unit);
+    RecordHeld(unit, true);
+  }
   void NoteUnitUnmapped(uint32_t unit) { mapped_count_ -= UnitPageCount(unit); }
+  // From now on records in `record`, as its region `index`, which units iopfd holds mapped
+  // (map_record.h); nullptr stops. The record must outlive the region or be detached first.
+  void AttachRecord(MapRecord* record, uint32_t index) {
+    record_ = record;
+    record_index_ = index;
+  }
+  // Records that iopfd holds unit `unit` mapped (set after its map call succeeded) or no longer
+  // does (cleared before its unmap call is issued: a crash in between leaves it unrecorded,
+  // which is safe, where recorded-but-gone would not be). Nothing without a record.
+  void RecordHeld(uint32_t unit, bool held) {
+    if (record_ != nullptr) record_->Set(record_index_, unit, held);
+  }
 
   // Builds the map request for unit `unit` of this region into `ioas`.
   MapRequest MakeUnitRequest(IoasId ioas, uint32_t unit) const;
@@ -160,6 +177,8 @@ class Region {
   std::vector<Unit> units_;
   std::vector<uint64_t> present_;  // pages of stuck units present (allocated when first set)
   uint64_t mapped_count_ = 0;
+  MapRecord* record_ = nullptr;
+  uint32_t record_index_ = 0;
 };
 
 // The regions of one PASID (or of requests without one), mapped into one IOAS.

@@ -54,6 +54,11 @@ class FaultProcessor {
   // Without one, units are mapped and never evicted.
   void set_pager(Pager* pager) { pager_ = pager; }
 
+  // Takes unit `unit` of `region` (in `space`) as resident: mapped by iopfd before a restart
+  // and still mapped (Device::TakeBackMappings). It is counted and listed by the pager like a
+  // unit this process mapped. Returns false, doing nothing, when it is mapped or stuck already.
+  bool TakeBack(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns);
+
   // Groups waiting for room (see above).
   size_t deferred() const { return deferred_.size(); }
   // Resolves the waiting groups again; the response queue's settled answers have released pins.

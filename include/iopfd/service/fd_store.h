@@ -13,8 +13,10 @@
 //                          device file text, "fds": the names the config gives the fds}
 // Among the descriptors, under the name kLedgerFdName in the record's "fds", the device's
 // in-flight ledger (inflight_ledger.h), with which the next process answers what a crashed one
-// read and did not answer. The record goes last, so a record always finds its descriptors;
-// descriptors without a record (iopfd stopped between the two) are removed at the next start.
+// read and did not answer, and under kMapRecordFdName its map record (map_record.h), with which
+// the next process takes back what this one held mapped in the owner's IOAS. The record goes last,
+// so a record always finds its descriptors; descriptors without a record (iopfd stopped between the
+// two) are removed at the next start.
 //
 // A device attached from a device file in adopt mode gets its descriptors from LISTEN_FDS at
 // every start (whoever launches iopfd hands them over), but what a crash leaves unanswered on

@@ -676,6 +676,79 @@ bool CaseAdoptAndDetach() {
   return v.Report();
 }
 
+// A device adopted at run time under a budget of four units keeps its map record in the fd
+// store (FdStoreKeeper plays systemd): after iopfd is killed (SIGKILL) and started again, the
+// units the dead process mapped are taken back and counted, so that faults on new units evict
+// them: never more than four units are mapped, across the restart. (Without the record the old
+// units would stay mapped outside the budget, beside four new ones.)
+bool CasePagingBudgetAfterARestart() {
+  Verdict v("paging_budget_after_a_restart");
+  Env e;
+  Setup(e, v.name, "info", "mockD");
+  unlink((e.dir + "/devices.d/mockD.toml").c_str());
+  const std::string sock = e.dir + "/ctl.sock";
+  FdStoreKeeper store(e.dir + "/notify.sock");
+  auto start = [&] {
+    store.Receive();
+    Daemon d = StartWith(e.dir, store.entries(), store.Env());
+    // The store's messages are taken in meanwhile, as systemd would: a unix datagram socket
+    // queues only a few (net.unix.max_dgram_qlen), and iopfd's sends block beyond.
+    v.Expect(WaitFor([&] {
+               store.Receive();
+               return !ControlClient(sock).Call(R"({"method":"io.iopfd.GetStatus"})").empty();
+             }),
+             "iopfd serving");
+    return d;
+  };
+  Daemon d = start();
+  std::string text = DeviceFile(e, /*fd_backings=*/true);
+  text.insert(text.find("[[space]]"), "[limits]\nmax_resident = \"256KiB\"\n\n");
+  std::string reply = ControlClient(sock).Call(
+      R"({"method":"io.iopfd.Adopt","parameters":{"config":)" + JsonString(text) +
+          R"(,"fds":["mockD.iommufd","mockD.fault","mockD.ram0",)"
+          R"("mockD.ram1","mockD.ram2"]}})",
+      {e.iommufd, e.fault_fd, e.ram0, e.ram1, e.ram2});
+  v.Expect(reply.find(R"("name":"mockD")") != std::string::npos, "Adopt reply: " + reply);
+  constexpr uint64_t kUnit = 16 * kPage;  // the default map unit, 64 KiB
+  auto mapped = [&](uint64_t u) {
+    return CheckMap(e, e.hwpt, kR0 + u * kUnit, kUnit, e.va0 + u * kUnit);
+  };
+  auto mapped_units = [&] {
+    int n = 0;
+    for (uint64_t u = 0; u < 16; ++u) n += mapped(u) ? 1 : 0;
+    return n;
+  };
+  int most = 0;
+  auto fault = [&](uint64_t u) {
+    Trigger(e, kR0 + (u * 16 + 3) * kPage, IOMMU_PGFAULT_PERM_READ, false,
+            static_cast<uint32_t>(u + 1));
+    v.Expect(WaitFor([&] { return mapped(u); }),
+             Format("unit %llu mapped", static_cast<unsigned long long>(u)));
+    most = std::max(most, mapped_units());
+  };
+  for (uint64_t u = 0; u < 4; ++u) fault(u);
+  v.Expect(mapped_units() == 4, Format("4 units mapped before the kill (%d)", mapped_units()));
+  store.Receive();
+  kill(d.pid, SIGKILL);
+  int status = 0;
+  waitpid(d.pid, &status, 0);
+  d.pid = -1;
+  Daemon d2 = start();
+  v.Expect(mapped_units() == 4,
+           Format("the dead process's units stay mapped (%d)", mapped_units()));
+  for (uint64_t u = 4; u < 12; ++u) fault(u);
+  v.Expect(most <= 4, Format("at most 4 units mapped at once, across the restart (saw %d)", most));
+  const int rc = Stop(d2);
+  v.Expect(rc == 0, Format("iopfd exit %d", rc));
+  v.Expect(ReadLog(d2).find("mockD: took back 4 unit(s)") != std::string::npos,
+           "the restarted iopfd says it took back the 4 units");
+  auto s = ReadStats(d2, "mockD");
+  v.Expect(s["paging.resident_bytes"] == 4 * kUnit,
+           Format("resident_bytes %llu at exit, the 4 units mapped",
+                  static_cast<unsigned long long>(s["paging.resident_bytes"])));
+  return v.Report();
+}
+
 // Drains and resets while a generator floods page requests, driven with iopfctl and the
 // control socket; iopfd parks the mock device through the VM's switch module. The kernel must
 // never reject one of iopfd's answers (a stale cookie), every cookie iopfd read must be
@@ -883,7 +956,7 @@ bool CaseKernelAllocationFailures() {
   WriteFile(e.dir + "/ubsan.supp", "vptr:*\n");
   const std::vector<std::pair<std::string, std::string>> sanitizer_env = {
       {"UBSAN_OPTIONS", "suppressions=" + e.dir + "/ubsan.supp:print_stacktrace=1"},
-      {"ASAN_OPTIONS", "print_stacktrace=1"}};
+      {"ASAN_OPTIONS", "quarantine_size_mb=32:print_stacktrace=1"}};
 
   // Up means serving: a reply needs the loop running. (A connect alone succeeds as soon as the
   // socket listens, before the loop starts; an allocation failed at start-up, in the C library
@@ -1148,6 +1221,7 @@ int RunTests(const std::vector<std::string>& only) {
       {"control_socket_under_load", CaseControlSocketUnderLoad},
       {"reload_adds_and_removes_while_faults_flow", CaseReloadWhileFaultsFlow},
       {"adopt_and_detach_at_run_time", CaseAdoptAndDetach},
+      {"paging_budget_after_a_restart", CasePagingBudgetAfterARestart},
       {"drain_and_reset_during_a_flood", CaseDrainAndResetDuringAFlood},
       {"destroy_device_mid_flood", CaseDestroyDeviceMidFlood},
       {"kernel_allocation_failures", CaseKernelAllocationFailures},

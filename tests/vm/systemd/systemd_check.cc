@@ -199,8 +199,8 @@ bool CaseAdoptedFaultsResolved(Run& r) {
   v.ExpectEq(s, "responses_rejected", 0);
   v.ExpectEq(s, "outstanding", 0);
   std::string status = JsonOf("iopfctl --json status");
-  // Its five descriptors, the in-flight ledger and the record of the call.
-  v.Expect(Contains(status, R"("enabled":true)") && Contains(status, R"("kept":7)"),
+  // Its five descriptors, the in-flight ledger, the map record and the record of the call.
+  v.Expect(Contains(status, R"("enabled":true)") && Contains(status, R"("kept":8)"),
            "fd store after Adopt: " + Trim(status));
   return v.Report();
 }

@@ -1,0 +1,112 @@
+// Which map units iopfd holds mapped in an owner's IOAS, recorded so that the next process
+// knows them.
+//
+// In adopt mode the IOAS is the owner's and outlives iopfd: after a crash, or a stop and a
+// start, what iopfd mapped is still mapped (a clean stop leaves it, so that the device keeps
+// working). Without a record the next process finds those units by EEXIST one by one, serves
+// them as someone else's and never counts or evicts them, so what is pinned can exceed the
+// budget by whatever was resident before. With it, the next process takes the recorded units
+// back as resident (the same layout) or unmaps exactly them (another), and touches nothing
+// else: a mapping the owner made inside a region is never iopfd's to unmap.
+//
+// The record is a sealed memfd kept with the device's descriptors in systemd's fd store
+// (fd_store.h): a header, the layout it was made for (per region: IOAS, IOVA, size, map unit)
+// and one bit per unit. A bit is set after the map call that made the unit succeeded and
+// cleared before the unmap call that removes it, so a crash at any point leaves a set bit only
+// on a unit that was mapped by iopfd (or, once, on one whose unmap had just succeeded). The
+// next process checks each set bit by mapping the unit again (Device::TakeBackMappings): EEXIST
+// says it is still there, success that it was not and is now; either way it is then resident.
+// So a stale bit costs one map, never a unit believed mapped that is not (which would leave the
+// device faulting on it forever).
+//
+// Not thread-safe: the fault loop's thread only.
+#ifndef IOPFD_FAULT_MAP_RECORD_H_
+#define IOPFD_FAULT_MAP_RECORD_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "iopfd/base/fd.h"
+#include "iopfd/base/ids.h"
+
+namespace iopfd {
+
+// The map record's name among an adopted device's stored descriptors (the fd store's reserved
+// prefix: no device file can give a descriptor this name).
+inline constexpr char kMapRecordFdName[] = "iopfd-adopted/maps";
+
+// One region as the record knows it.
+struct RecordedRegion {
+  IoasId ioas;
+  uint64_t iova = 0;
+  uint64_t size = 0;
+  uint64_t unit_bytes = 0;
+  bool operator==(const RecordedRegion&) const = default;
+};
+
+// One unit the record says iopfd holds mapped: where (its region and index in the record) and
+// what (IOAS, IOVA, length: the last unit of a region ends at the region's end).
+struct RecordedUnit {
+  uint32_t region = 0;
+  uint32_t unit = 0;
+  IoasId ioas;
+  uint64_t iova = 0;
+  uint64_t length = 0;
+};
+
+class MapRecord {
+ public:
+  // At most this many regions (a device file allows far fewer).
+  static constexpr uint32_t kMaxRegions = 4096;
+
+  // Creates an empty record for `layout` (regions with a non-zero size and a power-of-two unit
+  // of at least 4 KiB, as configuration validation guarantees) in a memfd whose size is sealed.
+  // Returns it, or InvalidArgument naming the device for a layout outside those bounds, or an
+  // error naming the device and the failing call (memfd_create, ftruncate, fcntl seals, mmap)
+  // with its errno.
+  static absl::StatusOr<std::unique_ptr<MapRecord>> Create(
+      const std::string& device, const std::vector<RecordedRegion>& layout);
+  // Maps a record a previous process made (handed back by the fd store). Returns it, or
+  // InvalidArgument naming the device and what is wrong when the file is not one (its size,
+  // magic, version, or a region's bounds: "region N: ..."), or an errno error for fstat/mmap.
+  static absl::StatusOr<std::unique_ptr<MapRecord>> Open(const std::string& device, UniqueFd fd);
+  ~MapRecord();
+  MapRecord(const MapRecord&) = delete;
+  MapRecord& operator=(const MapRecord&) = delete;
+
+  // The memfd, for the fd store.
+  int fd() const { return fd_.get(); }
+  // The layout it records units of.
+  const std::vector<RecordedRegion>& layout() const { return layout_; }
+  // Records whether unit `unit` of region `region` is held mapped; out-of-range indices are
+  // ignored.
+  void Set(uint32_t region, uint32_t unit, bool held);
+  // Returns whether it is recorded as held (false out of range).
+  bool Held(uint32_t region, uint32_t unit) const;
+  // Returns every unit recorded as held, in layout order.
+  std::vector<RecordedUnit> HeldUnits() const;
+  // Returns the number of units recorded as held.
+  uint64_t held_count() const;
+
+ private:
+  MapRecord(UniqueFd fd, void* map, size_t size, std::vector<RecordedRegion> layout,
+            std::vector<uint64_t> first_word);
+  uint64_t* words() const;
+  static uint64_t UnitCount(const RecordedRegion& r) {
+    return (r.size + r.unit_bytes - 1) / r.unit_bytes;
+  }
+
+  UniqueFd fd_;
+  void* map_ = nullptr;
+  size_t size_ = 0;
+  std::vector<RecordedRegion> layout_;
+  std::vector<uint64_t> first_word_;  // per region: its first bitmap word
+};
+
+}  // namespace iopfd
+
+#endif  // IOPFD_FAULT_MAP_RECORD_H_

@@ -1,0 +1,135 @@
+#include "iopfd/fault/map_record.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <functional>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace iopfd {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr uint64_t kKiB = 1024;
+
+std::vector<RecordedRegion> TwoRegions() {
+  // The second region's last unit is short: 200 KiB in 64 KiB units.
+  return {{IoasId(2), 0x100000, 1024 * kKiB, 4 * kKiB},
+          {IoasId(7), 0x40000000, 200 * kKiB, 64 * kKiB}};
+}
+
+// What the next process finds: the same file, mapped again.
+std::unique_ptr<MapRecord> Reopen(const MapRecord& r) {
+  auto again = MapRecord::Open("dev0", UniqueFd(fcntl(r.fd(), F_DUPFD_CLOEXEC, 0)));
+  EXPECT_TRUE(again.ok()) << again.status();
+  return again.ok() ? *std::move(again) : nullptr;
+}
+
+MATCHER_P5(IsUnit, region, unit, ioas, iova, length, "") {
+  return arg.region == static_cast<uint32_t>(region) && arg.unit == static_cast<uint32_t>(unit) &&
+         arg.ioas == IoasId(ioas) && arg.iova == static_cast<uint64_t>(iova) &&
+         arg.length == static_cast<uint64_t>(length);
+}
+
+TEST(MapRecordTest, HeldUnitsSurviveIntoTheNextProcess) {
+  auto r = MapRecord::Create("dev0", TwoRegions());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->held_count(), 0u);
+  (*r)->Set(0, 0, true);
+  (*r)->Set(0, 63, true);
+  (*r)->Set(0, 64, true);
+  (*r)->Set(0, 255, true);
+  (*r)->Set(1, 3, true);  // the short last unit
+  (*r)->Set(0, 64, false);
+  auto again = Reopen(**r);
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(again->layout(), TwoRegions());
+  EXPECT_TRUE(again->Held(0, 63));
+  EXPECT_FALSE(again->Held(0, 64));
+  EXPECT_EQ(again->held_count(), 4u);
+  EXPECT_THAT(again->HeldUnits(),
+              ElementsAre(IsUnit(0, 0, 2, 0x100000, 4 * kKiB),
+                          IsUnit(0, 63, 2, 0x100000 + 63 * 4 * kKiB, 4 * kKiB),
+                          IsUnit(0, 255, 2, 0x100000 + 255 * 4 * kKiB, 4 * kKiB),
+                          IsUnit(1, 3, 7, 0x40000000 + 192 * kKiB, 8 * kKiB)));
+  // Changes made through either mapping are the same file.
+  again->Set(0, 0, false);
+  EXPECT_FALSE((*r)->Held(0, 0));
+}
+
+TEST(MapRecordTest, IndicesOutOfRangeAreIgnored) {
+  auto r = MapRecord::Create("dev0", TwoRegions());
+  ASSERT_TRUE(r.ok());
+  (*r)->Set(0, 256, true);  // one past region 0's last unit: would be region 1's first word
+  (*r)->Set(1, 4, true);
+  (*r)->Set(2, 0, true);
+  EXPECT_EQ((*r)->held_count(), 0u);
+  EXPECT_FALSE((*r)->Held(1, 4));
+  EXPECT_FALSE((*r)->Held(9, 0));
+}
+
+TEST(MapRecordTest, CreateRejectsLayoutsOutsideTheBounds) {
+  EXPECT_THAT(std::string(MapRecord::Create("dev0", {{IoasId(1), 0, 0, 4096}}).status().message()),
+              HasSubstr("dev0: map record: region 0: size 0"));
+  EXPECT_THAT(
+      std::string(MapRecord::Create("dev0", {{IoasId(1), 0, 8192, 12288}}).status().message()),
+      HasSubstr("map unit 12288 is not a power of two"));
+  EXPECT_THAT(std::string(MapRecord::Create("dev0", {{IoasId(1), ~uint64_t{0} - 4095, 8192, 4096}})
+                              .status()
+                              .message()),
+              HasSubstr("wraps"));
+}
+
+TEST(MapRecordTest, SizeIsSealed) {
+  auto r = MapRecord::Create("dev0", TwoRegions());
+  ASSERT_TRUE(r.ok());
+  EXPECT_NE(ftruncate((*r)->fd(), 1 << 20), 0);
+  EXPECT_NE(ftruncate((*r)->fd(), 8), 0);
+}
+
+// A file a crashed or other run left: every field the next process relies on is checked, each
+// with a message naming the device and what is wrong.
+TEST(MapRecordTest, OpenRejectsWhatIsNotARecord) {
+  auto r = MapRecord::Create("dev0", TwoRegions());
+  ASSERT_TRUE(r.ok());
+  const off_t size = lseek((*r)->fd(), 0, SEEK_END);
+  auto variant = [&](const std::function<void(char*)>& corrupt) {
+    const int fd = memfd_create("bad", MFD_CLOEXEC);
+    std::vector<char> bytes(static_cast<size_t>(size));
+    EXPECT_EQ(pread((*r)->fd(), bytes.data(), bytes.size(), 0), size);
+    corrupt(bytes.data());
+    EXPECT_EQ(write(fd, bytes.data(), bytes.size()), size);
+    return std::string(MapRecord::Open("devX", UniqueFd(fd)).status().message());
+  };
+  auto put32 = [](char* p, size_t at, uint32_t v) { std::memcpy(p + at, &v, sizeof(v)); };
+  auto put64 = [](char* p, size_t at, uint64_t v) { std::memcpy(p + at, &v, sizeof(v)); };
+  EXPECT_EQ(variant([](char*) {}), "");
+  EXPECT_THAT(variant([](char* p) { p[0] = 'X'; }), HasSubstr("devX: map record: not a map"));
+  EXPECT_THAT(variant([&](char* p) { put32(p, 8, 9); }), HasSubstr("version 9, expected 1"));
+  EXPECT_THAT(variant([&](char* p) { put32(p, 12, 3); }), HasSubstr("do not match its size"));
+  EXPECT_THAT(variant([&](char* p) { put32(p, 12, ~0u); }), HasSubstr("do not match its size"));
+  EXPECT_THAT(variant([&](char* p) { put64(p, 16, ~uint64_t{0}); }),
+              HasSubstr("do not match its size"));
+  // Region 1's entry: ioas at 72, iova 80, size 88, unit 96, first word 104.
+  EXPECT_THAT(variant([&](char* p) { put64(p, 96, 3000); }),
+              HasSubstr("region 1: map unit 3000 is not a power of two"));
+  EXPECT_THAT(variant([&](char* p) { put64(p, 88, 0); }), HasSubstr("region 1: size 0"));
+  EXPECT_THAT(variant([&](char* p) { put64(p, 104, 5); }),
+              HasSubstr("region 1: its bits (from word 5) run past the bitmap's 5 words"));
+  EXPECT_THAT(variant([&](char* p) { put64(p, 104, ~uint64_t{0}); }),
+              HasSubstr("run past the bitmap"));
+  EXPECT_THAT(variant([&](char* p) { put64(p, 48, uint64_t{1} << 30); }),  // region 0: 2^18 units
+              HasSubstr("region 0: its bits (from word 0) run past"));
+  EXPECT_THAT(
+      std::string(MapRecord::Open("devX", UniqueFd(memfd_create("e", 0))).status().message()),
+      HasSubstr("0 bytes, too small"));
+}
+
+}  // namespace
+}  // namespace iopfd
