@@ -146,18 +146,29 @@ absl::StatusOr<std::unique_ptr<MapRecord>> MapRecord::Open(const std::string& de
     bad = absl::StrCat(h->regions, " regions and ", h->words,
                        " bitmap words do not match its size ", size);
   } else {
+    // Each region's bits where Create put them, one after the other: two regions sharing a
+    // word would make a unit of one recorded as held by the other.
     const auto* entries = reinterpret_cast<const FileRegion*>(h + 1);
+    uint64_t next_word = 0;
     for (uint32_t i = 0; i < h->regions && bad.empty(); ++i) {
       const FileRegion& e = entries[i];
       RecordedRegion r{IoasId(e.ioas), e.iova, e.size, e.unit_bytes};
       if (std::string why = CheckRegion(r); !why.empty()) {
         bad = absl::StrCat("region ", i, ": ", why);
-      } else if (e.first_word > h->words || (UnitCount(r) + 63) / 64 > h->words - e.first_word) {
+      } else if (e.first_word != next_word) {
+        bad = absl::StrCat("region ", i, ": its bits start at word ", e.first_word, ", expected ",
+                           next_word);
+      } else if ((UnitCount(r) + 63) / 64 > h->words - e.first_word) {
         bad = absl::StrCat("region ", i, ": its bits (from word ", e.first_word,
                            ") run past the bitmap's ", h->words, " words");
       }
+      if (!bad.empty()) break;  // r's unit may be 0: nothing more is computed from it
+      next_word += (UnitCount(r) + 63) / 64;
       layout.push_back(r);
       first_word.push_back(e.first_word);
+    }
+    if (bad.empty() && next_word != h->words) {
+      bad = absl::StrCat("its regions use ", next_word, " bitmap words of ", h->words);
     }
   }
   if (!bad.empty()) {
