@@ -1175,6 +1175,10 @@ TEST(RegionErrorTest, BadBackings) {
               ElementsAre("dev.toml:12:11: space[0].region[0].backing: file descriptor name "
                           "\"iopfd-ledger/vm7/fault\" must not begin with 'iopfd-ledger/' "
                           "(iopfd's own names in systemd's fd store)"));
+  EXPECT_THAT(backing("fd:iopfd-maps/vm7/iommufd"),
+              ElementsAre("dev.toml:12:11: space[0].region[0].backing: file descriptor name "
+                          "\"iopfd-maps/vm7/iommufd\" must not begin with 'iopfd-maps/' "
+                          "(iopfd's own names in systemd's fd store)"));
 }
 
 TEST(RegionErrorTest, BadAccess) {

@@ -39,7 +39,8 @@ inline constexpr size_t kMaxConfigFileBytes = size_t{16} << 20;
 inline constexpr size_t kMaxFdNameLength = 255;
 
 // Keep in step with FdStore's names (include/iopfd/service/fd_store.h).
-inline constexpr std::string_view kReservedFdNamePrefixes[] = {"iopfd-adopted/", "iopfd-ledger/"};
+inline constexpr std::string_view kReservedFdNamePrefixes[] = {"iopfd-adopted/", "iopfd-ledger/",
+                                                               "iopfd-maps/"};
 
 inline constexpr size_t kMaxDeviceNameLength = 64;
 

@@ -46,6 +46,20 @@ void DeviceManager::Emit(const std::string& event, const std::string& device,
   if (on_event) on_event(event, device, detail);
 }
 
+void DeviceManager::TakeBackMappings(Device& dev, std::unique_ptr<MapRecord> maps,
+                                     bool configured_adopt) {
+  if (maps == nullptr && configured_adopt) {
+    if (auto carried = carried_maps_.find(dev.name()); carried != carried_maps_.end()) {
+      maps = std::move(carried->second);
+      carried_maps_.erase(carried);
+    } else if (configured_maps) {
+      maps = configured_maps(dev);
+    }
+  }
+  if (maps != nullptr) (void)dev.TakeBackMappings(std::move(maps));
+  if (configured_adopt && keep_configured_maps) keep_configured_maps(dev);
+}
+
 absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds* fds,
                                            std::unique_ptr<InflightLedger> ledger,
                                            std::unique_ptr<MapRecord> maps, bool configured) {
@@ -54,7 +68,7 @@ absl::Status DeviceManager::AttachAndServe(const DeviceConfig& config, ListenFds
   // Budgets before anything is mapped (a ledger's leftovers are resolved just below), and what
   // a previous process mapped counted against them before that.
   if (pager_ != nullptr) (*dev)->UsePager(pager_);
-  if (maps != nullptr) (void)(*dev)->TakeBackMappings(std::move(maps));
+  TakeBackMappings(**dev, std::move(maps), configured && config.mode == AttachMode::kAdopt);
   if (ledger == nullptr && configured && config.mode == AttachMode::kAdopt && configured_ledger) {
     ledger = configured_ledger(**dev);
   }
@@ -251,6 +265,7 @@ ReloadReport DeviceManager::Apply(const std::vector<DeviceConfig>& devices) {
     to_attach.push_back(&c);
   }
   AttachAll(to_attach, &report);
+  carried_maps_.clear();  // a successor that failed to attach: the owner's mappings now
   configured_.clear();
   for (const DeviceConfig& c : devices) configured_.emplace(c.name, c);
   // A detached device no longer configured is forgotten.
@@ -290,6 +305,10 @@ std::vector<const DeviceConfig*> DeviceManager::RemoveChanged(
       continue;
     }
     if (!SameDeviceSettings(devices_[i]->config(), *it->second)) {
+      // What it mapped stays mapped in the owner's IOAS: its successor takes it back.
+      if (auto record = devices_[i]->ReleaseMapRecord(); record != nullptr) {
+        carried_maps_[name] = std::move(record);
+      }
       const DeviceStats st = RemoveAt(i, /*keep_fds=*/true);
       report->unanswered += st.outstanding() + st.responses_abandoned;
       report->restarted.push_back(name);

@@ -40,6 +40,11 @@ void Device::SetUpMapRecord() {
   AttachMapRecord(map_record_.get());
 }
 
+std::unique_ptr<MapRecord> Device::ReleaseMapRecord() {
+  if (map_record_ != nullptr) AttachMapRecord(nullptr);
+  return std::move(map_record_);
+}
+
 namespace {
 
 // Where a recorded unit is in this device's spaces: the unit of a region of a space over the

@@ -18,7 +18,8 @@ namespace iopfd {
 CrashRecovery::CrashRecovery(FdStore* store, uint32_t max_read_records)
     : store_(store),
       ledger_capacity_(std::max<uint32_t>(max_read_records, 65536)),
-      configured_(store, ledger_capacity_) {}
+      configured_(store, ledger_capacity_),
+      configured_maps_(store) {}
 
 void CrashRecovery::TakeStored(ListenFds* inherited, std::vector<std::string>* problems) {
   // Devices adopted before a restart: adopted again after the configured devices attached.
@@ -26,6 +27,7 @@ void CrashRecovery::TakeStored(ListenFds* inherited, std::vector<std::string>* p
   // The ledgers of configured adopt-mode devices: answered as each attaches, before its first
   // read.
   configured_.TakeStored(inherited, problems);
+  configured_maps_.TakeStored(inherited, problems);
 }
 
 void CrashRecovery::AnswerOrphans(const std::string& device, UniqueFd ledger_fd, int fault_fd) {
@@ -129,6 +131,11 @@ void CrashRecovery::ReplayStored(DeviceManager* manager) {
   }
   stored_.clear();
   (void)configured_.SettleUnclaimed();
+  (void)configured_maps_.SettleUnclaimed();
+}
+
+std::unique_ptr<MapRecord> CrashRecovery::MapsForConfigured(const Device& device) {
+  return configured_maps_.For(device.name(), device.iommufd_fd());
 }
 
 std::unique_ptr<InflightLedger> CrashRecovery::LedgerForConfigured(Device& device) {
@@ -164,6 +171,7 @@ void CrashRecovery::Forget(const std::string& device, bool adopted_at_run_time) 
     store_->Forget(device);
   } else {
     configured_.Forget(device);
+    configured_maps_.Forget(device);
   }
 }
 
@@ -171,6 +179,7 @@ void CrashRecovery::SettleAtStop(const std::vector<std::unique_ptr<Device>>& dev
   for (const auto& d : devices) {
     if (d->stats().outstanding() == 0) configured_.Forget(d->name());
   }
+  configured_maps_.SettleAtStop(devices);
 }
 
 }  // namespace iopfd

@@ -151,6 +151,8 @@ void Daemon::CreateManager() {
          {"epoch", t.epoch}});
   };
   manager_->configured_ledger = [this](Device& d) { return recovery_->LedgerForConfigured(d); };
+  manager_->configured_maps = [this](Device& d) { return recovery_->MapsForConfigured(d); };
+  manager_->keep_configured_maps = [this](const Device& d) { recovery_->KeepConfiguredMaps(d); };
   manager_->on_configured_gone = [this](const std::string& name) {
     recovery_->Forget(name, /*adopted_at_run_time=*/false);
   };

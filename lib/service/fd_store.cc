@@ -259,58 +259,77 @@ void FdStore::Remove(const std::string& device, const Held& held) {
   }
 }
 
-absl::Status FdStore::KeepLedger(const std::string& device, int ledger_fd, int fault_fd) {
+// The two kinds of paired entries a configured adopt-mode device gets: the main file (stored
+// last, removed first) and the descriptor it belongs to.
+const FdStore::PairKind FdStore::kLedgerPair = {kLedgerStorePrefix, "/fault", "in-flight ledger",
+                                                "a crash would leave what it read unanswered",
+                                                /*partner_optional=*/false};
+// A map record stands alone after a clean stop (ConfiguredMaps::SettleAtStop).
+const FdStore::PairKind FdStore::kMapsPair = {
+    kMapsStorePrefix, "/iommufd", "map record",
+    "after a restart what it mapped is served as someone else's, outside the budgets",
+    /*partner_optional=*/true};
+
+absl::Status FdStore::KeepPair(const PairKind& kind, const std::string& device, int main_fd,
+                               int partner_fd) {
   if (!enabled()) return absl::OkStatus();
-  ForgetLedger(device);
-  constexpr size_t kEntries = 2;
-  if (kept_ + kEntries > max_) {
+  ForgetPair(kind, device);
+  const size_t entries = partner_fd >= 0 ? 2 : 1;
+  if (kept_ + entries > max_) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        device, ": in-flight ledger not kept in the fd store (", kept_, " of ", max_,
-        " entries used, 2 needed; raise FileDescriptorStoreMax=): a crash would leave what it "
-        "read unanswered"));
+        device, ": ", kind.what, " not kept in the fd store (", kept_, " of ", max_,
+        " entries used, ", entries, " needed; raise FileDescriptorStoreMax=): ", kind.without));
   }
-  // The fault queue first: a ledger that came back always finds it.
-  const std::string ledger_name = kLedgerStorePrefix + device;
-  const std::string fault_name = ledger_name + "/fault";
-  int rc = send_("FDSTORE=1\nFDPOLL=0\nFDNAME=" + fault_name, {&fault_fd, 1});
-  if (rc > 0) rc = send_("FDSTORE=1\nFDPOLL=0\nFDNAME=" + ledger_name, {&ledger_fd, 1});
-  ledgers_.emplace_back(device, Held{{ledger_name, fault_name}, kEntries});
-  kept_ += kEntries;
+  // The partner first: a main entry that came back always finds it.
+  const std::string main_name = kind.prefix + device;
+  const std::string partner_name = main_name + kind.partner_suffix;
+  int rc = 1;
+  if (partner_fd >= 0) rc = send_("FDSTORE=1\nFDPOLL=0\nFDNAME=" + partner_name, {&partner_fd, 1});
+  if (rc > 0) rc = send_("FDSTORE=1\nFDPOLL=0\nFDNAME=" + main_name, {&main_fd, 1});
+  std::vector<std::string> names{main_name};
+  if (partner_fd >= 0) names.push_back(partner_name);
+  PairsOf(kind).emplace_back(device, Held{std::move(names), entries});
+  kept_ += entries;
   if (rc <= 0) {
-    ForgetLedger(device);
+    ForgetPair(kind, device);
     return absl::InternalError(
-        absl::StrCat(device, ": in-flight ledger not kept in the fd store: ",
+        absl::StrCat(device, ": ", kind.what, " not kept in the fd store: ",
                      rc == 0 ? std::string("no service manager") : std::string(ErrnoName(-rc))));
   }
   return absl::OkStatus();
 }
 
-void FdStore::ForgetLedger(const std::string& device) {
-  auto it = std::find_if(ledgers_.begin(), ledgers_.end(),
-                         [&](const auto& d) { return d.first == device; });
-  if (it == ledgers_.end()) return;
+void FdStore::ForgetPair(const PairKind& kind, const std::string& device) {
+  auto& pairs = PairsOf(kind);
+  auto it =
+      std::find_if(pairs.begin(), pairs.end(), [&](const auto& d) { return d.first == device; });
+  if (it == pairs.end()) return;
   const Held held = std::move(it->second);
-  ledgers_.erase(it);
+  pairs.erase(it);
   Remove(device, held);
 }
 
-std::vector<FdStore::StoredLedger> FdStore::TakeLedgers(ListenFds* inherited,
-                                                        std::vector<std::string>* problems) {
+// Longer than 60 lines: grouping the entries by device, with each way a pair can be broken
+// named, reads best as one pass.
+std::vector<FdStore::StoredPair> FdStore::TakePairs(const PairKind& kind, ListenFds* inherited,
+                                                    std::vector<std::string>* problems) {
   struct Found {
-    std::optional<UniqueFd> ledger, fault;
+    std::optional<UniqueFd> main, partner;
     std::vector<std::string> names;
     size_t entries = 0;
     std::string poisoned;
   };
   std::map<std::string, Found> by_device;
-  const std::string prefix = kLedgerStorePrefix;
+  const std::string prefix = kind.prefix;
+  const std::string suffix = kind.partner_suffix;
   for (const std::string& name : inherited->Untaken()) {
     if (name.compare(0, prefix.size(), prefix) != 0) continue;
     auto fd = inherited->Take(name);
     if (!fd.ok()) continue;
     std::string rest = name.substr(prefix.size());
-    const bool is_fault = rest.size() > 6 && rest.compare(rest.size() - 6, 6, "/fault") == 0;
-    const std::string device = is_fault ? rest.substr(0, rest.size() - 6) : rest;
+    const bool is_partner = rest.size() > suffix.size() &&
+                            rest.compare(rest.size() - suffix.size(), suffix.size(), suffix) == 0;
+    const std::string device = is_partner ? rest.substr(0, rest.size() - suffix.size()) : rest;
     if (device.empty() || device.find('/') != std::string::npos) {
       problems->push_back(
           absl::StrCat("fd store: '", name, "' is not an entry iopfd makes; closed"));
@@ -318,7 +337,7 @@ std::vector<FdStore::StoredLedger> FdStore::TakeLedgers(ListenFds* inherited,
       continue;
     }
     Found& f = by_device[device];
-    std::optional<UniqueFd>& slot = is_fault ? f.fault : f.ledger;
+    std::optional<UniqueFd>& slot = is_partner ? f.partner : f.main;
     if (slot.has_value()) {
       f.poisoned = absl::StrCat("two entries named '", name, "'");
     } else {
@@ -326,30 +345,61 @@ std::vector<FdStore::StoredLedger> FdStore::TakeLedgers(ListenFds* inherited,
     }
     ++f.entries;
     if (std::find(f.names.begin(), f.names.end(), name) == f.names.end()) {
-      // The ledger is removed first (KeepLedger stores it last).
-      if (is_fault) {
+      // The main entry is removed first (KeepPair stores it last).
+      if (is_partner) {
         f.names.push_back(name);
       } else {
         f.names.insert(f.names.begin(), name);
       }
     }
   }
-  std::vector<StoredLedger> out;
+  std::vector<StoredPair> out;
   for (auto& [device, f] : by_device) {
-    ledgers_.emplace_back(device, Held{f.names, f.entries});
+    PairsOf(kind).emplace_back(device, Held{f.names, f.entries});
     kept_ += f.entries;
     std::string why = f.poisoned;
-    if (why.empty() && !f.ledger.has_value()) why = "its fault queue came back without the ledger";
-    if (why.empty() && !f.fault.has_value()) why = "the ledger came back without its fault queue";
+    if (why.empty() && !f.main.has_value()) {
+      why = absl::StrCat("its '", suffix.substr(1), "' entry came back without the ", kind.what);
+    }
+    if (why.empty() && !f.partner.has_value() && !kind.partner_optional) {
+      why =
+          absl::StrCat("the ", kind.what, " came back without its '", suffix.substr(1), "' entry");
+    }
     if (!why.empty()) {
-      problems->push_back(absl::StrCat("fd store: the in-flight ledger of '", device,
+      problems->push_back(absl::StrCat("fd store: the ", kind.what, " of '", device,
                                        "' cannot be used: ", why, "; removed"));
-      ForgetLedger(device);
+      ForgetPair(kind, device);
       continue;
     }
-    out.push_back({device, std::move(*f.ledger), std::move(*f.fault)});
+    out.push_back({device, std::move(*f.main), f.partner ? std::move(*f.partner) : UniqueFd()});
   }
   return out;
+}
+
+absl::Status FdStore::KeepLedger(const std::string& device, int ledger_fd, int fault_fd) {
+  return KeepPair(kLedgerPair, device, ledger_fd, fault_fd);
+}
+
+void FdStore::ForgetLedger(const std::string& device) { ForgetPair(kLedgerPair, device); }
+
+std::vector<FdStore::StoredLedger> FdStore::TakeLedgers(ListenFds* inherited,
+                                                        std::vector<std::string>* problems) {
+  std::vector<StoredLedger> out;
+  for (StoredPair& p : TakePairs(kLedgerPair, inherited, problems)) {
+    out.push_back({std::move(p.device), std::move(p.main), std::move(p.partner)});
+  }
+  return out;
+}
+
+absl::Status FdStore::KeepMapRecord(const std::string& device, int record_fd, int iommufd) {
+  return KeepPair(kMapsPair, device, record_fd, iommufd);
+}
+
+void FdStore::ForgetMapRecord(const std::string& device) { ForgetPair(kMapsPair, device); }
+
+std::vector<FdStore::StoredPair> FdStore::TakeMapRecords(ListenFds* inherited,
+                                                         std::vector<std::string>* problems) {
+  return TakePairs(kMapsPair, inherited, problems);
 }
 
 std::vector<FdStore::Stored> FdStore::TakeStored(ListenFds* inherited,

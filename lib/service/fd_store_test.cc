@@ -123,6 +123,56 @@ TEST(FdStoreTest, AConfiguredDevicesLedgerComesBackWithItsFaultQueue) {
   EXPECT_EQ(systemd.messages.size(), 2u);
 }
 
+// A configured device's map record and the iommufd it records mappings of: kept, found apart
+// from the ledgers and the adoptions, broken pairs removed, and forgotten by name.
+TEST(FdStoreTest, AConfiguredDevicesMapRecordComesBackWithItsIommufd) {
+  FakeServiceManager systemd;
+  FdStore store(systemd.sender(), 16);
+  UniqueFd record = Marked("vm7 maps"), iommufd = Marked("vm7 iommufd");
+  UniqueFd ledger = Marked("vm7 ledger"), fault = Marked("vm7 fault");
+  ASSERT_TRUE(store.KeepMapRecord("vm7", record.get(), iommufd.get()).ok());
+  ASSERT_TRUE(store.KeepLedger("vm7", ledger.get(), fault.get()).ok());
+  ASSERT_TRUE(store.KeepMapRecord("vm7", record.get(), iommufd.get()).ok());  // replaces
+  EXPECT_EQ(store.kept(), 4u);
+  EXPECT_THAT(systemd.Names(), ElementsAre("iopfd-ledger/vm7/fault", "iopfd-ledger/vm7",
+                                           "iopfd-maps/vm7/iommufd", "iopfd-maps/vm7"));
+
+  FdStore next(systemd.sender(), 16);
+  ListenFds inherited = systemd.Restart();
+  inherited.Add("iopfd-maps/alone", Marked("alone maps"));  // as a clean stop leaves it
+  inherited.Add("iopfd-maps/orphan/iommufd", Marked("x"));
+  inherited.Add("iopfd-maps/a/b/iommufd", Marked("x"));
+  std::vector<std::string> problems;
+  EXPECT_THAT(next.TakeStored(&inherited, &problems), IsEmpty());
+  EXPECT_EQ(next.TakeLedgers(&inherited, &problems).size(), 1u);
+  std::vector<FdStore::StoredPair> back = next.TakeMapRecords(&inherited, &problems);
+  EXPECT_THAT(problems,
+              UnorderedElementsAre("fd store: 'iopfd-maps/a/b/iommufd' is not an entry iopfd "
+                                   "makes; closed",
+                                   "fd store: the map record of 'orphan' cannot be used: its "
+                                   "'iommufd' entry came back without the map record; removed"));
+  ASSERT_EQ(back.size(), 2u);
+  EXPECT_EQ(back[0].device, "alone");
+  EXPECT_EQ(Mark(back[0].main.get()), "alone maps");
+  EXPECT_FALSE(back[0].partner.valid());
+  EXPECT_EQ(back[1].device, "vm7");
+  EXPECT_EQ(Mark(back[1].main.get()), "vm7 maps");
+  EXPECT_EQ(Mark(back[1].partner.get()), "vm7 iommufd");
+  EXPECT_EQ(next.kept(), 5u);
+  // The record alone is one entry, kept and forgotten as such.
+  systemd.messages.clear();
+  next.ForgetMapRecord("alone");
+  EXPECT_THAT(systemd.messages, ElementsAre("FDSTOREREMOVE=1\nFDNAME=iopfd-maps/alone"));
+  ASSERT_TRUE(next.KeepMapRecord("alone", back[0].main.get(), -1).ok());
+  EXPECT_THAT(systemd.messages.back(), HasSubstr("FDNAME=iopfd-maps/alone"));
+  next.ForgetMapRecord("alone");
+  systemd.messages.clear();
+  next.ForgetMapRecord("vm7");
+  EXPECT_THAT(systemd.messages, ElementsAre("FDSTOREREMOVE=1\nFDNAME=iopfd-maps/vm7",
+                                            "FDSTOREREMOVE=1\nFDNAME=iopfd-maps/vm7/iommufd"));
+  EXPECT_EQ(next.kept(), 2u);  // the ledger's stay
+}
+
 TEST(FdStoreTest, KeepingALedgerAgainReplacesItAndRoomIsChecked) {
   FakeServiceManager systemd;
   FdStore store(systemd.sender(), 3);
@@ -174,10 +224,10 @@ TEST(FdStoreTest, LedgerEntriesThatMakeUpNoLedgerAreClosedRemovedAndNamed) {
           "fd store: 'iopfd-ledger/a/b' is not an entry iopfd makes; closed",
           "fd store: 'iopfd-ledger/' is not an entry iopfd makes; closed",
           "fd store: 'iopfd-ledger//fault' is not an entry iopfd makes; closed",
-          "fd store: the in-flight ledger of 'only-fault' cannot be used: its fault queue came "
-          "back without the ledger; removed",
-          "fd store: the in-flight ledger of 'only-ledger' cannot be used: the ledger came back "
-          "without its fault queue; removed",
+          "fd store: the in-flight ledger of 'only-fault' cannot be used: its 'fault' entry "
+          "came back without the in-flight ledger; removed",
+          "fd store: the in-flight ledger of 'only-ledger' cannot be used: the in-flight ledger "
+          "came back without its 'fault' entry; removed",
           "fd store: the in-flight ledger of 'twice' cannot be used: two entries named "
           "'iopfd-ledger/twice'; removed"));
   EXPECT_THAT(inherited.Untaken(), ElementsAre("vm.fault"));

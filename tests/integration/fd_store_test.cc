@@ -369,7 +369,11 @@ TEST(FdStoreTest, AStoredDeviceWhoseNameADeviceFileTookIsHandedBack) {
 // the kernel would keep the groups iopfd read pending forever. Its in-flight ledger is in the
 // store with the queue it recorded, and the next process, handed the same queue, answers them
 // before its first read.
-const std::vector<std::string> kLedgerStored = {"iopfd-ledger/v", "iopfd-ledger/v/fault"};
+// With them, its map record and a copy of its iommufd (which units iopfd holds mapped, and in
+// which context); a clean stop leaves the record alone.
+const std::vector<std::string> kLedgerStored = {"iopfd-ledger/v", "iopfd-ledger/v/fault",
+                                                "iopfd-maps/v", "iopfd-maps/v/iommufd"};
+const std::vector<std::string> kCleanStopStored = {"iopfd-maps/v"};
 
 // The options of an iopfd serving "v" from a device file, its descriptors handed over on q
 // (as a launcher would), with systemd's fd store.
@@ -419,9 +423,10 @@ TEST(FdStoreTest, AConfiguredAdoptModeDeviceGetsWhatACrashLeftAnswered) {
   // It goes on serving the queue.
   uint32_t next = q.Fault(0x100000);
   EXPECT_EQ(q.Responses(1, 10)[next], 1);
-  // A clean stop answers everything: the store stops holding the owner's queue.
+  // A clean stop answers everything: the store stops holding the owner's queue and iommufd,
+  // and keeps the map record alone.
   EXPECT_EQ(second->Stop(), 0);
-  EXPECT_TRUE(systemd.WaitFor({}));
+  EXPECT_TRUE(systemd.WaitFor(kCleanStopStored)) << ::testing::PrintToString(systemd.Names());
 }
 
 // The launcher hands the device a new fault queue after the crash: what the dead process owed
@@ -446,7 +451,7 @@ TEST(FdStoreTest, AConfiguredDeviceOnANewQueueHasTheOldQueueAnswered) {
   EXPECT_TRUE(old_queue.Quiet(100));
   Client c(second.socket());
   json st = c.CallOne({{"method", "io.iopfd.GetStatus"}});
-  EXPECT_EQ(st["parameters"]["fd_store"]["kept"], 2);
+  EXPECT_EQ(st["parameters"]["fd_store"]["kept"], 4);  // a new ledger, a new map record
 }
 
 // A ledger whose device is no longer configured: its queue is answered, its entries removed.

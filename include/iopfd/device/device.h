@@ -133,6 +133,12 @@ class Device {
   // kept in the fd store with the device; nullptr in vfio mode (iopfd's own IOAS goes with the
   // device) or when it could not be made (logged).
   const MapRecord* map_record() const { return map_record_.get(); }
+  // Takes the map record away from the device (its regions stop recording), for the device
+  // that replaces it when a reload restarts it: the mappings stay, and so does the record of
+  // them. nullptr when it has none.
+  std::unique_ptr<MapRecord> ReleaseMapRecord();
+  // The iommufd it was attached with (adopt mode: the owner's), or -1.
+  int iommufd_fd() const { return iommufd_ ? iommufd_->fd() : -1; }
   // What TakeBackMappings did.
   struct TakenBack {
     uint64_t units = 0;     // recorded units resident again, counted against the budgets

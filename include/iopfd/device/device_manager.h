@@ -158,6 +158,13 @@ class DeviceManager {
   // from its fault queue yet): returns the in-flight ledger it is to record its reads in
   // (configured_ledgers.h), or nullptr for none. Unset: none.
   std::function<std::unique_ptr<InflightLedger>(Device&)> configured_ledger;
+  // Called for a configured adopt-mode device once attached, before it is served: returns the
+  // map record a previous process kept for it, to take back (Device::TakeBackMappings), or
+  // nullptr. Unset: none. (A device a reload restarts takes over its predecessor's record.)
+  std::function<std::unique_ptr<MapRecord>(Device&)> configured_maps;
+  // Called for a configured adopt-mode device after it took back what it could, before it is
+  // served: to keep its map record across restarts. Unset: not kept.
+  std::function<void(const Device&)> keep_configured_maps;
   // Called when a configured adopt-mode device is no longer served (removed or restarted by a
   // reload, detached, removed by the kernel). Not called when the manager is destroyed at exit.
   std::function<void(const std::string&)> on_configured_gone;
@@ -176,6 +183,12 @@ class DeviceManager {
   // Apply's first step: removes the configured devices `wanted` no longer names and those whose
   // settings changed (their fds back to the pool), reporting each in *report. Returns the
   // configurations of the changed ones, to attach again.
+  // Takes back what `maps` recorded (for a configured adopt-mode device without one: what its
+  // predecessor before a reload, or configured_maps, gives), then keeps a configured device's
+  // record (keep_configured_maps).
+  void TakeBackMappings(Device& dev, std::unique_ptr<MapRecord> maps, bool configured_adopt);
+  // The map records of configured devices a reload is restarting, for their successors.
+  std::map<std::string, std::unique_ptr<MapRecord>> carried_maps_;
   std::vector<const DeviceConfig*> RemoveChanged(
       const std::map<std::string, const DeviceConfig*>& wanted, ReloadReport* report);
   // Apply's last step: attaches each of to_attach (new, restarted or failed before) and reports

@@ -13,6 +13,10 @@
 //    the ledger holds on the stored queue and hands the device back;
 //  - a configured adopt-mode device: its descriptors come with every start (LISTEN_FDS), so only
 //    its ledger and a copy of its queue are stored (configured_ledgers.h).
+// Beside the ledgers, each adopt-mode device's map record (map_record.h: which units it holds
+// mapped in the owner's IOAS) is kept the same two ways (with a run-time adopted device's
+// descriptors; for a configured one with a copy of its iommufd, configured_maps.h), so that the
+// next process counts those units against its budgets instead of serving them as someone else's.
 // Devices iopfd binds itself (vfio mode) need none: their queue closes with the process, and the
 // kernel answers what is pending on it.
 //
@@ -31,6 +35,7 @@
 #include "iopfd/device/device_manager.h"
 #include "iopfd/fault/inflight_ledger.h"
 #include "iopfd/service/configured_ledgers.h"
+#include "iopfd/service/configured_maps.h"
 #include "iopfd/service/fd_store.h"
 #include "iopfd/service/listen_fds.h"
 
@@ -61,6 +66,15 @@ class CrashRecovery {
   // (ConfiguredLedgers::For).
   std::unique_ptr<InflightLedger> LedgerForConfigured(Device& device);
 
+  // For a configured adopt-mode device, attached and not yet served: returns the map record a
+  // previous process kept for it on the same iommufd, for Device::TakeBackMappings, or nullptr
+  // (ConfiguredMaps::For).
+  std::unique_ptr<MapRecord> MapsForConfigured(const Device& device);
+  // After it took back what it could: keeps its map record (ConfiguredMaps::Keep).
+  void KeepConfiguredMaps(const Device& device) {
+    configured_maps_.Keep(device.name(), device.map_record(), device.iommufd_fd());
+  }
+
   // For a device about to be adopted at run time: returns a new ledger to store with it, or
   // nullptr when the store is disabled or the ledger cannot be made (logged: served without).
   std::unique_ptr<InflightLedger> LedgerForAdopted(const std::string& device);
@@ -75,7 +89,8 @@ class CrashRecovery {
 
   // At a clean stop, for each device still served: a configured device that owes nothing leaves
   // its ledger (and the store's copy of its queue); one that still owes keeps it for the next
-  // start. Adopted devices stay stored, to be adopted again.
+  // start; its map record stays, alone (ConfiguredMaps::SettleAtStop). Adopted devices stay
+  // stored, to be adopted again.
   void SettleAtStop(const std::vector<std::unique_ptr<Device>>& devices);
 
   // Returns the names of the configured devices whose ledger is kept now.
@@ -91,6 +106,7 @@ class CrashRecovery {
   uint32_t ledger_capacity_;
   std::vector<FdStore::Stored> stored_;  // adopted devices that came back, not replayed yet
   ConfiguredLedgers configured_;
+  ConfiguredMaps configured_maps_;
 };
 
 }  // namespace iopfd

@@ -24,6 +24,9 @@
 //   iopfd-ledger/D         its in-flight ledger
 //   iopfd-ledger/D/fault   the fault queue the ledger recorded reads of (a copy, so that what
 //                          it owes is answered on that queue even if D comes back on another)
+//   iopfd-maps/D           its map record (map_record.h): which units iopfd holds mapped
+//   iopfd-maps/D/iommufd   the iommufd whose IOAS those mappings are in (a copy, so that they
+//                          are unmapped there if D comes back on another)
 #ifndef IOPFD_SERVICE_FD_STORE_H_
 #define IOPFD_SERVICE_FD_STORE_H_
 
@@ -46,6 +49,9 @@ inline constexpr char kFdStorePrefix[] = "iopfd-adopted/";
 inline constexpr char kLedgerFdName[] = "iopfd-adopted/ledger";
 // The prefix of a configured adopt-mode device's ledger entries; device files may not use it.
 inline constexpr char kLedgerStorePrefix[] = "iopfd-ledger/";
+// The prefix of a configured adopt-mode device's map record entries; device files may not use
+// it.
+inline constexpr char kMapsStorePrefix[] = "iopfd-maps/";
 
 // Not thread-safe: used from the fault loop's thread.
 class FdStore {
@@ -111,6 +117,27 @@ class FdStore {
   // in *problems, naming the entry. The returned ones stay kept until ForgetLedger.
   std::vector<StoredLedger> TakeLedgers(ListenFds* inherited, std::vector<std::string>* problems);
 
+  // Keeps a configured device's map record (map_record.h) and the iommufd whose IOAS it records
+  // mappings in (two entries: iopfd-maps/D and iopfd-maps/D/iommufd; with iommufd -1 the record
+  // alone, as a clean stop leaves it), replacing what was kept for the device before. Returns
+  // as KeepLedger does; nothing stored means that after a restart what iopfd mapped for the
+  // device is served as someone else's.
+  absl::Status KeepMapRecord(const std::string& device, int record_fd, int iommufd);
+  // Removes what KeepMapRecord stored for the device (or what came back at start for it).
+  void ForgetMapRecord(const std::string& device);
+  // A configured device's pair of entries as it came back at start: the main file (ledger or
+  // map record) and the descriptor it belongs to (fault queue or iommufd; a map record may come
+  // back alone, partner invalid).
+  struct StoredPair {
+    std::string device;
+    UniqueFd main;
+    UniqueFd partner;
+  };
+  // Takes every map record entry (kMapsStorePrefix) out of `inherited`, as TakeLedgers does for
+  // ledgers: broken pairs are closed, removed and described in *problems; the returned ones
+  // stay kept until ForgetMapRecord.
+  std::vector<StoredPair> TakeMapRecords(ListenFds* inherited, std::vector<std::string>* problems);
+
   // Returns the number of store entries in use now, and the room systemd gives
   // (FileDescriptorStoreMax=; 0 when disabled), for GetStatus and tests.
   size_t kept() const { return kept_; }
@@ -128,8 +155,28 @@ class FdStore {
   };
   // Per device kept by this process or found at start.
   std::vector<std::pair<std::string, Held>> devices_;
-  // Per configured device whose ledger is kept.
+  // Per configured device whose ledger is kept, and whose map record is.
   std::vector<std::pair<std::string, Held>> ledgers_;
+  std::vector<std::pair<std::string, Held>> maps_;
+  // The paired entries of a configured device: the main file's prefix, its partner's suffix,
+  // what the pair is, and what is lost without it (for the messages).
+  struct PairKind {
+    const char* prefix;
+    const char* partner_suffix;
+    const char* what;
+    const char* without;
+    bool partner_optional;  // a main entry may come back alone
+  };
+  static const PairKind kLedgerPair;
+  static const PairKind kMapsPair;
+  std::vector<std::pair<std::string, Held>>& PairsOf(const PairKind& kind) {
+    return &kind == &kMapsPair ? maps_ : ledgers_;
+  }
+  absl::Status KeepPair(const PairKind& kind, const std::string& device, int main_fd,
+                        int partner_fd);
+  void ForgetPair(const PairKind& kind, const std::string& device);
+  std::vector<StoredPair> TakePairs(const PairKind& kind, ListenFds* inherited,
+                                    std::vector<std::string>* problems);
   // Removes the entries `held` names, the first first.
   void Remove(const std::string& device, const Held& held);
 };

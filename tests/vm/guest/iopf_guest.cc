@@ -676,25 +676,35 @@ bool CaseAdoptAndDetach() {
   return v.Report();
 }
 
-// A device adopted at run time under a budget of four units keeps its map record in the fd
-// store (FdStoreKeeper plays systemd): after iopfd is killed (SIGKILL) and started again, the
-// units the dead process mapped are taken back and counted, so that faults on new units evict
-// them: never more than four units are mapped, across the restart. (Without the record the old
-// units would stay mapped outside the budget, beside four new ones.)
+// Two devices under a budget of four units each keep their map records in the fd store
+// (FdStoreKeeper plays systemd): mockD, adopted at run time (the record goes with its
+// descriptors), and mockC, configured in devices.d (the record goes with a copy of its
+// iommufd; its descriptors come with every start). After iopfd is killed (SIGKILL) and started
+// again, the units the dead process mapped are taken back and counted, so that faults on new
+// units evict them; then a reload restarts mockC (a changed setting) and its successor takes
+// its record over; then a clean stop and a start. Never more than four units of either device
+// are mapped. (Without the records the old units would stay mapped outside the budget, beside
+// four new ones.)
+// Longer than 60 lines: one story, told in order.
 bool CasePagingBudgetAfterARestart() {
   Verdict v("paging_budget_after_a_restart");
-  Env e;
+  Env e, c;
   Setup(e, v.name, "info", "mockD");
   unlink((e.dir + "/devices.d/mockD.toml").c_str());
+  Setup(c, v.name + "-c", "info", "mockC");
+  const std::string c_file = e.dir + "/devices.d/mockC.toml";
+  const std::string budget = "[limits]\nmax_resident = \"256KiB\"\n";
+  std::string c_text = DeviceFile(c);
+  c_text.insert(c_text.find("[[space]]"), budget + "\n");
+  WriteFile(c_file, c_text);
   const std::string sock = e.dir + "/ctl.sock";
   FdStoreKeeper store(e.dir + "/notify.sock");
   auto start = [&] {
     store.Receive();
-    Daemon d = StartWith(e.dir, store.entries(), store.Env());
-    // The store's messages are taken in meanwhile, as systemd would: a unix datagram socket
-    // queues only a few (net.unix.max_dgram_qlen), and iopfd's sends block beyond.
+    std::vector<std::pair<std::string, int>> fds = c.Fds();  // the launcher's, every start
+    for (const auto& entry : store.entries()) fds.push_back(entry);
+    Daemon d = StartWith(e.dir, fds, store.Env());
     v.Expect(WaitFor([&] {
-               store.Receive();
                return !ControlClient(sock).Call(R"({"method":"io.iopfd.GetStatus"})").empty();
              }),
              "iopfd serving");
@@ -702,7 +712,7 @@ bool CasePagingBudgetAfterARestart() {
   };
   Daemon d = start();
   std::string text = DeviceFile(e, /*fd_backings=*/true);
-  text.insert(text.find("[[space]]"), "[limits]\nmax_resident = \"256KiB\"\n\n");
+  text.insert(text.find("[[space]]"), budget + "\n");
   std::string reply = ControlClient(sock).Call(
       R"({"method":"io.iopfd.Adopt","parameters":{"config":)" + JsonString(text) +
           R"(,"fds":["mockD.iommufd","mockD.fault","mockD.ram0",)"
@@ -710,42 +720,75 @@ bool CasePagingBudgetAfterARestart() {
       {e.iommufd, e.fault_fd, e.ram0, e.ram1, e.ram2});
   v.Expect(reply.find(R"("name":"mockD")") != std::string::npos, "Adopt reply: " + reply);
   constexpr uint64_t kUnit = 16 * kPage;  // the default map unit, 64 KiB
-  auto mapped = [&](uint64_t u) {
-    return CheckMap(e, e.hwpt, kR0 + u * kUnit, kUnit, e.va0 + u * kUnit);
+  auto mapped = [&](const Env& x, uint64_t u) {
+    return CheckMap(x, x.hwpt, kR0 + u * kUnit, kUnit, x.va0 + u * kUnit);
   };
-  auto mapped_units = [&] {
+  auto mapped_units = [&](const Env& x) {
     int n = 0;
-    for (uint64_t u = 0; u < 16; ++u) n += mapped(u) ? 1 : 0;
+    for (uint64_t u = 0; u < 16; ++u) n += mapped(x, u) ? 1 : 0;
     return n;
   };
   int most = 0;
-  auto fault = [&](uint64_t u) {
-    Trigger(e, kR0 + (u * 16 + 3) * kPage, IOMMU_PGFAULT_PERM_READ, false,
+  auto fault = [&](const Env& x, uint64_t u) {
+    Trigger(x, kR0 + (u * 16 + 3) * kPage, IOMMU_PGFAULT_PERM_READ, false,
             static_cast<uint32_t>(u + 1));
-    v.Expect(WaitFor([&] { return mapped(u); }),
-             Format("unit %llu mapped", static_cast<unsigned long long>(u)));
-    most = std::max(most, mapped_units());
+    v.Expect(WaitFor([&] { return mapped(x, u); }),
+             Format("%s unit %llu mapped", x.dev.c_str(), static_cast<unsigned long long>(u)));
+    most = std::max({most, mapped_units(e), mapped_units(c)});
   };
-  for (uint64_t u = 0; u < 4; ++u) fault(u);
-  v.Expect(mapped_units() == 4, Format("4 units mapped before the kill (%d)", mapped_units()));
+  for (uint64_t u = 0; u < 4; ++u) {
+    fault(e, u);
+    fault(c, u);
+  }
+  v.Expect(mapped_units(e) == 4 && mapped_units(c) == 4, "4 units of each mapped before the kill");
   store.Receive();
   kill(d.pid, SIGKILL);
   int status = 0;
   waitpid(d.pid, &status, 0);
   d.pid = -1;
-  Daemon d2 = start();
-  v.Expect(mapped_units() == 4,
-           Format("the dead process's units stay mapped (%d)", mapped_units()));
-  for (uint64_t u = 4; u < 12; ++u) fault(u);
-  v.Expect(most <= 4, Format("at most 4 units mapped at once, across the restart (saw %d)", most));
-  const int rc = Stop(d2);
+  d = start();
+  v.Expect(mapped_units(e) == 4 && mapped_units(c) == 4,
+           "the dead process's units stay mapped meanwhile");
+  for (uint64_t u = 4; u < 8; ++u) {
+    fault(e, u);
+    fault(c, u);
+  }
+  // A changed setting restarts mockC in place; its successor takes over what it mapped.
+  c_text.insert(c_text.find("max_resident"), "max_group_records = 32\n");
+  WriteFile(c_file, c_text);
+  reply = ControlClient(sock).Call(R"({"method":"io.iopfd.Reload"})");
+  v.Expect(reply.find(R"("restarted":["mockC"])") != std::string::npos, "Reload: " + reply);
+  for (uint64_t u = 8; u < 12; ++u) fault(c, u);
+  const std::string log = ReadLog(d);
+  for (const char* dev : {"mockD", "mockC"}) {
+    v.Expect(log.find(Format("%s: took back 4 unit(s)", dev)) != std::string::npos,
+             Format("the restarted iopfd says it took back %s's 4 units", dev));
+  }
+  v.Expect(log.find("mockC: took back 4 unit(s)") != log.rfind("mockC: took back 4 unit(s)"),
+           "mockC's successor after the reload took back its 4 units too");
+  // A clean stop leaves the mappings (the devices keep working) and the records; the next
+  // process takes them back too.
+  int rc = Stop(d);
   v.Expect(rc == 0, Format("iopfd exit %d", rc));
-  v.Expect(ReadLog(d2).find("mockD: took back 4 unit(s)") != std::string::npos,
-           "the restarted iopfd says it took back the 4 units");
-  auto s = ReadStats(d2, "mockD");
-  v.Expect(s["paging.resident_bytes"] == 4 * kUnit,
-           Format("resident_bytes %llu at exit, the 4 units mapped",
-                  static_cast<unsigned long long>(s["paging.resident_bytes"])));
+  d = start();
+  for (uint64_t u = 12; u < 16; ++u) {
+    fault(e, u);
+    fault(c, u);
+  }
+  v.Expect(most <= 4, Format("at most 4 units of a device mapped at once, across the kill, the "
+                             "reload and the clean stop (saw %d)",
+                             most));
+  const std::string log2 = ReadLog(d);
+  rc = Stop(d);
+  v.Expect(rc == 0, Format("iopfd exit %d", rc));
+  for (const char* dev : {"mockD", "mockC"}) {
+    v.Expect(log2.find(Format("%s: took back 4 unit(s)", dev)) != std::string::npos,
+             Format("after the clean stop iopfd says it took back %s's 4 units", dev));
+    auto s = ReadStats(d, dev);
+    v.Expect(s["paging.resident_bytes"] == 4 * kUnit,
+             Format("%s: resident_bytes %llu at exit, the 4 units mapped", dev,
+                    static_cast<unsigned long long>(s["paging.resident_bytes"])));
+  }
   return v.Report();
 }
 

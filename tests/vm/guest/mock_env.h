@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdarg>
@@ -27,6 +28,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -460,7 +462,9 @@ inline int Stop(Daemon& d) {
 
 // systemd's file descriptor store, as iopfd sees it (NOTIFY_SOCKET and FDSTORE): keeps every
 // descriptor sent with FDSTORE=1 under its FDNAME, drops a name's entries on FDSTOREREMOVE=1,
-// and hands them back at the next start. Messages are taken in whenever Receive() runs.
+// and hands them back at the next start. Messages are taken in as they come, by a thread of its
+// own, as systemd would: a unix datagram socket queues only a few (net.unix.max_dgram_qlen), and
+// iopfd's sends block beyond, at a start, a reload or a stop alike.
 class FdStoreKeeper {
  public:
   explicit FdStoreKeeper(const std::string& path) : path_(path) {
@@ -474,8 +478,16 @@ class FdStoreKeeper {
     }
     int big = 1 << 20;
     setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    thread_ = std::thread([this] {
+      while (!stop_.load()) {
+        pollfd p{fd_, POLLIN, 0};
+        if (poll(&p, 1, 20) == 1) Receive();
+      }
+    });
   }
   ~FdStoreKeeper() {
+    stop_ = true;
+    thread_.join();
     for (const auto& [name, fd] : entries_) close(fd);
     close(fd_);
     unlink(path_.c_str());
@@ -486,8 +498,9 @@ class FdStoreKeeper {
   std::vector<std::pair<std::string, std::string>> Env() const {
     return {{"NOTIFY_SOCKET", path_}, {"FDSTORE", "64"}};
   }
-  // Takes in every message waiting.
+  // Takes in every message waiting (the thread does too).
   void Receive() {
+    std::lock_guard<std::mutex> lock(mu_);
     for (;;) {
       char buf[4096];
       iovec iov{buf, sizeof(buf)};
@@ -531,12 +544,19 @@ class FdStoreKeeper {
       for (int fd : fds) close(fd);
     }
   }
-  const std::vector<std::pair<std::string, int>>& entries() const { return entries_; }
+  // What it holds now (the descriptors stay its own).
+  std::vector<std::pair<std::string, int>> entries() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entries_;
+  }
 
  private:
   std::string path_;
   int fd_ = -1;
+  mutable std::mutex mu_;
   std::vector<std::pair<std::string, int>> entries_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 // After iopfd exited, with the device's fault fd still held here (the owner's copy): answers
