@@ -22,6 +22,8 @@ TEST(UapiAbiTest, StructSizesMatchTheKernelHeader) {
   EXPECT_SAME_LAYOUT(IommuIoasMap, iommu_ioas_map);
   EXPECT_SAME_LAYOUT(IommuIoasMapFile, iommu_ioas_map_file);
   EXPECT_SAME_LAYOUT(IommuIoasUnmap, iommu_ioas_unmap);
+  EXPECT_SAME_LAYOUT(IommuIoasCopy, iommu_ioas_copy);
+  EXPECT_SAME_FIELD(IommuIoasCopy, src_iova, iommu_ioas_copy, src_iova);
   EXPECT_SAME_LAYOUT(IommuHwptAlloc, iommu_hwpt_alloc);
   EXPECT_SAME_LAYOUT(IommuFaultAlloc, iommu_fault_alloc);
   EXPECT_SAME_LAYOUT(IommuHwInfo, iommu_hw_info);
@@ -68,6 +70,7 @@ TEST(UapiAbiTest, IoctlNumbersAndFlagsMatchTheKernelHeader) {
   EXPECT_EQ(uapi::kIommuIoasMap, IOMMU_IOAS_MAP);
   EXPECT_EQ(uapi::kIommuIoasMapFile, IOMMU_IOAS_MAP_FILE);
   EXPECT_EQ(uapi::kIommuIoasUnmap, IOMMU_IOAS_UNMAP);
+  EXPECT_EQ(uapi::kIommuIoasCopy, IOMMU_IOAS_COPY);
   EXPECT_EQ(uapi::kIommuHwptAlloc, IOMMU_HWPT_ALLOC);
   EXPECT_EQ(uapi::kIommuFaultQueueAlloc, IOMMU_FAULT_QUEUE_ALLOC);
   EXPECT_EQ(uapi::kVfioDeviceBindIommufd, VFIO_DEVICE_BIND_IOMMUFD);

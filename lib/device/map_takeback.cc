@@ -1,4 +1,8 @@
 // Adopt mode across restarts: which units iopfd holds mapped in the owner's IOAS (map_record.h).
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -13,7 +17,16 @@ std::vector<RecordedRegion> Device::Layout() const {
   std::vector<RecordedRegion> layout;
   for (const AddressSpace& s : spaces_->spaces()) {
     for (const Region& r : s.regions()) {
-      layout.push_back(RecordedRegion{s.ioas(), r.iova(), r.size(), r.unit_bytes()});
+      // What the units map, not only where: the same IOVA from another file (an anonymous
+      // backing is a new memfd in every process) or with other access is another unit.
+      struct stat st {};
+      if (r.backing_fd() < 0 || fstat(r.backing_fd(), &st) != 0) {
+        st.st_dev = ~dev_t{0};
+        st.st_ino = static_cast<ino_t>(MonotonicNs());  // matches nothing
+      }
+      layout.push_back(RecordedRegion{s.ioas(), r.iova(), r.size(), r.unit_bytes(), r.access(),
+                                      static_cast<uint64_t>(st.st_dev),
+                                      static_cast<uint64_t>(st.st_ino), r.backing_offset()});
     }
   }
   return layout;
@@ -47,70 +60,112 @@ std::unique_ptr<MapRecord> Device::ReleaseMapRecord() {
 
 namespace {
 
-// Where a recorded unit is in this device's spaces: the unit of a region of a space over the
-// same IOAS with exactly its IOVA and length.
+// Where a recorded unit is in this device's spaces: the unit of a region over the same IOAS,
+// with the same access and backing file and offset, at exactly its IOVA and length.
 struct Found {
   AddressSpace* space = nullptr;
   Region* region = nullptr;
   uint32_t unit = 0;
 };
 
-Found Locate(std::vector<AddressSpace>& spaces, const RecordedUnit& ru) {
+Found Locate(std::vector<AddressSpace>& spaces, const std::vector<RecordedRegion>& layout,
+             const RecordedRegion& was, const RecordedUnit& ru) {
+  size_t index = 0;
   for (AddressSpace& s : spaces) {
-    if (s.ioas() != ru.ioas) continue;
-    Region* r = s.Find(ru.iova);
-    if (r == nullptr) continue;
-    const uint32_t unit = r->UnitOf(r->PageIndex(ru.iova));
-    if (r->UnitIova(unit) == ru.iova && r->UnitLength(unit) == ru.length) return {&s, r, unit};
+    for (Region& r : s.regions()) {
+      const RecordedRegion& now = layout[index++];
+      if (now.ioas != ru.ioas || !r.Contains(ru.iova) || now.access != was.access ||
+          now.backing_dev != was.backing_dev || now.backing_ino != was.backing_ino ||
+          now.backing_offset + (ru.iova - now.iova) != was.backing_offset + (ru.iova - was.iova)) {
+        continue;
+      }
+      const uint32_t unit = r.UnitOf(r.PageIndex(ru.iova));
+      if (r.UnitIova(unit) == ru.iova && r.UnitLength(unit) == ru.length) return {&s, &r, unit};
+    }
   }
   return {};
 }
 
 }  // namespace
 
-// Longer than 60 lines: the three outcomes of a recorded unit, the budgets, and the report are
-// one pass that reads best in one place.
+// Longer than 60 lines: the outcomes of a recorded unit, the budgets, and the report are one
+// pass that reads best in one place.
 Device::TakenBack Device::TakeBackMappings(std::unique_ptr<MapRecord> previous) {
   TakenBack out;
-  if (previous == nullptr || map_record_ == nullptr) return out;
+  if (previous == nullptr || map_record_ == nullptr || !iommufd_) return out;
   const uint64_t now = MonotonicNs();
   const bool same = previous->layout() == map_record_->layout();
+  std::unique_ptr<MapRecord> old;  // the previous file, when its layout is not this one
   if (same) {
     // Go on in the file the store keeps: nothing to replace there.
     AttachMapRecord(previous.get());
     map_record_ = std::move(previous);
+  } else {
+    old = std::move(previous);
   }
-  MapRecord& from = *(same ? map_record_ : previous);
+  MapRecord& from = old != nullptr ? *old : *map_record_;
   std::string first_error;
-  for (const RecordedUnit& ru : from.HeldUnits()) {
-    Found f = Locate(spaces_->spaces(), ru);
+  auto failed = [&](const absl::Status& st) {
+    ++out.failed;
+    if (first_error.empty()) first_error = std::string(st.message());
+  };
+  // Where a recorded unit's map call says EEXIST, an IOMMU_IOAS_COPY of the unit into an IOAS
+  // of iopfd's own, with no domain (so nothing is pinned), says whether all of it is mapped:
+  // EEXIST alone only says that something overlaps it (the owner may have replaced iopfd's
+  // mapping with one of its own inside the unit, and a unit believed mapped that is only
+  // partly so would leave the device faulting on the rest for good).
+  std::optional<IoasId> scratch;
+  bool scratch_failed = false;
+  const std::vector<RecordedRegion>& layout = map_record_->layout();  // this device's
+  from.ForEachHeld([&](const RecordedUnit& ru) {
+    Found f = Locate(spaces_->spaces(), layout, from.layout()[ru.region], ru);
     if (f.region == nullptr) {
-      // Not a unit of this layout: iopfd's own mapping, with other bounds. Unrecorded before
-      // the unmap, as always (map_record.h).
+      // Not a unit of this layout: iopfd's own mapping, with other bounds or of another file.
+      // Unrecorded before the unmap, as always (map_record.h).
       from.Set(ru.region, ru.unit, false);
       absl::Status st = mapper_->Unmap(ru.ioas, ru.iova, ru.length);
-      if (st.ok() || ErrnoOf(st) == ENOENT) {
-        out.unmapped += st.ok() ? 1 : 0;  // ENOENT: gone already (the owner unmapped it)
-      } else {
-        ++out.failed;
-        if (first_error.empty()) first_error = std::string(st.message());
+      if (st.ok()) {
+        ++out.unmapped;
+      } else if (ErrnoOf(st) != ENOENT) {  // ENOENT: gone already, or not one whole mapping
+        failed(st);
       }
-      continue;
+      return;
     }
-    // The bit says iopfd mapped it; a map call says whether it is still there (EEXIST) or
-    // puts it back, so that no unit is believed mapped that is not.
     if (same) map_record_->Set(ru.region, ru.unit, false);  // set again once resident
-    absl::Status st = mapper_->Map(f.region->MakeUnitRequest(f.space->ioas(), f.unit));
-    if (!st.ok() && ErrnoOf(st) != EEXIST) {
-      ++out.failed;
-      if (first_error.empty()) first_error = std::string(st.message());
-      continue;
+    const MapRequest req = f.region->MakeUnitRequest(f.space->ioas(), f.unit);
+    absl::Status st = mapper_->Map(req);
+    // ENOMEM is a transient allocation failure on the way (FaultProcessor::CallMap).
+    for (int retry = 0; retry < 2 && ErrnoOf(st) == ENOMEM; ++retry) st = mapper_->Map(req);
+    if (ErrnoOf(st) == EEXIST) {
+      if (!scratch && !scratch_failed) {
+        auto id = iommufd_->IoasAlloc();
+        scratch_failed = !id.ok();
+        if (id.ok()) scratch = *id;
+      }
+      st = scratch ? iommufd_->Copy(*scratch, f.space->ioas(), req.iova, req.length)
+                   : absl::UnavailableError("no IOAS to check the unit with");
+      if (!st.ok()) {
+        ++out.partial;  // not all mapped: served as someone else's (stuck), as before records
+        return;
+      }
+    } else if (st.ok()) {
+      ++out.remapped;
+      stats_->bytes_mapped += req.length;
+    } else {
+      failed(st);
+      return;
     }
-    if (!processor_->TakeBack(f.space, f.region, f.unit, now)) continue;
+    if (!processor_->TakeBack(f.space, f.region, f.unit, now)) return;
     ++out.units;
-    out.bytes += f.region->UnitLength(f.unit);
-    out.remapped += st.ok() ? 1 : 0;
-    if (st.ok()) stats_->bytes_mapped += f.region->UnitLength(f.unit);
+    out.bytes += req.length;
+  });
+  if (scratch) (void)iommufd_->Destroy(scratch->value());  // its copies go with it
+  if (old != nullptr && old->Fits(map_record_->layout())) {
+    // Go on in the stored file all the same, under the new layout: the store keeps it already.
+    old->Relayout(map_record_->layout());
+    map_record_->ForEachHeld([&](const RecordedUnit& u) { old->Set(u.region, u.unit, true); });
+    AttachMapRecord(old.get());
+    map_record_ = std::move(old);
   }
   if (pager_ != nullptr && out.units != 0) {
     // Budgets may be smaller than what the previous process held (a changed configuration, or
@@ -125,12 +180,14 @@ Device::TakenBack Device::TakeBackMappings(std::unique_ptr<MapRecord> previous) 
     pager_->SetBudget(pager_->daemon_scope(), pager_->daemon_scope().budget, now);
     out.evicted = stats_->paging.evicted_units - evicted_before;
   }
-  if (out.units + out.unmapped + out.failed != 0) {
+  if (out.units + out.unmapped + out.partial + out.failed != 0) {
     Log(out.failed != 0 ? LogLevel::kWarning : LogLevel::kInfo,
         absl::StrCat(name_, ": took back ", out.units, " unit(s) (", out.bytes,
                      " bytes) the previous iopfd mapped (", out.remapped,
                      " were gone and mapped again), unmapped ", out.unmapped,
-                     " of another layout, evicted ", out.evicted, " for the budgets",
+                     " of another layout, left ", out.partial,
+                     " only partly mapped to their owner, evicted ", out.evicted,
+                     " for the budgets",
                      out.failed != 0
                          ? absl::StrCat("; ", out.failed, " left as they are, first: ", first_error)
                          : std::string()),

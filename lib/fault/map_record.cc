@@ -18,7 +18,7 @@ namespace iopfd {
 namespace {
 
 constexpr char kMagic[8] = {'I', 'O', 'P', 'F', 'M', 'A', 'P', 'S'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: access and the backing's identity per region
 constexpr uint64_t kMinUnit = 4096;
 
 // The file: a header, one entry per region, then the bitmap (a bit per unit, each region's
@@ -32,13 +32,16 @@ struct FileHeader {
 };
 struct FileRegion {
   uint32_t ioas;
-  uint32_t reserved;
+  uint32_t access;
   uint64_t iova;
   uint64_t size;
   uint64_t unit_bytes;
   uint64_t first_word;
+  uint64_t backing_dev;
+  uint64_t backing_ino;
+  uint64_t backing_offset;
 };
-static_assert(sizeof(FileHeader) == 32 && sizeof(FileRegion) == 40);
+static_assert(sizeof(FileHeader) == 32 && sizeof(FileRegion) == 64);
 
 size_t FileSize(uint64_t regions, uint64_t words) {
   return sizeof(FileHeader) + regions * sizeof(FileRegion) + words * sizeof(uint64_t);
@@ -112,9 +115,10 @@ absl::StatusOr<std::unique_ptr<MapRecord>> MapRecord::Create(
   h->words = words;
   auto* entries = reinterpret_cast<FileRegion*>(h + 1);
   for (size_t i = 0; i < layout.size(); ++i) {
+    const RecordedRegion& r = layout[i];
     entries[i] =
-        FileRegion{layout[i].ioas.value(), 0, layout[i].iova, layout[i].size, layout[i].unit_bytes,
-                   first_word[i]};
+        FileRegion{r.ioas.value(), r.access,      r.iova,        r.size,          r.unit_bytes,
+                   first_word[i],  r.backing_dev, r.backing_ino, r.backing_offset};
   }
   return std::unique_ptr<MapRecord>(
       new MapRecord(std::move(fd), map, size, layout, std::move(first_word)));
@@ -130,6 +134,13 @@ absl::StatusOr<std::unique_ptr<MapRecord>> MapRecord::Open(const std::string& de
   if (size < sizeof(FileHeader)) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": ", size, " bytes, too small to be one"));
+  }
+  // A file that could shrink under the mapping would fault (SIGBUS) on the next access.
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): fcntl's interface
+  const int seals = fcntl(fd.get(), F_GET_SEALS);
+  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": not sealed against shrinking, so not one iopfd made"));
   }
   void* map = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (map == MAP_FAILED) return ErrnoStatus(errno, name, "mmap");
@@ -152,7 +163,8 @@ absl::StatusOr<std::unique_ptr<MapRecord>> MapRecord::Open(const std::string& de
     uint64_t next_word = 0;
     for (uint32_t i = 0; i < h->regions && bad.empty(); ++i) {
       const FileRegion& e = entries[i];
-      RecordedRegion r{IoasId(e.ioas), e.iova, e.size, e.unit_bytes};
+      RecordedRegion r{IoasId(e.ioas), e.iova,        e.size,        e.unit_bytes,
+                       e.access,       e.backing_dev, e.backing_ino, e.backing_offset};
       if (std::string why = CheckRegion(r); !why.empty()) {
         bad = absl::StrCat("region ", i, ": ", why);
       } else if (e.first_word != next_word) {
@@ -179,6 +191,34 @@ absl::StatusOr<std::unique_ptr<MapRecord>> MapRecord::Open(const std::string& de
       new MapRecord(std::move(fd), map, size, std::move(layout), std::move(first_word)));
 }
 
+bool MapRecord::Fits(const std::vector<RecordedRegion>& layout) const {
+  if (layout.size() != layout_.size()) return false;
+  for (size_t i = 0; i < layout.size(); ++i) {
+    if (!CheckRegion(layout[i]).empty() ||
+        (UnitCount(layout[i]) + 63) / 64 != (UnitCount(layout_[i]) + 63) / 64) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void MapRecord::Relayout(const std::vector<RecordedRegion>& layout) {
+  if (!Fits(layout)) return;
+  const auto* h = static_cast<const FileHeader*>(map_);
+  StoreOrder();
+  std::memset(static_cast<void*>(words()), 0, h->words * sizeof(uint64_t));
+  StoreOrder();  // no bit survives into the new layout
+  auto* entries = reinterpret_cast<FileRegion*>(static_cast<char*>(map_) + sizeof(FileHeader));
+  for (size_t i = 0; i < layout.size(); ++i) {
+    const RecordedRegion& r = layout[i];
+    entries[i] =
+        FileRegion{r.ioas.value(), r.access,      r.iova,        r.size,          r.unit_bytes,
+                   first_word_[i], r.backing_dev, r.backing_ino, r.backing_offset};
+  }
+  StoreOrder();
+  layout_ = layout;
+}
+
 void MapRecord::Set(uint32_t region, uint32_t unit, bool held) {
   if (region >= layout_.size() || unit >= UnitCount(layout_[region])) return;
   uint64_t& word = words()[first_word_[region] + unit / 64];
@@ -193,8 +233,7 @@ bool MapRecord::Held(uint32_t region, uint32_t unit) const {
   return ((words()[first_word_[region] + unit / 64] >> (unit % 64)) & 1) != 0;
 }
 
-std::vector<RecordedUnit> MapRecord::HeldUnits() const {
-  std::vector<RecordedUnit> out;
+void MapRecord::ForEachHeld(const std::function<void(const RecordedUnit&)>& fn) const {
   for (uint32_t r = 0; r < layout_.size(); ++r) {
     const RecordedRegion& reg = layout_[r];
     const uint64_t units = UnitCount(reg);
@@ -204,11 +243,16 @@ std::vector<RecordedUnit> MapRecord::HeldUnits() const {
         const uint64_t u = w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits));
         if (u >= units) break;
         const uint64_t offset = u * reg.unit_bytes;
-        out.push_back(RecordedUnit{r, static_cast<uint32_t>(u), reg.ioas, reg.iova + offset,
-                                   std::min(reg.unit_bytes, reg.size - offset)});
+        fn(RecordedUnit{r, static_cast<uint32_t>(u), reg.ioas, reg.iova + offset,
+                        std::min(reg.unit_bytes, reg.size - offset)});
       }
     }
   }
+}
+
+std::vector<RecordedUnit> MapRecord::HeldUnits() const {
+  std::vector<RecordedUnit> out;
+  ForEachHeld([&out](const RecordedUnit& u) { out.push_back(u); });
   return out;
 }
 

@@ -63,6 +63,29 @@ TEST(MapRecordTest, HeldUnitsSurviveIntoTheNextProcess) {
   EXPECT_FALSE((*r)->Held(0, 0));
 }
 
+// A layout with as many regions and bitmap words fits the same file: its bits are cleared and
+// its regions rewritten, and the next process finds the new layout.
+TEST(MapRecordTest, ALayoutThatFitsIsRecordedInTheSameFile) {
+  auto r = MapRecord::Create("dev0", TwoRegions());
+  ASSERT_TRUE(r.ok());
+  (*r)->Set(0, 5, true);
+  std::vector<RecordedRegion> other = TwoRegions();
+  other[0].backing_ino = 77;   // another file
+  other[1].size = 256 * kKiB;  // 4 units still: one word
+  EXPECT_TRUE((*r)->Fits(other));
+  (*r)->Relayout(other);
+  EXPECT_EQ((*r)->held_count(), 0u);
+  (*r)->Set(1, 3, true);
+  auto again = Reopen(**r);
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(again->layout(), other);
+  EXPECT_THAT(again->HeldUnits(), ElementsAre(IsUnit(1, 3, 7, 0x40000000 + 192 * kKiB, 64 * kKiB)));
+  std::vector<RecordedRegion> bigger = TwoRegions();
+  bigger[0].size = 2048 * kKiB;  // 512 units: 8 words, not 4
+  EXPECT_FALSE((*r)->Fits(bigger));
+  EXPECT_FALSE((*r)->Fits({TwoRegions()[0]}));
+}
+
 TEST(MapRecordTest, IndicesOutOfRangeAreIgnored) {
   auto r = MapRecord::Create("dev0", TwoRegions());
   ASSERT_TRUE(r.ok());
@@ -100,44 +123,53 @@ TEST(MapRecordTest, OpenRejectsWhatIsNotARecord) {
   ASSERT_TRUE(r.ok());
   const off_t size = lseek((*r)->fd(), 0, SEEK_END);
   auto variant = [&](const std::function<void(char*)>& corrupt) {
-    const int fd = memfd_create("bad", MFD_CLOEXEC);
+    const int fd = memfd_create("bad", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     std::vector<char> bytes(static_cast<size_t>(size));
     EXPECT_EQ(pread((*r)->fd(), bytes.data(), bytes.size(), 0), size);
     corrupt(bytes.data());
     EXPECT_EQ(write(fd, bytes.data(), bytes.size()), size);
+    EXPECT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
     return std::string(MapRecord::Open("devX", UniqueFd(fd)).status().message());
   };
   auto put32 = [](char* p, size_t at, uint32_t v) { std::memcpy(p + at, &v, sizeof(v)); };
   auto put64 = [](char* p, size_t at, uint64_t v) { std::memcpy(p + at, &v, sizeof(v)); };
   EXPECT_EQ(variant([](char*) {}), "");
   EXPECT_THAT(variant([](char* p) { p[0] = 'X'; }), HasSubstr("devX: map record: not a map"));
-  EXPECT_THAT(variant([&](char* p) { put32(p, 8, 9); }), HasSubstr("version 9, expected 1"));
+  EXPECT_THAT(variant([&](char* p) { put32(p, 8, 9); }), HasSubstr("version 9, expected 2"));
   EXPECT_THAT(variant([&](char* p) { put32(p, 12, 3); }), HasSubstr("do not match its size"));
   EXPECT_THAT(variant([&](char* p) { put32(p, 12, ~0u); }), HasSubstr("do not match its size"));
   EXPECT_THAT(variant([&](char* p) { put64(p, 16, ~uint64_t{0}); }),
               HasSubstr("do not match its size"));
-  // Region 1's entry: ioas at 72, iova 80, size 88, unit 96, first word 104.
-  EXPECT_THAT(variant([&](char* p) { put64(p, 96, 3000); }),
+  // Region 0's entry: iova at 40, size 48, unit 56, first word 64; region 1's at 96: iova 104,
+  // size 112, unit 120, first word 128.
+  EXPECT_THAT(variant([&](char* p) { put64(p, 120, 3000); }),
               HasSubstr("region 1: map unit 3000 is not a power of two"));
-  EXPECT_THAT(variant([&](char* p) { put64(p, 88, 0); }), HasSubstr("region 1: size 0"));
-  EXPECT_THAT(variant([&](char* p) { put64(p, 104, 5); }),
+  EXPECT_THAT(variant([&](char* p) { put64(p, 112, 0); }), HasSubstr("region 1: size 0"));
+  EXPECT_THAT(variant([&](char* p) { put64(p, 128, 5); }),
               HasSubstr("region 1: its bits start at word 5, expected 4"));
   // Found by the fuzzer: regions sharing bitmap words (unrecording a unit of one cleared a
   // unit of the other).
-  EXPECT_THAT(variant([&](char* p) { put64(p, 104, 3); }),
+  EXPECT_THAT(variant([&](char* p) { put64(p, 128, 3); }),
               HasSubstr("region 1: its bits start at word 3, expected 4"));
-  EXPECT_THAT(variant([&](char* p) { put64(p, 104, ~uint64_t{0}); }),
+  EXPECT_THAT(variant([&](char* p) { put64(p, 128, ~uint64_t{0}); }),
               HasSubstr("region 1: its bits start at word"));
   EXPECT_THAT(variant([&](char* p) { put64(p, 48, uint64_t{1} << 30); }),  // region 0: 2^18 units
               HasSubstr("region 0: its bits (from word 0) run past"));
   EXPECT_THAT(variant([&](char* p) {
                 put64(p, 48, 512 * kKiB);  // region 0: 4 words -> 2
-                put64(p, 104, 2);
+                put64(p, 128, 2);
               }),
               HasSubstr("its regions use 3 bitmap words of 5"));
   EXPECT_THAT(
       std::string(MapRecord::Open("devX", UniqueFd(memfd_create("e", 0))).status().message()),
       HasSubstr("0 bytes, too small"));
+  // A copy that is not sealed could shrink under the mapping (SIGBUS): refused.
+  const int unsealed = memfd_create("unsealed", MFD_CLOEXEC);
+  std::vector<char> bytes(static_cast<size_t>(size));
+  EXPECT_EQ(pread((*r)->fd(), bytes.data(), bytes.size(), 0), size);
+  EXPECT_EQ(write(unsealed, bytes.data(), bytes.size()), size);
+  EXPECT_THAT(std::string(MapRecord::Open("devX", UniqueFd(unsealed)).status().message()),
+              HasSubstr("devX: map record: not sealed against shrinking"));
 }
 
 }  // namespace

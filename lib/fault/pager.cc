@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cerrno>
 
 #include "absl/strings/str_cat.h"
 #include "iopfd/base/clock.h"
@@ -412,9 +413,10 @@ void Pager::Evicted(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
 void Pager::MarkStuck(PagedSpace& space, UnitRef ref, const absl::Status& why) {
   ForChain(space.scope(), [](PagingCounters& c) { ++c.unmap_failures; });
   // Still mapped, all of it: its pages stay present, and it is never evicted again.
+  // Left unrecorded (Unmap unrecorded it): whether all of it is still iopfd's mapping is not
+  // known, and a record must never name a unit that may be gone.
   space.space().unit(ref).state = Unit::State::kStuck;
   Region& region = space.space().regions()[ref.region];
-  region.RecordHeld(ref.unit, true);  // still iopfd's mapping (Unmap unrecorded it)
   for (uint64_t p = 0; p < region.UnitPageCount(ref.unit); ++p) {
     region.MarkPagePresent(region.UnitFirstPage(ref.unit) + p);
   }
@@ -423,6 +425,24 @@ void Pager::MarkStuck(PagedSpace& space, UnitRef ref, const absl::Status& why) {
       absl::StrCat(space.scope().name, ": ", why.message(),
                    "; the unit stays mapped and is no longer evicted"),
       {{"DEVICE", space.device().name()}});
+}
+
+bool Pager::MappedAgain(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
+  AddressSpace& as = space.space();
+  Region& region = as.regions()[ref.region];
+  if (!space.mapper().Map(region.MakeUnitRequest(as.ioas(), ref.unit)).ok()) return false;
+  // Still counted resident (it never left the accounts): back on probation, recorded.
+  Unit& u = as.unit(ref);
+  u.state = Unit::State::kInactive;
+  u.mapped_ns = now_ns;
+  Link(space, space.probation(), ref);
+  region.RecordHeld(ref.unit, true);
+  ForChain(space.scope(), [](PagingCounters& c) { ++c.unmap_failures; });
+  Log(LogLevel::kWarning,
+      absl::StrCat(space.scope().name, ": an unmap stopped partway; unit at 0x",
+                   absl::Hex(region.UnitIova(ref.unit)), " was found gone and mapped again"),
+      {{"DEVICE", space.device().name()}});
+  return true;
 }
 
 void Pager::Unmap(PagedSpace& space, std::vector<UnitRef>& victims, uint64_t now_ns) {
@@ -446,11 +466,17 @@ void Pager::Unmap(PagedSpace& space, std::vector<UnitRef>& victims, uint64_t now
       for (size_t k = i; k < j; ++k) Evicted(space, victims[k], now_ns);
     } else {
       // A run that failed as a whole is tried unit by unit: one unit whose mapping is not its
-      // own (one made before a restart with other bounds) must not keep its neighbours.
+      // own (one made before a restart with other bounds) must not keep its neighbours. The
+      // kernel unmaps the areas of a run in order and stops at the first it cannot
+      // (io_pagetable.c iopt_unmap_iova_range), so the units before it may be gone already:
+      // their own unmap says ENOENT, and a map call tells gone (it succeeds: the unit is
+      // iopfd's again, resident) from someone else's (EEXIST: stuck).
       for (size_t k = i; k < j; ++k) {
         absl::Status one = count == 1 ? st : UnmapRun(space, victims[k], 1);
         if (one.ok()) {
           Evicted(space, victims[k], now_ns);
+        } else if (ErrnoOf(one) == ENOENT && MappedAgain(space, victims[k], now_ns)) {
+          continue;
         } else {
           MarkStuck(space, victims[k], one);
         }

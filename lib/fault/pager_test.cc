@@ -266,6 +266,24 @@ TEST_F(PagerTest, AFailedUnmapLeavesTheUnitStuckAndCounted) {
   EXPECT_EQ(Touch(0).code, uapi::kRespSuccess);
 }
 
+// An unmap over a run of units that stops partway (the kernel takes the areas in order and
+// stops at one it cannot) leaves the first unit gone: its own unmap then says ENOENT, and a map
+// call puts it back, resident and evictable. Marked stuck instead, its pages would be answered
+// as mapped while nothing is mapped there, and the device would fault on them for good.
+TEST_F(PagerTest, AUnitGoneWithAFailedRunIsMappedAgainNotStuck) {
+  Build({.space = 4 * kUnit}, EvictionPolicy::kFifo);
+  for (uint32_t u = 0; u < 4; ++u) Touch(u);
+  mapper_.stop_after_first_area = true;
+  EXPECT_EQ(Touch(10).code, uapi::kRespSuccess);
+  EXPECT_TRUE(mapper_.Covers(3, kBase)) << "unit 0 believed mapped, not mapped";
+  EXPECT_EQ(stats_.paging.unmap_failures, 1u);
+  EXPECT_EQ(stats_.paging.resident_bytes, 4 * kUnit);
+  // Not stuck: the next evictions take it like any other.
+  for (uint32_t u = 20; u < 24; ++u) Touch(u);
+  EXPECT_FALSE(mapper_.Covers(3, kBase));
+  EXPECT_EQ(mapper_.splits, 0);
+}
+
 // Dirty bits (space.dirty_tracking): a unit the device wrote since it was last looked at is not
 // taken when it comes up for eviction; it goes round once, and its bits are cleared by reading
 // them. Its clean neighbours go instead, still in one unmap call.

@@ -80,6 +80,20 @@ absl::Status Iommufd::Destroy(uint32_t id) {
   return absl::OkStatus();
 }
 
+absl::Status Iommufd::Copy(IoasId dst, IoasId src, uint64_t iova, uint64_t length) {
+  uapi::IommuIoasCopy cmd{};
+  cmd.size = sizeof(cmd);
+  cmd.flags = uapi::kIoasMapFixedIova | uapi::kIoasMapReadable;
+  cmd.dst_ioas_id = dst.value();
+  cmd.src_ioas_id = src.value();
+  cmd.length = length;
+  cmd.dst_iova = iova;
+  cmd.src_iova = iova;
+  int rc = sys_->Ioctl(fd(), uapi::kIommuIoasCopy, &cmd);
+  if (rc < 0) return ErrnoStatus(-rc, name_, "IOMMU_IOAS_COPY");
+  return absl::OkStatus();
+}
+
 absl::Status Iommufd::Map(const MapRequest& req) {
   if (has_map_file_) {
     uapi::IommuIoasMapFile cmd{};

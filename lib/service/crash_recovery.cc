@@ -100,10 +100,13 @@ absl::Status CrashRecovery::AdoptStored(DeviceManager* manager, FdStore::Stored*
   absl::Status st =
       manager->Adopt(*parsed.config, std::move(s->fds), std::move(ledger), std::move(maps));
   if (const Device* d = st.ok() ? manager->Find(s->device) : nullptr;
-      d != nullptr && d->map_record() != nullptr && d->map_record()->fd() != stored_maps_fd) {
-    // The device records in another file than the store keeps (none was stored, or its layout
-    // differs: a default map unit changed with iopfd's version): keep that one instead, the
-    // entries anew (Keep adds; two entries of one name would spoil the next start's).
+      d != nullptr && stored_maps_fd >= 0 && d->map_record() != nullptr &&
+      d->map_record()->fd() != stored_maps_fd) {
+    // The device records in another file than the store keeps (its layout differs: a default
+    // map unit changed with iopfd's version): keep that one instead, the entries anew (Keep
+    // adds; two entries of one name would spoil the next start's). As many entries as before:
+    // the room that held them holds these. (A device stored without a record goes on without
+    // one in the store: one more entry might not fit, and the device would be lost.)
     store_->Forget(s->device);
     KeepAdopted(*d, s->config_text);
   }

@@ -4,6 +4,7 @@
 #ifndef IOPFD_LIB_TESTING_FAKE_MAPPER_H_
 #define IOPFD_LIB_TESTING_FAKE_MAPPER_H_
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <set>
@@ -64,6 +65,19 @@ class FakeMapper : public iopfd::Mapper {
       ++found;
     }
     if (found == 0 || fail_unmaps) return ErrnoStatus(ENOENT, "fake", "IOMMU_IOAS_UNMAP");
+    if (stop_after_first_area && found > 1) {
+      // The kernel unmaps a range's areas in order and stops at one it cannot take
+      // (io_pagetable.c iopt_unmap_iova_range): the first goes, the call fails.
+      stop_after_first_area = false;
+      auto first =
+          std::min_element(mapped.begin(), mapped.end(), [&](const auto& a, const auto& b) {
+            const bool ina = a.ioas == ioas.value() && a.iova >= iova && a.iova < iova + length;
+            const bool inb = b.ioas == ioas.value() && b.iova >= iova && b.iova < iova + length;
+            return ina != inb ? ina : a.iova < b.iova;
+          });
+      mapped.erase(first);
+      return ErrnoStatus(ENOENT, "fake", "IOMMU_IOAS_UNMAP");
+    }
     std::erase_if(mapped, [&](const Mapping& m) {
       return m.ioas == ioas.value() && m.iova >= iova && m.iova < iova + length;
     });
@@ -107,6 +121,9 @@ class FakeMapper : public iopfd::Mapper {
   std::vector<Mapping> unmaps;
   int splits = 0;            // unmaps refused for cutting a mapping (a bug in the caller)
   bool fail_unmaps = false;  // every unmap fails ENOENT
+  // The next unmap over several mappings removes the first and fails ENOENT (a kernel that
+  // stopped partway), once.
+  bool stop_after_first_area = false;
   bool fail_odd_pages = false;
   std::vector<MapRequest> calls;
   std::vector<uint64_t> fail_iovas;

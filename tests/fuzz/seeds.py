@@ -157,24 +157,24 @@ write("regressions", "ledger", "records-past-in-use",
       bytes([16]) + patch(24, struct.pack("<III", 1, 1, 1)) + patch(RECORDS + 40 * 10, rec(5, 0x5000)))
 
 # ---- map_record: a layout byte, then patches (u16 offset, length byte, bytes). Layout: a
-# 32-byte header (magic, version, regions, words), 40 bytes per region (ioas, reserved, iova,
-# size, unit, first word), then the bitmap.
+# 32-byte header (magic, version, regions, words), 64 bytes per region (ioas, access, iova,
+# size, unit, first word, backing dev, ino, offset), then the bitmap.
 def mpatch(off, data):
     return struct.pack("<HB", off, len(data)) + data
 
 
 write("corpus", "map_record", "one-region-some-held",
-      bytes([0x00]) + mpatch(72, struct.pack("<Q", 0x8000000000000005)))
+      bytes([0x00]) + mpatch(96, struct.pack("<Q", 0x8000000000000005)))
 write("corpus", "map_record", "three-regions-held",
-      bytes([0x2e]) + mpatch(152, struct.pack("<QQ", 0xffffffffffffffff, 0x3)))
+      bytes([0x2e]) + mpatch(224, struct.pack("<QQ", 0xffffffffffffffff, 0x3)))
 write("corpus", "map_record", "first-word-moved",
-      bytes([0x01]) + mpatch(64, struct.pack("<Q", 1)) + mpatch(72, b"\xff" * 16))
+      bytes([0x01]) + mpatch(64, struct.pack("<Q", 1)) + mpatch(160, b"\xff" * 16))
 # Hostile files a crashed or other run could leave: a region whose size outgrows its bits, a
 # first word far past the bitmap (overflow), a unit that is not a power of two.
 write("regressions", "map_record", "size-outgrows-bits",
       bytes([0x00]) + mpatch(48, struct.pack("<Q", 1 << 40)))
 write("regressions", "map_record", "first-word-overflows",
-      bytes([0x01]) + mpatch(104, struct.pack("<Q", (1 << 64) - 1)))
+      bytes([0x01]) + mpatch(128, struct.pack("<Q", (1 << 64) - 1)))
 write("regressions", "map_record", "unit-not-a-power-of-two",
       bytes([0x00]) + mpatch(56, struct.pack("<Q", 12288)))
 

@@ -4,6 +4,7 @@
 // unmaps exactly the recorded units a changed layout no longer has, and never believes a unit
 // mapped that is not (the simulated kernel checks every SUCCESS answer against its mappings).
 #include <fcntl.h>
+#include <sys/mman.h>
 
 #include <optional>
 #include <vector>
@@ -54,7 +55,10 @@ class AdoptRestartTest : public ::testing::Test {
     RegionConfig r;
     r.iova = kBase;
     r.size = 1 << 20;
-    r.backing = BackingKind::kAnonymous;
+    // A file that outlives each process, as a VMM's guest memory does (an anonymous backing is
+    // a new memfd in every process: AnAnonymousBackingIsNotTakenBack).
+    r.backing = BackingKind::kInheritedFd;
+    r.fd_name = "ram0";
     r.access = uapi::kPermRead | uapi::kPermWrite;
     r.page_size = kPage;
     r.map_unit = kUnit;
@@ -62,6 +66,7 @@ class AdoptRestartTest : public ::testing::Test {
     config_.spaces.push_back(s);
     pool_.Add("iommufd", owner_->ReleaseFd());
     pool_.Add("fault", std::move(fault->second));
+    pool_.Add("ram0", UniqueFd(memfd_create("ram0", MFD_CLOEXEC)));
   }
 
   // Starts an iopfd (a Device with its pager) on the handed-over descriptors, with a space
@@ -70,6 +75,7 @@ class AdoptRestartTest : public ::testing::Test {
              uint64_t unit = kUnit) {
     DeviceConfig c = config_;
     c.spaces[0].regions[0].map_unit = unit;
+    if (anonymous_) c.spaces[0].regions[0].backing = BackingKind::kAnonymous;
     if (budget_units) c.spaces[0].max_resident = *budget_units * kUnit;
     auto d = Device::Attach(c, &pool_, &kernel_, ReadLimits{64});
     ASSERT_TRUE(d.ok()) << d.status();
@@ -123,7 +129,34 @@ class AdoptRestartTest : public ::testing::Test {
   std::optional<Pager> pager_;
   std::unique_ptr<Device> device_;
   Device::TakenBack taken_;
+  bool anonymous_ = false;
 };
+
+// The owner replaces a mapping: it unmaps what iopfd mapped for `unit` and maps one page of its
+// own there, through its own iommufd (the pool holds the one iopfd uses). Returns false on
+// failure.
+bool OwnerRemaps(SimKernel& kernel, ListenFds& pool, IoasId ioas, uint64_t unit_iova,
+                 bool map_a_page) {
+  auto fd = pool.Take("iommufd");
+  if (!fd.ok()) return false;
+  bool ok = true;
+  {
+    Iommufd own(UniqueFd(fd->get()), &kernel, "owner");
+    ok = own.Unmap(ioas, unit_iova, kUnit).ok();
+    if (ok && map_a_page) {
+      MapRequest page;
+      page.ioas = ioas;
+      page.iova = unit_iova + 3 * kPage;
+      page.length = kPage;
+      page.fd = 99;  // the owner's memory: whatever it is, not iopfd's
+      page.flags = uapi::kIoasMapReadable;
+      ok = own.Map(page).ok();
+    }
+    (void)own.ReleaseFd().Release();
+  }
+  pool.Add("iommufd", *std::move(fd));
+  return ok;
+}
 
 // Eight units resident under an unbounded space; the next process, with a budget of four, takes
 // them back and evicts down to it at once: what the kernel has mapped is what iopfd counts.
@@ -191,16 +224,7 @@ TEST_F(AdoptRestartTest, ARecordedUnitThatIsGoneIsMappedAgain) {
   for (uint64_t u = 0; u < 4; ++u) Fault(u);
   Turn();
   std::unique_ptr<MapRecord> record = Stop();
-  ASSERT_TRUE(owner_.has_value());
-  // The owner unmaps unit 2 through its own iommufd (the pool holds the one iopfd uses).
-  auto fd = pool_.Take("iommufd");
-  ASSERT_TRUE(fd.ok());
-  {
-    Iommufd own(UniqueFd(fd->get()), &kernel_, "owner");
-    ASSERT_TRUE(own.Unmap(ioas_, kBase + 2 * kUnit, kUnit).ok());
-    (void)own.ReleaseFd().Release();
-  }
-  pool_.Add("iommufd", *std::move(fd));
+  ASSERT_TRUE(OwnerRemaps(kernel_, pool_, ioas_, kBase + 2 * kUnit, /*map_a_page=*/false));
   ASSERT_EQ(Mapped(), 3 * kUnit);
   Start(std::nullopt, std::move(record));
   EXPECT_EQ(taken_.units, 4u);
@@ -209,6 +233,43 @@ TEST_F(AdoptRestartTest, ARecordedUnitThatIsGoneIsMappedAgain) {
   Fault(2);
   ExpectClean();
   EXPECT_EQ(device_->stats().responses_success, 1u);
+}
+
+// The owner replaced iopfd's mapping of unit 2 with one page of its own: the map call says
+// EEXIST, but not all of the unit is mapped (the copy into a scratch IOAS fails), so it is left
+// to its owner; the device's requests for its other pages are served page by page. (Taken back
+// as resident, the other pages would be answered as mapped, and the simulated function would
+// see a SUCCESS for a page with no translation.)
+TEST_F(AdoptRestartTest, AUnitOnlyPartlyMappedIsLeftToItsOwner) {
+  Start(std::nullopt);
+  for (uint64_t u = 0; u < 4; ++u) Fault(u);
+  Turn();
+  std::unique_ptr<MapRecord> record = Stop();
+  ASSERT_TRUE(OwnerRemaps(kernel_, pool_, ioas_, kBase + 2 * kUnit, /*map_a_page=*/true));
+  Start(std::nullopt, std::move(record));
+  EXPECT_EQ(taken_.units, 3u);
+  EXPECT_EQ(taken_.partial, 1u);
+  EXPECT_EQ(kernel_.copies(), 3u) << "each EEXIST checked: three units whole, one not";
+  EXPECT_EQ(Mapped(), 3 * kUnit + kPage) << "the scratch IOAS and its copies are gone";
+  Fault(2);  // page 1 of unit 2: not mapped, the owner's page is page 3
+  ExpectClean();
+  EXPECT_EQ(device_->stats().responses_success, 1u);
+}
+
+// An anonymous backing is a new memfd in every process: what the previous one mapped is its
+// memory, not this one's, so each recorded unit is unmapped rather than taken back.
+TEST_F(AdoptRestartTest, AnAnonymousBackingIsNotTakenBack) {
+  anonymous_ = true;
+  Start(std::nullopt);
+  for (uint64_t u = 0; u < 4; ++u) Fault(u);
+  Turn();
+  Start(std::nullopt, Stop());
+  EXPECT_EQ(taken_.units, 0u);
+  EXPECT_EQ(taken_.unmapped, 4u);
+  EXPECT_EQ(Mapped(), 0u);
+  Fault(1);
+  ExpectClean();
+  EXPECT_EQ(Mapped(), kUnit);
 }
 
 // A changed map unit: the recorded units are not units of the new layout, so each is unmapped,

@@ -204,7 +204,11 @@ int SimKernel::DoIoctl(int fd, unsigned long request, void* arg) {
       for (const auto& [pasid, hwpt] : attached_) {
         if (hwpt == c->id) return -EBUSY;
       }
-      if (hwpts_.erase(c->id) != 0 || ioas_.erase(c->id) != 0) return 0;
+      if (hwpts_.erase(c->id) != 0) return 0;
+      if (ioas_.erase(c->id) != 0) {
+        std::erase_if(mappings_, [&](const auto& m) { return m.first.first == c->id; });
+        return 0;
+      }
       return -ENOENT;
     }
     case uapi::kIommuIoasMap:
@@ -229,6 +233,35 @@ int SimKernel::DoIoctl(int fd, unsigned long request, void* arg) {
         }
       }
       mappings_[{ioas, iova}] = length;
+      return 0;
+    }
+    case uapi::kIommuIoasCopy: {
+      // ioas.c iommufd_ioas_copy / iopt_get_pages: the source range must be mapped without a
+      // hole (ENOENT), the destination free (EEXIST); nothing is pinned.
+      auto* c = static_cast<uapi::IommuIoasCopy*>(arg);
+      if (fd != iommufd_) return -ENOTTY;
+      if (ioas_.count(c->src_ioas_id) == 0 || ioas_.count(c->dst_ioas_id) == 0) return -ENOENT;
+      uint64_t at = c->src_iova;
+      const uint64_t end = c->src_iova + c->length;
+      while (at < end) {
+        bool found = false;
+        for (const auto& [key, len] : mappings_) {
+          if (key.first == c->src_ioas_id && key.second <= at && at < key.second + len) {
+            at = key.second + len;
+            found = true;
+            break;
+          }
+        }
+        if (!found) return -ENOENT;
+      }
+      for (const auto& [key, len] : mappings_) {
+        if (key.first == c->dst_ioas_id && key.second < c->dst_iova + c->length &&
+            c->dst_iova < key.second + len) {
+          return -EEXIST;
+        }
+      }
+      mappings_[{c->dst_ioas_id, c->dst_iova}] = c->length;
+      ++copies_;
       return 0;
     }
     case uapi::kIommuIoasUnmap: {

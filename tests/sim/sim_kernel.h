@@ -163,6 +163,8 @@ class SimKernel : public Syscalls {
   uint64_t dirty_reads() const { return dirty_reads_; }
   // IOMMU_IOAS_UNMAP calls that succeeded, and those refused because they cut a mapping.
   uint64_t unmap_calls() const { return unmap_calls_; }
+  // IOMMU_IOAS_COPY calls that succeeded.
+  uint64_t copies() const { return copies_; }
   // Called with every IOMMU_IOAS_UNMAP's IOAS, IOVA and length before it is carried out.
   std::function<void(uint32_t ioas, uint64_t iova, uint64_t length)> on_unmap;
   uint64_t unmap_splits_refused() const { return unmap_splits_refused_; }
@@ -217,6 +219,7 @@ class SimKernel : public Syscalls {
   std::map<uint32_t, std::vector<PageRequest>> partial_;
   std::map<std::pair<uint32_t, uint64_t>, uint64_t> mappings_;
   uint64_t unmap_calls_ = 0;
+  uint64_t copies_ = 0;
   uint64_t unmap_splits_refused_ = 0;
   uint64_t auto_responses_ = 0, refused_responses_ = 0;
   int switch_calls_ = 0;

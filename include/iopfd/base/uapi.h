@@ -67,6 +67,18 @@ struct IommuIoasUnmap {
   alignas(8) uint64_t length;
 };
 
+// IOMMU_IOAS_COPY: maps into dst what src has mapped over [src_iova, src_iova + length), which
+// must be mapped without a hole (ENOENT otherwise). flags as IOMMU_IOAS_MAP's.
+struct IommuIoasCopy {
+  uint32_t size;
+  uint32_t flags;
+  uint32_t dst_ioas_id;
+  uint32_t src_ioas_id;
+  alignas(8) uint64_t length;
+  alignas(8) uint64_t dst_iova;
+  alignas(8) uint64_t src_iova;
+};
+
 enum HwptAllocFlags : uint32_t {
   kHwptAllocNestParent = 1u << 0,
   kHwptAllocDirtyTracking = 1u << 1,
@@ -235,6 +247,7 @@ struct VfioDeviceDetachIommufdPt {
 // the structure size in its first field instead.
 inline constexpr unsigned long kIommuDestroy = _IO(kIommufdType, kIommufdCmdBase + 0x00);
 inline constexpr unsigned long kIommuIoasAlloc = _IO(kIommufdType, kIommufdCmdBase + 0x01);
+inline constexpr unsigned long kIommuIoasCopy = _IO(kIommufdType, kIommufdCmdBase + 0x03);
 inline constexpr unsigned long kIommuIoasMap = _IO(kIommufdType, kIommufdCmdBase + 0x05);
 inline constexpr unsigned long kIommuIoasUnmap = _IO(kIommufdType, kIommufdCmdBase + 0x06);
 inline constexpr unsigned long kIommuHwptAlloc = _IO(kIommufdType, kIommufdCmdBase + 0x09);
@@ -259,6 +272,8 @@ static_assert(sizeof(IommuIoasMap) == 40 && offsetof(IommuIoasMap, user_va) == 1
 static_assert(sizeof(IommuIoasMapFile) == 40 && offsetof(IommuIoasMapFile, fd) == 12 &&
               offsetof(IommuIoasMapFile, start) == 16 && offsetof(IommuIoasMapFile, iova) == 32);
 static_assert(sizeof(IommuIoasUnmap) == 24 && offsetof(IommuIoasUnmap, iova) == 8);
+static_assert(sizeof(IommuIoasCopy) == 40 && offsetof(IommuIoasCopy, length) == 16 &&
+              offsetof(IommuIoasCopy, src_iova) == 32);
 static_assert(sizeof(IommuHwptAlloc) == 48 && offsetof(IommuHwptAlloc, out_hwpt_id) == 16 &&
               offsetof(IommuHwptAlloc, data_uptr) == 32 &&
               offsetof(IommuHwptAlloc, fault_id) == 40);

@@ -110,6 +110,9 @@ class Region {
   uint64_t page_size() const { return page_size_; }
   uint64_t pages() const { return size_ / page_size_; }
   uint32_t access() const { return access_; }
+  // The backing file and where the region starts in it.
+  int backing_fd() const { return backing_fd_; }
+  uint64_t backing_offset() const { return backing_offset_; }
   uint64_t prefetch() const { return prefetch_; }
   bool Contains(uint64_t iova) const { return iova >= iova_ && iova - iova_ < size_; }
   // Index of the page holding iova (which must be inside the region).

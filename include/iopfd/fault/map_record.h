@@ -14,10 +14,13 @@
 // and one bit per unit. A bit is set after the map call that made the unit succeeded and
 // cleared before the unmap call that removes it, so a crash at any point leaves a set bit only
 // on a unit that was mapped by iopfd (or, once, on one whose unmap had just succeeded). The
-// next process checks each set bit by mapping the unit again (Device::TakeBackMappings): EEXIST
-// says it is still there, success that it was not and is now; either way it is then resident.
-// So a stale bit costs one map, never a unit believed mapped that is not (which would leave the
-// device faulting on it forever).
+// next process checks each set bit by mapping the unit again (Device::TakeBackMappings):
+// success says it was gone and is mapped now; EEXIST that something is there, and a copy of the
+// unit into a scratch IOAS (IOMMU_IOAS_COPY, which needs all of it mapped) that it is all there.
+// So a stale bit costs a call or two, never a unit believed mapped that is not (which would
+// leave the device faulting on it forever). The layout names each region's access and backing
+// file too: a unit mapped from another file (an anonymous backing is a new memfd in every
+// process) is not taken back but unmapped.
 //
 // Not thread-safe: the fault loop's thread only.
 #ifndef IOPFD_FAULT_MAP_RECORD_H_
@@ -25,6 +28,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,12 +43,18 @@ namespace iopfd {
 // prefix: no device file can give a descriptor this name).
 inline constexpr char kMapRecordFdName[] = "iopfd-adopted/maps";
 
-// One region as the record knows it.
+// One region as the record knows it: where it is, how it is divided, and what is mapped there
+// (its access, and its backing file's identity and offset: a unit mapped from another file, or
+// with other access, is not one the new layout has, even at the same IOVA).
 struct RecordedRegion {
   IoasId ioas;
   uint64_t iova = 0;
   uint64_t size = 0;
   uint64_t unit_bytes = 0;
+  uint32_t access = 0;       // uapi::kPermRead | kPermWrite
+  uint64_t backing_dev = 0;  // st_dev and st_ino of the backing file (fstat)
+  uint64_t backing_ino = 0;
+  uint64_t backing_offset = 0;  // where the region starts in it
   bool operator==(const RecordedRegion&) const = default;
 };
 
@@ -71,8 +81,9 @@ class MapRecord {
   static absl::StatusOr<std::unique_ptr<MapRecord>> Create(
       const std::string& device, const std::vector<RecordedRegion>& layout);
   // Maps a record a previous process made (handed back by the fd store). Returns it, or
-  // InvalidArgument naming the device and what is wrong when the file is not one (its size,
-  // magic, version, or a region's bounds: "region N: ..."), or an errno error for fstat/mmap.
+  // InvalidArgument naming the device and what is wrong when the file is not one (not sealed
+  // against shrinking, its size, magic, version, or a region's bounds: "region N: ..."), or an
+  // errno error for fstat/mmap.
   static absl::StatusOr<std::unique_ptr<MapRecord>> Open(const std::string& device, UniqueFd fd);
   ~MapRecord();
   MapRecord(const MapRecord&) = delete;
@@ -82,12 +93,24 @@ class MapRecord {
   int fd() const { return fd_.get(); }
   // The layout it records units of.
   const std::vector<RecordedRegion>& layout() const { return layout_; }
+  // Returns true when `layout` fits this file as it is: as many regions, each with as many
+  // bitmap words (Relayout can then reuse it).
+  bool Fits(const std::vector<RecordedRegion>& layout) const;
+  // Makes the file record `layout`, which must fit: clears every bit, then rewrites the
+  // regions (a crash in between leaves a record naming no unit). So a device whose layout
+  // changed (another backing file, an anonymous one in each process) goes on in the file the
+  // fd store keeps.
+  void Relayout(const std::vector<RecordedRegion>& layout);
   // Records whether unit `unit` of region `region` is held mapped; out-of-range indices are
   // ignored.
   void Set(uint32_t region, uint32_t unit, bool held);
   // Returns whether it is recorded as held (false out of range).
   bool Held(uint32_t region, uint32_t unit) const;
-  // Returns every unit recorded as held, in layout order.
+  // Calls fn for every unit recorded as held, in layout order, without allocating (a record
+  // may hold millions); fn may change the record (each word is read before its units are
+  // visited).
+  void ForEachHeld(const std::function<void(const RecordedUnit&)>& fn) const;
+  // Returns every unit recorded as held, in layout order (for tests and small records).
   std::vector<RecordedUnit> HeldUnits() const;
   // Returns the number of units recorded as held.
   uint64_t held_count() const;

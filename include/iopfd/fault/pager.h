@@ -267,6 +267,11 @@ class Pager {
   void Evicted(PagedSpace& space, UnitRef ref, uint64_t now_ns);
   // A unit whose unmap failed: it stays mapped and counted, and is never evicted again.
   void MarkStuck(PagedSpace& space, UnitRef ref, const absl::Status& why);
+  // A unit whose own unmap said ENOENT after its run's unmap failed: maps it again. Returns
+  // true when that succeeded (it had gone with the run's first areas: it is resident again, on
+  // probation, counted as an unmap failure); false when something is there (EEXIST: not
+  // iopfd's alone) or the map failed.
+  bool MappedAgain(PagedSpace& space, UnitRef ref, uint64_t now_ns);
   void Account(PagedSpace& space, int64_t bytes);
   bool InScope(PagedSpace& space, const ResidencyScope& scope) const;
   bool Evictable(PagedSpace& space, const Unit& u, uint64_t now_ns) const;

@@ -48,6 +48,12 @@ class Iommufd {
   absl::StatusOr<uint64_t> HwCapabilities(DeviceId dev);
   // IOMMU_DESTROY of any object id.
   absl::Status Destroy(uint32_t id);
+  // IOMMU_IOAS_COPY of [iova, iova + length) of `src` to the same IOVA of `dst` (readable):
+  // into an IOAS with no domain attached it pins nothing, and it succeeds only where the whole
+  // range is mapped in src. Errors: NotFound (ENOENT) when part of the range is not mapped in
+  // src, AlreadyExists (EEXIST) when dst has something there, others naming the device and
+  // errno.
+  absl::Status Copy(IoasId dst, IoasId src, uint64_t iova, uint64_t length);
   // Maps req at its fixed IOVA: IOMMU_IOAS_MAP_FILE from req.fd, or, on a kernel without it
   // (ENOTTY/EOPNOTSUPP, remembered), IOMMU_IOAS_MAP from req.user_va. AlreadyExists (EEXIST)
   // when part of the range is mapped.

@@ -11,8 +11,8 @@
 // a copy of the iommufd in the store would keep the owner's whole context, and every page it
 // pins, alive for as long as iopfd stays stopped, even after the owner is gone. A record that
 // comes back alone, or whose iommufd the kernel cannot compare (no kcmp), is taken back with
-// each unit checked by a map call (Device::TakeBackMappings), which never leaves a unit
-// believed mapped that is not.
+// each unit checked (Device::TakeBackMappings: a map call, and where something is there a copy
+// that says all of the unit is mapped), which never leaves a unit believed mapped that is not.
 //
 // Not thread-safe: used from the fault loop's thread.
 #ifndef IOPFD_SERVICE_CONFIGURED_MAPS_H_
