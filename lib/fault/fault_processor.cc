@@ -20,7 +20,7 @@ void FaultProcessor::Fail(Group& g, InvalidReason reason) {
 void FaultProcessor::Process(std::span<const uapi::PageFault> records, uint64_t read_ns) {
   groups_.clear();
   record_group_.clear();
-  group_of_cookie_.clear();
+  group_of_cookie_.Clear(records.size());
   stats_->records += records.size();
   stats_->batch_records.Record(records.size());
 
@@ -32,9 +32,9 @@ void FaultProcessor::Process(std::span<const uapi::PageFault> records, uint64_t 
     if (!groups_.empty() && groups_.back().obligation.cookie() == rec.cookie) {
       index = static_cast<uint32_t>(groups_.size() - 1);
     } else {
-      auto [it, inserted] =
-          group_of_cookie_.try_emplace(rec.cookie, static_cast<uint32_t>(groups_.size()));
-      index = it->second;
+      auto [found, inserted] =
+          group_of_cookie_.TryEmplace(rec.cookie, static_cast<uint32_t>(groups_.size()));
+      index = *found;
       if (inserted) {
         Group& g = groups_.emplace_back();
         g.obligation = ResponseObligation(
@@ -126,7 +126,7 @@ void FaultProcessor::DropReusedCookies() {
   // answer would now reach the new group. It goes unanswered, like a stale queued answer
   // (ResponseQueue::Add).
   std::erase_if(deferred_, [&](Deferred& d) {
-    if (!group_of_cookie_.contains(d.group.obligation.cookie())) return false;
+    if (!group_of_cookie_.Contains(d.group.obligation.cookie())) return false;
     ++stats_->duplicate_cookies;
     d.group.obligation.Dismiss(/*fd_dead=*/false);
     return true;
@@ -182,11 +182,11 @@ void FaultProcessor::Resolve(const uapi::PageFault& rec, uint32_t group_index) {
 void FaultProcessor::CountPages() {
   // What the batch asks for: each distinct page once, repeats as deduplicated, pages already
   // mapped as answered without a map.
-  seen_pages_.clear();
+  seen_pages_.Clear(needs_.size());
   wanted_unmapped_ = 0;
   batch_mapped_pages_ = 0;
   for (const Need& n : needs_) {
-    if (!seen_pages_.insert({n.region, n.page}).second) {
+    if (!seen_pages_.TryEmplace({n.region, n.page}, true).second) {
       ++stats_->pages_deduped;
     } else if (n.region->IsMapped(n.page)) {
       ++stats_->pages_already_mapped;

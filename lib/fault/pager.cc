@@ -280,36 +280,38 @@ void Pager::BoundProtected(PagedSpace& space, uint64_t now_ns) {
   }
 }
 
-bool Pager::PickVictim(const std::vector<PagedSpace*>& candidates, uint64_t now_ns,
-                       PagedSpace** space, UnitRef* ref) {
+bool Pager::PickVictim(uint64_t now_ns, size_t* which, int* list, UnitRef* ref) {
   // Probation first, then the protected list; among the spaces, the unit that entered its list
   // longest ago.
-  for (bool protected_list : {false, true}) {
-    PagedSpace* best_space = nullptr;
-    UnitRef best;
+  for (int l = 0; l < 2; ++l) {
+    bool found = false;
     uint64_t best_ns = 0;
-    for (PagedSpace* s : candidates) {
-      PagedSpace::List& list = protected_list ? s->protected_list() : s->probation();
-      for (UnitRef r = list.head; r.valid(); r = s->space().unit(r).next) {
-        const Unit& u = s->space().unit(r);
-        if (!Evictable(*s, u, now_ns)) continue;
-        if (best_space == nullptr || u.mapped_ns < best_ns) {
-          best_space = s;
-          best = r;
-          best_ns = u.mapped_ns;
-        }
-        break;  // the list is in order: its first evictable unit is its oldest
+    for (size_t i = 0; i < cursors_.size(); ++i) {
+      Cursor& c = cursors_[i];
+      // The list is in order: its first evictable unit is its oldest.
+      UnitRef& r = c.next[l];
+      while (r.valid() && !Evictable(*c.space, c.space->space().unit(r), now_ns)) {
+        r = c.space->space().unit(r).next;
+      }
+      if (!r.valid()) continue;
+      const uint64_t mapped_ns = c.space->space().unit(r).mapped_ns;
+      if (!found || mapped_ns < best_ns) {
+        found = true;
+        best_ns = mapped_ns;
+        *which = i;
+        *ref = r;
       }
     }
-    if (best_space != nullptr) {
-      *space = best_space;
-      *ref = best;
+    if (found) {
+      *list = l;
       return true;
     }
   }
   return false;
 }
 
+// Longer than 60 lines: one run's loop; the dirty second chance and the cursor moves share its
+// state.
 void Pager::EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns) {
   const uint64_t budget = *scope.budget;
   if (!scope.at_budget_reported) {
@@ -326,40 +328,47 @@ void Pager::EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns) {
   // device streams, since only then are the victims at a list's head adjacent (PAGING.md).
   const uint64_t low = budget - budget / 32;
   const uint64_t target = low >= bytes ? low - bytes : (budget >= bytes ? budget - bytes : 0);
-  std::vector<PagedSpace*> candidates;
+  cursors_.clear();
   for (auto& s : spaces_) {
-    if (InScope(*s, scope)) candidates.push_back(s.get());
+    if (InScope(*s, scope)) {
+      cursors_.push_back({s.get(), {s->probation().head, s->protected_list().head}});
+    }
   }
-  std::vector<std::pair<PagedSpace*, std::vector<UnitRef>>> victims;
+  if (victims_.size() < cursors_.size()) victims_.resize(cursors_.size());
+  for (size_t i = 0; i < cursors_.size(); ++i) victims_[i].clear();
   uint64_t resident = Resident(scope);
-  while (resident > target) {
-    PagedSpace* s = nullptr;
-    UnitRef r;
-    if (!PickVictim(candidates, now_ns, &s, &r)) break;
-    Unit& u = s->space().unit(r);
+  size_t i = 0;
+  int l = 0;
+  UnitRef r;
+  while (resident > target && PickVictim(now_ns, &i, &l, &r)) {
+    PagedSpace& s = *cursors_[i].space;
+    Unit& u = s.space().unit(r);
+    // The search resumes after the victim (it leaves its list now, or moves to the tail).
+    cursors_[i].next[l] = u.next;
     // Written since it was last looked at: not now. It goes to its list's tail as if just
     // mapped; once per run, so a run over units all being written still ends.
-    if (options_.policy == EvictionPolicy::kWorkingset && s->dirty_hwpt() &&
+    if (options_.policy == EvictionPolicy::kWorkingset && s.dirty_hwpt() &&
         u.dirty_run != evict_run_) {
       u.dirty_run = evict_run_;
-      if (TakeDirty(*s, r)) {
-        ForChain(s->scope(), [](PagingCounters& c) { ++c.dirty_second_chances; });
-        PagedSpace::List& list = ListOf(*s, u);
-        Unlink(*s, list, r);
+      if (TakeDirty(s, r)) {
+        ForChain(s.scope(), [](PagingCounters& c) { ++c.dirty_second_chances; });
+        PagedSpace::List& list = ListOf(s, u);
+        Unlink(s, list, r);
         u.mapped_ns = now_ns;
-        Link(*s, list, r);
+        Link(s, list, r);
+        // It was the last: the search meets it again at the tail.
+        if (!cursors_[i].next[l].valid()) cursors_[i].next[l] = r;
         continue;
       }
     }
-    Unlink(*s, ListOf(*s, u), r);
+    Unlink(s, ListOf(s, u), r);
     u.state = Unit::State::kUnmapped;  // off every list; Unmap decides what it becomes
-    auto it =
-        std::find_if(victims.begin(), victims.end(), [s](const auto& v) { return v.first == s; });
-    if (it == victims.end()) it = victims.insert(victims.end(), {s, {}});
-    it->second.push_back(r);
-    resident -= s->space().regions()[r.region].UnitLength(r.unit);
+    victims_[i].push_back(r);
+    resident -= s.space().regions()[r.region].UnitLength(r.unit);
   }
-  for (auto& [s, refs] : victims) Unmap(*s, refs, now_ns);
+  for (size_t k = 0; k < cursors_.size(); ++k) {
+    if (!victims_[k].empty()) Unmap(*cursors_[k].space, victims_[k], now_ns);
+  }
 }
 
 bool Pager::TakeDirty(PagedSpace& space, UnitRef ref) {

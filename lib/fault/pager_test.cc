@@ -318,6 +318,21 @@ TEST_F(PagerTest, UnitsAllWrittenAreEvictedOnceEachHadItsChance) {
   EXPECT_LE(mapper_.MappedBytes(3), 64 * kUnit);
 }
 
+// The same with a single unit: after its second chance it is its list's last unit again, and the
+// run must still find it there (the run's search resumes after each victim; one that was the
+// last comes round once more).
+TEST_F(PagerTest, ALoneUnitWrittenIsEvictedAfterItsChance) {
+  Build({.space = kUnit});
+  table_->spaces()[0].paging()->set_dirty_hwpt(iopfd::HwptId(7));
+  Touch(0);
+  mapper_.dirty_pages.insert(kBase);
+  EXPECT_EQ(Touch(1).code, uapi::kRespSuccess);
+  EXPECT_EQ(stats_.paging.dirty_second_chances, 1u);
+  EXPECT_EQ(stats_.paging.evicted_units, 1u);
+  EXPECT_FALSE(mapper_.Covers(3, kBase));
+  EXPECT_TRUE(mapper_.Covers(3, kBase + kUnit));
+}
+
 // Reading dirty bits that fails (the HWPT went away, the range is refused) stops the reading for
 // the space, with a warning; eviction goes on by the lists alone.
 TEST_F(PagerTest, AFailedDirtyReadStopsTheReadingNotTheEviction) {

@@ -8,8 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
+#include "iopfd/base/batch_map.h"
 #include "iopfd/base/uapi.h"
 #include "iopfd/fault/address_space.h"
 #include "iopfd/fault/pager.h"
@@ -127,9 +126,9 @@ class FaultProcessor {
   // Scratch reused across batches so a steady state allocates nothing.
   std::vector<Group> groups_;
   std::vector<uint32_t> record_group_;
-  absl::flat_hash_map<uint32_t, uint32_t> group_of_cookie_;
+  BatchMap<uint32_t, uint32_t> group_of_cookie_;
   std::vector<Need> needs_;
-  absl::flat_hash_set<std::pair<const Region*, uint64_t>> seen_pages_;
+  BatchMap<std::pair<const Region*, uint64_t>, bool> seen_pages_;
   std::vector<uapi::PageFault> retry_records_;
   uint64_t batch_mapped_pages_ = 0;
   uint64_t wanted_unmapped_ = 0;

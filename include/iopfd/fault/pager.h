@@ -252,10 +252,20 @@ class Pager {
   void NoteQuickRefault(PagedSpace& space, UnitRef ref, Unit& u, uint64_t now_ns);
   // Evicts in `scope` until `bytes` more fit under its low watermark (or nothing more can go).
   void EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns);
-  // Picks the next victim among `candidates` (the spaces under the scope); false when none is
+  // Where one eviction run has got to in a space's two lists (probation, protected): every unit
+  // before `next` is gone or not evictable. Evictability cannot change during a run (pins are
+  // released only when answers are settled, protection only by time, and the run's time is
+  // fixed), so each victim search resumes where the last stopped instead of walking again past
+  // the same pinned or protected units from the head (a run that skips P units to take V
+  // victims costs P + V steps, not V * P).
+  struct Cursor {
+    PagedSpace* space = nullptr;
+    UnitRef next[2];
+  };
+  // Picks the next victim among `cursors` (the spaces under the scope): sets *which to its
+  // cursor's index and *list to 0 (probation) or 1 (protected). Returns false when none is
   // evictable.
-  bool PickVictim(const std::vector<PagedSpace*>& candidates, uint64_t now_ns, PagedSpace** space,
-                  UnitRef* ref);
+  bool PickVictim(uint64_t now_ns, size_t* which, int* list, UnitRef* ref);
   // Whether the device wrote unit `ref` since its dirty bits were last read (false where the
   // space reads none; a failed read stops the space's reading, with a warning).
   bool TakeDirty(PagedSpace& space, UnitRef ref);
@@ -285,6 +295,10 @@ class Pager {
   uint32_t evict_run_ = 0;
   PagingCounters totals_;
   ResidencyScope daemon_;
+  // EvictIn's scratch, reused so that eviction allocates nothing in the steady state: the
+  // spaces' cursors and, per space, the victims taken (victims_[i] belongs to cursors_[i]).
+  std::vector<Cursor> cursors_;
+  std::vector<std::vector<UnitRef>> victims_;
   std::list<std::unique_ptr<PagedDevice>> devices_;
   std::list<std::unique_ptr<PagedSpace>> spaces_;
 };
