@@ -2,21 +2,34 @@
 //
 // A generator plays a PRI device with a fixed number K of page requests outstanding: it triggers
 // requests for fresh pages of a large sparse region and sees one complete when the page shows up
-// in the IO page table (IOMMU_TEST_OP_MD_CHECK_MAP). Both handlers map a page before they answer
+// in the IO page table (IOMMU_TEST_OP_MD_CHECK_MAP). Every handler maps a page before it answers
 // it, so this times what a device waits for (trigger to translation present), the same way for
-// both. The handlers, each on a fresh mock device:
-//   iopfd  the daemon in adopt mode (batched reads, coalesced maps, one write per turn)
+// all. The handlers, each on a fresh mock device:
+//   iopfd  the daemon in adopt mode (batched reads, map units, one write per turn)
 //   naive  one at a time: poll, read one record, IOMMU_IOAS_MAP_FILE one page, write one response
-// Output: one line per (handler, K) with faults/s and latency percentiles, side by side; then
-// iopfd at K=8 quiet, under 200 control clients calling GetStats, and under hostile control
-// clients (docs/RELIABILITY.md), side by side; then iopfd at K=8 beside a second device, mockD,
-// left running and drained over and over, side by side.
+//   floor  the least a batched handler can do (issue 15): poll, one read of up to 512 records,
+//          a bitmap of mapped pages to drop repeats, one IOMMU_IOAS_MAP_FILE per run of adjacent
+//          pages, one write of every response; plain syscalls, no io_uring, no bookkeeping
+// Parts (the first argument may be "parts:a+b+..."; default all):
+//   floor    queued bursts (the handler stopped while N requests queue, then the time until all
+//            are mapped), sequential and random; K = 1, 8, 64 (or as given); a sequential stream
+//            over a region with prefetch, where a page already translated is a hit (ATS) and
+//            not a request; iopfd serving 64 devices against one. Each case 3 times: median and
+//            spread, iopfd/floor and iopfd/naive side by side.
+//   control  iopfd at K=8 quiet, under 200 control clients calling GetStats, and under hostile
+//            control clients (docs/RELIABILITY.md).
+//   drain    iopfd at K=8 beside a second device, mockD, left running and drained over and over.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
 #include <algorithm>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
 #include <atomic>
 #include <csignal>
 #include <string>
@@ -33,24 +46,48 @@ using namespace mockenv;  // NOLINT(google-build-using-namespace): the guest's s
 constexpr uint64_t kBenchIova = 0x40000000;  // 1 GiB, inside the mock aperture
 constexpr uint64_t kBenchSize = 512ull << 20;
 
-// Swaps the environment's inherited memfd for a sparse 512 MiB one and points iopfd's config at
-// it: one rw region, no prefetch, so every request needs exactly its own page.
-void UseBenchRegion(Env& e) {
+// Swaps the environment's inherited memfd for a sparse 512 MiB one and writes the device's file
+// into `dir`'s devices.d (its own config directory by default): one rw region with `prefetch`
+// bytes mapped ahead (none by default, so every request needs exactly its own map unit).
+void UseBenchRegion(Env& e, const std::string& prefetch = "0", std::string dir = "",
+                    const std::string& map_unit = "64KiB") {
   munmap(e.va1, kR1Size);
   close(e.ram1);
   e.ram1 = memfd_create("iopf-bench", MFD_CLOEXEC);
   if (e.ram1 < 0 || ftruncate(e.ram1, static_cast<off_t>(kBenchSize))) Die("bench memfd");
   e.va1 = MapFile(e.ram1, kBenchSize);
-  WriteFile(e.dir + "/devices.d/mock0.toml",
-            Format("name = \"mock0\"\nattach = \"adopt\"\n\n"
-                   "[adopt]\niommufd_fd = \"iommufd\"\nfault_fd = \"fault\"\ndevice_id = %u\n\n"
+  if (dir.empty()) dir = e.dir;
+  WriteFile(dir + "/devices.d/" + e.dev + ".toml",
+            Format("name = \"%s\"\nattach = \"adopt\"\n\n"
+                   "[adopt]\niommufd_fd = \"%siommufd\"\nfault_fd = \"%sfault\"\ndevice_id = %u\n\n"
                    "[[space]]\nioas_id = %u\n"
                    "  [[space.region]]\n  iova = 0x%llx\n  size = \"512MiB\"\n"
-                   "  backing = \"fd:ram1\"\n  access = \"rw\"\n",
-                   e.idev, e.ioas, static_cast<unsigned long long>(kBenchIova)));
+                   "  backing = \"fd:%sram1\"\n  access = \"rw\"\n  prefetch = \"%s\"\n"
+                   "  map_unit = \"%s\"\n",
+                   e.dev.c_str(), e.prefix.c_str(), e.prefix.c_str(), e.idev, e.ioas,
+                   static_cast<unsigned long long>(kBenchIova), e.prefix.c_str(),
+                   prefetch.c_str(), map_unit.c_str()));
 }
 
+// Env's destructor unmaps the small region it made; the bench region replaced it. Without this
+// the 512 MiB mapping, and every page the run put in its memfd, would outlive the run.
+struct BenchRegionGuard {
+  Env& e;
+  ~BenchRegionGuard() {
+    if (e.va1 != nullptr) munmap(e.va1, kBenchSize);
+    e.va1 = nullptr;
+  }
+};
+struct BenchRegionsGuard {
+  std::vector<Env*> envs;
+  ~BenchRegionsGuard() {
+    for (Env* e : envs) BenchRegionGuard{*e};
+  }
+};
+
 std::atomic<bool> g_stop{false};
+// Map calls a forked handler made, in memory its parent reads (MAP_SHARED, set up in main).
+uint64_t* g_child_maps = nullptr;
 
 // The baseline handler: everything one request at a time, the way a first attempt would do it.
 [[noreturn]] void NaiveLoop(const Env& e) {
@@ -77,11 +114,78 @@ std::atomic<bool> g_stop{false};
       map.start = page - kBenchIova;
       map.length = kPage;
       map.iova = page;
+      if (g_child_maps != nullptr) ++*g_child_maps;
       if (ioctl(e.iommufd, IOMMU_IOAS_MAP_FILE, &map) == 0 || errno == EEXIST) {
         resp.code = IOMMUFD_PAGE_RESP_SUCCESS;
       }
     }
     if (write(e.fault_fd, &resp, sizeof(resp)) == static_cast<ssize_t>(sizeof(resp))) ++answered;
+  }
+  _exit(answered > 0 ? 0 : 1);
+}
+
+
+// The floor: the least a batched user-space handler can do per read, on this kernel.
+[[noreturn]] void FloorLoop(const Env& e) {
+  signal(SIGTERM, [](int) { g_stop.store(true); });
+  constexpr size_t kMax = 512;
+  constexpr uint64_t kPages = kBenchSize / kPage;
+  std::vector<uint64_t> mapped(kPages / 64);  // a bit per page of the region
+  std::vector<iommu_hwpt_pgfault> recs(kMax);
+  std::vector<iommu_hwpt_page_response> resp(kMax);
+  std::vector<uint64_t> fresh;
+  fresh.reserve(kMax);
+  auto bit = [&](uint64_t p) { return (mapped[p / 64] >> (p % 64)) & 1; };
+  uint64_t answered = 0;
+  while (true) {
+    pollfd p = {e.fault_fd, POLLIN, 0};
+    if (poll(&p, 1, 50) <= 0) {
+      if (g_stop.load()) break;
+      continue;
+    }
+    ssize_t n = read(e.fault_fd, recs.data(), kMax * sizeof(recs[0]));
+    if (n <= 0) continue;
+    const size_t count = static_cast<size_t>(n) / sizeof(recs[0]);
+    // The pages not mapped yet, each once, in order; then one map call per run of adjacent ones.
+    fresh.clear();
+    for (size_t i = 0; i < count; ++i) {
+      const uint64_t page = recs[i].addr & ~(kPage - 1);
+      if (page < kBenchIova || page >= kBenchIova + kBenchSize) continue;
+      const uint64_t idx = (page - kBenchIova) / kPage;
+      if (bit(idx)) continue;
+      mapped[idx / 64] |= 1ull << (idx % 64);
+      fresh.push_back(idx);
+    }
+    std::sort(fresh.begin(), fresh.end());
+    for (size_t i = 0; i < fresh.size();) {
+      size_t j = i + 1;
+      while (j < fresh.size() && fresh[j] == fresh[j - 1] + 1) ++j;
+      iommu_ioas_map_file map = {};
+      map.size = sizeof(map);
+      map.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
+      map.ioas_id = e.ioas;
+      map.fd = e.ram1;
+      map.start = fresh[i] * kPage;
+      map.length = (j - i) * kPage;
+      map.iova = kBenchIova + fresh[i] * kPage;
+      ++*g_child_maps;
+      if (ioctl(e.iommufd, IOMMU_IOAS_MAP_FILE, &map) != 0 && errno != EEXIST) {
+        for (size_t k = i; k < j; ++k) mapped[fresh[k] / 64] &= ~(1ull << (fresh[k] % 64));
+      }
+      i = j;
+    }
+    // One response per group: the kernel copies a group's records together, its last one
+    // flagged.
+    size_t out = 0;
+    for (size_t i = 0; i < count; ++i) {
+      if ((recs[i].flags & IOMMU_PGFAULT_FLAGS_LAST_PAGE) == 0) continue;
+      const uint64_t page = recs[i].addr & ~(kPage - 1);
+      const bool ok = page >= kBenchIova && page < kBenchIova + kBenchSize &&
+                      bit((page - kBenchIova) / kPage);
+      resp[out++] = {recs[i].cookie,
+                     ok ? IOMMUFD_PAGE_RESP_SUCCESS : IOMMUFD_PAGE_RESP_INVALID};
+    }
+    if (write(e.fault_fd, resp.data(), out * sizeof(resp[0])) > 0) answered += out;
   }
   _exit(answered > 0 ? 0 : 1);
 }
@@ -379,6 +483,7 @@ Result RunIopfd(int n, int k, const Load& load = {}) {
         Format("bench-iopfd-%d-%d-%d%d", k, load.clients, load.other ? 1 : 0, load.drains ? 1 : 0),
         "warning");
   UseBenchRegion(e);
+  BenchRegionGuard guard{e};
   auto fds = e.Fds();
   OtherDevice other;
   if (load.other) {
@@ -458,54 +563,394 @@ Result RunIopfd(int n, int k, const Load& load = {}) {
   return r;
 }
 
-Result RunNaive(int n, int k) {
+// ---- Against the floor (issue 15) ----
+
+// iopfd4k: iopfd with 4 KiB map units instead of the default 64 KiB, mapping what the floor
+// maps per request.
+enum class Handler { kNaive, kFloor, kIopfd, kIopfd4k };
+const char* Name(Handler h) {
+  switch (h) {
+    case Handler::kNaive:
+      return "naive";
+    case Handler::kFloor:
+      return "floor";
+    case Handler::kIopfd:
+      return "iopfd";
+    case Handler::kIopfd4k:
+      return "iopfd4k";
+  }
+  return "?";
+}
+bool IsIopfd(Handler h) { return h == Handler::kIopfd || h == Handler::kIopfd4k; }
+std::string UnitOf(Handler h) { return h == Handler::kIopfd4k ? "4KiB" : "64KiB"; }
+
+// One handler serving the devices of a config directory: naive and floor forked on the first
+// device, iopfd started on all of them. Pause/Resume stop and continue it (SIGSTOP/SIGCONT), so
+// that requests queue meanwhile.
+class Served {
+ public:
+  Served(Handler h, std::vector<Env*> envs) : h_(h), envs_(std::move(envs)) {
+    *g_child_maps = 0;
+    if (IsIopfd(h_)) {
+      std::vector<std::pair<std::string, int>> fds;
+      for (Env* e : envs_) {
+        for (const auto& f : e->Fds()) fds.push_back(f);
+      }
+      d_ = StartWith(envs_[0]->dir, fds);
+      pid_ = d_.pid;
+    } else {
+      pid_ = fork();
+      if (pid_ == 0) {
+        if (h_ == Handler::kNaive) NaiveLoop(*envs_[0]);
+        FloorLoop(*envs_[0]);
+      }
+    }
+  }
+  void Pause() const { kill(pid_, SIGSTOP); }
+  void Resume() const { kill(pid_, SIGCONT); }
+  // Stops the handler; returns false when it did not end well. *maps: its map calls.
+  bool Finish(uint64_t* maps) {
+    if (IsIopfd(h_)) {
+      const int rc = Stop(d_);
+      uint64_t total = 0;
+      bool ok = rc == 0;
+      for (Env* e : envs_) {
+        auto st = ReadStats(d_, e->dev);
+        total += st["map_calls"];
+        ok = ok && st["outstanding"] == 0;
+      }
+      *maps = total;
+      return ok;
+    }
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    *maps = *g_child_maps;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+
+ private:
+  Handler h_;
+  std::vector<Env*> envs_;
+  Daemon d_;
+  pid_t pid_ = -1;
+};
+
+uint64_t PageIova(uint64_t page) { return kBenchIova + page * kPage; }
+bool Mapped(const Env& e, uint64_t page) {
+  return CheckMap(e, e.hwpt, PageIova(page), kPage, e.va1 + page * kPage);
+}
+// The region's last page, which no timed request uses: one request there, answered, says the
+// handler serves (iopfd's exec and attach take ~100 ms under TCG).
+bool WarmUp(const Env& e) {
+  constexpr uint64_t kLast = kBenchSize / kPage - 1;
+  if (Trigger(e, PageIova(kLast), IOMMU_PGFAULT_PERM_READ, false, 0)) return false;
+  return WaitFor([&] { return Mapped(e, kLast); }, 30000);
+}
+
+struct Sample {
+  double rate = 0;     // faults (or pages) per second
+  double p50_us = 0;   // where it applies
+  uint64_t maps = 0;   // map calls
+  uint64_t faults = 0; // page requests sent
+  bool ok = false;
+};
+
+// Queued burst: the handler stopped, n requests queued (sequential pages, or n distinct random
+// ones), then continued; the time until every page is mapped.
+Sample Burst(Handler h, int n, bool random, int rep) {
   Env e;
-  Setup(e, "bench-naive-" + std::to_string(k));
-  UseBenchRegion(e);
-  pid_t pid = fork();
-  if (pid == 0) NaiveLoop(e);
+  Setup(e, Format("burst-%s-%d-%d", Name(h), random ? 1 : 0, rep), "warning");
+  UseBenchRegion(e, "0", "", UnitOf(h));
+  BenchRegionGuard guard{e};
+  Served s(h, {&e});
+  Sample out;
+  if (!WarmUp(e)) Die("%s never answered the warm-up request", Name(h));
+  std::vector<uint64_t> pages(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) pages[static_cast<size_t>(i)] = static_cast<uint64_t>(i);
+  if (random) {
+    // n distinct pages of the region (not the warm-up's), the same for every handler.
+    std::vector<uint64_t> all(kBenchSize / kPage - 1);
+    for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    for (size_t i = 0; i < static_cast<size_t>(n); ++i) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      std::swap(all[i], all[i + x % (all.size() - i)]);
+    }
+    pages.assign(all.begin(), all.begin() + n);
+  }
+  s.Pause();
+  for (int i = 0; i < n; ++i) {
+    if (Trigger(e, PageIova(pages[static_cast<size_t>(i)]),
+                IOMMU_PGFAULT_PERM_READ | IOMMU_PGFAULT_PERM_WRITE, false,
+                static_cast<uint32_t>(i % 512))) {
+      Die("trigger %d failed", i);
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  s.Resume();
+  const auto deadline = t0 + std::chrono::seconds(120);
+  out.ok = true;
+  for (int i = 0; i < n;) {
+    if (Mapped(e, pages[static_cast<size_t>(i)])) {
+      ++i;
+    } else if (std::chrono::steady_clock::now() > deadline) {
+      out.ok = false;
+      break;
+    }
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  out.rate = n / secs;
+  out.faults = static_cast<uint64_t>(n);
+  out.ok = s.Finish(&out.maps) && out.ok;
+  out.maps -= 1;  // the warm-up's
+  return out;
+}
+
+// K outstanding (the Generate loop above) for any handler.
+Sample Concurrent(Handler h, int n, int k, int rep) {
+  Env e;
+  Setup(e, Format("k-%s-%d-%d", Name(h), k, rep), "warning");
+  UseBenchRegion(e, "0", "", UnitOf(h));
+  BenchRegionGuard guard{e};
+  Served s(h, {&e});
   Result r = Generate(e, n, k);
-  kill(pid, SIGTERM);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  r.map_calls = static_cast<uint64_t>(n);  // one per request by construction
-  r.ok = r.ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  Sample out{r.faults_per_s, r.p50_us, 0, static_cast<uint64_t>(n), r.ok};
+  out.ok = s.Finish(&out.maps) && out.ok;
+  out.maps -= 1;
+  return out;
+}
+
+// A sequential stream: the device reads pages 0..n-1 in order, one at a time; a page already
+// translated is a hit (ATS: no request), else it sends a request and waits for the translation.
+// iopfd's region maps `prefetch` ahead; naive and floor map what is asked. Rate: pages/s.
+Sample Stream(Handler h, int n, int rep) {
+  Env e;
+  Setup(e, Format("stream-%s-%d", Name(h), rep), "warning");
+  UseBenchRegion(e, "1MiB", "", UnitOf(h));
+  BenchRegionGuard guard{e};
+  Served s(h, {&e});
+  Sample out;
+  if (!WarmUp(e)) Die("%s never answered the warm-up request", Name(h));
+  out.ok = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int p = 0; p < n && out.ok; ++p) {
+    const auto page = static_cast<uint64_t>(p);
+    if (Mapped(e, page)) continue;
+    if (Trigger(e, PageIova(page), IOMMU_PGFAULT_PERM_READ, false,
+                static_cast<uint32_t>(p % 512))) {
+      Die("trigger %d failed", p);
+    }
+    ++out.faults;
+    // Spinning, as the device would (WaitFor's 2 ms naps would be the whole measurement).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!Mapped(e, page)) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        out.ok = false;
+        break;
+      }
+    }
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  out.rate = n / secs;
+  out.ok = s.Finish(&out.maps) && out.ok;
+  out.maps -= 1;
+  return out;
+}
+
+// iopfd serving `devices` mock devices at once, n requests with k outstanding spread over them
+// in turn (request i to device i % devices, each to a fresh page of its region).
+Sample Many(int devices, int n, int k, int rep) {
+  std::vector<std::unique_ptr<Env>> envs;
+  std::vector<Env*> raw;
+  for (int i = 0; i < devices; ++i) {
+    envs.push_back(std::make_unique<Env>());
+    Setup(*envs.back(), Format("many-%d-%d-%d", devices, rep, i), "warning",
+          i == 0 ? "mock0" : Format("mock%02d", i));
+    UseBenchRegion(*envs.back(), "0", envs[0]->dir);
+    raw.push_back(envs.back().get());
+  }
+  BenchRegionsGuard guard{raw};
+  Served s(Handler::kIopfd, raw);
+  Sample out;
+  for (Env* e : raw) {
+    if (!WarmUp(*e)) Die("iopfd never answered %s's warm-up request", e->dev.c_str());
+  }
+  auto dev = [&](int i) -> const Env& { return *raw[static_cast<size_t>(i % devices)]; };
+  auto page = [&](int i) { return static_cast<uint64_t>(i / devices); };
+  std::vector<std::chrono::steady_clock::time_point> sent(static_cast<size_t>(n));
+  std::vector<double> lat;
+  int next = 0, done = 0;
+  out.ok = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto deadline = t0 + std::chrono::seconds(120);
+  while (done < n && out.ok) {
+    while (next < n && next - done < k) {
+      sent[static_cast<size_t>(next)] = std::chrono::steady_clock::now();
+      if (Trigger(dev(next), PageIova(page(next)),
+                  IOMMU_PGFAULT_PERM_READ | IOMMU_PGFAULT_PERM_WRITE, false,
+                  static_cast<uint32_t>(next % 512))) {
+        Die("trigger %d failed", next);
+      }
+      ++next;
+    }
+    while (done < next && Mapped(dev(done), page(done))) {
+      lat.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
+                                                              sent[static_cast<size_t>(done)])
+                        .count());
+      ++done;
+    }
+    if (std::chrono::steady_clock::now() > deadline) out.ok = false;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  out.rate = done / secs;
+  std::sort(lat.begin(), lat.end());
+  out.p50_us = lat.empty() ? 0 : lat[lat.size() / 2];
+  out.faults = static_cast<uint64_t>(n);
+  out.ok = s.Finish(&out.maps) && out.ok;
+  out.maps -= static_cast<uint64_t>(devices);
+  return out;
+}
+
+// A case repeated: the median run (by rate) with the spread of the rates.
+struct Repeated {
+  Sample median;
+  double min = 0, max = 0;
+  bool ok = true;
+};
+Repeated Repeat(int reps, const std::function<Sample(int)>& run) {
+  std::vector<Sample> all;
+  Repeated r;
+  for (int i = 0; i < reps; ++i) {
+    all.push_back(run(i));
+    r.ok = r.ok && all.back().ok;
+  }
+  std::sort(all.begin(), all.end(), [](const Sample& a, const Sample& b) { return a.rate < b.rate; });
+  r.median = all[all.size() / 2];
+  r.min = all.front().rate;
+  r.max = all.back().rate;
   return r;
 }
 
-void Print(const char* who, int k, const Result& r) {
-  std::printf(
-      "IOPF-BENCH %-6s K=%-4d %10.0f faults/s   p50 %8.1f us   p99 %8.1f us   max %8.1f us"
-      "   map calls %-6llu %s\n",
-      who, k, r.faults_per_s, r.p50_us, r.p99_us, r.max_us,
-      static_cast<unsigned long long>(r.map_calls), r.ok ? "" : "(INCOMPLETE)");
+std::string Cell(const Repeated& r) {
+  return Format("%8.0f/s [%6.0f-%6.0f]%s", r.median.rate, r.min, r.max, r.ok ? "" : " (INCOMPLETE)");
+}
+
+// Prints one case: each handler's median rate and spread, map calls per request, and iopfd's
+// ratios to the floor and to the naive loop (where they ran).
+void PrintCase(const std::string& label, const std::map<Handler, Repeated>& by,
+               const char* per = "req") {
+  std::string line = "IOPF-BENCH " + label;
+  for (const auto& [h, r] : by) {
+    line += Format("   %s %s maps/%s %.3f", Name(h), Cell(r).c_str(), per,
+                   r.median.faults ? static_cast<double>(r.median.maps) / r.median.faults : 0.0);
+    if (r.median.p50_us > 0) line += Format(" p50 %.1f us", r.median.p50_us);
+  }
+  for (Handler mine : {Handler::kIopfd, Handler::kIopfd4k}) {
+    const auto io = by.find(mine);
+    for (Handler base : {Handler::kFloor, Handler::kNaive}) {
+      const auto b = by.find(base);
+      if (io == by.end() || b == by.end()) continue;
+      line += Format("   %s/%s %.2fx", Name(mine), Name(base),
+                     io->second.median.rate / b->second.median.rate);
+      if (io->second.median.p50_us > 0 && b->second.median.p50_us > 0) {
+        line += Format(" (p50 %.2fx)", io->second.median.p50_us / b->second.median.p50_us);
+      }
+    }
+  }
+  std::printf("%s\n", line.c_str());
   std::fflush(stdout);
 }
+
+// The parts "burst", "k", "stream" and "devices" ("floor" is all four).
+bool RunFloorParts(const std::set<std::string>& parts, int n, const std::vector<int>& ks) {
+  constexpr int kReps = 3;
+  constexpr Handler kAll[] = {Handler::kFloor, Handler::kNaive, Handler::kIopfd,
+                              Handler::kIopfd4k};
+  auto want = [&](const char* part) { return parts.count(part) || parts.count("floor"); };
+  bool ok = true;
+  std::printf("IOPF-BENCH floor: each case %d times, median rate [min-max]; n = %d\n", kReps, n);
+  for (bool random : {false, true}) {
+    if (!want("burst")) break;
+    std::map<Handler, Repeated> by;
+    for (Handler h : kAll) {
+      by[h] = Repeat(kReps, [&](int rep) { return Burst(h, n, random, rep); });
+      ok = ok && by[h].ok;
+    }
+    PrintCase(Format("burst  %-10s", random ? "random" : "sequential"), by);
+  }
+  for (int k : ks) {
+    if (!want("k")) break;
+    std::map<Handler, Repeated> by;
+    for (Handler h : kAll) {
+      by[h] = Repeat(kReps, [&](int rep) { return Concurrent(h, n, k, rep); });
+      ok = ok && by[h].ok;
+    }
+    PrintCase(Format("K=%-4d %-10s", k, ""), by);
+  }
+  if (want("stream")) {
+    std::map<Handler, Repeated> by;
+    for (Handler h : {Handler::kFloor, Handler::kNaive, Handler::kIopfd}) {
+      by[h] = Repeat(kReps, [&](int rep) { return Stream(h, n, rep); });
+      ok = ok && by[h].ok;
+    }
+    // Map calls per page read (not per request: most pages are hits).
+    for (auto& [h, r] : by) r.median.faults = static_cast<uint64_t>(n);
+    PrintCase(Format("stream %-10s", "prefetch"), by, "page");
+  }
+  if (want("devices")) {
+    constexpr int kK = 64;
+    Repeated one = Repeat(kReps, [&](int rep) { return Many(1, n, kK, rep); });
+    Repeated many = Repeat(kReps, [&](int rep) { return Many(64, n, kK, rep); });
+    ok = ok && one.ok && many.ok;
+    std::printf("IOPF-BENCH devices K=%d   iopfd 1 device %s   64 devices %s   64/1 %.2fx\n", kK,
+                Cell(one).c_str(), Cell(many).c_str(), many.median.rate / one.median.rate);
+  }
+  return ok;
+}
+
+bool RunControl(int n);
+bool RunDrain(int n);
+// The concurrency of the control and drain parts.
+constexpr int kLoadK = 8;
 
 }  // namespace
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
-  int n = argc > 1 ? std::atoi(argv[1]) : 10000;
+  void* shared = mmap(nullptr, sizeof(uint64_t), PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) Die("mmap");
+  g_child_maps = static_cast<uint64_t*>(shared);
+  std::set<std::string> parts = {"floor", "control", "drain"};
+  int first = 1;
+  if (argc > 1 && std::strncmp(argv[1], "parts:", 6) == 0) {
+    parts.clear();
+    std::stringstream list(argv[1] + 6);
+    // '+' between parts: the kernel command line carries the arguments with ',' between them.
+    for (std::string part; std::getline(list, part, '+');) parts.insert(part);
+    first = 2;
+  }
+  int n = argc > first ? std::atoi(argv[first]) : 10000;
   std::vector<int> ks;
-  for (int i = 2; i < argc; ++i) ks.push_back(std::atoi(argv[i]));
+  for (int i = first + 1; i < argc; ++i) ks.push_back(std::atoi(argv[i]));
   if (ks.empty()) ks = {1, 8, 64};
   std::printf(
       "IOPF-BENCH %d page requests per run, each to a fresh page; K = requests outstanding\n", n);
   bool ok = true;
-  for (int k : ks) {
-    Result naive = RunNaive(n, k);
-    Print("naive", k, naive);
-    Result iopfd = RunIopfd(n, k);
-    Print("iopfd", k, iopfd);
-    std::printf("IOPF-BENCH ratio  K=%-4d iopfd/naive throughput %.2fx, p99 latency %.2fx\n", k,
-                iopfd.faults_per_s / naive.faults_per_s, iopfd.p99_us / naive.p99_us);
-    ok = ok && naive.ok && iopfd.ok;
-  }
+  ok = RunFloorParts(parts, n, ks) && ok;
+  if (parts.count("control")) ok = RunControl(n) && ok;
+  if (parts.count("drain")) ok = RunDrain(n) && ok;
+  return ok ? 0 : 1;
+}
+
+namespace {
+
+bool RunControl(int n) {
+  bool ok = true;
   // The control plane must not stall the fault path: the same run, quiet and with 200 clients
   // calling GetStats throughout. Device-observed latency shares the guest's two CPUs with the
   // clients; iopfd's own (read to response written) shows what the loop itself adds.
-  constexpr int kLoadK = 8;
   constexpr int kClients = 200;
   Result quiet = RunIopfd(n, kLoadK);
   Result loaded = RunIopfd(n, kLoadK, Load{.clients = kClients});
@@ -524,6 +969,11 @@ int main(int argc, char** argv) {
   std::printf("IOPF-BENCH ratio  hostile/quiet: device p99 %.2fx, iopfd p99 %.2fx\n",
               hostile.p99_us / quiet.p99_us, hostile.served_p99_us / quiet.served_p99_us);
   ok = ok && quiet.ok && loaded.ok && hostile.ok;
+  return ok;
+}
+
+bool RunDrain(int n) {
+  bool ok = true;
   // Drains of one device must not delay the others: mock0 driven as above while a second
   // device (mockD) gets a steady stream of page requests, first left running, then drained
   // over and over. Same boot, same load; only the drains differ.
@@ -545,5 +995,7 @@ int main(int argc, char** argv) {
       "IOPF-BENCH ratio  mockD drained/no drains: mock0 device p99 %.2fx, iopfd p99 %.2fx\n",
       drained.p99_us / steady.p99_us, drained.served_p99_us / steady.served_p99_us);
   ok = ok && steady.ok && drained.ok && drained.other_drains > 0 && drained.other_resets > 0;
-  return ok ? 0 : 1;
+  return ok;
 }
+
+}  // namespace
