@@ -135,10 +135,16 @@ class BenchRing : public RingIo {
   bool running() const override { return true; }
   bool stopping() const override { return false; }
 
-  // The read armed on queue `fd` completes with `count` records (false: none armed, or too
-  // many for its buffer). Then one flush of the loop, as the ring's turn ends, and the writes'
-  // completions.
+  // One turn of the daemon's ring: the completions of the writes submitted at the end of the
+  // last turn (io_uring runs a fault fd's write inline at submission; its completion is reaped
+  // with the next wait), then the read armed on queue `fd` completes with `count` records
+  // (false: none armed, or too many for its buffer), then the loop's flush ends the turn.
   bool Turn(int fd, const uapi::PageFault* records, size_t count) {
+    for (size_t i = 0; i < writes_.size(); ++i) {
+      writes_[i].op->in_flight = false;
+      loop_->Complete(*writes_[i].op, writes_[i].res);
+    }
+    writes_.clear();
     PendingRead& r = reads_[static_cast<size_t>(fd - kFirstFd)];
     const size_t bytes = count * sizeof(uapi::PageFault);
     if (r.op == nullptr || bytes > r.len) return false;
@@ -147,11 +153,6 @@ class BenchRing : public RingIo {
     op->in_flight = false;
     loop_->Complete(*op, static_cast<int>(bytes));
     loop_->SubmitAnswers();
-    for (size_t i = 0; i < writes_.size(); ++i) {
-      writes_[i].op->in_flight = false;
-      loop_->Complete(*writes_[i].op, writes_[i].res);
-    }
-    writes_.clear();
     return true;
   }
 

@@ -95,10 +95,14 @@ class FaultLoop : public RingClient {
   void HandleWrite(Slot& slot, int res, uint64_t now);
   // Reads the queue empty (until deadline) and processes what it read, synchronously.
   void ReadRemaining(FaultQueue* q, uint64_t deadline);
+  // The time of the current ring turn: read at its first completion, forgotten when its
+  // answers are submitted (SubmitAnswers ends every turn).
+  uint64_t TurnNs();
 
   RingIo* ring_;
   std::vector<std::unique_ptr<Slot>> slots_;
   uint64_t removed_owed_ = 0;  // groups removed queues left owed, for the exit code
+  uint64_t turn_ns_ = 0;       // TurnNs's reading; 0: not read in this turn
 };
 
 }  // namespace iopfd
