@@ -12,7 +12,15 @@ namespace iopfd {
 
 FaultLoop::FaultLoop(RingIo* ring) : ring_(ring) {}
 
-FaultLoop::~FaultLoop() = default;
+FaultLoop::~FaultLoop() {
+  for (auto& slot : slots_) slot->queue->responses().set_on_first_pending(nullptr);
+}
+
+void FaultLoop::QueueFlush(Slot& slot) {
+  if (slot.flush_queued) return;
+  slot.flush_queued = true;
+  to_flush_.push_back(&slot);
+}
 
 void FaultLoop::Add(FaultQueue* queue) {
   auto slot = std::make_unique<Slot>();
@@ -22,6 +30,8 @@ void FaultLoop::Add(FaultQueue* queue) {
   slot->write = {this, kWrite, slot.get(), false};
   Slot& ref = *slot;
   slots_.push_back(std::move(slot));
+  queue->responses().set_on_first_pending([this, &ref] { QueueFlush(ref); });
+  QueueFlush(ref);  // answers queued before it joined (crash recovery) are written too
   if (ring_->running() && !ring_->stopping()) ArmRead(ref);
 }
 
@@ -58,6 +68,8 @@ void FaultLoop::Rearm(FaultQueue* queue) {
   Slot* slot = SlotOf(queue);
   if (slot == nullptr) return;
   slot->quiesced = false;
+  // Whatever the synchronous paths left unwritten while it was quiesced (a short write's rest).
+  QueueFlush(*slot);
   if (ring_->running() && !ring_->stopping()) ArmRead(*slot);
 }
 
@@ -77,6 +89,8 @@ std::optional<uint64_t> FaultLoop::Remove(FaultQueue* queue) {
   (void)queue->WriteQueued();  // a failure is reported through on_failed, once
   const DeviceStats& st = queue->stats();
   removed_owed_ += st.outstanding();
+  queue->responses().set_on_first_pending(nullptr);
+  std::erase(to_flush_, &slot);
   slots_.erase(std::find_if(slots_.begin(), slots_.end(),
                             [queue](const std::unique_ptr<Slot>& s) { return s->queue == queue; }));
   return st.outstanding() + st.responses_abandoned;
@@ -107,7 +121,10 @@ uint64_t FaultLoop::TurnNs() {
 
 void FaultLoop::SubmitAnswers() {
   turn_ns_ = 0;  // the turn's completions are handled: the next turn reads the clock again
-  for (auto& slot : slots_) {
+  // A slot whose write is in flight is queued again when that write completes.
+  flushing_.swap(to_flush_);
+  for (Slot* slot : flushing_) {
+    slot->flush_queued = false;
     ResponseQueue& answers = slot->queue->responses();
     if (slot->write.in_flight || !answers.HasUnwritten()) continue;
     if (slot->queue->write_failed()) {
@@ -117,6 +134,7 @@ void FaultLoop::SubmitAnswers() {
     auto span = answers.BeginWrite();
     ring_->Write(slot->queue->fd(), span.data(), span.size_bytes(), &slot->write);
   }
+  flushing_.clear();
 }
 
 void FaultLoop::Complete(RingOp& op, int res) {
@@ -173,6 +191,7 @@ void FaultLoop::HandlePollFailure(Slot& slot, int res) {
 void FaultLoop::HandleWrite(Slot& slot, int res, uint64_t now) {
   // A dead fd is reported through on_failed.
   (void)slot.queue->OnWrite(res, now);
+  QueueFlush(slot);  // what a short write left, and what settling it let waiting groups answer
 }
 
 void FaultLoop::ArmAll() {

@@ -2,11 +2,14 @@
 
 #include <cerrno>
 #include <deque>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "iopfd/fault/fault_loop.h"
+#include "iopfd/loop/ring.h"
 
 namespace iopfd {
 namespace {
@@ -140,6 +143,80 @@ TEST(FaultQueueTest, ADeadFdAbandonsWhatIsOwedAndIsReportedOnce) {
   EXPECT_EQ(f.fd.writes_issued, 1);
   EXPECT_EQ(f.stats.responses_abandoned, 3u);
   EXPECT_EQ(f.failures.size(), 1u);
+}
+
+// The fault loop's part: which queues it writes for. A ring that only records: reads wait, and
+// each write waits for the test to complete it with a result of its choosing.
+class RecordingRing : public RingIo {
+ public:
+  void ReadWhenReadable(int, void*, size_t, RingOp*, RingOp* read) override {
+    read->in_flight = true;
+  }
+  void Write(int, const void* buf, size_t len, RingOp* op) override {
+    op->in_flight = true;
+    const auto* r = static_cast<const uapi::PageResponse*>(buf);
+    writes.push_back({op, std::vector<uapi::PageResponse>(r, r + len / sizeof(*r))});
+  }
+  void CancelPoll(RingOp*) override {}
+  bool WaitUntil(const std::function<bool()>&, const char*) override { return false; }
+  bool Run() override { return true; }
+  bool running() const override { return true; }
+  bool stopping() const override { return false; }
+  struct Pending {
+    RingOp* op;
+    std::vector<uapi::PageResponse> responses;
+  };
+  std::vector<Pending> writes;
+};
+
+// A write the kernel took only part of (it stopped at a cookie it no longer knew) leaves the
+// rest to send again: the loop must write them at its next flush, with nothing else happening
+// on that queue meanwhile.
+TEST(FaultLoopTest, WhatAShortWriteLeftIsWrittenAtTheNextFlush) {
+  Fixture f;
+  RecordingRing ring;
+  FaultLoop loop(&ring);
+  loop.Add(&f.q);
+  f.responses.BeginBatch();
+  f.responses.Add(1, uapi::kRespSuccess, 0);
+  f.responses.Add(2, uapi::kRespSuccess, 0);
+  f.responses.Add(3, uapi::kRespSuccess, 0);
+  f.responses.EndBatch();
+  loop.SubmitAnswers();
+  ASSERT_EQ(ring.writes.size(), 1u);
+  ASSERT_EQ(ring.writes[0].responses.size(), 3u);
+  // The kernel consumed the first; the second's cookie was unknown (a short write of 16 bytes).
+  RingOp* op = ring.writes[0].op;
+  op->in_flight = false;
+  loop.Complete(*op, static_cast<int>(sizeof(uapi::PageResponse)));
+  loop.SubmitAnswers();
+  ASSERT_EQ(ring.writes.size(), 2u) << "the responses after the rejected one were never re-sent";
+  ASSERT_EQ(ring.writes[1].responses.size(), 1u);
+  EXPECT_EQ(ring.writes[1].responses[0].cookie, 3u);
+}
+
+// Answers queued while the queue's write is in flight go out once that write completes.
+TEST(FaultLoopTest, AnswersQueuedDuringAWriteGoOutAfterIt) {
+  Fixture f;
+  RecordingRing ring;
+  FaultLoop loop(&ring);
+  loop.Add(&f.q);
+  f.responses.BeginBatch();
+  f.responses.Add(1, uapi::kRespSuccess, 0);
+  f.responses.EndBatch();
+  loop.SubmitAnswers();
+  ASSERT_EQ(ring.writes.size(), 1u);
+  f.responses.BeginBatch();
+  f.responses.Add(2, uapi::kRespSuccess, 0);
+  f.responses.EndBatch();
+  loop.SubmitAnswers();  // the write is in flight: nothing now
+  ASSERT_EQ(ring.writes.size(), 1u);
+  RingOp* op = ring.writes[0].op;
+  op->in_flight = false;
+  loop.Complete(*op, static_cast<int>(sizeof(uapi::PageResponse)));
+  loop.SubmitAnswers();
+  ASSERT_EQ(ring.writes.size(), 2u);
+  EXPECT_EQ(ring.writes[1].responses[0].cookie, 2u);
 }
 
 }  // namespace

@@ -26,6 +26,7 @@ void ResponseQueue::Add(uint32_t cookie, uint32_t code, uint64_t read_ns, Attach
     ++stats_->responses_invalid;
   }
   if (ledger_ != nullptr) ledger_->Owe(cookie, code);
+  if (pending_.empty() && on_first_pending_) on_first_pending_();
   pending_.push_back({cookie, code});
   pending_ts_.push_back(read_ns);
   pending_att_.push_back(attachment);

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <utility>
@@ -66,6 +67,10 @@ class ResponseQueue {
 
   // Returns true when responses wait to be written (new ones or ones to re-send).
   bool HasUnwritten() const { return inflight_pos_ < inflight_.size() || !pending_.empty(); }
+  // Called by Add when the first response is queued behind an empty queue, whoever adds it
+  // (the fault loop learns which queues have answers to write without looking at every queue
+  // each turn). Empty: none.
+  void set_on_first_pending(std::function<void()> f) { on_first_pending_ = std::move(f); }
   bool write_in_flight() const { return writing_; }
 
   // Starts a write and returns the responses to pass to write(2). The span stays valid and
@@ -148,6 +153,7 @@ class ResponseQueue {
   uint64_t batch_ = 0;          // the last batch begun
   uint64_t write_batch_ = 0;    // the newest batch whose answers are all in the current write
   uint64_t settled_batch_ = 0;  // see settled_batch()
+  std::function<void()> on_first_pending_;
   bool resolving_ = false;
   InflightLedger* ledger_ = nullptr;
   uint64_t fence_all_ = 0;                                  // epoch of the last whole fence
