@@ -134,12 +134,14 @@ class BenchRing : public RingIo {
   bool Run() override { return true; }
   bool running() const override { return true; }
   bool stopping() const override { return false; }
+  uint64_t reaps() const override { return turns_; }
 
   // One turn of the daemon's ring: the completions of the writes submitted at the end of the
   // last turn (io_uring runs a fault fd's write inline at submission; its completion is reaped
   // with the next wait), then the read armed on queue `fd` completes with `count` records
   // (false: none armed, or too many for its buffer), then the loop's flush ends the turn.
   bool Turn(int fd, const uapi::PageFault* records, size_t count) {
+    ++turns_;  // the turn's completions are collected together
     for (size_t i = 0; i < writes_.size(); ++i) {
       writes_[i].op->in_flight = false;
       loop_->Complete(*writes_[i].op, writes_[i].res);
@@ -167,6 +169,7 @@ class BenchRing : public RingIo {
     int res;
   };
   FaultLoop* loop_ = nullptr;
+  uint64_t turns_ = 0;
   std::vector<PendingRead> reads_;
   std::vector<PendingWrite> writes_;
 };

@@ -26,12 +26,12 @@
 #include <sys/un.h>
 
 #include <algorithm>
+#include <atomic>
+#include <csignal>
 #include <map>
 #include <memory>
 #include <set>
 #include <sstream>
-#include <atomic>
-#include <csignal>
 #include <string>
 #include <thread>
 #include <utility>
@@ -65,8 +65,8 @@ void UseBenchRegion(Env& e, const std::string& prefetch = "0", std::string dir =
                    "  backing = \"fd:%sram1\"\n  access = \"rw\"\n  prefetch = \"%s\"\n"
                    "  map_unit = \"%s\"\n",
                    e.dev.c_str(), e.prefix.c_str(), e.prefix.c_str(), e.idev, e.ioas,
-                   static_cast<unsigned long long>(kBenchIova), e.prefix.c_str(),
-                   prefetch.c_str(), map_unit.c_str()));
+                   static_cast<unsigned long long>(kBenchIova), e.prefix.c_str(), prefetch.c_str(),
+                   map_unit.c_str()));
 }
 
 // Env's destructor unmaps the small region it made; the bench region replaced it. Without this
@@ -124,7 +124,6 @@ uint64_t* g_child_maps = nullptr;
   _exit(answered > 0 ? 0 : 1);
 }
 
-
 // The floor: the least a batched user-space handler can do per read, on this kernel.
 [[noreturn]] void FloorLoop(const Env& e) {
   signal(SIGTERM, [](int) { g_stop.store(true); });
@@ -180,10 +179,9 @@ uint64_t* g_child_maps = nullptr;
     for (size_t i = 0; i < count; ++i) {
       if ((recs[i].flags & IOMMU_PGFAULT_FLAGS_LAST_PAGE) == 0) continue;
       const uint64_t page = recs[i].addr & ~(kPage - 1);
-      const bool ok = page >= kBenchIova && page < kBenchIova + kBenchSize &&
-                      bit((page - kBenchIova) / kPage);
-      resp[out++] = {recs[i].cookie,
-                     ok ? IOMMUFD_PAGE_RESP_SUCCESS : IOMMUFD_PAGE_RESP_INVALID};
+      const bool ok =
+          page >= kBenchIova && page < kBenchIova + kBenchSize && bit((page - kBenchIova) / kPage);
+      resp[out++] = {recs[i].cookie, ok ? IOMMUFD_PAGE_RESP_SUCCESS : IOMMUFD_PAGE_RESP_INVALID};
     }
     if (write(e.fault_fd, resp.data(), out * sizeof(resp[0])) > 0) answered += out;
   }
@@ -649,10 +647,10 @@ bool WarmUp(const Env& e) {
 }
 
 struct Sample {
-  double rate = 0;     // faults (or pages) per second
-  double p50_us = 0;   // where it applies
-  uint64_t maps = 0;   // map calls
-  uint64_t faults = 0; // page requests sent
+  double rate = 0;      // faults (or pages) per second
+  double p50_us = 0;    // where it applies
+  uint64_t maps = 0;    // map calls
+  uint64_t faults = 0;  // page requests sent
   bool ok = false;
 };
 
@@ -825,7 +823,8 @@ Repeated Repeat(int reps, const std::function<Sample(int)>& run) {
     all.push_back(run(i));
     r.ok = r.ok && all.back().ok;
   }
-  std::sort(all.begin(), all.end(), [](const Sample& a, const Sample& b) { return a.rate < b.rate; });
+  std::sort(all.begin(), all.end(),
+            [](const Sample& a, const Sample& b) { return a.rate < b.rate; });
   r.median = all[all.size() / 2];
   r.min = all.front().rate;
   r.max = all.back().rate;
@@ -833,7 +832,8 @@ Repeated Repeat(int reps, const std::function<Sample(int)>& run) {
 }
 
 std::string Cell(const Repeated& r) {
-  return Format("%8.0f/s [%6.0f-%6.0f]%s", r.median.rate, r.min, r.max, r.ok ? "" : " (INCOMPLETE)");
+  return Format("%8.0f/s [%6.0f-%6.0f]%s", r.median.rate, r.min, r.max,
+                r.ok ? "" : " (INCOMPLETE)");
 }
 
 // Prints one case: each handler's median rate and spread, map calls per request, and iopfd's
@@ -865,8 +865,7 @@ void PrintCase(const std::string& label, const std::map<Handler, Repeated>& by,
 // The parts "burst", "k", "stream" and "devices" ("floor" is all four).
 bool RunFloorParts(const std::set<std::string>& parts, int n, const std::vector<int>& ks) {
   constexpr int kReps = 3;
-  constexpr Handler kAll[] = {Handler::kFloor, Handler::kNaive, Handler::kIopfd,
-                              Handler::kIopfd4k};
+  constexpr Handler kAll[] = {Handler::kFloor, Handler::kNaive, Handler::kIopfd, Handler::kIopfd4k};
   auto want = [&](const char* part) { return parts.count(part) || parts.count("floor"); };
   bool ok = true;
   std::printf("IOPF-BENCH floor: each case %d times, median rate [min-max]; n = %d\n", kReps, n);
@@ -918,8 +917,8 @@ constexpr int kLoadK = 8;
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
-  void* shared = mmap(nullptr, sizeof(uint64_t), PROT_READ | PROT_WRITE,
-                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  void* shared =
+      mmap(nullptr, sizeof(uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shared == MAP_FAILED) Die("mmap");
   g_child_maps = static_cast<uint64_t*>(shared);
   std::set<std::string> parts = {"floor", "control", "drain"};

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "iopfd/base/clock.h"
@@ -12,9 +13,9 @@ namespace iopfd {
 
 FaultLoop::FaultLoop(RingIo* ring) : ring_(ring) {}
 
-FaultLoop::~FaultLoop() {
-  for (auto& slot : slots_) slot->queue->responses().set_on_first_pending(nullptr);
-}
+// The queues may be gone already (the device layer often outlives the loop by less): a queue's
+// hook checks that the loop still exists instead of the loop clearing every hook here.
+FaultLoop::~FaultLoop() = default;
 
 void FaultLoop::QueueFlush(Slot& slot) {
   if (slot.flush_queued) return;
@@ -30,7 +31,11 @@ void FaultLoop::Add(FaultQueue* queue) {
   slot->write = {this, kWrite, slot.get(), false};
   Slot& ref = *slot;
   slots_.push_back(std::move(slot));
-  queue->responses().set_on_first_pending([this, &ref] { QueueFlush(ref); });
+  // A queue may outlive the loop (and answer, from an obligation's destructor): the hook then
+  // finds the loop gone and does nothing.
+  queue->responses().set_on_first_pending([alive = std::weak_ptr<FaultLoop*>(self_), slot = &ref] {
+    if (auto loop = alive.lock()) (*loop)->QueueFlush(*slot);
+  });
   QueueFlush(ref);  // answers queued before it joined (crash recovery) are written too
   if (ring_->running() && !ring_->stopping()) ArmRead(ref);
 }
@@ -111,16 +116,20 @@ void FaultLoop::ArmRead(Slot& slot) {
 }
 
 uint64_t FaultLoop::TurnNs() {
-  // One clock read per turn, not per completion (two per page request at K=1: a third of the
-  // loop's own CPU in bench/fault_path.cc). Every completion of a turn was posted before the
-  // turn began, so the turn's first reading is no earlier than any of them: a latency measured
-  // from it is never longer than the real one, and it errs by at most the turn's own work.
-  if (turn_ns_ == 0) turn_ns_ = MonotonicNs();
+  // One clock read per batch of completions the ring collected together, not per completion
+  // (two per page request at K=1: a third of the loop's own CPU in bench/fault_path.cc). Every
+  // completion of a batch was posted before the batch was collected, so its first reading is no
+  // earlier than any of them: a latency measured from it is never longer than the real one, and
+  // it errs by at most the work done on that batch before it.
+  const uint64_t reaps = ring_->reaps();
+  if (turn_ns_ == 0 || reaps != turn_reaps_) {
+    turn_ns_ = MonotonicNs();
+    turn_reaps_ = reaps;
+  }
   return turn_ns_;
 }
 
 void FaultLoop::SubmitAnswers() {
-  turn_ns_ = 0;  // the turn's completions are handled: the next turn reads the clock again
   // A slot whose write is in flight is queued again when that write completes.
   flushing_.swap(to_flush_);
   for (Slot* slot : flushing_) {

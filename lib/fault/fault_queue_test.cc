@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -162,6 +163,7 @@ class RecordingRing : public RingIo {
   bool Run() override { return true; }
   bool running() const override { return true; }
   bool stopping() const override { return false; }
+  uint64_t reaps() const override { return 0; }
   struct Pending {
     RingOp* op;
     std::vector<uapi::PageResponse> responses;
@@ -217,6 +219,29 @@ TEST(FaultLoopTest, AnswersQueuedDuringAWriteGoOutAfterIt) {
   loop.SubmitAnswers();
   ASSERT_EQ(ring.writes.size(), 2u);
   EXPECT_EQ(ring.writes[1].responses[0].cookie, 2u);
+}
+
+// Lifetimes at shutdown, either way round (the ASan tier sees a use after free): the device
+// layer's queues destroyed before the loop (the daemon's order), and a queue answering after the
+// loop that served it is gone (an obligation's destructor answers).
+TEST(FaultLoopTest, QueuesAndTheLoopMayEndInEitherOrder) {
+  {
+    RecordingRing ring;
+    FaultLoop loop(&ring);
+    auto f = std::make_unique<Fixture>();
+    loop.Add(&f->q);
+    f.reset();
+  }
+  Fixture f;
+  {
+    RecordingRing ring;
+    FaultLoop loop(&ring);
+    loop.Add(&f.q);
+  }
+  f.responses.BeginBatch();
+  f.responses.Add(1, uapi::kRespInvalid, 0);
+  f.responses.EndBatch();
+  EXPECT_TRUE(f.responses.HasUnwritten());
 }
 
 }  // namespace

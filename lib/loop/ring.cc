@@ -120,6 +120,7 @@ int Ring::Reap() {
   io_uring_cqe* cqe;
   unsigned head;
   int seen = 0;
+  ++reaps_;
   io_uring_for_each_cqe(&ring_, head, cqe) {
     ++seen;
     auto* op = static_cast<RingOp*>(io_uring_cqe_get_data(cqe));

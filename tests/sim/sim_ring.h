@@ -59,6 +59,8 @@ class SimRing : public RingIo {
   bool Run() override { return Turn().ok(); }
   bool running() const override { return true; }
   bool stopping() const override { return stopping_; }
+  // Every completion is delivered on its own: each gets its own clock reading.
+  uint64_t reaps() const override { return delivered_; }
   void set_stopping(bool stopping) { stopping_ = stopping; }
 
   // One turn of the loop: until nothing more happens, cancels are delivered, writes and the
@@ -96,6 +98,7 @@ class SimRing : public RingIo {
   };
 
   void Deliver(RingOp* op, int res) {
+    ++delivered_;
     op->in_flight = false;
     loop_->Complete(*op, res);
   }
@@ -145,6 +148,7 @@ class SimRing : public RingIo {
   std::vector<PendingWrite> writes_;
   std::deque<std::pair<RingOp*, int>> completions_;
   bool stopping_ = false;
+  uint64_t delivered_ = 0;
 };
 
 // The daemon's FaultLoop and LoopHost on a SimRing, with what tests watch: how often the drain

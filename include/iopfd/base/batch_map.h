@@ -99,7 +99,8 @@ class BatchMap {
     size_ = 0;
     for (Slot& s : old) {
       if (s.epoch != old_epoch) continue;
-      *Find(s.key) = Slot{std::move(s.key), std::move(s.value), epoch_};
+      Slot* to = Find(s.key);  // before the key is moved from
+      *to = Slot{std::move(s.key), std::move(s.value), epoch_};
       ++size_;
     }
   }

@@ -98,14 +98,17 @@ class FaultLoop : public RingClient {
   void ReadRemaining(FaultQueue* q, uint64_t deadline);
   // Puts the slot on the list SubmitAnswers visits (once).
   void QueueFlush(Slot& slot);
-  // The time of the current ring turn: read at its first completion, forgotten when its
-  // answers are submitted (SubmitAnswers ends every turn).
+  // The time of the completions the ring collected in its current batch (RingIo::reaps): read
+  // at the batch's first completion the loop handles.
   uint64_t TurnNs();
 
   RingIo* ring_;
   std::vector<std::unique_ptr<Slot>> slots_;
   uint64_t removed_owed_ = 0;  // groups removed queues left owed, for the exit code
-  uint64_t turn_ns_ = 0;       // TurnNs's reading; 0: not read in this turn
+  uint64_t turn_ns_ = 0;       // TurnNs's reading; 0: not read yet
+  uint64_t turn_reaps_ = 0;    // the ring's reaps() when it was read
+  // What the queues' hooks hold (weakly) to find the loop: gone with it.
+  std::shared_ptr<FaultLoop*> self_ = std::make_shared<FaultLoop*>(this);
   // The slots that may have answers to write: queued when a response is queued behind an empty
   // queue (ResponseQueue::set_on_first_pending), when a write completes (a short write leaves
   // some to re-send) and when a queue is added or re-armed. SubmitAnswers visits these only: a

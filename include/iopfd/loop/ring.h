@@ -77,6 +77,10 @@ class RingIo {
   // True once the ring serves (operations armed now complete); true once it is stopping.
   virtual bool running() const = 0;
   virtual bool stopping() const = 0;
+  // Returns how many times the ring collected completions from the kernel so far: completions
+  // delivered with the same count were collected together (the fault loop reads the clock once
+  // for them).
+  virtual uint64_t reaps() const = 0;
 };
 
 class Ring : public RingIo {
@@ -131,6 +135,7 @@ class Ring : public RingIo {
   bool running() const override { return running_; }
   // Returns true once a stop signal arrived (or RequestStop).
   bool stopping() const override { return stopping_; }
+  uint64_t reaps() const override { return reaps_; }
   // Stops the ring as SIGTERM does (from the ring's thread: a hook or a client).
   void RequestStop() { stopping_ = true; }
 
@@ -177,6 +182,7 @@ class Ring : public RingIo {
   };
   std::vector<Deferred> deferred_;  // client completions of the current turn
   bool stopping_ = false;
+  uint64_t reaps_ = 0;  // see reaps()
   bool running_ = false;
   bool failed_ = false;
   bool reload_requested_ = false;
