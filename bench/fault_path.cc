@@ -213,6 +213,7 @@ class Rig {
  public:
   Rig(const Case& c, Pager* pager, BenchRing* ring, FaultLoop* loop, int index)
       : ring_(ring),
+        pager_(pager),
         spaces_(MakeSpaces(c.region_bytes)),
         responses_(&stats_),
         processor_(FaultProcessorOptions{}, &spaces_, &mapper_, &responses_, &stats_),
@@ -222,14 +223,18 @@ class Rig {
       ledger_ = *InflightLedger::Create("bench", 512);
       queue_.set_ledger(ledger_.get());
     }
-    PagedDevice* paged = pager->AddDevice("bench" + std::to_string(index), std::nullopt,
-                                          &stats_.paging, &responses_);
+    paged_device_ = pager->AddDevice("bench" + std::to_string(index), std::nullopt, &stats_.paging,
+                                     &responses_);
     paged_ =
-        pager->AddSpace(paged, &spaces_.spaces()[0], &mapper_,
+        pager->AddSpace(paged_device_, &spaces_.spaces()[0], &mapper_,
                         c.budget ? std::optional<uint64_t>(c.region_bytes / 16) : std::nullopt);
     processor_.set_pager(pager);
     loop->Add(&queue_);  // arms the first read
   }
+  // As a device leaving the daemon does: its spaces leave the pager before they are freed.
+  ~Rig() { pager_->RemoveDevice(paged_device_); }
+  Rig(const Rig&) = delete;
+  Rig& operator=(const Rig&) = delete;
   // One read of `records` and the write of its answers. Returns false when the loop had no read
   // armed for them (it gave the queue up).
   bool Serve(const uapi::PageFault* records, size_t count) {
@@ -255,6 +260,8 @@ class Rig {
   }
 
   BenchRing* ring_;
+  Pager* pager_;
+  PagedDevice* paged_device_ = nullptr;
   NullKernel kernel_;
   NullMapper mapper_;
   SpaceTable spaces_;
