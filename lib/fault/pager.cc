@@ -310,8 +310,6 @@ bool Pager::PickVictim(uint64_t now_ns, size_t* which, int* list, UnitRef* ref) 
   return false;
 }
 
-// Longer than 60 lines: one run's loop; the dirty second chance and the cursor moves share its
-// state.
 void Pager::EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns) {
   const uint64_t budget = *scope.budget;
   if (!scope.at_budget_reported) {

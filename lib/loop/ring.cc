@@ -22,8 +22,9 @@ absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(uint32_t entries) {
   std::unique_ptr<Ring> ring(new Ring());
   // One thread owns the ring: SINGLE_ISSUER and COOP_TASKRUN spare the kernel the cross-thread
   // wakeups (Linux >= 6.0). Older kernels refuse the flags with EINVAL; retry without them.
-  // (DEFER_TASKRUN was tried: iopfd serving 64 devices then failed to finish its stop within
-  // 30 s in the VM bench, one device did not; not understood yet, so not used. PERFORMANCE.md.)
+  // (DEFER_TASKRUN was tried: with it, iopfd serving 64 devices did not finish its stop within
+  // 30 s in the VM bench, while with one device it stopped normally; not understood yet, so
+  // not used. PERFORMANCE.md.)
   io_uring_params params{};
   params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
   int rc = io_uring_queue_init_params(entries, &ring->ring_, &params);
