@@ -53,7 +53,9 @@ void DropRegion(Env& e, uint64_t size) {
 }
 
 // The device file: one rw region of `size` bytes at kIova backed by ram1, no prefetch, units of
-// `unit` bytes, and `max_resident` bytes for the space (0: unbounded).
+// `unit` bytes, each mapped whole from its first touch (first_touch = "unit": the tables in
+// docs/PAGING.md compare unit sizes and policies, not partial units), and `max_resident` bytes
+// for the space (0: unbounded).
 std::string DeviceText(const Env& e, uint64_t size, uint64_t unit, uint64_t max_resident) {
   std::string budget =
       max_resident == 0 ? "" : Format("max_resident = \"%lluKiB\"\n", max_resident >> 10);
@@ -62,7 +64,7 @@ std::string DeviceText(const Env& e, uint64_t size, uint64_t unit, uint64_t max_
       "[adopt]\niommufd_fd = \"iommufd\"\nfault_fd = \"fault\"\ndevice_id = %u\n\n"
       "[[space]]\nioas_id = %u\n%s"
       "  [[space.region]]\n  iova = 0x%llx\n  size = \"%lluKiB\"\n  map_unit = \"%lluKiB\"\n"
-      "  backing = \"fd:ram1\"\n  access = \"rw\"\n",
+      "  backing = \"fd:ram1\"\n  access = \"rw\"\n  first_touch = \"unit\"\n",
       e.idev, e.ioas, budget.c_str(), static_cast<unsigned long long>(kIova),
       static_cast<unsigned long long>(size >> 10), static_cast<unsigned long long>(unit >> 10));
 }

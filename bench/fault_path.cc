@@ -197,6 +197,10 @@ struct Case {
   bool ledger = false;            // the in-flight ledger recording reads and owed answers
   bool budget = false;            // a space budget of 1/16 of the region: eviction all along
   bool thrash_protection = true;  // the pager's default; off: eviction's cost alone
+  // first_touch = "page" (the daemon's default): a request alone in its unit maps its page only.
+  // Off in the rows without ":first_touch:page", which map whole units (first_touch = "unit"),
+  // so that they compare with the rows measured before partial units existed.
+  bool first_touch_page = false;
   // Each device's region: 1 GiB is 262,144 pages, 16,384 units of 64 KiB.
   uint64_t region_bytes = 1ull << 30;
 
@@ -214,7 +218,7 @@ class Rig {
   Rig(const Case& c, Pager* pager, BenchRing* ring, FaultLoop* loop, int index)
       : ring_(ring),
         pager_(pager),
-        spaces_(MakeSpaces(c.region_bytes)),
+        spaces_(MakeSpaces(c.region_bytes, c.first_touch_page)),
         responses_(&stats_),
         processor_(FaultProcessorOptions{}, &spaces_, &mapper_, &responses_, &stats_),
         queue_("bench" + std::to_string(index), BenchRing::kFirstFd + index, &kernel_,
@@ -249,11 +253,11 @@ class Rig {
   const NullMapper& mapper() const { return mapper_; }
 
  private:
-  static SpaceTable MakeSpaces(uint64_t bytes) {
+  static SpaceTable MakeSpaces(uint64_t bytes, bool first_touch_page) {
     std::vector<Region> regions;
     regions.emplace_back(kRegionIova, bytes, kPage, uapi::kPermRead | uapi::kPermWrite,
                          /*prefetch=*/0, /*backing_fd=*/-1, /*backing_offset=*/0,
-                         /*backing_va=*/nullptr, DefaultMapUnit(kPage));
+                         /*backing_va=*/nullptr, DefaultMapUnit(kPage), first_touch_page);
     std::vector<AddressSpace> spaces;
     spaces.emplace_back(std::nullopt, IoasId(1), std::move(regions));
     return SpaceTable(std::move(spaces));
@@ -465,6 +469,17 @@ void Register() {
   Case budget_unprotected = budget_random;
   budget_unprotected.thrash_protection = false;
   add("batch:64/random/mapped:0/budget/thrash_protection:off", budget_unprotected);
+  // Partial units: the rows above again where first touches alone map their page.
+  for (auto [name, c] : std::vector<std::pair<std::string, Case>>{
+           {"batch:64/seq/mapped:0", base},
+           {"batch:64/random/mapped:0", many_random},
+           {"batch:256/random/mapped:0", many_random},
+           {"batch:64/random/mapped:0/budget", budget_random}}) {
+    c.devices = 1;
+    if (name.find("256") != std::string::npos) c.batch = 256;
+    c.first_touch_page = true;
+    add(name + "/first_touch:page", c);
+  }
 }
 
 }  // namespace

@@ -50,7 +50,8 @@ constexpr uint64_t kBenchSize = 512ull << 20;
 // into `dir`'s devices.d (its own config directory by default): one rw region with `prefetch`
 // bytes mapped ahead (none by default, so every request needs exactly its own map unit).
 void UseBenchRegion(Env& e, const std::string& prefetch = "0", std::string dir = "",
-                    const std::string& map_unit = "64KiB") {
+                    const std::string& map_unit = "64KiB",
+                    const std::string& first_touch = "page") {
   munmap(e.va1, kR1Size);
   close(e.ram1);
   e.ram1 = memfd_create("iopf-bench", MFD_CLOEXEC);
@@ -63,10 +64,10 @@ void UseBenchRegion(Env& e, const std::string& prefetch = "0", std::string dir =
                    "[[space]]\nioas_id = %u\n"
                    "  [[space.region]]\n  iova = 0x%llx\n  size = \"512MiB\"\n"
                    "  backing = \"fd:%sram1\"\n  access = \"rw\"\n  prefetch = \"%s\"\n"
-                   "  map_unit = \"%s\"\n",
+                   "  map_unit = \"%s\"\n  first_touch = \"%s\"\n",
                    e.dev.c_str(), e.prefix.c_str(), e.prefix.c_str(), e.idev, e.ioas,
                    static_cast<unsigned long long>(kBenchIova), e.prefix.c_str(), prefetch.c_str(),
-                   map_unit.c_str()));
+                   map_unit.c_str(), first_touch.c_str()));
 }
 
 // Env's destructor unmaps the small region it made; the bench region replaced it. Without this
@@ -563,9 +564,10 @@ Result RunIopfd(int n, int k, const Load& load = {}) {
 
 // ---- Against the floor (issue 15) ----
 
-// iopfd4k: iopfd with 4 KiB map units instead of the default 64 KiB, mapping what the floor
-// maps per request.
-enum class Handler { kNaive, kFloor, kIopfd, kIopfd4k };
+// iopfd: the defaults (64 KiB units, a first touch alone maps its page); iopfd-unit: every
+// first touch maps its whole unit (first_touch = "unit", as before partial units); iopfd4k: 4 KiB
+// map units, mapping what the floor maps per request.
+enum class Handler { kNaive, kFloor, kIopfd, kIopfdUnit, kIopfd4k };
 const char* Name(Handler h) {
   switch (h) {
     case Handler::kNaive:
@@ -574,13 +576,21 @@ const char* Name(Handler h) {
       return "floor";
     case Handler::kIopfd:
       return "iopfd";
+    case Handler::kIopfdUnit:
+      return "iopfd-unit";
     case Handler::kIopfd4k:
       return "iopfd4k";
   }
   return "?";
 }
-bool IsIopfd(Handler h) { return h == Handler::kIopfd || h == Handler::kIopfd4k; }
-std::string UnitOf(Handler h) { return h == Handler::kIopfd4k ? "4KiB" : "64KiB"; }
+bool IsIopfd(Handler h) {
+  return h == Handler::kIopfd || h == Handler::kIopfdUnit || h == Handler::kIopfd4k;
+}
+// The bench region for handler h (prefetch as given).
+void UseRegionOf(Handler h, Env& e, const std::string& prefetch) {
+  UseBenchRegion(e, prefetch, "", h == Handler::kIopfd4k ? "4KiB" : "64KiB",
+                 h == Handler::kIopfdUnit ? "unit" : "page");
+}
 
 // One handler serving the devices of a config directory: naive and floor forked on the first
 // device, iopfd started on all of them. Pause/Resume stop and continue it (SIGSTOP/SIGCONT), so
@@ -659,7 +669,7 @@ struct Sample {
 Sample Burst(Handler h, int n, bool random, int rep) {
   Env e;
   Setup(e, Format("burst-%s-%d-%d", Name(h), random ? 1 : 0, rep), "warning");
-  UseBenchRegion(e, "0", "", UnitOf(h));
+  UseRegionOf(h, e, "0");
   BenchRegionGuard guard{e};
   Served s(h, {&e});
   Sample out;
@@ -709,7 +719,7 @@ Sample Burst(Handler h, int n, bool random, int rep) {
 Sample Concurrent(Handler h, int n, int k, int rep) {
   Env e;
   Setup(e, Format("k-%s-%d-%d", Name(h), k, rep), "warning");
-  UseBenchRegion(e, "0", "", UnitOf(h));
+  UseRegionOf(h, e, "0");
   BenchRegionGuard guard{e};
   Served s(h, {&e});
   Result r = Generate(e, n, k);
@@ -725,7 +735,7 @@ Sample Concurrent(Handler h, int n, int k, int rep) {
 Sample Stream(Handler h, int n, int rep) {
   Env e;
   Setup(e, Format("stream-%s-%d", Name(h), rep), "warning");
-  UseBenchRegion(e, "1MiB", "", UnitOf(h));
+  UseRegionOf(h, e, "1MiB");
   BenchRegionGuard guard{e};
   Served s(h, {&e});
   Sample out;
@@ -846,7 +856,7 @@ void PrintCase(const std::string& label, const std::map<Handler, Repeated>& by,
                    r.median.faults ? static_cast<double>(r.median.maps) / r.median.faults : 0.0);
     if (r.median.p50_us > 0) line += Format(" p50 %.1f us", r.median.p50_us);
   }
-  for (Handler mine : {Handler::kIopfd, Handler::kIopfd4k}) {
+  for (Handler mine : {Handler::kIopfd, Handler::kIopfdUnit, Handler::kIopfd4k}) {
     const auto io = by.find(mine);
     for (Handler base : {Handler::kFloor, Handler::kNaive}) {
       const auto b = by.find(base);
@@ -865,7 +875,8 @@ void PrintCase(const std::string& label, const std::map<Handler, Repeated>& by,
 // The parts "burst", "k", "stream" and "devices" ("floor" is all four).
 bool RunFloorParts(const std::set<std::string>& parts, int n, const std::vector<int>& ks) {
   constexpr int kReps = 3;
-  constexpr Handler kAll[] = {Handler::kFloor, Handler::kNaive, Handler::kIopfd, Handler::kIopfd4k};
+  constexpr Handler kAll[] = {Handler::kFloor, Handler::kNaive, Handler::kIopfd,
+                              Handler::kIopfdUnit, Handler::kIopfd4k};
   auto want = [&](const char* part) { return parts.count(part) || parts.count("floor"); };
   bool ok = true;
   std::printf("IOPF-BENCH floor: each case %d times, median rate [min-max]; n = %d\n", kReps, n);

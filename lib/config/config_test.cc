@@ -467,7 +467,7 @@ access = "r"
           "dev.toml:13:1: space[0].pasdi: unknown key (expected one of pasid, ioas_id, hwpt_id, "
           "dirty_tracking, max_resident, region)",
           "dev.toml:16:1: space[0].region[0].sise: unknown key (expected one of iova, size, "
-          "backing, offset, access, prefetch, map_unit)",
+          "backing, offset, access, prefetch, map_unit, first_touch)",
           "dev.toml:20:2: extra: unknown key (expected one of name, attach, sysfs, adopt, vfio, "
           "limits, drain, space)"));
 }
@@ -670,7 +670,7 @@ using iopfd_testing::MemberCount;
 // these structs fails the count below until its change is added to the list: that is how a new
 // key cannot be left out of the comparison.
 TEST(DeviceSettingsTest, EveryMemberIsComparedAndOnlySettingsAre) {
-  static_assert(MemberCount<RegionConfig>() == 11, "add the new member's change below");
+  static_assert(MemberCount<RegionConfig>() == 12, "add the new member's change below");
   static_assert(MemberCount<SpaceConfig>() == 7, "add the new member's change below");
   static_assert(MemberCount<AdoptConfig>() == 6, "add the new member's change below");
   static_assert(MemberCount<VfioConfig>() == 2, "add the new member's change below");
@@ -694,6 +694,8 @@ TEST(DeviceSettingsTest, EveryMemberIsComparedAndOnlySettingsAre) {
       {"region.prefetch", [](DeviceConfig& d) { d.spaces[0].regions[0].prefetch = 1; }},
       {"region.page_size", [](DeviceConfig& d) { d.spaces[0].regions[0].page_size = 1; }},
       {"region.map_unit", [](DeviceConfig& d) { d.spaces[0].regions[0].map_unit = 1; }},
+      {"region.first_touch",
+       [](DeviceConfig& d) { d.spaces[0].regions[0].first_touch_page = false; }},
       {"space.max_resident", [](DeviceConfig& d) { d.spaces[0].max_resident = 1; }},
       {"limits.max_resident", [](DeviceConfig& d) { d.limits.max_resident = 1; }},
       {"space.pasid", [](DeviceConfig& d) { d.spaces[0].pasid = 1; }},
@@ -1918,6 +1920,26 @@ TEST(PagingConfigTest, MapUnitAndBudgetsAreRead) {
   ASSERT_THAT(ErrorStrings(plain), IsEmpty());
   EXPECT_EQ(plain.config.devices[0].spaces[0].regions[0].map_unit, 0u);
   EXPECT_FALSE(plain.config.devices[0].limits.max_resident.has_value());
+}
+
+TEST(PagingConfigTest, FirstTouchIsRead) {
+  const auto touch = [](std::string_view line) {
+    return Parse(WithRegion(std::string("iova = 0x100000\nsize = \"1MiB\"\nbacking = "
+                                        "\"anonymous\"\naccess = \"r\"\n") +
+                            std::string(line)));
+  };
+  LoadResult absent = touch("");
+  ASSERT_THAT(ErrorStrings(absent), IsEmpty());
+  EXPECT_TRUE(absent.config.devices[0].spaces[0].regions[0].first_touch_page);
+  LoadResult unit = touch("first_touch = \"unit\"\n");
+  ASSERT_THAT(ErrorStrings(unit), IsEmpty());
+  EXPECT_FALSE(unit.config.devices[0].spaces[0].regions[0].first_touch_page);
+  LoadResult page = touch("first_touch = \"page\"\n");
+  ASSERT_THAT(ErrorStrings(page), IsEmpty());
+  EXPECT_TRUE(page.config.devices[0].spaces[0].regions[0].first_touch_page);
+  EXPECT_THAT(ErrorStrings(touch("first_touch = \"pages\"\n")),
+              ElementsAre("dev.toml:14:15: space[0].region[0].first_touch: must be \"page\" or "
+                          "\"unit\" (got \"pages\")"));
 }
 
 TEST(PagingConfigTest, SpaceBudgetIsRead) {

@@ -82,6 +82,14 @@ uint64_t MapUnitOf(const RegionConfig& region) {
 // may map (limits.max_fault_map_bytes, or one page when a page is larger).
 void ParseMapUnit(Reporter& rep, const toml::table& table, const std::string& prefix,
                   const DeviceLimits& limits, RegionConfig* region) {
+  if (const auto touch = GetString(rep, table, prefix, "first_touch", /*required=*/false)) {
+    if (touch->value == "page" || touch->value == "unit") {
+      region->first_touch_page = touch->value == "page";
+    } else {
+      rep.At(*touch->node, Cat(JoinPath(prefix, "first_touch"),
+                               ": must be \"page\" or \"unit\" (got \"", touch->value, "\")"));
+    }
+  }
   const auto unit = GetSize(rep, table, prefix, "map_unit", /*required=*/false);
   if (!unit) return;
   const std::string path = JoinPath(prefix, "map_unit");
@@ -127,7 +135,7 @@ void CheckBudget(Reporter& rep, const Field<uint64_t>& budget, const std::string
 bool ParseRegion(Reporter& rep, const toml::table& table, const std::string& prefix,
                  const DeviceLimits& limits, bool check_backings, RegionConfig* region) {
   CheckKeys(rep, table, prefix,
-            {"iova", "size", "backing", "offset", "access", "prefetch", "map_unit"});
+            {"iova", "size", "backing", "offset", "access", "prefetch", "map_unit", "first_touch"});
   region->where = rep.Where(table);
   region->page_size = kBasePageSize;
 

@@ -141,7 +141,7 @@ absl::Status Device::SetUpFaultPath(ListenFds* fds, DeviceId dev_id,
       const Backing& b = backings_.back();
       const uint64_t page = r.page_size ? r.page_size : 4096;
       regions.emplace_back(r.iova, r.size, page, r.access, r.prefetch, b.fd(), r.offset, b.va(),
-                           r.map_unit != 0 ? r.map_unit : DefaultMapUnit(page));
+                           r.map_unit != 0 ? r.map_unit : DefaultMapUnit(page), r.first_touch_page);
     }
     spaces.emplace_back(s.pasid, ioas[i], std::move(regions));
   }

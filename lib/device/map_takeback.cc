@@ -86,6 +86,21 @@ Found Locate(std::vector<AddressSpace>& spaces, const std::vector<RecordedRegion
   return {};
 }
 
+// The pages of a recorded partial unit that are mapped: each copied alone into `scratch` (a copy
+// succeeds only over what is mapped, KERNEL_FACTS.md 11). A partial unit holds few pages.
+std::vector<uint64_t> PresentPages(Iommufd& iommufd, IoasId scratch, IoasId ioas,
+                                   const Region& region, uint32_t unit) {
+  std::vector<uint64_t> present;
+  const uint64_t first = region.UnitFirstPage(unit);
+  for (uint64_t p = first; p < first + region.UnitPageCount(unit); ++p) {
+    if (iommufd.Copy(scratch, ioas, region.iova() + p * region.page_size(), region.page_size())
+            .ok()) {
+      present.push_back(p);
+    }
+  }
+  return present;
+}
+
 }  // namespace
 
 // Longer than 60 lines: the outcomes of a recorded unit, the budgets, and the report are one
@@ -94,7 +109,9 @@ Device::TakenBack Device::TakeBackMappings(std::unique_ptr<MapRecord> previous) 
   TakenBack out;
   if (previous == nullptr || map_record_ == nullptr || !iommufd_) return out;
   const uint64_t now = MonotonicNs();
-  const bool same = previous->layout() == map_record_->layout();
+  // An older file (map_record.h) cannot record partial units: the device records in its own.
+  const bool same =
+      previous->layout() == map_record_->layout() && previous->version() == map_record_->version();
   std::unique_ptr<MapRecord> old;  // the previous file, when its layout is not this one
   if (same) {
     // Go on in the file the store keeps: nothing to replace there.
@@ -116,6 +133,14 @@ Device::TakenBack Device::TakeBackMappings(std::unique_ptr<MapRecord> previous) 
   // partly so would leave the device faulting on the rest for good).
   std::optional<IoasId> scratch;
   bool scratch_failed = false;
+  auto have_scratch = [&] {
+    if (!scratch && !scratch_failed) {
+      auto id = iommufd_->IoasAlloc();
+      scratch_failed = !id.ok();
+      if (id.ok()) scratch = *id;
+    }
+    return scratch.has_value();
+  };
   const std::vector<RecordedRegion>& layout = map_record_->layout();  // this device's
   from.ForEachHeld([&](const RecordedUnit& ru) {
     Found f = Locate(spaces_->spaces(), layout, from.layout()[ru.region], ru);
@@ -132,18 +157,29 @@ Device::TakenBack Device::TakeBackMappings(std::unique_ptr<MapRecord> previous) 
       return;
     }
     if (same) map_record_->Set(ru.region, ru.unit, false);  // set again once resident
+    if (ru.partial) {
+      // Held in part: whichever of its pages are still mapped are iopfd's again (the owner
+      // maps nothing inside iopfd's regions; a unit it replaced was recorded whole).
+      if (!have_scratch()) {
+        ++out.partial;
+        return;
+      }
+      const std::vector<uint64_t> present =
+          PresentPages(*iommufd_, *scratch, f.space->ioas(), *f.region, f.unit);
+      if (present.empty() || !processor_->TakeBack(f.space, f.region, f.unit, now, present)) {
+        return;
+      }
+      ++out.units;
+      out.bytes += present.size() * f.region->page_size();
+      return;
+    }
     const MapRequest req = f.region->MakeUnitRequest(f.space->ioas(), f.unit);
     absl::Status st = mapper_->Map(req);
     // ENOMEM is a transient allocation failure on the way (FaultProcessor::CallMap).
     for (int retry = 0; retry < 2 && ErrnoOf(st) == ENOMEM; ++retry) st = mapper_->Map(req);
     if (ErrnoOf(st) == EEXIST) {
-      if (!scratch && !scratch_failed) {
-        auto id = iommufd_->IoasAlloc();
-        scratch_failed = !id.ok();
-        if (id.ok()) scratch = *id;
-      }
-      st = scratch ? iommufd_->Copy(*scratch, f.space->ioas(), req.iova, req.length)
-                   : absl::UnavailableError("no IOAS to check the unit with");
+      st = have_scratch() ? iommufd_->Copy(*scratch, f.space->ioas(), req.iova, req.length)
+                          : absl::UnavailableError("no IOAS to check the unit with");
       if (!st.ok()) {
         ++out.partial;  // not all mapped: served as someone else's (stuck), as before records
         return;
@@ -163,7 +199,8 @@ Device::TakenBack Device::TakeBackMappings(std::unique_ptr<MapRecord> previous) 
   if (old != nullptr && old->Fits(map_record_->layout())) {
     // Go on in the stored file all the same, under the new layout: the store keeps it already.
     old->Relayout(map_record_->layout());
-    map_record_->ForEachHeld([&](const RecordedUnit& u) { old->Set(u.region, u.unit, true); });
+    map_record_->ForEachHeld(
+        [&](const RecordedUnit& u) { old->Set(u.region, u.unit, true, u.partial); });
     AttachMapRecord(old.get());
     map_record_ = std::move(old);
   }

@@ -7,7 +7,8 @@
 namespace iopfd {
 
 Region::Region(uint64_t iova, uint64_t size, uint64_t page_size, uint32_t access, uint64_t prefetch,
-               int backing_fd, uint64_t backing_offset, void* backing_va, uint64_t unit_bytes)
+               int backing_fd, uint64_t backing_offset, void* backing_va, uint64_t unit_bytes,
+               bool first_touch_page)
     : iova_(iova),
       size_(size),
       page_size_(page_size),
@@ -17,11 +18,30 @@ Region::Region(uint64_t iova, uint64_t size, uint64_t page_size, uint32_t access
       backing_offset_(backing_offset),
       backing_va_(backing_va),
       unit_pages_(std::max<uint64_t>(unit_bytes / page_size, 1)),
+      first_touch_page_(first_touch_page),
       units_((size / page_size + unit_pages_ - 1) / unit_pages_) {}
 
 void Region::MarkPagePresent(uint64_t page) {
   if (present_.empty()) present_.assign((pages() + 63) / 64, 0);
   present_[page / 64] |= uint64_t{1} << (page % 64);
+}
+
+void Region::ClearPresent(uint32_t unit) {
+  if (present_.empty()) return;
+  const uint64_t first = UnitFirstPage(unit);
+  for (uint64_t p = first; p < first + UnitPageCount(unit); ++p) {
+    present_[p / 64] &= ~(uint64_t{1} << (p % 64));
+  }
+}
+
+void Region::NotePagesMapped(uint32_t unit, uint64_t pages) {
+  Unit& u = units_[unit];
+  mapped_count_ += pages;
+  u.partial_pages += static_cast<uint32_t>(pages);
+  if (u.partial_pages < UnitPageCount(unit)) return;
+  u.partial_pages = 0;
+  ClearPresent(unit);
+  RecordHeld(unit, true);
 }
 
 MapRequest Region::MakeUnitRequest(IoasId ioas, uint32_t unit) const {

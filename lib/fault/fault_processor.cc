@@ -183,6 +183,7 @@ void FaultProcessor::CountPages() {
   // What the batch asks for: each distinct page once, repeats as deduplicated, pages already
   // mapped as answered without a map.
   seen_pages_.Clear(needs_.size());
+  unit_wants_.Clear(needs_.size());
   wanted_unmapped_ = 0;
   batch_mapped_pages_ = 0;
   for (const Need& n : needs_) {
@@ -192,6 +193,10 @@ void FaultProcessor::CountPages() {
       ++stats_->pages_already_mapped;
     } else {
       ++wanted_unmapped_;
+      // How many pages of its unit the batch asks for: one alone may map just itself (Alone).
+      if (n.region->first_touch_page()) {
+        ++*unit_wants_.TryEmplace({n.region, n.region->UnitOf(n.page)}, 0).first;
+      }
     }
   }
 }
@@ -229,8 +234,8 @@ void FaultProcessor::MapGroup(size_t first, size_t end, uint64_t now_ns, bool fi
   for (size_t k = first; k < end && !g.failed && !g.waiting; ++k) {
     const Need& n = needs_[k];
     if (n.region->IsMapped(n.page)) continue;
-    switch (MapUnit(n.space, n.region, n.region->UnitOf(n.page), n.page, /*needed=*/true, now_ns,
-                    final_round)) {
+    switch (MapUnit(n.space, n.region, n.region->UnitOf(n.page), n.page, /*needed=*/true, Alone(n),
+                    now_ns, final_round)) {
       case UnitResult::kMapped:
         Pin(n.space, n.region, n.page);
         break;
@@ -253,47 +258,81 @@ void FaultProcessor::MapGroup(size_t first, size_t end, uint64_t now_ns, bool fi
     const uint32_t last = n.region->UnitOf(n.end - 1);
     for (uint32_t u = n.region->UnitOf(n.page) + 1; u <= last; ++u) {
       if (n.region->unit(u).mapped()) continue;
-      if (MapUnit(n.space, n.region, u, n.region->UnitFirstPage(u), /*needed=*/false, now_ns,
-                  final_round) == UnitResult::kNoRoom) {
+      if (MapUnit(n.space, n.region, u, n.region->UnitFirstPage(u), /*needed=*/false,
+                  /*alone=*/false, now_ns, final_round) == UnitResult::kNoRoom) {
         break;
       }
     }
   }
 }
 
+bool FaultProcessor::Alone(const Need& n) const {
+  const Region& r = *n.region;
+  if (!r.first_touch_page() || n.end != n.page + 1) return false;
+  const uint32_t unit = r.UnitOf(n.page);
+  if (r.unit(unit).mapped()) return false;
+  const uint32_t* wants = unit_wants_.Get({n.region, unit});
+  if (wants == nullptr || *wants != 1) return false;
+  // Beside a whole unit, a request is the next step of a stream more likely than a stray one.
+  auto whole = [&r](uint32_t u) {
+    const Unit& x = r.unit(u);
+    return x.mapped() && x.state != Unit::State::kStuck && x.partial_pages == 0;
+  };
+  return !(unit > 0 && whole(unit - 1)) && !(unit + 1 < r.unit_count() && whole(unit + 1));
+}
+
+std::optional<FaultProcessor::UnitResult> FaultProcessor::Room(AddressSpace* space, uint64_t bytes,
+                                                               bool needed, uint64_t now_ns,
+                                                               bool final_round) {
+  PagedSpace* paging = pager_ != nullptr ? space->paging() : nullptr;
+  if (paging == nullptr) return std::nullopt;
+  switch (pager_->MakeRoom(*paging, bytes, now_ns, /*may_evict=*/needed)) {
+    case Pager::Room::kOk:
+      return std::nullopt;
+    case Pager::Room::kPinned:
+      if (!needed) return UnitResult::kNoRoom;
+      ++stats_->paging.over_budget;
+      return final_round ? UnitResult::kNoRoom : UnitResult::kWait;
+    case Pager::Room::kNoRoom:
+      if (needed) ++stats_->paging.over_budget;
+      return UnitResult::kNoRoom;
+  }
+  return UnitResult::kNoRoom;
+}
+
+FaultProcessor::UnitResult FaultProcessor::MapStuckPage(AddressSpace* space, Region* region,
+                                                        uint64_t page) {
+  MapRequest req = region->MakePageRequest(space->ioas(), page);
+  if (CallMap(req) || ErrnoOf(last_map_status_) == EEXIST) {
+    region->MarkPagePresent(page);
+    if (last_map_status_.ok()) batch_mapped_pages_ += 1;
+    return UnitResult::kMapped;
+  }
+  return UnitResult::kFailed;
+}
+
 FaultProcessor::UnitResult FaultProcessor::MapUnit(AddressSpace* space, Region* region,
                                                    uint32_t unit, uint64_t page, bool needed,
-                                                   uint64_t now_ns, bool final_round) {
-  PagedSpace* paging = pager_ != nullptr ? space->paging() : nullptr;
+                                                   bool alone, uint64_t now_ns, bool final_round) {
   Unit& u = region->unit(unit);
   if (u.state == Unit::State::kStuck) {
     // Part of it is someone else's: pages are mapped one by one.
-    if (!needed) return UnitResult::kFailed;
-    MapRequest req = region->MakePageRequest(space->ioas(), page);
-    if (CallMap(req) || ErrnoOf(last_map_status_) == EEXIST) {
-      region->MarkPagePresent(page);
-      if (last_map_status_.ok()) batch_mapped_pages_ += 1;
-      return UnitResult::kMapped;
-    }
-    return UnitResult::kFailed;
+    return needed ? MapStuckPage(space, region, page) : UnitResult::kFailed;
   }
-  if (paging != nullptr) {
-    switch (pager_->MakeRoom(*paging, region->UnitLength(unit), now_ns, /*may_evict=*/needed)) {
-      case Pager::Room::kOk:
-        break;
-      case Pager::Room::kPinned:
-        if (!needed) return UnitResult::kNoRoom;
-        ++stats_->paging.over_budget;
-        return final_round ? UnitResult::kNoRoom : UnitResult::kWait;
-      case Pager::Room::kNoRoom:
-        if (needed) ++stats_->paging.over_budget;
-        return UnitResult::kNoRoom;
-    }
+  if (u.partial_pages != 0) {
+    return needed ? MapHoles(space, region, unit, page, now_ns, final_round) : UnitResult::kFailed;
   }
-  MapRequest req = region->MakeUnitRequest(space->ioas(), unit);
+  const uint64_t first = alone ? page : region->UnitFirstPage(unit);
+  const uint64_t count = alone ? 1 : region->UnitPageCount(unit);
+  if (auto no = Room(space, count * region->page_size(), needed, now_ns, final_round)) return *no;
+  MapRequest req = region->MakeRange(space->ioas(), first, count);
   if (CallMap(req)) {
     stats_->bytes_mapped += req.length;
-    batch_mapped_pages_ += region->UnitPageCount(unit);
+    batch_mapped_pages_ += count;
+    if (alone) {
+      region->MarkPagePresent(page);
+      u.partial_pages = 1;
+    }
     MarkMapped(space, region, unit, now_ns);
     return UnitResult::kMapped;
   }
@@ -302,7 +341,55 @@ FaultProcessor::UnitResult FaultProcessor::MapUnit(AddressSpace* space, Region* 
   // (with these or other bounds). Not iopfd's to unmap: the unit is stuck, its pages mapped one
   // by one from now on; a page found mapped is present (the device's retry will translate).
   u.state = Unit::State::kStuck;
-  return MapUnit(space, region, unit, page, needed, now_ns, final_round);
+  return MapStuckPage(space, region, page);
+}
+
+FaultProcessor::UnitResult FaultProcessor::MapHoles(AddressSpace* space, Region* region,
+                                                    uint32_t unit, uint64_t page, uint64_t now_ns,
+                                                    bool final_round) {
+  PagedSpace* paging = pager_ != nullptr ? space->paging() : nullptr;
+  const UnitRef ref{space->IndexOf(region), unit};
+  Unit& u = region->unit(unit);
+  // The unit is on its list: making room must not evict it from under the pages about to fill
+  // it. (A pin lasts until this batch's answers are settled, as for a unit an answer needs.)
+  if (paging != nullptr) Pager::Pin(*paging, ref);
+  const uint64_t missing = region->UnitPageCount(unit) - u.partial_pages;
+  if (auto no = Room(space, missing * region->page_size(), true, now_ns, final_round)) return *no;
+  // One call per hole: each is its own area, and the unit stays unmappable by one call over its
+  // range (areas with holes between them, none cut).
+  const uint64_t first = region->UnitFirstPage(unit);
+  const uint64_t end = first + region->UnitPageCount(unit);
+  for (uint64_t p = first; p < end && u.partial_pages != 0;) {
+    if (region->PagePresent(p)) {
+      ++p;
+      continue;
+    }
+    uint64_t q = p + 1;
+    while (q < end && !region->PagePresent(q)) ++q;
+    MapRequest req = region->MakeRange(space->ioas(), p, q - p);
+    if (!CallMap(req)) {
+      if (ErrnoOf(last_map_status_) != EEXIST) return UnitResult::kFailed;
+      // Someone else mapped into a hole: the unit is not iopfd's alone any more.
+      if (paging != nullptr) {
+        pager_->Stuck(*paging, ref);
+      } else {
+        u.state = Unit::State::kStuck;
+        region->RecordHeld(unit, false);
+      }
+      return region->PagePresent(page) ? UnitResult::kMapped : MapStuckPage(space, region, page);
+    }
+    stats_->bytes_mapped += req.length;
+    batch_mapped_pages_ += q - p;
+    for (uint64_t k = p; k < q; ++k) region->MarkPagePresent(k);
+    // Once the last hole is filled the unit is whole (its present marks cleared): the loop ends.
+    if (paging != nullptr) {
+      pager_->Grew(*paging, ref, q - p);
+    } else {
+      region->NotePagesMapped(unit, q - p);
+    }
+    p = q;
+  }
+  return UnitResult::kMapped;
 }
 
 bool FaultProcessor::CallMap(const MapRequest& req) {
@@ -332,8 +419,14 @@ void FaultProcessor::MarkMapped(AddressSpace* space, Region* region, uint32_t un
   region->NoteUnitMapped(unit);
 }
 
-bool FaultProcessor::TakeBack(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns) {
-  if (region->unit(unit).mapped()) return false;
+bool FaultProcessor::TakeBack(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns,
+                              std::span<const uint64_t> present) {
+  Unit& u = region->unit(unit);
+  if (u.mapped()) return false;
+  if (!present.empty() && present.size() < region->UnitPageCount(unit)) {
+    for (uint64_t page : present) region->MarkPagePresent(page);
+    u.partial_pages = static_cast<uint32_t>(present.size());
+  }
   MarkMapped(space, region, unit, now_ns);
   return true;
 }

@@ -18,11 +18,15 @@ namespace iopfd {
 namespace {
 
 constexpr char kMagic[8] = {'I', 'O', 'P', 'F', 'M', 'A', 'P', 'S'};
-constexpr uint32_t kVersion = 2;  // 2: access and the backing's identity per region
+// 2: access and the backing's identity per region; 3: a second bitmap, the partial units.
+// A version 2 file is still read (it names no partial unit: that process mapped none).
+constexpr uint32_t kVersion = 3;
+constexpr uint32_t kOldestVersion = 2;
 constexpr uint64_t kMinUnit = 4096;
 
 // The file: a header, one entry per region, then the bitmap (a bit per unit, each region's
-// bits starting at a word of its own).
+// bits starting at a word of its own: `words` of them), then (version 3) as many words of
+// partial bits (a unit iopfd holds mapped in part, address_space.h).
 struct FileHeader {
   char magic[8];
   uint32_t version;
@@ -43,8 +47,9 @@ struct FileRegion {
 };
 static_assert(sizeof(FileHeader) == 32 && sizeof(FileRegion) == 64);
 
-size_t FileSize(uint64_t regions, uint64_t words) {
-  return sizeof(FileHeader) + regions * sizeof(FileRegion) + words * sizeof(uint64_t);
+size_t FileSize(uint32_t version, uint64_t regions, uint64_t words) {
+  const uint64_t bitmaps = version >= 3 ? 2 : 1;
+  return sizeof(FileHeader) + regions * sizeof(FileRegion) + bitmaps * words * sizeof(uint64_t);
 }
 
 // What is wrong with a region's bounds, or "".
@@ -64,11 +69,12 @@ void StoreOrder() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 
 }  // namespace
 
-MapRecord::MapRecord(UniqueFd fd, void* map, size_t size, std::vector<RecordedRegion> layout,
-                     std::vector<uint64_t> first_word)
+MapRecord::MapRecord(UniqueFd fd, void* map, size_t size, uint32_t version,
+                     std::vector<RecordedRegion> layout, std::vector<uint64_t> first_word)
     : fd_(std::move(fd)),
       map_(map),
       size_(size),
+      version_(version),
       layout_(std::move(layout)),
       first_word_(std::move(first_word)) {}
 
@@ -79,6 +85,11 @@ MapRecord::~MapRecord() {
 uint64_t* MapRecord::words() const {
   return reinterpret_cast<uint64_t*>(static_cast<char*>(map_) + sizeof(FileHeader) +
                                      layout_.size() * sizeof(FileRegion));
+}
+
+uint64_t* MapRecord::partial_words() const {
+  if (version_ < 3) return nullptr;
+  return words() + static_cast<const FileHeader*>(map_)->words;
 }
 
 absl::StatusOr<std::unique_ptr<MapRecord>> MapRecord::Create(
@@ -98,7 +109,7 @@ absl::StatusOr<std::unique_ptr<MapRecord>> MapRecord::Create(
   }
   UniqueFd fd(memfd_create(("iopfd-maps-" + device).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd.valid()) return ErrnoStatus(errno, name, "memfd_create");
-  const size_t size = FileSize(layout.size(), words);
+  const size_t size = FileSize(kVersion, layout.size(), words);
   if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
     return ErrnoStatus(errno, name, "ftruncate");
   }
@@ -121,7 +132,7 @@ absl::StatusOr<std::unique_ptr<MapRecord>> MapRecord::Create(
                    first_word[i],  r.backing_dev, r.backing_ino, r.backing_offset};
   }
   return std::unique_ptr<MapRecord>(
-      new MapRecord(std::move(fd), map, size, layout, std::move(first_word)));
+      new MapRecord(std::move(fd), map, size, kVersion, layout, std::move(first_word)));
 }
 
 // Longer than 60 lines: every field of a file a crashed run left is checked, each with its own
@@ -150,10 +161,10 @@ absl::StatusOr<std::unique_ptr<MapRecord>> MapRecord::Open(const std::string& de
   std::vector<uint64_t> first_word;
   if (std::memcmp(h->magic, kMagic, sizeof(kMagic)) != 0) {
     bad = "not a map record (magic)";
-  } else if (h->version != kVersion) {
-    bad = absl::StrCat("version ", h->version, ", expected ", kVersion);
+  } else if (h->version < kOldestVersion || h->version > kVersion) {
+    bad = absl::StrCat("version ", h->version, ", expected ", kOldestVersion, " to ", kVersion);
   } else if (h->regions > kMaxRegions || h->words > size / sizeof(uint64_t) ||
-             FileSize(h->regions, h->words) != size) {
+             FileSize(h->version, h->regions, h->words) != size) {
     bad = absl::StrCat(h->regions, " regions and ", h->words,
                        " bitmap words do not match its size ", size);
   } else {
@@ -187,12 +198,14 @@ absl::StatusOr<std::unique_ptr<MapRecord>> MapRecord::Open(const std::string& de
     munmap(map, size);
     return absl::InvalidArgumentError(absl::StrCat(name, ": ", bad));
   }
+  const uint32_t version = h->version;
   return std::unique_ptr<MapRecord>(
-      new MapRecord(std::move(fd), map, size, std::move(layout), std::move(first_word)));
+      new MapRecord(std::move(fd), map, size, version, std::move(layout), std::move(first_word)));
 }
 
 bool MapRecord::Fits(const std::vector<RecordedRegion>& layout) const {
-  if (layout.size() != layout_.size()) return false;
+  // An older file cannot record what this process maps (partial units).
+  if (version_ != kVersion || layout.size() != layout_.size()) return false;
   for (size_t i = 0; i < layout.size(); ++i) {
     if (!CheckRegion(layout[i]).empty() ||
         (UnitCount(layout[i]) + 63) / 64 != (UnitCount(layout_[i]) + 63) / 64) {
@@ -206,7 +219,7 @@ void MapRecord::Relayout(const std::vector<RecordedRegion>& layout) {
   if (!Fits(layout)) return;
   const auto* h = static_cast<const FileHeader*>(map_);
   StoreOrder();
-  std::memset(static_cast<void*>(words()), 0, h->words * sizeof(uint64_t));
+  std::memset(static_cast<void*>(words()), 0, 2 * h->words * sizeof(uint64_t));
   StoreOrder();  // no bit survives into the new layout
   auto* entries = reinterpret_cast<FileRegion*>(static_cast<char*>(map_) + sizeof(FileHeader));
   for (size_t i = 0; i < layout.size(); ++i) {
@@ -219,13 +232,30 @@ void MapRecord::Relayout(const std::vector<RecordedRegion>& layout) {
   layout_ = layout;
 }
 
-void MapRecord::Set(uint32_t region, uint32_t unit, bool held) {
+void MapRecord::Set(uint32_t region, uint32_t unit, bool held, bool partial) {
   if (region >= layout_.size() || unit >= UnitCount(layout_[region])) return;
-  uint64_t& word = words()[first_word_[region] + unit / 64];
+  const uint64_t index = first_word_[region] + unit / 64;
+  uint64_t& word = words()[index];
   const uint64_t bit = uint64_t{1} << (unit % 64);
+  uint64_t* partial_words = this->partial_words();
   StoreOrder();
+  // The partial bit is written first when a unit becomes held and last when it stops being
+  // held; it means nothing without the held bit, so a crash between the stores is harmless.
+  if (held && partial_words != nullptr) {
+    partial_words[index] = partial ? (partial_words[index] | bit) : (partial_words[index] & ~bit);
+    StoreOrder();
+  }
   word = held ? (word | bit) : (word & ~bit);
   StoreOrder();
+  if (!held && partial_words != nullptr) {
+    partial_words[index] &= ~bit;
+    StoreOrder();
+  }
+}
+
+bool MapRecord::Partial(uint32_t region, uint32_t unit) const {
+  if (!Held(region, unit) || partial_words() == nullptr) return false;
+  return ((partial_words()[first_word_[region] + unit / 64] >> (unit % 64)) & 1) != 0;
 }
 
 bool MapRecord::Held(uint32_t region, uint32_t unit) const {
@@ -243,8 +273,10 @@ void MapRecord::ForEachHeld(const std::function<void(const RecordedUnit&)>& fn) 
         const uint64_t u = w * 64 + static_cast<uint64_t>(__builtin_ctzll(bits));
         if (u >= units) break;
         const uint64_t offset = u * reg.unit_bytes;
+        const bool partial = partial_words() != nullptr &&
+                             ((partial_words()[first_word_[r] + w] >> (u % 64)) & 1) != 0;
         fn(RecordedUnit{r, static_cast<uint32_t>(u), reg.ioas, reg.iova + offset,
-                        std::min(reg.unit_bytes, reg.size - offset)});
+                        std::min(reg.unit_bytes, reg.size - offset), partial});
       }
     }
   }

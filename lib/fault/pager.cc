@@ -220,7 +220,7 @@ void Pager::Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
   }
   u.mapped_ns = now_ns;
   region.NoteUnitMapped(ref.unit);
-  Account(space, static_cast<int64_t>(region.UnitLength(ref.unit)));
+  Account(space, static_cast<int64_t>(region.ResidentBytes(ref.unit)));
   if (options_.policy == EvictionPolicy::kWorkingset && working_set) {
     u.state = Unit::State::kActive;
     Link(space, space.protected_list(), ref);
@@ -229,6 +229,21 @@ void Pager::Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
     u.state = Unit::State::kInactive;
     Link(space, space.probation(), ref);
   }
+}
+
+void Pager::Grew(PagedSpace& space, UnitRef ref, uint64_t pages) {
+  Region& region = space.space().regions()[ref.region];
+  region.NotePagesMapped(ref.unit, pages);
+  Account(space, static_cast<int64_t>(pages * region.page_size()));
+}
+
+void Pager::Stuck(PagedSpace& space, UnitRef ref) {
+  Unit& u = space.space().unit(ref);
+  Unlink(space, ListOf(space, u), ref);
+  u.state = Unit::State::kStuck;
+  // Unrecorded, as a unit whose unmap failed (MarkStuck): it may not be iopfd's alone.
+  space.space().regions()[ref.region].RecordHeld(ref.unit, false);
+  space.CountStuck();
 }
 
 void Pager::NoteQuickRefault(PagedSpace& space, UnitRef ref, Unit& u, uint64_t now_ns) {
@@ -362,7 +377,7 @@ void Pager::EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns) {
     Unlink(s, ListOf(s, u), r);
     u.state = Unit::State::kUnmapped;  // off every list; Unmap decides what it becomes
     victims_[i].push_back(r);
-    resident -= s.space().regions()[r.region].UnitLength(r.unit);
+    resident -= s.space().regions()[r.region].ResidentBytes(r.unit);
   }
   for (size_t k = 0; k < cursors_.size(); ++k) {
     if (!victims_[k].empty()) Unmap(*cursors_[k].space, victims_[k], now_ns);
@@ -372,9 +387,30 @@ void Pager::EvictIn(ResidencyScope& scope, uint64_t bytes, uint64_t now_ns) {
 bool Pager::TakeDirty(PagedSpace& space, UnitRef ref) {
   if (!space.dirty_hwpt()) return false;
   const Region& region = space.space().regions()[ref.region];
+  const uint64_t ps = region.page_size();
+  if (space.space().unit(ref).partial_pages == 0) {
+    return TakeDirtyRange(space, region.UnitIova(ref.unit), region.UnitLength(ref.unit), ps);
+  }
+  // Every run is read, even after one was found written: the reading clears the bits.
+  bool written = false;
+  const uint64_t first = region.UnitFirstPage(ref.unit);
+  const uint64_t end = first + region.UnitPageCount(ref.unit);
+  for (uint64_t p = first; p < end && space.dirty_hwpt();) {
+    if (!region.PagePresent(p)) {
+      ++p;
+      continue;
+    }
+    uint64_t q = p + 1;
+    while (q < end && region.PagePresent(q)) ++q;
+    written = TakeDirtyRange(space, region.iova() + p * ps, (q - p) * ps, ps) || written;
+    p = q;
+  }
+  return written;
+}
+
+bool Pager::TakeDirtyRange(PagedSpace& space, uint64_t iova, uint64_t length, uint64_t page_size) {
   absl::StatusOr<bool> dirty =
-      space.mapper().TakeDirty(*space.dirty_hwpt(), region.UnitIova(ref.unit),
-                               region.UnitLength(ref.unit), region.page_size());
+      space.mapper().TakeDirty(*space.dirty_hwpt(), iova, length, page_size);
   if (dirty.ok()) return *dirty;
   // The signal is advice: without it eviction goes on by the lists alone.
   space.set_dirty_hwpt(std::nullopt);
@@ -409,7 +445,11 @@ void Pager::Evicted(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
   u.evicted_ns = std::max<uint64_t>(now_ns, 1);
   u.evicted_seq = space.evictions();
   region.NoteUnitUnmapped(ref.unit);
-  const uint64_t len = region.UnitLength(ref.unit);
+  const uint64_t len = region.ResidentBytes(ref.unit);
+  if (u.partial_pages != 0) {
+    u.partial_pages = 0;
+    region.ClearPresent(ref.unit);
+  }
   Account(space, -static_cast<int64_t>(len));
   ForChain(space.scope(), [len](PagingCounters& c) {
     ++c.evicted_units;
@@ -419,12 +459,14 @@ void Pager::Evicted(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
 
 void Pager::MarkStuck(PagedSpace& space, UnitRef ref, const absl::Status& why) {
   ForChain(space.scope(), [](PagingCounters& c) { ++c.unmap_failures; });
-  // Still mapped, all of it: its pages stay present, and it is never evicted again.
+  // Still mapped, all of it (a partial unit: the pages it had): its pages stay present, and it
+  // is never evicted again.
   // Left unrecorded (Unmap unrecorded it): whether all of it is still iopfd's mapping is not
   // known, and a record must never name a unit that may be gone.
-  space.space().unit(ref).state = Unit::State::kStuck;
+  Unit& u = space.space().unit(ref);
+  u.state = Unit::State::kStuck;
   Region& region = space.space().regions()[ref.region];
-  for (uint64_t p = 0; p < region.UnitPageCount(ref.unit); ++p) {
+  for (uint64_t p = 0; p < region.UnitPageCount(ref.unit) && u.partial_pages == 0; ++p) {
     region.MarkPagePresent(region.UnitFirstPage(ref.unit) + p);
   }
   space.CountStuck();
@@ -438,8 +480,14 @@ bool Pager::MappedAgain(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
   AddressSpace& as = space.space();
   Region& region = as.regions()[ref.region];
   if (!space.mapper().Map(region.MakeUnitRequest(as.ioas(), ref.unit)).ok()) return false;
-  // Still counted resident (it never left the accounts): back on probation, recorded.
+  // Still counted resident (it never left the accounts): back on probation, recorded. A partial
+  // unit is whole now: its other pages count too.
   Unit& u = as.unit(ref);
+  if (u.partial_pages != 0) {
+    const uint64_t more = region.UnitPageCount(ref.unit) - u.partial_pages;
+    region.NotePagesMapped(ref.unit, more);
+    Account(space, static_cast<int64_t>(more * region.page_size()));
+  }
   u.state = Unit::State::kInactive;
   u.mapped_ns = now_ns;
   Link(space, space.probation(), ref);
@@ -547,7 +595,7 @@ Pager::Room Pager::MakeRoom(PagedSpace& space, uint64_t bytes, uint64_t now_ns, 
         for (UnitRef r = list->head; r.valid(); r = s->space().unit(r).next) {
           const Unit& u = s->space().unit(r);
           if (s->device().Pinned(u) && u.protected_until <= now_ns) {
-            pinned += s->space().regions()[r.region].UnitLength(r.unit);
+            pinned += s->space().regions()[r.region].ResidentBytes(r.unit);
           }
         }
       }

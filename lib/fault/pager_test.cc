@@ -51,9 +51,11 @@ class PagingHarness {
     std::optional<uint64_t> device = std::nullopt;
     std::optional<uint64_t> daemon = std::nullopt;
   };
-  void Build(Budgets b, EvictionPolicy policy = EvictionPolicy::kWorkingset) {
+  void Build(Budgets b, EvictionPolicy policy = EvictionPolicy::kWorkingset,
+             bool first_touch_page = false) {
     std::vector<Region> none, p5;
-    none.emplace_back(kBase, 128 * kUnit, kPage, uapi::kPermRead, 0, 100, 0, nullptr, kUnit);
+    none.emplace_back(kBase, 128 * kUnit, kPage, uapi::kPermRead, 0, 100, 0, nullptr, kUnit,
+                      first_touch_page);
     p5.emplace_back(kBase, 128 * kUnit, kPage, uapi::kPermRead, 0, 101, 0, nullptr, kUnit);
     std::vector<AddressSpace> spaces;
     spaces.emplace_back(std::nullopt, IoasId(3), std::move(none));
@@ -101,6 +103,194 @@ class PagingHarness {
 };
 
 class PagerTest : public ::testing::Test, public PagingHarness {};
+
+// ---- Partial units (first_touch = "page", address_space.h).
+
+class PartialUnitTest : public ::testing::Test, public PagingHarness {
+ protected:
+  // Faults page `page` (0-3) of each unit in `units` of the no-PASID space, in one batch, and
+  // writes the answers.
+  std::vector<uapi::PageResponse> Batch(std::vector<std::pair<uint32_t, uint32_t>> pages,
+                                        uint64_t now = 0) {
+    std::vector<uapi::PageFault> recs;
+    for (auto [unit, page] : pages) recs.push_back(Rec(++cookie_, PageIova(unit, page)));
+    proc_->Process(recs, now);
+    return Flush(now);
+  }
+  static uint64_t PageIova(uint32_t unit, uint32_t page) {
+    return kBase + unit * kUnit + page * kPage;
+  }
+  // Which pages of `unit` the processor takes as mapped, as a string of 0s and 1s.
+  std::string Present(uint32_t unit) {
+    std::string out;
+    for (uint32_t p = 0; p < 4; ++p) out += region0().IsMapped(unit * 4 + p) ? '1' : '0';
+    return out;
+  }
+};
+
+// A page request alone in its unit, nothing mapped beside it: only its page is mapped. The
+// unit's next request maps the rest, a call per hole, and the unit is whole from then on.
+TEST_F(PartialUnitTest, AFirstTouchAloneMapsItsPageAndTheNextMapsTheRest) {
+  Build({}, EvictionPolicy::kWorkingset, /*first_touch_page=*/true);
+  EXPECT_THAT(Batch({{5, 1}}), ElementsAre(Resp(1u, uapi::kRespSuccess)));
+  ASSERT_EQ(mapper_.calls.size(), 1u);
+  EXPECT_EQ(mapper_.calls[0].iova, PageIova(5, 1));
+  EXPECT_EQ(mapper_.calls[0].length, kPage);
+  EXPECT_EQ(mapper_.calls[0].file_offset, 5 * kUnit + kPage);
+  EXPECT_EQ(Present(5), "0100");
+  EXPECT_EQ(stats_.paging.resident_bytes, kPage);
+  EXPECT_EQ(region0().mapped_pages(), 1u);
+  EXPECT_EQ(region0().unit(5).partial_pages, 1u);
+  // Page 3: the holes [0, 1) and [2, 4) are mapped, each in a call of its own.
+  EXPECT_THAT(Batch({{5, 3}}), ElementsAre(Resp(2u, uapi::kRespSuccess)));
+  ASSERT_EQ(mapper_.calls.size(), 3u);
+  EXPECT_EQ(mapper_.calls[1].iova, PageIova(5, 0));
+  EXPECT_EQ(mapper_.calls[1].length, kPage);
+  EXPECT_EQ(mapper_.calls[2].iova, PageIova(5, 2));
+  EXPECT_EQ(mapper_.calls[2].length, 2 * kPage);
+  EXPECT_EQ(Present(5), "1111");
+  EXPECT_EQ(region0().unit(5).partial_pages, 0u) << "whole now";
+  EXPECT_EQ(stats_.paging.resident_bytes, kUnit);
+  EXPECT_EQ(mapper_.MappedBytes(3), kUnit);
+  EXPECT_EQ(region0().mapped_pages(), 4u);
+  EXPECT_EQ(stats_.bytes_mapped, kUnit);
+  // Whole: nothing more is mapped for it.
+  Batch({{5, 0}, {5, 2}});
+  EXPECT_EQ(mapper_.calls.size(), 3u);
+}
+
+// Two pages of one unit in a batch, a length hint or a prefetch window reaching past the page,
+// or a whole unit beside it: the unit is mapped whole at once (a stream, not a stray request).
+TEST_F(PartialUnitTest, TwoPagesOfAUnitOrAWholeNeighbourMapItWhole) {
+  Build({}, EvictionPolicy::kWorkingset, /*first_touch_page=*/true);
+  Batch({{7, 0}, {7, 2}});
+  ASSERT_EQ(mapper_.calls.size(), 1u);
+  EXPECT_EQ(mapper_.calls[0].iova, PageIova(7, 0));
+  EXPECT_EQ(mapper_.calls[0].length, kUnit);
+  // Unit 8 is beside whole unit 7, unit 6 too.
+  Batch({{8, 3}});
+  Batch({{6, 3}});
+  ASSERT_EQ(mapper_.calls.size(), 3u);
+  EXPECT_EQ(mapper_.calls[1].length, kUnit);
+  EXPECT_EQ(mapper_.calls[2].length, kUnit);
+  // Beside a partial unit a first touch is alone still.
+  Batch({{20, 0}});
+  Batch({{21, 0}});
+  EXPECT_EQ(mapper_.calls[3].length, kPage);
+  EXPECT_EQ(mapper_.calls[4].length, kPage);
+  // A length hint of two pages: whole.
+  std::vector<uapi::PageFault> recs = {Rec(++cookie_, PageIova(30, 1))};
+  recs[0].length = 2 * kPage;
+  proc_->Process(recs, 0);
+  Flush();
+  EXPECT_EQ(mapper_.calls[5].length, kUnit);
+  EXPECT_EQ(stats_.paging.resident_bytes, 4 * kUnit + 2 * kPage);
+  EXPECT_EQ(mapper_.MappedBytes(3), stats_.paging.resident_bytes);
+}
+
+// The same requests in a region that maps whole units on a first touch (first_touch = "unit"):
+// a unit per request, as before partial units.
+TEST_F(PartialUnitTest, FirstTouchByUnitMapsWholeUnits) {
+  Build({}, EvictionPolicy::kWorkingset, /*first_touch_page=*/false);
+  Batch({{5, 1}});
+  Batch({{9, 2}});
+  ASSERT_EQ(mapper_.calls.size(), 2u);
+  EXPECT_EQ(mapper_.calls[0].length, kUnit);
+  EXPECT_EQ(mapper_.calls[1].length, kUnit);
+  EXPECT_EQ(stats_.paging.resident_bytes, 2 * kUnit);
+}
+
+// Under a budget, a partial unit counts the pages it holds, and is evicted like any unit: one
+// unmap over its whole range, which its single area lies inside (no cut, KERNEL_FACTS.md 11).
+TEST_F(PartialUnitTest, PartialUnitsCountTheirPagesAndAreEvictedByTheirRange) {
+  Build({.space = 2 * kUnit}, EvictionPolicy::kFifo, /*first_touch_page=*/true);
+  // Eight pages fit (the budget is eight pages): every second unit, so none is beside another.
+  for (uint32_t u = 0; u < 16; u += 2) Batch({{u, 1}});
+  EXPECT_EQ(stats_.paging.resident_bytes, 8 * kPage);
+  EXPECT_TRUE(mapper_.unmaps.empty());
+  for (uint32_t u = 16; u < 40; u += 2) {
+    const std::vector<uapi::PageResponse> out = Batch({{u, 1}});
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].code, uapi::kRespSuccess) << "unit " << u;
+    EXPECT_LE(stats_.paging.resident_bytes, 2 * kUnit);
+    EXPECT_EQ(mapper_.MappedBytes(3), stats_.paging.resident_bytes);
+  }
+  ASSERT_FALSE(mapper_.unmaps.empty());
+  EXPECT_EQ(mapper_.unmaps[0].iova, kBase);
+  EXPECT_EQ(mapper_.unmaps[0].length, kUnit) << "the unit's range, around its one page";
+  EXPECT_EQ(mapper_.splits, 0);
+  EXPECT_EQ(stats_.paging.evicted_bytes, stats_.paging.evicted_units * kPage);
+  EXPECT_EQ(Present(0), "0000");
+  EXPECT_EQ(region0().unit(0).partial_pages, 0u);
+  EXPECT_EQ(region0().mapped_pages() * kPage, stats_.paging.resident_bytes);
+  // Evicted, then touched again alone: partial again, a re-fault.
+  EXPECT_GT(stats_.paging.evicted_units, 0u);
+  Batch({{0, 2}});
+  EXPECT_EQ(Present(0), "0010");
+  EXPECT_GT(stats_.paging.refaults, 0u);
+}
+
+// A partial unit that fills up needs room for its holes; the room is made without evicting it
+// (the pages about to fill it would land in a unit no longer counted).
+TEST_F(PartialUnitTest, FillingAPartialUnitNeverEvictsIt) {
+  Build({.space = kUnit}, EvictionPolicy::kFifo, /*first_touch_page=*/true);
+  Batch({{0, 0}});  // the oldest: the first victim
+  Batch({{2, 0}});
+  // Unit 0 fills (3 pages more): unit 2 must go, not unit 0.
+  EXPECT_THAT(Batch({{0, 3}}), ElementsAre(Resp(3u, uapi::kRespSuccess)));
+  EXPECT_EQ(Present(0), "1111");
+  EXPECT_EQ(Present(2), "0000");
+  EXPECT_EQ(stats_.paging.resident_bytes, kUnit);
+  EXPECT_EQ(mapper_.MappedBytes(3), kUnit);
+  EXPECT_EQ(mapper_.splits, 0);
+}
+
+// A hole someone else mapped (the owner, in adopt mode): the unit is not iopfd's alone any
+// more. It stays mapped and counted, is never evicted, and its pages are mapped one by one;
+// the page someone else mapped is served as present.
+TEST_F(PartialUnitTest, AHoleSomeoneElseMappedMakesTheUnitStuck) {
+  Build({.space = 2 * kUnit}, EvictionPolicy::kFifo, /*first_touch_page=*/true);
+  Batch({{3, 0}});
+  mapper_.mapped.push_back({3, PageIova(3, 2), kPage});
+  EXPECT_THAT(Batch({{3, 2}}), ElementsAre(Resp(2u, uapi::kRespSuccess)));
+  EXPECT_EQ(region0().unit(3).state, Unit::State::kStuck);
+  // The hole [1, 4) said EEXIST; page 2, someone else's, is present.
+  EXPECT_EQ(Present(3), "1010");
+  EXPECT_EQ(stats_.paging.resident_bytes, kPage);
+  EXPECT_THAT(Batch({{3, 3}}), ElementsAre(Resp(3u, uapi::kRespSuccess)));
+  EXPECT_EQ(mapper_.calls.back().iova, PageIova(3, 3));
+  EXPECT_EQ(mapper_.calls.back().length, kPage);
+  EXPECT_EQ(Present(3), "1011");
+  // Never evicted, while the budget evicts around it.
+  for (uint32_t u = 10; u < 40; u += 2) Batch({{u, 0}});
+  EXPECT_GT(stats_.paging.evicted_units, 0u);
+  EXPECT_TRUE(mapper_.Covers(3, PageIova(3, 0)));
+  for (const FakeMapper::Mapping& m : mapper_.unmaps) EXPECT_NE(m.iova, PageIova(3, 0));
+  EXPECT_EQ(mapper_.splits, 0);
+}
+
+// Dirty bits of a partial unit are read run by run of its pages: the kernel's walk stops at a
+// hole without saying so (KERNEL_FACTS.md 13), so one read over the unit would miss a written
+// page past one.
+TEST_F(PartialUnitTest, ADirtyPagePastAHoleIsSeen) {
+  Build({.space = 2 * kUnit}, EvictionPolicy::kWorkingset, /*first_touch_page=*/true);
+  table_->spaces()[0].paging()->set_dirty_hwpt(iopfd::HwptId(7));
+  AddressSpace& space = table_->spaces()[0];
+  // Unit 0 held in part, pages 0 and 2 (as a restart takes one back), the oldest.
+  ASSERT_TRUE(mapper_.Map(region0().MakeRange(IoasId(3), 0, 1)).ok());
+  ASSERT_TRUE(mapper_.Map(region0().MakeRange(IoasId(3), 2, 1)).ok());
+  const uint64_t pages[] = {0, 2};
+  ASSERT_TRUE(proc_->TakeBack(&space, &region0(), 0, 0, pages));
+  EXPECT_EQ(stats_.paging.resident_bytes, 2 * kPage);
+  Batch({{4, 0}, {4, 1}});  // unit 4, whole
+  mapper_.dirty_pages.insert(PageIova(0, 2));
+  // Unit 9, whole, needs room: unit 0 went round (written), unit 4 went.
+  Batch({{9, 0}, {9, 1}});
+  EXPECT_EQ(stats_.paging.dirty_second_chances, 1u);
+  EXPECT_EQ(Present(0), "1010");
+  EXPECT_FALSE(mapper_.Covers(3, PageIova(4, 0)));
+  EXPECT_TRUE(mapper_.dirty_pages.empty());
+}
 
 TEST_F(PagerTest, UnboundedKeepsEverythingAndCountsItResident) {
   Build({});

@@ -51,11 +51,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const uint64_t unit = kPage << std::array<int, 4>{0, 1, 2, 4}[(paging >> 5) & 3];
   const uint64_t budget = (1 + ((paging >> 2) & 7)) * unit;
 
-  // Space without PASID: rw at 1 MiB (64 KiB), read-only with prefetch at 2 MiB; PASID 5: rw at
-  // 1 MiB; a hugepage-sized region at 64 MiB when asked.
+  // Space without PASID: rw at 1 MiB (64 KiB) mapping first touches by the page (partial
+  // units), read-only with prefetch at 2 MiB; PASID 5: rw at 1 MiB; a hugepage-sized region at
+  // 64 MiB when asked.
   std::vector<Region> none;
   none.emplace_back(1 << 20, 16 * kPage, kPage, uapi::kPermRead | uapi::kPermWrite, 0, 100, 0,
-                    nullptr, unit);
+                    nullptr, unit, /*first_touch_page=*/true);
   none.emplace_back(2 << 20, 16 * kPage, kPage, uapi::kPermRead, 4 * kPage, 101, 8192, nullptr,
                     unit);
   none.emplace_back(64 << 20, 4 * huge, huge, uapi::kPermRead | uapi::kPermWrite, huge, 103, 0,
@@ -164,6 +165,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const uint64_t held = (paging & 0x80) != 0 ? mapper.MappedBytes(3) + mapper.MappedBytes(9)
                                                  : mapper.MappedBytes(3);
       FUZZ_CHECK(held <= budget, "a budget was exceeded");
+      // What the pager counts resident is what is mapped (nothing here is someone else's).
+      FUZZ_CHECK(pager->totals().resident_bytes == mapper.MappedBytes(3) + mapper.MappedBytes(9),
+                 "the pager's resident bytes are not what is mapped");
     }
     FUZZ_CHECK(answers_of.size() == groups.size(), "a cookie was never answered");
     FUZZ_CHECK(stats.outstanding() == 0, "the stats count a group outstanding");

@@ -60,10 +60,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(u.iova >= r.iova && u.iova - r.iova < r.size, "a unit outside its region");
     FUZZ_CHECK(u.length <= r.size - (u.iova - r.iova), "a unit past its region's end");
     FUZZ_CHECK(m.Held(u.region, u.unit));
+    FUZZ_CHECK(m.Partial(u.region, u.unit) == u.partial, "Partial disagrees with HeldUnits");
+    FUZZ_CHECK(!u.partial || m.version() >= 3, "a partial unit in a file that has no such bits");
   }
   if (!held.empty()) {
     m.Set(held.front().region, held.front().unit, false);
     FUZZ_CHECK(!m.Held(held.front().region, held.front().unit), "unrecorded but still held");
+    FUZZ_CHECK(!m.Partial(held.front().region, held.front().unit), "unrecorded but partial");
     FUZZ_CHECK(m.held_count() + 1 == held.size());
   }
   auto again = MapRecord::Open("fuzz0", UniqueFd(fcntl(fd, F_DUPFD_CLOEXEC, 0)));

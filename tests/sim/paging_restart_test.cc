@@ -75,6 +75,8 @@ class AdoptRestartTest : public ::testing::Test {
              uint64_t unit = kUnit) {
     DeviceConfig c = config_;
     c.spaces[0].regions[0].map_unit = unit;
+    // Whole units unless a test maps partial ones: these tests count units.
+    c.spaces[0].regions[0].first_touch_page = first_touch_page_;
     if (anonymous_) c.spaces[0].regions[0].backing = BackingKind::kAnonymous;
     if (budget_units) c.spaces[0].max_resident = *budget_units * kUnit;
     auto d = Device::Attach(c, &pool_, &kernel_, ReadLimits{64});
@@ -130,6 +132,7 @@ class AdoptRestartTest : public ::testing::Test {
   std::unique_ptr<Device> device_;
   Device::TakenBack taken_;
   bool anonymous_ = false;
+  bool first_touch_page_ = false;
 };
 
 // The owner replaces a mapping: it unmaps what iopfd mapped for `unit` and maps one page of its
@@ -254,6 +257,50 @@ TEST_F(AdoptRestartTest, AUnitOnlyPartlyMappedIsLeftToItsOwner) {
   Fault(2);  // page 1 of unit 2: not mapped, the owner's page is page 3
   ExpectClean();
   EXPECT_EQ(device_->stats().responses_success, 1u);
+}
+
+// Partial units (first_touch = "page"): recorded as held in part, and taken back with exactly
+// the pages still mapped, each found by a copy of its own; a unit filled since is whole. The
+// next process's budget counts the pages, and its evictions unmap each unit by its range.
+TEST_F(AdoptRestartTest, PartialUnitsAreTakenBackWithTheirPages) {
+  first_touch_page_ = true;
+  Start(std::nullopt);
+  for (uint64_t u = 0; u < 8; u += 2) Fault(u);  // page 1 of units 0, 2, 4 and 6, each alone
+  Turn();
+  ASSERT_EQ(Mapped(), 4 * kPage);
+  ASSERT_EQ(device_->map_record()->held_count(), 4u);
+  EXPECT_TRUE(device_->map_record()->Partial(0, 2));
+  Start(std::nullopt, Stop());
+  EXPECT_EQ(taken_.units, 4u);
+  EXPECT_EQ(taken_.bytes, 4 * kPage);
+  EXPECT_EQ(taken_.partial, 0u);
+  EXPECT_EQ(kernel_.copies(), 4u) << "a copy succeeds for each page still mapped";
+  EXPECT_EQ(Mapped(), 4 * kPage) << "the scratch IOAS and its copies are gone";
+  EXPECT_EQ(device_->stats().paging.resident_bytes, 4 * kPage);
+  // Page 3 of unit 0 fills it (its holes mapped); page 1 of unit 2 is resident already.
+  kernel_.DeliverRequests(
+      function_.IssueGroup(std::nullopt, kBase + 3 * kPage, uapi::kPermRead, 1));
+  Fault(2);
+  ExpectClean();
+  EXPECT_EQ(device_->stats().responses_success, 2u);
+  EXPECT_EQ(Mapped(), kUnit + 3 * kPage);
+  EXPECT_FALSE(device_->map_record()->Partial(0, 0));
+  EXPECT_TRUE(device_->map_record()->Partial(0, 2));
+  // Once more, under a budget of one unit: taken back (unit 0 whole: its map says EEXIST, one
+  // copy of the unit; a copy per page of the other three), then evicted to the budget by whole
+  // ranges.
+  const uint64_t copies_before = kernel_.copies();
+  Start(1, Stop());
+  EXPECT_EQ(taken_.units, 4u);
+  EXPECT_EQ(kernel_.copies() - copies_before, 1u + 3u);
+  EXPECT_GT(taken_.evicted, 0u);
+  EXPECT_LE(Mapped(), kUnit);
+  EXPECT_EQ(device_->stats().paging.resident_bytes, Mapped());
+  EXPECT_EQ(kernel_.unmap_splits_refused(), 0u);
+  for (uint64_t u = 0; u < 8; u += 2) Fault(u);
+  ExpectClean();
+  EXPECT_EQ(device_->stats().responses_success, 4u);
+  EXPECT_EQ(device_->stats().paging.resident_bytes, Mapped());
 }
 
 // An anonymous backing is a new memfd in every process: what the previous one mapped is its

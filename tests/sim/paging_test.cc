@@ -32,6 +32,9 @@ class PagingSimTest : public ::testing::Test {
              std::optional<bool> dirty_tracking = std::nullopt) {
     DeviceConfig c = SimVfioDevice("sim0", {std::nullopt}, 1 << 20);
     c.spaces[0].regions[0].map_unit = kUnit;
+    // Whole units from the first touch: these tests count units (first touches by the page:
+    // PartialUnitsSimTest).
+    c.spaces[0].regions[0].first_touch_page = first_touch_page_;
     c.spaces[0].max_resident = space_budget;
     c.spaces[0].dirty_tracking = dirty_tracking;
     c.limits.max_resident = device_budget;
@@ -91,6 +94,7 @@ class PagingSimTest : public ::testing::Test {
   SimKernel kernel_{&function_};
   std::optional<Pager> pager_;
   std::unique_ptr<Device> device_;
+  bool first_touch_page_ = false;
 };
 
 // A working set four times the budget, in batches of eight groups (twice what the budget

@@ -61,6 +61,12 @@ class BatchMap {
 
   // Returns true when `key` was stored since the last Clear.
   bool Contains(const Key& key) const { return slots_[IndexOf(key)].epoch == epoch_; }
+  // Returns the value stored for `key` since the last Clear, or nullptr. The pointer is valid
+  // until the next TryEmplace or Clear.
+  const Value* Get(const Key& key) const {
+    const Slot& s = slots_[IndexOf(key)];
+    return s.epoch == epoch_ ? &s.value : nullptr;
+  }
 
   // Returns how many keys are stored; the table's capacity in slots.
   size_t size() const { return size_; }

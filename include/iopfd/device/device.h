@@ -145,19 +145,23 @@ class Device {
     uint64_t bytes = 0;     // their bytes
     uint64_t remapped = 0;  // of those, found unmapped and mapped again (a stale record bit)
     uint64_t unmapped = 0;  // recorded units this layout has not (other bounds): unmapped
-    uint64_t partial = 0;   // recorded units only partly mapped now: left (someone else's)
-    uint64_t evicted = 0;   // units evicted at once to bring the budgets back
-    uint64_t failed = 0;    // recorded units neither taken back nor unmapped (logged)
+    // recorded units only partly mapped now: left (someone else's); also a recorded partial
+    // unit when no IOAS could be allocated to check its pages with
+    uint64_t partial = 0;
+    uint64_t evicted = 0;  // units evicted at once to bring the budgets back
+    uint64_t failed = 0;   // recorded units neither taken back nor unmapped (logged)
   };
   // Takes over what a previous process recorded in `previous` (its map record, from the fd
   // store): each unit it held that this layout has too (same place, unit, access and backing
   // file) is made resident again, after a map call that puts it back, or says something is
   // there (EEXIST) and an IOMMU_IOAS_COPY of it into a scratch IOAS that all of it is mapped;
-  // one only partly mapped is left alone; each other recorded unit is unmapped, exactly its
-  // range. Mappings nobody recorded are not touched. Then evicts what the budgets no longer
-  // leave room for. With the same layout the device goes on recording in `previous` (the file
-  // the store already keeps); otherwise in its own (the caller stores that one instead). Call
-  // after UsePager and before the first read. Returns what it did (logged when anything).
+  // one only partly mapped is left alone, unless it was recorded as held in part (a partial
+  // unit: its pages still mapped, each found by a copy of its own, are taken back); each other
+  // recorded unit is unmapped, exactly its range. Mappings nobody recorded are not touched. Then
+  // evicts what the budgets no longer leave room for. With the same layout the device goes on
+  // recording in `previous` (the file the store already keeps); otherwise in its own (the caller
+  // stores that one instead). Call after UsePager and before the first read. Returns what it did
+  // (logged when anything).
   TakenBack TakeBackMappings(std::unique_ptr<MapRecord> previous);
 
   // Reads the fault queue until it is empty (or deadline_ns passes), synchronously

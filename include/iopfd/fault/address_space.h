@@ -4,6 +4,10 @@
 // A map unit is what one map call maps and what one eviction unmaps: IOMMU_IOAS_UNMAP cannot
 // split or truncate a mapping (io_pagetable.c refuses a range that cuts an area with ENOENT), so
 // a unit, once mapped alone, can be unmapped alone, and adjacent units in one call.
+// A unit may also be mapped in part (a "partial" unit): its first page request, alone in its
+// unit, maps only the page asked for (first_touch = "page"); the next request in that unit maps
+// the rest, hole by hole. The unit is still one eviction granule: an unmap may cover several
+// areas with holes between them, as long as it cuts none (KERNEL_FACTS.md 11).
 #ifndef IOPFD_FAULT_ADDRESS_SPACE_H_
 #define IOPFD_FAULT_ADDRESS_SPACE_H_
 
@@ -82,9 +86,12 @@ struct Unit {
     kStuck,
   };
   State state = State::kUnmapped;
-  uint8_t quick_refaults = 0;    // re-faults in a row within the thrash window
-  uint8_t heat = 0;              // working-set re-faults not yet spent as second chances
-  uint32_t dirty_run = 0;        // the eviction run that last gave it a dirty second chance
+  uint8_t quick_refaults = 0;  // re-faults in a row within the thrash window
+  uint8_t heat = 0;            // working-set re-faults not yet spent as second chances
+  uint32_t dirty_run = 0;      // the eviction run that last gave it a dirty second chance
+  // Mapped in part: how many of its pages are (those marked present, Region::MarkPagePresent);
+  // 0 when it is mapped whole or not at all.
+  uint32_t partial_pages = 0;
   uint64_t mapped_ns = 0;        // when it was last mapped
   uint64_t evicted_ns = 0;       // when it was last evicted (0: never)
   uint64_t evicted_seq = 0;      // the space's eviction count when it was evicted
@@ -101,8 +108,10 @@ class Region {
   // iova, size and offset must be multiples of page_size, unit_bytes a power of two multiple of
   // page_size (config validation guarantees it; 0 means one page). Units are aligned to the
   // region's start; the last one ends at the region's end.
+  // first_touch_page: a unit's first page request, alone in its unit, maps only its page.
   Region(uint64_t iova, uint64_t size, uint64_t page_size, uint32_t access, uint64_t prefetch,
-         int backing_fd, uint64_t backing_offset, void* backing_va, uint64_t unit_bytes = 0);
+         int backing_fd, uint64_t backing_offset, void* backing_va, uint64_t unit_bytes = 0,
+         bool first_touch_page = false);
 
   uint64_t iova() const { return iova_; }
   uint64_t size() const { return size_; }
@@ -114,6 +123,8 @@ class Region {
   int backing_fd() const { return backing_fd_; }
   uint64_t backing_offset() const { return backing_offset_; }
   uint64_t prefetch() const { return prefetch_; }
+  // Whether a unit first touched by one page request alone maps only that page (a partial unit).
+  bool first_touch_page() const { return first_touch_page_ && unit_pages_ > 1; }
   bool Contains(uint64_t iova) const { return iova >= iova_ && iova - iova_ < size_; }
   // Index of the page holding iova (which must be inside the region).
   uint64_t PageIndex(uint64_t iova) const { return (iova - iova_) / page_size_; }
@@ -132,23 +143,40 @@ class Region {
   Unit& unit(uint32_t index) { return units_[index]; }
   const Unit& unit(uint32_t index) const { return units_[index]; }
 
-  // A page is mapped when its unit is (for a stuck unit: when the page was marked present).
+  // A page is mapped when its unit is whole; for a partial or stuck unit, when the page was
+  // marked present.
   bool IsMapped(uint64_t page) const {
     const Unit& u = units_[UnitOf(page)];
-    if (u.state != Unit::State::kStuck) return u.mapped();
+    if (u.state != Unit::State::kStuck && u.partial_pages == 0) return u.mapped();
+    return PagePresent(page);
+  }
+  bool PagePresent(uint64_t page) const {
     return !present_.empty() && ((present_[page / 64] >> (page % 64)) & 1) != 0;
   }
-  // Marks one page of a stuck unit as present (mapped alone, or found mapped by someone else).
+  // Marks one page of a partial or stuck unit as present (mapped alone, or found mapped by
+  // someone else).
   void MarkPagePresent(uint64_t page);
+  // Clears the present marks of a unit's pages (it is unmapped, or mapped whole now).
+  void ClearPresent(uint32_t unit);
+  // Returns the pages of a mapped unit iopfd holds: all of them, or a partial unit's.
+  uint64_t ResidentPages(uint32_t unit) const {
+    const Unit& u = units_[unit];
+    return u.partial_pages != 0 ? u.partial_pages : UnitPageCount(unit);
+  }
+  uint64_t ResidentBytes(uint32_t unit) const { return ResidentPages(unit) * page_size_; }
   // Returns the number of pages iopfd holds mapped in this region.
   uint64_t mapped_pages() const { return mapped_count_; }
-  // Keeps mapped_pages() current as a unit is mapped or unmapped (the pager's bookkeeping); a
-  // unit noted mapped is recorded as held (AttachRecord).
+  // Keeps mapped_pages() current as a unit is mapped (its partial_pages set first: what it holds
+  // counts), grows or is unmapped (the pager's bookkeeping); a unit noted mapped is recorded as
+  // held (AttachRecord), partial or whole.
   void NoteUnitMapped(uint32_t unit) {
-    mapped_count_ += UnitPageCount(unit);
+    mapped_count_ += ResidentPages(unit);
     RecordHeld(unit, true);
   }
-  void NoteUnitUnmapped(uint32_t unit) { mapped_count_ -= UnitPageCount(unit); }
+  // A partial unit got `pages` more mapped (marked present by the caller): once all of its pages
+  // are, it is whole (its marks cleared, recorded whole).
+  void NotePagesMapped(uint32_t unit, uint64_t pages);
+  void NoteUnitUnmapped(uint32_t unit) { mapped_count_ -= ResidentPages(unit); }
   // From now on records in `record`, as its region `index`, which units iopfd holds mapped
   // (map_record.h); nullptr stops. The record must outlive the region or be detached first.
   void AttachRecord(MapRecord* record, uint32_t index) {
@@ -157,19 +185,22 @@ class Region {
   }
   // Records that iopfd holds unit `unit` mapped (set after its map call succeeded) or no longer
   // does (cleared before its unmap call is issued: a crash in between leaves it unrecorded,
-  // which is safe, where recorded-but-gone would not be). Nothing without a record.
+  // which is safe, where recorded-but-gone would not be), and whether in part (its partial_pages
+  // as it is now). Nothing without a record.
   void RecordHeld(uint32_t unit, bool held) {
-    if (record_ != nullptr) record_->Set(record_index_, unit, held);
+    if (record_ != nullptr) {
+      record_->Set(record_index_, unit, held, held && units_[unit].partial_pages != 0);
+    }
   }
 
   // Builds the map request for unit `unit` of this region into `ioas`.
   MapRequest MakeUnitRequest(IoasId ioas, uint32_t unit) const;
   // Builds the map request for the single page `page` into `ioas`.
   MapRequest MakePageRequest(IoasId ioas, uint64_t page) const;
-
- private:
+  // Builds the map request for `count` pages from page `first` into `ioas`.
   MapRequest MakeRange(IoasId ioas, uint64_t first, uint64_t count) const;
 
+ private:
   uint64_t iova_, size_, page_size_;
   uint32_t access_;
   uint64_t prefetch_;
@@ -177,8 +208,10 @@ class Region {
   uint64_t backing_offset_;
   void* backing_va_;
   uint64_t unit_pages_;
+  bool first_touch_page_;
   std::vector<Unit> units_;
-  std::vector<uint64_t> present_;  // pages of stuck units present (allocated when first set)
+  // Pages of partial and stuck units present (allocated when first set).
+  std::vector<uint64_t> present_;
   uint64_t mapped_count_ = 0;
   MapRecord* record_ = nullptr;
   uint32_t record_index_ = 0;

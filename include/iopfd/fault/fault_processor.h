@@ -30,7 +30,12 @@ struct FaultProcessorOptions {
 // its PASID and the region holding its address, and checked against the region's access. Then,
 // group by group, the map units its pages lie in are mapped (one call per unit, address_space.h;
 // a unit already mapped is not mapped again), and the units the region's prefetch window and the
-// record's length hint reach are mapped ahead where they fit without evicting. Every group gets
+// record's length hint reach are mapped ahead where they fit without evicting. Where the region
+// maps first touches by the page (first_touch = "page"), a unit that only one page of the batch
+// asks for, with nothing mapped ahead and no whole unit mapped beside it, gets only that page
+// mapped (a partial unit); the next page asked for in it maps the rest, hole by hole. A random
+// access pattern then costs a page per request, not a unit, while a sequential one (whose next
+// unit lies beside a whole one) maps whole units from its second unit on. Every group gets
 // exactly one response: SUCCESS when every one of its records' pages is mapped, otherwise
 // INVALID with the first reason found, counted in stats.
 //
@@ -54,9 +59,12 @@ class FaultProcessor {
   void set_pager(Pager* pager) { pager_ = pager; }
 
   // Takes unit `unit` of `region` (in `space`) as resident: mapped by iopfd before a restart
-  // and still mapped (Device::TakeBackMappings). It is counted and listed by the pager like a
-  // unit this process mapped. Returns false, doing nothing, when it is mapped or stuck already.
-  bool TakeBack(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns);
+  // and still mapped (Device::TakeBackMappings), whole, or in part: only the pages `present`
+  // names (pages of the region, in the unit; empty: whole). It is counted and listed by the
+  // pager like a unit this process mapped. Returns false, doing nothing, when it is mapped or
+  // stuck already.
+  bool TakeBack(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns,
+                std::span<const uint64_t> present = {});
 
   // Groups waiting for room (see above).
   size_t deferred() const { return deferred_.size(); }
@@ -106,8 +114,23 @@ class FaultProcessor {
   void CountPages();
   void MapGroups(uint64_t now_ns, bool final_round);
   void MapGroup(size_t first, size_t end, uint64_t now_ns, bool final_round);
+  // Maps unit `unit` (for page `page` of it when `needed`, else ahead of one): whole, or only
+  // that page when `alone` (a partial unit's first page), or its holes when it is partial.
   UnitResult MapUnit(AddressSpace* space, Region* region, uint32_t unit, uint64_t page, bool needed,
-                     uint64_t now_ns, bool final_round);
+                     bool alone, uint64_t now_ns, bool final_round);
+  // Maps the holes of partial unit `unit`, for page `page` of it.
+  UnitResult MapHoles(AddressSpace* space, Region* region, uint32_t unit, uint64_t page,
+                      uint64_t now_ns, bool final_round);
+  // Maps page `page` of stuck unit `unit` alone (EEXIST: someone else's mapping is there).
+  UnitResult MapStuckPage(AddressSpace* space, Region* region, uint64_t page);
+  // Makes room for `bytes` more in the space's budgets (pager.h). Returns nullopt when the map
+  // may be made, else what the unit comes to.
+  std::optional<UnitResult> Room(AddressSpace* space, uint64_t bytes, bool needed, uint64_t now_ns,
+                                 bool final_round);
+  // Whether need `n` may map only its page: its region maps first touches by the page, its unit
+  // is unmapped, only this page of it is asked for in the batch, nothing is to be mapped ahead,
+  // and neither unit beside it is mapped whole.
+  bool Alone(const Need& n) const;
   bool CallMap(const MapRequest& req);
   void MarkMapped(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns);
   void Pin(AddressSpace* space, Region* region, uint64_t page);
@@ -129,6 +152,9 @@ class FaultProcessor {
   BatchMap<uint32_t, uint32_t> group_of_cookie_;
   std::vector<Need> needs_;
   BatchMap<std::pair<const Region*, uint64_t>, bool> seen_pages_;
+  // Per unmapped unit of a first-touch-by-page region: how many distinct pages the batch asks
+  // for in it (Alone).
+  BatchMap<std::pair<const Region*, uint64_t>, uint32_t> unit_wants_;
   std::vector<uapi::PageFault> retry_records_;
   uint64_t batch_mapped_pages_ = 0;
   uint64_t wanted_unmapped_ = 0;

@@ -212,8 +212,16 @@ class Pager {
   // unmaps. Returns kOk when the map may be made.
   Room MakeRoom(PagedSpace& space, uint64_t bytes, uint64_t now_ns, bool may_evict = true);
   // A unit of `space` was mapped (by a map call that succeeded, or found mapped by one made
-  // before a restart): counts it resident, detects a re-fault, and puts it on its list.
+  // before a restart), whole or in part (its partial_pages and present pages set first): counts
+  // what it holds resident, detects a re-fault, and puts it on its list.
   void Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns);
+  // A partial unit got `pages` more pages mapped (marked present by the caller): counts them
+  // resident (Region::NotePagesMapped: once all are, the unit is whole).
+  void Grew(PagedSpace& space, UnitRef ref, uint64_t pages);
+  // A mapped unit turned out not to be iopfd's alone (a map of one of its holes said EEXIST):
+  // it leaves its list, stays counted, and is never evicted (its pages mapped one by one from
+  // now on, like a unit stuck when first mapped).
+  void Stuck(PagedSpace& space, UnitRef ref);
   // Pins a mapped unit to the device's current batch (its answers rely on it).
   static void Pin(PagedSpace& space, UnitRef ref) {
     space.space().unit(ref).pin_batch = space.device().batch();
@@ -227,7 +235,7 @@ class Pager {
   // What an explicit eviction did.
   struct EvictReport {
     uint64_t units = 0;   // units unmapped
-    uint64_t bytes = 0;   // their bytes (whole units: a unit cut by the range goes whole)
+    uint64_t bytes = 0;   // what they held (a unit the range cuts goes whole)
     uint64_t pinned = 0;  // units left mapped: an answer not yet written relies on them
     uint64_t stuck = 0;   // units left mapped: not iopfd's to unmap, or their unmap failed
   };
@@ -267,10 +275,14 @@ class Pager {
   // evictable.
   bool PickVictim(uint64_t now_ns, size_t* which, int* list, UnitRef* ref);
   // Whether the device wrote unit `ref` since its dirty bits were last read (false where the
-  // space reads none; a failed read stops the space's reading, with a warning).
+  // space reads none; a failed read stops the space's reading, with a warning). A partial
+  // unit's bits are read run by run of present pages: the kernel's walk stops at a hole.
   bool TakeDirty(PagedSpace& space, UnitRef ref);
   // Unmaps the victims (batched by adjacency) and accounts for them.
   void Unmap(PagedSpace& space, std::vector<UnitRef>& victims, uint64_t now_ns);
+  // One dirty-bit read over [iova, iova + length) of `space`: whether any page was written; an
+  // error stops the space's reading.
+  bool TakeDirtyRange(PagedSpace& space, uint64_t iova, uint64_t length, uint64_t page_size);
   // One unmap call over `count` adjacent units from `first`, timed and counted.
   absl::Status UnmapRun(PagedSpace& space, UnitRef first, uint32_t count);
   // Accounts for a unit unmapped, and remembers when (re-fault detection).
