@@ -54,7 +54,7 @@ class CountingMapper : public iopfd::Mapper {
     mapped_[req.iova] = req.length;
     return absl::OkStatus();
   }
-  absl::Status Unmap(IoasId /*ioas*/, uint64_t iova, uint64_t length) override {
+  absl::Status Unmap(IoasId /*ioas*/, uint64_t iova, uint64_t length, uint64_t /*held*/) override {
     auto it = mapped_.lower_bound(iova);
     if (it == mapped_.end() || it->first != iova) std::abort();  // not a whole mapping
     while (it != mapped_.end() && it->first < iova + length) it = mapped_.erase(it);

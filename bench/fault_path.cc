@@ -181,7 +181,7 @@ class NullMapper : public Mapper {
     ++maps;
     return absl::OkStatus();
   }
-  absl::Status Unmap(IoasId, uint64_t, uint64_t) override {
+  absl::Status Unmap(IoasId, uint64_t, uint64_t, uint64_t) override {
     ++unmaps;
     return absl::OkStatus();
   }

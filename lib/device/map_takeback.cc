@@ -148,7 +148,8 @@ Device::TakenBack Device::TakeBackMappings(std::unique_ptr<MapRecord> previous) 
       // Not a unit of this layout: iopfd's own mapping, with other bounds or of another file.
       // Unrecorded before the unmap, as always (map_record.h).
       from.Set(ru.region, ru.unit, false);
-      absl::Status st = mapper_->Unmap(ru.ioas, ru.iova, ru.length);
+      // A partial unit's pages are not known here: whatever is in its range is iopfd's.
+      absl::Status st = mapper_->Unmap(ru.ioas, ru.iova, ru.length, ru.partial ? 0 : ru.length);
       if (st.ok()) {
         ++out.unmapped;
       } else if (ErrnoOf(st) != ENOENT) {  // ENOENT: gone already, or not one whole mapping

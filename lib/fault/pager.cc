@@ -427,8 +427,11 @@ absl::Status Pager::UnmapRun(PagedSpace& space, UnitRef first, uint32_t count) {
   const uint32_t last = first.unit + count - 1;
   const uint64_t iova = region.UnitIova(first.unit);
   const uint64_t length = region.UnitIova(last) + region.UnitLength(last) - iova;
+  // What the kernel must say it unmapped: the units' pages (a partial unit's holes hold none).
+  uint64_t held = 0;
+  for (uint32_t u = first.unit; u <= last; ++u) held += region.ResidentBytes(u);
   const uint64_t start = MonotonicNs();
-  absl::Status st = space.mapper().Unmap(as.ioas(), iova, length);
+  absl::Status st = space.mapper().Unmap(as.ioas(), iova, length, held);
   const uint64_t took = MonotonicNs() - start;
   ForChain(space.scope(), [took](PagingCounters& c) {
     ++c.unmap_calls;

@@ -219,6 +219,8 @@ TEST_F(PartialUnitTest, PartialUnitsCountTheirPagesAndAreEvictedByTheirRange) {
   EXPECT_EQ(mapper_.unmaps[0].iova, kBase);
   EXPECT_EQ(mapper_.unmaps[0].length, kUnit) << "the unit's range, around its one page";
   EXPECT_EQ(mapper_.splits, 0);
+  EXPECT_EQ(mapper_.held_mismatches, 0) << "each unmap says what the units held";
+  EXPECT_EQ(stats_.paging.unmap_failures, 0u);
   EXPECT_EQ(stats_.paging.evicted_bytes, stats_.paging.evicted_units * kPage);
   EXPECT_EQ(Present(0), "0000");
   EXPECT_EQ(region0().unit(0).partial_pages, 0u);
@@ -243,6 +245,7 @@ TEST_F(PartialUnitTest, FillingAPartialUnitNeverEvictsIt) {
   EXPECT_EQ(stats_.paging.resident_bytes, kUnit);
   EXPECT_EQ(mapper_.MappedBytes(3), kUnit);
   EXPECT_EQ(mapper_.splits, 0);
+  EXPECT_EQ(mapper_.held_mismatches, 0);
 }
 
 // A hole someone else mapped (the owner, in adopt mode): the unit is not iopfd's alone any

@@ -128,7 +128,8 @@ absl::Status Iommufd::Map(const MapRequest& req) {
   return absl::OkStatus();
 }
 
-absl::Status Iommufd::Unmap(IoasId ioas, uint64_t iova, uint64_t length) {
+absl::Status Iommufd::Unmap(IoasId ioas, uint64_t iova, uint64_t length,
+                            std::optional<uint64_t> held) {
   uapi::IommuIoasUnmap cmd{};
   cmd.size = sizeof(cmd);
   cmd.ioas_id = ioas.value();
@@ -139,11 +140,13 @@ absl::Status Iommufd::Unmap(IoasId ioas, uint64_t iova, uint64_t length) {
     return ErrnoStatus(-rc, name_, "IOMMU_IOAS_UNMAP",
                        absl::StrCat("iova 0x", absl::Hex(iova), " length ", length));
   }
-  // The kernel reports what it unmapped in length: with whole units it is all of the range.
-  if (cmd.length != length) {
-    return ErrnoStatus(
-        EIO, name_, "IOMMU_IOAS_UNMAP",
-        absl::StrCat("unmapped ", cmd.length, " of ", length, " bytes at 0x", absl::Hex(iova)));
+  // The kernel reports what it unmapped in length: all of the range for whole units, what the
+  // caller holds where there are holes (partial units).
+  const uint64_t want = held.value_or(length);
+  if (want != 0 && cmd.length != want) {
+    return ErrnoStatus(EIO, name_, "IOMMU_IOAS_UNMAP",
+                       absl::StrCat("unmapped ", cmd.length, " bytes where ", want,
+                                    " were held, at 0x", absl::Hex(iova), " length ", length));
   }
   return absl::OkStatus();
 }

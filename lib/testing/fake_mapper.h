@@ -53,9 +53,12 @@ class FakeMapper : public iopfd::Mapper {
     return absl::OkStatus();
   }
   // The kernel's rule (io_pagetable.c): only whole mappings; ENOENT for a cut, or for nothing.
-  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) override {
+  // `held` is checked as Iommufd::Unmap checks it (0: not checked): an unmap of other than what
+  // the caller holds fails EIO, after the kernel unmapped it.
+  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length, uint64_t held) override {
     unmaps.push_back({ioas.value(), iova, length});
     size_t found = 0;
+    uint64_t bytes = 0;
     for (const Mapping& m : mapped) {
       if (m.ioas != ioas.value() || m.iova >= iova + length || m.iova + m.length <= iova) continue;
       if (m.iova < iova || m.iova + m.length > iova + length) {
@@ -63,8 +66,10 @@ class FakeMapper : public iopfd::Mapper {
         return ErrnoStatus(ENOENT, "fake", "IOMMU_IOAS_UNMAP");
       }
       ++found;
+      bytes += m.length;
     }
     if (found == 0 || fail_unmaps) return ErrnoStatus(ENOENT, "fake", "IOMMU_IOAS_UNMAP");
+
     if (stop_after_first_area && found > 1) {
       // The kernel unmaps a range's areas in order and stops at one it cannot take
       // (io_pagetable.c iopt_unmap_iova_range): the first goes, the call fails.
@@ -83,6 +88,10 @@ class FakeMapper : public iopfd::Mapper {
     });
     // A page mapped again starts clean.
     std::erase_if(dirty_pages, [&](uint64_t p) { return p >= iova && p < iova + length; });
+    if (held != 0 && bytes != held) {
+      ++held_mismatches;
+      return ErrnoStatus(EIO, "fake", "IOMMU_IOAS_UNMAP");
+    }
     return absl::OkStatus();
   }
   // The kernel's rules for dirty bits (io_pagetable.c, Linux 7.3): bits are read and cleared
@@ -120,6 +129,7 @@ class FakeMapper : public iopfd::Mapper {
   std::vector<Mapping> mapped;
   std::vector<Mapping> unmaps;
   int splits = 0;            // unmaps refused for cutting a mapping (a bug in the caller)
+  int held_mismatches = 0;   // unmaps of other than what the caller said it held
   bool fail_unmaps = false;  // every unmap fails ENOENT
   // The next unmap over several mappings removes the first and fails ENOENT (a kernel that
   // stopped partway), once.

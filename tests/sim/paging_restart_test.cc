@@ -301,6 +301,16 @@ TEST_F(AdoptRestartTest, PartialUnitsAreTakenBackWithTheirPages) {
   ExpectClean();
   EXPECT_EQ(device_->stats().responses_success, 4u);
   EXPECT_EQ(device_->stats().paging.resident_bytes, Mapped());
+  // More pages alone than the budget holds: partial units are evicted, each by its unit's
+  // range, and the kernel's count of what it unmapped is what iopfd held (no unmap failure).
+  const uint64_t evicted_before = device_->stats().paging.evicted_units;
+  for (uint64_t u = 8; u < 48; u += 2) Fault(u);
+  ExpectClean();
+  EXPECT_GE(device_->stats().paging.evicted_units - evicted_before, 4u);
+  EXPECT_EQ(device_->stats().paging.unmap_failures, 0u);
+  EXPECT_LE(Mapped(), kUnit);
+  EXPECT_EQ(device_->stats().paging.resident_bytes, Mapped());
+  EXPECT_EQ(kernel_.unmap_splits_refused(), 0u);
 }
 
 // An anonymous backing is a new memfd in every process: what the previous one mapped is its

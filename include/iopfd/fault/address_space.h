@@ -53,8 +53,11 @@ class Mapper {
   // AlreadyExists (EEXIST) when part of the range is already mapped by anyone.
   virtual absl::Status Map(const MapRequest& req) = 0;
   // Unmaps [iova, iova + length) of `ioas`, which must cover whole mappings (ENOENT otherwise,
-  // and when nothing is mapped there). Returns OK or an error carrying the errno.
-  virtual absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) = 0;
+  // and when nothing is mapped there); there may be holes between them. `held` is what the
+  // caller holds mapped in the range, in bytes (0: not known): the kernel unmapping anything
+  // else is an error (EIO: something was unmapped or mapped there behind the caller's back).
+  // Returns OK or an error carrying the errno.
+  virtual absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length, uint64_t held) = 0;
   // Returns whether the device wrote any page of [iova, iova + length) since the last call
   // (the IOMMU's dirty bits on `hwpt`, which this clears; pass a range mapped without a hole:
   // the kernel stops at one without saying so), or an error carrying the errno. Unimplemented

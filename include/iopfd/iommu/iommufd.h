@@ -59,9 +59,12 @@ class Iommufd {
   // when part of the range is mapped.
   absl::Status Map(const MapRequest& req);
   // Unmaps [iova, iova + length) of `ioas` with IOMMU_IOAS_UNMAP. The range must cover whole
-  // mappings (io_pagetable.c: ENOENT for a range that cuts one, or holds none). Returns OK, or
-  // the error naming the device, the call and the errno.
-  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length);
+  // mappings (io_pagetable.c: ENOENT for a range that cuts one, or holds none), with or without
+  // holes between them. Returns OK, or the error naming the device, the call and the errno; EIO
+  // when the kernel says it unmapped other than `held` bytes (the range's length by default; 0:
+  // whatever was there).
+  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length,
+                     std::optional<uint64_t> held = std::nullopt);
   // IOMMU_HWPT_SET_DIRTY_TRACKING: starts (or stops) the IOMMU's dirty bits on `hwpt`. Errors:
   // Unimplemented (EOPNOTSUPP) when the HWPT was allocated without IOMMU_HWPT_ALLOC_DIRTY_TRACKING
   // or the IOMMU has no dirty bits; NotFound (ENOENT) for no such HWPT.
@@ -84,8 +87,8 @@ class IommufdMapper : public Mapper {
  public:
   explicit IommufdMapper(Iommufd* iommufd) : iommufd_(iommufd) {}
   absl::Status Map(const MapRequest& req) override { return iommufd_->Map(req); }
-  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length) override {
-    return iommufd_->Unmap(ioas, iova, length);
+  absl::Status Unmap(IoasId ioas, uint64_t iova, uint64_t length, uint64_t held) override {
+    return iommufd_->Unmap(ioas, iova, length, held);
   }
   absl::StatusOr<bool> TakeDirty(HwptId hwpt, uint64_t iova, uint64_t length,
                                  uint64_t page_size) override {

@@ -173,7 +173,7 @@ bool CasePagingWithinABudget() {
   Env e;
   Setup(e, v.name);
   const std::string file = e.dir + "/devices.d/mock0.toml";
-  std::string text = DeviceFile(e);
+  std::string text = WholeUnits(DeviceFile(e));  // it counts units
   text.insert(text.find("[[space]]"), "[limits]\nmax_resident = \"256KiB\"\n\n");
   WriteFile(file, text);
   Daemon d = Start(e);
@@ -291,7 +291,7 @@ bool CasePagingDirtySecondChance() {
   if (int rc = TestCmd(e.iommufd, &replace)) Die("MOCK_DOMAIN_REPLACE: %s", strerror(-rc));
   e.hwpt = alloc.out_hwpt_id;
   v.Expect(MarkDirty(e, e.hwpt, kR0, kPage) != 0, "no dirty bits before iopfd turns tracking on");
-  std::string text = DeviceFile(e);
+  std::string text = WholeUnits(DeviceFile(e));  // it counts units
   text.insert(text.find("[[space]]"), "[limits]\nmax_resident = \"256KiB\"\n\n");
   const size_t ioas_line = text.find("ioas_id = ");
   text.insert(text.find('\n', ioas_line) + 1,
@@ -694,7 +694,7 @@ bool CasePagingBudgetAfterARestart() {
   Setup(c, v.name + "-c", "info", "mockC");
   const std::string c_file = e.dir + "/devices.d/mockC.toml";
   const std::string budget = "[limits]\nmax_resident = \"256KiB\"\n";
-  std::string c_text = DeviceFile(c);
+  std::string c_text = WholeUnits(DeviceFile(c));  // it counts units
   c_text.insert(c_text.find("[[space]]"), budget + "\n");
   WriteFile(c_file, c_text);
   const std::string sock = e.dir + "/ctl.sock";
@@ -711,7 +711,7 @@ bool CasePagingBudgetAfterARestart() {
     return d;
   };
   Daemon d = start();
-  std::string text = DeviceFile(e, /*fd_backings=*/true);
+  std::string text = WholeUnits(DeviceFile(e, /*fd_backings=*/true));
   text.insert(text.find("[[space]]"), budget + "\n");
   std::string reply = ControlClient(sock).Call(
       R"({"method":"io.iopfd.Adopt","parameters":{"config":)" + JsonString(text) +
@@ -789,6 +789,95 @@ bool CasePagingBudgetAfterARestart() {
              Format("%s: resident_bytes %llu at exit, the 4 units mapped", dev,
                     static_cast<unsigned long long>(s["paging.resident_bytes"])));
   }
+  return v.Report();
+}
+
+// Partial units on the real kernel (first_touch = "page", the default; docs/PAGING.md): a
+// request alone in its unit maps and pins only its page; the unit's next request maps its holes
+// (the unit is then three areas); an eviction unmaps a partial unit, and one filled hole by
+// hole, by the unit's range (the kernel takes every area inside it, KERNEL_FACTS.md 11) and
+// unpins them; after iopfd is killed and started again, its partial units are taken back page by
+// page (a copy each, KERNEL_FACTS.md 11) and counted.
+// Longer than 60 lines: one story, told in order.
+bool CasePagingPartialUnits() {
+  Verdict v("paging_partial_units");
+  Env e;
+  Setup(e, v.name, "info");
+  const std::string sock = e.dir + "/ctl.sock";
+  FdStoreKeeper store(e.dir + "/notify.sock");
+  auto start = [&] {
+    store.Receive();
+    std::vector<std::pair<std::string, int>> fds = e.Fds();  // the launcher's, every start
+    for (const auto& entry : store.entries()) fds.push_back(entry);
+    Daemon d = StartWith(e.dir, fds, store.Env());
+    v.Expect(WaitFor([&] {
+               return !ControlClient(sock).Call(R"({"method":"io.iopfd.GetStatus"})").empty();
+             }),
+             "iopfd serving");
+    return d;
+  };
+  auto ctl = [&](const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {"/bin/iopfctl", "--control-socket", sock};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCapture(argv);
+  };
+  constexpr uint64_t kUnit = 16 * kPage;
+  auto page_mapped = [&](uint64_t page) {
+    return CheckMap(e, e.hwpt, kR0 + page * kPage, kPage, e.va0 + page * kPage);
+  };
+  uint32_t group = 0;
+  auto fault = [&](uint64_t page) {
+    Trigger(e, kR0 + page * kPage, IOMMU_PGFAULT_PERM_READ, false, ++group);
+    v.Expect(WaitFor([&] { return page_mapped(page); }),
+             Format("page %llu mapped", static_cast<unsigned long long>(page)));
+  };
+  Daemon d = start();
+  // Page 3 of units 0, 2, 4 and 6, one at a time: each alone in its unit.
+  for (uint64_t u = 0; u < 8; u += 2) fault(u * 16 + 3);
+  for (uint64_t u = 0; u < 8; u += 2) {
+    v.Expect(!page_mapped(u * 16 + 2) && !page_mapped(u * 16 + 4),
+             Format("unit %llu: only its page mapped", static_cast<unsigned long long>(u)));
+    v.Expect(CheckPins(e, e.va0 + u * kUnit + 3 * kPage, kPage, 1) &&
+                 CheckPins(e, e.va0 + u * kUnit, 3 * kPage, 0) &&
+                 CheckPins(e, e.va0 + u * kUnit + 4 * kPage, 12 * kPage, 0),
+             Format("unit %llu: only its page pinned", static_cast<unsigned long long>(u)));
+  }
+  // Page 9 of unit 0: its holes [0, 3) and [4, 16) are mapped; the unit is whole.
+  fault(9);
+  v.Expect(CheckMap(e, e.hwpt, kR0, kUnit, e.va0), "unit 0 mapped whole after its second request");
+  // Killed and started again: unit 0 is taken back whole, units 2, 4 and 6 page by page.
+  store.Receive();
+  kill(d.pid, SIGKILL);
+  int status = 0;
+  waitpid(d.pid, &status, 0);
+  d.pid = -1;
+  d = start();
+  const std::string log = ReadLog(d);
+  v.Expect(
+      log.find(Format("mock0: took back 4 unit(s) (%llu bytes)",
+                      static_cast<unsigned long long>(kUnit + 3 * kPage))) != std::string::npos,
+      "the restarted iopfd took back unit 0 whole and three partial units");
+  // Evicted: unit 0 (three areas) and unit 2 (one), each by its unit's range.
+  auto [rc1, out1] = ctl({"evict", "mock0", Format("0x%llx", static_cast<unsigned long long>(kR0)),
+                          Format("%llu", static_cast<unsigned long long>(3 * kUnit))});
+  v.Expect(rc1 == 0 && out1.find(Format("evicted %llu bytes",
+                                        static_cast<unsigned long long>(kUnit + kPage))) !=
+                           std::string::npos,
+           "iopfctl evict: " + out1);
+  v.Expect(!page_mapped(0) && !page_mapped(3) && !page_mapped(15) && !page_mapped(35),
+           "units 0 and 2 unmapped");
+  v.Expect(CheckPins(e, e.va0, 3 * kUnit, 0), "units 0 and 2 unpinned");
+  v.Expect(page_mapped(4 * 16 + 3) && page_mapped(6 * 16 + 3), "units 4 and 6 still mapped");
+  // Faulted again, unit 2 is partial again.
+  fault(35);
+  v.Expect(!page_mapped(34) && !page_mapped(36), "unit 2: only its page mapped again");
+  const int rc = Stop(d);
+  auto s = ReadStats(d);
+  v.Expect(rc == 0, Format("iopfd exit %d", rc));
+  v.ExpectEq(s, "paging.unmap_failures", 0);
+  v.ExpectEq(s, "responses_invalid", 0);
+  v.ExpectEq(s, "paging.resident_bytes", 3 * kPage);  // a page each of units 2, 4 and 6
+  v.ExpectEq(s, "paging.evicted_units", 2);
   return v.Report();
 }
 
@@ -1265,6 +1354,7 @@ int RunTests(const std::vector<std::string>& only) {
       {"reload_adds_and_removes_while_faults_flow", CaseReloadWhileFaultsFlow},
       {"adopt_and_detach_at_run_time", CaseAdoptAndDetach},
       {"paging_budget_after_a_restart", CasePagingBudgetAfterARestart},
+      {"paging_partial_units", CasePagingPartialUnits},
       {"drain_and_reset_during_a_flood", CaseDrainAndResetDuringAFlood},
       {"destroy_device_mid_flood", CaseDestroyDeviceMidFlood},
       {"kernel_allocation_failures", CaseKernelAllocationFailures},

@@ -161,6 +161,16 @@ inline std::string DeviceFile(const Env& e, bool fd_backings = false) {
       e.prefix.c_str(), kPasid, e.ioas_pasid, static_cast<unsigned long long>(kR2), shm.c_str());
 }
 
+// The device file `text` with its first region (ram0) mapping whole units from the first touch
+// (first_touch = "unit"): for the cases that count 64 KiB units.
+inline std::string WholeUnits(std::string text) {
+  const std::string first = "backing = \"";
+  const size_t at = text.find('\n', text.find("access = \"rw\"", text.find(first)));
+  if (at == std::string::npos) Die("device file: no first region");
+  text.insert(at + 1, "  first_touch = \"unit\"\n");
+  return text;
+}
+
 // The device file with a way for iopfd to park the device (drains): the VM tier's switch
 // module (tests/vm/guest/mock_switch.cc) naming e's self-test device, the owner's IOPF-capable
 // HWPT of each space, and the drain settings.
