@@ -270,9 +270,20 @@ bool FaultProcessor::Alone(const Need& n) const {
   const Region& r = *n.region;
   if (!r.first_touch_page() || n.end != n.page + 1) return false;
   const uint32_t unit = r.UnitOf(n.page);
-  if (r.unit(unit).mapped()) return false;
+  const Unit& mine = r.unit(unit);
+  if (mine.state == Unit::State::kStuck) return false;
   const uint32_t* wants = unit_wants_.Get({n.region, unit});
   if (wants == nullptr || *wants != 1) return false;
+  if (mine.partial_pages != 0) {
+    // Another stray page of a partial unit is mapped alone too; a page beside one it holds (a
+    // stream through the unit), or a unit half held already, has the rest mapped.
+    const uint64_t first = r.UnitFirstPage(unit);
+    const uint64_t last = first + r.UnitPageCount(unit) - 1;
+    return !(n.page > first && r.PagePresent(n.page - 1)) &&
+           !(n.page < last && r.PagePresent(n.page + 1)) &&
+           uint64_t{mine.partial_pages} * 2 < r.UnitPageCount(unit);
+  }
+  if (mine.mapped()) return false;
   // Beside a whole unit, a request is the next step of a stream more likely than a stray one.
   auto whole = [&r](uint32_t u) {
     const Unit& x = r.unit(u);
@@ -320,7 +331,8 @@ FaultProcessor::UnitResult FaultProcessor::MapUnit(AddressSpace* space, Region* 
     return needed ? MapStuckPage(space, region, page) : UnitResult::kFailed;
   }
   if (u.partial_pages != 0) {
-    return needed ? MapHoles(space, region, unit, page, now_ns, final_round) : UnitResult::kFailed;
+    return needed ? MapHoles(space, region, unit, page, alone, now_ns, final_round)
+                  : UnitResult::kFailed;
   }
   const uint64_t first = alone ? page : region->UnitFirstPage(unit);
   const uint64_t count = alone ? 1 : region->UnitPageCount(unit);
@@ -345,20 +357,20 @@ FaultProcessor::UnitResult FaultProcessor::MapUnit(AddressSpace* space, Region* 
 }
 
 FaultProcessor::UnitResult FaultProcessor::MapHoles(AddressSpace* space, Region* region,
-                                                    uint32_t unit, uint64_t page, uint64_t now_ns,
-                                                    bool final_round) {
+                                                    uint32_t unit, uint64_t page, bool alone,
+                                                    uint64_t now_ns, bool final_round) {
   PagedSpace* paging = pager_ != nullptr ? space->paging() : nullptr;
   const UnitRef ref{space->IndexOf(region), unit};
   Unit& u = region->unit(unit);
   // The unit is on its list: making room must not evict it from under the pages about to fill
   // it. (A pin lasts until this batch's answers are settled, as for a unit an answer needs.)
   if (paging != nullptr) Pager::Pin(*paging, ref);
-  const uint64_t missing = region->UnitPageCount(unit) - u.partial_pages;
+  const uint64_t missing = alone ? 1 : region->UnitPageCount(unit) - u.partial_pages;
   if (auto no = Room(space, missing * region->page_size(), true, now_ns, final_round)) return *no;
-  // One call per hole: each is its own area, and the unit stays unmappable by one call over its
-  // range (areas with holes between them, none cut).
-  const uint64_t first = region->UnitFirstPage(unit);
-  const uint64_t end = first + region->UnitPageCount(unit);
+  // One call per hole (alone: the page's own): each is its own area, and the unit stays
+  // unmappable by one call over its range (areas with holes between them, none cut).
+  const uint64_t first = alone ? page : region->UnitFirstPage(unit);
+  const uint64_t end = alone ? page + 1 : first + region->UnitPageCount(unit);
   for (uint64_t p = first; p < end && u.partial_pages != 0;) {
     if (region->PagePresent(p)) {
       ++p;

@@ -128,9 +128,10 @@ class PartialUnitTest : public ::testing::Test, public PagingHarness {
   }
 };
 
-// A page request alone in its unit, nothing mapped beside it: only its page is mapped. The
-// unit's next request maps the rest, a call per hole, and the unit is whole from then on.
-TEST_F(PartialUnitTest, AFirstTouchAloneMapsItsPageAndTheNextMapsTheRest) {
+// A page request alone in its unit, nothing mapped beside it: only its page is mapped; so is a
+// later stray page of the unit. A request beside a page the unit holds maps the rest, a call per
+// hole, and the unit is whole from then on.
+TEST_F(PartialUnitTest, AFirstTouchAloneMapsItsPageAndANeighbourMapsTheRest) {
   Build({}, EvictionPolicy::kWorkingset, /*first_touch_page=*/true);
   EXPECT_THAT(Batch({{5, 1}}), ElementsAre(Resp(1u, uapi::kRespSuccess)));
   ASSERT_EQ(mapper_.calls.size(), 1u);
@@ -141,13 +142,21 @@ TEST_F(PartialUnitTest, AFirstTouchAloneMapsItsPageAndTheNextMapsTheRest) {
   EXPECT_EQ(stats_.paging.resident_bytes, kPage);
   EXPECT_EQ(region0().mapped_pages(), 1u);
   EXPECT_EQ(region0().unit(5).partial_pages, 1u);
-  // Page 3: the holes [0, 1) and [2, 4) are mapped, each in a call of its own.
+  // Page 3, not beside page 1: alone too.
   EXPECT_THAT(Batch({{5, 3}}), ElementsAre(Resp(2u, uapi::kRespSuccess)));
-  ASSERT_EQ(mapper_.calls.size(), 3u);
-  EXPECT_EQ(mapper_.calls[1].iova, PageIova(5, 0));
+  ASSERT_EQ(mapper_.calls.size(), 2u);
+  EXPECT_EQ(mapper_.calls[1].iova, PageIova(5, 3));
   EXPECT_EQ(mapper_.calls[1].length, kPage);
-  EXPECT_EQ(mapper_.calls[2].iova, PageIova(5, 2));
-  EXPECT_EQ(mapper_.calls[2].length, 2 * kPage);
+  EXPECT_EQ(Present(5), "0101");
+  EXPECT_EQ(region0().unit(5).partial_pages, 2u);
+  EXPECT_EQ(stats_.paging.resident_bytes, 2 * kPage);
+  // Page 2, beside both: the holes [0, 1) and [2, 3) are mapped, each in a call of its own.
+  EXPECT_THAT(Batch({{5, 2}}), ElementsAre(Resp(3u, uapi::kRespSuccess)));
+  ASSERT_EQ(mapper_.calls.size(), 4u);
+  EXPECT_EQ(mapper_.calls[2].iova, PageIova(5, 0));
+  EXPECT_EQ(mapper_.calls[2].length, kPage);
+  EXPECT_EQ(mapper_.calls[3].iova, PageIova(5, 2));
+  EXPECT_EQ(mapper_.calls[3].length, kPage);
   EXPECT_EQ(Present(5), "1111");
   EXPECT_EQ(region0().unit(5).partial_pages, 0u) << "whole now";
   EXPECT_EQ(stats_.paging.resident_bytes, kUnit);
@@ -156,7 +165,14 @@ TEST_F(PartialUnitTest, AFirstTouchAloneMapsItsPageAndTheNextMapsTheRest) {
   EXPECT_EQ(stats_.bytes_mapped, kUnit);
   // Whole: nothing more is mapped for it.
   Batch({{5, 0}, {5, 2}});
-  EXPECT_EQ(mapper_.calls.size(), 3u);
+  EXPECT_EQ(mapper_.calls.size(), 4u);
+  // Evicted by one unmap over its four areas.
+  EXPECT_EQ(pager_->EvictUnits(*table_->spaces()[0].paging(), 0, 5, 5, 0).bytes, kUnit);
+  ASSERT_EQ(mapper_.unmaps.size(), 1u);
+  EXPECT_EQ(mapper_.unmaps[0].iova, PageIova(5, 0));
+  EXPECT_EQ(mapper_.unmaps[0].length, kUnit);
+  EXPECT_EQ(mapper_.MappedBytes(3), 0u);
+  EXPECT_EQ(mapper_.held_mismatches, 0);
 }
 
 // Two pages of one unit in a batch, a length hint or a prefetch window reaching past the page,
@@ -238,8 +254,8 @@ TEST_F(PartialUnitTest, FillingAPartialUnitNeverEvictsIt) {
   Build({.space = kUnit}, EvictionPolicy::kFifo, /*first_touch_page=*/true);
   Batch({{0, 0}});  // the oldest: the first victim
   Batch({{2, 0}});
-  // Unit 0 fills (3 pages more): unit 2 must go, not unit 0.
-  EXPECT_THAT(Batch({{0, 3}}), ElementsAre(Resp(3u, uapi::kRespSuccess)));
+  // Unit 0 fills (3 pages more, page 1 being beside page 0): unit 2 must go, not unit 0.
+  EXPECT_THAT(Batch({{0, 1}}), ElementsAre(Resp(3u, uapi::kRespSuccess)));
   EXPECT_EQ(Present(0), "1111");
   EXPECT_EQ(Present(2), "0000");
   EXPECT_EQ(stats_.paging.resident_bytes, kUnit);
@@ -257,7 +273,7 @@ TEST_F(PartialUnitTest, AHoleSomeoneElseMappedMakesTheUnitStuck) {
   mapper_.mapped.push_back({3, PageIova(3, 2), kPage});
   EXPECT_THAT(Batch({{3, 2}}), ElementsAre(Resp(2u, uapi::kRespSuccess)));
   EXPECT_EQ(region0().unit(3).state, Unit::State::kStuck);
-  // The hole [1, 4) said EEXIST; page 2, someone else's, is present.
+  // Page 2, alone (not beside page 0), said EEXIST: someone else's, present.
   EXPECT_EQ(Present(3), "1010");
   EXPECT_EQ(stats_.paging.resident_bytes, kPage);
   EXPECT_THAT(Batch({{3, 3}}), ElementsAre(Resp(3u, uapi::kRespSuccess)));

@@ -277,9 +277,10 @@ TEST_F(AdoptRestartTest, PartialUnitsAreTakenBackWithTheirPages) {
   EXPECT_EQ(kernel_.copies(), 4u) << "a copy succeeds for each page still mapped";
   EXPECT_EQ(Mapped(), 4 * kPage) << "the scratch IOAS and its copies are gone";
   EXPECT_EQ(device_->stats().paging.resident_bytes, 4 * kPage);
-  // Page 3 of unit 0 fills it (its holes mapped); page 1 of unit 2 is resident already.
+  // Page 2 of unit 0, beside page 1, fills it (its holes mapped); page 1 of unit 2 is resident
+  // already.
   kernel_.DeliverRequests(
-      function_.IssueGroup(std::nullopt, kBase + 3 * kPage, uapi::kPermRead, 1));
+      function_.IssueGroup(std::nullopt, kBase + 2 * kPage, uapi::kPermRead, 1));
   Fault(2);
   ExpectClean();
   EXPECT_EQ(device_->stats().responses_success, 2u);

@@ -33,9 +33,10 @@ struct FaultProcessorOptions {
 // record's length hint reach are mapped ahead where they fit without evicting. Where the region
 // maps first touches by the page (first_touch = "page"), a unit that only one page of the batch
 // asks for, with nothing mapped ahead and no whole unit mapped beside it, gets only that page
-// mapped (a partial unit); the next page asked for in it maps the rest, hole by hole. A random
-// access pattern then costs a page per request, not a unit, while a sequential one (whose next
-// unit lies beside a whole one) maps whole units from its second unit on. Every group gets
+// mapped (a partial unit); so does a later stray page of it, while a page beside one it holds,
+// or a unit half held, has the rest mapped, hole by hole. A random access pattern then costs a
+// page per request, not a unit, while a sequential one (whose next unit lies beside a whole one)
+// maps whole units from its second unit on. Every group gets
 // exactly one response: SUCCESS when every one of its records' pages is mapped, otherwise
 // INVALID with the first reason found, counted in stats.
 //
@@ -118,8 +119,8 @@ class FaultProcessor {
   // that page when `alone` (a partial unit's first page), or its holes when it is partial.
   UnitResult MapUnit(AddressSpace* space, Region* region, uint32_t unit, uint64_t page, bool needed,
                      bool alone, uint64_t now_ns, bool final_round);
-  // Maps the holes of partial unit `unit`, for page `page` of it.
-  UnitResult MapHoles(AddressSpace* space, Region* region, uint32_t unit, uint64_t page,
+  // Maps the holes of partial unit `unit`, for page `page` of it; `alone`: that page only.
+  UnitResult MapHoles(AddressSpace* space, Region* region, uint32_t unit, uint64_t page, bool alone,
                       uint64_t now_ns, bool final_round);
   // Maps page `page` of stuck unit `unit` alone (EEXIST: someone else's mapping is there).
   UnitResult MapStuckPage(AddressSpace* space, Region* region, uint64_t page);
@@ -127,9 +128,10 @@ class FaultProcessor {
   // may be made, else what the unit comes to.
   std::optional<UnitResult> Room(AddressSpace* space, uint64_t bytes, bool needed, uint64_t now_ns,
                                  bool final_round);
-  // Whether need `n` may map only its page: its region maps first touches by the page, its unit
-  // is unmapped, only this page of it is asked for in the batch, nothing is to be mapped ahead,
-  // and neither unit beside it is mapped whole.
+  // Whether need `n` may map only its page: its region maps first touches by the page, only this
+  // page of its unit is asked for in the batch, nothing is to be mapped ahead, and either the
+  // unit is unmapped with neither unit beside it mapped whole, or it is partial, held less than
+  // half, with neither page beside this one held.
   bool Alone(const Need& n) const;
   bool CallMap(const MapRequest& req);
   void MarkMapped(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns);

@@ -793,12 +793,12 @@ bool CasePagingBudgetAfterARestart() {
 }
 
 // Partial units on the real kernel (first_touch = "page", the default; docs/PAGING.md): a
-// request alone in its unit maps and pins only its page; the unit's next request maps its holes
-// (the unit is then three areas); an eviction unmaps a partial unit, and one filled hole by
-// hole, by the unit's range (the kernel takes every area inside it, KERNEL_FACTS.md 11) and
-// unpins them; after iopfd is killed and started again, its partial units are taken back page by
-// page (a copy each, KERNEL_FACTS.md 11) and counted.
-// Longer than 60 lines: one story, told in order.
+// request alone in its unit maps and pins only its page, a stray one later too; a request beside
+// a page the unit holds maps its holes (the unit is then three areas); an eviction unmaps a
+// partial unit, and one filled hole by hole, by the unit's range (the kernel takes every area
+// inside it, KERNEL_FACTS.md 11) and unpins them; after iopfd is killed and started again, its
+// partial units are taken back page by page (a copy each, KERNEL_FACTS.md 11) and counted. Longer
+// than 60 lines: one story, told in order.
 bool CasePagingPartialUnits() {
   Verdict v("paging_partial_units");
   Env e;
@@ -842,9 +842,12 @@ bool CasePagingPartialUnits() {
                  CheckPins(e, e.va0 + u * kUnit + 4 * kPage, 12 * kPage, 0),
              Format("unit %llu: only its page pinned", static_cast<unsigned long long>(u)));
   }
-  // Page 9 of unit 0: its holes [0, 3) and [4, 16) are mapped; the unit is whole.
-  fault(9);
-  v.Expect(CheckMap(e, e.hwpt, kR0, kUnit, e.va0), "unit 0 mapped whole after its second request");
+  // Page 9 of unit 4, a stray page: alone too (unit 4 holds two areas).
+  fault(4 * 16 + 9);
+  v.Expect(!page_mapped(4 * 16 + 8) && !page_mapped(4 * 16 + 10), "unit 4: a stray page alone");
+  // Page 4 of unit 0, beside page 3: its holes [0, 3) and [4, 16) are mapped; the unit is whole.
+  fault(4);
+  v.Expect(CheckMap(e, e.hwpt, kR0, kUnit, e.va0), "unit 0 mapped whole after a page beside");
   // Killed and started again: unit 0 is taken back whole, units 2, 4 and 6 page by page.
   store.Receive();
   kill(d.pid, SIGKILL);
@@ -855,7 +858,7 @@ bool CasePagingPartialUnits() {
   const std::string log = ReadLog(d);
   v.Expect(
       log.find(Format("mock0: took back 4 unit(s) (%llu bytes)",
-                      static_cast<unsigned long long>(kUnit + 3 * kPage))) != std::string::npos,
+                      static_cast<unsigned long long>(kUnit + 4 * kPage))) != std::string::npos,
       "the restarted iopfd took back unit 0 whole and three partial units");
   // Evicted: unit 0 (three areas) and unit 2 (one), each by its unit's range.
   auto [rc1, out1] = ctl({"evict", "mock0", Format("0x%llx", static_cast<unsigned long long>(kR0)),
@@ -876,7 +879,7 @@ bool CasePagingPartialUnits() {
   v.Expect(rc == 0, Format("iopfd exit %d", rc));
   v.ExpectEq(s, "paging.unmap_failures", 0);
   v.ExpectEq(s, "responses_invalid", 0);
-  v.ExpectEq(s, "paging.resident_bytes", 3 * kPage);  // a page each of units 2, 4 and 6
+  v.ExpectEq(s, "paging.resident_bytes", 4 * kPage);  // units 2 and 6: a page; unit 4: two
   v.ExpectEq(s, "paging.evicted_units", 2);
   return v.Report();
 }
