@@ -900,7 +900,7 @@ bool RunFloorParts(const std::set<std::string>& parts, int n, const std::vector<
   }
   if (want("stream")) {
     std::map<Handler, Repeated> by;
-    for (Handler h : {Handler::kFloor, Handler::kNaive, Handler::kIopfd}) {
+    for (Handler h : {Handler::kFloor, Handler::kNaive, Handler::kIopfd, Handler::kIopfdUnit}) {
       by[h] = Repeat(kReps, [&](int rep) { return Stream(h, n, rep); });
       ok = ok && by[h].ok;
     }

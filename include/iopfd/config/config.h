@@ -108,8 +108,9 @@ struct RegionConfig {
   // What one map call maps and one eviction unmaps (docs/PAGING.md): a power of two, a multiple
   // of the page size; 0 = the default (DefaultMapUnit: 64 KiB, or the huge page size).
   uint64_t map_unit = 0;
-  // A unit first touched by one page request alone maps only that page; its next request maps
-  // the rest ("page", the default), or every first touch maps the whole unit ("unit").
+  // A unit first touched by one page request alone maps only that page, a later stray page of
+  // it too, and a page beside one it holds maps the rest ("page", the default); or every first
+  // touch maps the whole unit ("unit").
   bool first_touch_page = true;
   // The page size mappings are made in: 4 KiB, or the huge page size of a hugetlbfs backing.
   // Filled in by validation (it stats the backing); 0 until then.
