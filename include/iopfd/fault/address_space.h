@@ -6,8 +6,9 @@
 // a unit, once mapped alone, can be unmapped alone, and adjacent units in one call.
 // A unit may also be mapped in part (a "partial" unit): its first page request, alone in its
 // unit, maps only the page asked for (first_touch = "page"), as does a later stray page of it;
-// a request beside a page it holds maps the rest, hole by hole (FaultProcessor::Alone). The unit is still one eviction granule: an unmap may cover several
-// areas with holes between them, as long as it cuts none (KERNEL_FACTS.md 11).
+// a request beside a page it holds maps the rest, hole by hole (FaultProcessor::Alone). The unit is
+// still one eviction granule: an unmap may cover several areas with holes between them, as long as
+// it cuts none (KERNEL_FACTS.md 11).
 #ifndef IOPFD_FAULT_ADDRESS_SPACE_H_
 #define IOPFD_FAULT_ADDRESS_SPACE_H_
 
