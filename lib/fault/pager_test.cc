@@ -108,11 +108,12 @@ class PagerTest : public ::testing::Test, public PagingHarness {};
 
 class PartialUnitTest : public ::testing::Test, public PagingHarness {
  protected:
-  // Faults page `page` (0-3) of each unit in `units` of the no-PASID space, in one batch, and
-  // writes the answers.
-  std::vector<uapi::PageResponse> Batch(std::vector<std::pair<uint32_t, uint32_t>> pages,
+  // Faults each (unit, page of it) of the no-PASID space in `pages`, in one batch, and writes
+  // the answers.
+  std::vector<uapi::PageResponse> Batch(const std::vector<std::pair<uint32_t, uint32_t>>& pages,
                                         uint64_t now = 0) {
     std::vector<uapi::PageFault> recs;
+    recs.reserve(pages.size());
     for (auto [unit, page] : pages) recs.push_back(Rec(++cookie_, PageIova(unit, page)));
     proc_->Process(recs, now);
     return Flush(now);
