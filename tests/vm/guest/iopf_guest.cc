@@ -676,6 +676,21 @@ bool CaseAdoptAndDetach() {
   return v.Report();
 }
 
+// Starts iopfd on `dir` as systemd would: with the launcher's descriptors `launcher` (passed at
+// every start) and what the fd store `store` holds; waits until it serves its control socket.
+Daemon StartStored(Verdict& v, const std::string& dir, FdStoreKeeper& store,
+                   std::vector<std::pair<std::string, int>> launcher) {
+  store.Receive();
+  for (const auto& entry : store.entries()) launcher.push_back(entry);
+  Daemon d = StartWith(dir, launcher, store.Env());
+  const std::string sock = dir + "/ctl.sock";
+  v.Expect(WaitFor([&] {
+             return !ControlClient(sock).Call(R"({"method":"io.iopfd.GetStatus"})").empty();
+           }),
+           "iopfd serving");
+  return d;
+}
+
 // Two devices under a budget of four units each keep their map records in the fd store
 // (FdStoreKeeper plays systemd): mockD, adopted at run time (the record goes with its
 // descriptors), and mockC, configured in devices.d (the record goes with a copy of its
@@ -699,17 +714,7 @@ bool CasePagingBudgetAfterARestart() {
   WriteFile(c_file, c_text);
   const std::string sock = e.dir + "/ctl.sock";
   FdStoreKeeper store(e.dir + "/notify.sock");
-  auto start = [&] {
-    store.Receive();
-    std::vector<std::pair<std::string, int>> fds = c.Fds();  // the launcher's, every start
-    for (const auto& entry : store.entries()) fds.push_back(entry);
-    Daemon d = StartWith(e.dir, fds, store.Env());
-    v.Expect(WaitFor([&] {
-               return !ControlClient(sock).Call(R"({"method":"io.iopfd.GetStatus"})").empty();
-             }),
-             "iopfd serving");
-    return d;
-  };
+  auto start = [&] { return StartStored(v, e.dir, store, c.Fds()); };
   Daemon d = start();
   std::string text = WholeUnits(DeviceFile(e, /*fd_backings=*/true));
   text.insert(text.find("[[space]]"), budget + "\n");
@@ -742,10 +747,7 @@ bool CasePagingBudgetAfterARestart() {
   }
   v.Expect(mapped_units(e) == 4 && mapped_units(c) == 4, "4 units of each mapped before the kill");
   store.Receive();
-  kill(d.pid, SIGKILL);
-  int status = 0;
-  waitpid(d.pid, &status, 0);
-  d.pid = -1;
+  Crash(d);
   d = start();
   v.Expect(mapped_units(e) == 4 && mapped_units(c) == 4,
            "the dead process's units stay mapped meanwhile");
@@ -797,25 +799,16 @@ bool CasePagingBudgetAfterARestart() {
 // a page the unit holds maps its holes (the unit is then three areas); an eviction unmaps a
 // partial unit, and one filled hole by hole, by the unit's range (the kernel takes every area
 // inside it, KERNEL_FACTS.md 11) and unpins them; after iopfd is killed and started again, its
-// partial units are taken back page by page (a copy each, KERNEL_FACTS.md 11) and counted. Longer
-// than 60 lines: one story, told in order.
+// partial units are taken back page by page (a copy each, KERNEL_FACTS.md 11) and counted.
+//
+// Longer than 60 lines: one story, told in order.
 bool CasePagingPartialUnits() {
   Verdict v("paging_partial_units");
   Env e;
   Setup(e, v.name, "info");
   const std::string sock = e.dir + "/ctl.sock";
   FdStoreKeeper store(e.dir + "/notify.sock");
-  auto start = [&] {
-    store.Receive();
-    std::vector<std::pair<std::string, int>> fds = e.Fds();  // the launcher's, every start
-    for (const auto& entry : store.entries()) fds.push_back(entry);
-    Daemon d = StartWith(e.dir, fds, store.Env());
-    v.Expect(WaitFor([&] {
-               return !ControlClient(sock).Call(R"({"method":"io.iopfd.GetStatus"})").empty();
-             }),
-             "iopfd serving");
-    return d;
-  };
+  auto start = [&] { return StartStored(v, e.dir, store, e.Fds()); };
   auto ctl = [&](const std::vector<std::string>& args) {
     std::vector<std::string> argv = {"/bin/iopfctl", "--control-socket", sock};
     argv.insert(argv.end(), args.begin(), args.end());
@@ -850,10 +843,7 @@ bool CasePagingPartialUnits() {
   v.Expect(CheckMap(e, e.hwpt, kR0, kUnit, e.va0), "unit 0 mapped whole after a page beside");
   // Killed and started again: unit 0 is taken back whole, units 2, 4 and 6 page by page.
   store.Receive();
-  kill(d.pid, SIGKILL);
-  int status = 0;
-  waitpid(d.pid, &status, 0);
-  d.pid = -1;
+  Crash(d);
   d = start();
   const std::string log = ReadLog(d);
   v.Expect(

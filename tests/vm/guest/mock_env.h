@@ -470,6 +470,14 @@ inline int Stop(Daemon& d) {
   return -2;
 }
 
+// A crash: kills iopfd (SIGKILL: nothing is answered or unmapped on the way out) and reaps it.
+inline void Crash(Daemon& d) {
+  kill(d.pid, SIGKILL);
+  int status = 0;
+  waitpid(d.pid, &status, 0);
+  d.pid = -1;
+}
+
 // systemd's file descriptor store, as iopfd sees it (NOTIFY_SOCKET and FDSTORE): keeps every
 // descriptor sent with FDSTORE=1 under its FDNAME, drops a name's entries on FDSTOREREMOVE=1,
 // and hands them back at the next start. Messages are taken in as they come, by a thread of its
