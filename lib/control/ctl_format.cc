@@ -342,14 +342,21 @@ std::string FormatDevices(const Json& p) {
   return table.Render();
 }
 
-// One paging scope's line: resident of budget (or unbounded), evicted units.
+// One paging scope's line: resident (in how many units, how many of them partial) of budget (or
+// unbounded), evicted units. The units are left out when the daemon does not report them (one
+// older than the gauges).
 std::string PagingLine(const Json& counters) {
   auto bytes = [&counters](const char* key) {
     auto n = UnsignedField(counters, key);
     return n ? FormatBytes(*n) : std::string(kMissing);
   };
   auto budget = UnsignedField(counters, "budget_bytes");
-  return absl::StrCat(bytes("resident_bytes"), " resident of ",
+  std::string units;
+  if (Member(counters, "resident_units") != nullptr) {
+    units = absl::StrCat(" in ", CountField(counters, "resident_units"), " units (",
+                         CountField(counters, "partial_units"), " partial)");
+  }
+  return absl::StrCat(bytes("resident_bytes"), units, " resident of ",
                       !budget        ? std::string(kMissing)
                       : *budget == 0 ? std::string("unbounded")
                                      : FormatBytes(*budget),

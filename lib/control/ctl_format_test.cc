@@ -390,6 +390,7 @@ TEST(FormatStatsTest, PagingViewAfterTheDevices) {
       "daemon": {"resident_bytes": 1048576, "budget_bytes": 0, "evicted_units": 0},
       "spaces": [
         {"device": "gpu0", "counters": {"resident_bytes": 262144, "budget_bytes": 524288,
+                                        "resident_units": 7, "partial_units": 3,
                                         "evicted_units": 1234}},
         {"device": "gpu0", "pasid": 5, "counters": {"resident_bytes": 65536}}
       ]
@@ -399,7 +400,8 @@ TEST(FormatStatsTest, PagingViewAfterTheDevices) {
   EXPECT_THAT(out, ::testing::HasSubstr(
                        "\npaging\n"
                        "  all devices    1.0 MiB resident of unbounded, 0 units evicted\n"
-                       "  gpu0 no pasid  256.0 KiB resident of 512.0 KiB, 1,234 units evicted\n"
+                       "  gpu0 no pasid  256.0 KiB in 7 units (3 partial) resident of 512.0 KiB, "
+                       "1,234 units evicted\n"
                        "  gpu0 pasid 5   64.0 KiB resident of -, - units evicted\n"))
       << out;
 }

@@ -135,15 +135,20 @@ void Pager::RemoveDevice(PagedDevice* device) {
       continue;
     }
     totals_.resident_bytes -= (*it)->counters().resident_bytes;
+    totals_.resident_units -= (*it)->counters().resident_units;
+    totals_.partial_units -= (*it)->counters().partial_units;
     (*it)->space().set_paging(nullptr);
     it = spaces_.erase(it);
   }
   devices_.remove_if([device](const std::unique_ptr<PagedDevice>& d) { return d.get() == device; });
 }
 
-void Pager::Account(PagedSpace& space, int64_t bytes) {
-  ForChain(space.scope(), [bytes](PagingCounters& c) {
-    c.resident_bytes = static_cast<uint64_t>(static_cast<int64_t>(c.resident_bytes) + bytes);
+void Pager::Account(PagedSpace& space, int64_t bytes, int64_t units, int64_t partial) {
+  auto add = [](uint64_t& v, int64_t d) { v = static_cast<uint64_t>(static_cast<int64_t>(v) + d); };
+  ForChain(space.scope(), [&](PagingCounters& c) {
+    add(c.resident_bytes, bytes);
+    add(c.resident_units, units);
+    add(c.partial_units, partial);
   });
 }
 
@@ -220,7 +225,8 @@ void Pager::Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
   }
   u.mapped_ns = now_ns;
   region.NoteUnitMapped(ref.unit);
-  Account(space, static_cast<int64_t>(region.ResidentBytes(ref.unit)));
+  Account(space, static_cast<int64_t>(region.ResidentBytes(ref.unit)), 1,
+          u.partial_pages != 0 ? 1 : 0);
   if (options_.policy == EvictionPolicy::kWorkingset && working_set) {
     u.state = Unit::State::kActive;
     Link(space, space.protected_list(), ref);
@@ -233,8 +239,11 @@ void Pager::Mapped(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
 
 void Pager::Grew(PagedSpace& space, UnitRef ref, uint64_t pages) {
   Region& region = space.space().regions()[ref.region];
+  const bool was_partial = space.space().unit(ref).partial_pages != 0;
   region.NotePagesMapped(ref.unit, pages);
-  Account(space, static_cast<int64_t>(pages * region.page_size()));
+  // Filled: whole now.
+  const bool whole = was_partial && space.space().unit(ref).partial_pages == 0;
+  Account(space, static_cast<int64_t>(pages * region.page_size()), 0, whole ? -1 : 0);
 }
 
 void Pager::Stuck(PagedSpace& space, UnitRef ref) {
@@ -449,11 +458,12 @@ void Pager::Evicted(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
   u.evicted_seq = space.evictions();
   region.NoteUnitUnmapped(ref.unit);
   const uint64_t len = region.ResidentBytes(ref.unit);
-  if (u.partial_pages != 0) {
+  const bool partial = u.partial_pages != 0;
+  if (partial) {
     u.partial_pages = 0;
     region.ClearPresent(ref.unit);
   }
-  Account(space, -static_cast<int64_t>(len));
+  Account(space, -static_cast<int64_t>(len), -1, partial ? -1 : 0);
   ForChain(space.scope(), [len](PagingCounters& c) {
     ++c.evicted_units;
     c.evicted_bytes += len;
@@ -489,7 +499,7 @@ bool Pager::MappedAgain(PagedSpace& space, UnitRef ref, uint64_t now_ns) {
   if (u.partial_pages != 0) {
     const uint64_t more = region.UnitPageCount(ref.unit) - u.partial_pages;
     region.NotePagesMapped(ref.unit, more);
-    Account(space, static_cast<int64_t>(more * region.page_size()));
+    Account(space, static_cast<int64_t>(more * region.page_size()), 0, -1);
   }
   u.state = Unit::State::kInactive;
   u.mapped_ns = now_ns;

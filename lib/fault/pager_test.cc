@@ -143,6 +143,9 @@ TEST_F(PartialUnitTest, AFirstTouchAloneMapsItsPageAndANeighbourMapsTheRest) {
   EXPECT_EQ(stats_.paging.resident_bytes, kPage);
   EXPECT_EQ(region0().mapped_pages(), 1u);
   EXPECT_EQ(region0().unit(5).partial_pages, 1u);
+  EXPECT_EQ(stats_.paging.resident_units, 1u);
+  EXPECT_EQ(stats_.paging.partial_units, 1u);
+  EXPECT_EQ(pager_->totals().partial_units, 1u) << "every scope up to the daemon's";
   // Page 3, not beside page 1: alone too.
   EXPECT_THAT(Batch({{5, 3}}), ElementsAre(Resp(2u, uapi::kRespSuccess)));
   ASSERT_EQ(mapper_.calls.size(), 2u);
@@ -161,6 +164,8 @@ TEST_F(PartialUnitTest, AFirstTouchAloneMapsItsPageAndANeighbourMapsTheRest) {
   EXPECT_EQ(Present(5), "1111");
   EXPECT_EQ(region0().unit(5).partial_pages, 0u) << "whole now";
   EXPECT_EQ(stats_.paging.resident_bytes, kUnit);
+  EXPECT_EQ(stats_.paging.resident_units, 1u);
+  EXPECT_EQ(stats_.paging.partial_units, 0u) << "whole now";
   EXPECT_EQ(mapper_.MappedBytes(3), kUnit);
   EXPECT_EQ(region0().mapped_pages(), 4u);
   EXPECT_EQ(stats_.bytes_mapped, kUnit);
@@ -174,6 +179,8 @@ TEST_F(PartialUnitTest, AFirstTouchAloneMapsItsPageAndANeighbourMapsTheRest) {
   EXPECT_EQ(mapper_.unmaps[0].length, kUnit);
   EXPECT_EQ(mapper_.MappedBytes(3), 0u);
   EXPECT_EQ(mapper_.held_mismatches, 0);
+  EXPECT_EQ(stats_.paging.resident_units, 0u);
+  EXPECT_EQ(pager_->totals().resident_units, 0u);
 }
 
 // Two pages of one unit in a batch, a length hint or a prefetch window reaching past the page,
@@ -224,6 +231,8 @@ TEST_F(PartialUnitTest, PartialUnitsCountTheirPagesAndAreEvictedByTheirRange) {
   // Eight pages fit (the budget is eight pages): every second unit, so none is beside another.
   for (uint32_t u = 0; u < 16; u += 2) Batch({{u, 1}});
   EXPECT_EQ(stats_.paging.resident_bytes, 8 * kPage);
+  EXPECT_EQ(stats_.paging.resident_units, 8u);
+  EXPECT_EQ(stats_.paging.partial_units, 8u);
   EXPECT_TRUE(mapper_.unmaps.empty());
   for (uint32_t u = 16; u < 40; u += 2) {
     const std::vector<uapi::PageResponse> out = Batch({{u, 1}});
@@ -231,6 +240,9 @@ TEST_F(PartialUnitTest, PartialUnitsCountTheirPagesAndAreEvictedByTheirRange) {
     EXPECT_EQ(out[0].code, uapi::kRespSuccess) << "unit " << u;
     EXPECT_LE(stats_.paging.resident_bytes, 2 * kUnit);
     EXPECT_EQ(mapper_.MappedBytes(3), stats_.paging.resident_bytes);
+    // Every unit holds one page: all partial, and evicted ones leave both counts.
+    EXPECT_EQ(stats_.paging.resident_units * kPage, stats_.paging.resident_bytes);
+    EXPECT_EQ(stats_.paging.partial_units, stats_.paging.resident_units);
   }
   ASSERT_FALSE(mapper_.unmaps.empty());
   EXPECT_EQ(mapper_.unmaps[0].iova, kBase);

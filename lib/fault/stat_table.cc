@@ -145,6 +145,15 @@ std::vector<StatField> MakeFields() {
                     "The device's max_resident budget ([limits]); 0 when unbounded.",
                     "iopfd_resident_budget_bytes",
                     [](const DeviceStats& s) { return s.paging.budget_bytes; }));
+  t.push_back(Gauge("paging.resident_units", "resident units",
+                    "Map units iopfd holds mapped for the device now, whole or in part.",
+                    "iopfd_resident_units",
+                    [](const DeviceStats& s) { return s.paging.resident_units; }));
+  t.push_back(Gauge("paging.partial_units", "partial units",
+                    "Of the resident map units, those holding only some of their pages (a page "
+                    "first touched alone is mapped alone: first_touch = \"page\").",
+                    "iopfd_partial_units",
+                    [](const DeviceStats& s) { return s.paging.partial_units; }));
   t.push_back(Counter("paging.evicted_units", "evicted units",
                       "Map units unmapped to stay within a budget.", "iopfd_evicted_units_total",
                       [](const DeviceStats& s) { return s.paging.evicted_units; }));

@@ -55,6 +55,8 @@ std::vector<uint64_t DeviceStats::*> PlainMembers() {
 std::vector<uint64_t PagingCounters::*> PagingMembers() {
   return {&PagingCounters::resident_bytes,
           &PagingCounters::budget_bytes,
+          &PagingCounters::resident_units,
+          &PagingCounters::partial_units,
           &PagingCounters::evicted_units,
           &PagingCounters::evicted_bytes,
           &PagingCounters::unmap_calls,
@@ -107,10 +109,10 @@ TEST(StatTableTest, EveryMemberOfDeviceStatsIsListed) {
                 "in StatFields()");
   EXPECT_EQ(PlainMembers().size() + 4, 34u)
       << "plain members + invalid_by_reason + paging + 2 histograms";
-  static_assert(iopfd_testing::MemberCount<PagingCounters>() == 12,
+  static_assert(iopfd_testing::MemberCount<PagingCounters>() == 14,
                 "a member was added to PagingCounters: list it in PagingMembers() and give it a "
                 "row in StatFields()");
-  EXPECT_EQ(PagingMembers().size() + 1, 12u) << "plain members + the unmap histogram";
+  EXPECT_EQ(PagingMembers().size() + 1, 14u) << "plain members + the unmap histogram";
 }
 
 TEST(StatTableTest, EveryCounterHasItsOwnRow) {

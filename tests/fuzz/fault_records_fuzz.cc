@@ -168,6 +168,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       // What the pager counts resident is what is mapped (nothing here is someone else's).
       FUZZ_CHECK(pager->totals().resident_bytes == mapper.MappedBytes(3) + mapper.MappedBytes(9),
                  "the pager's resident bytes are not what is mapped");
+      // The unit gauges: what the regions' units say, counted the long way (no unit is stuck
+      // here: nothing but iopfd maps, and the fake kernel's unmaps never fail).
+      uint64_t units = 0, partial = 0;
+      for (AddressSpace& s : table.spaces()) {
+        for (Region& r : s.regions()) {
+          for (uint32_t u = 0; u < r.unit_count(); ++u) {
+            const Unit& x = r.unit(u);
+            if (!x.mapped()) continue;
+            ++units;
+            if (x.partial_pages != 0) ++partial;
+          }
+        }
+      }
+      FUZZ_CHECK(pager->totals().resident_units == units, "resident_units is not the mapped units");
+      FUZZ_CHECK(pager->totals().partial_units == partial,
+                 "partial_units is not the partial units");
     }
     FUZZ_CHECK(answers_of.size() == groups.size(), "a cookie was never answered");
     FUZZ_CHECK(stats.outstanding() == 0, "the stats count a group outstanding");

@@ -294,7 +294,9 @@ class Pager {
   // probation, counted as an unmap failure); false when something is there (EEXIST: not
   // iopfd's alone) or the map failed.
   bool MappedAgain(PagedSpace& space, UnitRef ref, uint64_t now_ns);
-  void Account(PagedSpace& space, int64_t bytes);
+  // Adds to the resident bytes, units and partial units of the space's scope and of every scope
+  // above it (its device's, the daemon's).
+  void Account(PagedSpace& space, int64_t bytes, int64_t units, int64_t partial);
   bool InScope(PagedSpace& space, const ResidencyScope& scope) const;
   bool Evictable(PagedSpace& space, const Unit& u, uint64_t now_ns) const;
   void Link(PagedSpace& space, PagedSpace::List& list, UnitRef ref);

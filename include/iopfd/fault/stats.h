@@ -63,7 +63,11 @@ std::string_view InvalidReasonHelp(InvalidReason reason);
 struct PagingCounters {
   uint64_t resident_bytes = 0;  // gauge: bytes iopfd holds mapped (and so pinned) now
   uint64_t budget_bytes = 0;    // gauge: max_resident (0: unbounded)
-  uint64_t evicted_units = 0;   // map units unmapped to stay within a budget
+  uint64_t resident_units = 0;  // gauge: map units iopfd holds mapped, whole or in part
+  // Gauge: of those, the units held in part (first_touch = "page": pages mapped alone, the rest
+  // of the unit not; PAGING.md, "Partial units").
+  uint64_t partial_units = 0;
+  uint64_t evicted_units = 0;  // map units unmapped to stay within a budget
   uint64_t evicted_bytes = 0;
   uint64_t unmap_calls = 0;           // IOAS unmap ioctls issued (adjacent units share one)
   uint64_t unmap_failures = 0;        // unmap ioctls that failed (the units stay, counted stuck)

@@ -870,6 +870,9 @@ bool CasePagingPartialUnits() {
   v.ExpectEq(s, "paging.unmap_failures", 0);
   v.ExpectEq(s, "responses_invalid", 0);
   v.ExpectEq(s, "paging.resident_bytes", 4 * kPage);  // units 2 and 6: a page; unit 4: two
+  // Units 4 and 6 taken back in part at the restart, unit 2 faulted in part again.
+  v.ExpectEq(s, "paging.resident_units", 3);
+  v.ExpectEq(s, "paging.partial_units", 3);
   v.ExpectEq(s, "paging.evicted_units", 2);
   return v.Report();
 }
