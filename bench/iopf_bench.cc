@@ -688,6 +688,7 @@ struct Sample {
   uint64_t maps = 0;    // map calls
   uint64_t faults = 0;  // page requests sent
   bool ok = false;
+  double map_ms = 0;  // the stream ceiling's one map call
 };
 
 // Queued burst: the handler stopped, n requests queued (sequential pages, or n distinct random
@@ -789,6 +790,37 @@ Sample Stream(Handler h, int n, int rep) {
   out.rate = n / secs;
   out.ok = s.Finish(&out.maps) && out.ok;
   out.maps -= 1;
+  return out;
+}
+
+// The stream's ceiling: the same walk over pages all mapped before it starts (one map call, no
+// handler, no request): what the device's own checks cost per page, which bounds every
+// handler's rate in the stream case. The map call is timed apart (map_ms): populating the pages
+// (allocating, zeroing and pinning them) is work every handler does too, in its own calls.
+Sample StreamCeiling(int n, int rep) {
+  Env e;
+  Setup(e, Format("stream-ceiling-%d", rep), "warning");
+  UseBenchRegion(e);
+  BenchRegionGuard guard{e};
+  iommu_ioas_map_file map = {};
+  map.size = sizeof(map);
+  map.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
+  map.ioas_id = e.ioas;
+  map.fd = e.ram1;
+  map.length = static_cast<uint64_t>(n) * kPage;
+  map.iova = kBenchIova;
+  Sample out;
+  const auto m0 = std::chrono::steady_clock::now();
+  if (ioctl(e.iommufd, IOMMU_IOAS_MAP_FILE, &map) != 0) Die("stream ceiling: map");
+  out.map_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - m0).count();
+  out.ok = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int p = 0; p < n; ++p) {
+    if (!Mapped(e, static_cast<uint64_t>(p))) out.ok = false;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  out.rate = n / secs;
   return out;
 }
 
@@ -932,8 +964,22 @@ bool RunFloorParts(const std::set<std::string>& parts, int n, const std::vector<
       ok = ok && by[h].ok;
     }
     // Map calls per page read (not per request: most pages are hits).
+    const uint64_t iopfd_requests = by[Handler::kIopfd].median.faults;
     for (auto& [h, r] : by) r.median.faults = static_cast<uint64_t>(n);
     PrintCase(Format("stream %-10s", "prefetch"), by, "page");
+    // What no handler can beat: the walk alone, every page a hit.
+    Repeated ceiling = Repeat(kReps, [&](int rep) { return StreamCeiling(n, rep); });
+    ok = ok && ceiling.ok;
+    std::printf(
+        "IOPF-BENCH stream ceiling   the walk alone %s (its pages mapped before, in one call "
+        "of %.1f ms)   naive/ceiling %.3f   iopfd/ceiling %.2f (%llu requests, %.1f ms in all)   "
+        "ceiling/naive %.1fx\n",
+        Cell(ceiling).c_str(), ceiling.median.map_ms,
+        by[Handler::kNaive].median.rate / ceiling.median.rate,
+        by[Handler::kIopfd].median.rate / ceiling.median.rate,
+        static_cast<unsigned long long>(iopfd_requests),
+        1000.0 * n / by[Handler::kIopfd].median.rate,
+        ceiling.median.rate / by[Handler::kNaive].median.rate);
   }
   if (want("devices")) {
     // The floor's 64/1 is what any handler loses to a read and a write per fault fd: iopfd's

@@ -101,13 +101,107 @@ std::vector<uint64_t> PresentPages(Iommufd& iommufd, IoasId scratch, IoasId ioas
   return present;
 }
 
+// One take-back pass over a previous process's record: what each recorded unit becomes, and the
+// tally. Owns the scratch IOAS the checks copy into (allocated at the first need, destroyed with
+// the pass: its copies go with it).
+class TakeBackPass {
+ public:
+  TakeBackPass(Iommufd& iommufd, Mapper& mapper, FaultProcessor& processor, DeviceStats& stats,
+               uint64_t now)
+      : iommufd_(iommufd), mapper_(mapper), processor_(processor), stats_(stats), now_(now) {}
+  ~TakeBackPass() {
+    if (scratch_) (void)iommufd_.Destroy(scratch_->value());
+  }
+  TakeBackPass(const TakeBackPass&) = delete;
+  TakeBackPass& operator=(const TakeBackPass&) = delete;
+
+  // A recorded unit no unit of this layout matches: iopfd's own mapping, with other bounds or
+  // of another file. Unrecorded before the unmap, as always (map_record.h).
+  void Unmap(MapRecord& from, const RecordedUnit& ru) {
+    from.Set(ru.region, ru.unit, false);
+    // A partial unit's pages are not known here: whatever is in its range is iopfd's.
+    absl::Status st = mapper_.Unmap(ru.ioas, ru.iova, ru.length, ru.partial ? 0 : ru.length);
+    if (st.ok()) {
+      ++out.unmapped;
+    } else if (ErrnoOf(st) != ENOENT) {  // ENOENT: gone already, or not one whole mapping
+      Failed(st);
+    }
+  }
+
+  // A unit recorded as held in part: whichever of its pages are still mapped are iopfd's again
+  // (the owner maps nothing inside iopfd's regions; a unit it replaced was recorded whole).
+  void TakePartial(const Found& f) {
+    if (!HaveScratch()) {
+      ++out.partial;
+      return;
+    }
+    const std::vector<uint64_t> present =
+        PresentPages(iommufd_, *scratch_, f.space->ioas(), *f.region, f.unit);
+    if (present.empty() || !processor_.TakeBack(f.space, f.region, f.unit, now_, present)) return;
+    ++out.units;
+    out.bytes += present.size() * f.region->page_size();
+  }
+
+  // A unit recorded whole: a map call puts it back where it is gone; where it says something is
+  // there (EEXIST), a copy of the whole unit into the scratch IOAS says whether all of it is
+  // mapped (EEXIST alone only says that something overlaps it: the owner may have replaced
+  // iopfd's mapping with one of its own inside the unit, and a unit believed mapped that is only
+  // partly so would leave the device faulting on the rest for good).
+  void TakeWhole(const Found& f) {
+    const MapRequest req = f.region->MakeUnitRequest(f.space->ioas(), f.unit);
+    absl::Status st = mapper_.Map(req);
+    // ENOMEM is a transient allocation failure on the way (FaultProcessor::CallMap).
+    for (int retry = 0; retry < 2 && ErrnoOf(st) == ENOMEM; ++retry) st = mapper_.Map(req);
+    if (ErrnoOf(st) == EEXIST) {
+      st = HaveScratch() ? iommufd_.Copy(*scratch_, f.space->ioas(), req.iova, req.length)
+                         : absl::UnavailableError("no IOAS to check the unit with");
+      if (!st.ok()) {
+        ++out.partial;  // not all mapped: served as someone else's (stuck), as before records
+        return;
+      }
+    } else if (st.ok()) {
+      ++out.remapped;
+      stats_.bytes_mapped += req.length;
+    } else {
+      Failed(st);
+      return;
+    }
+    if (!processor_.TakeBack(f.space, f.region, f.unit, now_)) return;
+    ++out.units;
+    out.bytes += req.length;
+  }
+
+  Device::TakenBack out;
+  std::string first_error;  // of the first unit left as it is
+
+ private:
+  void Failed(const absl::Status& st) {
+    ++out.failed;
+    if (first_error.empty()) first_error = std::string(st.message());
+  }
+  // An IOAS of iopfd's own with no domain (so nothing is pinned) to copy into.
+  bool HaveScratch() {
+    if (!scratch_ && !scratch_failed_) {
+      auto id = iommufd_.IoasAlloc();
+      scratch_failed_ = !id.ok();
+      if (id.ok()) scratch_ = *id;
+    }
+    return scratch_.has_value();
+  }
+
+  Iommufd& iommufd_;
+  Mapper& mapper_;
+  FaultProcessor& processor_;
+  DeviceStats& stats_;
+  const uint64_t now_;
+  std::optional<IoasId> scratch_;
+  bool scratch_failed_ = false;
+};
+
 }  // namespace
 
-// Longer than 60 lines: the outcomes of a recorded unit, the budgets, and the report are one
-// pass that reads best in one place.
 Device::TakenBack Device::TakeBackMappings(std::unique_ptr<MapRecord> previous) {
-  TakenBack out;
-  if (previous == nullptr || map_record_ == nullptr || !iommufd_) return out;
+  if (previous == nullptr || map_record_ == nullptr || !iommufd_) return {};
   const uint64_t now = MonotonicNs();
   // An older file (map_record.h) cannot record partial units: the device records in its own.
   const bool same =
@@ -121,82 +215,21 @@ Device::TakenBack Device::TakeBackMappings(std::unique_ptr<MapRecord> previous) 
     old = std::move(previous);
   }
   MapRecord& from = old != nullptr ? *old : *map_record_;
-  std::string first_error;
-  auto failed = [&](const absl::Status& st) {
-    ++out.failed;
-    if (first_error.empty()) first_error = std::string(st.message());
-  };
-  // Where a recorded unit's map call says EEXIST, an IOMMU_IOAS_COPY of the unit into an IOAS
-  // of iopfd's own, with no domain (so nothing is pinned), says whether all of it is mapped:
-  // EEXIST alone only says that something overlaps it (the owner may have replaced iopfd's
-  // mapping with one of its own inside the unit, and a unit believed mapped that is only
-  // partly so would leave the device faulting on the rest for good).
-  std::optional<IoasId> scratch;
-  bool scratch_failed = false;
-  auto have_scratch = [&] {
-    if (!scratch && !scratch_failed) {
-      auto id = iommufd_->IoasAlloc();
-      scratch_failed = !id.ok();
-      if (id.ok()) scratch = *id;
-    }
-    return scratch.has_value();
-  };
+  TakeBackPass pass(*iommufd_, *mapper_, *processor_, *stats_, now);
   const std::vector<RecordedRegion>& layout = map_record_->layout();  // this device's
   from.ForEachHeld([&](const RecordedUnit& ru) {
     Found f = Locate(spaces_->spaces(), layout, from.layout()[ru.region], ru);
     if (f.region == nullptr) {
-      // Not a unit of this layout: iopfd's own mapping, with other bounds or of another file.
-      // Unrecorded before the unmap, as always (map_record.h).
-      from.Set(ru.region, ru.unit, false);
-      // A partial unit's pages are not known here: whatever is in its range is iopfd's.
-      absl::Status st = mapper_->Unmap(ru.ioas, ru.iova, ru.length, ru.partial ? 0 : ru.length);
-      if (st.ok()) {
-        ++out.unmapped;
-      } else if (ErrnoOf(st) != ENOENT) {  // ENOENT: gone already, or not one whole mapping
-        failed(st);
-      }
+      pass.Unmap(from, ru);
       return;
     }
     if (same) map_record_->Set(ru.region, ru.unit, false);  // set again once resident
     if (ru.partial) {
-      // Held in part: whichever of its pages are still mapped are iopfd's again (the owner
-      // maps nothing inside iopfd's regions; a unit it replaced was recorded whole).
-      if (!have_scratch()) {
-        ++out.partial;
-        return;
-      }
-      const std::vector<uint64_t> present =
-          PresentPages(*iommufd_, *scratch, f.space->ioas(), *f.region, f.unit);
-      if (present.empty() || !processor_->TakeBack(f.space, f.region, f.unit, now, present)) {
-        return;
-      }
-      ++out.units;
-      out.bytes += present.size() * f.region->page_size();
-      return;
-    }
-    const MapRequest req = f.region->MakeUnitRequest(f.space->ioas(), f.unit);
-    absl::Status st = mapper_->Map(req);
-    // ENOMEM is a transient allocation failure on the way (FaultProcessor::CallMap).
-    for (int retry = 0; retry < 2 && ErrnoOf(st) == ENOMEM; ++retry) st = mapper_->Map(req);
-    if (ErrnoOf(st) == EEXIST) {
-      st = have_scratch() ? iommufd_->Copy(*scratch, f.space->ioas(), req.iova, req.length)
-                          : absl::UnavailableError("no IOAS to check the unit with");
-      if (!st.ok()) {
-        ++out.partial;  // not all mapped: served as someone else's (stuck), as before records
-        return;
-      }
-    } else if (st.ok()) {
-      ++out.remapped;
-      stats_->bytes_mapped += req.length;
+      pass.TakePartial(f);
     } else {
-      failed(st);
-      return;
+      pass.TakeWhole(f);
     }
-    if (!processor_->TakeBack(f.space, f.region, f.unit, now)) return;
-    ++out.units;
-    out.bytes += req.length;
   });
-  if (scratch) (void)iommufd_->Destroy(scratch->value());  // its copies go with it
   if (old != nullptr && old->Fits(map_record_->layout())) {
     // Go on in the stored file all the same, under the new layout: the store keeps it already.
     old->Relayout(map_record_->layout());
@@ -205,33 +238,36 @@ Device::TakenBack Device::TakeBackMappings(std::unique_ptr<MapRecord> previous) 
     AttachMapRecord(old.get());
     map_record_ = std::move(old);
   }
-  if (pager_ != nullptr && out.units != 0) {
-    // Budgets may be smaller than what the previous process held (a changed configuration, or
-    // what it held beyond them): back under each at once, innermost first.
-    const uint64_t evicted_before = stats_->paging.evicted_units;
-    for (AddressSpace& s : spaces_->spaces()) {
-      if (PagedSpace* p = s.paging(); p != nullptr) {
-        pager_->SetBudget(p->scope(), p->scope().budget, now);
-      }
-    }
-    pager_->SetBudget(paged_->scope(), paged_->scope().budget, now);
-    pager_->SetBudget(pager_->daemon_scope(), pager_->daemon_scope().budget, now);
-    out.evicted = stats_->paging.evicted_units - evicted_before;
-  }
+  TakenBack& out = pass.out;
+  if (pager_ != nullptr && out.units != 0) out.evicted = BackUnderBudgets(now);
   if (out.units + out.unmapped + out.partial + out.failed != 0) {
     Log(out.failed != 0 ? LogLevel::kWarning : LogLevel::kInfo,
-        absl::StrCat(name_, ": took back ", out.units, " unit(s) (", out.bytes,
-                     " bytes) the previous iopfd mapped (", out.remapped,
-                     " were gone and mapped again), unmapped ", out.unmapped,
-                     " of another layout, left ", out.partial,
-                     " only partly mapped to their owner, evicted ", out.evicted,
-                     " for the budgets",
-                     out.failed != 0
-                         ? absl::StrCat("; ", out.failed, " left as they are, first: ", first_error)
-                         : std::string()),
+        absl::StrCat(
+            name_, ": took back ", out.units, " unit(s) (", out.bytes,
+            " bytes) the previous iopfd mapped (", out.remapped,
+            " were gone and mapped again), unmapped ", out.unmapped, " of another layout, left ",
+            out.partial, " only partly mapped to their owner, evicted ", out.evicted,
+            " for the budgets",
+            out.failed != 0
+                ? absl::StrCat("; ", out.failed, " left as they are, first: ", pass.first_error)
+                : std::string()),
         {{"DEVICE", name_}});
   }
   return out;
+}
+
+uint64_t Device::BackUnderBudgets(uint64_t now) {
+  // Budgets may be smaller than what the previous process held (a changed configuration, or
+  // what it held beyond them): back under each at once, innermost first.
+  const uint64_t evicted_before = stats_->paging.evicted_units;
+  for (AddressSpace& s : spaces_->spaces()) {
+    if (PagedSpace* p = s.paging(); p != nullptr) {
+      pager_->SetBudget(p->scope(), p->scope().budget, now);
+    }
+  }
+  pager_->SetBudget(paged_->scope(), paged_->scope().budget, now);
+  pager_->SetBudget(pager_->daemon_scope(), pager_->daemon_scope().budget, now);
+  return stats_->paging.evicted_units - evicted_before;
 }
 
 }  // namespace iopfd

@@ -253,6 +253,9 @@ class Device {
   void SetUpMapRecord();
   // Has every region record in `record`, by its index in the layout.
   void AttachMapRecord(MapRecord* record);
+  // After a take-back: evicts what each budget (the spaces', the device's, the daemon's) no
+  // longer has room for. Returns the units evicted.
+  uint64_t BackUnderBudgets(uint64_t now);
   // The layout of the spaces' regions, in the order the map record indexes them.
   std::vector<RecordedRegion> Layout() const;
   explicit Device(const DeviceConfig& config)
