@@ -14,8 +14,9 @@
 //   floor    queued bursts (the handler stopped while N requests queue, then the time until all
 //            are mapped), sequential and random; K = 1, 8, 64 (or as given); a sequential stream
 //            over a region with prefetch, where a page already translated is a hit (ATS) and
-//            not a request; iopfd and the floor each serving 64 devices against one. Each case 3
-//            times: median and spread, iopfd/floor and iopfd/naive side by side.
+//            not a request; iopfd and the floor each serving 64 devices against one. Each case 5
+//            times, the handlers in turn: median and spread, iopfd/floor and iopfd/naive side
+//            by side (ratios taken within a round).
 //   control  iopfd at K=8 quiet, under 200 control clients calling GetStats, and under hostile
 //            control clients (docs/RELIABILITY.md).
 //   drain    iopfd at K=8 beside a second device, mockD, left running and drained over and over.
@@ -879,25 +880,51 @@ Sample Many(Handler h, int devices, int n, int k, int rep) {
   return out;
 }
 
-// A case repeated: the median run (by rate) with the spread of the rates.
+// A case repeated: the median run (by rate) with the spread of the rates, and each run's rate
+// in the order of the rounds.
 struct Repeated {
   Sample median;
   double min = 0, max = 0;
   bool ok = true;
+  std::vector<double> rates;  // by round
 };
-Repeated Repeat(int reps, const std::function<Sample(int)>& run) {
-  std::vector<Sample> all;
-  Repeated r;
+
+// Runs each key's case `reps` times, a round at a time: every key once per round, in turn. The
+// guest's speed under TCG drifts over a boot (a handler's rate moved 1.7x between two boots and
+// within one), so runs of different handlers are interleaved for the drift to fall on all alike,
+// and ratios are taken within a round (Ratio).
+template <typename Key>
+std::map<Key, Repeated> Rounds(int reps, const std::vector<Key>& keys,
+                               const std::function<Sample(Key, int)>& run) {
+  std::map<Key, std::vector<Sample>> all;
+  std::map<Key, Repeated> out;
   for (int i = 0; i < reps; ++i) {
-    all.push_back(run(i));
-    r.ok = r.ok && all.back().ok;
+    for (const Key& key : keys) {
+      all[key].push_back(run(key, i));
+      out[key].ok = out[key].ok && all[key].back().ok;
+      out[key].rates.push_back(all[key].back().rate);
+    }
   }
-  std::sort(all.begin(), all.end(),
-            [](const Sample& a, const Sample& b) { return a.rate < b.rate; });
-  r.median = all[all.size() / 2];
-  r.min = all.front().rate;
-  r.max = all.back().rate;
-  return r;
+  for (auto& [key, samples] : all) {
+    std::sort(samples.begin(), samples.end(),
+              [](const Sample& a, const Sample& b) { return a.rate < b.rate; });
+    Repeated& r = out[key];
+    r.median = samples[samples.size() / 2];
+    r.min = samples.front().rate;
+    r.max = samples.back().rate;
+  }
+  return out;
+}
+
+// mine's rate over base's, round by round: the median and the range of the rounds' ratios.
+std::string Ratio(const Repeated& mine, const Repeated& base) {
+  std::vector<double> r;
+  for (size_t i = 0; i < mine.rates.size() && i < base.rates.size(); ++i) {
+    r.push_back(base.rates[i] > 0 ? mine.rates[i] / base.rates[i] : 0);
+  }
+  if (r.empty()) return "-";
+  std::sort(r.begin(), r.end());
+  return Format("%.2fx [%.2f-%.2f]", r[r.size() / 2], r.front(), r.back());
 }
 
 std::string Cell(const Repeated& r) {
@@ -920,8 +947,7 @@ void PrintCase(const std::string& label, const std::map<Handler, Repeated>& by,
     for (Handler base : {Handler::kFloor, Handler::kNaive}) {
       const auto b = by.find(base);
       if (io == by.end() || b == by.end()) continue;
-      line += Format("   %s/%s %.2fx", Name(mine), Name(base),
-                     io->second.median.rate / b->second.median.rate);
+      line += Format("   %s/%s %s", Name(mine), Name(base), Ratio(io->second, b->second).c_str());
       if (io->second.median.p50_us > 0 && b->second.median.p50_us > 0) {
         line += Format(" (p50 %.2fx)", io->second.median.p50_us / b->second.median.p50_us);
       }
@@ -933,42 +959,44 @@ void PrintCase(const std::string& label, const std::map<Handler, Repeated>& by,
 
 // The parts "burst", "k", "stream" and "devices" ("floor" is all four).
 bool RunFloorParts(const std::set<std::string>& parts, int n, const std::vector<int>& ks) {
-  constexpr int kReps = 3;
-  constexpr Handler kAll[] = {Handler::kFloor, Handler::kNaive, Handler::kIopfd,
-                              Handler::kIopfdUnit, Handler::kIopfd4k};
+  constexpr int kReps = 5;
+  const std::vector<Handler> all = {Handler::kFloor, Handler::kNaive, Handler::kIopfd,
+                                    Handler::kIopfdUnit, Handler::kIopfd4k};
   auto want = [&](const char* part) { return parts.count(part) || parts.count("floor"); };
+  auto all_ok = [](const auto& by) {
+    return std::all_of(by.begin(), by.end(), [](const auto& kv) { return kv.second.ok; });
+  };
   bool ok = true;
-  std::printf("IOPF-BENCH floor: each case %d times, median rate [min-max]; n = %d\n", kReps, n);
+  std::printf(
+      "IOPF-BENCH floor: each case %d times, the handlers in turn; median rate [min-max], ratios "
+      "within a round: median [min-max]; n = %d\n",
+      kReps, n);
   for (bool random : {false, true}) {
     if (!want("burst")) break;
-    std::map<Handler, Repeated> by;
-    for (Handler h : kAll) {
-      by[h] = Repeat(kReps, [&](int rep) { return Burst(h, n, random, rep); });
-      ok = ok && by[h].ok;
-    }
+    auto by =
+        Rounds<Handler>(kReps, all, [&](Handler h, int rep) { return Burst(h, n, random, rep); });
+    ok = ok && all_ok(by);
     PrintCase(Format("burst  %-10s", random ? "random" : "sequential"), by);
   }
   for (int k : ks) {
     if (!want("k")) break;
-    std::map<Handler, Repeated> by;
-    for (Handler h : kAll) {
-      by[h] = Repeat(kReps, [&](int rep) { return Concurrent(h, n, k, rep); });
-      ok = ok && by[h].ok;
-    }
+    auto by =
+        Rounds<Handler>(kReps, all, [&](Handler h, int rep) { return Concurrent(h, n, k, rep); });
+    ok = ok && all_ok(by);
     PrintCase(Format("K=%-4d %-10s", k, ""), by);
   }
   if (want("stream")) {
-    std::map<Handler, Repeated> by;
-    for (Handler h : {Handler::kFloor, Handler::kNaive, Handler::kIopfd, Handler::kIopfdUnit}) {
-      by[h] = Repeat(kReps, [&](int rep) { return Stream(h, n, rep); });
-      ok = ok && by[h].ok;
-    }
+    auto by = Rounds<Handler>(
+        kReps, {Handler::kFloor, Handler::kNaive, Handler::kIopfd, Handler::kIopfdUnit},
+        [&](Handler h, int rep) { return Stream(h, n, rep); });
+    ok = ok && all_ok(by);
     // Map calls per page read (not per request: most pages are hits).
     const uint64_t iopfd_requests = by[Handler::kIopfd].median.faults;
     for (auto& [h, r] : by) r.median.faults = static_cast<uint64_t>(n);
     PrintCase(Format("stream %-10s", "prefetch"), by, "page");
     // What no handler can beat: the walk alone, every page a hit.
-    Repeated ceiling = Repeat(kReps, [&](int rep) { return StreamCeiling(n, rep); });
+    Repeated ceiling =
+        Rounds<int>(kReps, {0}, [&](int, int rep) { return StreamCeiling(n, rep); })[0];
     ok = ok && ceiling.ok;
     std::printf(
         "IOPF-BENCH stream ceiling   the walk alone %s (its pages mapped before, in one call "
@@ -985,21 +1013,20 @@ bool RunFloorParts(const std::set<std::string>& parts, int n, const std::vector<
     // The floor's 64/1 is what any handler loses to a read and a write per fault fd: iopfd's
     // 64/1 is to be read against it.
     constexpr int kK = 64;
-    std::map<Handler, std::pair<Repeated, Repeated>> by;
+    using Key = std::pair<Handler, int>;  // the handler, how many devices
+    auto by = Rounds<Key>(
+        kReps,
+        {{Handler::kFloor, 1}, {Handler::kFloor, 64}, {Handler::kIopfd, 1}, {Handler::kIopfd, 64}},
+        [&](Key key, int rep) { return Many(key.first, key.second, n, kK, rep); });
+    ok = ok && all_ok(by);
     for (Handler h : {Handler::kFloor, Handler::kIopfd}) {
-      Repeated one = Repeat(kReps, [&](int rep) { return Many(h, 1, n, kK, rep); });
-      Repeated many = Repeat(kReps, [&](int rep) { return Many(h, 64, n, kK, rep); });
-      ok = ok && one.ok && many.ok;
-      std::printf("IOPF-BENCH devices K=%d   %s 1 device %s   64 devices %s   64/1 %.2fx\n", kK,
-                  Name(h), Cell(one).c_str(), Cell(many).c_str(),
-                  many.median.rate / one.median.rate);
-      by[h] = {one, many};
+      std::printf("IOPF-BENCH devices K=%d   %s 1 device %s   64 devices %s   64/1 %s\n", kK,
+                  Name(h), Cell(by[{h, 1}]).c_str(), Cell(by[{h, 64}]).c_str(),
+                  Ratio(by[{h, 64}], by[{h, 1}]).c_str());
     }
-    const auto& fl = by[Handler::kFloor];
-    const auto& io = by[Handler::kIopfd];
-    std::printf("IOPF-BENCH devices K=%d   iopfd/floor 1 device %.2fx   64 devices %.2fx\n", kK,
-                io.first.median.rate / fl.first.median.rate,
-                io.second.median.rate / fl.second.median.rate);
+    std::printf("IOPF-BENCH devices K=%d   iopfd/floor 1 device %s   64 devices %s\n", kK,
+                Ratio(by[{Handler::kIopfd, 1}], by[{Handler::kFloor, 1}]).c_str(),
+                Ratio(by[{Handler::kIopfd, 64}], by[{Handler::kFloor, 64}]).c_str());
   }
   return ok;
 }

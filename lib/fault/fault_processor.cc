@@ -193,9 +193,16 @@ void FaultProcessor::CountPages() {
       ++stats_->pages_already_mapped;
     } else {
       ++wanted_unmapped_;
-      // How many pages of its unit the batch asks for: one alone may map just itself (Alone).
+      // Which pages of its unit the batch asks for: a few close together may map just their
+      // span (Part).
       if (n.region->first_touch_page()) {
-        ++*unit_wants_.TryEmplace({n.region, n.region->UnitOf(n.page)}, 0).first;
+        auto [w, fresh] =
+            unit_wants_.TryEmplace({n.region, n.region->UnitOf(n.page)}, {0, n.page, n.page});
+        ++w->pages;
+        if (!fresh) {
+          w->lowest = std::min(w->lowest, n.page);
+          w->highest = std::max(w->highest, n.page);
+        }
       }
     }
   }
@@ -234,7 +241,7 @@ void FaultProcessor::MapGroup(size_t first, size_t end, uint64_t now_ns, bool fi
   for (size_t k = first; k < end && !g.failed && !g.waiting; ++k) {
     const Need& n = needs_[k];
     if (n.region->IsMapped(n.page)) continue;
-    switch (MapUnit(n.space, n.region, n.region->UnitOf(n.page), n.page, /*needed=*/true, Alone(n),
+    switch (MapUnit(n.space, n.region, n.region->UnitOf(n.page), n.page, /*needed=*/true, Part(n),
                     now_ns, final_round)) {
       case UnitResult::kMapped:
         Pin(n.space, n.region, n.page);
@@ -258,38 +265,48 @@ void FaultProcessor::MapGroup(size_t first, size_t end, uint64_t now_ns, bool fi
     const uint32_t last = n.region->UnitOf(n.end - 1);
     for (uint32_t u = n.region->UnitOf(n.page) + 1; u <= last; ++u) {
       if (n.region->unit(u).mapped()) continue;
-      if (MapUnit(n.space, n.region, u, n.region->UnitFirstPage(u), /*needed=*/false,
-                  /*alone=*/false, now_ns, final_round) == UnitResult::kNoRoom) {
+      if (MapUnit(n.space, n.region, u, n.region->UnitFirstPage(u), /*needed=*/false, PageSpan{},
+                  now_ns, final_round) == UnitResult::kNoRoom) {
         break;
       }
     }
   }
 }
 
-bool FaultProcessor::Alone(const Need& n) const {
+FaultProcessor::PageSpan FaultProcessor::Part(const Need& n) const {
   const Region& r = *n.region;
-  if (!r.first_touch_page() || n.end != n.page + 1) return false;
+  if (!r.first_touch_page() || n.end != n.page + 1) return {};
   const uint32_t unit = r.UnitOf(n.page);
   const Unit& mine = r.unit(unit);
-  if (mine.state == Unit::State::kStuck) return false;
-  const uint32_t* wants = unit_wants_.Get({n.region, unit});
-  if (wants == nullptr || *wants != 1) return false;
+  if (mine.state == Unit::State::kStuck) return {};
+  const UnitWants* wants = unit_wants_.Get({n.region, unit});
+  if (wants == nullptr) return {};
+  const uint64_t unit_pages = r.UnitPageCount(unit);
   if (mine.partial_pages != 0) {
     // Another stray page of a partial unit is mapped alone too; a page beside one it holds (a
     // stream through the unit), or a unit half held already, has the rest mapped.
+    if (wants->pages != 1) return {};
     const uint64_t first = r.UnitFirstPage(unit);
-    const uint64_t last = first + r.UnitPageCount(unit) - 1;
-    return !(n.page > first && r.PagePresent(n.page - 1)) &&
-           !(n.page < last && r.PagePresent(n.page + 1)) &&
-           uint64_t{mine.partial_pages} * 2 < r.UnitPageCount(unit);
+    const uint64_t last = first + unit_pages - 1;
+    const bool alone = !(n.page > first && r.PagePresent(n.page - 1)) &&
+                       !(n.page < last && r.PagePresent(n.page + 1)) &&
+                       uint64_t{mine.partial_pages} * 2 < unit_pages;
+    return alone ? PageSpan{n.page, 1} : PageSpan{};
   }
-  if (mine.mapped()) return false;
+  if (mine.mapped()) return {};
   // Beside a whole unit, a request is the next step of a stream more likely than a stray one.
   auto whole = [&r](uint32_t u) {
     const Unit& x = r.unit(u);
     return x.mapped() && x.state != Unit::State::kStuck && x.partial_pages == 0;
   };
-  return !(unit > 0 && whole(unit - 1)) && !(unit + 1 < r.unit_count() && whole(unit + 1));
+  if ((unit > 0 && whole(unit - 1)) || (unit + 1 < r.unit_count() && whole(unit + 1))) return {};
+  // A few pages of the unit asked for together: what lies between them is mapped with them, one
+  // call (random pages of a burst that share a unit: mapping the whole unit for two of them
+  // allocated, zeroed and pinned 16 pages where 2 were asked for, and made a random burst 0.78x
+  // as fast as 4 KiB units in the VM bench). More than half the unit: all of it.
+  const uint64_t span = wants->highest - wants->lowest + 1;
+  if (span * 2 > unit_pages) return {};
+  return {wants->lowest, span};
 }
 
 std::optional<FaultProcessor::UnitResult> FaultProcessor::Room(AddressSpace* space, uint64_t bytes,
@@ -324,26 +341,29 @@ FaultProcessor::UnitResult FaultProcessor::MapStuckPage(AddressSpace* space, Reg
 
 FaultProcessor::UnitResult FaultProcessor::MapUnit(AddressSpace* space, Region* region,
                                                    uint32_t unit, uint64_t page, bool needed,
-                                                   bool alone, uint64_t now_ns, bool final_round) {
+                                                   PageSpan part, uint64_t now_ns,
+                                                   bool final_round) {
   Unit& u = region->unit(unit);
   if (u.state == Unit::State::kStuck) {
     // Part of it is someone else's: pages are mapped one by one.
     return needed ? MapStuckPage(space, region, page) : UnitResult::kFailed;
   }
   if (u.partial_pages != 0) {
-    return needed ? MapHoles(space, region, unit, page, alone, now_ns, final_round)
+    return needed ? MapHoles(space, region, unit, page, part.count != 0, now_ns, final_round)
                   : UnitResult::kFailed;
   }
-  const uint64_t first = alone ? page : region->UnitFirstPage(unit);
-  const uint64_t count = alone ? 1 : region->UnitPageCount(unit);
+  // A span as long as the unit is the unit.
+  if (part.count >= region->UnitPageCount(unit)) part = {};
+  const uint64_t first = part.count != 0 ? part.first : region->UnitFirstPage(unit);
+  const uint64_t count = part.count != 0 ? part.count : region->UnitPageCount(unit);
   if (auto no = Room(space, count * region->page_size(), needed, now_ns, final_round)) return *no;
   MapRequest req = region->MakeRange(space->ioas(), first, count);
   if (CallMap(req)) {
     stats_->bytes_mapped += req.length;
     batch_mapped_pages_ += count;
-    if (alone) {
-      region->MarkPagePresent(page);
-      u.partial_pages = 1;
+    if (part.count != 0) {
+      for (uint64_t p = first; p < first + count; ++p) region->MarkPagePresent(p);
+      u.partial_pages = static_cast<uint32_t>(count);
     }
     MarkMapped(space, region, unit, now_ns);
     return UnitResult::kMapped;

@@ -183,8 +183,36 @@ TEST_F(PartialUnitTest, AFirstTouchAloneMapsItsPageAndANeighbourMapsTheRest) {
   EXPECT_EQ(pager_->totals().resident_units, 0u);
 }
 
-// Two pages of one unit in a batch, a length hint or a prefetch window reaching past the page,
-// or a whole unit beside it: the unit is mapped whole at once (a stream, not a stray request).
+// Pages of one unit asked for in one batch, close together (their span at most half the unit):
+// the span is mapped, in one call, and the unit is partial. A page beside the span fills it.
+TEST_F(PartialUnitTest, PagesCloseTogetherInABatchMapTheirSpan) {
+  Build({}, EvictionPolicy::kWorkingset, /*first_touch_page=*/true);
+  EXPECT_THAT(Batch({{5, 2}, {5, 1}}),
+              ElementsAre(Resp(1u, uapi::kRespSuccess), Resp(2u, uapi::kRespSuccess)));
+  ASSERT_EQ(mapper_.calls.size(), 1u);
+  EXPECT_EQ(mapper_.calls[0].iova, PageIova(5, 1));
+  EXPECT_EQ(mapper_.calls[0].length, 2 * kPage);
+  EXPECT_EQ(Present(5), "0110");
+  EXPECT_EQ(region0().unit(5).partial_pages, 2u);
+  EXPECT_EQ(stats_.paging.resident_bytes, 2 * kPage);
+  EXPECT_EQ(stats_.paging.partial_units, 1u);
+  EXPECT_EQ(stats_.pages_prefetched, 0u) << "nothing beyond what was asked";
+  // Page 3, beside the span: the holes [0, 1) and [3, 4), and the unit is whole.
+  Batch({{5, 3}});
+  ASSERT_EQ(mapper_.calls.size(), 3u);
+  EXPECT_EQ(Present(5), "1111");
+  EXPECT_EQ(stats_.paging.partial_units, 0u);
+  EXPECT_EQ(mapper_.MappedBytes(3), kUnit);
+  // Across a hole: pages 0 and 1 of unit 6 with page 1 mapped already count as one page asked
+  // for (page 0, alone); what is mapped is never asked for again.
+  Batch({{6, 1}});
+  Batch({{6, 1}, {6, 0}});
+  EXPECT_EQ(Present(6), "1111") << "page 0 is beside page 1: the unit filled";
+}
+
+// Pages of one unit in a batch spanning more than half of it, a length hint or a prefetch window
+// reaching past the page, or a whole unit beside it: the unit is mapped whole at once (a stream,
+// not a stray request).
 TEST_F(PartialUnitTest, TwoPagesOfAUnitOrAWholeNeighbourMapItWhole) {
   Build({}, EvictionPolicy::kWorkingset, /*first_touch_page=*/true);
   Batch({{7, 0}, {7, 2}});
@@ -314,10 +342,10 @@ TEST_F(PartialUnitTest, ADirtyPagePastAHoleIsSeen) {
   const uint64_t pages[] = {0, 2};
   ASSERT_TRUE(proc_->TakeBack(&space, &region0(), 0, 0, pages));
   EXPECT_EQ(stats_.paging.resident_bytes, 2 * kPage);
-  Batch({{4, 0}, {4, 1}});  // unit 4, whole
+  Batch({{4, 0}, {4, 2}});  // unit 4, whole (a span of 3 of its 4 pages)
   mapper_.dirty_pages.insert(PageIova(0, 2));
   // Unit 9, whole, needs room: unit 0 went round (written), unit 4 went.
-  Batch({{9, 0}, {9, 1}});
+  Batch({{9, 0}, {9, 2}});
   EXPECT_EQ(stats_.paging.dirty_second_chances, 1u);
   EXPECT_EQ(Present(0), "1010");
   EXPECT_FALSE(mapper_.Covers(3, PageIova(4, 0)));

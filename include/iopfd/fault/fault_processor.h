@@ -115,10 +115,16 @@ class FaultProcessor {
   void CountPages();
   void MapGroups(uint64_t now_ns, bool final_round);
   void MapGroup(size_t first, size_t end, uint64_t now_ns, bool final_round);
-  // Maps unit `unit` (for page `page` of it when `needed`, else ahead of one): whole, or only
-  // that page when `alone` (a partial unit's first page), or its holes when it is partial.
+  // Pages [first, first + count) of a unit, mapped instead of all of it.
+  struct PageSpan {
+    uint64_t first = 0;
+    uint64_t count = 0;  // 0: the whole unit (or, partial, its holes)
+  };
+  // Maps unit `unit` (for page `page` of it when `needed`, else ahead of one): whole, or only the
+  // span `part` (Part: the unit is partial from then on), or, when it is partial, its holes (only
+  // page `page` when `part` is not empty).
   UnitResult MapUnit(AddressSpace* space, Region* region, uint32_t unit, uint64_t page, bool needed,
-                     bool alone, uint64_t now_ns, bool final_round);
+                     PageSpan part, uint64_t now_ns, bool final_round);
   // Maps the holes of partial unit `unit`, for page `page` of it; `alone`: that page only.
   UnitResult MapHoles(AddressSpace* space, Region* region, uint32_t unit, uint64_t page, bool alone,
                       uint64_t now_ns, bool final_round);
@@ -128,11 +134,13 @@ class FaultProcessor {
   // may be made, else what the unit comes to.
   std::optional<UnitResult> Room(AddressSpace* space, uint64_t bytes, bool needed, uint64_t now_ns,
                                  bool final_round);
-  // Whether need `n` may map only its page: its region maps first touches by the page, only this
-  // page of its unit is asked for in the batch, nothing is to be mapped ahead, and either the
-  // unit is unmapped with neither unit beside it mapped whole, or it is partial, held less than
-  // half, with neither page beside this one held.
-  bool Alone(const Need& n) const;
+  // What need `n` maps of its unit when its region maps first touches by the page and nothing is
+  // to be mapped ahead of it (else the whole unit: count 0). An unmapped unit with neither unit
+  // beside it mapped whole: the span from the lowest to the highest page of it the batch asks
+  // for, when that is at most half the unit (a page alone is a span of one). A partial unit held
+  // less than half: this page alone, when it is the only page of the unit asked for and neither
+  // page beside it is held.
+  PageSpan Part(const Need& n) const;
   bool CallMap(const MapRequest& req);
   void MarkMapped(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns);
   void Pin(AddressSpace* space, Region* region, uint64_t page);
@@ -154,9 +162,13 @@ class FaultProcessor {
   BatchMap<uint32_t, uint32_t> group_of_cookie_;
   std::vector<Need> needs_;
   BatchMap<std::pair<const Region*, uint64_t>, bool> seen_pages_;
-  // Per unmapped unit of a first-touch-by-page region: how many distinct pages the batch asks
-  // for in it (Alone).
-  BatchMap<std::pair<const Region*, uint64_t>, uint32_t> unit_wants_;
+  // Per unit of a first-touch-by-page region: the distinct pages the batch asks for in it that
+  // are not mapped, how many and the lowest and highest (Part).
+  struct UnitWants {
+    uint32_t pages = 0;
+    uint64_t lowest = 0, highest = 0;
+  };
+  BatchMap<std::pair<const Region*, uint64_t>, UnitWants> unit_wants_;
   std::vector<uapi::PageFault> retry_records_;
   uint64_t batch_mapped_pages_ = 0;
   uint64_t wanted_unmapped_ = 0;
