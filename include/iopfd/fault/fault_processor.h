@@ -115,6 +115,11 @@ class FaultProcessor {
   void CountPages();
   void MapGroups(uint64_t now_ns, bool final_round);
   void MapGroup(size_t first, size_t end, uint64_t now_ns, bool final_round);
+  // What a batch asks for of one unit (unit_wants_).
+  struct UnitWants {
+    uint32_t pages = 0;
+    uint64_t lowest = 0, highest = 0;
+  };
   // Pages [first, first + count) of a unit, mapped instead of all of it.
   struct PageSpan {
     uint64_t first = 0;
@@ -125,9 +130,10 @@ class FaultProcessor {
   // page `page` when `part` is not empty).
   UnitResult MapUnit(AddressSpace* space, Region* region, uint32_t unit, uint64_t page, bool needed,
                      PageSpan part, uint64_t now_ns, bool final_round);
-  // Maps the holes of partial unit `unit`, for page `page` of it; `alone`: that page only.
-  UnitResult MapHoles(AddressSpace* space, Region* region, uint32_t unit, uint64_t page, bool alone,
-                      uint64_t now_ns, bool final_round);
+  // Maps the holes of partial unit `unit`, for page `page` of it: all of them, or the span
+  // `part` (which lies in one hole).
+  UnitResult MapHoles(AddressSpace* space, Region* region, uint32_t unit, uint64_t page,
+                      PageSpan part, uint64_t now_ns, bool final_round);
   // Maps page `page` of stuck unit `unit` alone (EEXIST: someone else's mapping is there).
   UnitResult MapStuckPage(AddressSpace* space, Region* region, uint64_t page);
   // Makes room for `bytes` more in the space's budgets (pager.h). Returns nullopt when the map
@@ -137,10 +143,14 @@ class FaultProcessor {
   // What need `n` maps of its unit when its region maps first touches by the page and nothing is
   // to be mapped ahead of it (else the whole unit: count 0). An unmapped unit with neither unit
   // beside it mapped whole: the span from the lowest to the highest page of it the batch asks
-  // for, when that is at most half the unit (a page alone is a span of one). A partial unit held
-  // less than half: this page alone, when it is the only page of the unit asked for and neither
-  // page beside it is held.
+  // for, when that is at most half the unit (a page alone is a span of one). A partial unit: Grow.
   PageSpan Part(const Need& n) const;
+  // Part for a partial unit, of which `wants` pages are asked for and `page` is one: the holes
+  // (count 0) when the unit is half held or several of its pages are asked for; the page alone
+  // when neither page beside it is held (or both are); beside a held page, the hole run onwards
+  // from the page, up to twice the pages held, unless that leaves the unit more than half held
+  // (then the holes).
+  static PageSpan Grow(const Region& r, uint32_t unit, uint64_t page, const UnitWants& wants);
   bool CallMap(const MapRequest& req);
   void MarkMapped(AddressSpace* space, Region* region, uint32_t unit, uint64_t now_ns);
   void Pin(AddressSpace* space, Region* region, uint64_t page);
@@ -164,10 +174,6 @@ class FaultProcessor {
   BatchMap<std::pair<const Region*, uint64_t>, bool> seen_pages_;
   // Per unit of a first-touch-by-page region: the distinct pages the batch asks for in it that
   // are not mapped, how many and the lowest and highest (Part).
-  struct UnitWants {
-    uint32_t pages = 0;
-    uint64_t lowest = 0, highest = 0;
-  };
   BatchMap<std::pair<const Region*, uint64_t>, UnitWants> unit_wants_;
   std::vector<uapi::PageFault> retry_records_;
   uint64_t batch_mapped_pages_ = 0;
