@@ -42,6 +42,9 @@ bool CaseReadWriteInRange() {
   Verdict v("read_write_in_range");
   Env e;
   Setup(e, v.name);
+  // Whole units from the first touch: what is mapped does not depend on whether the two
+  // requests share a read.
+  WriteFile(e.dir + "/devices.d/mock0.toml", WholeUnits(DeviceFile(e)));
   Daemon d = Start(e);
   v.Expect(Trigger(e, kR0 + 3 * kPage + 5, IOMMU_PGFAULT_PERM_READ) == 0, "trigger read");
   v.Expect(Trigger(e, kR0 + 8 * kPage, IOMMU_PGFAULT_PERM_WRITE | IOMMU_PGFAULT_PERM_READ) == 0,
@@ -333,8 +336,9 @@ bool CaseCoalesceAdjacent() {
   Verdict v("coalesce_adjacent_pages");
   Env e;
   Setup(e, v.name);
-  // Eight adjacent pages, queued before iopfd starts: one read, one map call of their 64 KiB
-  // unit (pages 32..47, the region's third).
+  // Eight adjacent pages, queued before iopfd starts: one read, one map call of just them (half
+  // of their 64 KiB unit, pages 32..47, the region's third: pages of a unit asked for together
+  // within half of it map their span, first_touch = "page").
   for (int p = 7; p >= 0; --p)
     Trigger(e, kR0 + (32 + p) * kPage, IOMMU_PGFAULT_PERM_READ, false, p);
   Daemon d = Start(e);
@@ -345,7 +349,8 @@ bool CaseCoalesceAdjacent() {
   auto s = ReadStats(d);
   ExpectClean(v, rc, s, 8);
   v.ExpectEq(s, "map_calls", 1);
-  v.ExpectEq(s, "bytes_mapped", 16 * kPage);
+  v.ExpectEq(s, "bytes_mapped", 8 * kPage);
+  v.ExpectEq(s, "paging.partial_units", 1);
   return v.Report();
 }
 
@@ -838,9 +843,16 @@ bool CasePagingPartialUnits() {
   // Page 9 of unit 4, a stray page: alone too (unit 4 holds two areas).
   fault(4 * 16 + 9);
   v.Expect(!page_mapped(4 * 16 + 8) && !page_mapped(4 * 16 + 10), "unit 4: a stray page alone");
-  // Page 4 of unit 0, beside page 3: its holes [0, 3) and [4, 16) are mapped; the unit is whole.
+  // Page 4 of unit 0, beside page 3: the run grows by two pages ([4, 6)); page 6, beside those,
+  // would grow it past half the unit: its holes [0, 3) and [6, 16) are mapped; the unit is whole.
   fault(4);
-  v.Expect(CheckMap(e, e.hwpt, kR0, kUnit, e.va0), "unit 0 mapped whole after a page beside");
+  v.Expect(page_mapped(5) && !page_mapped(6) && !page_mapped(2),
+           "unit 0: a neighbour grew the run");
+  v.Expect(
+      CheckPins(e, e.va0 + 3 * kPage, 3 * kPage, 1) && CheckPins(e, e.va0 + 6 * kPage, kPage, 0),
+      "unit 0: only the run pinned");
+  fault(6);
+  v.Expect(CheckMap(e, e.hwpt, kR0, kUnit, e.va0), "unit 0 mapped whole past half");
   // Killed and started again: unit 0 is taken back whole, units 2, 4 and 6 page by page.
   store.Receive();
   Crash(d);
@@ -850,7 +862,7 @@ bool CasePagingPartialUnits() {
       log.find(Format("mock0: took back 4 unit(s) (%llu bytes)",
                       static_cast<unsigned long long>(kUnit + 4 * kPage))) != std::string::npos,
       "the restarted iopfd took back unit 0 whole and three partial units");
-  // Evicted: unit 0 (three areas) and unit 2 (one), each by its unit's range.
+  // Evicted: unit 0 (four areas) and unit 2 (one), each by its unit's range.
   auto [rc1, out1] = ctl({"evict", "mock0", Format("0x%llx", static_cast<unsigned long long>(kR0)),
                           Format("%llu", static_cast<unsigned long long>(3 * kUnit))});
   v.Expect(rc1 == 0 && out1.find(Format("evicted %llu bytes",
