@@ -230,13 +230,17 @@ TEST_F(PartialUnitTest, ANeighbourGrowsTheRunUntilTheUnitIsHalfHeld) {
     for (uint64_t p = first; p < first + count; ++p) out += region0().IsMapped(p) ? '1' : '0';
     return out;
   };
+  // The map calls so far number `calls`, the last of `pages` pages from `page`.
+  auto last_call = [&](size_t calls, uint64_t page, uint64_t pages) {
+    ASSERT_EQ(mapper_.calls.size(), calls);
+    EXPECT_EQ(mapper_.calls.back().iova, iova(page));
+    EXPECT_EQ(mapper_.calls.back().length, pages * kPage);
+  };
   // Unit 0: page 3 alone; page 4 beside it grows by two pages ([4, 6)); page 6 beside those
   // would grow by six, past half the unit: every hole is mapped ([0, 3) and [6, 16)).
   fault(3);
   fault(4);
-  ASSERT_EQ(mapper_.calls.size(), 2u);
-  EXPECT_EQ(mapper_.calls[1].iova, iova(4));
-  EXPECT_EQ(mapper_.calls[1].length, 2 * kPage);
+  last_call(2, 4, 2);
   EXPECT_EQ(present(0, 16), "0001110000000000");
   EXPECT_EQ(region0().unit(0).partial_pages, 3u);
   fault(6);
@@ -246,17 +250,13 @@ TEST_F(PartialUnitTest, ANeighbourGrowsTheRunUntilTheUnitIsHalfHeld) {
   // Unit 2 (pages 32-47): page 42 alone, then page 41 below it grows downwards ([40, 42)).
   fault(42);
   fault(41);
-  ASSERT_EQ(mapper_.calls.size(), 6u);
-  EXPECT_EQ(mapper_.calls[5].iova, iova(40));
-  EXPECT_EQ(mapper_.calls[5].length, 2 * kPage);
+  last_call(6, 40, 2);
   EXPECT_EQ(present(32, 16), "0000000011100000");
   // Unit 4 (pages 64-79): pages 66 and 68 alone, then 67 between them: alone.
   fault(66);
   fault(68);
   fault(67);
-  ASSERT_EQ(mapper_.calls.size(), 9u);
-  EXPECT_EQ(mapper_.calls[8].iova, iova(67));
-  EXPECT_EQ(mapper_.calls[8].length, kPage);
+  last_call(9, 67, 1);
   EXPECT_EQ(present(64, 16), "0011100000000000");
   EXPECT_EQ(stats_.paging.resident_bytes, (16 + 3 + 3) * kPage);
   EXPECT_EQ(mapper_.MappedBytes(3), stats_.paging.resident_bytes);
