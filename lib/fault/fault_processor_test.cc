@@ -339,6 +339,23 @@ TEST(ResponseQueueTest, PartialWriteRejectsOneAndResendsTheRest) {
   EXPECT_EQ(stats.latency_ns.max(), 100u);
 }
 
+// Answers written together are recorded by the time they were read: those read together share
+// one histogram update, each keeps its own latency.
+TEST(ResponseQueueTest, EachAnswerKeepsItsOwnLatency) {
+  DeviceStats stats;
+  ResponseQueue q(&stats);
+  q.Add(1, uapi::kRespSuccess, 100);
+  q.Add(2, uapi::kRespSuccess, 100);
+  q.Add(3, uapi::kRespSuccess, 130);
+  q.Add(4, uapi::kRespSuccess, 100);
+  ASSERT_EQ(q.BeginWrite().size(), 4u);
+  EXPECT_TRUE(q.CompleteWrite(32, 200));
+  EXPECT_EQ(stats.latency_ns.count(), 4u);
+  EXPECT_EQ(stats.latency_ns.sum(), 100u + 100u + 70u + 100u);
+  EXPECT_EQ(stats.latency_ns.min(), 70u);
+  EXPECT_EQ(stats.latency_ns.max(), 100u);
+}
+
 TEST(ResponseQueueTest, InterruptedWriteIsRetriedWhole) {
   DeviceStats stats;
   ResponseQueue q(&stats);

@@ -160,12 +160,12 @@ void ResponseQueue::Forget(uint32_t cookie) {
   if (ledger_ != nullptr) ledger_->Settled(cookie);
 }
 
-void ResponseQueue::Settle(size_t index, bool accepted, uint64_t now_ns) {
+void ResponseQueue::Settle(size_t index, bool accepted, uint64_t now_ns, bool record) {
   Forget(inflight_[index].cookie);
   if (accepted) {
     ++stats_->responses_written;
     uint64_t t = inflight_ts_[index];
-    stats_->latency_ns.Record(now_ns > t ? now_ns - t : 0);
+    if (record) stats_->latency_ns.Record(now_ns > t ? now_ns - t : 0);
   } else {
     ++stats_->responses_rejected;
   }
@@ -178,7 +178,20 @@ bool ResponseQueue::CompleteWrite(ssize_t result, uint64_t now_ns) {
   if (result >= 0) {
     size_t done = static_cast<size_t>(result) / sizeof(uapi::PageResponse);
     if (done > unsent) done = unsent;
-    for (size_t i = 0; i < done; ++i) Settle(inflight_pos_ + i, true, now_ns);
+    // Responses read together share their read's time: one histogram update per run of equal
+    // times, not one per response.
+    uint64_t run_ts = 0, run = 0;
+    for (size_t i = 0; i < done; ++i) {
+      Settle(inflight_pos_ + i, true, now_ns, /*record=*/false);
+      const uint64_t t = inflight_ts_[inflight_pos_ + i];
+      if (run != 0 && t != run_ts) {
+        stats_->latency_ns.Record(now_ns > run_ts ? now_ns - run_ts : 0, run);
+        run = 0;
+      }
+      run_ts = t;
+      ++run;
+    }
+    stats_->latency_ns.Record(now_ns > run_ts ? now_ns - run_ts : 0, run);
     inflight_pos_ += done;
     if (inflight_pos_ < inflight_.size()) {
       // A short write: the kernel stopped at an unknown cookie. That one is rejected for good;

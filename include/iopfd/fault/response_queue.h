@@ -131,7 +131,9 @@ class ResponseQueue {
   // Removes the queued (or unsent, after a short write) answer for cookie; false when there is
   // none or it is being written.
   bool DropUnsent(uint32_t cookie);
-  void Settle(size_t index, bool accepted, uint64_t now_ns);
+  // Ends an in-flight answer: accepted (counted written; its latency recorded unless `record` is
+  // false, for a caller that records a run of them at once) or rejected.
+  void Settle(size_t index, bool accepted, uint64_t now_ns, bool record = true);
   // Removes cookie from the outstanding set (or one untracked duplicate) and from the ledger.
   void Forget(uint32_t cookie);
   // Returns true when a response read in `epoch` for `attachment` is behind a fence.
