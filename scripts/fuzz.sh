@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
-all=(varlink config uevent fault_records ledger map_record fd_store ctl_reply)
+all=(varlink config uevent fault_records ledger map_record fd_store ctl_reply http_request)
 targets=("$@")
 ((${#targets[@]})) || targets=("${all[@]}")
 build=${IOPFD_FUZZ_BUILD_DIR:-build-fuzz}

@@ -70,6 +70,15 @@ absl::StatusOr<UniqueFd> ListenFds::Take(const std::string& name) {
                    "another device holds it"));
 }
 
+std::vector<UniqueFd> ListenFds::TakeAll() {
+  std::vector<UniqueFd> out;
+  for (auto& entry : fds_) {
+    if (entry.second.valid()) out.push_back(std::move(entry.second));
+  }
+  fds_.clear();
+  return out;
+}
+
 std::vector<std::string> ListenFds::Untaken() const {
   std::vector<std::string> out;
   for (const auto& [n, fd] : fds_) {

@@ -10,7 +10,9 @@ deb=$("$src/scripts/build-deb.sh" "$out" | tail -1)
 [ -f "$deb" ] || { echo "deb: no package built" >&2; exit 1; }
 fail=0
 files=$(dpkg-deb -c "$deb" | awk '{print $6}')
-for f in ./usr/sbin/iopfd ./usr/sbin/iopfctl ./lib/systemd/system/iopfd.service \
+for f in ./usr/sbin/iopfd ./usr/sbin/iopfctl ./usr/sbin/iopfd-metrics \
+         ./lib/systemd/system/iopfd-metrics.service ./lib/systemd/system/iopfd-metrics.socket \
+         ./usr/share/man/man8/iopfd-metrics.8.gz ./lib/systemd/system/iopfd.service \
          ./lib/systemd/system/iopfd.socket ./etc/iopfd/iopfd.toml ./usr/share/man/man8/iopfd.8.gz \
          ./usr/share/doc/iopfd/copyright ./usr/share/doc/iopfd/changelog.gz \
          ./usr/share/varlink/io.iopfd.varlink; do

@@ -18,6 +18,10 @@ want() {
 }
 want "$prefix/sbin/iopfd"
 want "$prefix/sbin/iopfctl"
+want "$prefix/sbin/iopfd-metrics"
+want "*/systemd/system/iopfd-metrics.service"
+want "*/systemd/system/iopfd-metrics.socket"
+want "$prefix/share/man/man8/iopfd-metrics.8.gz"
 want "*/systemd/system/iopfd.service"
 want "*/systemd/system/iopfd.socket"
 want "$prefix/share/man/man8/iopfd.8.gz"
@@ -35,6 +39,11 @@ unit=$(find "$stage" -name iopfd.service | head -1)
 grep -q "^ExecStart=$prefix/sbin/iopfd\$" "$unit" || {
   echo "install: $unit does not start $prefix/sbin/iopfd" >&2
   grep ExecStart "$unit" >&2
+  fail=1
+}
+unit=$(find "$stage" -name iopfd-metrics.service | head -1)
+grep -q "^ExecStart=$prefix/sbin/iopfd-metrics\$" "$unit" || {
+  echo "install: $unit does not start $prefix/sbin/iopfd-metrics" >&2
   fail=1
 }
 exit $fail

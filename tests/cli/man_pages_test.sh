@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The man pages render without a groff warning, `man -l` shows them, and they keep up with the
 # code: every configuration key of docs/CONFIG.md is in iopfd.toml(5), every iopfctl command of
-# its usage text in iopfctl(8), every iopfd option in iopfd(8).
-# usage: man_pages_test.sh SOURCE_DIR IOPFD IOPFCTL
+# its usage text in iopfctl(8), every iopfd option in iopfd(8), every iopfd-metrics option in
+# iopfd-metrics(8).
+# usage: man_pages_test.sh SOURCE_DIR IOPFD IOPFCTL IOPFD_METRICS
 set -euo pipefail
-src=$1 iopfd=$2 iopfctl=$3
+src=$1 iopfd=$2 iopfctl=$3 metrics=$4
 export LANG=C LC_ALL=C MANWIDTH=100
 fail=0
 declare -A text
-for page in iopfd.8 iopfctl.8 iopfd.toml.5; do
+for page in iopfd.8 iopfctl.8 iopfd-metrics.8 iopfd.toml.5; do
   f="$src/man/$page"
   [ -f "$f" ] || { echo "missing $f" >&2; fail=1; continue; }
   warnings=$(groff -man -ww -z "$f" 2>&1 || true)
@@ -34,4 +35,7 @@ done < <("$iopfctl" --help | sed -n 's/^  \([a-z-]\+\).*/\1/p' | sort -u)
 while read -r opt; do
   grep -qF -- "$opt" <<<"${text[iopfd.8]}" || { echo "iopfd.8: no option $opt" >&2; fail=1; }
 done < <("$iopfd" --help | grep -o -- '--[a-z-]\+' | sort -u)
+while read -r opt; do
+  grep -qF -- "$opt" <<<"${text[iopfd-metrics.8]}" || { echo "iopfd-metrics.8: no option $opt" >&2; fail=1; }
+done < <("$metrics" --help | grep -o -- '--[a-z-]\+' | sort -u)
 exit $fail

@@ -207,6 +207,22 @@ write("regressions", "fd_store", "version-string",
 write("regressions", "fd_store", "version-1e20",
       entry("iopfd-adopted/d", '{"version":1e20,"config":"","fds":[]}'))
 
+# ---- http_request: byte 0 the client's piece size - 1, then the bytes it sends.
+def http(name, piece, data):
+    write("corpus", "http_request", name, bytes([piece - 1]) + data.encode())
+
+
+http("get", 256, "GET /metrics HTTP/1.1\r\nHost: localhost:10960\r\nAccept: */*\r\n\r\n")
+http("get-in-bytes", 1, "GET /metrics?x=1 HTTP/1.0\nHost: a\n\n")
+http("head", 7, "HEAD /metrics HTTP/1.1\r\n\r\n")
+http("post-with-body", 16, "POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+http("other-path", 256, "GET /../etc/passwd HTTP/1.1\r\n\r\n")
+http("http2", 256, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+http("folded", 3, "GET /metrics HTTP/1.1\r\nA: b\r\n c\r\n\r\n")
+http("oversized", 64, "GET /metrics HTTP/1.1\r\nX: " + "a" * 600 + "\r\n\r\n")
+http("no-end", 256, "GET /metrics HTTP/1.1\r\nHost: x\r\n")
+
+
 # ---- ctl_reply: the bytes a daemon sends (NUL-terminated replies).
 def reply(params=None, error=None, continues=False):
     m = {}

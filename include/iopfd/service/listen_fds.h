@@ -24,6 +24,9 @@ class ListenFds {
   void Add(std::string name, UniqueFd fd) { fds_.emplace_back(std::move(name), std::move(fd)); }
   // Takes the fd named `name`. NotFound when there is none or it was taken already.
   absl::StatusOr<UniqueFd> Take(const std::string& name);
+  // Takes every fd still held, in the order they were handed over (for a program that serves
+  // whatever sockets it is given, whatever their names).
+  std::vector<UniqueFd> TakeAll();
   // Returns the names of fds nobody took (they are closed with this object).
   std::vector<std::string> Untaken() const;
   // Returns the number of fds held.

@@ -10,6 +10,9 @@
 //   IOPF-RESULT <case> PASS|FAIL <detail>
 // Compiled at test time against the booted kernel's drivers/iommu/iommufd/iommufd_test.h.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <atomic>
 
 #include "mock_env.h"
@@ -302,6 +305,58 @@ bool CaseRestartDuringFlood(Run& r) {
   return v.Report();
 }
 
+// One HTTP exchange with 127.0.0.1:port; returns all that came back before the server closed.
+std::string Http(uint16_t port, const std::string& request) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  timeval tv{20, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string got;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(request.size())) {
+    char buf[65536];
+    ssize_t n;
+    while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) got.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return got;
+}
+
+// The Prometheus endpoint as installed: iopfd-metrics.socket started, the service activated by
+// the first scrape, serving mockD's counters, in its sandbox (no capability, its own network
+// namespace).
+bool CaseMetricsEndpoint(const Run& r) {
+  Verdict v("metrics_endpoint");
+  auto [rc, out] = Sh("systemctl start iopfd-metrics.socket");
+  v.Expect(rc == 0, "systemctl start iopfd-metrics.socket: " + Trim(out));
+  v.Expect(Show("ActiveState", "iopfd-metrics.service") == "inactive",
+           "iopfd-metrics.service started before the first scrape");
+  std::string got = Http(10960, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  v.Expect(got.rfind("HTTP/1.1 200 OK\r\n", 0) == 0, "GET /metrics: " + got.substr(0, 200));
+  if (r.adopted) {
+    v.Expect(Contains(got, "iopfd_page_requests_total{device=\"mockD\"} "),
+             "no page request count of mockD in the scrape");
+  }
+  v.Expect(
+      Http(10960, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").rfind("HTTP/1.1 405", 0) ==
+          0,
+      "POST /metrics was not refused with 405");
+  v.Expect(Show("ActiveState", "iopfd-metrics.service") == "active",
+           "iopfd-metrics.service " + Show("ActiveState", "iopfd-metrics.service"));
+  const std::string pid = Show("MainPID", "iopfd-metrics.service");
+  std::string caps = LineWith(Sh("cat /proc/" + pid + "/status").second, "CapEff:");
+  v.Expect(Contains(caps, "0000000000000000"), "iopfd-metrics capabilities: " + caps);
+  std::string own = Trim(Sh("readlink /proc/" + pid + "/ns/net").second);
+  v.Expect(!own.empty() && own != Trim(Sh("readlink /proc/1/ns/net").second),
+           "iopfd-metrics shares the host's network namespace (" + own + ")");
+  Sh("systemctl stop iopfd-metrics.socket iopfd-metrics.service");
+  return v.Report();
+}
+
 bool CaseVarlinkctl() {
   Verdict v("varlinkctl_introspect_and_call");
   auto [irc, iface] = Sh(std::string("varlinkctl introspect ") + kSocket + " io.iopfd");
@@ -498,6 +553,7 @@ int main(int argc, char** argv) {
   count(CaseReloadAppliesChange());
   count(CaseRestartDuringFlood(r));
   count(CaseVarlinkctl());
+  count(CaseMetricsEndpoint(r));
   count(CaseWatchdog(r));
   count(CaseSandbox());
   count(CaseStop(r));
