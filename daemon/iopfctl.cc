@@ -13,7 +13,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "iopfctl_top.h"
 #include "iopfd/base/errors.h"
 #include "iopfd/config/config.h"
 #include "iopfd/control/ctl_format.h"
@@ -30,6 +32,11 @@ constexpr char kUsage[] =
     "Commands:\n"
     "  status                 version, uptime and health of the daemon\n"
     "  devices                the devices served, with their fault counters\n"
+    "  top [--once] [--interval SECONDS]\n"
+    "                         a live view of every device: faults/s, latency percentiles over\n"
+    "                         the interval, resident bytes and budget, evictions/s, drains;\n"
+    "                         keys: q quit, s sort, r reverse, / filter, h help; --once prints\n"
+    "                         one frame (so does output that is not a terminal, every interval)\n"
     "  stats [DEV] [--prometheus]\n"
     "                         detailed statistics of one device or of all; --prometheus\n"
     "                         prints the Prometheus text exposition format\n"
@@ -75,7 +82,8 @@ enum class Output {
   kMonitor,
   kDrain,
   kBudget,
-  kEvict
+  kEvict,
+  kTop
 };
 
 struct Command {
@@ -100,12 +108,15 @@ constexpr Command kCommands[] = {
     {"log-level", "SetLogLevel", 1, 1, Output::kNone},
     {"budget", "SetBudget", 2, 3, Output::kBudget},
     {"evict", "Evict", 3, 4, Output::kEvict},
+    {"top", "", 0, 0, Output::kTop},
 };
 
 struct Invocation {
   std::string socket = kDefaultSocket;
   bool json = false;
   bool prometheus = false;
+  iopfd::TopOptions top;  // top's --once and --interval
+  bool top_options = false;
   const Command* command = nullptr;
   std::vector<std::string> args;
   std::optional<uint32_t> pasid;  // drain DEV PASID, budget DEV PASID SIZE, evict DEV PASID ...
@@ -137,6 +148,17 @@ int ParseOptions(int argc, char** argv, Invocation* inv, std::vector<std::string
       inv->json = true;
     } else if (a == "--prometheus") {
       inv->prometheus = true;
+    } else if (a == "--once") {
+      inv->top.once = inv->top_options = true;
+    } else if (a == "--interval") {
+      if (i + 1 >= argc) return UsageError("--interval needs a value");
+      const std::string v = argv[++i];
+      double s = 0;
+      if (!absl::SimpleAtod(v, &s) || !(s >= 0.1 && s <= 3600)) {
+        return UsageError(absl::StrCat("--interval: '", v, "' is not 0.1..3600 seconds"));
+      }
+      inv->top.every_s = s;
+      inv->top_options = true;
     } else if (a == "--control-socket") {
       if (i + 1 >= argc) return UsageError("--control-socket needs a value");
       inv->socket = argv[++i];
@@ -236,6 +258,9 @@ int Parse(int argc, char** argv, Invocation* inv) {
   if (inv->prometheus && c.output != Output::kStats) {
     return UsageError("--prometheus goes with the stats command only");
   }
+  if (inv->top_options && c.output != Output::kTop) {
+    return UsageError("--once and --interval go with the top command only");
+  }
   return CheckArguments(inv);
 }
 
@@ -328,6 +353,8 @@ int Print(const Invocation& inv, const nlohmann::json& p) {
     case Output::kEvict:
       out = PagingReply(inv, p);
       break;
+    case Output::kTop:
+      break;  // RunTop prints its own frames
   }
   std::fputs(out.c_str(), stdout);
   return kOk;
@@ -399,6 +426,7 @@ void EndMonitor(int) {
 }
 
 int Run(const Invocation& inv) {
+  if (inv.command->output == Output::kTop) return iopfd::RunTop(inv.socket, inv.top);
   const std::string method = inv.command->method;
   absl::StatusOr<iopfd::VarlinkClient> client = iopfd::VarlinkClient::Connect(inv.socket);
   if (!client.ok()) {

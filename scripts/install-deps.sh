@@ -26,6 +26,8 @@ pkgs=(
   debootstrap
   # the density benchmark's plot (bench/plot-density.sh)
   gnuplot-nox
+  # iopfctl top's terminal test drives it in tmux (tests/integration/top_tmux_test.cc)
+  tmux
 )
 
 missing=()

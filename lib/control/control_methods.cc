@@ -474,6 +474,16 @@ VarlinkReply GetStats(DaemonState* state, const VarlinkCall& call) {
   auto device = StringParam(call, "device", false, &error);
   auto format = StringParam(call, "format", false, &error);
   if (!error.error.empty()) return error;
+  // Histogram buckets, for a client that computes percentiles over its own intervals
+  // (iopfctl top). Off by default: they are most of the reply's size.
+  bool buckets = false;
+  if (auto b = call.parameters.find("buckets"); b != call.parameters.end() && !b->is_null()) {
+    if (!b->is_boolean()) {
+      return VarlinkReply::Error("org.varlink.service.InvalidParameter",
+                                 {{"parameter", "buckets"}});
+    }
+    buckets = b->get<bool>();
+  }
   if (format && *format != "json" && *format != "prometheus") {
     return VarlinkReply::Error("org.varlink.service.InvalidParameter", {{"parameter", "format"}});
   }
@@ -486,7 +496,7 @@ VarlinkReply GetStats(DaemonState* state, const VarlinkCall& call) {
     for (const auto& d : state->manager->devices()) chosen.push_back(d.get());
   }
   json list = json::array();
-  for (const Device* d : chosen) list.push_back(StatsJson(d->name(), d->stats()));
+  for (const Device* d : chosen) list.push_back(StatsJson(d->name(), d->stats(), buckets));
   json params = {{"devices", list}};
   if (state->pager != nullptr) params["paging"] = PagingView(*state->pager, device);
   if (format && *format == "prometheus") {
@@ -556,7 +566,7 @@ void RegisterIopfdMethods(VarlinkService* service, DaemonState* state) {
                      [state](const VarlinkCall&, const Peer&) { return ListDevices(state); });
 
   service->AddMethod(
-      "io.iopfd.GetStats", {"device", "format"},
+      "io.iopfd.GetStats", {"device", "format", "buckets"},
       [state](const VarlinkCall& call, const Peer&) { return GetStats(state, call); });
 
   service->AddMethod("io.iopfd.SetLogLevel", {"level"},

@@ -400,7 +400,7 @@ class CompletionTest : public IopfctlTest {
 
 TEST_F(CompletionTest, Commands) {
   EXPECT_EQ(Complete({""}).out,
-            "status\ndevices\nstats\ndrain\nreset\nhalt\nresume\nreload\ndetach\nmonitor\n"
+            "status\ndevices\nstats\ntop\ndrain\nreset\nhalt\nresume\nreload\ndetach\nmonitor\n"
             "log-level\nbudget\nevict\n");
   EXPECT_EQ(Complete({"re"}).out, "reset\nresume\nreload\n");
   EXPECT_EQ(Complete({"--json", "dev"}).out, "devices\n");
@@ -410,6 +410,8 @@ TEST_F(CompletionTest, Options) {
   EXPECT_EQ(Complete({"--"}).out, "--control-socket\n--json\n--help\n--version\n");
   EXPECT_EQ(Complete({"stats", "--p"}).out, "--prometheus\n");
   EXPECT_EQ(Complete({"devices", "--p"}).out, "");
+  EXPECT_EQ(Complete({"top", "--"}).out,
+            "--control-socket\n--json\n--help\n--version\n--once\n--interval\n");
   EXPECT_EQ(Complete({"log-level", ""}).out, "error\nwarning\ninfo\ndebug\n");
   EXPECT_EQ(Complete({"log-level", "debug", ""}).out, "");
 }

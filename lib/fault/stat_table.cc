@@ -361,7 +361,7 @@ const std::vector<StatMetric>& StatMetrics() {
   return *kMetrics;
 }
 
-nlohmann::json StatsJson(std::string_view name, const DeviceStats& s) {
+nlohmann::json StatsJson(std::string_view name, const DeviceStats& s, bool buckets) {
   nlohmann::json out = {{"name", std::string(name)}};
   for (const StatField& f : StatFields()) {
     nlohmann::json& slot =
@@ -372,6 +372,11 @@ nlohmann::json StatsJson(std::string_view name, const DeviceStats& s) {
               {"p50", h.Percentile(0.5)},
               {"p99", h.Percentile(0.99)},
               {"max", h.max()}};
+      if (buckets) {
+        nlohmann::json list = nlohmann::json::array();
+        for (const auto& [le, count] : h.Buckets()) list.push_back({{"le", le}, {"count", count}});
+        slot["buckets"] = std::move(list);
+      }
     } else {
       slot = f.Of(s);
     }

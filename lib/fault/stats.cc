@@ -50,6 +50,14 @@ uint64_t Histogram::Percentile(double q) const {
   return max_;
 }
 
+std::vector<std::pair<uint64_t, uint64_t>> Histogram::Buckets() const {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  for (int b = 0; b < kBuckets; ++b) {
+    if (buckets_[b] != 0) out.emplace_back(BucketUpper(b), buckets_[b]);
+  }
+  return out;
+}
+
 void Histogram::Merge(const Histogram& other) {
   for (int b = 0; b < kBuckets; ++b) buckets_[b] += other.buckets_[b];
   count_ += other.count_;

@@ -62,7 +62,8 @@ TEST_F(ControlSocketTest, ServesStatusInfoAndDescriptionWithNoDevices) {
                          {"parameters", {{"interface", "io.iopfd"}}}});
   std::string text = desc["parameters"]["description"];
   EXPECT_THAT(text, ::testing::HasSubstr("interface io.iopfd"));
-  EXPECT_THAT(text, ::testing::HasSubstr("method GetStats(device: ?string, format: ?string)"));
+  EXPECT_THAT(text, ::testing::HasSubstr(
+                        "method GetStats(device: ?string, format: ?string, buckets: ?bool)"));
   EXPECT_EQ(c.CallOne({{"method", "io.iopfd.ListDevices"}})["parameters"]["devices"],
             json::array());
   json stats = c.CallOne({{"method", "io.iopfd.GetStats"}, {"parameters", {{"device", "nope"}}}});

@@ -553,6 +553,30 @@ TEST_F(DrainControlTest, PrometheusShowsStateAndDrainCounters) {
           "iopfd_invariant_violations_total{device=\"sim0\",kind=\"stale_epoch_blocked\"} 0\n"));
 }
 
+// iopfctl top takes percentiles over its own refresh interval from the histogram's buckets.
+TEST_F(DrainControlTest, GetStatsGivesHistogramBucketsOnlyWhenAsked) {
+  Start({});
+  for (uint64_t p = 0; p < 5; ++p) Fault(std::nullopt, p);
+  host_.Turn();
+  ASSERT_EQ(Stats().latency_ns.count(), 5u);
+  Json plain = Call("io.iopfd.GetStats", {{"device", "sim0"}})["parameters"]["devices"][0];
+  EXPECT_FALSE(plain["latency_ns"].contains("buckets")) << plain["latency_ns"].dump();
+  Json with = Call("io.iopfd.GetStats", {{"device", "sim0"}, {"buckets", true}})["parameters"];
+  const Json& buckets = with["devices"][0]["latency_ns"]["buckets"];
+  ASSERT_TRUE(buckets.is_array()) << with.dump();
+  uint64_t total = 0, last = 0;
+  for (const Json& b : buckets) {
+    EXPECT_GT(b["count"].get<uint64_t>(), 0u);
+    EXPECT_TRUE(total == 0 || b["le"].get<uint64_t>() > last) << "not ascending";
+    last = b["le"].get<uint64_t>();
+    total += b["count"].get<uint64_t>();
+  }
+  EXPECT_EQ(total, 5u);
+  EXPECT_GE(last, with["devices"][0]["latency_ns"]["max"].get<uint64_t>());
+  EXPECT_EQ(Call("io.iopfd.GetStats", {{"buckets", "yes"}})["error"],
+            "org.varlink.service.InvalidParameter");
+}
+
 // Adopt mode: the owner (a VMM) set the device up and hands iopfd its fds. With the VFIO
 // device fd, iopfd parks through it and can reset; with a switch module it parks through the
 // module and cannot reset.

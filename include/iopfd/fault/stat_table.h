@@ -74,8 +74,9 @@ const std::vector<StatGroup>& StatGroups();
 const std::vector<StatMetric>& StatMetrics();
 
 // Returns one device's stats as the JSON object of the IDL's DeviceStats: {"name": name, ...}
-// with every row of StatFields().
-nlohmann::json StatsJson(std::string_view name, const DeviceStats& stats);
+// with every row of StatFields(). With `buckets`, each Percentiles object also carries its
+// histogram's non-empty buckets, "buckets": [{"le": upper bound, "count": n}, ...] ascending.
+nlohmann::json StatsJson(std::string_view name, const DeviceStats& stats, bool buckets = false);
 
 // Returns the Prometheus text exposition (format 0.0.4) of every row of StatFields() for the
 // devices given as (name, stats), one HELP/TYPE block per family. Names are escaped as label

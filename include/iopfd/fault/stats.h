@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace iopfd {
 
@@ -26,6 +28,9 @@ class Histogram {
   // values (clamped to the largest value recorded), or 0 when empty.
   uint64_t Percentile(double q) const;
   void Merge(const Histogram& other);
+  // Returns the non-empty buckets in ascending order as (upper bound, count): enough for a
+  // client to diff two readings and take percentiles of what was recorded between them.
+  std::vector<std::pair<uint64_t, uint64_t>> Buckets() const;
 
  private:
   static int BucketOf(uint64_t value);
