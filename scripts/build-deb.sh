@@ -5,7 +5,8 @@
 # directory, ExecStart=/usr/sbin/iopfd) with Debian's build flags (dpkg-buildflags, all
 # hardening), built with warnings as errors, packed by cpack (packaging/CMakeLists.txt).
 # SOURCE_DATE_EPOCH is the last commit's date, so the changelog and the archive are
-# reproducible. usage: build-deb.sh [BUILD_DIR]   Prints the .deb's path on the last line.
+# reproducible. usage: build-deb.sh [BUILD_DIR]   Prints the paths of the three packages, one per
+# line, the daemon's (iopfd_*.deb) last: iopfd, libiopfd-client0 and libiopfd-client-dev.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$top/build-deb}
@@ -24,9 +25,12 @@ export CXXFLAGS LDFLAGS
 cmake -S "$top" -B "$out" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=/usr \
   -DIOPFD_BUILD_TESTS=OFF -DIOPFD_WERROR=ON >&2
 cmake --build "$out" -j"$(nproc)" >&2
-rm -f "$out"/iopfd_*.deb
+rm -f "$out"/*.deb
 (cd "$out" && cpack -G DEB >&2)
-deb=$(ls "$out"/iopfd_*.deb)
-log "lintian $deb"
-lintian --fail-on error --display-info "$deb" >&2 || { log "lintian found errors"; exit 1; }
-echo "$deb"
+debs=("$out"/libiopfd-client0_*.deb "$out"/libiopfd-client-dev_*.deb "$out"/iopfd_*.deb)
+for deb in "${debs[@]}"; do
+  [ -f "$deb" ] || { log "cpack made no $deb"; exit 1; }
+  log "lintian $deb"
+  lintian --fail-on error --display-info "$deb" >&2 || { log "lintian found errors in $deb"; exit 1; }
+done
+printf '%s\n' "${debs[@]}"

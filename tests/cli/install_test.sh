@@ -22,6 +22,12 @@ want "$prefix/sbin/iopfd-metrics"
 want "*/systemd/system/iopfd-metrics.service"
 want "*/systemd/system/iopfd-metrics.socket"
 want "$prefix/share/man/man8/iopfd-metrics.8.gz"
+want "$prefix/share/man/man3/libiopfd-client.3.gz"
+want "$prefix/lib*/libiopfd-client.so.0"
+want "$prefix/lib*/libiopfd-client.so.0.1.0"
+want "$prefix/include/iopfd-client.h"
+want "$prefix/lib*/pkgconfig/iopfd-client.pc"
+want "$prefix/share/doc/libiopfd-client-dev/examples/vmm-handover.c"
 want "*/systemd/system/iopfd.service"
 want "*/systemd/system/iopfd.socket"
 want "$prefix/share/man/man8/iopfd.8.gz"
@@ -41,6 +47,21 @@ grep -q "^ExecStart=$prefix/sbin/iopfd\$" "$unit" || {
   grep ExecStart "$unit" >&2
   fail=1
 }
+# A VMM's build against the staged library: pkg-config's flags, the installed header and the
+# example's installed source, compiled as C11 and run (its usage: exit status 2).
+pc=$(dirname "$(find "$stage" -name iopfd-client.pc | head -1)")
+flags=$(PKG_CONFIG_PATH=$pc PKG_CONFIG_SYSROOT_DIR=$stage pkg-config --cflags --libs iopfd-client) ||
+  { echo "install: pkg-config cannot read iopfd-client.pc" >&2; fail=1; }
+example=$(find "$stage" -name vmm-handover.c | head -1)
+if cc -std=c11 -Wall -Wextra -Werror -o "$stage/vmm" "$example" $flags; then
+  rc=0
+  LD_LIBRARY_PATH=$(dirname "$(find "$stage" -name 'libiopfd-client.so.0' | head -1)") \
+    "$stage/vmm" --help >/dev/null 2>&1 || rc=$?
+  [ "$rc" = 2 ] || { echo "install: the example built from the install exits $rc" >&2; fail=1; }
+else
+  echo "install: the example does not build against the installed header and library" >&2
+  fail=1
+fi
 unit=$(find "$stage" -name iopfd-metrics.service | head -1)
 grep -q "^ExecStart=$prefix/sbin/iopfd-metrics\$" "$unit" || {
   echo "install: $unit does not start $prefix/sbin/iopfd-metrics" >&2

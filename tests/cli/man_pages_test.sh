@@ -2,14 +2,14 @@
 # The man pages render without a groff warning, `man -l` shows them, and they keep up with the
 # code: every configuration key of docs/CONFIG.md is in iopfd.toml(5), every iopfctl command of
 # its usage text in iopfctl(8), every iopfd option in iopfd(8), every iopfd-metrics option in
-# iopfd-metrics(8).
+# iopfd-metrics(8), every function of iopfd-client.h in libiopfd-client(3).
 # usage: man_pages_test.sh SOURCE_DIR IOPFD IOPFCTL IOPFD_METRICS
 set -euo pipefail
 src=$1 iopfd=$2 iopfctl=$3 metrics=$4
 export LANG=C LC_ALL=C MANWIDTH=100
 fail=0
 declare -A text
-for page in iopfd.8 iopfctl.8 iopfd-metrics.8 iopfd.toml.5; do
+for page in iopfd.8 iopfctl.8 iopfd-metrics.8 iopfd.toml.5 libiopfd-client.3; do
   f="$src/man/$page"
   [ -f "$f" ] || { echo "missing $f" >&2; fail=1; continue; }
   warnings=$(groff -man -ww -z "$f" 2>&1 || true)
@@ -38,4 +38,8 @@ done < <("$iopfd" --help | grep -o -- '--[a-z-]\+' | sort -u)
 while read -r opt; do
   grep -qF -- "$opt" <<<"${text[iopfd-metrics.8]}" || { echo "iopfd-metrics.8: no option $opt" >&2; fail=1; }
 done < <("$metrics" --help | grep -o -- '--[a-z-]\+' | sort -u)
+# Functions: every one the client header declares is in libiopfd-client(3).
+while read -r fn; do
+  grep -qF -- "$fn" <<<"${text[libiopfd-client.3]}" || { echo "libiopfd-client.3: no $fn" >&2; fail=1; }
+done < <(grep -o 'iopfd_client_[a-z_]*(' "$src/client/iopfd-client.h" | tr -d '(' | sort -u)
 exit $fail
