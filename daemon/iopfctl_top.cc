@@ -112,7 +112,10 @@ class Top {
       std::fprintf(stderr, "iopfctl: top: %s\n", offline_.c_str());
       return 3;
     }
-    if (options_.once || !tty) return Batch();
+    if (options_.once || !tty) {
+      view_.keys = false;
+      return Batch();
+    }
     return Live();
   }
 

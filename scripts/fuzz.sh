@@ -60,5 +60,5 @@ for t in "${targets[@]}"; do
     fi
   fi
 done
-echo "fuzz: $passed passed, $failed failed"
+echo "note: fuzz: $passed passed, $failed failed"
 ((failed == 0))

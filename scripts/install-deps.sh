@@ -42,6 +42,7 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  echo "note: installed ${#missing[@]} of ${#pkgs[@]} packages"
 else
-  echo "install-deps: all ${#pkgs[@]} packages present"
+  echo "reused: all ${#pkgs[@]} packages already installed"
 fi

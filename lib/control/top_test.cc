@@ -141,6 +141,9 @@ TEST(RenderTopTest, ShowsTotalsAndOneRowPerDeviceSortedByFaults) {
   EXPECT_THAT(frame, HasSubstr("64.0 MiB"));
   EXPECT_THAT(frame, HasSubstr("128.0 MiB"));
   EXPECT_THAT(frame, Not(HasSubstr("\x1b[")));  // no colour asked for
+  EXPECT_THAT(frame, HasSubstr("q quit"));
+  v.keys = false;  // plain frames: no key hint
+  EXPECT_THAT(RenderTop(TwoDevices(), v, "12:00:00"), Not(HasSubstr("q quit")));
 }
 
 TEST(RenderTopTest, KeysSortReverseAndFilter) {

@@ -187,6 +187,7 @@ TEST_F(TopTmuxTest, OnceAndOutputThatIsNotATerminalPrintPlainFrames) {
   EXPECT_THAT(out, HasSubstr("gpu0"));
   EXPECT_THAT(out, HasSubstr("nic1"));
   EXPECT_THAT(out, Not(HasSubstr("\x1b")));
+  EXPECT_THAT(out, Not(HasSubstr("q quit")));
   // Not a terminal, no --once: a frame every interval until stopped.
   ASSERT_EQ(Shell("timeout 1.3 " + ctl_ + " top --interval 0.25 | grep -c '^DEVICE'", &out), 0);
   EXPECT_GE(std::stoi(out), 3) << out;

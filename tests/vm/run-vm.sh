@@ -53,7 +53,9 @@ log "compiling the guest programs against $test_header"
 cflags=(-std=c++20 -O2 -Wall -Wextra -Werror -static -pthread -isystem "$uapi"
         -isystem "$uapi/x86_64-linux-gnu" -isystem "$KERNEL_SRC/drivers/iommu/iommufd"
         -I"$here/guest")
-g++ "${cflags[@]}" "$here/guest/iopf_guest.cc" -o "$guest"
+# The guest driver plays a VMM with libiopfd-client too: its source is compiled in (it needs
+# only libc and the header-only nlohmann-json, so it links statically like the rest).
+g++ "${cflags[@]}" -I"$top/client" "$here/guest/iopf_guest.cc" "$top/client/client.cc" -o "$guest"
 g++ "${cflags[@]}" "$top/bench/iopf_bench.cc" -o "$out/iopf-bench"
 g++ "${cflags[@]}" -I"$top/bench" "$top/bench/density_guest.cc" -o "$out/iopf-density"
 # The attachment switch module iopfd loads for the mock device (adopt.switch_module): a shared

@@ -98,6 +98,7 @@ struct TopView {
   std::string typed;     // the filter being typed
   bool color = true;     // SGR attributes (bold, reverse, colours); off for NO_COLOR
   bool help = false;     // the key help instead of the event lines
+  bool keys = true;      // keys are read: the last line says which (not in plain frames)
   int width = 100, height = 30;
   double every_s = 1.0;            // the refresh interval, for the header
   std::deque<std::string> events;  // the latest Monitor events, newest last

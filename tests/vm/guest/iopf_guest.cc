@@ -17,6 +17,7 @@
 #include <regex>
 #include <set>
 
+#include "iopfd-client.h"
 #include "mock_env.h"
 #include "soak.h"
 
@@ -678,6 +679,99 @@ bool CaseAdoptAndDetach() {
   int rc = Stop(d);
   v.Expect(rc == 0, Format("iopfd exit %d", rc));
   v.Expect(ReadStats(d, "mockD").empty(), "mockD not served at exit");
+  return v.Report();
+}
+
+// libiopfd-client (client/, linked into this program) as a VMM uses it, on the real kernel: the
+// drains of a configured device whose attachments go through the switch module (a drain with
+// the owner's halt, a reset and its end), and a device handed over at run time with its real
+// iommufd, fault queue and guest memory, its faults resolved, then taken back.
+bool CaseClientLibrary() {
+  Verdict v("client_library_as_a_vmm");
+  Env e, m;
+  Setup(e, v.name);
+  WriteFile(e.dir + "/devices.d/mock0.toml",
+            SwitchableDeviceFile(e, "halt = \"owner\"\nhalt_timeout_ms = 60000\n"));
+  Setup(m, v.name + "-d", "info", "mockD");
+  Daemon d = StartWith(e.dir, e.Fds());
+  const std::string sock = e.dir + "/ctl.sock";
+  v.Expect(WaitFor([&] { return ControlClient(sock).ok(); }), "control socket up");
+  iopfd_client* c = nullptr;
+  if (iopfd_client_connect(sock.c_str(), &c) != IOPFD_OK) {
+    v.Expect(false, std::string("connect: ") + iopfd_client_connect_error());
+    Stop(d);
+    return v.Report();
+  }
+  auto ok = [&](int rc, const char* what) {
+    v.Expect(rc == IOPFD_OK, Format("%s: %s %s: %s", what, iopfd_client_result_name(rc),
+                                    iopfd_client_error_name(c), iopfd_client_error(c)));
+    return rc == IOPFD_OK;
+  };
+  iopfd_status status{};
+  if (ok(iopfd_client_get_status(c, &status), "get_status")) {
+    v.Expect(std::string(status.health) == "ok" && status.devices_running == 1,
+             Format("status: %s, %u running", status.health, status.devices_running));
+  }
+  v.Expect(Trigger(e, kR0, IOMMU_PGFAULT_PERM_READ) == 0, "trigger");
+  v.Expect(WaitFor([&] { return CheckMap(e, e.hwpt, kR0, kPage, e.va0); }), "served before");
+
+  // A drain: halting until the owner says its DMA is stopped, then running with a new epoch.
+  iopfd_device_state st{};
+  auto expect_state = [&](const char* want, uint64_t epoch, const char* what) {
+    v.Expect(std::string(st.state) == want && st.epoch == epoch,
+             Format("%s: %s epoch %llu (want %s epoch %llu)", what, st.state,
+                    static_cast<unsigned long long>(st.epoch), want,
+                    static_cast<unsigned long long>(epoch)));
+  };
+  if (ok(iopfd_client_drain(c, "mock0", 0, &st), "drain")) expect_state("halting", 0, "drain");
+  if (ok(iopfd_client_halt(c, "mock0", &st), "halt")) expect_state("running", 1, "halt");
+  // A reset: the owner's halt, then the FLR through the module on iopfd's worker.
+  if (ok(iopfd_client_reset(c, "mock0", &st), "reset")) expect_state("halting", 1, "reset");
+  ok(iopfd_client_halt(c, "mock0", &st), "halt after reset");
+  if (ok(iopfd_client_wait_settled(c, "mock0", 60000, &st), "wait_settled")) {
+    expect_state("running", 2, "after the reset");
+  }
+  v.Expect(Trigger(e, kR0 + kPage * 40, IOMMU_PGFAULT_PERM_READ) == 0, "trigger after");
+  v.Expect(
+      WaitFor([&] { return CheckMap(e, e.hwpt, kR0 + kPage * 40, kPage, e.va0 + kPage * 40); }),
+      "served after the reset");
+  v.Expect(iopfd_client_drain(c, "nope", 0, &st) == IOPFD_E_DAEMON &&
+               std::string(iopfd_client_error_name(c)) == "io.iopfd.NoSuchDevice",
+           "a drain of a device not served: NoSuchDevice");
+
+  // Hand-over at run time, with the memory as fd: backings.
+  const iopfd_fd fds[] = {{"mockD.iommufd", m.iommufd},
+                          {"mockD.fault", m.fault_fd},
+                          {"mockD.ram0", m.ram0},
+                          {"mockD.ram1", m.ram1},
+                          {"mockD.ram2", m.ram2}};
+  char name[64] = "";
+  const std::string config = DeviceFile(m, /*fd_backings=*/true);
+  if (ok(iopfd_client_adopt(c, config.c_str(), fds, 5, name, sizeof(name)), "adopt")) {
+    v.Expect(std::string(name) == "mockD", std::string("adopted ") + name);
+  }
+  constexpr uint64_t kN = 64;
+  for (uint64_t i = 0; i < kN; ++i) {
+    Trigger(m, kR0 + (i % 32) * kPage, IOMMU_PGFAULT_PERM_READ, false, static_cast<uint32_t>(i));
+  }
+  v.Expect(WaitFor([&] { return CheckMap(m, m.hwpt, kR0, 32 * kPage, m.va0); }),
+           "mockD's pages mapped after the hand-over");
+  iopfd_device_info info{};
+  v.Expect(WaitFor([&] {
+             return iopfd_client_get_device(c, "mockD", &info) == IOPFD_OK && info.groups == kN;
+           }),
+           Format("mockD: %llu groups read", static_cast<unsigned long long>(info.groups)));
+  v.Expect(std::string(info.origin) == "adopted", std::string("origin ") + info.origin);
+  uint64_t answered = 0, outstanding = 1;
+  if (ok(iopfd_client_detach(c, "mockD", &answered, &outstanding), "detach")) {
+    v.Expect(
+        answered == kN && outstanding == 0,
+        Format("detach: %llu answered, %llu outstanding", static_cast<unsigned long long>(answered),
+               static_cast<unsigned long long>(outstanding)));
+  }
+  iopfd_client_close(c);
+  int rc = Stop(d);
+  v.Expect(rc == 0, Format("iopfd exit %d", rc));
   return v.Report();
 }
 
@@ -1364,6 +1458,7 @@ int RunTests(const std::vector<std::string>& only) {
       {"paging_budget_after_a_restart", CasePagingBudgetAfterARestart},
       {"paging_partial_units", CasePagingPartialUnits},
       {"drain_and_reset_during_a_flood", CaseDrainAndResetDuringAFlood},
+      {"client_library_as_a_vmm", CaseClientLibrary},
       {"destroy_device_mid_flood", CaseDestroyDeviceMidFlood},
       {"kernel_allocation_failures", CaseKernelAllocationFailures},
   };
