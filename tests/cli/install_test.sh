@@ -53,7 +53,13 @@ pc=$(dirname "$(find "$stage" -name iopfd-client.pc | head -1)")
 flags=$(PKG_CONFIG_PATH=$pc PKG_CONFIG_SYSROOT_DIR=$stage pkg-config --cflags --libs iopfd-client) ||
   { echo "install: pkg-config cannot read iopfd-client.pc" >&2; fail=1; }
 example=$(find "$stage" -name vmm-handover.c | head -1)
-if cc -std=c11 -Wall -Wextra -Werror -o "$stage/vmm" "$example" $flags; then
+# A sanitized build's library needs its runtime loaded first: the example links it too.
+san=""
+case "$(sed -n 's/^IOPFD_SANITIZE:STRING=//p' "$build/CMakeCache.txt")" in
+  address) san="-fsanitize=address,undefined" ;;
+  thread) san="-fsanitize=thread" ;;
+esac
+if cc -std=c11 -Wall -Wextra -Werror $san -o "$stage/vmm" "$example" $flags; then
   rc=0
   LD_LIBRARY_PATH=$(dirname "$(find "$stage" -name 'libiopfd-client.so.0' | head -1)") \
     "$stage/vmm" --help >/dev/null 2>&1 || rc=$?
