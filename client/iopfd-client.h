@@ -5,7 +5,9 @@
  * threads at once (use one client per thread). Every call returns IOPFD_OK (0) or a negative
  * iopfd_result; after a failure iopfd_client_error() says what happened in words, and for
  * IOPFD_E_DAEMON iopfd_client_error_name() gives iopfd's error ("io.iopfd.Busy"). Strings
- * returned stay valid until the next call on the same client. SIGPIPE is never raised. */
+ * returned stay valid until the next call on the same client. SIGPIPE is never raised.
+ * The layouts of the structs below are part of the ABI of libiopfd-client.so.0: a field added
+ * means a new soname. */
 #ifndef IOPFD_CLIENT_H_
 #define IOPFD_CLIENT_H_
 
