@@ -45,6 +45,20 @@ inline bool WaitPidFor(pid_t pid, int timeout_ms, int* status) {
   return false;
 }
 
+// Runs a shell command line (stderr joined to stdout); returns its exit status (-1 when it did
+// not exit normally), with its output in *out when out is not null.
+inline int Shell(const std::string& command, std::string* out = nullptr) {
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return -1;
+  char buf[4096];
+  std::string got;
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) got.append(buf, n);
+  const int status = pclose(p);
+  if (out != nullptr) *out = got;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 // Runs fn in a child that has dropped to uid/gid/groups; returns fn's exit status.
 inline int AsUser(uid_t uid, gid_t gid, std::vector<gid_t> groups, const std::function<int()>& fn) {
   pid_t pid = fork();

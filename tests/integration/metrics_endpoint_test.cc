@@ -29,20 +29,9 @@ using iopfd_test::DeviceText;
 using iopfd_test::FakeQueue;
 using iopfd_test::Iopfd;
 using iopfd_test::IopfdOptions;
+using iopfd_test::Shell;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
-
-// Runs a shell command; returns its exit status and puts its stdout and stderr in *out.
-int Shell(const std::string& command, std::string* out) {
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (p == nullptr) return -1;
-  std::array<char, 4096> buf{};
-  out->clear();
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out->append(buf.data(), n);
-  int status = pclose(p);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 // One HTTP exchange with 127.0.0.1:port: sends `request`, returns all that comes back until the
 // server closes (empty after 10 s without an answer).

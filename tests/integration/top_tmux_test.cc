@@ -23,21 +23,9 @@ using iopfd_test::DeviceText;
 using iopfd_test::FakeQueue;
 using iopfd_test::Iopfd;
 using iopfd_test::IopfdOptions;
+using iopfd_test::Shell;
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-// Runs a shell command; returns its exit status, with its output in *out.
-int Shell(const std::string& command, std::string* out = nullptr) {
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (p == nullptr) return -1;
-  std::array<char, 4096> buf{};
-  std::string got;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) got.append(buf.data(), n);
-  int status = pclose(p);
-  if (out != nullptr) *out = got;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 // A tmux server of the test's own (its own socket name), with one session running a command in a
 // 110x30 terminal.
