@@ -326,7 +326,8 @@ std::string RenderTop(const TopModel& model, const TopView& view, const std::str
     return view.reverse ? Before(*b, *a, view.sort) : Before(*a, *b, view.sort);
   });
   // What is left for devices once the footer (events or help, and the key line) has its room.
-  const size_t footer = (view.keys ? 2 : 1) + (view.help ? 6 : std::min(view.events.size(), kTopEvents));
+  const size_t footer =
+      (view.keys ? 2 : 1) + (view.help ? 6 : std::min(view.events.size(), kTopEvents));
   const int room = view.height - static_cast<int>(lines.size()) - static_cast<int>(footer);
   const size_t fit = room > 0 ? static_cast<size_t>(room) : 0;
   const size_t listed = shown.size() > fit ? (fit > 0 ? fit - 1 : 0) : shown.size();

@@ -161,7 +161,7 @@ std::map<std::string, std::set<std::string>> LabelsByFamily(const std::string& b
     const std::string labels = line.substr(brace + 1, line.find('}') - brace - 1);
     // name="value",name="value": the names are what precedes each =" after { or a comma.
     for (size_t at = 0; (at = labels.find("=\"", at)) != std::string::npos; ++at) {
-      const size_t from = labels.find_last_of(",", at);
+      const size_t from = labels.find_last_of(',', at);
       out[name].insert(labels.substr(from == std::string::npos ? 0 : from + 1,
                                      at - (from == std::string::npos ? 0 : from + 1)));
     }
