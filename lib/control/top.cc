@@ -1,6 +1,7 @@
 #include "iopfd/control/top.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <string_view>
@@ -123,11 +124,41 @@ std::optional<uint64_t> BucketPercentile(const std::map<uint64_t, uint64_t>& buc
   return buckets.rbegin()->first;
 }
 
+TopModel::Previous TopModel::ReadingOf(const Json& stats, uint64_t at_ns) {
+  const Json& paging = Obj(stats, "paging");
+  const Json& latency = Obj(stats, "latency_ns");
+  Previous now;
+  now.at_ns = at_ns;
+  now.records = U64(stats, "records");
+  now.invalid = U64(stats, "responses_invalid");
+  now.evicted = U64(paging, "evicted_units");
+  now.drains = U64(Obj(stats, "drain"), "drains");
+  now.latency_count = U64(latency, "count");
+  now.latency_buckets = Buckets(latency);
+  return now;
+}
+
+double TopModel::AddRates(TopRow& row, const Previous& was, const Previous& now) {
+  const double secs = static_cast<double>(now.at_ns - was.at_ns) / 1e9;
+  row.faults_per_s = static_cast<double>(now.records - was.records) / secs;
+  row.evictions_per_s = static_cast<double>(now.evicted - was.evicted) / secs;
+  row.drained_now = now.drains > was.drains;
+  // The answers written in the interval: the buckets' growth since the previous reading.
+  std::map<uint64_t, uint64_t> delta;
+  for (const auto& [le, n] : now.latency_buckets) {
+    auto w = was.latency_buckets.find(le);
+    const uint64_t before = w != was.latency_buckets.end() ? w->second : 0;
+    if (n > before) delta[le] = n - before;
+  }
+  row.p50_ns = BucketPercentile(delta, 0.5);
+  row.p99_ns = BucketPercentile(delta, 0.99);
+  return static_cast<double>(now.invalid - std::min(now.invalid, was.invalid)) / secs;
+}
+
 void TopModel::Update(const TopSample& sample) {
-  const double dt = previous_at_ns_ && sample.at_ns > *previous_at_ns_
-                        ? static_cast<double>(sample.at_ns - *previous_at_ns_) / 1e9
-                        : 0;
-  interval_s_ = dt;
+  interval_s_ = previous_at_ns_ && sample.at_ns > *previous_at_ns_
+                    ? static_cast<double>(sample.at_ns - *previous_at_ns_) / 1e9
+                    : 0;
   // ListDevices: state and epoch by name.
   std::map<std::string, const Json*> listed;
   for (const Json& d : Arr(sample.devices, "devices")) listed[Str(d, "name")] = &d;
@@ -135,57 +166,41 @@ void TopModel::Update(const TopSample& sample) {
   std::map<std::string, Previous> next;
   rows_.clear();
   double faults = 0, invalid = 0, evictions = 0;
-  bool rates = dt > 0;
   for (const Json& s : Arr(sample.stats, "devices")) {
     TopRow row;
     row.name = Str(s, "name");
     auto l = listed.find(row.name);
-    row.state = l != listed.end() ? Str(*l->second, "state") : "?";
     const Json& paging = Obj(s, "paging");
-    const Json& drain = Obj(s, "drain");
-    const Json& latency = Obj(s, "latency_ns");
-    row.epoch = l != listed.end() ? U64(*l->second, "epoch") : U64(drain, "epoch");
+    row.state = l != listed.end() ? Str(*l->second, "state") : "?";
+    row.epoch = l != listed.end() ? U64(*l->second, "epoch") : U64(Obj(s, "drain"), "epoch");
     row.resident_bytes = U64(paging, "resident_bytes");
     row.budget_bytes = U64(paging, "budget_bytes");
-    row.drains = U64(drain, "drains");
-
-    Previous now;
-    now.at_ns = sample.at_ns;
-    now.records = U64(s, "records");
-    now.invalid = U64(s, "responses_invalid");
-    now.evicted = U64(paging, "evicted_units");
-    now.drains = row.drains;
-    now.latency_count = U64(latency, "count");
-    now.latency_buckets = Buckets(latency);
+    Previous now = ReadingOf(s, sample.at_ns);
+    row.drains = now.drains;
     auto p = previous_.find(row.name);
     // Counters only grow while a device is attached: a drop is a new device of the same name.
     const bool same = p != previous_.end() && now.records >= p->second.records &&
                       now.evicted >= p->second.evicted && now.drains >= p->second.drains &&
                       now.latency_count >= p->second.latency_count;
     if (same && now.at_ns > p->second.at_ns) {
-      const Previous& was = p->second;
-      const double secs = static_cast<double>(now.at_ns - was.at_ns) / 1e9;
-      row.faults_per_s = static_cast<double>(now.records - was.records) / secs;
-      row.evictions_per_s = static_cast<double>(now.evicted - was.evicted) / secs;
-      row.drained_now = now.drains > was.drains;
-      std::map<uint64_t, uint64_t> delta;
-      for (const auto& [le, n] : now.latency_buckets) {
-        auto w = was.latency_buckets.find(le);
-        const uint64_t before = w != was.latency_buckets.end() ? w->second : 0;
-        if (n > before) delta[le] = n - before;
-      }
-      row.p50_ns = BucketPercentile(delta, 0.5);
-      row.p99_ns = BucketPercentile(delta, 0.99);
+      invalid += AddRates(row, p->second, now);
       faults += *row.faults_per_s;
       evictions += *row.evictions_per_s;
-      invalid += static_cast<double>(now.invalid - std::min(now.invalid, was.invalid)) / secs;
     }
     next[row.name] = std::move(now);
     rows_.push_back(std::move(row));
   }
   previous_ = std::move(next);
   previous_at_ns_ = sample.at_ns;
+  SetTotals(sample);
+  if (interval_s_ > 0) {
+    totals_.faults_per_s = faults;
+    totals_.invalid_per_s = invalid;
+    totals_.evictions_per_s = evictions;
+  }
+}
 
+void TopModel::SetTotals(const TopSample& sample) {
   totals_ = TopTotals{};
   totals_.version = Str(sample.status, "version");
   totals_.health = Str(sample.status, "health");
@@ -195,11 +210,6 @@ void TopModel::Update(const TopSample& sample) {
   const Json& daemon = Obj(Obj(sample.stats, "paging"), "daemon");
   totals_.resident_bytes = U64(daemon, "resident_bytes");
   totals_.budget_bytes = U64(daemon, "budget_bytes");
-  if (rates) {
-    totals_.faults_per_s = faults;
-    totals_.invalid_per_s = invalid;
-    totals_.evictions_per_s = evictions;
-  }
 }
 
 const char* TopSortName(TopSort sort) {
@@ -266,109 +276,135 @@ bool HandleTopKey(TopView& view, int key) {
   return true;
 }
 
-std::string RenderTop(const TopModel& model, const TopView& view, const std::string& clock) {
-  const Style sgr{view.color};
-  const TopTotals& t = model.totals();
-  std::vector<std::string> lines;
-  auto add = [&](const std::string& plain, const std::string& styled = "") {
-    // Width is measured on the plain text; the styled one wraps the same characters.
-    lines.push_back(styled.empty() ? Fit(plain, view.width) : styled);
-  };
-  std::string head =
-      absl::StrCat("iopfd ", t.version.empty() ? "?" : t.version, "  up ",
-                   FormatUptime(t.uptime_usec), "  health ", t.health.empty() ? "?" : t.health,
-                   "  devices ", t.devices_running, "/", t.devices_configured, " running");
-  std::string right = absl::StrCat("every ", Rate(view.every_s), "s  ", clock);
-  const int pad = view.width - static_cast<int>(head.size()) - static_cast<int>(right.size());
-  head = pad > 0 ? absl::StrCat(head, std::string(static_cast<size_t>(pad), ' '), right) : head;
-  const bool unhealthy = !t.health.empty() && t.health != "ok";
-  add(head, unhealthy ? absl::StrCat(sgr("1;31"), Fit(head, view.width), sgr("0")) : "");
-  add(absl::StrCat("faults ", Rate(t.faults_per_s), "/s  invalid ", Rate(t.invalid_per_s),
-                   "/s  resident ", FormatBytes(t.resident_bytes), " of ",
-                   t.budget_bytes != 0 ? FormatBytes(t.budget_bytes) : "unbounded", "  evictions ",
-                   Rate(t.evictions_per_s), "/s"));
-  add(view.editing ? absl::StrCat("filter: ", view.typed, "_")
-                   : (view.filter.empty() ? "" : absl::StrCat("filter: ", view.filter)));
+namespace {
 
-  // Columns: name, state, epoch, faults/s, p50, p99, resident, budget, evict/s, drains.
+// One table row: name, state, epoch, faults/s, p50, p99, resident, budget, evict/s, drains.
+std::string Columns(const std::array<std::string, 10>& c) {
   char buf[256];
-  auto row_text = [&buf](const std::string& name, const std::string& state,
-                         const std::string& epoch, const std::string& faults,
-                         const std::string& p50, const std::string& p99,
-                         const std::string& resident, const std::string& budget,
-                         const std::string& evict, const std::string& drains) {
-    std::snprintf(buf, sizeof(buf), "%-16.16s %-12.12s %6s %9s %9s %9s %10s %10s %8s %6s",
-                  name.c_str(), state.c_str(), epoch.c_str(), faults.c_str(), p50.c_str(),
-                  p99.c_str(), resident.c_str(), budget.c_str(), evict.c_str(), drains.c_str());
-    return std::string(buf);
-  };
-  std::string header = row_text("DEVICE", "STATE", "EPOCH", "FAULTS/S", "P50", "P99", "RESIDENT",
-                                "BUDGET", "EVICT/S", "DRAINS");
-  // The sort column's name marked (in colour: underlined too).
-  const std::string key = TopSortName(view.sort);
-  const size_t col = header.find(key);
-  std::string marked = header;
-  if (col != std::string::npos) marked.replace(col, key.size(), key + (view.reverse ? "^" : "v"));
-  marked = Fit(marked, view.width);
-  add(marked, view.color
-                  ? absl::StrCat(sgr("7"), marked,
-                                 std::string(static_cast<size_t>(std::max<int>(
-                                                 0, view.width - static_cast<int>(marked.size()))),
-                                             ' '),
-                                 sgr("0"))
-                  : "");
+  std::snprintf(buf, sizeof(buf), "%-16.16s %-12.12s %6s %9s %9s %9s %10s %10s %8s %6s",
+                c[0].c_str(), c[1].c_str(), c[2].c_str(), c[3].c_str(), c[4].c_str(), c[5].c_str(),
+                c[6].c_str(), c[7].c_str(), c[8].c_str(), c[9].c_str());
+  return buf;
+}
 
-  std::vector<const TopRow*> shown;
-  for (const TopRow& r : model.rows()) {
-    if (view.filter.empty() || r.name.find(view.filter) != std::string::npos) shown.push_back(&r);
-  }
-  std::stable_sort(shown.begin(), shown.end(), [&view](const TopRow* a, const TopRow* b) {
-    return view.reverse ? Before(*b, *a, view.sort) : Before(*a, *b, view.sort);
-  });
-  // What is left for devices once the footer (events or help, and the key line) has its room.
-  const size_t footer =
-      (view.keys ? 2 : 1) + (view.help ? 6 : std::min(view.events.size(), kTopEvents));
-  const int room = view.height - static_cast<int>(lines.size()) - static_cast<int>(footer);
-  const size_t fit = room > 0 ? static_cast<size_t>(room) : 0;
-  const size_t listed = shown.size() > fit ? (fit > 0 ? fit - 1 : 0) : shown.size();
-  for (size_t i = 0; i < listed; ++i) {
-    const TopRow& r = *shown[i];
-    std::string line =
-        Fit(row_text(r.name, r.state, absl::StrCat(r.epoch), Rate(r.faults_per_s), Nanos(r.p50_ns),
-                     Nanos(r.p99_ns), FormatBytes(r.resident_bytes),
-                     r.budget_bytes != 0 ? FormatBytes(r.budget_bytes) : "-",
-                     Rate(r.evictions_per_s), absl::StrCat(r.drains, r.drained_now ? "*" : "")),
-            view.width);
-    const char* color = NeedsAttention(r.state) ? "31" : Transient(r.state) ? "33" : nullptr;
-    add(line, color != nullptr && view.color ? absl::StrCat(sgr(color), line, sgr("0")) : "");
-  }
-  if (listed < shown.size()) add(absl::StrCat("+", shown.size() - listed, " more"));
-  if (shown.empty()) {
-    add(model.rows().empty() ? "(no devices served)"
-                             : absl::StrCat("(no device matches '", view.filter, "')"));
-  }
+// The lines of one frame, each cut to the view's width, styled only with colour on.
+class Frame {
+ public:
+  explicit Frame(const TopView& view) : view_(view), sgr_{view.color} {}
 
-  add("");
-  if (view.help) {
-    for (const char* h :
-         {"q      quit", "s / S  sort by the next / previous column", "r      reverse the order",
-          "/      filter by device name (Enter applies; empty: all)", "h ?    this help",
-          "*      after DRAINS: a drain or reset this interval"}) {
-      add(h);
+  // Adds a line; with `code` and colour, wrapped in that SGR (padded to the width with `fill`).
+  void Add(const std::string& plain, const char* code = nullptr, bool fill = false) {
+    std::string line = Fit(plain, view_.width);
+    if (code != nullptr && view_.color) {
+      const int pad = fill ? std::max(0, view_.width - static_cast<int>(line.size())) : 0;
+      line = absl::StrCat(sgr_(code), line, std::string(static_cast<size_t>(pad), ' '), sgr_("0"));
     }
-  } else {
-    const size_t skip = view.events.size() > kTopEvents ? view.events.size() - kTopEvents : 0;
-    for (size_t i = skip; i < view.events.size(); ++i) add(view.events[i]);
+    lines_.push_back(std::move(line));
   }
-  if (view.keys) {
-    add(absl::StrCat("q quit  s sort (", TopSortName(view.sort), ")  r reverse  / filter  h help"));
+
+  void Totals(const TopTotals& t, const std::string& clock) {
+    std::string head =
+        absl::StrCat("iopfd ", t.version.empty() ? "?" : t.version, "  up ",
+                     FormatUptime(t.uptime_usec), "  health ", t.health.empty() ? "?" : t.health,
+                     "  devices ", t.devices_running, "/", t.devices_configured, " running");
+    const std::string right = absl::StrCat("every ", Rate(view_.every_s), "s  ", clock);
+    const int pad = view_.width - static_cast<int>(head.size()) - static_cast<int>(right.size());
+    if (pad > 0) head = absl::StrCat(head, std::string(static_cast<size_t>(pad), ' '), right);
+    Add(head, !t.health.empty() && t.health != "ok" ? "1;31" : nullptr);
+    Add(absl::StrCat("faults ", Rate(t.faults_per_s), "/s  invalid ", Rate(t.invalid_per_s),
+                     "/s  resident ", FormatBytes(t.resident_bytes), " of ",
+                     t.budget_bytes != 0 ? FormatBytes(t.budget_bytes) : "unbounded",
+                     "  evictions ", Rate(t.evictions_per_s), "/s"));
+    Add(view_.editing ? absl::StrCat("filter: ", view_.typed, "_")
+                      : (view_.filter.empty() ? "" : absl::StrCat("filter: ", view_.filter)));
+    // The column header, the sort column's name marked v (descending) or ^, in reverse video.
+    std::string header = Columns({"DEVICE", "STATE", "EPOCH", "FAULTS/S", "P50", "P99", "RESIDENT",
+                                  "BUDGET", "EVICT/S", "DRAINS"});
+    const std::string key = TopSortName(view_.sort);
+    if (const size_t col = header.find(key); col != std::string::npos) {
+      header.replace(col, key.size(), key + (view_.reverse ? "^" : "v"));
+    }
+    Add(header, "7", /*fill=*/true);
   }
-  if (lines.size() > static_cast<size_t>(std::max(view.height, 1))) {
-    lines.resize(static_cast<size_t>(std::max(view.height, 1)));
+
+  // The devices the filter shows, sorted, as many as fit above the footer.
+  void Devices(const TopModel& model) {
+    std::vector<const TopRow*> shown;
+    for (const TopRow& r : model.rows()) {
+      if (view_.filter.empty() || r.name.find(view_.filter) != std::string::npos) {
+        shown.push_back(&r);
+      }
+    }
+    const TopView& v = view_;
+    std::stable_sort(shown.begin(), shown.end(), [&v](const TopRow* a, const TopRow* b) {
+      return v.reverse ? Before(*b, *a, v.sort) : Before(*a, *b, v.sort);
+    });
+    // What is left once the footer (events or help, and the key line) has its room.
+    const size_t footer =
+        (view_.keys ? 2 : 1) + (view_.help ? 6 : std::min(view_.events.size(), kTopEvents));
+    const int room = view_.height - static_cast<int>(lines_.size()) - static_cast<int>(footer);
+    const size_t fit = room > 0 ? static_cast<size_t>(room) : 0;
+    const size_t listed = shown.size() > fit ? (fit > 0 ? fit - 1 : 0) : shown.size();
+    for (size_t i = 0; i < listed; ++i) {
+      const TopRow& r = *shown[i];
+      Add(Columns({r.name, r.state, absl::StrCat(r.epoch), Rate(r.faults_per_s), Nanos(r.p50_ns),
+                   Nanos(r.p99_ns), FormatBytes(r.resident_bytes),
+                   r.budget_bytes != 0 ? FormatBytes(r.budget_bytes) : "-", Rate(r.evictions_per_s),
+                   absl::StrCat(r.drains, r.drained_now ? "*" : "")}),
+          NeedsAttention(r.state) ? "31"
+          : Transient(r.state)    ? "33"
+                                  : nullptr);
+    }
+    if (listed < shown.size()) Add(absl::StrCat("+", shown.size() - listed, " more"));
+    if (shown.empty()) {
+      Add(model.rows().empty() ? "(no devices served)"
+                               : absl::StrCat("(no device matches '", view_.filter, "')"));
+    }
   }
-  std::string out;
-  for (const std::string& l : lines) absl::StrAppend(&out, l, "\n");
-  return out;
+
+  // The latest events, or the help; the key line.
+  void Footer() {
+    Add("");
+    if (view_.help) {
+      for (const char* h :
+           {"q      quit", "s / S  sort by the next / previous column", "r      reverse the order",
+            "/      filter by device name (Enter applies; empty: all)", "h ?    this help",
+            "*      after DRAINS: a drain or reset this interval"}) {
+        Add(h);
+      }
+    } else {
+      const size_t skip = view_.events.size() > kTopEvents ? view_.events.size() - kTopEvents : 0;
+      for (size_t i = skip; i < view_.events.size(); ++i) Add(view_.events[i]);
+    }
+    if (view_.keys) {
+      Add(absl::StrCat("q quit  s sort (", TopSortName(view_.sort),
+                       ")  r reverse  / filter  h help"));
+    }
+  }
+
+  // Returns the lines, at most the view's height of them, each ended by "\n".
+  std::string Text() {
+    const auto most = static_cast<size_t>(std::max(view_.height, 1));
+    if (lines_.size() > most) lines_.resize(most);
+    std::string out;
+    for (const std::string& l : lines_) absl::StrAppend(&out, l, "\n");
+    return out;
+  }
+
+ private:
+  const TopView& view_;
+  const Style sgr_;
+  std::vector<std::string> lines_;
+};
+
+}  // namespace
+
+std::string RenderTop(const TopModel& model, const TopView& view, const std::string& clock) {
+  Frame frame(view);
+  frame.Totals(model.totals(), clock);
+  frame.Devices(model);
+  frame.Footer();
+  return frame.Text();
 }
 
 }  // namespace iopfd

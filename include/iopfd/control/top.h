@@ -75,6 +75,13 @@ class TopModel {
     uint64_t records = 0, invalid = 0, evicted = 0, drains = 0, latency_count = 0;
     std::map<uint64_t, uint64_t> latency_buckets;  // le -> count
   };
+  // Returns the counters of one GetStats device entry, read at at_ns.
+  static Previous ReadingOf(const nlohmann::json& stats, uint64_t at_ns);
+  // Sets the row's rates and interval percentiles from two readings; returns INVALID answers
+  // per second.
+  static double AddRates(TopRow& row, const Previous& was, const Previous& now);
+  // The daemon's fields of totals_ (rates are the caller's).
+  void SetTotals(const TopSample& sample);
   std::map<std::string, Previous> previous_;
   std::optional<uint64_t> previous_at_ns_;
   std::vector<TopRow> rows_;
